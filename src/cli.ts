@@ -1,19 +1,151 @@
-/** The xfel-redu command line (placeholder, filled in below). */
+/**
+ * The xfel-redu command line: `xfel-redu <command> [arguments] [options]`, the same module under Node
+ * (`npx xfel-redu`, bin/xfel-redu.js) and Deno (`deno task <command>`).
+ *
+ * Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the problem), 1 internal error.
+ * Stack traces only with --debug. Results on stdout (--json for machines), messages on stderr.
+ */
 import { EXIT, InputError } from "./errors.ts";
+import { formatSummary, summarise } from "./inspect.ts";
+import { Run } from "./run.ts";
+
+export interface OptionSpec {
+  name: string;
+  help: string;
+  /** Absent for flags. */
+  value?: "number" | "string";
+  default?: number | string | boolean;
+}
+
+export interface Command {
+  name: string;
+  usage: string;
+  help: string;
+  options: OptionSpec[];
+  run(args: string[], options: Record<string, any>): Promise<number>;
+}
+
+const COMMON: OptionSpec[] = [
+  { name: "json", help: "print a JSON object on stdout instead of text" },
+  { name: "debug", help: "print stack traces on errors" },
+  { name: "help", help: "show this help" },
+];
+
+const commands: Command[] = [
+  {
+    name: "inspect",
+    usage: "inspect RUN",
+    help: "Describe a run (directory or file): trains, sources and keys, detectors and modules.",
+    options: [],
+    async run(args, opts) {
+      const run = await Run.open(requireArg(args, 0, "RUN"));
+      try {
+        const s = summarise(run);
+        console.log(opts.json ? JSON.stringify(s, null, 2) : formatSummary(s));
+        if (s.detectors.length === 0) throw new InputError(run.path, "no detector data in this run");
+      } finally {
+        run.close();
+      }
+      return EXIT.ok;
+    },
+  },
+];
+
+/** Register a command (the modules of later stages call this). */
+export function addCommand(c: Command): void {
+  commands.push(c);
+}
+
+function requireArg(args: string[], i: number, name: string): string {
+  if (args[i] === undefined) throw new InputError(undefined, `missing argument ${name}`);
+  return args[i];
+}
+
+export function parseArgs(
+  argv: string[],
+  specs: OptionSpec[],
+): { args: string[]; options: Record<string, any> } {
+  const options: Record<string, any> = {};
+  for (const s of specs) if (s.default !== undefined) options[camel(s.name)] = s.default;
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) {
+      args.push(a);
+      continue;
+    }
+    const [name, inline] = a.slice(2).split(/=(.*)/s, 2);
+    const spec = specs.find((s) => s.name === name);
+    if (!spec) throw new InputError(undefined, `unknown option --${name}`);
+    if (!spec.value) {
+      options[camel(name)] = true;
+      continue;
+    }
+    const v = inline ?? argv[++i];
+    if (v === undefined) throw new InputError(undefined, `option --${name} needs a value`);
+    if (spec.value === "number") {
+      const n = Number(v);
+      if (!Number.isFinite(n)) throw new InputError(undefined, `option --${name}: not a number: ${v}`);
+      options[camel(name)] = n;
+    } else {
+      options[camel(name)] = v;
+    }
+  }
+  return { args, options };
+}
+
+function camel(s: string): string {
+  return s.replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+}
+
+function usage(): string {
+  const lines = ["usage: xfel-redu <command> [arguments] [options]", "", "commands:"];
+  for (const c of commands) lines.push(`  ${c.usage.padEnd(40)} ${c.help}`);
+  lines.push("", "`xfel-redu <command> --help` lists a command's options.");
+  return lines.join("\n");
+}
+
+function commandHelp(c: Command): string {
+  const lines = [`usage: xfel-redu ${c.usage}`, "", c.help, "", "options:"];
+  for (const o of [...c.options, ...COMMON]) {
+    const flag = `--${o.name}${o.value ? ` <${o.value}>` : ""}`;
+    const def = o.default !== undefined && o.value ? ` [${o.default}]` : "";
+    lines.push(`  ${flag.padEnd(28)} ${o.help}${def}`);
+  }
+  return lines.join("\n");
+}
 
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes("--debug");
   try {
-    const [command] = argv;
-    throw new InputError(undefined, `unknown command: ${command ?? "(none)"}`);
+    const [name, ...rest] = argv;
+    if (!name || name === "--help" || name === "help") {
+      console.log(usage());
+      return name ? EXIT.ok : EXIT.badInput;
+    }
+    const cmd = commands.find((c) => c.name === name);
+    if (!cmd) throw new InputError(undefined, `unknown command: ${name} (try --help)`);
+    if (rest.includes("--help")) {
+      console.log(commandHelp(cmd));
+      return EXIT.ok;
+    }
+    const { args, options } = parseArgs(rest, [...cmd.options, ...COMMON]);
+    return await cmd.run(args, options);
   } catch (e) {
     if (e instanceof InputError) {
       console.error(`xfel-redu: ${e.message}`);
       if (debug) console.error(e.stack);
       return EXIT.badInput;
     }
-    console.error(`xfel-redu: internal error: ${e instanceof Error ? e.message : e}`);
+    console.error(`xfel-redu: internal error: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
     if (debug) console.error(e);
     return EXIT.internal;
   }
+}
+
+// Run when executed directly under Deno (`deno run src/cli.ts ...`); Node goes through bin/xfel-redu.js.
+const g = globalThis as { Deno?: { args: string[]; exit(code: number): never } };
+if (g.Deno && (import.meta as { main?: boolean }).main) {
+  const code = await main(g.Deno.args);
+  g.Deno.exit(code);
 }

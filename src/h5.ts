@@ -23,7 +23,8 @@ let wasm: any;
 export function h5(): Promise<H5> {
   ready ??= h5wasm.ready.then((mod) => {
     wasm = mod;
-    // h5wasm's default error handler turns HDF5 errors into JS exceptions carrying HDF5's error stack.
+    // HDF5 errors become JS exceptions carrying HDF5's error stack, instead of a print on stderr.
+    mod.activate_throwing_error_handler();
     return h5wasm;
   });
   return ready;
@@ -169,26 +170,47 @@ export function readRows(
   start: number,
   count: number,
   out: NumericArray,
+  outOffset = 0,
 ): void {
-  if (count === 0) return;
+  readSlab(file, path, [start, ...shape.slice(1).map(() => 0)], [count, ...shape.slice(1)], out, outOffset);
+}
+
+/**
+ * Read the hyperslab [offset, offset+count) of a dataset into `out` starting at element `outOffset`.
+ */
+export function readSlab(
+  file: H5File,
+  path: string,
+  offset: number[],
+  count: number[],
+  out: NumericArray,
+  outOffset = 0,
+): void {
+  const elems = count.reduce((a, b) => a * b, 1);
+  if (elems === 0) return;
   const mod = wasm;
   if (!mod) throw new Error("h5wasm not initialised: await h5() first");
-  const rowElems = shape.slice(1).reduce((a, b) => a * b, 1);
-  const nbytes = count * rowElems * out.BYTES_PER_ELEMENT;
+  const nbytes = elems * out.BYTES_PER_ELEMENT;
+  if (outOffset + elems > out.length) throw new Error(`readSlab: output too small for ${path}`);
   if (nbytes > scratchBytes) {
     if (scratchPtr) mod._free(scratchPtr);
     scratchBytes = Math.max(nbytes, 1 << 20);
     scratchPtr = mod._malloc(scratchBytes);
     if (!scratchPtr) throw new Error(`wasm heap: could not allocate ${scratchBytes} bytes`);
   }
-  const countArr = [BigInt(count), ...shape.slice(1).map(BigInt)];
-  const offsetArr = [BigInt(start), ...shape.slice(1).map(() => 0n)];
+  const countArr = count.map(BigInt);
+  const offsetArr = offset.map(BigInt);
   const strides = countArr.map(() => 1n);
-  const status = mod.get_dataset_data(file.file_id, path, countArr, offsetArr, strides, BigInt(scratchPtr));
-  if (status < 0) throw new InputError(file.filename, `cannot read ${path} rows ${start}..${start + count}`);
+  let status: number;
+  try {
+    status = mod.get_dataset_data(file.file_id, path, countArr, offsetArr, strides, BigInt(scratchPtr));
+  } catch (e) {
+    throw new InputError(file.filename, `cannot read ${path} at ${offset.join(",")}: ${firstLine(e)}`);
+  }
+  if (status < 0) throw new InputError(file.filename, `cannot read ${path} at ${offset.join(",")}`);
   // Views on the heap die when it grows: take the view now, copy at once.
   const heap = new Uint8Array(mod.HEAPU8.buffer, scratchPtr, nbytes);
-  new Uint8Array(out.buffer, out.byteOffset, nbytes).set(heap);
+  new Uint8Array(out.buffer, out.byteOffset + outOffset * out.BYTES_PER_ELEMENT, nbytes).set(heap);
 }
 
 /** Read a whole (small) dataset. */

@@ -1,0 +1,420 @@
+/**
+ * EuXFEL run reader: a run directory (every `*.h5` sequence file, any prefix) or a single file.
+ *
+ * Spec (../shared/docs/exdf.md):
+ * - METADATA: format 0.5 (sources directly under METADATA, no version) or 1.x (`METADATA/dataSources/...`,
+ *   `METADATA/dataFormatVersion`). Source lists may be padded with empty strings.
+ * - INDEX/trainId: trailing zeros are padding and are dropped. Per source index groups hold `first`/`count`,
+ *   or legacy `first`/`last`/`status` (count = (last - first + 1) * status).
+ * - Detector modules: AGIPD/LPD/DSSC `<DET>/DET/<m>CH0:xtdf` (RAW, older CORR) and `<DET>/CORR/<m>CH0:output`
+ *   (newer CORR, whose legacy link under the DET name is skipped, so no module appears twice); JUNGFRAU
+ *   `<DET>/DET/JNGFR<nn>:daqOutput` with `data.adc` (one entry per train holding every memory cell).
+ *   Module number from the source name (0-based for XTDF, JNGFR01 -> module 1); type from names, else shapes.
+ * - Nothing is read but the index and metadata when a run is opened; image data is read by frames.ts.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { InputError } from "./errors.ts";
+import {
+  dsInfo,
+  firstLine,
+  type H5Dataset,
+  type H5File,
+  type H5Group,
+  type NumericArray,
+  openH5,
+  readAll,
+} from "./h5.ts";
+import { type DetectorType, typeFromName, typeFromShape } from "./detectors.ts";
+
+/** The index of one data group of one source in one file: rows [first[i], first[i]+count[i]) per train. */
+export interface SourceIndex {
+  first: number[];
+  count: number[];
+}
+
+export interface KeyInfo {
+  /** Shape of one entry (dataset shape without the first axis). */
+  entryShape: number[];
+  dtype: string;
+  /** Dataset path inside the file. */
+  path: string;
+}
+
+export interface SourceInFile {
+  name: string;
+  kind: "CONTROL" | "INSTRUMENT";
+  /** Instrument: index per data group ("image", "data", ...). Control: one group "". */
+  index: Map<string, SourceIndex>;
+}
+
+export interface RunFile {
+  path: string;
+  name: string;
+  format: string;
+  h5: H5File;
+  /** Train IDs of this file (padding dropped). */
+  trainIds: number[];
+  sources: Map<string, SourceInFile>;
+}
+
+export interface ModuleFile {
+  file: RunFile;
+  /** Path of the image data dataset in the file. */
+  dataPath: string;
+  /** Group holding the per-frame keys (INSTRUMENT/<src>/image, or .../data for JUNGFRAU). */
+  groupPath: string;
+  /** Rows of the data dataset. */
+  rows: number;
+  index: SourceIndex;
+}
+
+export interface DetectorModule {
+  module: number;
+  source: string;
+  files: ModuleFile[];
+  /** Frames (entries of image data; trains x cells for JUNGFRAU) over the run. */
+  frames: number;
+}
+
+export interface Detector {
+  name: string;
+  type: DetectorType;
+  raw: boolean;
+  modules: DetectorModule[];
+  /** Module image shape [ss, fs]. */
+  imageShape: [number, number];
+  /** Stored dtype of image data. */
+  dtype: string;
+  /** Full shape of one stored entry of image data (e.g. [2, 512, 128] for AGIPD RAW). */
+  entryShape: number[];
+  /** JUNGFRAU stores memory cells per train: frames per entry. */
+  cellsPerEntry: number;
+  /** Data group of the module sources ("image" or "data"). */
+  group: string;
+  dataKey: string;
+}
+
+export interface SourceSummary {
+  name: string;
+  kind: "CONTROL" | "INSTRUMENT";
+  keys: Map<string, KeyInfo>;
+  files: number;
+}
+
+const XTDF_RE = /^(.+)\/(DET|CORR)\/(\d+)CH0:(xtdf|output)$/;
+const JNGFR_RE = /^(.+)\/DET\/JNGFR(\d+):daqOutput$/;
+
+export class Run {
+  readonly trainIds: number[];
+  readonly detectors: Detector[];
+
+  private constructor(readonly path: string, readonly files: RunFile[]) {
+    const all = new Set<number>();
+    for (const f of files) for (const t of f.trainIds) all.add(t);
+    this.trainIds = [...all].sort((a, b) => a - b);
+    this.detectors = findDetectors(files);
+  }
+
+  /** Open a run directory or a single file. Throws InputError (one line, naming the file) on bad input. */
+  static async open(runPath: string): Promise<Run> {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(runPath);
+    } catch {
+      throw new InputError(runPath, "no such file or directory");
+    }
+    let paths: string[];
+    if (st.isDirectory()) {
+      paths = fs.readdirSync(runPath).filter((n) => n.endsWith(".h5")).sort().map((n) =>
+        path.join(runPath, n)
+      );
+      if (paths.length === 0) throw new InputError(runPath, "directory holds no HDF5 (*.h5) files");
+    } else {
+      paths = [runPath];
+    }
+    const files: RunFile[] = [];
+    try {
+      for (const p of paths) files.push(await openRunFile(p));
+    } catch (e) {
+      for (const f of files) f.h5.close();
+      throw e;
+    }
+    return new Run(runPath, files);
+  }
+
+  /** A short name for outputs: the directory (or file) name. */
+  get name(): string {
+    return path.basename(path.resolve(this.path)).replace(/\.h5$/, "");
+  }
+
+  /** Every source of the run with its keys, merged over files. */
+  sources(): SourceSummary[] {
+    const out = new Map<string, SourceSummary>();
+    for (const f of this.files) {
+      for (const src of f.sources.values()) {
+        let s = out.get(src.name);
+        if (!s) {
+          s = { name: src.name, kind: src.kind, keys: new Map(), files: 0 };
+          out.set(src.name, s);
+        }
+        s.files++;
+        if (s.keys.size === 0) {
+          for (const [k, v] of listKeys(f.h5, src)) s.keys.set(k, v);
+        }
+      }
+    }
+    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** The detector to work on: by name, else the only one; InputError when there is none. */
+  detector(name?: string): Detector {
+    if (this.detectors.length === 0) throw new InputError(this.path, "no detector data in this run");
+    if (name) {
+      const d = this.detectors.find((d) => d.name === name);
+      if (!d) {
+        throw new InputError(
+          this.path,
+          `no detector ${name} (found: ${this.detectors.map((d) => d.name).join(", ")})`,
+        );
+      }
+      return d;
+    }
+    return this.detectors[0];
+  }
+
+  close(): void {
+    for (const f of this.files) {
+      try {
+        f.h5.close();
+      } catch { /* already closed */ }
+    }
+  }
+}
+
+function strings(v: unknown): string[] {
+  if (Array.isArray(v)) return v.map(String).filter((s) => s.length > 0);
+  if (typeof v === "string") return v ? [v] : [];
+  return [];
+}
+
+function has(g: H5Group, name: string): boolean {
+  try {
+    return g.get(name) !== null;
+  } catch {
+    return false;
+  }
+}
+
+async function openRunFile(p: string): Promise<RunFile> {
+  const h5 = await openH5(p);
+  try {
+    return describeFile(p, h5);
+  } catch (e) {
+    h5.close();
+    if (e instanceof InputError) throw e;
+    throw new InputError(p, `cannot read EuXFEL layout: ${firstLine(e)}`);
+  }
+}
+
+function describeFile(p: string, h5: H5File): RunFile {
+  if (!has(h5, "INDEX/trainId") || !has(h5, "METADATA")) {
+    throw new InputError(p, "not an EuXFEL data file (no METADATA or INDEX/trainId)");
+  }
+  let format = "0.5";
+  let meta = "METADATA";
+  if (has(h5, "METADATA/dataSources/dataSourceId")) {
+    meta = "METADATA/dataSources";
+    format = has(h5, "METADATA/dataFormatVersion")
+      ? String(strings((h5.get("METADATA/dataFormatVersion") as H5Dataset).value)[0] ?? "1.0")
+      : "1.0";
+  } else if (!has(h5, "METADATA/dataSourceId")) {
+    throw new InputError(p, "not an EuXFEL data file (METADATA lists no dataSourceId)");
+  }
+  const ids = strings((h5.get(`${meta}/dataSourceId`) as H5Dataset).value);
+
+  const rawTrains = readAll(h5, "INDEX/trainId");
+  let nTrains = rawTrains.length;
+  while (nTrains > 0 && Number(rawTrains[nTrains - 1]) === 0) nTrains--;
+  const trainIds = Array.from({ length: nTrains }, (_, i) => Number(rawTrains[i]));
+
+  const sources = new Map<string, SourceInFile>();
+  for (const id of ids) {
+    const slash = id.indexOf("/");
+    const section = id.slice(0, slash);
+    const rest = id.slice(slash + 1);
+    if (section === "CONTROL") {
+      if (!sources.has(rest)) {
+        sources.set(rest, {
+          name: rest,
+          kind: "CONTROL",
+          index: new Map([["", readIndex(h5, rest, nTrains)]]),
+        });
+      }
+    } else if (section === "INSTRUMENT") {
+      const cut = rest.lastIndexOf("/");
+      const name = rest.slice(0, cut);
+      const group = rest.slice(cut + 1);
+      let s = sources.get(name);
+      if (!s) {
+        s = { name, kind: "INSTRUMENT", index: new Map() };
+        sources.set(name, s);
+      }
+      s.index.set(group, readIndex(h5, `${name}/${group}`, nTrains));
+    }
+  }
+  return { path: p, name: path.basename(p), format, h5, trainIds, sources };
+}
+
+function readIndex(h5: H5File, key: string, nTrains: number): SourceIndex {
+  const base = `INDEX/${key}`;
+  if (!has(h5, `${base}/first`)) {
+    return { first: new Array(nTrains).fill(0), count: new Array(nTrains).fill(0) };
+  }
+  const first = Array.from(readAll(h5, `${base}/first`), Number).slice(0, nTrains);
+  let count: number[];
+  if (has(h5, `${base}/count`)) {
+    count = Array.from(readAll(h5, `${base}/count`), Number).slice(0, nTrains);
+  } else {
+    // Legacy index (format 0.1-0.5): count = (last - first + 1) * status.
+    const last = Array.from(readAll(h5, `${base}/last`), Number);
+    const status = Array.from(readAll(h5, `${base}/status`), Number);
+    count = first.map((f, i) => status[i] ? last[i] - f + 1 : 0);
+  }
+  return { first, count };
+}
+
+/** Keys of a source in a file: dotted key -> entry shape, dtype, path. */
+function listKeys(h5: H5File, src: SourceInFile): Map<string, KeyInfo> {
+  const out = new Map<string, KeyInfo>();
+  const root = `${src.kind}/${src.name}`;
+  if (src.kind === "INSTRUMENT") {
+    for (const group of src.index.keys()) walk(h5, `${root}/${group}`, group, out, false);
+  } else {
+    walk(h5, root, "", out, true);
+  }
+  return out;
+}
+
+function walk(h5: H5File, gpath: string, key: string, out: Map<string, KeyInfo>, control: boolean): void {
+  const g = h5.get(gpath);
+  if (!g) return;
+  const kind = (g as { type?: string }).type;
+  if (kind === "Dataset") {
+    const info = dsInfo(g as H5Dataset);
+    out.set(key, { entryShape: info.shape.slice(1), dtype: info.dtype, path: gpath });
+    return;
+  }
+  if (kind !== "Group") return;
+  const names = (g as H5Group).keys();
+  if (control && names.includes("value")) {
+    const info = dsInfo(h5.get(`${gpath}/value`) as H5Dataset);
+    out.set(key, { entryShape: info.shape.slice(1), dtype: info.dtype, path: `${gpath}/value` });
+    return;
+  }
+  for (const n of names) walk(h5, `${gpath}/${n}`, key ? `${key}.${n}` : n, out, control);
+}
+
+function isSoftLink(h5: H5File, p: string): boolean {
+  try {
+    return typeof h5.get_link(p) === "string";
+  } catch {
+    return false;
+  }
+}
+
+function findDetectors(files: RunFile[]): Detector[] {
+  interface Acc {
+    det: Detector;
+    byModule: Map<number, DetectorModule>;
+  }
+  const dets = new Map<string, Acc>();
+  for (const f of files) {
+    // Newer CORR files carry `<DET>/CORR/<m>CH0:output` plus a legacy `<DET>/DET/<m>CH0:xtdf` link to it.
+    const corrModules = new Set<string>();
+    for (const name of f.sources.keys()) {
+      const m = XTDF_RE.exec(name);
+      if (m && m[2] === "CORR") corrModules.add(`${m[1]}/${m[3]}`);
+    }
+    for (const src of f.sources.values()) {
+      if (src.kind !== "INSTRUMENT") continue;
+      let detName: string, moduleNo: number, group: string, dataKey: string, type: DetectorType | undefined;
+      const x = XTDF_RE.exec(src.name);
+      const j = JNGFR_RE.exec(src.name);
+      if (x) {
+        if (x[2] === "DET" && corrModules.has(`${x[1]}/${x[3]}`)) continue; // legacy link of a CORR source
+        if (x[2] === "DET" && isSoftLink(f.h5, `/INSTRUMENT/${src.name}`)) continue;
+        detName = x[1];
+        moduleNo = Number(x[3]);
+        group = "image";
+        dataKey = "data";
+        type = typeFromName(detName);
+      } else if (j) {
+        detName = j[1];
+        moduleNo = Number(j[2]);
+        group = "data";
+        dataKey = "adc";
+        type = "JUNGFRAU";
+      } else {
+        continue;
+      }
+      const index = src.index.get(group);
+      const dataPath = `INSTRUMENT/${src.name}/${group}/${dataKey}`;
+      if (!index || !has(f.h5, dataPath)) continue;
+      const info = dsInfo(f.h5.get(dataPath) as H5Dataset);
+      const entryShape = info.shape.slice(1);
+      const [ss, fs] = entryShape.slice(-2);
+      type ??= typeFromShape(ss, fs);
+      if (!type) continue;
+      let acc = dets.get(detName);
+      if (!acc) {
+        // RAW detector data is stored as ADU counts (u16); corrected data as photon/keV floats.
+        const raw = info.dtype === "uint16";
+        acc = {
+          det: {
+            name: detName,
+            type,
+            raw,
+            modules: [],
+            imageShape: [ss, fs],
+            dtype: info.dtype,
+            entryShape,
+            cellsPerEntry: type === "JUNGFRAU" && entryShape.length === 3 ? entryShape[0] : 1,
+            group,
+            dataKey: `${group}.${dataKey}`,
+          },
+          byModule: new Map(),
+        };
+        dets.set(detName, acc);
+      }
+      let mod = acc.byModule.get(moduleNo);
+      if (!mod) {
+        mod = { module: moduleNo, source: src.name, files: [], frames: 0 };
+        acc.byModule.set(moduleNo, mod);
+      }
+      mod.files.push({
+        file: f,
+        dataPath,
+        groupPath: `INSTRUMENT/${src.name}/${group}`,
+        rows: info.shape[0],
+        index,
+      });
+      const entries = index.count.reduce((a, b) => a + b, 0);
+      mod.frames += entries * acc.det.cellsPerEntry;
+    }
+  }
+  const out: Detector[] = [];
+  for (const { det, byModule } of dets.values()) {
+    det.modules = [...byModule.values()].sort((a, b) => a.module - b.module);
+    for (const m of det.modules) {
+      m.files.sort((a, b) => (a.file.trainIds[0] ?? 0) - (b.file.trainIds[0] ?? 0));
+    }
+    out.push(det);
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** Read a whole small dataset of a file as numbers (IDs, indices). */
+export function readNumbers(file: RunFile, p: string): number[] {
+  return Array.from(readAll(file.h5, p) as NumericArray, Number);
+}
