@@ -1,0 +1,482 @@
+/**
+ * Signal localisation stages: the backend interface, the parameters, and the plain-TypeScript CPU
+ * reference. The WebGPU backend (webgpu.ts, shaders/*.wgsl) follows the same spec.
+ *
+ * ## Stage spec
+ *
+ * Input per call: one module's batch of frames (ModuleBatch): `data` is nFrames x ss x fs float32
+ * (frame-major, then ss, then fs), `mask` the same shape (0 = good, absent = all good), `hot` one byte
+ * per module pixel (1 = hot, absent = none hot). Pixel p = ss * moduleFs + fs; ASIC numbering as in
+ * detectors.ts: asic = floor(ss / asicSs) * asicCols + floor(fs / asicFs).
+ *
+ * Stage 1 (lit pixels): valid = finite(value) && (no mask || mask == 0); lit = valid && value > threshold.
+ *   Per frame x ASIC: litPixels (lit count), litIntensity (sum of the values of lit pixels, float32),
+ *   unmaskedPixels (valid count). Hot pixels still count in stage 1 (it mirrors EuXFEL's lit-pixel
+ *   counter).
+ * Stage 2 (hot pixels, a pre-pass over all of a module's frames): counts[p] += 1 for every frame where p
+ *   is lit by the stage-1 rule; hot = counts[p] > hotFraction * nFrames (hotPixels()).
+ * Stage 3 (noise filter): L = lit && !hot. A pixel survives when L and (the number of its 8 neighbours
+ *   with L is >= `neighbours`, or value >= `strong`). Neighbours are taken within the module image,
+ *   across ASIC seams; out-of-image neighbours count as not lit. filteredLit = survivors per frame x ASIC.
+ * Stage 4 (connected components): 8-connectivity over the survivors of each module frame (components
+ *   span ASIC seams, never frames). Per component: area (pixel count), box [ss0, fs0, ss1, fs1)
+ *   half-open, intensity = sum of values, centroid ss = sum(v * ss) / intensity (fs likewise), max value.
+ *   Peaks = components with minArea <= area <= maxArea. nPeaks[frame] counts all of them; peaks[frame]
+ *   keeps at most maxPeaks, the brightest: sorted by intensity descending, ties by box ss0, then fs0,
+ *   then (a refinement: unique) by the component's first pixel in raster order.
+ *   Component labels (tests only): the label of a surviving pixel is the module-frame index
+ *   (ss * moduleFs + fs) of its component's first pixel in raster order, i.e. the smallest index in the
+ *   component; pixels that do not survive have NO_LABEL.
+ *
+ * Comparisons are made in float32, as on the GPU: value > fround(threshold), value >= fround(strong).
+ *
+ * Floats: the CPU reference accumulates every float sum (litIntensity, intensity, sum(v*ss), sum(v*fs))
+ * in float64 and rounds to float32 at the end (centroids: the float64 quotient, rounded). The GPU sums in
+ * float32 in a scheduling-dependent order, so floats agree within ~1e-5 relative; integers are exact.
+ */
+import type { Geometry } from "../detectors.ts";
+
+export interface LocaliseParams {
+  /** A valid pixel is lit when value > threshold (photons). */
+  threshold: number;
+  /** A pixel lit in more than this fraction of the module's frames is hot. */
+  hotFraction: number;
+  /** A lit pixel survives the noise filter with >= this many of its 8 neighbours lit ... */
+  neighbours: number;
+  /** ... or with value >= strong (photons). */
+  strong: number;
+  /** Smallest peak area (pixels). */
+  minArea: number;
+  /** Largest peak area (pixels). */
+  maxArea: number;
+  /** Peaks kept per frame (per module here; the caller merges modules). */
+  maxPeaks: number;
+}
+
+export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
+  threshold: 0.7,
+  hotFraction: 0.5,
+  neighbours: 1,
+  strong: 5,
+  minArea: 3,
+  maxArea: 10000,
+  maxPeaks: 256,
+});
+
+export interface ModuleBatch {
+  geometry: Geometry;
+  nFrames: number;
+  /** nFrames * pixels, frame-major, then ss, then fs. */
+  data: Float32Array;
+  /** Same length as data; 0 = good; absent = all good. */
+  mask?: Uint32Array;
+  /** geometry.pixels; 1 = hot pixel, excluded from stages 3-4. */
+  hot?: Uint8Array;
+}
+
+export interface Peak {
+  /** [ss0, fs0, ss1, fs1), half-open. */
+  box: [number, number, number, number];
+  area: number;
+  intensity: number;
+  /** Intensity-weighted centroid. */
+  ss: number;
+  fs: number;
+  max: number;
+}
+
+export interface BatchResult {
+  /** nFrames * nAsics (stage 1). */
+  litPixels: Uint32Array;
+  /** nFrames * nAsics (stage 1: sum of lit values). */
+  litIntensity: Float32Array;
+  /** nFrames * nAsics (stage 1: valid pixels). */
+  unmaskedPixels: Uint32Array;
+  /** nFrames * nAsics (stage 3 survivors). */
+  filteredLit: Uint32Array;
+  /** nFrames: components with minArea <= area <= maxArea (all of them, before the capacity cut). */
+  nPeaks: Uint32Array;
+  /** Per frame, at most maxPeaks, brightest first (see the spec above). */
+  peaks: Peak[][];
+}
+
+export interface LocaliseBackend {
+  readonly name: "cpu" | "webgpu";
+  /** e.g. "cpu (1 thread)" or the GPU adapter description. */
+  readonly adapter: string;
+  /** Stage 2 pre-pass: add 1 to counts[pixel] for every frame where the pixel is lit by the stage-1 rule. */
+  accumulateLitCounts(batch: ModuleBatch, counts: Uint32Array): Promise<void>;
+  /**
+   * Stages 1, 3, 4 on one module batch. At least two calls may be in flight at once (the caller starts
+   * the next module's upload before awaiting the previous result).
+   */
+  process(batch: ModuleBatch): Promise<BatchResult>;
+  dispose(): void;
+}
+
+/** Label of a pixel that does not survive stage 3. */
+export const NO_LABEL = 0xffffffff;
+
+/** hot[p] = 1 where counts[p] > hotFraction * nFrames. */
+export function hotPixels(counts: Uint32Array, nFrames: number, hotFraction: number): Uint8Array {
+  const hot = new Uint8Array(counts.length);
+  const limit = hotFraction * nFrames;
+  for (let p = 0; p < counts.length; p++) hot[p] = counts[p] > limit ? 1 : 0;
+  return hot;
+}
+
+/** Throws on a batch whose arrays do not match its geometry and frame count. */
+export function checkBatch(batch: ModuleBatch): void {
+  const g = batch.geometry;
+  const n = batch.nFrames * g.pixels;
+  if (!Number.isInteger(batch.nFrames) || batch.nFrames < 0) {
+    throw new RangeError(`bad frame count ${batch.nFrames}`);
+  }
+  if (batch.data.length < n) throw new RangeError(`data has ${batch.data.length} values, need ${n}`);
+  if (batch.mask && batch.mask.length < n) {
+    throw new RangeError(`mask has ${batch.mask.length} values, need ${n}`);
+  }
+  if (batch.hot && batch.hot.length !== g.pixels) {
+    throw new RangeError(`hot has ${batch.hot.length} values, need ${g.pixels}`);
+  }
+}
+
+/**
+ * The brightest-first order of peaks: intensity descending, then box ss0, fs0 ascending, then the
+ * component's first pixel (`first`, module-frame index) ascending.
+ */
+export function sortAndCut<T extends { peak: Peak; first: number }>(items: T[], maxPeaks: number): Peak[] {
+  items.sort((a, b) =>
+    b.peak.intensity - a.peak.intensity || a.peak.box[0] - b.peak.box[0] || a.peak.box[1] - b.peak.box[1] ||
+    a.first - b.first
+  );
+  const n = Math.min(items.length, Math.max(0, maxPeaks));
+  const out: Peak[] = new Array(n);
+  for (let k = 0; k < n; k++) out[k] = items[k].peak;
+  return out;
+}
+
+/** Per-process scratch space of the CPU reference, reused between frames (sized per geometry). */
+interface Scratch {
+  pixels: number;
+  /** Stage 3 input: lit && !hot. */
+  l: Uint8Array;
+  /** Union-find parent (module-frame index), -1 for pixels that do not survive. */
+  parent: Int32Array;
+  /** Component index of a root pixel. */
+  comp: Int32Array;
+  area: Int32Array;
+  ss0: Int32Array;
+  fs0: Int32Array;
+  ss1: Int32Array;
+  fs1: Int32Array;
+  first: Int32Array;
+  sum: Float64Array;
+  sumSs: Float64Array;
+  sumFs: Float64Array;
+  max: Float64Array;
+}
+
+function scratchFor(pixels: number, old?: Scratch): Scratch {
+  if (old && old.pixels === pixels) return old;
+  return {
+    pixels,
+    l: new Uint8Array(pixels),
+    parent: new Int32Array(pixels),
+    comp: new Int32Array(pixels),
+    area: new Int32Array(pixels),
+    ss0: new Int32Array(pixels),
+    fs0: new Int32Array(pixels),
+    ss1: new Int32Array(pixels),
+    fs1: new Int32Array(pixels),
+    first: new Int32Array(pixels),
+    sum: new Float64Array(pixels),
+    sumSs: new Float64Array(pixels),
+    sumFs: new Float64Array(pixels),
+    max: new Float64Array(pixels),
+  };
+}
+
+function find(parent: Int32Array, x: number): number {
+  // Path halving.
+  while (parent[x] !== x) {
+    const gp = parent[parent[x]];
+    parent[x] = gp;
+    x = gp;
+  }
+  return x;
+}
+
+/** Link the roots of a and b, the larger index under the smaller: every root is its component's minimum. */
+function union(parent: Int32Array, a: number, b: number): void {
+  const ra = find(parent, a);
+  const rb = find(parent, b);
+  if (ra < rb) parent[rb] = ra;
+  else if (rb < ra) parent[ra] = rb;
+}
+
+/** Output arrays of one frame, written by cpuFrame. */
+interface FrameOut {
+  litPixels?: Uint32Array;
+  litIntensity?: Float32Array;
+  unmaskedPixels?: Uint32Array;
+  filteredLit?: Uint32Array;
+  /** Offset of this frame's ASICs in the arrays above. */
+  asicOffset: number;
+  /** Component labels of this frame (NO_LABEL where not surviving). */
+  labels?: Uint32Array;
+}
+
+/**
+ * The CPU reference for stages 1, 3 and 4 on frame `f` of a batch; returns the frame's peak count and
+ * peaks. Stage 1 outputs are written only when `out.litPixels` is given.
+ */
+function cpuFrame(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  s: Scratch,
+  out: FrameOut,
+): { nPeaks: number; peaks: Peak[] } {
+  const g = batch.geometry;
+  const { moduleSs: nss, moduleFs: nfs, asicSs, asicFs, asicCols, nAsics, pixels } = g;
+  const base = f * pixels;
+  const data = batch.data;
+  const mask = batch.mask;
+  const hot = batch.hot;
+  const threshold = Math.fround(params.threshold);
+  const l = s.l;
+
+  // Stage 1, and the stage-3 input L.
+  const aLit = new Uint32Array(nAsics);
+  const aValid = new Uint32Array(nAsics);
+  const aSum = new Float64Array(nAsics);
+  for (let ss = 0; ss < nss; ss++) {
+    const rowAsic = Math.floor(ss / asicSs) * asicCols;
+    for (let fs = 0; fs < nfs; fs++) {
+      const p = ss * nfs + fs;
+      const v = data[base + p];
+      let isLit = 0;
+      if (Number.isFinite(v) && (!mask || mask[base + p] === 0)) {
+        const a = rowAsic + Math.floor(fs / asicFs);
+        aValid[a]++;
+        if (v > threshold) {
+          aLit[a]++;
+          aSum[a] += v;
+          isLit = 1;
+        }
+      }
+      l[p] = isLit && !(hot && hot[p]) ? 1 : 0;
+    }
+  }
+  const o = out.asicOffset;
+  if (out.litPixels) {
+    for (let a = 0; a < nAsics; a++) {
+      out.litPixels[o + a] = aLit[a];
+      out.unmaskedPixels![o + a] = aValid[a];
+      out.litIntensity![o + a] = aSum[a];
+    }
+  }
+
+  // Stage 3: survivors get parent = self, the others -1.
+  const parent = s.parent;
+  const need = params.neighbours;
+  const strong = Math.fround(params.strong);
+  const aFilt = new Uint32Array(nAsics);
+  for (let ss = 0; ss < nss; ss++) {
+    const rowAsic = Math.floor(ss / asicSs) * asicCols;
+    for (let fs = 0; fs < nfs; fs++) {
+      const p = ss * nfs + fs;
+      let keep = false;
+      if (l[p]) {
+        let n = 0;
+        for (let dy = -1; dy <= 1; dy++) {
+          const y = ss + dy;
+          if (y < 0 || y >= nss) continue;
+          for (let dx = -1; dx <= 1; dx++) {
+            const x = fs + dx;
+            if ((dx === 0 && dy === 0) || x < 0 || x >= nfs) continue;
+            n += l[y * nfs + x];
+          }
+        }
+        keep = n >= need || data[base + p] >= strong;
+      }
+      if (keep) {
+        parent[p] = p;
+        aFilt[rowAsic + Math.floor(fs / asicFs)]++;
+      } else {
+        parent[p] = -1;
+      }
+    }
+  }
+  if (out.filteredLit) { for (let a = 0; a < nAsics; a++) out.filteredLit[o + a] = aFilt[a]; }
+
+  // Stage 4: sequential union-find over the earlier neighbours (left, up-left, up, up-right).
+  for (let ss = 0; ss < nss; ss++) {
+    for (let fs = 0; fs < nfs; fs++) {
+      const p = ss * nfs + fs;
+      if (parent[p] < 0) continue;
+      if (fs > 0 && parent[p - 1] >= 0) union(parent, p, p - 1);
+      if (ss > 0) {
+        const up = p - nfs;
+        if (fs > 0 && parent[up - 1] >= 0) union(parent, p, up - 1);
+        if (parent[up] >= 0) union(parent, p, up);
+        if (fs + 1 < nfs && parent[up + 1] >= 0) union(parent, p, up + 1);
+      }
+    }
+  }
+
+  // Per-component statistics in float64; a root is its component's first pixel in raster order.
+  const { comp, area, ss0, fs0, ss1, fs1, first, sum, sumSs, sumFs, max } = s;
+  let nComp = 0;
+  const labels = out.labels;
+  for (let ss = 0; ss < nss; ss++) {
+    for (let fs = 0; fs < nfs; fs++) {
+      const p = ss * nfs + fs;
+      if (parent[p] < 0) {
+        if (labels) labels[p] = NO_LABEL;
+        continue;
+      }
+      const r = find(parent, p);
+      if (labels) labels[p] = r;
+      const v = data[base + p];
+      let c: number;
+      if (r === p) {
+        c = nComp++;
+        comp[p] = c;
+        area[c] = 0;
+        ss0[c] = ss;
+        fs0[c] = fs;
+        ss1[c] = ss + 1;
+        fs1[c] = fs + 1;
+        first[c] = p;
+        sum[c] = 0;
+        sumSs[c] = 0;
+        sumFs[c] = 0;
+        max[c] = v;
+      } else {
+        c = comp[r];
+      }
+      area[c]++;
+      if (fs < fs0[c]) fs0[c] = fs;
+      if (fs + 1 > fs1[c]) fs1[c] = fs + 1;
+      ss1[c] = ss + 1; // rows come in order
+      sum[c] += v;
+      sumSs[c] += v * ss;
+      sumFs[c] += v * fs;
+      if (v > max[c]) max[c] = v;
+    }
+  }
+
+  const found: { peak: Peak; first: number }[] = [];
+  for (let c = 0; c < nComp; c++) {
+    if (area[c] < params.minArea || area[c] > params.maxArea) continue;
+    const intensity = Math.fround(sum[c]);
+    found.push({
+      peak: {
+        box: [ss0[c], fs0[c], ss1[c], fs1[c]],
+        area: area[c],
+        intensity,
+        ss: Math.fround(sumSs[c] / sum[c]),
+        fs: Math.fround(sumFs[c] / sum[c]),
+        max: Math.fround(max[c]),
+      },
+      first: first[c],
+    });
+  }
+  return { nPeaks: found.length, peaks: sortAndCut(found, params.maxPeaks) };
+}
+
+/** An empty BatchResult for a batch of nFrames. */
+export function emptyResult(g: Geometry, nFrames: number): BatchResult {
+  const n = nFrames * g.nAsics;
+  return {
+    litPixels: new Uint32Array(n),
+    litIntensity: new Float32Array(n),
+    unmaskedPixels: new Uint32Array(n),
+    filteredLit: new Uint32Array(n),
+    nPeaks: new Uint32Array(nFrames),
+    peaks: Array.from({ length: nFrames }, () => []),
+  };
+}
+
+let sharedScratch: Scratch | undefined;
+
+/** The CPU reference, synchronous: stages 1, 3, 4 on a batch; `labels` (nFrames * pixels) if asked for. */
+export function processBatchCpu(
+  batch: ModuleBatch,
+  params: LocaliseParams,
+  opts: { labels?: Uint32Array } = {},
+): BatchResult {
+  checkBatch(batch);
+  const g = batch.geometry;
+  const res = emptyResult(g, batch.nFrames);
+  const s = (sharedScratch = scratchFor(g.pixels, sharedScratch));
+  for (let f = 0; f < batch.nFrames; f++) {
+    const r = cpuFrame(batch, f, params, s, {
+      litPixels: res.litPixels,
+      litIntensity: res.litIntensity,
+      unmaskedPixels: res.unmaskedPixels,
+      filteredLit: res.filteredLit,
+      asicOffset: f * g.nAsics,
+      labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
+    });
+    res.nPeaks[f] = r.nPeaks;
+    res.peaks[f] = r.peaks;
+  }
+  return res;
+}
+
+/** Stages 3-4 of one frame on the CPU (the GPU backend's fallback when a frame overflows its peak table). */
+export function framePeaksCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+): { nPeaks: number; peaks: Peak[] } {
+  const s = (sharedScratch = scratchFor(batch.geometry.pixels, sharedScratch));
+  return cpuFrame(batch, f, params, s, { asicOffset: 0 });
+}
+
+/** Component labels of every frame of a batch (the spec's label convention), for tests. */
+export function labelsCpu(batch: ModuleBatch, params: LocaliseParams): Uint32Array {
+  const labels = new Uint32Array(batch.nFrames * batch.geometry.pixels);
+  processBatchCpu(batch, params, { labels });
+  return labels;
+}
+
+/** Stage-2 pre-pass on the CPU. */
+export function accumulateLitCountsCpu(batch: ModuleBatch, counts: Uint32Array, threshold: number): void {
+  checkBatch(batch);
+  const P = batch.geometry.pixels;
+  if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
+  const { data, mask } = batch;
+  threshold = Math.fround(threshold);
+  for (let f = 0; f < batch.nFrames; f++) {
+    const base = f * P;
+    for (let p = 0; p < P; p++) {
+      const v = data[base + p];
+      if (Number.isFinite(v) && v > threshold && (!mask || mask[base + p] === 0)) counts[p]++;
+    }
+  }
+}
+
+/** The CPU backend: the reference above, one thread. */
+export function createCpuBackend(params: LocaliseParams): LocaliseBackend {
+  const p = { ...params };
+  return {
+    name: "cpu",
+    adapter: "cpu (1 thread)",
+    accumulateLitCounts(batch, counts) {
+      accumulateLitCountsCpu(batch, counts, p.threshold);
+      return Promise.resolve();
+    },
+    process(batch) {
+      try {
+        return Promise.resolve(processBatchCpu(batch, p));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    dispose() {},
+  };
+}
