@@ -309,9 +309,20 @@ function onExit(): void {
   liveWriters.clear();
 }
 
+// Deno does not emit process "exit" when an uncaught error ends the process; it dispatches these events
+// on globalThis instead (Node has no globalThis.addEventListener).
+const UNCAUGHT = ["error", "unhandledrejection"] as const;
+const onUncaught = (e: Event) => {
+  if (!e.defaultPrevented) onExit();
+};
+const eventTarget = globalThis as unknown as Partial<EventTarget>;
+
 function installCleanup(): void {
   if (signalHandlers.size) return;
   process.on("exit", onExit);
+  if (typeof eventTarget.addEventListener === "function") {
+    for (const ev of UNCAUGHT) eventTarget.addEventListener(ev, onUncaught);
+  }
   for (const sig of SIGNALS) {
     const handler = () => {
       for (const w of liveWriters) w.abort(sig);
@@ -328,6 +339,9 @@ function installCleanup(): void {
 function uninstallCleanup(): void {
   if (!signalHandlers.size) return;
   process.off("exit", onExit);
+  if (typeof eventTarget.removeEventListener === "function") {
+    for (const ev of UNCAUGHT) eventTarget.removeEventListener(ev, onUncaught);
+  }
   for (const [sig, handler] of signalHandlers) process.off(sig, handler);
   signalHandlers.clear();
 }
@@ -1106,6 +1120,7 @@ export class FileWriter<N extends string = string> {
         if (seg) seg.closed = true;
         seg = this.newSeg(t);
         this.segs.push(seg);
+        this.ensureOpen(seg); // create the file now: a file per started sequence, errors surface early
       }
       seg.end = t + 1;
       seg.bytes += b;
