@@ -1,0 +1,48 @@
+// Shared by every localisation shader: the loader (src/localise/webgpu.ts) puts this file in front of
+// each stage's file. Layouts match src/localise/webgpu.ts.
+//
+// Pixel indices: p = ss * moduleFs + fs within a module frame; i = frame * pixels + p within the batch.
+// Per-frame counters (stride = 4 * nAsics + 1 words): [0, A) litPixels, [A, 2A) litIntensity (f32 bits),
+// [2A, 3A) unmaskedPixels, [3A, 4A) filteredLit, [4A] number of peaks (components in the area range).
+// Peak table: `capacity` entries of ENTRY words per frame: area, ss0, fs0, ss1, fs1 (u32), intensity,
+// sum(v * (ss - cs)), sum(v * (fs - cf)) about the box centre cs = (ss0 + ss1 - 1) / 2 (f32 bits), max (ordered u32 key of the f32, see orderedKey), first (the
+// component's root: its smallest module-frame pixel index).
+
+struct Params {
+  pixels: u32,
+  moduleSs: u32,
+  moduleFs: u32,
+  asicSs: u32,
+  asicFs: u32,
+  asicCols: u32,
+  nAsics: u32,
+  nFrames: u32,
+  hasMask: u32,
+  hasHot: u32,
+  neighbours: u32,
+  minArea: u32,
+  maxArea: u32,
+  capacity: u32,
+  stride: u32,
+  segments: u32,
+  threshold: f32,
+  strong: f32,
+  pad0: u32,
+  pad1: u32,
+}
+
+const NONE: u32 = 0xffffffffu;
+// Pixels per row segment in the run-length passes (moduleFs is a multiple of it).
+const SEG: u32 = 16u;
+const ENTRY: u32 = 10u;
+
+// finite(v) from the bits: compilers may assume no NaN/Inf in float comparisons.
+fn isFiniteF32(v: f32) -> bool {
+  return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// An unsigned key with the order of the float's value (for atomicMax on floats of any sign).
+fn orderedKey(v: f32) -> u32 {
+  let b = bitcast<u32>(v);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
