@@ -417,7 +417,7 @@ describe("round trips", () => {
 // Checks: every one raises a WriterError naming the dataset and the mismatch, before anything changes.
 
 describe("checks", () => {
-  const open = async (dir: string, options: WriterOptions = {}) =>
+  const open = (dir: string, options: WriterOptions = {}) =>
     openWriter(path.join(dir, "chk-{seq}.h5"), RT, { params: { m: "M1" }, maxTrainsPerFile: 4, ...options });
   const err = (f: () => unknown, re: RegExp) => {
     let e: unknown;
