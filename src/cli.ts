@@ -8,6 +8,7 @@
 import { EXIT, InputError } from "./errors.ts";
 import { formatSummary, summarise } from "./inspect.ts";
 import { Run } from "./run.ts";
+import { localiseCommand } from "./localise/command.ts";
 
 export interface OptionSpec {
   name: string;
@@ -49,6 +50,7 @@ const commands: Command[] = [
       return EXIT.ok;
     },
   },
+  localiseCommand,
 ];
 
 /** Register a command (the modules of later stages call this). */

@@ -156,6 +156,11 @@ export function arrayFor(dtype: string, n: number): NumericArray {
   throw new Error(`unsupported dtype ${dtype}`);
 }
 
+/** Bytes per element of a numpy-style dtype name (uint16 -> 2). */
+export function bytesPerElement(dtype: string): number {
+  return arrayFor(dtype, 0).BYTES_PER_ELEMENT;
+}
+
 let scratchPtr = 0;
 let scratchBytes = 0;
 

@@ -1,0 +1,215 @@
+/**
+ * The `localise` command: options, output directory handling, progress, and the human summary.
+ *
+ * `localise RUN --out DIR` (default ./localise-<run name>) writes DIR/summary.json and the REDU file; refuses
+ * an existing DIR without --force; never writes into RUN. The directory is built under a temporary name
+ * beside DIR and renamed when complete.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command, OptionSpec } from "../cli.ts";
+import { EXIT, InputError } from "../errors.ts";
+import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
+import { summaryJson, writeRedu } from "./output.ts";
+
+export const LOCALISE_OPTIONS: OptionSpec[] = [
+  { name: "out", value: "string", help: "output directory (default ./localise-<run name>)" },
+  { name: "force", help: "replace an existing output directory" },
+  { name: "backend", value: "string", default: DEFAULT_OPTIONS.backend, help: "auto | webgpu | cpu" },
+  { name: "detector", value: "string", help: "detector name, when the run holds several" },
+  { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
+  { name: "first-train", value: "number", help: "first train ID to use" },
+  { name: "last-train", value: "number", help: "last train ID to use" },
+  {
+    name: "threshold",
+    value: "number",
+    default: DEFAULT_OPTIONS.threshold,
+    help: "lit pixel: value > threshold (photons)",
+  },
+  {
+    name: "hot-fraction",
+    value: "number",
+    default: DEFAULT_OPTIONS.hotFraction,
+    help: "hot pixel: lit in more than this fraction of frames",
+  },
+  {
+    name: "hot-sample",
+    value: "number",
+    default: DEFAULT_OPTIONS.hotSample,
+    help: "frames per module sampled for hot pixels",
+  },
+  {
+    name: "neighbours",
+    value: "number",
+    default: DEFAULT_OPTIONS.neighbours,
+    help: "noise filter: lit neighbours a lit pixel needs",
+  },
+  {
+    name: "strong",
+    value: "number",
+    default: DEFAULT_OPTIONS.strong,
+    help: "noise filter: a pixel this bright survives alone (photons)",
+  },
+  { name: "min-area", value: "number", default: DEFAULT_OPTIONS.minArea, help: "smallest peak (pixels)" },
+  { name: "max-area", value: "number", default: DEFAULT_OPTIONS.maxArea, help: "largest peak (pixels)" },
+  {
+    name: "max-peaks",
+    value: "number",
+    default: DEFAULT_OPTIONS.maxPeaks,
+    help: "peak table capacity per frame",
+  },
+  {
+    name: "min-lit",
+    value: "number",
+    default: DEFAULT_OPTIONS.minLit,
+    help: "an ASIC without a peak is lit with this many filtered lit pixels",
+  },
+  {
+    name: "mode",
+    value: "string",
+    default: DEFAULT_OPTIONS.mode,
+    help: "classifier: peaks | adaptive (diffuse signal: SPI, SAXS)",
+  },
+  {
+    name: "snr",
+    value: "number",
+    default: DEFAULT_OPTIONS.snr,
+    help: "adaptive classifier: median + snr * IQR / 1.349",
+  },
+  {
+    name: "margin",
+    value: "number",
+    default: DEFAULT_OPTIONS.margin,
+    help: "ROI padding around peaks (pixels)",
+  },
+  { name: "max-rois", value: "number", default: DEFAULT_OPTIONS.maxRois, help: "ROIs per module at most" },
+  {
+    name: "min-lit-fraction",
+    value: "number",
+    default: DEFAULT_OPTIONS.minLitFraction,
+    help: "module selected at this lit-frame fraction",
+  },
+  {
+    name: "batch-mb",
+    value: "number",
+    default: DEFAULT_OPTIONS.batchBytes / 2 ** 20,
+    help: "image data per module per batch (MiB)",
+  },
+];
+
+export function parseModules(spec: string): number[] {
+  const out: number[] = [];
+  for (const part of spec.split(",")) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new InputError(undefined, `--modules: bad list ${spec} (example: 0-3,8)`);
+    const a = Number(m[1]), b = m[2] === undefined ? a : Number(m[2]);
+    for (let i = a; i <= b; i++) out.push(i);
+  }
+  return out;
+}
+
+/** Options of the command line as LocaliseOptions. */
+export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptions> {
+  if (!["auto", "webgpu", "cpu"].includes(o.backend)) {
+    throw new InputError(undefined, `--backend: ${o.backend}?`);
+  }
+  if (!["peaks", "adaptive"].includes(o.mode)) throw new InputError(undefined, `--mode: ${o.mode}?`);
+  return {
+    backend: o.backend,
+    detector: o.detector,
+    modules: o.modules ? parseModules(o.modules) : undefined,
+    firstTrain: o.firstTrain,
+    lastTrain: o.lastTrain,
+    threshold: o.threshold,
+    hotFraction: o.hotFraction,
+    hotSample: o.hotSample,
+    neighbours: o.neighbours,
+    strong: o.strong,
+    minArea: o.minArea,
+    maxArea: o.maxArea,
+    maxPeaks: o.maxPeaks,
+    minLit: o.minLit,
+    mode: o.mode,
+    snr: o.snr,
+    margin: o.margin,
+    maxRois: o.maxRois,
+    minLitFraction: o.minLitFraction,
+    batchBytes: Math.round(o.batchMb * 2 ** 20),
+  };
+}
+
+/** The output directory: refuse one inside the run, or an existing one without --force. */
+export function prepareOut(runPath: string, out: string | undefined, name: string, force: boolean): string {
+  const dir = path.resolve(out ?? `localise-${name}`);
+  const run = path.resolve(runPath);
+  const runDir = fs.existsSync(run) && fs.statSync(run).isDirectory() ? run : path.dirname(run);
+  if (dir === runDir || dir.startsWith(runDir + path.sep)) {
+    throw new InputError(dir, "output directory lies inside the input run; choose another --out");
+  }
+  if (fs.existsSync(dir) && !force) throw new InputError(dir, "exists; use --force to replace it");
+  return dir;
+}
+
+function progressPrinter(): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  const t0 = performance.now();
+  return (done, total) => {
+    const s = (performance.now() - t0) / 1000;
+    const rate = done / s;
+    const eta = rate > 0 ? (total - done) / rate : 0;
+    process.stderr.write(
+      `\rlocalise: ${done}/${total} frames, ${rate.toFixed(0)} frames/s, ETA ${eta.toFixed(0)} s   `,
+    );
+    if (done >= total) process.stderr.write("\n");
+  };
+}
+
+export function formatResult(r: LocaliseResult, dir: string): string {
+  const lines = [
+    `${r.run}: ${r.detector.name} (${r.detector.type}), ${r.trains} trains, ${r.frames} frames, ${r.litFrames} lit`,
+    `backend ${r.backend.name} (${r.backend.adapter}), ${r.timing.seconds.toFixed(2)} s, ` +
+    `${r.timing.gbPerSecond.toFixed(2)} GB/s, ${r.timing.framesPerSecond.toFixed(0)} frames/s`,
+    "module  frames  lit  ROIs  hot  selected",
+  ];
+  for (const m of r.modules) {
+    lines.push(
+      `${String(m.module).padStart(6)}  ${String(m.frames).padStart(6)}  ${
+        String(m.litFrames).padStart(3)
+      }  ` +
+        `${String(m.rois.length).padStart(4)}  ${String(m.hotPixels.length).padStart(3)}  ${
+          m.selected ? "yes" : "no"
+        }`,
+    );
+  }
+  lines.push(`written: ${dir}`);
+  return lines.join("\n");
+}
+
+export const localiseCommand: Command = {
+  name: "localise",
+  usage: "localise RUN [--out DIR]",
+  help: "Find the signal: lit pixels per ASIC, lit frames, peaks, ROIs, modules worth keeping.",
+  options: LOCALISE_OPTIONS,
+  async run(args, o) {
+    const runPath = args[0];
+    if (!runPath) throw new InputError(undefined, "missing argument RUN");
+    const name = path.basename(path.resolve(runPath)).replace(/\.h5$/, "");
+    const dir = prepareOut(runPath, o.out, name, !!o.force);
+    const result = await localise(runPath, toLocaliseOptions(o), progressPrinter());
+    for (const n of result.notes) console.error(`xfel-redu: ${n}`);
+    const tmp = `${dir}.tmp-${process.pid}`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(tmp, { recursive: true });
+    try {
+      await writeRedu(result, tmp, result.runFiles);
+      fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
+      if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+      fs.renameSync(tmp, dir);
+    } catch (e) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
+    return EXIT.ok;
+  },
+};

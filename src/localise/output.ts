@@ -1,0 +1,176 @@
+/**
+ * Outputs of `localise`, a contract other tools rely on (documented in the README):
+ * - summary.json (summaryJson below);
+ * - `<PREFIX>-R<run>-REDU00-S00000.h5` (more sequences when large), written with the writer library:
+ *   fast source `<DET>/REDU/LOCALISE:output`, index group `data`, one entry per frame of the run (frames
+ *   aligned across modules, sorted by trainId then pulseId), and the module order of the nModules axes in the
+ *   RUN section of the control source `<DET>/REDU/LOCALISE` (key `modules`).
+ */
+import * as path from "node:path";
+import { openWriter } from "../writer.ts";
+import type { LocaliseResult } from "./localise.ts";
+
+export function summaryJson(r: LocaliseResult) {
+  const { backend: _b, ...params } = r.params;
+  return {
+    run: r.run,
+    detector: r.detector,
+    backend: r.backend,
+    params: { ...params, backend: r.params.backend },
+    trains: r.trains,
+    frames: r.frames,
+    litFrames: r.litFrames,
+    modules: r.modules,
+    selectedFiles: r.selectedFiles,
+    timing: r.timing,
+    notes: r.notes,
+  };
+}
+
+/** The run's file prefix and run number, from EuXFEL file names (CORR-R0012-AGIPD00-S00000.h5). */
+export function runNaming(files: string[]): { prefix: string; run: number } {
+  for (const f of files) {
+    const m = /^([A-Za-z]+)-R(\d+)-/.exec(f);
+    if (m) return { prefix: m[1], run: Number(m[2]) };
+  }
+  return { prefix: "CORR", run: 0 };
+}
+
+/** Trains written per writer call. */
+const TRAINS_PER_CALL = 512;
+
+/** Write the REDU file(s) of a localise result into dir; returns their paths. */
+export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string[] = []): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles.map((f) => path.basename(f)));
+  const nMod = r.detector.modules.length;
+  const nA = r.nAsics;
+  const maxPeaks = r.params.maxPeaks;
+  const perFrame = [nMod, nA];
+  // Per-frame tables are small and mostly zeros (peak tables): modest chunks, fast gzip.
+  const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
+  const schema = {
+    parameters: ["det", "nmod", "nasic", "maxpeaks"],
+    aliases: { out: "{det}/REDU/LOCALISE:output", ctl: "{det}/REDU/LOCALISE" },
+    datasets: {
+      trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
+      pulseId: { source: "@out", key: "data.pulseId", shape: [], dtype: "uint64", ...packed },
+      frameLit: { source: "@out", key: "data.frameLit", shape: [], dtype: "uint8", ...packed },
+      litPixels: {
+        source: "@out",
+        key: "data.litPixels",
+        shape: ["nmod", "nasic"],
+        dtype: "uint32",
+        ...packed,
+      },
+      litIntensity: {
+        source: "@out",
+        key: "data.litIntensity",
+        shape: ["nmod", "nasic"],
+        dtype: "float32",
+        ...packed,
+      },
+      unmaskedPixels: {
+        source: "@out",
+        key: "data.unmaskedPixels",
+        shape: ["nmod", "nasic"],
+        dtype: "uint32",
+        ...packed,
+      },
+      filteredLit: {
+        source: "@out",
+        key: "data.filteredLit",
+        shape: ["nmod", "nasic"],
+        dtype: "uint32",
+        ...packed,
+      },
+      asicLit: { source: "@out", key: "data.asicLit", shape: ["nmod", "nasic"], dtype: "uint8", ...packed },
+      nPeaks: { source: "@out", key: "data.nPeaks", shape: [], dtype: "uint32", ...packed },
+      peakModule: { source: "@out", key: "data.peakModule", shape: ["maxpeaks"], dtype: "uint16", ...packed },
+      peakBox: { source: "@out", key: "data.peakBox", shape: ["maxpeaks", 4], dtype: "uint16", ...packed },
+      peakArea: { source: "@out", key: "data.peakArea", shape: ["maxpeaks"], dtype: "uint32", ...packed },
+      peakIntensity: {
+        source: "@out",
+        key: "data.peakIntensity",
+        shape: ["maxpeaks"],
+        dtype: "float32",
+        ...packed,
+      },
+      peakSs: { source: "@out", key: "data.peakSs", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakFs: { source: "@out", key: "data.peakFs", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakMax: { source: "@out", key: "data.peakMax", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      modules: { source: "@ctl", key: "modules", shape: ["nmod"], dtype: "uint16", ...packed },
+    },
+  } as const;
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params: { det: r.detector.name, nmod: nMod, nasic: nA, maxpeaks: maxPeaks },
+    prefix,
+    run,
+    aggregator: "REDU00",
+    maxBytesPerFile: 4 * 2 ** 30,
+  });
+  try {
+    w.setConstant("modules", Uint16Array.from(r.detector.modules));
+    const pf = r.perFrame;
+    // Trains and their frame counts (frames are sorted by trainId, then pulseId).
+    const trains: number[] = [];
+    const counts: number[] = [];
+    for (let f = 0; f < r.frames; f++) {
+      if (trains.length && trains[trains.length - 1] === pf.trainId[f]) counts[counts.length - 1]++;
+      else {
+        trains.push(pf.trainId[f]);
+        counts.push(1);
+      }
+    }
+    let f0 = 0;
+    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
+      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
+      const c = counts.slice(t0, t1);
+      const n = c.reduce((a, b) => a + b, 0);
+      const f1 = f0 + n;
+      w.addTrains(trains.slice(t0, t1), { "@out": c });
+      const k0 = f0 * nMod * nA, k1 = f1 * nMod * nA;
+      const peakModule = new Uint16Array(n * maxPeaks);
+      const peakBox = new Uint16Array(n * maxPeaks * 4);
+      const peakArea = new Uint32Array(n * maxPeaks);
+      const peakIntensity = new Float32Array(n * maxPeaks);
+      const peakSs = new Float32Array(n * maxPeaks);
+      const peakFs = new Float32Array(n * maxPeaks);
+      const peakMax = new Float32Array(n * maxPeaks);
+      for (let i = 0; i < n; i++) {
+        pf.peaks[f0 + i].forEach((p, j) => {
+          const k = i * maxPeaks + j;
+          peakModule[k] = p.module;
+          peakBox.set(p.box, k * 4);
+          peakArea[k] = p.area;
+          peakIntensity[k] = p.intensity;
+          peakSs[k] = p.ss;
+          peakFs[k] = p.fs;
+          peakMax[k] = p.max;
+        });
+      }
+      w.addData({
+        trainId: BigUint64Array.from(pf.trainId.subarray(f0, f1), BigInt),
+        pulseId: BigUint64Array.from(pf.pulseId.subarray(f0, f1), BigInt),
+        frameLit: pf.frameLit.subarray(f0, f1),
+        litPixels: { data: pf.litPixels.subarray(k0, k1), shape: [n, ...perFrame] },
+        litIntensity: { data: pf.litIntensity.subarray(k0, k1), shape: [n, ...perFrame] },
+        unmaskedPixels: { data: pf.unmaskedPixels.subarray(k0, k1), shape: [n, ...perFrame] },
+        filteredLit: { data: pf.filteredLit.subarray(k0, k1), shape: [n, ...perFrame] },
+        asicLit: { data: pf.asicLit.subarray(k0, k1), shape: [n, ...perFrame] },
+        nPeaks: pf.nPeaks.subarray(f0, f1),
+        peakModule: { data: peakModule, shape: [n, maxPeaks] },
+        peakBox: { data: peakBox, shape: [n, maxPeaks, 4] },
+        peakArea: { data: peakArea, shape: [n, maxPeaks] },
+        peakIntensity: { data: peakIntensity, shape: [n, maxPeaks] },
+        peakSs: { data: peakSs, shape: [n, maxPeaks] },
+        peakFs: { data: peakFs, shape: [n, maxPeaks] },
+        peakMax: { data: peakMax, shape: [n, maxPeaks] },
+      });
+      f0 = f1;
+    }
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
+}
