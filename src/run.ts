@@ -8,7 +8,8 @@
  *   or legacy `first`/`last`/`status` (count = (last - first + 1) * status).
  * - Detector modules: AGIPD/LPD/DSSC `<DET>/DET/<m>CH0:xtdf` (RAW, older CORR) and `<DET>/CORR/<m>CH0:output`
  *   (newer CORR, whose legacy link under the DET name is skipped, so no module appears twice); JUNGFRAU
- *   `<DET>/DET/JNGFR<nn>:daqOutput` with `data.adc` (one entry per train holding every memory cell).
+ *   `<DET>/DET/JNGFR<nn>:daqOutput` (CORR: `<DET>/CORR/JNGFR<nn>:output`, legacy link skipped likewise) with
+ *   `data.adc` (one entry per train holding every memory cell).
  *   Module number from the source name (0-based for XTDF, JNGFR01 -> module 1); type from names, else shapes.
  * - Nothing is read but the index and metadata when a run is opened; image data is read by frames.ts.
  */
@@ -103,7 +104,7 @@ export interface SourceSummary {
 }
 
 const XTDF_RE = /^(.+)\/(DET|CORR)\/(\d+)CH0:(xtdf|output)$/;
-const JNGFR_RE = /^(.+)\/DET\/JNGFR(\d+):daqOutput$/;
+const JNGFR_RE = /^(.+)\/(DET|CORR)\/JNGFR(\d+):(daqOutput|output)$/;
 
 export class Run {
   readonly trainIds: number[];
@@ -333,7 +334,7 @@ function findDetectors(files: RunFile[]): Detector[] {
     // Newer CORR files carry `<DET>/CORR/<m>CH0:output` plus a legacy `<DET>/DET/<m>CH0:xtdf` link to it.
     const corrModules = new Set<string>();
     for (const name of f.sources.keys()) {
-      const m = XTDF_RE.exec(name);
+      const m = XTDF_RE.exec(name) ?? JNGFR_RE.exec(name);
       if (m && m[2] === "CORR") corrModules.add(`${m[1]}/${m[3]}`);
     }
     for (const src of f.sources.values()) {
@@ -350,8 +351,10 @@ function findDetectors(files: RunFile[]): Detector[] {
         dataKey = "data";
         type = typeFromName(detName);
       } else if (j) {
+        if (j[2] === "DET" && corrModules.has(`${j[1]}/${j[3]}`)) continue; // legacy link of a CORR source
+        if (j[2] === "DET" && isSoftLink(f.h5, `/INSTRUMENT/${src.name}`)) continue;
         detName = j[1];
-        moduleNo = Number(j[2]);
+        moduleNo = Number(j[3]);
         group = "data";
         dataKey = "adc";
         type = "JUNGFRAU";
