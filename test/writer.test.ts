@@ -693,6 +693,20 @@ describe("temporary names", () => {
     expect(tmp).toBeDefined();
   });
 
+  it("an HDF5 error during a write (status < 0) aborts the writer", async () => {
+    const dir = tmpDir();
+    const w = await openWriter(path.join(dir, "e-{seq}.h5"), RT, { params: { m: "M1" }, buffering: false });
+    w.addTrains([1, 2], { "@det": 1 });
+    w.addData("image", gen.image(0, 1));
+    // Pull the HDF5 file from under the writer: the next write gets a failing status from HDF5.
+    (w as any).files_.segs[0].file.close();
+    expect(() => w.addData("pos", gen.pos(0, 2))).toThrow(
+      /write failed, writer aborted and temporary files removed: cannot (resize|write) CONTROL\/SPB_XTD9\/MOTOR\/M1\/actualPosition\/value/,
+    );
+    expect(listDir(dir)).toEqual([]);
+    expect(() => w.addTrains([3])).toThrow(/the writer was aborted/);
+  });
+
   const child = (writerUrl: string, dir: string, then: string) => `
 import { FileWriter } from ${JSON.stringify(writerUrl)};
 const w = await FileWriter.open(${JSON.stringify(path.join(dir, "k-{seq:02d}.h5"))}, {
