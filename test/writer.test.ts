@@ -54,7 +54,7 @@ const listDir = (d: string) => fs.readdirSync(d).sort();
 describe("azimuthal-integration example", () => {
   it("writes 99 trains x 3 entries in one call, split into valid sequence files", async () => {
     const dir = tmpDir();
-    // --- example start (docs/writer.md) ---
+    // --- example start ---
     const schema = defineSchema({
       parameters: ["det_name", "nmod", "nfrag", "nbins"],
       aliases: { prm: "{det_name}/x/y", res: "{det_name}/x/y:output" },
@@ -139,6 +139,18 @@ describe("azimuthal-integration example", () => {
     } finally {
       writer.abort();
     }
+  });
+
+  it("docs/writer.md shows the same code", () => {
+    const lines = (text: string) => {
+      const a = text.indexOf("// --- example start ---");
+      const b = text.indexOf("// --- example end ---");
+      return text.slice(a, b).split("\n").map((l) => l.trim()).filter((l) => l && l !== "try {");
+    };
+    const doc = fs.readFileSync(path.join(ROOT, "docs/writer.md"), "utf8");
+    const test = fs.readFileSync(fileURLToPath(import.meta.url), "utf8");
+    expect(lines(doc).length).toBeGreaterThan(20);
+    expect(lines(doc)).toEqual(lines(test));
   });
 });
 
@@ -314,6 +326,41 @@ describe("round trips", () => {
     const files = w.close();
     expect(files.length).toBe(15);
     await checkRoundTrip(files, 2);
+  });
+
+  withH5py("control sources with trains missing (count 0): index, timestamps and RUN values", async () => {
+    const dir = tmpDir();
+    const w = await openWriter(path.join(dir, "m-{seq}.h5"), RT, {
+      params: { m: "M1" },
+      maxTrainsPerFile: 3,
+    });
+    const mc = [0, 1, 0, 1, 1, 0];
+    w.addTrains([1, 2, 3, 4, 5, 6], { "@mot": mc }, { timestamps: [10, 20, 30, 40, 50, 60] });
+    w.addData({ pos: [0.5, 1.5, 2.5], vec: gen.vec(0, 3) });
+    const files = w.close();
+    expect(files.length).toBe(2);
+    await expectValid(files);
+    const mot = "SPB_XTD9/MOTOR/M1";
+    const v0 = h5pyExdfView(files[0]);
+    expect(v0.control[mot].count).toEqual([0, 1, 0]);
+    expect(v0.control[mot].first).toEqual([0, 0, 1]);
+    const d0 = h5pyRead(files[0], [
+      `CONTROL/${mot}/actualPosition/value`,
+      `CONTROL/${mot}/actualPosition/timestamp`,
+      `RUN/${mot}/actualPosition/value`,
+      `RUN/${mot}/actualPosition/timestamp`,
+    ]);
+    expect(d0[`CONTROL/${mot}/actualPosition/value`].values).toEqual([0.5]);
+    expect(d0[`CONTROL/${mot}/actualPosition/timestamp`].values).toEqual([20]);
+    expect(d0[`RUN/${mot}/actualPosition/value`].values).toEqual([0.5]);
+    expect(d0[`RUN/${mot}/actualPosition/timestamp`].values).toEqual([20]);
+    const d1 = h5pyRead(files[1], [
+      `CONTROL/${mot}/actualPosition/value`,
+      `CONTROL/${mot}/actualPosition/timestamp`,
+    ]);
+    expect(d1[`CONTROL/${mot}/actualPosition/value`].values).toEqual([1.5, 2.5]);
+    expect(d1[`CONTROL/${mot}/actualPosition/timestamp`].values).toEqual([40, 50]);
+    expect(h5pyExdfView(files[1]).control[mot].count).toEqual([1, 1, 0]);
   });
 
   it("splits by bytes", async () => {
