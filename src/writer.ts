@@ -23,6 +23,10 @@
  * Memory. h5wasm works through a wasm heap (max 2 GiB, never shrinks): data goes to HDF5 in slices of at
  * most `sliceBytes`; buffered rows are kept in staging arrays bounded by `bufferBytes` in total; at most
  * `maxOpenFiles` HDF5 files are open at once (others are closed and reopened when needed).
+ *
+ * Code: this file (the FileWriter API, trains and the checks), src/writer-schema.ts (types, templates,
+ * schema resolution, data checks), src/writer-files.ts (sequence files, HDF5 writes, temporary names,
+ * process cleanup). User guide: docs/writer.md.
  */
 import * as fs from "node:fs";
 import { firstLine, h5, type NumericArray } from "./h5.ts";
