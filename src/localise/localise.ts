@@ -54,7 +54,7 @@ export const DEFAULT_OPTIONS: LocaliseOptions = {
   margin: 4,
   maxRois: 32,
   minLitFraction: 0.01,
-  hotSample: 512,
+  hotSample: 128,
   backend: "auto",
   batchBytes: 32 * 2 ** 20,
 };

@@ -96,7 +96,8 @@ export class RoiSet {
       }
       const merged = union(this.boxes[bi], this.boxes[bj]);
       this.boxes = this.boxes.filter((_, k) => k !== bi && k !== bj);
-      this.boxes.push(this.absorb(merged));
+      const grown = this.absorb(merged); // absorb() replaces this.boxes: push after it
+      this.boxes.push(grown);
     }
   }
 
