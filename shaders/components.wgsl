@@ -13,13 +13,12 @@
 
 fn findRoot(x0: u32) -> u32 {
   var x = x0;
-  loop {
-    let p = atomicLoad(&labels[x]);
-    if (p == x) {
-      return x;
-    }
+  var p = atomicLoad(&labels[x]);
+  while (p != x) {
     x = p;
+    p = atomicLoad(&labels[x]);
   }
+  return x;
 }
 
 fn unite(a0: u32, b0: u32) {

@@ -115,8 +115,9 @@ async function openDevice(adapter: GPUAdapter, backend: string): Promise<GpuDevi
   }
   const device = await adapter.requestDevice({ requiredLimits });
   const info: any = adapter.info ?? {};
+  // Numeric vendor/device ids (wgpu gives them) say little: keep the names.
   const parts = [info.vendor, info.architecture, info.device].filter((s) =>
-    typeof s === "string" && s.trim()
+    typeof s === "string" && s.trim() && !/^(0x)?[0-9a-f]+$/i.test(s.trim())
   );
   let name = parts.join(" ").trim();
   if (info.description) name = name ? `${name} (${info.description})` : info.description;

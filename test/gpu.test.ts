@@ -294,6 +294,11 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
     await expect(b.process({ ...parts[0], geometry: geometry("AGIPD") })).rejects.toThrow();
   });
 
+  it("uploads through queue.writeBuffer give the same results", async () => {
+    const b = await backend("AGIPD", {}, 4, { upload: "writeBuffer", debugLabels: true });
+    await compare(b, scenes(geometry("AGIPD")));
+  });
+
   it("random frames: Gaussian noise, random spots, masked and NaN pixels, hot pixels", async () => {
     const g = geometry("AGIPD");
     const nFrames = 6;

@@ -3,7 +3,8 @@
  * shaders/, each starting with its stage's spec; shaders/common.wgsl is put in front of each).
  *
  * Per batch of frames (at most `maxFrames` per GPU submission; larger batches are split): one upload
- * (data, mask if any, hot bytes if any, a 80-byte uniform), one command encoder with every stage, one
+ * (data, mask if any, hot bytes if any, a 80-byte uniform; frames go through a persistent mapped staging
+ * buffer per slot, then a GPU copy), one command encoder with every stage, one
  * readback of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
  * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
  * table and keeps the brightest maxPeaks.
@@ -67,6 +68,12 @@ export interface WebgpuOptions {
   peakCapacity?: number;
   /** Read the component labels back too (tests): WebgpuBatchResult.labels. */
   debugLabels?: boolean;
+  /**
+   * How frames reach the GPU: "mapped" (default) copies them into a persistent mapped staging buffer
+   * per slot, then a GPU copy; "writeBuffer" uses queue.writeBuffer (slower on Dawn for large batches:
+   * it stages through fresh allocations).
+   */
+  upload?: "mapped" | "writeBuffer";
 }
 
 export interface WebgpuBatchResult extends BatchResult {
@@ -126,6 +133,10 @@ interface Slot {
   hot: GPUBuffer;
   staging: GPUBuffer;
   labelsStaging?: GPUBuffer;
+  /** Upload staging (MAP_WRITE): data at 0, mask at maxFrames * pixels * 4; absent with writeBuffer uploads. */
+  upload?: GPUBuffer;
+  /** The pending re-map of `upload` after its last use (false: it failed). */
+  mapping?: Promise<boolean>;
   groups: {
     litpixels: GPUBindGroup;
     hotcount: GPUBindGroup;
@@ -241,6 +252,12 @@ export async function createWebgpuBackend(
             `labels staging ${k}`,
           )
           : undefined,
+        upload: options.upload === "writeBuffer" ? undefined : device.createBuffer({
+          size: 2 * F * frameBytes,
+          usage: BufferUsage.MAP_WRITE | BufferUsage.COPY_SRC,
+          mappedAtCreation: true,
+          label: `upload ${k}`,
+        }),
       };
       slots.push({
         ...s,
@@ -259,6 +276,8 @@ export async function createWebgpuBackend(
     const waiting: ((s: Slot) => void)[] = [];
     const acquire = (): Slot | Promise<Slot> => free.shift() ?? new Promise<Slot>((r) => waiting.push(r));
     const release = (s: Slot) => {
+      // After a failure between unmap and submit: map the upload buffer again.
+      if (s.upload && !s.mapping && s.upload.mapState === "unmapped" && !disposed) remap(s);
       const w = waiting.shift();
       if (w) w(s);
       else free.push(s);
@@ -278,12 +297,36 @@ export async function createWebgpuBackend(
       }
     }
 
-    /** Upload frames [f0, f0 + m) of a batch and their uniform into a slot. */
-    function upload(slot: Slot, batch: ModuleBatch, f0: number, m: number) {
+    /** Wait until a slot's upload staging buffer is mapped again (after its previous batch). */
+    async function uploadReady(slot: Slot): Promise<void> {
+      if (!slot.mapping) return;
+      const ok = await slot.mapping;
+      slot.mapping = undefined;
+      if (!ok) throw new Error("webgpu backend: cannot map the upload buffer");
+    }
+
+    /**
+     * Upload frames [f0, f0 + m) of a batch and their uniform into a slot (with a mapped upload buffer:
+     * the copies are recorded in `enc`; call after uploadReady, and call remap after submitting).
+     */
+    function upload(slot: Slot, batch: ModuleBatch, f0: number, m: number, enc: GPUCommandEncoder) {
       const q = device.queue;
-      q.writeBuffer(slot.data, 0, batch.data, f0 * P, m * P);
-      if (batch.mask) q.writeBuffer(slot.mask, 0, batch.mask, f0 * P, m * P);
-      if (batch.hot) q.writeBuffer(slot.hot, 0, batch.hot, 0, P);
+      const n = m * P;
+      if (slot.upload) {
+        const range = slot.upload.getMappedRange();
+        new Float32Array(range, 0, n).set(batch.data.subarray(f0 * P, f0 * P + n));
+        if (batch.mask) {
+          new Uint32Array(range, F * frameBytes, n).set(batch.mask.subarray(f0 * P, f0 * P + n));
+        }
+        slot.upload.unmap();
+        enc.copyBufferToBuffer(slot.upload, 0, slot.data, 0, 4 * n);
+        if (batch.mask) enc.copyBufferToBuffer(slot.upload, F * frameBytes, slot.mask, 0, 4 * n);
+      } else {
+        // (The casts: typed arrays over a SharedArrayBuffer are fine for writeBuffer too.)
+        q.writeBuffer(slot.data, 0, batch.data as Float32Array<ArrayBuffer>, f0 * P, n);
+        if (batch.mask) q.writeBuffer(slot.mask, 0, batch.mask as Uint32Array<ArrayBuffer>, f0 * P, n);
+      }
+      if (batch.hot) q.writeBuffer(slot.hot, 0, batch.hot as Uint8Array<ArrayBuffer>, 0, P);
       const u = new ArrayBuffer(PARAMS_BYTES);
       const u32 = new Uint32Array(u);
       const f32 = new Float32Array(u);
@@ -310,6 +353,11 @@ export async function createWebgpuBackend(
       q.writeBuffer(slot.params, 0, u);
     }
 
+    /** After submitting a slot's batch: map its upload buffer again for the next one. */
+    function remap(slot: Slot) {
+      if (slot.upload) slot.mapping = slot.upload.mapAsync(MapMode.WRITE).then(() => true, () => false);
+    }
+
     async function runChunk(
       batch: ModuleBatch,
       f0: number,
@@ -321,9 +369,10 @@ export async function createWebgpuBackend(
       try {
         const countersBytes = m * W * 4;
         const tableBytes = m * C * ENTRY * 4;
+        await uploadReady(slot);
         await withErrorScope(device, "webgpu process", () => {
-          upload(slot, batch, f0, m);
           const enc = device.createCommandEncoder();
+          upload(slot, batch, f0, m, enc);
           enc.clearBuffer(counters, 0, countersBytes);
           const pass = enc.beginComputePass();
           const run = (pl: GPUComputePipeline, bg: GPUBindGroup, x: number, y: number, z = 1) => {
@@ -346,6 +395,7 @@ export async function createWebgpuBackend(
           enc.copyBufferToBuffer(table, 0, slot.staging, countersBytes, tableBytes);
           if (slot.labelsStaging) enc.copyBufferToBuffer(labels, 0, slot.labelsStaging, 0, m * frameBytes);
           device.queue.submit([enc.finish()]);
+          remap(slot);
         });
 
         await slot.staging.mapAsync(MapMode.READ, 0, countersBytes + tableBytes);
@@ -434,9 +484,10 @@ export async function createWebgpuBackend(
       const got = acquire();
       const slot = got instanceof Promise ? await got : got;
       try {
+        await uploadReady(slot);
         await withErrorScope(device, "webgpu accumulateLitCounts", () => {
-          upload(slot, batch, f0, m);
           const enc = device.createCommandEncoder();
+          upload(slot, batch, f0, m, enc);
           const pass = enc.beginComputePass();
           pass.setPipeline(pipelines.hotcount.hotcount);
           pass.setBindGroup(0, slot.groups.hotcount);
@@ -444,6 +495,7 @@ export async function createWebgpuBackend(
           pass.end();
           enc.copyBufferToBuffer(litCount, 0, slot.staging, 0, frameBytes);
           device.queue.submit([enc.finish()]);
+          remap(slot);
         });
         await slot.staging.mapAsync(MapMode.READ, 0, frameBytes);
         try {
@@ -491,7 +543,9 @@ export async function createWebgpuBackend(
         disposed = true;
         for (const b of shared) b.destroy();
         for (const s of slots) {
-          for (const b of [s.params, s.data, s.mask, s.hot, s.staging, s.labelsStaging]) b?.destroy();
+          for (const b of [s.params, s.data, s.mask, s.hot, s.staging, s.labelsStaging, s.upload]) {
+            b?.destroy();
+          }
         }
       },
     };
