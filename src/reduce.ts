@@ -1,0 +1,1055 @@
+/**
+ * `reduce RUN --from LOCALISE_OUT --out DIR`: delete the dark frames of a run. See docs/dark-frames.md.
+ *
+ * Spec:
+ * - The decision: `data.frameLit` of the localise REDU file (`<DET>/REDU/LOCALISE:output`), per
+ *   (trainId, pulseId); module selection and ROIs from its summary.json. A selection found on a CORR run
+ *   applies to the RAW run of the same frames (matched on trainId, pulseId). A frame the selection does not
+ *   list counts as dark (and is reported as unmatched).
+ * - Every `*.h5` file of RUN gets an output file of the same name in DIR:
+ *   - files holding modules of the selected detector: each module source keeps only its lit frames (plus
+ *     every Nth dark frame with `keepDark`), in every per-frame dataset (the datasets of the module's
+ *     `image` group, JUNGFRAU `data`, whose first axis is the rows of the image data), bit-identical, with
+ *     the source's dtype, chunk shape and deflate filter; `INDEX/<src>/<group>/{first,count}` (or legacy
+ *     first/last/status) recomputed; everything else (METADATA, INDEX/trainId, per-train groups, CONTROL,
+ *     RUN, attributes) copied as is, soft links (the legacy `DET/<m>CH0:xtdf` links of newer CORR files)
+ *     recreated as links. JUNGFRAU stores a train's memory cells in one entry: an entry is kept when one of
+ *     its cells is.
+ *   - other files are copied byte for byte.
+ *   - `modules: "selected"`: module files of modules localise did not select are left out.
+ *   - `roi`: the image-shaped per-frame datasets (data, mask, gain) are replaced, per ROI box k of the module,
+ *     by `<group>/roi<k>/<name>` of shape (N, ..., ss1 - ss0, fs1 - fs0), with attribute `box` =
+ *     [ss0, fs0, ss1, fs1] on the dataset and on the roi<k> group.
+ * - Bounded memory: data move through one reused wasm-heap buffer of at most `sliceBytes`, a run of
+ *   consecutive kept rows at a time; no image dataset is ever read whole.
+ * - Safety: RUN is opened read-only and never written; DIR inside RUN (or holding RUN or the localise output)
+ *   is refused, an existing DIR without `force` too. Everything is written into a temporary directory beside
+ *   DIR (each file under a temporary name until complete), renamed to DIR at the end; an error or a signal
+ *   removes it: an interrupted reduce leaves no file under a final name.
+ * - DIR/reduction.json records bytes in / out, the ratio, frames kept per module, options and notes.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import process from "node:process";
+import type { Command, OptionSpec } from "./cli.ts";
+import { EXIT, InputError } from "./errors.ts";
+import { ensureGroup, firstLine, type H5, h5, type H5File, type H5Group, readAll } from "./h5.ts";
+import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
+import { track } from "./writer-files.ts";
+
+export interface ReduceOptions {
+  /** "selected": leave out the module files of modules localise did not select. */
+  modules?: "all" | "selected";
+  /** Keep only the ROI boxes of each module. */
+  roi?: boolean;
+  /** Keep every Nth dark frame of each module (0: none). */
+  keepDark?: number;
+  /** Replace an existing DIR. */
+  force?: boolean;
+  /** Largest block of data moved at once (default 32 MiB). */
+  sliceBytes?: number;
+  /** Called as files and datasets are done; may return a promise (awaited). */
+  progress?: (ev: ReduceProgress) => void | Promise<void>;
+}
+
+export interface ReduceProgress {
+  file: string;
+  phase: "start" | "dataset" | "done";
+  dataset?: string;
+}
+
+export interface ModuleReduction {
+  module: number;
+  source: string;
+  files: string[];
+  /** Files left out (--modules selected). */
+  dropped: boolean;
+  selected: boolean;
+  framesIn: number;
+  framesKept: number;
+  litKept: number;
+  darkKept: number;
+  /** Frames the selection does not list (counted as dark). */
+  unmatched: number;
+  /** Rows left out because they belong to no train of the index (or disagree with it). */
+  unindexed: number;
+  rois: [number, number, number, number][];
+}
+
+export interface FileReduction {
+  name: string;
+  action: "reduced" | "copied" | "dropped";
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface ReductionRecord {
+  run: string;
+  from: string;
+  out: string;
+  detector: string;
+  level: "raw" | "corr";
+  options: { modules: "all" | "selected"; roi: boolean; keepDark: number };
+  bytesIn: number;
+  bytesOut: number;
+  /** bytesIn / bytesOut. */
+  ratio: number;
+  framesIn: number;
+  framesKept: number;
+  modules: ModuleReduction[];
+  files: FileReduction[];
+  notes: string[];
+  seconds: number;
+}
+
+type Box = [number, number, number, number];
+
+interface LocaliseSummary {
+  detector?: { name?: string; modules?: number[] };
+  modules?: { module: number; selected: boolean; rois?: Box[]; files?: string[] }[];
+}
+
+// -----------------------------------------------------------------------------------------------------
+// The selection (localise output)
+
+/** frameLit per (trainId, pulseId), from the localise REDU file(s). */
+export class Selection {
+  private readonly byTrain = new Map<number, Map<number, number>>();
+  frames = 0;
+  lit = 0;
+
+  add(trainId: number, pulseId: number, lit: number): void {
+    let m = this.byTrain.get(trainId);
+    if (!m) this.byTrain.set(trainId, m = new Map());
+    if (!m.has(pulseId)) {
+      this.frames++;
+      if (lit) this.lit++;
+    }
+    m.set(pulseId, lit ? 1 : 0);
+  }
+
+  /** 1 lit, 0 dark, -1 not listed. */
+  lookup(trainId: number, pulseId: number): number {
+    return this.byTrain.get(trainId)?.get(pulseId) ?? -1;
+  }
+}
+
+const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
+
+/** Read the localise output directory: the frame selection and summary.json. */
+export async function readLocaliseOutput(
+  dir: string,
+): Promise<{ selection: Selection; summary: LocaliseSummary; detector: string | null }> {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new InputError(dir, "localise output directory not found");
+  }
+  let summary: LocaliseSummary = {};
+  const sp = path.join(dir, "summary.json");
+  if (fs.existsSync(sp)) {
+    try {
+      summary = JSON.parse(fs.readFileSync(sp, "utf8"));
+    } catch (e) {
+      throw new InputError(sp, `cannot read: ${firstLine(e)}`);
+    }
+  }
+  const run = await Run.open(dir);
+  try {
+    const sel = new Selection();
+    let source: string | null = null;
+    const files = [...run.files].sort((a, b) => (a.trainIds[0] ?? 0) - (b.trainIds[0] ?? 0));
+    for (const f of files) {
+      for (const s of f.sources.values()) {
+        if (!LOCALISE_RE.test(s.name)) continue;
+        source = s.name;
+        const ix = s.index.get("data");
+        if (!ix) continue;
+        const base = `INSTRUMENT/${s.name}/data`;
+        const tid = readAll(f.h5, `${base}/trainId`);
+        const pid = readAll(f.h5, `${base}/pulseId`);
+        const lit = readAll(f.h5, `${base}/frameLit`);
+        f.trainIds.forEach((t, i) => {
+          for (let r = ix.first[i]; r < ix.first[i] + ix.count[i] && r < lit.length; r++) {
+            const rt = Number(tid[r]);
+            sel.add(rt === 0 ? t : rt, Number(pid[r]), Number(lit[r]));
+          }
+        });
+      }
+    }
+    if (!source) throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
+    const detector = summary.detector?.name ?? source.replace(LOCALISE_RE, "");
+    return { selection: sel, summary, detector };
+  } finally {
+    run.close();
+  }
+}
+
+// -----------------------------------------------------------------------------------------------------
+// Low-level copying through the wasm heap
+
+interface Meta {
+  type: number;
+  size: number;
+  signed: boolean;
+  vlen: boolean;
+  littleEndian: boolean;
+  cset?: number;
+  shape: number[] | null;
+  maxshape: number[] | null;
+  chunks: number[] | null;
+  compound_type?: unknown;
+  enum_type?: unknown;
+}
+
+interface Filter {
+  id: number;
+  name: string;
+  cd_values: number[];
+}
+
+interface Mod {
+  HEAPU8: Uint8Array;
+  _malloc(n: number): number;
+  _free(p: number): void;
+  get_dataset_data(
+    fid: bigint,
+    p: string,
+    c: bigint[] | null,
+    o: bigint[] | null,
+    s: bigint[] | null,
+    ptr: bigint,
+  ): number;
+  set_dataset_data(
+    fid: bigint,
+    p: string,
+    c: bigint[] | null,
+    o: bigint[] | null,
+    s: bigint[] | null,
+    ptr: bigint,
+  ): number;
+  resize_dataset(fid: bigint, p: string, shape: bigint[]): number;
+  create_dataset(fid: bigint, p: string, ptr: bigint, meta: unknown): number;
+  get_dataset_metadata(fid: bigint, p: string): Meta;
+  get_dataset_filters(fid: bigint, p: string): Filter[];
+}
+
+const UNLIMITED = 18446744073709551615n;
+const prod = (a: readonly number[]) => a.reduce((x, y) => x * y, 1);
+
+/** Runs [start, end) of consecutive rows. */
+function runsOf(rows: Int32Array): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i < rows.length;) {
+    let j = i + 1;
+    while (j < rows.length && rows[j] === rows[j - 1] + 1) j++;
+    out.push([rows[i], rows[j - 1] + 1]);
+    i = j;
+  }
+  return out;
+}
+
+class Copier {
+  private readonly bufs = [{ ptr: 0, bytes: 0 }, { ptr: 0, bytes: 0 }];
+  readonly notes = new Set<string>();
+
+  constructor(private readonly lib: H5, private readonly mod: Mod, private readonly sliceBytes: number) {}
+
+  dispose(): void {
+    for (const b of this.bufs) {
+      if (b.ptr) this.mod._free(b.ptr);
+      b.ptr = 0;
+      b.bytes = 0;
+    }
+  }
+
+  /** A heap buffer of at least n bytes (reused; contents not kept on growth); two slots. */
+  private buffer(n: number, slot = 0): number {
+    const b = this.bufs[slot];
+    if (n > b.bytes) {
+      if (b.ptr) this.mod._free(b.ptr);
+      b.bytes = Math.max(n, 1 << 20);
+      b.ptr = this.mod._malloc(b.bytes);
+      if (!b.ptr) {
+        b.bytes = 0;
+        throw new Error(`wasm heap: cannot allocate ${n} bytes`);
+      }
+    }
+    return b.ptr;
+  }
+
+  private call(what: string, file: string, f: () => number): void {
+    let st: number;
+    try {
+      st = f();
+    } catch (e) {
+      throw new Error(`${file}: ${what}: ${firstLine(e)}`);
+    }
+    if (st < 0) throw new Error(`${file}: ${what}: HDF5 status ${st}`);
+  }
+
+  private read(src: H5File, p: string, count: number[], offset: number[], ptr: number): void {
+    this.call(
+      `cannot read ${p}`,
+      src.filename,
+      () =>
+        this.mod.get_dataset_data(
+          src.file_id,
+          "/" + p,
+          count.map(BigInt),
+          offset.map(BigInt),
+          count.map(() => 1n),
+          BigInt(ptr),
+        ),
+    );
+  }
+
+  private write(dst: H5File, p: string, count: number[], offset: number[], ptr: number): void {
+    this.call(
+      `cannot write ${p}`,
+      dst.filename,
+      () =>
+        this.mod.set_dataset_data(
+          dst.file_id,
+          "/" + p,
+          count.map(BigInt),
+          offset.map(BigInt),
+          count.map(() => 1n),
+          BigInt(ptr),
+        ),
+    );
+  }
+
+  meta(src: H5File, p: string): Meta {
+    return this.mod.get_dataset_metadata(src.file_id, "/" + p);
+  }
+
+  /** The filter to write with: deflate as in the source; others noted. */
+  private filterOf(src: H5File, p: string): { compression: number; compression_opts: number[] } {
+    let filters: Filter[] = [];
+    try {
+      filters = this.mod.get_dataset_filters(src.file_id, "/" + p);
+    } catch {
+      filters = [];
+    }
+    let out = { compression: 0, compression_opts: [] as number[] };
+    for (const f of filters) {
+      if (f.id === 1) out = { compression: 1, compression_opts: [...f.cd_values] };
+      else if (f.id === 2 || f.id === 3) this.notes.add(`filter ${f.name} (id ${f.id}) not reproduced`);
+      else {
+        this.notes.add(`filter ${f.name} (id ${f.id}) replaced by deflate level 1`);
+        if (out.compression === 0) out = { compression: 1, compression_opts: [1] };
+      }
+    }
+    return out;
+  }
+
+  private writeMeta(
+    m: Meta,
+    shape: number[],
+    maxshape: (number | null)[],
+    chunks: number[] | null,
+    filter: { compression: number; compression_opts: number[] },
+  ): unknown {
+    const base: Record<string, unknown> = {
+      type: m.type,
+      size: m.size,
+      signed: m.signed,
+      vlen: false,
+      littleEndian: true,
+    };
+    if (m.cset !== undefined) base.cset = m.cset;
+    if (m.compound_type !== undefined) base.compound_type = m.compound_type;
+    if (m.type === 8) base.type = 0; // enum: written as its integer base type (same bytes)
+    return {
+      ...base,
+      shape: shape.map(BigInt),
+      maxshape: maxshape.map((d) => (d === null ? UNLIMITED : BigInt(d))),
+      chunks: chunks ? chunks.map(BigInt) : null,
+      compression: chunks ? filter.compression : 0,
+      compression_opts: chunks ? filter.compression_opts : [],
+      track_order: false,
+    };
+  }
+
+  private create(dst: H5File, p: string, ptr: number, meta: unknown): void {
+    const k = p.lastIndexOf("/");
+    if (k > 0) ensureGroup(dst, p.slice(0, k));
+    this.call(
+      `cannot create ${p}`,
+      dst.filename,
+      () => this.mod.create_dataset(dst.file_id, "/" + p, BigInt(ptr), meta),
+    );
+  }
+
+  private supported(src: H5File, p: string, m: Meta): boolean {
+    if (m.type === 3 || m.type === 9) return true; // strings (fixed or variable length)
+    if ([0, 1, 6, 8].includes(m.type)) return true; // integer, float, compound, enum
+    this.notes.add(
+      `${p}: HDF5 type class ${m.type} not supported, dataset left out (${path.basename(src.filename)})`,
+    );
+    return false;
+  }
+
+  /** Copy a whole dataset. */
+  copyWhole(src: H5File, dst: H5File, p: string): void {
+    const m = this.meta(src, p);
+    if (!this.supported(src, p, m)) return;
+    const shape = m.shape ?? [];
+    if (m.vlen || m.type === 9) {
+      if (m.type !== 3) {
+        this.notes.add(`${p}: variable-length data other than strings not supported, left out`);
+        return;
+      }
+      const ds = src.get(p) as unknown as { value: unknown };
+      const k = p.lastIndexOf("/");
+      const g = k > 0 ? ensureGroup(dst, p.slice(0, k)) : (dst as unknown as H5Group);
+      g.create_dataset({
+        name: p.slice(k + 1),
+        data: ds.value as string[],
+        shape,
+        dtype: m.cset === 0 ? "A" : "S",
+      });
+      return;
+    }
+    const all = shape.length ? Int32Array.from({ length: shape[0] }, (_, i) => i) : null;
+    this.copyRows(src, dst, p, p, all, m);
+  }
+
+  /** Copy rows `rows` (ascending; null: the whole of a scalar dataset) of src:p into dst:q. */
+  copyRows(
+    src: H5File,
+    dst: H5File,
+    p: string,
+    q: string,
+    rows: Int32Array | null,
+    m: Meta = this.meta(src, p),
+  ): void {
+    if (!this.supported(src, p, m)) return;
+    const shape = m.shape ?? [];
+    if (rows === null || shape.length === 0) {
+      const ptr = this.buffer(Math.max(1, prod(shape)) * m.size);
+      this.call(
+        `cannot read ${p}`,
+        src.filename,
+        () => this.mod.get_dataset_data(src.file_id, "/" + p, null, null, null, BigInt(ptr)),
+      );
+      this.create(
+        dst,
+        q,
+        ptr,
+        this.writeMeta(m, shape, shape, null, { compression: 0, compression_opts: [] }),
+      );
+      return;
+    }
+    const entry = shape.slice(1);
+    const zeros = entry.map(() => 0);
+    const rowBytes = prod(entry) * m.size;
+    const K = rows.length;
+    const filter = this.filterOf(src, p);
+    const runs = runsOf(rows);
+    let chunks = m.chunks ? [...m.chunks] : null;
+    if (!chunks && K * rowBytes > 2 * this.sliceBytes) {
+      chunks = [1, ...entry];
+      this.notes.add(`${p}: contiguous in the source, written chunked (one entry per chunk)`);
+    }
+    if (!chunks) {
+      // Contiguous and small: gather the rows, create in one go.
+      const ptr = this.buffer(Math.max(1, K * rowBytes));
+      let k = 0;
+      for (const [a, b] of runs) {
+        this.read(src, p, [b - a, ...entry], [a, ...zeros], ptr + k * rowBytes);
+        k += b - a;
+      }
+      this.create(dst, q, ptr, this.writeMeta(m, [K, ...entry], [K, ...entry], null, filter));
+      return;
+    }
+    const srcMax0 = m.maxshape?.[0];
+    const max0 = srcMax0 === undefined || srcMax0 >= 2 ** 63 ? null : Math.max(K, chunks[0]);
+    this.create(dst, q, this.buffer(8), this.writeMeta(m, [0, ...entry], [max0, ...entry], chunks, filter));
+    if (K === 0) return;
+    this.call(
+      `cannot resize ${q}`,
+      dst.filename,
+      () => this.mod.resize_dataset(dst.file_id, "/" + q, [K, ...entry].map(BigInt)),
+    );
+    const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
+    const ptr = this.buffer(Math.min(K, step) * rowBytes);
+    let k = 0;
+    for (const [a, b] of runs) {
+      for (let s = a; s < b; s += step) {
+        const n = Math.min(step, b - s);
+        this.read(src, p, [n, ...entry], [s, ...zeros], ptr);
+        this.write(dst, q, [n, ...entry], [k, ...zeros], ptr);
+        k += n;
+      }
+    }
+  }
+
+  /**
+   * Per box k, rows `rows` of src:p cropped to the box (last two axes) into dst:names[k], chunked (the
+   * source's chunk shape clipped to the box), with the source's filter. Frames are read once per block.
+   */
+  copyRois(src: H5File, dst: H5File, p: string, rows: Int32Array, boxes: Box[], names: string[]): void {
+    const m = this.meta(src, p);
+    if (!this.supported(src, p, m)) return;
+    const shape = m.shape ?? [];
+    const entry = shape.slice(1);
+    const mid = entry.slice(0, -2);
+    const [SS, FS] = entry.slice(-2);
+    const planes = prod(mid);
+    const E = m.size;
+    const rowBytes = prod(entry) * E;
+    const K = rows.length;
+    const filter = this.filterOf(src, p);
+    const outEntries = boxes.map((b) => [...mid, b[2] - b[0], b[3] - b[1]]);
+    boxes.forEach((_b, i) => {
+      const oe = outEntries[i];
+      const chunks = m.chunks
+        ? m.chunks.map((c, j) => Math.max(1, Math.min(c, [1, ...oe][j] ?? c)))
+        : [1, ...oe];
+      this.create(
+        dst,
+        names[i],
+        this.buffer(8),
+        this.writeMeta(m, [0, ...oe], [null, ...oe], chunks, filter),
+      );
+      if (K > 0) {
+        this.call(
+          `cannot resize ${names[i]}`,
+          dst.filename,
+          () => this.mod.resize_dataset(dst.file_id, "/" + names[i], [K, ...oe].map(BigInt)),
+        );
+      }
+    });
+    if (K === 0 || !boxes.length) return;
+    const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
+    let k = 0;
+    for (const [a, b] of runsOf(rows)) {
+      for (let s = a; s < b; s += step) {
+        const n = Math.min(step, b - s);
+        const inPtr = this.buffer(n * rowBytes, 0);
+        this.read(src, p, [n, ...entry], [s, ...entry.map(() => 0)], inPtr);
+        boxes.forEach((box, i) => {
+          const h = box[2] - box[0], w = box[3] - box[1];
+          const outPtr = this.buffer(n * planes * h * w * E, 1);
+          const heap = this.mod.HEAPU8; // after the allocations: views die when the heap grows
+          let o = outPtr;
+          for (let r = 0; r < n * planes; r++) {
+            const base = inPtr + r * SS * FS * E;
+            for (let y = box[0]; y < box[2]; y++) {
+              const from = base + (y * FS + box[1]) * E;
+              heap.copyWithin(o, from, from + w * E);
+              o += w * E;
+            }
+          }
+          this.write(dst, names[i], [n, ...outEntries[i]], [k, ...outEntries[i].map(() => 0)], outPtr);
+        });
+        k += n;
+      }
+    }
+  }
+
+  /** Create a small numeric dataset with given values and the source's type and shape. */
+  createLike(
+    src: H5File,
+    dst: H5File,
+    p: string,
+    values: BigUint64Array | Uint8Array | ArrayBufferView,
+  ): void {
+    const m = this.meta(src, p);
+    const shape = m.shape ?? [];
+    const bytes = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+    const ptr = this.buffer(Math.max(8, bytes.length));
+    this.mod.HEAPU8.set(bytes, ptr);
+    const maxshape = (m.maxshape ?? shape).map((d) => (d >= 2 ** 63 ? null : d));
+    this.create(dst, p, ptr, this.writeMeta(m, shape, maxshape, m.chunks, this.filterOf(src, p)));
+  }
+
+  copyAttrs(src: H5File, dst: H5File, p: string): void {
+    const s = (p ? src.get(p) : src) as unknown as {
+      attrs: Record<string, { value: unknown; shape: number[] | null; dtype: unknown }>;
+    } | null;
+    if (!s) return;
+    const names = Object.keys(s.attrs);
+    if (!names.length) return;
+    const d = (p ? dst.get(p) : dst) as unknown as {
+      create_attribute(n: string, v: unknown, shape?: number[] | null, dtype?: unknown): void;
+    };
+    for (const n of names) {
+      try {
+        const a = s.attrs[n];
+        d.create_attribute(n, a.value, a.shape, typeof a.dtype === "string" ? a.dtype : null);
+      } catch (e) {
+        this.notes.add(`attribute ${p}@${n} not copied: ${firstLine(e)}`);
+      }
+    }
+  }
+
+  /** The lib, for callers that create files. */
+  get h5lib(): H5 {
+    return this.lib;
+  }
+}
+
+// -----------------------------------------------------------------------------------------------------
+// Planning a module file
+
+interface ModulePlanInFile {
+  module: number;
+  mf: ModuleFile;
+  /** Rows of the image data. */
+  rows: number;
+  kept: Int32Array;
+  /** New index counts per train of the file. */
+  counts: number[];
+  boxes: Box[];
+}
+
+interface ModuleState {
+  rec: ModuleReduction;
+  darkSeen: number;
+}
+
+function planModule(
+  det: Detector,
+  mf: ModuleFile,
+  sel: Selection,
+  keepDark: number,
+  st: ModuleState,
+): { kept: Int32Array; counts: number[] } {
+  const f = mf.file;
+  const N = mf.rows;
+  const jf = det.type === "JUNGFRAU";
+  const cells = det.cellsPerEntry;
+  const tids = jf ? null : readNumbers(f, `${mf.groupPath}/trainId`);
+  const pids = jf ? null : readNumbers(f, `${mf.groupPath}/pulseId`);
+  const kept: number[] = [];
+  const counts: number[] = [];
+  let inIndex = 0;
+  for (let i = 0; i < f.trainIds.length; i++) {
+    const t = f.trainIds[i];
+    const a = mf.index.first[i];
+    const c = mf.index.count[i];
+    let n = 0;
+    for (let r = a; r < a + c && r < N; r++) {
+      inIndex++;
+      let lit: number;
+      if (jf) {
+        lit = -1;
+        for (let k = 0; k < cells; k++) {
+          const v = sel.lookup(t, k);
+          if (v === 1) lit = 1;
+          else if (v === 0 && lit < 0) lit = 0;
+        }
+        st.rec.framesIn++;
+      } else {
+        if (tids![r] !== 0 && tids![r] !== t) {
+          st.rec.unindexed++;
+          continue;
+        }
+        st.rec.framesIn++;
+        lit = sel.lookup(t, pids![r]);
+      }
+      let keep = lit === 1;
+      if (lit === 1) st.rec.litKept++;
+      else {
+        if (lit === -1) st.rec.unmatched++;
+        if (keepDark > 0 && st.darkSeen++ % keepDark === 0) {
+          keep = true;
+          st.rec.darkKept++;
+        }
+      }
+      if (keep) {
+        kept.push(r);
+        n++;
+      }
+    }
+    counts.push(n);
+  }
+  st.rec.unindexed += Math.max(0, N - inIndex);
+  st.rec.framesKept += kept.length;
+  return { kept: Int32Array.from(kept), counts };
+}
+
+// -----------------------------------------------------------------------------------------------------
+// Writing a reduced file
+
+function linkTarget(f: H5File, p: string): string | null {
+  try {
+    const t = f.get_link(p);
+    return typeof t === "string" && t ? t : null;
+  } catch {
+    return null;
+  }
+}
+
+function dsShape(f: H5File, p: string): number[] {
+  return ((f.get(p) as unknown as { shape: number[] | null }).shape ?? []) as number[];
+}
+
+/** Dataset paths under a group, through hard links only. */
+function datasetsUnder(f: H5File, g: string): string[] {
+  const out: string[] = [];
+  const rec = (p: string) => {
+    const e = f.get(p) as unknown as { type?: string; keys?: () => string[] } | null;
+    if (!e) return;
+    if (e.type === "Dataset") out.push(p);
+    else if (e.type === "Group") {
+      for (const k of e.keys!()) if (!linkTarget(f, `${p}/${k}`)) rec(`${p}/${k}`);
+    }
+  };
+  rec(g);
+  return out;
+}
+
+async function reduceFile(
+  cp: Copier,
+  src: RunFile,
+  plans: ModulePlanInFile[],
+  det: Detector,
+  roi: boolean,
+  tmpPath: string,
+  progress: ReduceOptions["progress"],
+): Promise<void> {
+  const lib = cp.h5lib;
+  const s = src.h5;
+  const dst = new lib.File(tmpPath, "w");
+  if (!dst.file_id || dst.file_id < 0n) throw new Error(`cannot create ${tmpPath}`);
+  try {
+    // Per-frame datasets and index rewrites.
+    const special = new Map<string, () => void>();
+    const imageShape = det.imageShape;
+    for (const pl of plans) {
+      const g = pl.mf.groupPath;
+      for (const p of datasetsUnder(s, g)) {
+        const shape = dsShape(s, p);
+        if (shape.length === 0 || shape[0] !== pl.rows) {
+          cp.notes.add(`${p}: first axis is not the frame axis, copied unchanged`);
+          continue;
+        }
+        const imageLike = shape.length >= 3 &&
+          shape[shape.length - 2] === imageShape[0] && shape[shape.length - 1] === imageShape[1];
+        if (roi && imageLike) {
+          const k = p.lastIndexOf("/");
+          const parent = p.slice(0, k), name = p.slice(k + 1);
+          special.set(p, () => {
+            const names = pl.boxes.map((_, i) => `${parent}/roi${i}/${name}`);
+            cp.copyRois(s, dst, p, pl.kept, pl.boxes, names);
+            pl.boxes.forEach((box, i) => {
+              const boxArr = Int32Array.from(box);
+              for (const q of [names[i], `${parent}/roi${i}`]) {
+                const e = dst.get(q) as unknown as {
+                  attrs: Record<string, unknown>;
+                  create_attribute: (...a: unknown[]) => void;
+                };
+                if (!("box" in e.attrs)) e.create_attribute("box", boxArr, [4], "<i");
+              }
+            });
+          });
+        } else {
+          special.set(p, () => cp.copyRows(s, dst, p, p, pl.kept));
+        }
+      }
+      // The index of the module's group.
+      const ig = `INDEX/${g.slice("INSTRUMENT/".length)}`;
+      const nT = src.trainIds.length;
+      const first = new Array<number>(nT);
+      let acc = 0;
+      for (let i = 0; i < nT; i++) {
+        first[i] = acc;
+        acc += pl.counts[i];
+      }
+      const put = (key: string, vals: (i: number) => number) => {
+        const p = `${ig}/${key}`;
+        if (!s.get(p)) return;
+        special.set(p, () => {
+          const orig = readAll(s, p);
+          const out = orig.slice();
+          const big = orig instanceof BigUint64Array || orig instanceof BigInt64Array;
+          for (let i = 0; i < nT && i < out.length; i++) {
+            (out as unknown as (number | bigint)[])[i] = big ? BigInt(vals(i)) : vals(i);
+          }
+          cp.createLike(s, dst, p, out);
+        });
+      };
+      put("first", (i) => first[i]);
+      put("count", (i) => pl.counts[i]);
+      put("last", (i) => (pl.counts[i] > 0 ? first[i] + pl.counts[i] - 1 : first[i]));
+      put("status", (i) => (pl.counts[i] > 0 ? 1 : 0));
+    }
+
+    // Walk the whole file.
+    const walk = async (g: string) => {
+      const grp = (g ? s.get(g) : s) as unknown as H5Group;
+      for (const name of grp.keys()) {
+        const p = g ? `${g}/${name}` : name;
+        const target = linkTarget(s, p);
+        if (target) {
+          const k = p.lastIndexOf("/");
+          const parent = k > 0 ? ensureGroup(dst, p.slice(0, k)) : (dst as unknown as H5Group);
+          parent.create_soft_link(target, p.slice(k + 1));
+          continue;
+        }
+        const e = s.get(p) as unknown as { type?: string; filename?: string; obj_path?: string } | null;
+        if (!e) continue;
+        if (e.type === "Group") {
+          ensureGroup(dst, p);
+          cp.copyAttrs(s, dst, p);
+          await walk(p);
+        } else if (e.type === "Dataset") {
+          const sp = special.get(p);
+          if (sp) {
+            sp();
+            await progress?.({ file: src.name, phase: "dataset", dataset: p });
+          } else cp.copyWhole(s, dst, p);
+          if (dst.get(p)) cp.copyAttrs(s, dst, p);
+        } else if (e.type === "ExternalLink") {
+          const k = p.lastIndexOf("/");
+          const parent = k > 0 ? ensureGroup(dst, p.slice(0, k)) : (dst as unknown as H5Group);
+          parent.create_external_link(e.filename!, e.obj_path!, p.slice(k + 1));
+        } else {
+          cp.notes.add(`${p}: ${e.type} not copied (${src.name})`);
+        }
+      }
+    };
+    cp.copyAttrs(s, dst, "");
+    await walk("");
+  } finally {
+    dst.close();
+  }
+}
+
+// -----------------------------------------------------------------------------------------------------
+// reduce
+
+function isInside(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent + path.sep);
+}
+
+function fileSize(p: string): number {
+  try {
+    return fs.statSync(p).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Delete the dark frames of RUN as the localise output in fromDir says; write the reduced run into outDir. */
+export async function reduce(
+  runPath: string,
+  fromDir: string,
+  outDir: string,
+  opts: ReduceOptions = {},
+): Promise<ReductionRecord> {
+  const t0 = performance.now();
+  const modulesOpt = opts.modules ?? "all";
+  if (modulesOpt !== "all" && modulesOpt !== "selected") {
+    throw new InputError(undefined, `--modules must be all or selected, not ${modulesOpt}`);
+  }
+  const keepDark = opts.keepDark ?? 0;
+  if (!Number.isInteger(keepDark) || keepDark < 0) {
+    throw new InputError(undefined, `--keep-dark must be an integer >= 0, not ${keepDark}`);
+  }
+  const runAbs = path.resolve(runPath);
+  const fromAbs = path.resolve(fromDir);
+  const out = path.resolve(outDir);
+  if (!fs.existsSync(runAbs)) throw new InputError(runPath, "no such file or directory");
+  const runDir = fs.statSync(runAbs).isDirectory() ? runAbs : path.dirname(runAbs);
+  if (isInside(out, runDir)) {
+    throw new InputError(out, "output directory lies inside the input run; choose another --out");
+  }
+  if (isInside(runDir, out) || isInside(fromAbs, out)) {
+    throw new InputError(
+      out,
+      "output directory holds the input run or the localise output; choose another --out",
+    );
+  }
+  if (fs.existsSync(out) && !opts.force) throw new InputError(out, "exists; use --force to replace it");
+
+  const { selection, summary, detector: detName } = await readLocaliseOutput(fromAbs);
+  if (opts.roi && !summary.modules) {
+    throw new InputError(path.join(fromAbs, "summary.json"), "--roi needs the localise summary.json (ROIs)");
+  }
+  if (modulesOpt === "selected" && !summary.modules) {
+    throw new InputError(
+      path.join(fromAbs, "summary.json"),
+      "--modules selected needs the localise summary.json",
+    );
+  }
+  const lib = await h5();
+  const mod = (await lib.ready) as unknown as Mod;
+  const run = await Run.open(runAbs);
+  const tmpDir = path.join(path.dirname(out), `.${path.basename(out)}.tmp-${process.pid}`);
+  const cleanup = {
+    abort: () => {
+      try {
+        fs.rmSync(tmpDir, { recursive: true, force: true });
+      } catch {
+        // best effort
+      }
+    },
+  };
+  const cp = new Copier(lib, mod, opts.sliceBytes ?? 32 * 2 ** 20);
+  try {
+    const det = detName && run.detectors.some((d) => d.name === detName)
+      ? run.detector(detName)
+      : run.detector(undefined);
+    const notes: string[] = [];
+    if (detName && det.name !== detName) {
+      notes.push(`the selection is for ${detName}; applied to ${det.name} by (trainId, pulseId)`);
+    }
+    const sumMods = new Map((summary.modules ?? []).map((m) => [m.module, m]));
+    const states = new Map<number, ModuleState>();
+    for (const m of det.modules) {
+      const sm = sumMods.get(m.module);
+      const selected = summary.modules ? !!sm?.selected : true;
+      states.set(m.module, {
+        darkSeen: 0,
+        rec: {
+          module: m.module,
+          source: m.source,
+          files: m.files.map((f) => f.file.name),
+          dropped: modulesOpt === "selected" && !selected,
+          selected,
+          framesIn: 0,
+          framesKept: 0,
+          litKept: 0,
+          darkKept: 0,
+          unmatched: 0,
+          unindexed: 0,
+          rois: (sm?.rois ?? []).map((b) => [...b] as Box),
+        },
+      });
+    }
+    // Module files by run file.
+    const byFile = new Map<RunFile, { module: number; mf: ModuleFile }[]>();
+    for (const m of det.modules) {
+      for (const mf of m.files) {
+        if (!byFile.has(mf.file)) byFile.set(mf.file, []);
+        byFile.get(mf.file)!.push({ module: m.module, mf });
+      }
+    }
+
+    fs.rmSync(tmpDir, { recursive: true, force: true });
+    fs.mkdirSync(tmpDir, { recursive: true });
+    track(cleanup, true);
+    const files: FileReduction[] = [];
+    const sorted = [...run.files].sort((a, b) => a.name.localeCompare(b.name));
+    for (const f of sorted) {
+      const bytesIn = fileSize(f.path);
+      const final = path.join(tmpDir, f.name);
+      const tmp = path.join(tmpDir, `.${f.name}.tmp-${process.pid}`);
+      const mods = byFile.get(f);
+      await opts.progress?.({ file: f.name, phase: "start" });
+      if (!mods) {
+        fs.copyFileSync(f.path, tmp);
+        fs.renameSync(tmp, final);
+        files.push({ name: f.name, action: "copied", bytesIn, bytesOut: fileSize(final) });
+      } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
+        files.push({ name: f.name, action: "dropped", bytesIn, bytesOut: 0 });
+      } else {
+        const plans: ModulePlanInFile[] = mods.map(({ module, mf }) => {
+          const st = states.get(module)!;
+          const { kept, counts } = planModule(det, mf, selection, keepDark, st);
+          return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
+        });
+        await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress);
+        fs.renameSync(tmp, final);
+        files.push({ name: f.name, action: "reduced", bytesIn, bytesOut: fileSize(final) });
+      }
+      await opts.progress?.({ file: f.name, phase: "done" });
+    }
+    const modules = [...states.values()].map((s) => s.rec);
+    const unmatched = modules.reduce((a, m) => a + m.unmatched, 0);
+    if (unmatched) notes.push(`${unmatched} frames are not in the selection: counted as dark`);
+    const unindexed = modules.reduce((a, m) => a + m.unindexed, 0);
+    if (unindexed) notes.push(`${unindexed} rows belong to no train of the index (padding): left out`);
+    notes.push(...cp.notes);
+    const bytesIn = files.reduce((a, f) => a + f.bytesIn, 0);
+    const bytesOut = files.reduce((a, f) => a + f.bytesOut, 0);
+    const record: ReductionRecord = {
+      run: runAbs,
+      from: fromAbs,
+      out,
+      detector: det.name,
+      level: det.raw ? "raw" : "corr",
+      options: { modules: modulesOpt, roi: !!opts.roi, keepDark },
+      bytesIn,
+      bytesOut,
+      ratio: bytesOut > 0 ? bytesIn / bytesOut : Infinity,
+      framesIn: modules.reduce((a, m) => a + m.framesIn, 0),
+      framesKept: modules.reduce((a, m) => a + (m.dropped ? 0 : m.framesKept), 0),
+      modules,
+      files,
+      notes,
+      seconds: (performance.now() - t0) / 1000,
+    };
+    fs.writeFileSync(path.join(tmpDir, "reduction.json"), JSON.stringify(record, null, 2) + "\n");
+    if (fs.existsSync(out)) fs.rmSync(out, { recursive: true, force: true });
+    fs.renameSync(tmpDir, out);
+    return record;
+  } catch (e) {
+    cleanup.abort();
+    throw e;
+  } finally {
+    track(cleanup, false);
+    cp.dispose();
+    run.close();
+  }
+}
+
+// -----------------------------------------------------------------------------------------------------
+// Command
+
+const MB = 1e6;
+
+export function formatReduction(r: ReductionRecord): string {
+  const lines = [
+    `${r.run} -> ${r.out} (${r.detector}, ${r.level.toUpperCase()})`,
+    `bytes in ${(r.bytesIn / MB).toFixed(1)} MB, out ${(r.bytesOut / MB).toFixed(1)} MB, ratio ${
+      r.ratio.toFixed(1)
+    }x; frames kept ${r.framesKept} of ${r.framesIn}`,
+    "module  frames  kept  lit  dark  unmatched  files",
+  ];
+  for (const m of r.modules) {
+    lines.push(
+      `${String(m.module).padStart(6)}  ${String(m.framesIn).padStart(6)}  ${
+        String(m.dropped ? 0 : m.framesKept).padStart(4)
+      }  ${String(m.litKept).padStart(3)}  ${String(m.darkKept).padStart(4)}  ${
+        String(m.unmatched).padStart(9)
+      }  ${m.dropped ? "dropped" : "kept"}`,
+    );
+  }
+  for (const n of r.notes) lines.push(`note: ${n}`);
+  lines.push(`written: ${r.out} (reduction.json)`);
+  return lines.join("\n");
+}
+
+export const REDUCE_OPTIONS: OptionSpec[] = [
+  { name: "from", value: "string", help: "the localise output directory (REDU file, summary.json)" },
+  { name: "out", value: "string", help: "output directory (a run of the same file names)" },
+  { name: "force", help: "replace an existing output directory" },
+  { name: "modules", value: "string", default: "all", help: "all | selected (leave out unselected modules)" },
+  { name: "roi", help: "keep only each module's ROI boxes (one dataset per ROI)" },
+  { name: "keep-dark", value: "number", default: 0, help: "keep every Nth dark frame (0: none)" },
+];
+
+export const reduceCommand: Command = {
+  name: "reduce",
+  usage: "reduce RUN --from LOCALISE_OUT --out DIR",
+  help: "Delete dark frames: keep only the frames localise flagged lit, in a run of the same file names.",
+  options: REDUCE_OPTIONS,
+  async run(args, o) {
+    const runPath = args[0];
+    if (!runPath) throw new InputError(undefined, "missing argument RUN");
+    if (!o.from) throw new InputError(undefined, "missing option --from LOCALISE_OUT");
+    if (!o.out) throw new InputError(undefined, "missing option --out DIR");
+    const r = await reduce(runPath, o.from, o.out, {
+      modules: o.modules,
+      roi: !!o.roi,
+      keepDark: o.keepDark,
+      force: !!o.force,
+    });
+    console.log(o.json ? JSON.stringify(r, null, 2) : formatReduction(r));
+    return EXIT.ok;
+  },
+};
