@@ -30,7 +30,7 @@ const nBatches = Number(arg("batches", "16"));
 const litFraction = Number(arg("lit", "0.01"));
 const withMask = process.argv.includes("--mask");
 const backends = arg("backend", "cpu,webgpu").split(",");
-const uploadMode = arg("upload", "mapped") as "mapped" | "writeBuffer";
+const uploadMode = arg("upload", "") as "mapped" | "writeBuffer" | "";
 const g = geometry(type);
 
 /** Gaussian noise (sigma 0.15 photon) and Gaussian spots until ~litFraction of the pixels are lit. */
@@ -104,7 +104,7 @@ async function measure(b: LocaliseBackend, n: number, inFlight: number) {
     `  ${what.padEnd(22)} ${(frames / s).toFixed(0).padStart(8)} frames/s ${
       (bytes / s / 1e9).toFixed(3).padStart(7)
     } GB/s  (${(1000 * s / (frames / nFrames)).toFixed(2)} ms/batch)`;
-  console.log(`${b.name}: ${b.adapter}`);
+  console.log(`${b.name}: ${b.adapter}${"upload" in b ? `, ${b.upload} uploads` : ""}`);
   console.log(line("process (stages 1,3,4)", n * nFrames, n * bytesPerBatch, dt));
   console.log(line("accumulateLitCounts", m * nFrames, m * bytesPerBatch, dtCounts));
   console.log(`  peaks per frame: ${(peaks / (n * nFrames)).toFixed(1)}`);
@@ -116,7 +116,7 @@ for (const which of backends) {
     await measure(b, Math.max(2, Math.ceil(nBatches / 4)), 1);
     b.dispose();
   } else if (which === "webgpu") {
-    const b = await createWebgpuBackend(DEFAULT_PARAMS, g, nFrames, { upload: uploadMode });
+    const b = await createWebgpuBackend(DEFAULT_PARAMS, g, nFrames, { upload: uploadMode || undefined });
     if (!b) {
       console.log("webgpu: no adapter");
       continue;

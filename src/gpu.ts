@@ -41,6 +41,8 @@ export interface GpuDevice {
   adapterName: string;
   /** A CPU implementation (llvmpipe, lavapipe, SwiftShader, WARP) or a fallback adapter. */
   software: boolean;
+  /** Whose WebGPU: Dawn (the npm `webgpu` package) or Deno's built-in one (wgpu). */
+  implementation: "dawn" | "deno";
 }
 
 // Strong references to what Dawn's create() returns, for the life of the process: Dawn crashes when
@@ -62,7 +64,7 @@ async function findDevice(): Promise<GpuDevice | undefined> {
   const g = globalThis as any;
   if (g.Deno && g.navigator?.gpu) {
     const adapter: GPUAdapter | null = await g.navigator.gpu.requestAdapter().catch(() => null);
-    if (adapter) return openDevice(adapter, "Deno");
+    if (adapter) return openDevice(adapter, "Deno", "deno");
   }
   const want = (process.env.XFEL_REDU_GPU_BACKEND ?? "").toLowerCase();
   let dawn: { create(options: string[]): GPU; globals: object };
@@ -83,7 +85,7 @@ async function findDevice(): Promise<GpuDevice | undefined> {
     const gpu = dawn.create(options);
     keep.push(gpu);
     const adapter = await gpu.requestAdapter(request).catch(() => null);
-    if (adapter) return openDevice(adapter, name);
+    if (adapter) return openDevice(adapter, name, "dawn");
   }
   return undefined;
 }
@@ -107,7 +109,11 @@ const RAISED_LIMITS = [
   "maxUniformBufferBindingSize",
 ] as const;
 
-async function openDevice(adapter: GPUAdapter, backend: string): Promise<GpuDevice> {
+async function openDevice(
+  adapter: GPUAdapter,
+  backend: string,
+  implementation: GpuDevice["implementation"],
+): Promise<GpuDevice> {
   const requiredLimits: Record<string, number> = {};
   for (const k of RAISED_LIMITS) {
     const v = (adapter.limits as any)[k];
@@ -130,7 +136,7 @@ async function openDevice(adapter: GPUAdapter, backend: string): Promise<GpuDevi
       cached = undefined;
     }
   });
-  return { device, adapterName, software };
+  return { device, adapterName, software, implementation };
 }
 
 /** The package root: the nearest directory upwards of this module whose package.json is "xfel-redu". */

@@ -150,7 +150,7 @@ export function sortAndCut<T extends { peak: Peak; first: number }>(items: T[], 
     b.peak.intensity - a.peak.intensity || a.peak.box[0] - b.peak.box[0] || a.peak.box[1] - b.peak.box[1] ||
     a.first - b.first
   );
-  const n = Math.min(items.length, Math.max(0, maxPeaks));
+  const n = Math.min(items.length, Math.max(0, Math.floor(maxPeaks)));
   const out: Peak[] = new Array(n);
   for (let k = 0; k < n; k++) out[k] = items[k].peak;
   return out;

@@ -3,8 +3,8 @@
  * shaders/, each starting with its stage's spec; shaders/common.wgsl is put in front of each).
  *
  * Per batch of frames (at most `maxFrames` per GPU submission; larger batches are split): one upload
- * (data, mask if any, hot bytes if any, a 80-byte uniform; frames go through a persistent mapped staging
- * buffer per slot, then a GPU copy), one command encoder with every stage, one
+ * (data, mask if any, hot bytes if any, a 80-byte uniform; on Dawn, frames go through a persistent mapped
+ * staging buffer per slot, then a GPU copy), one command encoder with every stage, one
  * readback of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
  * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
  * table and keeps the brightest maxPeaks.
@@ -69,9 +69,10 @@ export interface WebgpuOptions {
   /** Read the component labels back too (tests): WebgpuBatchResult.labels. */
   debugLabels?: boolean;
   /**
-   * How frames reach the GPU: "mapped" (default) copies them into a persistent mapped staging buffer
-   * per slot, then a GPU copy; "writeBuffer" uses queue.writeBuffer (slower on Dawn for large batches:
-   * it stages through fresh allocations).
+   * How frames reach the GPU: "mapped" copies them into a persistent mapped staging buffer per slot,
+   * then a GPU copy; "writeBuffer" uses queue.writeBuffer. Default: "mapped" on Dawn (its writeBuffer
+   * stages large writes through fresh allocations: 4x slower on an H100), "writeBuffer" on Deno (its
+   * mapped writes are 60x slower there).
    */
   upload?: "mapped" | "writeBuffer";
 }
@@ -89,6 +90,7 @@ export interface WebgpuBackend extends LocaliseBackend {
   /** Frames per GPU submission. */
   readonly maxFrames: number;
   readonly peakCapacity: number;
+  readonly upload: "mapped" | "writeBuffer";
   readonly stats: { batches: number; frames: number; overflowFrames: number };
   process(batch: ModuleBatch): Promise<WebgpuBatchResult>;
 }
@@ -195,6 +197,7 @@ export async function createWebgpuBackend(
   if (fit < 1) throw new Error(`webgpu backend: one ${g.type} frame does not fit the device's buffer limits`);
   const F = Math.max(1, Math.min(Math.floor(maxFramesPerBatch) || 1, fit));
   const segments = P / SEG;
+  const uploadMode = options.upload ?? (gpu.implementation === "deno" ? "writeBuffer" : "mapped");
 
   return await withErrorScope(device, "webgpu backend setup", async () => {
     const pipelines = {} as { [S in Stage]: Record<(typeof ENTRIES)[S][number], GPUComputePipeline> };
@@ -252,7 +255,7 @@ export async function createWebgpuBackend(
             `labels staging ${k}`,
           )
           : undefined,
-        upload: options.upload === "writeBuffer" ? undefined : device.createBuffer({
+        upload: uploadMode === "writeBuffer" ? undefined : device.createBuffer({
           size: 2 * F * frameBytes,
           usage: BufferUsage.MAP_WRITE | BufferUsage.COPY_SRC,
           mappedAtCreation: true,
@@ -313,10 +316,11 @@ export async function createWebgpuBackend(
       const q = device.queue;
       const n = m * P;
       if (slot.upload) {
-        const range = slot.upload.getMappedRange();
-        new Float32Array(range, 0, n).set(batch.data.subarray(f0 * P, f0 * P + n));
+        // Only the ranges used (some implementations copy a mapped range in and out).
+        new Float32Array(slot.upload.getMappedRange(0, 4 * n)).set(batch.data.subarray(f0 * P, f0 * P + n));
         if (batch.mask) {
-          new Uint32Array(range, F * frameBytes, n).set(batch.mask.subarray(f0 * P, f0 * P + n));
+          new Uint32Array(slot.upload.getMappedRange(F * frameBytes, 4 * n))
+            .set(batch.mask.subarray(f0 * P, f0 * P + n));
         }
         slot.upload.unmap();
         enc.copyBufferToBuffer(slot.upload, 0, slot.data, 0, 4 * n);
@@ -521,6 +525,7 @@ export async function createWebgpuBackend(
       software: gpu.software,
       maxFrames: F,
       peakCapacity: C,
+      upload: uploadMode,
       stats,
       async accumulateLitCounts(batch, counts) {
         checkGeometry(batch);
