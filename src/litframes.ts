@@ -119,9 +119,11 @@ export interface BeamOptions {
   firstPulseSlot?: number;
   /** Anchor when `firstPulseSlot` is not given: "run" (earliest pulse of the run) or "train". */
   align?: "run" | "train";
-  /** Source names (default: found in the run). */
-  timeServer?: string;
-  xgm?: string;
+  /** Source names (default: found in the run); null: do not use one. */
+  timeServer?: string | null;
+  xgm?: string | null;
+  /** Detector control source with `bunchStructure.*` keys (default: found in the run). */
+  control?: string | null;
   detector?: string;
 }
 
@@ -314,7 +316,9 @@ function gcd(a: number, b: number): number {
 export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   const warnings: string[] = [];
   const det = opts.detector ? run.detector(opts.detector) : (run.detectors.length ? run.detectors[0] : null);
-  const ts0 = opts.timeServer ?? findTimeServer(run, opts.instrument?.toUpperCase());
+  const ts0 = opts.timeServer === undefined
+    ? findTimeServer(run, opts.instrument?.toUpperCase())
+    : opts.timeServer;
   const instrument = (opts.instrument ?? (det ? det.name : ts0 ?? "")).split(/[_/]/)[0].toUpperCase();
   if (!instrument) throw new InputError(run.path, "cannot tell the instrument: give --instrument");
   const sase: Sase = opts.sase ?? saseForInstrument(instrument);
@@ -326,12 +330,15 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   const timeServer = ts0 && sourceNames(run).some((s) => s.name === ts0) ? ts0 : null;
   if (opts.timeServer && !timeServer) throw new InputError(run.path, `no source ${opts.timeServer}`);
   if (!timeServer) warnings.push("no time server bunch pattern in the run: every frame is a data frame");
-  const xgm = opts.xgm ?? findXgm(run, sase, instrument);
+  const xgm = opts.xgm === undefined ? findXgm(run, sase, instrument) : opts.xgm;
   if (opts.xgm && !sourceNames(run).some((s) => s.name === opts.xgm)) {
     throw new InputError(run.path, `no source ${opts.xgm}`);
   }
   if (!xgm) warnings.push("no XGM in the run: pulse energies are NaN");
-  const control = findControl(run, det?.name ?? null);
+  const control = opts.control === undefined ? findControl(run, det?.name ?? null) : opts.control;
+  if (opts.control && !sourceNames(run).some((s) => s.name === opts.control)) {
+    throw new InputError(run.path, `no source ${opts.control}`);
+  }
 
   // Bunch patterns: SASE pulses per train.
   const pulses = new Map<number, number[]>();
