@@ -8,6 +8,19 @@
  *
  * GB/s counts the input bytes of a batch (data, plus the mask with --mask) per second of wall time.
  * The WebGPU numbers keep two batches in flight, as the localise pipeline does.
+ *
+ * Measured (AGIPD, 64 frames of 512x128 f32 = 16.8 MB per batch, 1.5% lit, ~53 peaks per frame, no mask;
+ * process = stages 1, 3, 4 with results on the host):
+ *   2-core dev VM, Node 20:  cpu (1 thread)            1150 frames/s  0.30 GB/s
+ *                            webgpu, Dawn OpenGL llvmpipe 165 frames/s  0.04 GB/s
+ *                            webgpu, Deno wgpu llvmpipe    66 frames/s  0.02 GB/s
+ *   H100 machine, Node 20:   cpu (1 thread)             675 frames/s  0.18 GB/s
+ *                            webgpu, Dawn Vulkan        14300 frames/s  3.7 GB/s  (256-frame batches: 15800, 4.1 GB/s;
+ *                                                        with mask 7450 frames/s, 3.9 GB/s; JUNGFRAU 1810 frames/s, 3.8 GB/s)
+ *                            webgpu, Deno wgpu Vulkan    5770 frames/s  1.5 GB/s
+ * On the H100 the upload (host copy into mapped memory, PCIe) bounds it: the stage-2 pre-pass, which
+ * uploads the same bytes, runs at 4.8 GB/s; the GPU work is ~2 ms per batch. With a software adapter the
+ * CPU backend is ~7x faster than the WebGPU one.
  */
 import process from "node:process";
 import { type DetectorType, geometry } from "../src/detectors.ts";
