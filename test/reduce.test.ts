@@ -1,0 +1,489 @@
+/**
+ * `reduce` (src/reduce.ts) on synthetic CORR and RAW runs with a localise output: the kept frames are exactly
+ * the lit ones, bit for bit (checked with h5py, independent of h5wasm), in files of the same names that pass
+ * the validity helper and open as a run; INDEX, links, per-train data and other files as they were; ROI,
+ * keep-dark and module-selection modes; refusals; RUN untouched (read-only copy, hashes and mtimes); an
+ * interrupted reduce leaves no file under a final name.
+ */
+import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { spawn, spawnSync } from "node:child_process";
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
+import { InputError } from "../src/errors.ts";
+import { readAll } from "../src/h5.ts";
+import { localise } from "../src/localise/localise.ts";
+import { summaryJson, writeRedu } from "../src/localise/output.ts";
+import { reduce, reduceCommand, type ReductionRecord } from "../src/reduce.ts";
+import { Run } from "../src/run.ts";
+import { DENO, ROOT } from "./helpers/cli.ts";
+import { validateExdf } from "./helpers/exdf-validate.ts";
+import { independentAvailable, SYSTEM_PYTHON } from "./helpers/independent-h5.ts";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-reduce-"));
+afterAll(() => {
+  spawnSync("chmod", ["-R", "u+w", tmp]);
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+const DET = "SPB_DET_AGIPD1M-1";
+const BASE: Partial<SynthOptions> = {
+  seed: 101,
+  modules: [0, 1, 2],
+  trains: 6,
+  trainsPerFile: 3,
+  framesPerTrain: 16,
+  litFraction: 0.3,
+  compression: 1,
+  missingTrains: [{ module: 2, trains: [1] }],
+  shortFrames: [{ module: 1, train: 4, frames: 9 }],
+};
+
+let corr: string, raw: string, loc: string;
+let truth: Truth, rawTruth: Truth;
+
+beforeAll(async () => {
+  corr = path.join(tmp, "corr");
+  raw = path.join(tmp, "raw");
+  loc = path.join(tmp, "loc");
+  truth = await makeRun(corr, { ...BASE, naming: "output" });
+  rawTruth = await makeRun(raw, { ...BASE, level: "raw", instrumentPadding: 2 });
+  const r = await localise(corr, { backend: "cpu" });
+  fs.mkdirSync(loc);
+  await writeRedu(r, loc, r.runFiles);
+  fs.writeFileSync(path.join(loc, "summary.json"), JSON.stringify(summaryJson(r), null, 2));
+  // The decision reduce uses is localise's; on this run it is the truth.
+  const lit = new Set(truth.frames.filter((f) => f.lit).map((f) => `${f.trainId}/${f.pulseId}`));
+  const found = Array.from(r.perFrame.frameLit, (v, i) => [r.perFrame.trainId[i], r.perFrame.pulseId[i], v]);
+  expect(found.filter(([, , v]) => v).map(([t, p]) => `${t}/${p}`).sort()).toEqual([...lit].sort());
+}, 300_000);
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+function sha(p: string): string {
+  return crypto.createHash("sha256").update(fs.readFileSync(p)).digest("hex");
+}
+
+function h5names(dir: string): string[] {
+  return fs.readdirSync(dir).filter((n) => n.endsWith(".h5")).sort();
+}
+
+/** (trainId/pulseId) of the frames of module m the truth says are lit, within the trains of `trains`. */
+function litOf(t: Truth, m: number, trains?: Set<number>): string[] {
+  return t.frames
+    .filter((f) => f.lit && f.modules.includes(m) && (!trains || trains.has(f.trainId)))
+    .map((f) => `${f.trainId}/${f.pulseId}`);
+}
+
+const COMPARE = String.raw`
+import sys, json, h5py, numpy as np
+a = json.loads(sys.argv[1])
+A = h5py.File(a["input"], "r"); B = h5py.File(a["output"], "r")
+grp, idx = a["group"], a["index"]
+out = {"rows": [], "mismatch": [], "meta": [], "index": [], "other": [], "links": {}, "keys": sorted(B[grp].keys())}
+ta = A[grp + "/trainId"][:].ravel(); pa = A[grp + "/pulseId"][:].ravel()
+tb = B[grp + "/trainId"][:].ravel(); pb = B[grp + "/pulseId"][:].ravel()
+N = len(ta)
+pos = {}
+for i, (t, p) in enumerate(zip(ta, pa)):
+    pos.setdefault((int(t), int(p)), i)
+rows = [pos[(int(t), int(p))] for t, p in zip(tb, pb)]
+out["rows"] = ["%d/%d" % (t, p) for t, p in zip(tb, pb)]
+boxes = a.get("boxes")
+for k, d in A[grp].items():
+    if not isinstance(d, h5py.Dataset) or d.shape[0] != N:
+        continue
+    if boxes is not None and d.ndim >= 3 and list(d.shape[-2:]) == a["imageShape"]:
+        if k in B[grp]:
+            out["mismatch"].append([k, "full image dataset kept"])
+        for i, b in enumerate(boxes):
+            e = B["%s/roi%d/%s" % (grp, i, k)]
+            if list(e.attrs["box"]) != b or list(B["%s/roi%d" % (grp, i)].attrs["box"]) != b:
+                out["mismatch"].append([k, i, "box attribute"])
+            if e.dtype.str != d.dtype.str or e.shape != (len(rows),) + d.shape[1:-2] + (b[2] - b[0], b[3] - b[1]):
+                out["mismatch"].append([k, i, "dtype/shape", e.dtype.str, list(e.shape)])
+                continue
+            for j, r in enumerate(rows):
+                if d[r][..., b[0]:b[2], b[1]:b[3]].tobytes() != e[j].tobytes():
+                    out["mismatch"].append([k, i, r, j])
+        continue
+    e = B[grp + "/" + k]
+    out["meta"].append([k, d.dtype.str == e.dtype.str, d.chunks == e.chunks, d.compression == e.compression,
+                        d.compression_opts == e.compression_opts, e.shape == (len(rows),) + d.shape[1:]])
+    for j, r in enumerate(rows):
+        if d[r].tobytes() != e[j].tobytes():
+            out["mismatch"].append([k, r, j])
+tids = B["INDEX/trainId"][:]
+first = B[idx + "/first"][:]; count = B[idx + "/count"][:]
+for i, t in enumerate(tids):
+    if t == 0:
+        continue
+    seg = tb[first[i]:first[i] + count[i]]
+    out["index"].append([int(t), int(count[i]), bool(np.all(seg == t))])
+def other(name, obj):
+    if not isinstance(obj, h5py.Dataset) or name.startswith(grp + "/") or name.startswith(idx + "/"):
+        return
+    e = B.get(name)
+    if e is None:
+        out["other"].append([name, "missing"]); return
+    x, y = obj[()], e[()]
+    same = (np.array_equal(x, y) if obj.dtype.kind == "O" else
+            (obj.dtype.str == e.dtype.str and np.asarray(x).tobytes() == np.asarray(y).tobytes()))
+    if not same or obj.shape != e.shape:
+        out["other"].append([name, "differs"])
+A.visititems(other)
+for p in a.get("links", []):
+    l = B.get(p, getlink=True)
+    out["links"][p] = l.path if isinstance(l, h5py.SoftLink) else None
+print(json.dumps(out))
+`;
+
+interface Compared {
+  rows: string[];
+  mismatch: unknown[];
+  meta: [string, boolean, boolean, boolean, boolean, boolean][];
+  index: [number, number, boolean][];
+  other: unknown[];
+  links: Record<string, string | null>;
+  keys: string[];
+}
+
+/** Compare a module file of the output with its input through h5py. */
+function compare(
+  input: string,
+  output: string,
+  source: string,
+  opts: { boxes?: number[][]; links?: string[] } = {},
+): Compared {
+  const args = {
+    input,
+    output,
+    group: `INSTRUMENT/${source}/image`,
+    index: `INDEX/${source}/image`,
+    boxes: opts.boxes,
+    imageShape: [512, 128],
+    links: opts.links ?? [],
+  };
+  const r = spawnSync(SYSTEM_PYTHON, ["-c", COMPARE, JSON.stringify(args)], {
+    encoding: "utf8",
+    maxBuffer: 1 << 28,
+  });
+  if (r.status !== 0) throw new Error(`h5py compare failed: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+function moduleFiles(dir: string, m: number): string[] {
+  return h5names(dir).filter((n) => n.includes(`AGIPD${String(m).padStart(2, "0")}`));
+}
+
+function trainsOfFile(t: Truth, name: string): Set<number> {
+  const seq = Number(/-S(\d+)\.h5$/.exec(name)![1]);
+  return new Set(t.trains.slice(seq * 3, seq * 3 + 3));
+}
+
+async function expectValid(dir: string): Promise<void> {
+  for (const n of h5names(dir)) expect(await validateExdf(path.join(dir, n)), n).toEqual([]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+describe("reduce a CORR run", () => {
+  let out: string;
+  let rec: ReductionRecord;
+  beforeAll(async () => {
+    out = path.join(tmp, "out-corr");
+    rec = await reduce(corr, loc, out);
+  });
+
+  test("same file names, every file valid, reduction.json as returned; opens as a run", async () => {
+    expect(h5names(out)).toEqual(h5names(corr));
+    await expectValid(out);
+    expect(JSON.parse(fs.readFileSync(path.join(out, "reduction.json"), "utf8"))).toEqual(rec);
+    const run = await Run.open(out);
+    try {
+      const det = run.detector();
+      expect(det.name).toBe(DET);
+      expect(det.modules.map((m) => m.frames)).toEqual([0, 1, 2].map((m) => litOf(truth, m).length));
+    } finally {
+      run.close();
+    }
+  });
+
+  test("the kept frames are exactly the lit ones, bit for bit; INDEX cut, links kept, the rest as it was", () => {
+    if (!independentAvailable()) return;
+    for (const m of [0, 1, 2]) {
+      const source = `${DET}/CORR/${m}CH0:output`;
+      const legacy = [`INSTRUMENT/${DET}/DET/${m}CH0:xtdf`, `INDEX/${DET}/DET/${m}CH0:xtdf`];
+      for (const name of moduleFiles(corr, m)) {
+        const c = compare(path.join(corr, name), path.join(out, name), source, { links: legacy });
+        expect(c.rows, name).toEqual(litOf(truth, m, trainsOfFile(truth, name)));
+        expect(c.mismatch, name).toEqual([]);
+        expect(c.other, name).toEqual([]);
+        expect(c.meta.map((x) => x[0]).sort()).toEqual([
+          "cellId",
+          "data",
+          "gain",
+          "mask",
+          "pulseId",
+          "trainId",
+        ]);
+        for (const x of c.meta) expect(x, `${name} ${x[0]}`).toEqual([x[0], true, true, true, true, true]);
+        for (const [t, n, ok] of c.index) {
+          expect(ok).toBe(true);
+          expect(n).toBe(litOf(truth, m, new Set([t])).length);
+        }
+        expect(c.links).toEqual({
+          [legacy[0]]: `/INSTRUMENT/${source}`,
+          [legacy[1]]: `/INDEX/${source}`,
+        });
+      }
+    }
+  });
+
+  test("files without detector data copied byte for byte; the record adds up", () => {
+    for (const n of h5names(corr).filter((n) => n.includes("DA01"))) {
+      expect(sha(path.join(out, n))).toBe(sha(path.join(corr, n)));
+    }
+    const size = (d: string) => h5names(d).reduce((a, n) => a + fs.statSync(path.join(d, n)).size, 0);
+    expect(rec.bytesIn).toBe(size(corr));
+    expect(rec.bytesOut).toBe(size(out));
+    expect(rec.ratio).toBeCloseTo(rec.bytesIn / rec.bytesOut, 10);
+    expect(rec.ratio).toBeGreaterThan(2.5);
+    expect(rec.level).toBe("corr");
+    for (const m of rec.modules) {
+      expect(m.framesIn).toBe(truth.frames.filter((f) => f.modules.includes(m.module)).length);
+      expect(m.framesKept).toBe(litOf(truth, m.module).length);
+      expect(m.litKept).toBe(m.framesKept);
+      expect([m.darkKept, m.unmatched, m.unindexed, m.dropped]).toEqual([0, 0, 0, false]);
+    }
+    expect(rec.files.filter((f) => f.action === "copied").map((f) => f.name)).toEqual(
+      h5names(corr).filter((n) => n.includes("DA01")),
+    );
+  });
+});
+
+describe("reduce a RAW run with the CORR selection", () => {
+  test("frames matched on (trainId, pulseId), bit for bit; RUN read-only and untouched", async () => {
+    const ro = path.join(tmp, "raw-ro");
+    fs.cpSync(raw, ro, { recursive: true });
+    const before = new Map(
+      h5names(ro).map((n) => {
+        const p = path.join(ro, n);
+        return [n, { sha: sha(p), mtime: fs.statSync(p).mtimeMs }];
+      }),
+    );
+    spawnSync("chmod", ["-R", "a-w", ro]);
+    const out = path.join(tmp, "out-raw");
+    let rec: ReductionRecord;
+    try {
+      rec = await reduce(ro, loc, out);
+    } finally {
+      spawnSync("chmod", ["-R", "u+w", ro]);
+    }
+    expect(fs.readdirSync(ro).sort()).toEqual([...before.keys(), "truth.json"].sort());
+    for (const [n, b] of before) {
+      const p = path.join(ro, n);
+      expect({ sha: sha(p), mtime: fs.statSync(p).mtimeMs }).toEqual(b);
+    }
+    expect(h5names(out)).toEqual(h5names(raw));
+    await expectValid(out);
+    expect(rec.level).toBe("raw");
+    // Padding rows (instrumentPadding) belong to no train: left out and reported.
+    for (const m of rec.modules) {
+      expect(m.framesKept).toBe(litOf(rawTruth, m.module).length);
+      expect(m.unindexed).toBe(2 * m.files.length);
+    }
+    if (!independentAvailable()) return;
+    for (const m of [0, 1, 2]) {
+      for (const name of moduleFiles(raw, m)) {
+        const c = compare(path.join(raw, name), path.join(out, name), `${DET}/DET/${m}CH0:xtdf`);
+        expect(c.rows, name).toEqual(litOf(rawTruth, m, trainsOfFile(rawTruth, name)));
+        expect(c.mismatch, name).toEqual([]);
+        expect(c.other, name).toEqual([]);
+        expect(c.meta.map((x) => x[0]).sort()).toEqual([
+          "cellId",
+          "data",
+          "length",
+          "pulseId",
+          "status",
+          "trainId",
+        ]);
+        for (const x of c.meta) expect(x, `${name} ${x[0]}`).toEqual([x[0], true, true, true, true, true]);
+        expect(c.index.every(([, , ok]) => ok)).toBe(true);
+      }
+    }
+  });
+});
+
+describe("options", () => {
+  test("--modules selected leaves out the modules localise did not select", async () => {
+    const loc2 = path.join(tmp, "loc-unselected");
+    fs.cpSync(loc, loc2, { recursive: true });
+    const s = JSON.parse(fs.readFileSync(path.join(loc2, "summary.json"), "utf8"));
+    s.modules.find((m: { module: number }) => m.module === 2).selected = false;
+    fs.writeFileSync(path.join(loc2, "summary.json"), JSON.stringify(s));
+    const out = path.join(tmp, "out-selected");
+    const rec = await reduce(corr, loc2, out, { modules: "selected" });
+    expect(h5names(out)).toEqual(h5names(corr).filter((n) => !n.includes("AGIPD02")));
+    await expectValid(out);
+    expect(rec.modules.map((m) => m.dropped)).toEqual([false, false, true]);
+    expect(rec.files.filter((f) => f.action === "dropped").map((f) => f.name)).toEqual(moduleFiles(corr, 2));
+    // With all modules (the default) they stay.
+    const all = await reduce(corr, loc2, path.join(tmp, "out-selected-all"), { modules: "all" });
+    expect(all.modules.every((m) => !m.dropped)).toBe(true);
+  });
+
+  test("--roi: one dataset per ROI box, the box as attributes, crops bit for bit", async () => {
+    const out = path.join(tmp, "out-roi");
+    const rec = await reduce(corr, loc, out, { roi: true });
+    expect(h5names(out)).toEqual(h5names(corr));
+    await expectValid(out);
+    if (!independentAvailable()) return;
+    for (const m of [0, 1]) {
+      const boxes = rec.modules[m].rois;
+      expect(boxes.length).toBeGreaterThan(0);
+      const name = moduleFiles(corr, m)[0];
+      const c = compare(path.join(corr, name), path.join(out, name), `${DET}/CORR/${m}CH0:output`, { boxes });
+      expect(c.rows).toEqual(litOf(truth, m, trainsOfFile(truth, name)));
+      expect(c.mismatch).toEqual([]);
+      expect(c.other).toEqual([]);
+      expect(c.keys).toEqual(
+        ["cellId", "pulseId", ...boxes.map((_, i) => `roi${i}`), "trainId"].sort(),
+      );
+    }
+    expect(rec.ratio).toBeGreaterThan(4);
+  });
+
+  test("--keep-dark N keeps every Nth dark frame of each module, counted in order", async () => {
+    const out = path.join(tmp, "out-dark");
+    const rec = await reduce(corr, loc, out, { keepDark: 3 });
+    await expectValid(out);
+    const run = await Run.open(out);
+    try {
+      for (const mod of run.detector().modules) {
+        let dark = 0;
+        const want = truth.frames.filter((f) => {
+          if (!f.modules.includes(mod.module)) return false;
+          return f.lit || dark++ % 3 === 0;
+        }).map((f) => `${f.trainId}/${f.pulseId}`);
+        const got: string[] = [];
+        for (const mf of mod.files) {
+          const tid = Array.from(readAll(mf.file.h5, `${mf.groupPath}/trainId`), Number);
+          const pid = Array.from(readAll(mf.file.h5, `${mf.groupPath}/pulseId`), Number);
+          tid.forEach((t, i) => got.push(`${t}/${pid[i]}`));
+        }
+        expect(got).toEqual(want);
+        const r = rec.modules.find((x) => x.module === mod.module)!;
+        expect(r.darkKept).toBe(want.length - litOf(truth, mod.module).length);
+      }
+    } finally {
+      run.close();
+    }
+  });
+});
+
+describe("refusals and interruption", () => {
+  test("refuses an existing DIR without force, DIR inside RUN, DIR holding RUN; bad options", async () => {
+    const out = path.join(tmp, "out-exists");
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, "old.txt"), "x");
+    await expect(reduce(corr, loc, out)).rejects.toThrow(/exists; use --force/);
+    await reduce(corr, loc, out, { force: true });
+    expect(fs.existsSync(path.join(out, "old.txt"))).toBe(false);
+    expect(h5names(out)).toEqual(h5names(corr));
+    await expect(reduce(corr, loc, path.join(corr, "out"))).rejects.toThrow(/inside the input run/);
+    await expect(reduce(corr, loc, tmp, { force: true })).rejects.toThrow(/holds the input run/);
+    await expect(reduce(corr, path.join(tmp, "nope"), path.join(tmp, "o1"))).rejects.toThrow(InputError);
+    await expect(reduce(corr, corr, path.join(tmp, "o2"))).rejects.toThrow(/no localise REDU file/);
+    await expect(reduce(corr, loc, path.join(tmp, "o3"), { keepDark: -1 })).rejects.toThrow(InputError);
+    await expect(reduce(corr, loc, path.join(tmp, "o4"), { modules: "some" as never })).rejects.toThrow(
+      InputError,
+    );
+    expect(fs.readdirSync(corr).filter((n) => !n.endsWith(".h5"))).toEqual(["truth.json"]);
+    expect(fs.readdirSync(tmp).filter((n) => /^o\d$|\.tmp-/.test(n))).toEqual([]);
+  });
+
+  test(
+    "an interrupted reduce leaves no file under a final name (SIGTERM cleans up, SIGKILL leaves temporaries)",
+    async () => {
+      const entry = path.join(tmp, "interrupt-entry.ts");
+      fs.writeFileSync(
+        entry,
+        `import * as fs from "node:fs";
+import { reduce } from ${JSON.stringify(path.join(ROOT, "src/reduce.ts"))};
+const [run, from, out, marker] = Deno.args;
+let files = 0;
+await reduce(run, from, out, {
+  progress: async (ev) => {
+    if (ev.phase === "done") files++;
+    // Stall in the second file, once the first is complete.
+    if (ev.phase === "dataset" && files === 1) {
+      fs.writeFileSync(marker, ev.file);
+      await new Promise((r) => setTimeout(r, 120000));
+    }
+  },
+});
+`,
+      );
+      for (const sig of ["SIGTERM", "SIGKILL"] as const) {
+        const out = path.join(tmp, `out-interrupted-${sig}`);
+        const marker = path.join(tmp, `marker-${sig}`);
+        const child = spawn(DENO, [
+          "run",
+          "-A",
+          "--config",
+          path.join(ROOT, "deno.json"),
+          entry,
+          corr,
+          loc,
+          out,
+          marker,
+        ], {
+          stdio: ["ignore", "ignore", "pipe"],
+        });
+        let stderr = "";
+        child.stderr.on("data", (d) => (stderr += d));
+        const exited = new Promise<{ code: number | null; signal: string | null }>((res) =>
+          child.on("exit", (code, signal) => res({ code, signal }))
+        );
+        const t0 = Date.now();
+        while (!fs.existsSync(marker) && Date.now() - t0 < 60_000 && child.exitCode === null) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        expect(fs.existsSync(marker), stderr).toBe(true);
+        child.kill(sig);
+        const { signal } = await exited;
+        expect(signal).toBe(sig);
+        expect(fs.existsSync(out)).toBe(false);
+        const temps = fs.readdirSync(tmp).filter((n) => n.startsWith(`.${path.basename(out)}.tmp-`));
+        if (sig === "SIGTERM") expect(temps).toEqual([]);
+        else {
+          // What is left is a hidden temporary directory, never DIR.
+          expect(temps.length).toBe(1);
+          fs.rmSync(path.join(tmp, temps[0]), { recursive: true, force: true });
+        }
+      }
+    },
+    120_000,
+  );
+
+  test("reduceCommand prints the reduction (text and --json)", async () => {
+    const log = vi.spyOn(console, "log").mockImplementation(() => {});
+    try {
+      const out = path.join(tmp, "out-cmd");
+      expect(await reduceCommand.run([corr], { from: loc, out, modules: "all", keepDark: 0 })).toBe(0);
+      const text = String(log.mock.calls[0][0]);
+      expect(text).toMatch(/ratio \d+\.\dx; frames kept \d+ of \d+/);
+      expect(text).toMatch(/module {2}frames {2}kept/);
+      expect(await reduceCommand.run([corr], { from: loc, out, force: true, json: true, modules: "all" }))
+        .toBe(0);
+      expect(JSON.parse(String(log.mock.calls[1][0])).out).toBe(out);
+      await expect(reduceCommand.run([corr], { out })).rejects.toThrow(/--from/);
+    } finally {
+      log.mockRestore();
+    }
+  });
+});
