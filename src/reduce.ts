@@ -910,7 +910,8 @@ export async function reduce(
           files: m.files.map((f) => f.file.name),
           dropped: modulesOpt === "selected" && !selected,
           selected,
-          framesIn: 0,
+          // Dropped modules are not read: their frames as the index counts them.
+          framesIn: modulesOpt === "selected" && !selected ? m.frames : 0,
           framesKept: 0,
           litKept: 0,
           darkKept: 0,
