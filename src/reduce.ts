@@ -414,6 +414,58 @@ class Copier {
     this.copyRows(src, dst, p, p, all, m);
   }
 
+  /**
+   * Call `cb(ptr, n)` for the kept rows `rows` of src:p, a batch of consecutive kept rows at a time (their
+   * bytes at ptr on the heap, valid until the next call). Sources chunked by one row: each run of kept rows
+   * is read as it is. Sources with larger chunks: each block of whole chunks holding kept rows is read once
+   * (from its first to its last kept row), so no chunk is decompressed twice.
+   */
+  private readKept(
+    src: H5File,
+    p: string,
+    rows: Int32Array,
+    entry: number[],
+    rowBytes: number,
+    srcChunk0: number,
+    cb: (ptr: number, n: number) => void,
+  ): void {
+    const zeros = entry.map(() => 0);
+    const runs = runsOf(rows);
+    if (srcChunk0 <= 1) {
+      const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
+      for (const [a, b] of runs) {
+        for (let s = a; s < b; s += step) {
+          const n = Math.min(step, b - s);
+          const ptr = this.buffer(n * rowBytes, 0);
+          this.read(src, p, [n, ...entry], [s, ...zeros], ptr);
+          cb(ptr, n);
+        }
+      }
+      return;
+    }
+    const block = srcChunk0 * Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes * srcChunk0)));
+    let i = 0;
+    while (i < runs.length) {
+      const b0 = Math.floor(runs[i][0] / block) * block;
+      const b1 = b0 + block;
+      // Runs (cut at the block end) inside this block.
+      const inBlock: [number, number][] = [];
+      while (i < runs.length && runs[i][0] < b1) {
+        const [a, b] = runs[i];
+        inBlock.push([a, Math.min(b, b1)]);
+        if (b > b1) {
+          runs[i] = [b1, b];
+          break;
+        }
+        i++;
+      }
+      const lo = inBlock[0][0], hi = inBlock[inBlock.length - 1][1];
+      const ptr = this.buffer((hi - lo) * rowBytes, 0);
+      this.read(src, p, [hi - lo, ...entry], [lo, ...zeros], ptr);
+      for (const [a, b] of inBlock) cb(ptr + (a - lo) * rowBytes, b - a);
+    }
+  }
+
   /** Copy rows `rows` (ascending; null: the whole of a scalar dataset) of src:p into dst:q. */
   copyRows(
     src: H5File,
@@ -445,7 +497,6 @@ class Copier {
     const rowBytes = prod(entry) * m.size;
     const K = rows.length;
     const filter = this.filterOf(src, p);
-    const runs = runsOf(rows);
     let chunks = m.chunks ? [...m.chunks] : null;
     if (!chunks && K * rowBytes > 2 * this.sliceBytes) {
       chunks = [1, ...entry];
@@ -453,9 +504,9 @@ class Copier {
     }
     if (!chunks) {
       // Contiguous and small: gather the rows, create in one go.
-      const ptr = this.buffer(Math.max(1, K * rowBytes));
+      const ptr = this.buffer(Math.max(1, K * rowBytes), 1);
       let k = 0;
-      for (const [a, b] of runs) {
+      for (const [a, b] of runsOf(rows)) {
         this.read(src, p, [b - a, ...entry], [a, ...zeros], ptr + k * rowBytes);
         k += b - a;
       }
@@ -466,27 +517,19 @@ class Copier {
     const max0 = srcMax0 === undefined || srcMax0 >= 2 ** 63 ? null : Math.max(K, chunks[0]);
     this.create(dst, q, this.buffer(8), this.writeMeta(m, [0, ...entry], [max0, ...entry], chunks, filter));
     if (K === 0) return;
-    this.call(
-      `cannot resize ${q}`,
-      dst.filename,
-      () => this.mod.resize_dataset(dst.file_id, "/" + q, [K, ...entry].map(BigInt)),
-    );
-    const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
-    const ptr = this.buffer(Math.min(K, step) * rowBytes);
-    let k = 0;
-    for (const [a, b] of runs) {
-      for (let s = a; s < b; s += step) {
-        const n = Math.min(step, b - s);
-        this.read(src, p, [n, ...entry], [s, ...zeros], ptr);
-        this.write(dst, q, [n, ...entry], [k, ...zeros], ptr);
-        k += n;
-      }
+    this.resize(dst, q, [K, ...entry]);
+    const sink = new Sink(this, dst, q, entry, rowBytes, chunks[0], this.sliceBytes);
+    try {
+      this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (ptr, n) => sink.append(ptr, n));
+      sink.flush();
+    } finally {
+      sink.dispose();
     }
   }
 
   /**
    * Per box k, rows `rows` of src:p cropped to the box (last two axes) into dst:names[k], chunked (the
-   * source's chunk shape clipped to the box), with the source's filter. Frames are read once per block.
+   * source's chunk shape clipped to the box), with the source's filter. Frames are read once for all boxes.
    */
   copyRois(src: H5File, dst: H5File, p: string, rows: Int32Array, boxes: Box[], names: string[]): void {
     const m = this.meta(src, p);
@@ -501,51 +544,81 @@ class Copier {
     const K = rows.length;
     const filter = this.filterOf(src, p);
     const outEntries = boxes.map((b) => [...mid, b[2] - b[0], b[3] - b[1]]);
+    const chunk0s: number[] = [];
     boxes.forEach((_b, i) => {
       const oe = outEntries[i];
       const chunks = m.chunks
-        ? m.chunks.map((c, j) => Math.max(1, Math.min(c, [1, ...oe][j] ?? c)))
+        ? m.chunks.map((c, j) => (j === 0 ? c : Math.max(1, Math.min(c, oe[j - 1]))))
         : [1, ...oe];
+      chunk0s.push(chunks[0]);
       this.create(
         dst,
         names[i],
         this.buffer(8),
         this.writeMeta(m, [0, ...oe], [null, ...oe], chunks, filter),
       );
-      if (K > 0) {
-        this.call(
-          `cannot resize ${names[i]}`,
-          dst.filename,
-          () => this.mod.resize_dataset(dst.file_id, "/" + names[i], [K, ...oe].map(BigInt)),
-        );
-      }
+      if (K > 0) this.resize(dst, names[i], [K, ...oe]);
     });
     if (K === 0 || !boxes.length) return;
-    const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
-    let k = 0;
-    for (const [a, b] of runsOf(rows)) {
-      for (let s = a; s < b; s += step) {
-        const n = Math.min(step, b - s);
-        const inPtr = this.buffer(n * rowBytes, 0);
-        this.read(src, p, [n, ...entry], [s, ...entry.map(() => 0)], inPtr);
+    const per = Math.max(1, Math.floor(this.sliceBytes / boxes.length));
+    const sinks = boxes.map((_b, i) =>
+      new Sink(this, dst, names[i], outEntries[i], prod(outEntries[i]) * E, chunk0s[i], per)
+    );
+    try {
+      this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (inPtr, n) => {
         boxes.forEach((box, i) => {
-          const h = box[2] - box[0], w = box[3] - box[1];
-          const outPtr = this.buffer(n * planes * h * w * E, 1);
-          const heap = this.mod.HEAPU8; // after the allocations: views die when the heap grows
-          let o = outPtr;
-          for (let r = 0; r < n * planes; r++) {
-            const base = inPtr + r * SS * FS * E;
-            for (let y = box[0]; y < box[2]; y++) {
-              const from = base + (y * FS + box[1]) * E;
-              heap.copyWithin(o, from, from + w * E);
-              o += w * E;
+          const w = (box[3] - box[1]) * E;
+          const sink = sinks[i];
+          for (let r = 0; r < n;) {
+            const [outPtr, take] = sink.reserve(n - r);
+            const heap = this.mod.HEAPU8; // after any allocation: views die when the heap grows
+            let o = outPtr;
+            for (let f = r; f < r + take; f++) {
+              for (let pl = 0; pl < planes; pl++) {
+                const base = inPtr + (f * planes + pl) * SS * FS * E;
+                for (let y = box[0]; y < box[2]; y++) {
+                  const from = base + (y * FS + box[1]) * E;
+                  heap.copyWithin(o, from, from + w);
+                  o += w;
+                }
+              }
             }
+            sink.commit(take);
+            r += take;
           }
-          this.write(dst, names[i], [n, ...outEntries[i]], [k, ...outEntries[i].map(() => 0)], outPtr);
         });
-        k += n;
-      }
+      });
+      for (const s of sinks) s.flush();
+    } finally {
+      for (const s of sinks) s.dispose();
     }
+  }
+
+  resize(dst: H5File, q: string, shape: number[]): void {
+    this.call(
+      `cannot resize ${q}`,
+      dst.filename,
+      () => this.mod.resize_dataset(dst.file_id, "/" + q, shape.map(BigInt)),
+    );
+  }
+
+  /** Write n rows at ptr into dst:q from row k. */
+  writeRows(dst: H5File, q: string, entry: number[], k: number, n: number, ptr: number): void {
+    this.write(dst, q, [n, ...entry], [k, ...entry.map(() => 0)], ptr);
+  }
+
+  malloc(n: number): number {
+    const p = this.mod._malloc(n);
+    if (!p) throw new Error(`wasm heap: cannot allocate ${n} bytes`);
+    return p;
+  }
+
+  free(p: number): void {
+    this.mod._free(p);
+  }
+
+  get heap(): Uint8Array {
+    return this.mod.HEAPU8;
   }
 
   /** Create a small numeric dataset with given values and the source's type and shape. */
@@ -587,6 +660,94 @@ class Copier {
   /** The lib, for callers that create files. */
   get h5lib(): H5 {
     return this.lib;
+  }
+}
+
+/**
+ * Rows appended to a dataset, written in blocks of whole output chunks (no partial chunk is written twice,
+ * so compressed chunks are not rewritten), through its own heap buffer of at most maxBytes (at least one
+ * chunk of rows).
+ */
+class Sink {
+  private readonly ptr: number;
+  private readonly cap: number;
+  private fill = 0;
+  private k = 0;
+
+  constructor(
+    private readonly cp: Copier,
+    private readonly dst: H5File,
+    private readonly q: string,
+    private readonly entry: number[],
+    private readonly rowBytes: number,
+    chunk0: number,
+    maxBytes: number,
+  ) {
+    const c = Math.max(1, chunk0);
+    this.cap = c * Math.max(1, Math.floor(maxBytes / Math.max(1, rowBytes * c)));
+    this.ptr = cp.malloc(Math.max(8, this.cap * rowBytes));
+  }
+
+  /** Where the next rows go and how many of n fit before the buffer is full. */
+  reserve(n: number): [number, number] {
+    return [this.ptr + this.fill * this.rowBytes, Math.min(n, this.cap - this.fill)];
+  }
+
+  commit(n: number): void {
+    this.fill += n;
+    if (this.fill >= this.cap) this.flush();
+  }
+
+  /** Append n rows found at ptr. */
+  append(ptr: number, n: number): void {
+    for (let r = 0; r < n;) {
+      const [to, take] = this.reserve(n - r);
+      const from = ptr + r * this.rowBytes;
+      this.cp.heap.copyWithin(to, from, from + take * this.rowBytes);
+      this.commit(take);
+      r += take;
+    }
+  }
+
+  flush(): void {
+    if (!this.fill) return;
+    this.cp.writeRows(this.dst, this.q, this.entry, this.k, this.fill, this.ptr);
+    this.k += this.fill;
+    this.fill = 0;
+  }
+
+  dispose(): void {
+    this.cp.free(this.ptr);
+  }
+}
+
+/**
+ * Copy rows `rows` of src:p into dst (same path), or with `boxes` their crops into `names`: the per-frame copy
+ * `reduce` uses, for callers and tests that work on datasets directly.
+ */
+export async function copyDatasetRows(
+  src: H5File,
+  dst: H5File,
+  p: string,
+  rows: Int32Array,
+  opts: { sliceBytes?: number; boxes?: Box[]; names?: string[] } = {},
+): Promise<string[]> {
+  const lib = await h5();
+  const cp = new Copier(lib, (await lib.ready) as unknown as Mod, opts.sliceBytes ?? 32 * 2 ** 20);
+  try {
+    if (opts.boxes) {
+      cp.copyRois(
+        src,
+        dst,
+        p,
+        rows,
+        opts.boxes,
+        opts.names ?? opts.boxes.map((_, i) => `${p}_roi${i}`),
+      );
+    } else cp.copyRows(src, dst, p, p, rows);
+    return [...cp.notes];
+  } finally {
+    cp.dispose();
   }
 }
 

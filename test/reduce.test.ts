@@ -13,10 +13,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
 import { InputError } from "../src/errors.ts";
-import { readAll } from "../src/h5.ts";
+import { dsInfo, h5, type H5Dataset, readAll } from "../src/h5.ts";
 import { localise } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
-import { reduce, reduceCommand, type ReductionRecord } from "../src/reduce.ts";
+import { copyDatasetRows, reduce, reduceCommand, type ReductionRecord } from "../src/reduce.ts";
 import { Run } from "../src/run.ts";
 import { DENO, ROOT } from "./helpers/cli.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
@@ -359,7 +359,7 @@ describe("options", () => {
 
   test("--keep-dark N keeps every Nth dark frame of each module, counted in order", async () => {
     const out = path.join(tmp, "out-dark");
-    const rec = await reduce(corr, loc, out, { keepDark: 3 });
+    const rec = await reduce(corr, loc, out, { keepDark: 3, sliceBytes: 600_000 });
     await expectValid(out);
     const run = await Run.open(out);
     try {
@@ -382,6 +382,83 @@ describe("options", () => {
     } finally {
       run.close();
     }
+  });
+});
+
+describe("the per-frame copy", () => {
+  test("any chunking (several frames per chunk, contiguous, one per chunk), small slices: bytes, chunks, filters", async () => {
+    const lib = await h5();
+    const srcPath = path.join(tmp, "copy-src.h5");
+    const src = new lib.File(srcPath, "w");
+    const N = 40;
+    const fill = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));
+    src.create_dataset({
+      name: "a",
+      data: fill(N * 3 * 64, (i) => Math.sin(i) * 1e3),
+      shape: [N, 3, 8, 8],
+      chunks: [6, 3, 8, 8],
+      maxshape: [null, 3, 8, 8],
+      compression: "gzip",
+      compression_opts: 3,
+    });
+    src.create_dataset({
+      name: "b",
+      data: Uint16Array.from({ length: N * 2 }, (_, i) => i * 7),
+      shape: [N, 2],
+    });
+    src.create_dataset({
+      name: "c",
+      data: Uint8Array.from({ length: N * 64 }, (_, i) => (i * 31) & 255),
+      shape: [N, 8, 8],
+      chunks: [1, 8, 8],
+      maxshape: [null, 8, 8],
+    });
+    const rowsSets = [
+      [],
+      [0],
+      Array.from({ length: N }, (_, i) => i),
+      [1, 2, 3, 5, 6, 11, 12, 13, 14, 17, 18, 30, 39],
+      [5, 6, 7, 8, 9, 10, 11, 12, 13, 24],
+    ];
+    const box: [number, number, number, number] = [1, 2, 5, 7];
+    for (const [i, rs] of rowsSets.entries()) {
+      const rows = Int32Array.from(rs);
+      const dstPath = path.join(tmp, `copy-dst${i}.h5`);
+      const dst = new lib.File(dstPath, "w");
+      for (const p of ["a", "b", "c"]) await copyDatasetRows(src, dst, p, rows, { sliceBytes: 2000 });
+      await copyDatasetRows(src, dst, "a", rows, { sliceBytes: 2000, boxes: [box, [0, 0, 8, 8]] });
+      for (const p of ["a", "b", "c"]) {
+        const s0 = dsInfo(src.get(p) as H5Dataset), d0 = dsInfo(dst.get(p) as H5Dataset);
+        const row = s0.shape.slice(1).reduce((x, y) => x * y, 1);
+        expect(d0.shape).toEqual([rows.length, ...s0.shape.slice(1)]);
+        expect(d0.dtype).toBe(s0.dtype);
+        const sv = readAll(src, p), dv = readAll(dst, p);
+        const want = rs.flatMap((r) => Array.from(sv.subarray(r * row, (r + 1) * row) as ArrayLike<number>));
+        expect(Array.from(dv as ArrayLike<number>)).toEqual(want);
+        const sm = (src.get(p) as H5Dataset).metadata, dm = (dst.get(p) as H5Dataset).metadata;
+        expect(dm.chunks).toEqual(sm.chunks);
+        expect((dst.get(p) as H5Dataset).filters).toEqual((src.get(p) as H5Dataset).filters);
+      }
+      const crop = readAll(dst, "a_roi0"), whole = readAll(dst, "a_roi1"), sv = readAll(src, "a");
+      expect((dst.get("a_roi0") as H5Dataset).shape).toEqual([rows.length, 3, 4, 5]);
+      const want: number[] = [], wantWhole: number[] = [];
+      for (const r of rs) {
+        for (let pl = 0; pl < 3; pl++) {
+          for (let y = 0; y < 8; y++) {
+            for (let x = 0; x < 8; x++) {
+              const v = sv[((r * 3 + pl) * 8 + y) * 8 + x] as number;
+              wantWhole.push(v);
+              if (y >= 1 && y < 5 && x >= 2 && x < 7) want.push(v);
+            }
+          }
+        }
+      }
+      expect(Array.from(crop as Float32Array)).toEqual(want);
+      expect(Array.from(whole as Float32Array)).toEqual(wantWhole);
+      expect((dst.get("a_roi0") as H5Dataset).metadata.chunks).toEqual([6, 3, 4, 5]);
+      dst.close();
+    }
+    src.close();
   });
 });
 
