@@ -352,12 +352,20 @@ describe("LITFRM output", () => {
       run: 1,
       aggregator: "REDU00",
     });
-    // Frames of the localise output: trains 1.. only (the first train has no frames there).
-    const trains = truth.trains.slice(1);
-    const frameCounts = trains.map((t) => truth.frames.filter((f) => f.trainId === t).length);
-    w.addTrains(trains, { "@out": frameCounts, ...litframesCounts(ann, trains) });
+    // Frames of the localise output: trains 1.. only (the first train has no frames there), and a train the
+    // annotation does not know (no LITFRM entry there).
+    const extra = truth.trains[truth.trains.length - 1] + 10;
+    const trains = [...truth.trains.slice(1), extra];
+    const frameCounts = trains.map((
+      t,
+    ) => (t === extra ? 2 : truth.frames.filter((f) => f.trainId === t).length));
+    const counts = litframesCounts(ann, trains);
+    expect(counts["@litfrm"]).toEqual([...trains.slice(0, -1).map(() => 1), 0]);
+    w.addTrains(trains, { "@out": frameCounts, ...counts });
     w.addData({
-      frameLit: Uint8Array.from(truth.frames.filter((f) => f.trainId !== truth.trains[0]), (f) => +f.lit),
+      frameLit: Uint8Array.from(
+        [...truth.frames.filter((f) => f.trainId !== truth.trains[0]).map((f) => +f.lit), 0, 0],
+      ),
       ...litframesData(ann, trains),
     });
     const files = w.close();
