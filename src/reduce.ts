@@ -982,6 +982,16 @@ async function reduceFile(
 // -----------------------------------------------------------------------------------------------------
 // reduce
 
+/** ROI boxes clipped to the module image; empty ones left out. */
+function clampBoxes(boxes: readonly Box[], [SS, FS]: [number, number]): Box[] {
+  const out: Box[] = [];
+  for (const b of boxes) {
+    const c: Box = [Math.max(0, b[0]), Math.max(0, b[1]), Math.min(SS, b[2]), Math.min(FS, b[3])];
+    if (c.every(Number.isInteger) && c[2] > c[0] && c[3] > c[1]) out.push(c);
+  }
+  return out;
+}
+
 function isInside(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent + path.sep);
 }
@@ -1078,7 +1088,7 @@ export async function reduce(
           darkKept: 0,
           unmatched: 0,
           unindexed: 0,
-          rois: (sm?.rois ?? []).map((b) => [...b] as Box),
+          rois: clampBoxes(sm?.rois ?? [], det.imageShape),
         },
       });
     }
