@@ -9,6 +9,8 @@ import { EXIT, InputError } from "./errors.ts";
 import { formatSummary, summarise } from "./inspect.ts";
 import { Run } from "./run.ts";
 import { localiseCommand } from "./localise/command.ts";
+import { litframesCommand } from "./litframes.ts";
+import { reduceCommand } from "./reduce.ts";
 
 export interface OptionSpec {
   name: string;
@@ -51,6 +53,8 @@ const commands: Command[] = [
     },
   },
   localiseCommand,
+  litframesCommand,
+  reduceCommand,
 ];
 
 /** Register a command (the modules of later stages call this). */

@@ -55,3 +55,22 @@ describe("inspect", () => {
     expect(runNode(["localise", "--help"]).stdout).toMatch(/--threshold <number>.*\[0\.7\]/);
   });
 });
+
+describe("localise options", () => {
+  test("every library parameter has a CLI option with the library default", async () => {
+    const { LOCALISE_OPTIONS, toLocaliseOptions } = await import("../src/localise/command.ts");
+    const { DEFAULT_OPTIONS } = await import("../src/localise/localise.ts");
+    const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+    const byName = new Map(LOCALISE_OPTIONS.map((o) => [camel(o.name), o]));
+    for (const [k, v] of Object.entries(DEFAULT_OPTIONS)) {
+      if (k === "batchBytes") {
+        expect(byName.get("batchMb")?.default).toBe(v / 2 ** 20);
+        continue;
+      }
+      expect(byName.get(k)?.default, k).toBe(v);
+    }
+    // Options left out keep the library defaults (no undefined overrides).
+    const parsed = toLocaliseOptions({ backend: "cpu", mode: "peaks", litFrom: "both", batchMb: 32 });
+    expect(Object.values(parsed).some((v) => v === undefined)).toBe(false);
+  });
+});

@@ -22,6 +22,9 @@ import {
   type WebgpuOptions,
 } from "../src/localise/webgpu.ts";
 
+// Hand-made scenes use photon-level values: the intensity cut has tests of its own.
+const P = { ...DEFAULT_PARAMS, minIntensity: 0 };
+
 const gpu = await getGpuDevice();
 if (!gpu) {
   console.warn("test/gpu.test.ts: SKIPPED: no WebGPU adapter (getGpuDevice() returned undefined)");
@@ -40,7 +43,7 @@ async function backend(
   maxFrames = 4,
   options: WebgpuOptions = { debugLabels: true },
 ): Promise<WebgpuBackend> {
-  const b = await createWebgpuBackend({ ...DEFAULT_PARAMS, ...params }, geometry(t), maxFrames, options);
+  const b = await createWebgpuBackend({ ...P, ...params }, geometry(t), maxFrames, options);
   if (!b) throw new Error("no backend although getGpuDevice() found a device");
   backends.push(b);
   return b;
@@ -97,7 +100,7 @@ function expectSame(gpuRes: BatchResult, cpuRes: BatchResult): void {
 /** Run a batch on both backends and compare everything, labels included. */
 async function compare(b: WebgpuBackend, batch: ModuleBatch, params: Partial<LocaliseParams> = {}) {
   const labels = new Uint32Array(batch.nFrames * batch.geometry.pixels);
-  const cpu = processBatchCpu(batch, { ...DEFAULT_PARAMS, ...params }, { labels });
+  const cpu = processBatchCpu(batch, { ...P, ...params }, { labels });
   const res = await b.process(batch);
   expectSame(res, cpu);
   if (res.labels) expect(res.labels).toEqual(labels);
@@ -257,6 +260,17 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
     await compare(b, scenes(g), params);
   });
 
+  it("the intensity cut: minIntensity drops the same peaks on both backends", async () => {
+    const g = geometry("AGIPD");
+    for (const minIntensity of [4, DEFAULT_PARAMS.minIntensity, 50]) {
+      const b = await backend("AGIPD", { minIntensity }, 9);
+      const { cpu } = await compare(b, scenes(g), { minIntensity });
+      for (const f of cpu.peaks) {
+        for (const pk of f) expect(pk.intensity).toBeGreaterThanOrEqual(minIntensity);
+      }
+    }
+  });
+
   it("overflowing the GPU peak table: nPeaks exact, peaks recomputed on the CPU", async () => {
     const g = geometry("AGIPD");
     const b = await backend("AGIPD", { maxPeaks: 4 }, 9, { peakCapacity: 8, debugLabels: true });
@@ -288,7 +302,7 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
     const results = await Promise.all(pending);
     for (let k = 0; k < 3; k++) {
       const labels = new Uint32Array(3 * g.pixels);
-      expectSame(results[k], processBatchCpu(parts[k], DEFAULT_PARAMS, { labels }));
+      expectSame(results[k], processBatchCpu(parts[k], P, { labels }));
       expect(results[k].labels).toEqual(labels);
     }
     await expect(b.process({ ...parts[0], geometry: geometry("AGIPD") })).rejects.toThrow();

@@ -13,6 +13,9 @@ import {
   processBatchCpu,
 } from "../src/localise/stages.ts";
 
+// Hand-made scenes use photon-level values: the intensity cut has tests of its own.
+const P = { ...DEFAULT_PARAMS, minIntensity: 0 };
+
 const AGIPD = geometry("AGIPD");
 const LPD = geometry("LPD");
 
@@ -30,7 +33,7 @@ function put(b: ModuleBatch, f: number, ss: number, fs: number, v: number): void
 }
 
 function run(b: ModuleBatch, params: Partial<LocaliseParams> = {}) {
-  return processBatchCpu(b, { ...DEFAULT_PARAMS, ...params });
+  return processBatchCpu(b, { ...P, ...params });
 }
 
 /** Per-ASIC array of one frame as a sparse {asic: value} object. */
@@ -197,7 +200,7 @@ describe("stages 3-4", () => {
     expect(p.max).toBe(16);
     expect(p.ss).toBeCloseTo(sumSs / 136, 5);
     expect(p.fs).toBeCloseTo(sumFs / 136, 5);
-    const labels = labelsCpu(b, DEFAULT_PARAMS);
+    const labels = labelsCpu(b, P);
     const first = 100 * 128 + 30;
     let labelled = 0;
     for (let q = 0; q < AGIPD.pixels; q++) {
@@ -319,6 +322,20 @@ describe("stages 3-4", () => {
     expect(run(b, { minArea: 4, maxArea: 6 }).nPeaks[0]).toBe(2);
   });
 
+  it("drops components below minIntensity (inclusive bound) and does not count them in nPeaks", () => {
+    const b = batchOf(AGIPD);
+    for (let k = 0; k < 3; k++) put(b, 0, 10, 10 + k, 1); // intensity 3: coincident background photons
+    for (let k = 0; k < 3; k++) put(b, 0, 20, 10 + k, 10 / 3); // intensity fround(10)
+    for (let k = 0; k < 4; k++) put(b, 0, 30, 10 + k, 25); // intensity 100
+    const r = run(b, { minIntensity: 10 });
+    expect(r.nPeaks[0]).toBe(2);
+    expect(r.peaks[0].map((p) => p.box[0])).toEqual([30, 20]);
+    expect(run(b, { minIntensity: 10.5 }).nPeaks[0]).toBe(1);
+    expect(run(b).nPeaks[0]).toBe(3);
+    // The default cuts the 3-photon triple.
+    expect(processBatchCpu(b, DEFAULT_PARAMS).nPeaks[0]).toBe(DEFAULT_PARAMS.minIntensity <= 3 ? 3 : 2);
+  });
+
   it("keeps frames apart", () => {
     const b = batchOf(AGIPD, 3);
     // A spot at the last row of frame 0 and one at the first row of frame 1: never joined.
@@ -328,7 +345,7 @@ describe("stages 3-4", () => {
     }
     const r = run(b);
     expect(Array.from(r.nPeaks)).toEqual([1, 1, 0]);
-    const labels = labelsCpu(b, DEFAULT_PARAMS);
+    const labels = labelsCpu(b, P);
     expect(labels[511 * 128 + 61]).toBe(511 * 128 + 60);
     expect(labels[AGIPD.pixels + 61]).toBe(60);
   });
@@ -357,7 +374,7 @@ describe("stage 2 and the backend", () => {
   });
 
   it("the CPU backend wraps the reference", async () => {
-    const cpu = createCpuBackend(DEFAULT_PARAMS);
+    const cpu = createCpuBackend(P);
     expect(cpu.name).toBe("cpu");
     const b = batchOf(AGIPD, 1);
     for (let k = 0; k < 3; k++) put(b, 0, 10, 10 + k, 2);

@@ -13,6 +13,15 @@ import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } 
 import { summaryJson, writeRedu } from "./output.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
+  {
+    name: "lit-from",
+    value: "string",
+    default: DEFAULT_OPTIONS.litFrom,
+    help: "lit frames from the beam (bunch pattern), the images, or both",
+  },
+  { name: "sase", value: "number", help: "SASE of the beam annotation (default from the instrument)" },
+  { name: "rep-rate", value: "number", help: "repetition rate in MHz (default from the run)" },
+  { name: "reference-frame", value: "number", help: "frame facing the first pulse [1]" },
   { name: "out", value: "string", help: "output directory (default ./localise-<run name>)" },
   { name: "force", help: "replace an existing output directory" },
   { name: "backend", value: "string", default: DEFAULT_OPTIONS.backend, help: "auto | webgpu | cpu" },
@@ -52,6 +61,12 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   },
   { name: "min-area", value: "number", default: DEFAULT_OPTIONS.minArea, help: "smallest peak (pixels)" },
   { name: "max-area", value: "number", default: DEFAULT_OPTIONS.maxArea, help: "largest peak (pixels)" },
+  {
+    name: "min-intensity",
+    value: "number",
+    default: DEFAULT_OPTIONS.minIntensity,
+    help: "smallest integrated intensity of a peak (photons)",
+  },
   {
     name: "max-peaks",
     value: "number",
@@ -110,12 +125,26 @@ export function parseModules(spec: string): number[] {
 
 /** Options of the command line as LocaliseOptions. */
 export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptions> {
+  const opts = fromCli(o);
+  // An option left out keeps the library default.
+  for (const k of Object.keys(opts) as (keyof LocaliseOptions)[]) if (opts[k] === undefined) delete opts[k];
+  return opts;
+}
+
+function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
   if (!["auto", "webgpu", "cpu"].includes(o.backend)) {
     throw new InputError(undefined, `--backend: ${o.backend}?`);
   }
   if (!["peaks", "adaptive"].includes(o.mode)) throw new InputError(undefined, `--mode: ${o.mode}?`);
+  if (!["beam", "images", "both"].includes(o.litFrom)) {
+    throw new InputError(undefined, `--lit-from must be beam, images or both, not ${o.litFrom}`);
+  }
   return {
     backend: o.backend,
+    litFrom: o.litFrom,
+    sase: o.sase,
+    repRate: o.repRate,
+    referenceFrame: o.referenceFrame,
     detector: o.detector,
     modules: o.modules ? parseModules(o.modules) : undefined,
     firstTrain: o.firstTrain,
@@ -127,6 +156,7 @@ export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptio
     strong: o.strong,
     minArea: o.minArea,
     maxArea: o.maxArea,
+    minIntensity: o.minIntensity,
     maxPeaks: o.maxPeaks,
     minLit: o.minLit,
     mode: o.mode,

@@ -14,6 +14,7 @@ import { bytesPerElement } from "../h5.ts";
 import { Run } from "../run.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
 import { type Box, RoiSet } from "./rois.ts";
+import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
 import {
   type BatchResult,
   createCpuBackend,
@@ -25,6 +26,9 @@ import {
 } from "./stages.ts";
 
 export type BackendChoice = "auto" | "webgpu" | "cpu";
+
+/** Consecutive frames per block of the hot-pixel sample. */
+const HOT_BLOCK = 8;
 
 export interface LocaliseOptions extends LocaliseParams {
   /** Classifier: an ASIC without a peak is lit with at least this many filtered lit pixels. */
@@ -38,6 +42,12 @@ export interface LocaliseOptions extends LocaliseParams {
   /** Frames per module sampled for the hot-pixel pass. */
   hotSample: number;
   backend: BackendChoice;
+  /** Where the lit-frame decision comes from: the beam (bunch pattern), the images, or both. */
+  litFrom: LitFrom;
+  /** Beam annotation: SASE (default from the instrument), repetition rate (MHz), reference frame. */
+  sase?: Sase;
+  repRate?: number;
+  referenceFrame?: number;
   /** Bytes of image data per module per batch. */
   batchBytes: number;
   detector?: string;
@@ -56,6 +66,7 @@ export const DEFAULT_OPTIONS: LocaliseOptions = {
   minLitFraction: 0.01,
   hotSample: 128,
   backend: "auto",
+  litFrom: "both",
   batchBytes: 32 * 2 ** 20,
 };
 
@@ -109,12 +120,21 @@ export interface LocaliseResult {
   };
   nAsics: number;
   geometry: Geometry;
+  /** The beam annotation (LITFRM) when the run has a bunch pattern and --lit-from is not images. */
+  beam?: BeamAnnotation;
+  /** Frames with signal in the images but no X-ray pulse (kept, never dropped). */
+  anomalies: { trainId: number; pulseId: number }[];
 }
 
 export interface Progress {
   (done: number, total: number): void;
 }
 
+/**
+ * The backend: `cpu`; `webgpu` (an error without an adapter); `auto`: webgpu on a hardware adapter, else
+ * cpu. A software adapter (llvmpipe, lavapipe) runs the shaders several times slower than the cpu backend
+ * runs the same spec, so auto does not take it; `--backend webgpu` does.
+ */
 async function makeBackend(
   choice: BackendChoice,
   params: LocaliseParams,
@@ -128,9 +148,14 @@ async function makeBackend(
     notes.push(`webgpu failed: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
     return undefined;
   });
-  if (gpu) return gpu;
+  if (gpu && (choice === "webgpu" || !gpu.software)) return gpu;
   if (choice === "webgpu") throw new InputError(undefined, "--backend webgpu: no WebGPU adapter found");
-  notes.push("no WebGPU adapter found: using the cpu backend");
+  if (gpu) {
+    notes.push(`software WebGPU adapter (${gpu.adapter}) is slower than the cpu backend: using cpu`);
+    gpu.dispose();
+  } else {
+    notes.push("no WebGPU adapter found: using the cpu backend");
+  }
   return createCpuBackend(params);
 }
 
@@ -190,24 +215,24 @@ async function runStages(
   );
   const frameBytes = px * (bytesPerElement(det.dtype) + (hasMask ? 4 : 0));
 
-  // Stage 2: hot pixels from an even sample of frames.
+  // Stage 2: hot pixels from an even sample of frames: blocks of consecutive frames (one read and one
+  // backend call per module per block), spread evenly over the run.
   const sampleN = Math.min(nF, opt.hotSample);
   const counts = reader.modules.map(() => new Uint32Array(px));
   const recorded = new Uint32Array(nMod);
-  if (sampleN > 0) {
-    const step = nF / sampleN;
-    for (let k = 0; k < sampleN; k++) {
-      const b = reader.read(Math.floor(k * step), 1);
-      bytesRead += nMod * frameBytes;
-      for (let m = 0; m < nMod; m++) {
-        const mf = b.modules[m];
-        if (!mf.present[0]) continue;
-        recorded[m]++;
-        await backend.accumulateLitCounts(
-          { geometry: g, nFrames: 1, data: mf.data, mask: mf.mask },
-          counts[m],
-        );
-      }
+  const block = Math.min(HOT_BLOCK, reader.framesPerBatch);
+  const nBlocks = Math.ceil(sampleN / block);
+  for (let k = 0; k < nBlocks; k++) {
+    const start = Math.min(nF - block, Math.floor((k * nF) / nBlocks));
+    const b = reader.read(Math.max(0, start), Math.min(block, sampleN - k * block));
+    bytesRead += b.nFrames * nMod * frameBytes;
+    for (let m = 0; m < nMod; m++) {
+      const mf = b.modules[m];
+      recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
+      await backend.accumulateLitCounts(
+        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask },
+        counts[m],
+      );
     }
   }
   const hot = counts.map((c, m) => hotPixels(c, recorded[m], opt.hotFraction));
@@ -295,6 +320,34 @@ async function runStages(
     per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
   }
 
+  // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
+  let beam: BeamAnnotation | undefined;
+  let anomalies: { trainId: number; pulseId: number }[] = [];
+  if (opt.litFrom !== "images") {
+    const ann = annotateBeam(run, {
+      detector: det.name,
+      sase: opt.sase,
+      repRate: opt.repRate,
+      referenceFrame: opt.referenceFrame,
+    });
+    if (ann.trains.some((t) => t.hasBunchPattern)) {
+      beam = ann;
+      const c = combineLit(ann, per, opt.litFrom);
+      per.frameLit.set(c.frameLit);
+      anomalies = c.anomalies.map((a) => ({ trainId: a.trainId, pulseId: a.pulseId }));
+      if (anomalies.length) {
+        notes.push(
+          `${anomalies.length} frames with signal in the images but no X-ray pulse: kept (anomalies)`,
+        );
+      }
+      for (const w of ann.warnings) notes.push(`beam: ${w}`);
+    } else if (opt.litFrom === "beam") {
+      throw new InputError(run.path, "--lit-from beam: the run has no bunch pattern");
+    } else {
+      notes.push("no bunch pattern in the run: lit frames from the images alone");
+    }
+  }
+
   // Stage 6: ROIs from the peaks of lit frames; stage 7: module selection.
   const rois = reader.modules.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
   const moduleLit = new Uint32Array(nMod);
@@ -346,5 +399,7 @@ async function runStages(
     perFrame: per,
     nAsics: nA,
     geometry: g,
+    beam,
+    anomalies,
   };
 }

@@ -7,7 +7,8 @@
  *   RUN section of the control source `<DET>/REDU/LOCALISE` (key `modules`).
  */
 import * as path from "node:path";
-import { openWriter } from "../writer.ts";
+import { type DataInput, openWriter } from "../writer.ts";
+import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../litframes.ts";
 import type { LocaliseResult } from "./localise.ts";
 
 export function summaryJson(r: LocaliseResult) {
@@ -23,6 +24,16 @@ export function summaryJson(r: LocaliseResult) {
     modules: r.modules,
     selectedFiles: r.selectedFiles,
     timing: r.timing,
+    beam: r.beam
+      ? {
+        sase: r.beam.sase,
+        repRate: r.beam.repRate,
+        referenceFrame: r.beam.referenceFrame,
+        sources: r.beam.sources,
+        dataFrames: r.beam.trains.reduce((a, t) => a + t.nDataFrame, 0),
+      }
+      : null,
+    anomalies: r.anomalies,
     notes: r.notes,
   };
 }
@@ -48,10 +59,13 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
   const perFrame = [nMod, nA];
   // Per-frame tables are small and mostly zeros (peak tables): modest chunks, fast gzip.
   const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
+  // The beam annotation (LITFRM) goes into the same file, in the facility's layout.
+  const litfrm = r.beam ? litframesSchema(litframesDevice(r.beam.instrument)) : undefined;
   const schema = {
     parameters: ["det", "nmod", "nasic", "maxpeaks"],
-    aliases: { out: "{det}/REDU/LOCALISE:output", ctl: "{det}/REDU/LOCALISE" },
+    aliases: { out: "{det}/REDU/LOCALISE:output", ctl: "{det}/REDU/LOCALISE", ...litfrm?.aliases },
     datasets: {
+      ...litfrm?.datasets,
       trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
       pulseId: { source: "@out", key: "data.pulseId", shape: [], dtype: "uint64", ...packed },
       frameLit: { source: "@out", key: "data.frameLit", shape: [], dtype: "uint8", ...packed },
@@ -127,7 +141,9 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const c = counts.slice(t0, t1);
       const n = c.reduce((a, b) => a + b, 0);
       const f1 = f0 + n;
-      w.addTrains(trains.slice(t0, t1), { "@out": c });
+      const ids = trains.slice(t0, t1);
+      w.addTrains(ids, { "@out": c, ...(r.beam ? litframesCounts(r.beam, ids) : {}) });
+      if (r.beam) w.addData(litframesData(r.beam, ids) as Record<string, DataInput>);
       const k0 = f0 * nMod * nA, k1 = f1 * nMod * nA;
       const peakModule = new Uint16Array(n * maxPeaks);
       const peakBox = new Uint16Array(n * maxPeaks * 4);

@@ -21,7 +21,9 @@
  * Stage 4 (connected components): 8-connectivity over the survivors of each module frame (components
  *   span ASIC seams, never frames). Per component: area (pixel count), box [ss0, fs0, ss1, fs1)
  *   half-open, intensity = sum of values, centroid ss = sum(v * ss) / intensity (fs likewise), max value.
- *   Peaks = components with minArea <= area <= maxArea. nPeaks[frame] counts all of them; peaks[frame]
+ *   Peaks = components with minArea <= area <= maxArea and intensity >= minIntensity (float32 compare;
+ *   a few coincident background photons make a 3-pixel component of 3-5 photons, a Bragg spot tens or
+ *   more). nPeaks[frame] counts all of them; peaks[frame]
  *   keeps at most maxPeaks, the brightest: sorted by intensity descending, ties by box ss0, then fs0,
  *   then (a refinement: unique) by the component's first pixel in raster order.
  *   Component labels (tests only): the label of a surviving pixel is the module-frame index
@@ -49,6 +51,8 @@ export interface LocaliseParams {
   minArea: number;
   /** Largest peak area (pixels). */
   maxArea: number;
+  /** Smallest integrated intensity of a peak (photons). */
+  minIntensity: number;
   /** Peaks kept per frame (per module here; the caller merges modules). */
   maxPeaks: number;
 }
@@ -60,6 +64,7 @@ export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   strong: 5,
   minArea: 3,
   maxArea: 10000,
+  minIntensity: 10,
   maxPeaks: 256,
 });
 
@@ -372,6 +377,7 @@ function cpuFrame(
   for (let c = 0; c < nComp; c++) {
     if (area[c] < params.minArea || area[c] > params.maxArea) continue;
     const intensity = Math.fround(sum[c]);
+    if (!(intensity >= Math.fround(params.minIntensity))) continue;
     found.push({
       peak: {
         box: [ss0[c], fs0[c], ss1[c], fs1[c]],

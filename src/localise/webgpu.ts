@@ -441,6 +441,7 @@ export async function createWebgpuBackend(
       res: WebgpuBatchResult,
     ) {
       const tableBase = m * W;
+      const minIntensity = Math.fround(p.minIntensity);
       for (let f = 0; f < m; f++) {
         const o = f * W;
         const r = (f0 + f) * A;
@@ -451,19 +452,23 @@ export async function createWebgpuBackend(
           res.filteredLit[r + a] = u32[o + 3 * A + a];
         }
         const count = u32[o + 4 * A];
-        res.nPeaks[f0 + f] = count;
         if (count > C) {
           // The GPU table holds only C of this frame's peaks: recompute its peak list on the CPU.
-          res.peaks[f0 + f] = framePeaksCpu(batch, f0 + f, p).peaks;
+          const cpu = framePeaksCpu(batch, f0 + f, p);
+          res.nPeaks[f0 + f] = cpu.nPeaks;
+          res.peaks[f0 + f] = cpu.peaks;
           res.overflowFrames.push(f0 + f);
           continue;
         }
-        const items: { peak: Peak; first: number }[] = new Array(count);
+        // The table holds every component in the area range; the intensity cut is made here, on the
+        // complete table, so nPeaks stays exact.
+        const items: { peak: Peak; first: number }[] = [];
         for (let s = 0; s < count; s++) {
           const t = tableBase + (f * C + s) * ENTRY;
           const intensity = f32[t + 5];
+          if (!(intensity >= minIntensity)) continue;
           const box: Peak["box"] = [u32[t + 1], u32[t + 2], u32[t + 3], u32[t + 4]];
-          items[s] = {
+          items.push({
             peak: {
               box,
               area: u32[t],
@@ -473,8 +478,9 @@ export async function createWebgpuBackend(
               max: fromOrderedKey(u32[t + 8], keyView),
             },
             first: u32[t + 9],
-          };
+          });
         }
+        res.nPeaks[f0 + f] = items.length;
         res.peaks[f0 + f] = sortAndCut(items, p.maxPeaks);
       }
     }
