@@ -13,3 +13,33 @@ export class InputError extends Error {
 
 /** Exit codes documented in the README. */
 export const EXIT = { ok: 0, internal: 1, badInput: 2 } as const;
+
+/** An error as it crosses a thread boundary (structured clone keeps neither the class nor its fields). */
+export interface WireError {
+  input: boolean;
+  file?: string;
+  message: string;
+  stack?: string;
+}
+
+export function toWire(e: unknown): WireError {
+  if (e instanceof InputError) {
+    return {
+      input: true,
+      file: e.file,
+      message: e.file ? e.message.slice(e.file.length + 2) : e.message,
+      stack: e.stack,
+    };
+  }
+  return {
+    input: false,
+    message: e instanceof Error ? e.message : String(e),
+    stack: e instanceof Error ? e.stack : undefined,
+  };
+}
+
+export function fromWire(w: WireError): Error {
+  const e = w.input ? new InputError(w.file, w.message) : new Error(w.message);
+  if (w.stack) e.stack = w.stack;
+  return e;
+}

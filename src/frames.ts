@@ -219,9 +219,17 @@ export class FrameReader {
 
   /** Read frames [start, start + count) of the selection. The returned buffers are reused two calls later. */
   read(start: number, count: number): FrameBatch {
-    count = Math.min(count, this.framesPerBatch, this.nFrames - start);
     const bufs = this.buffersFor(this.nextBuffer);
     this.nextBuffer ^= 1;
+    return this.readInto(start, count, bufs);
+  }
+
+  /**
+   * Read frames [start, start + count) into the caller's buffers (one ModuleFrames per selected module,
+   * each at least framesPerBatch frames long; SharedArrayBuffer-backed arrays are fine).
+   */
+  readInto(start: number, count: number, bufs: ModuleFrames[]): FrameBatch {
+    count = Math.min(count, this.framesPerBatch, this.nFrames - start);
     const out: FrameBatch = {
       start,
       nFrames: count,

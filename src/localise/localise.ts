@@ -6,12 +6,18 @@
  * selection (stage 7). Stage 2 (hot pixels) is a pre-pass over a sample of each module's frames
  * (`hotSample` frames spread evenly over the run; all frames when the run has fewer): a pixel lit in more
  * than `hotFraction` of them is hot.
+ *
+ * localise is an algorithm of the processing framework (src/framework/algorithm.ts): stages 1-4 run per
+ * module group (a part: this thread, a worker thread, or a SLURM task), and `finalize` merges the parts,
+ * aligned on (trainId, pulseId), and runs stages 5-7 over all modules.
  */
 import { InputError } from "../errors.ts";
 import { type Geometry, geometry } from "../detectors.ts";
-import { FrameReader } from "../frames.ts";
+import type { FrameBatch } from "../frames.ts";
 import { bytesPerElement } from "../h5.ts";
 import { Run } from "../run.ts";
+import type { OptionSpec } from "../cli.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
@@ -48,8 +54,10 @@ export interface LocaliseOptions extends LocaliseParams {
   sase?: Sase;
   repRate?: number;
   referenceFrame?: number;
-  /** Bytes of image data per module per batch. */
+  /** Bytes of image data per batch, all modules together. */
   batchBytes: number;
+  /** Worker threads (module groups); default: the cores for the cpu backend, 1 for webgpu. */
+  workers?: number;
   detector?: string;
   modules?: number[];
   firstTrain?: number;
@@ -67,7 +75,7 @@ export const DEFAULT_OPTIONS: LocaliseOptions = {
   hotSample: 128,
   backend: "auto",
   litFrom: "both",
-  batchBytes: 32 * 2 ** 20,
+  batchBytes: 256 * 2 ** 20,
 };
 
 export interface ModuleResult {
@@ -159,6 +167,233 @@ async function makeBackend(
   return createCpuBackend(params);
 }
 
+/** What one part (a module group) of localise hands to finalize: stages 1-4 of its modules. */
+export interface LocalisePart {
+  modules: number[];
+  files: string[][];
+  /** The part's frames (aligned over its modules), sorted by trainId then pulseId. */
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  /** Per module of the part: 1 where it recorded the frame. */
+  present: Uint8Array[];
+  /** frames x part modules x ASICs */
+  litPixels: Uint32Array;
+  litIntensity: Float32Array;
+  unmaskedPixels: Uint32Array;
+  filteredLit: Uint32Array;
+  /** frames x part modules */
+  nPeaks: Uint32Array;
+  /** Per frame: each module's brightest maxPeaks peaks. */
+  peaks: FramePeak[][];
+  hot: Uint8Array[];
+  bytesRead: number;
+  backend: { name: string; adapter: string };
+  notes: string[];
+}
+
+/** Growing per-frame storage of a part (batches arrive in frame order). */
+class Chunks<T extends Uint32Array | Float32Array | Float64Array | Uint8Array> {
+  private parts: T[] = [];
+  push(a: T): void {
+    this.parts.push(a);
+  }
+  join(make: (n: number) => T): T {
+    const out = make(this.parts.reduce((a, p) => a + p.length, 0));
+    let o = 0;
+    for (const p of this.parts) {
+      out.set(p as never, o);
+      o += p.length;
+    }
+    return out;
+  }
+}
+
+export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult> {
+  readonly id = "localise";
+  readonly help = "signal localisation: lit pixels, hot pixels, peaks, lit frames, ROIs, module files";
+  readonly options: OptionSpec[] = [];
+  opt: LocaliseOptions = { ...DEFAULT_OPTIONS };
+  private t0 = performance.now();
+  private runPath = "";
+  private g?: Geometry;
+  private modules: number[] = [];
+  private files: string[][] = [];
+  private frameBytes = 0;
+  private backend?: LocaliseBackend;
+  private notes: string[] = [];
+  private counts: Uint32Array[] = [];
+  private recorded: Uint32Array = new Uint32Array(0);
+  private hot?: Uint8Array[];
+  private bytesRead = 0;
+  private acc = {
+    trainId: new Chunks<Float64Array>(),
+    pulseId: new Chunks<Float64Array>(),
+    present: [] as Chunks<Uint8Array>[],
+    litPixels: new Chunks<Uint32Array>(),
+    litIntensity: new Chunks<Float32Array>(),
+    unmaskedPixels: new Chunks<Uint32Array>(),
+    filteredLit: new Chunks<Uint32Array>(),
+    nPeaks: new Chunks<Uint32Array>(),
+    peaks: [] as FramePeak[][],
+  };
+
+  configure(options: Record<string, unknown>): void {
+    this.opt = { ...DEFAULT_OPTIONS, ...(options as Partial<LocaliseOptions>) };
+    this.t0 = performance.now();
+  }
+
+  initialize(info: RunInfo) {
+    this.runPath = info.runPath;
+    const det = info.detector;
+    if (info.modules.length) {
+      this.g = geometry(det.type);
+      this.modules = info.modules;
+      const mods = info.modules.map((n) => det.modules.find((m) => m.module === n)!);
+      this.files = mods.map((m) => m.files.map((f) => f.file.name));
+      const hasMask = mods.some((m) => m.files.some((f) => f.file.h5.get(`${f.groupPath}/mask`) !== null));
+      this.frameBytes = this.g.pixels * (bytesPerElement(det.dtype) + (hasMask ? 4 : 0));
+      this.counts = mods.map(() => new Uint32Array(this.g!.pixels));
+      this.recorded = new Uint32Array(mods.length);
+      this.acc.present = mods.map(() => new Chunks<Uint8Array>());
+      if (det.raw) {
+        this.notes.push(
+          "RAW data: thresholds apply to ADU values (localise is meant for CORR data in photons)",
+        );
+      }
+    }
+    return {
+      detector: this.opt.detector,
+      modules: this.opt.modules,
+      mask: true,
+      firstTrain: this.opt.firstTrain,
+      lastTrain: this.opt.lastTrain,
+      batchBytes: this.opt.batchBytes,
+    };
+  }
+
+  private async ensureBackend(framesPerBatch: number): Promise<LocaliseBackend> {
+    this.backend ??= await makeBackend(this.opt.backend, this.opt, this.g!, framesPerBatch, this.notes);
+    return this.backend;
+  }
+
+  /** Stage 2 sample: blocks of consecutive frames spread evenly over the run. */
+  prepassRanges(nFrames: number, framesPerBatch: number): [number, number][] {
+    const sampleN = Math.min(nFrames, this.opt.hotSample);
+    const block = Math.min(HOT_BLOCK, framesPerBatch);
+    const nBlocks = Math.ceil(sampleN / block);
+    const out: [number, number][] = [];
+    for (let k = 0; k < nBlocks; k++) {
+      const start = Math.max(0, Math.min(nFrames - block, Math.floor((k * nFrames) / nBlocks)));
+      out.push([start, Math.min(block, sampleN - k * block, nFrames - start)]);
+    }
+    return out;
+  }
+
+  async prepassBatch(b: FrameBatch): Promise<void> {
+    const backend = await this.ensureBackend(b.nFrames);
+    const g = this.g!;
+    this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
+    for (let m = 0; m < b.modules.length; m++) {
+      const mf = b.modules[m];
+      this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
+      await backend.accumulateLitCounts(
+        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask },
+        this.counts[m],
+      );
+    }
+  }
+
+  async processBatch(b: FrameBatch): Promise<void> {
+    const g = this.g!;
+    const nA = g.nAsics;
+    const nMod = b.modules.length;
+    const backend = await this.ensureBackend(b.nFrames);
+    this.hot ??= this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction));
+    this.bytesRead += b.nFrames * nMod * this.frameBytes;
+    const n = b.nFrames;
+    const litPixels = new Uint32Array(n * nMod * nA);
+    const litIntensity = new Float32Array(n * nMod * nA);
+    const unmaskedPixels = new Uint32Array(n * nMod * nA);
+    const filteredLit = new Uint32Array(n * nMod * nA);
+    const nPeaks = new Uint32Array(n * nMod);
+    const peaks: FramePeak[][] = Array.from({ length: n }, () => []);
+    const consume = (m: number, r: BatchResult) => {
+      const present = b.modules[m].present;
+      for (let i = 0; i < n; i++) {
+        if (!present[i]) continue;
+        const dst = (i * nMod + m) * nA;
+        litPixels.set(r.litPixels.subarray(i * nA, (i + 1) * nA), dst);
+        litIntensity.set(r.litIntensity.subarray(i * nA, (i + 1) * nA), dst);
+        unmaskedPixels.set(r.unmaskedPixels.subarray(i * nA, (i + 1) * nA), dst);
+        filteredLit.set(r.filteredLit.subarray(i * nA, (i + 1) * nA), dst);
+        nPeaks[i * nMod + m] = r.nPeaks[i];
+        for (const p of r.peaks[i]) peaks[i].push({ ...p, module: this.modules[m] });
+      }
+    };
+    // Two module batches in flight: the next module's upload overlaps the current one's compute.
+    let inFlight: Promise<BatchResult> | undefined;
+    for (let m = 0; m <= nMod; m++) {
+      const next = m < nMod
+        ? backend.process({
+          geometry: g,
+          nFrames: n,
+          data: b.modules[m].data,
+          mask: b.modules[m].mask,
+          hot: this.hot[m],
+        })
+        : undefined;
+      if (inFlight) consume(m - 1, await inFlight);
+      inFlight = next;
+    }
+    this.acc.trainId.push(Float64Array.from(b.trainId));
+    this.acc.pulseId.push(Float64Array.from(b.pulseId));
+    b.modules.forEach((mf, m) => this.acc.present[m].push(Uint8Array.from(mf.present)));
+    this.acc.litPixels.push(litPixels);
+    this.acc.litIntensity.push(litIntensity);
+    this.acc.unmaskedPixels.push(unmaskedPixels);
+    this.acc.filteredLit.push(filteredLit);
+    this.acc.nPeaks.push(nPeaks);
+    for (const p of peaks) this.acc.peaks.push(p);
+  }
+
+  finalizeChunk(): LocalisePart {
+    const a = this.acc;
+    return {
+      modules: this.modules,
+      files: this.files,
+      trainId: a.trainId.join((n) => new Float64Array(n)),
+      pulseId: a.pulseId.join((n) => new Float64Array(n)),
+      present: a.present.map((c) => c.join((n) => new Uint8Array(n))),
+      litPixels: a.litPixels.join((n) => new Uint32Array(n)),
+      litIntensity: a.litIntensity.join((n) => new Float32Array(n)),
+      unmaskedPixels: a.unmaskedPixels.join((n) => new Uint32Array(n)),
+      filteredLit: a.filteredLit.join((n) => new Uint32Array(n)),
+      nPeaks: a.nPeaks.join((n) => new Uint32Array(n)),
+      peaks: a.peaks,
+      hot: this.hot ?? this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction)),
+      bytesRead: this.bytesRead,
+      backend: this.backend
+        ? { name: this.backend.name, adapter: this.backend.adapter }
+        : { name: "none", adapter: "no frames" },
+      notes: this.notes,
+    };
+  }
+
+  async finalize(parts: LocalisePart[]): Promise<LocaliseResult> {
+    const run = await Run.open(this.runPath);
+    try {
+      return combine(run, parts, this.opt, this.t0);
+    } finally {
+      run.close();
+    }
+  }
+
+  dispose(): void {
+    this.backend?.dispose();
+    this.backend = undefined;
+  }
+}
+
 /** Run localisation on a run (directory or file). */
 export async function localise(
   runPath: string,
@@ -166,81 +401,45 @@ export async function localise(
   progress?: Progress,
 ): Promise<LocaliseResult> {
   const opt: LocaliseOptions = { ...DEFAULT_OPTIONS, ...options };
-  const t0 = performance.now();
-  const run = await Run.open(runPath);
-  try {
-    const det = run.detector(opt.detector);
-    const g = geometry(det.type);
-    const reader = new FrameReader(det, {
-      modules: opt.modules,
-      firstTrain: opt.firstTrain,
-      lastTrain: opt.lastTrain,
-      batchBytes: opt.batchBytes,
-      mask: true,
-    });
-    const notes: string[] = [];
-    if (det.raw) {
-      notes.push("RAW data: thresholds apply to ADU values (localise is meant for CORR data in photons)");
-    }
-    const backend = await makeBackend(opt.backend, opt, g, reader.framesPerBatch, notes);
-    try {
-      return await runStages(run, reader, backend, opt, g, notes, t0, progress);
-    } finally {
-      backend.dispose();
-    }
-  } finally {
-    run.close();
-  }
+  const workers = opt.workers ?? (opt.backend === "cpu" ? await cpuCount() : 1);
+  return await runAlgorithm<LocalisePart, LocaliseResult>(
+    "localise",
+    runPath,
+    opt as unknown as Record<string, unknown>,
+    {
+      workers,
+      progress,
+    },
+  );
 }
 
-async function runStages(
-  run: Run,
-  reader: FrameReader,
-  backend: LocaliseBackend,
-  opt: LocaliseOptions,
-  g: Geometry,
-  notes: string[],
-  t0: number,
-  progress?: Progress,
-): Promise<LocaliseResult> {
-  const det = reader.detector;
-  const nMod = reader.modules.length;
-  const nA = g.nAsics;
-  const nF = reader.nFrames;
-  const px = g.pixels;
-  let bytesRead = 0;
-  // Bytes of one module frame as stored: image data plus the mask where the data has one.
-  const hasMask = reader.modules.some((m) =>
-    m.files.some((f) => f.file.h5.get(`${f.groupPath}/mask`) !== null)
-  );
-  const frameBytes = px * (bytesPerElement(det.dtype) + (hasMask ? 4 : 0));
+async function cpuCount(): Promise<number> {
+  const os = await import("node:os");
+  return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+}
 
-  // Stage 2: hot pixels from an even sample of frames: blocks of consecutive frames (one read and one
-  // backend call per module per block), spread evenly over the run.
-  const sampleN = Math.min(nF, opt.hotSample);
-  const counts = reader.modules.map(() => new Uint32Array(px));
-  const recorded = new Uint32Array(nMod);
-  const block = Math.min(HOT_BLOCK, reader.framesPerBatch);
-  const nBlocks = Math.ceil(sampleN / block);
-  for (let k = 0; k < nBlocks; k++) {
-    const start = Math.min(nF - block, Math.floor((k * nF) / nBlocks));
-    const b = reader.read(Math.max(0, start), Math.min(block, sampleN - k * block));
-    bytesRead += b.nFrames * nMod * frameBytes;
-    for (let m = 0; m < nMod; m++) {
-      const mf = b.modules[m];
-      recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
-      await backend.accumulateLitCounts(
-        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask },
-        counts[m],
-      );
+/** Stages 5-7 over the merged parts. */
+function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: number): LocaliseResult {
+  const det = run.detector(opt.detector);
+  const g = geometry(det.type);
+  const nA = g.nAsics;
+  const moduleList = parts.flatMap((p) => p.modules);
+  const nMod = moduleList.length;
+  const notes = [...new Set(parts.flatMap((p) => p.notes))];
+  // The union of the parts' frames, sorted by trainId then pulseId.
+  const key = (t: number, p: number) => `${t}:${p}`;
+  const union = new Map<string, [number, number]>();
+  for (const part of parts) {
+    for (let i = 0; i < part.trainId.length; i++) {
+      union.set(key(part.trainId[i], part.pulseId[i]), [part.trainId[i], part.pulseId[i]]);
     }
   }
-  const hot = counts.map((c, m) => hotPixels(c, recorded[m], opt.hotFraction));
-
-  // Stages 1, 3, 4 over all frames.
+  const frames = [...union.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const nF = frames.length;
+  const index = new Map(frames.map(([t, p], i) => [key(t, p), i]));
   const per = {
-    trainId: reader.frameIds.trainId,
-    pulseId: reader.frameIds.pulseId,
+    trainId: Float64Array.from(frames, (f) => f[0]),
+    pulseId: Float64Array.from(frames, (f) => f[1]),
     frameLit: new Uint8Array(nF),
     litPixels: new Uint32Array(nF * nMod * nA),
     litIntensity: new Float32Array(nF * nMod * nA),
@@ -251,43 +450,36 @@ async function runStages(
     nPeaks: new Uint32Array(nF),
     peaks: Array.from({ length: nF }, () => [] as FramePeak[]),
   };
-  const present = reader.presence();
+  const present: Uint8Array[] = [];
+  const hot: Uint8Array[] = [];
+  const files: string[][] = [];
   const allPeaks: FramePeak[][] = Array.from({ length: nF }, () => []);
-  for (let start = 0; start < nF; start += reader.framesPerBatch) {
-    const b = reader.read(start, reader.framesPerBatch);
-    bytesRead += b.nFrames * nMod * frameBytes;
-    // Two module batches in flight: the next module's upload overlaps the current one's compute.
-    const start0 = start;
-    const consume = (m: number, r: BatchResult) => {
-      for (let i = 0; i < b.nFrames; i++) {
-        const f = start0 + i;
-        if (!present[m][f]) continue;
-        const dst = (f * nMod + m) * nA;
-        per.litPixels.set(r.litPixels.subarray(i * nA, (i + 1) * nA), dst);
-        per.litIntensity.set(r.litIntensity.subarray(i * nA, (i + 1) * nA), dst);
-        per.unmaskedPixels.set(r.unmaskedPixels.subarray(i * nA, (i + 1) * nA), dst);
-        per.filteredLit.set(r.filteredLit.subarray(i * nA, (i + 1) * nA), dst);
-        per.nPeaks[f] += r.nPeaks[i];
-        for (const p of r.peaks[i]) allPeaks[f].push({ ...p, module: reader.modules[m].module });
+  let m0 = 0;
+  for (const part of parts) {
+    const pm = part.modules.length;
+    const rows = Array.from(part.trainId, (t, i) => index.get(key(t, part.pulseId[i]))!);
+    part.modules.forEach((_, j) => {
+      const pr = new Uint8Array(nF);
+      rows.forEach((f, i) => (pr[f] = part.present[j][i]));
+      present.push(pr);
+      hot.push(part.hot[j]);
+      files.push(part.files[j]);
+    });
+    rows.forEach((f, i) => {
+      for (let j = 0; j < pm; j++) {
+        const src = (i * pm + j) * nA, dst = (f * nMod + m0 + j) * nA;
+        per.litPixels.set(part.litPixels.subarray(src, src + nA), dst);
+        per.litIntensity.set(part.litIntensity.subarray(src, src + nA), dst);
+        per.unmaskedPixels.set(part.unmaskedPixels.subarray(src, src + nA), dst);
+        per.filteredLit.set(part.filteredLit.subarray(src, src + nA), dst);
+        per.nPeaks[f] += part.nPeaks[i * pm + j];
       }
-    };
-    let inFlight: Promise<BatchResult> | undefined;
-    for (let m = 0; m <= nMod; m++) {
-      const next = m < nMod
-        ? backend.process({
-          geometry: g,
-          nFrames: b.nFrames,
-          data: b.modules[m].data,
-          mask: b.modules[m].mask,
-          hot: hot[m],
-        })
-        : undefined;
-      if (inFlight) consume(m - 1, await inFlight);
-      inFlight = next;
-    }
-    progress?.(Math.min(nF, start + reader.framesPerBatch), nF);
+      for (const p of part.peaks[i]) allPeaks[f].push(p);
+    });
+    m0 += pm;
   }
-
+  const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
+  const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
   // Stage 5: classifier.
   for (let f = 0; f < nF; f++) {
     let lit = 0, valid = 0;
@@ -298,7 +490,7 @@ async function runStages(
     per.score[f] = valid > 0 ? lit / valid : NaN;
   }
   const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
-  const moduleIndex = new Map(reader.modules.map((m, i) => [m.module, i]));
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   for (let f = 0; f < nF; f++) {
     for (const p of allPeaks[f]) {
       per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
@@ -349,7 +541,7 @@ async function runStages(
   }
 
   // Stage 6: ROIs from the peaks of lit frames; stage 7: module selection.
-  const rois = reader.modules.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
+  const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
   const moduleLit = new Uint32Array(nMod);
   for (let f = 0; f < nF; f++) {
     if (!per.frameLit[f]) continue;
@@ -359,7 +551,7 @@ async function runStages(
       if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
     }
   }
-  const modules: ModuleResult[] = reader.modules.map((m, i) => {
+  const modules: ModuleResult[] = moduleList.map((m, i) => {
     const frames = present[i].reduce((a, x) => a + x, 0);
     const boxes = rois[i].result();
     const hotList: [number, number][] = [];
@@ -367,11 +559,11 @@ async function runStages(
       if (h) hotList.push([Math.floor(p / g.moduleFs), p % g.moduleFs]);
     });
     return {
-      module: m.module,
+      module: m,
       frames,
       litFrames: moduleLit[i],
       selected: (frames > 0 && moduleLit[i] / frames >= opt.minLitFraction) || boxes.length > 0,
-      files: m.files.map((f) => f.file.name),
+      files: files[i],
       rois: boxes,
       hotPixels: hotList,
     };
@@ -381,7 +573,7 @@ async function runStages(
   return {
     run: run.path,
     runFiles: run.files.map((f) => f.name),
-    detector: { name: det.name, type: det.type, modules: reader.modules.map((m) => m.module) },
+    detector: { name: det.name, type: det.type, modules: moduleList },
     backend: { name: backend.name, adapter: backend.adapter },
     notes,
     params: opt,

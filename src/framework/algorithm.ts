@@ -1,0 +1,196 @@
+/**
+ * The offline processing framework: an algorithm interface and the driver that runs an algorithm over a
+ * run in one process, in worker threads, or as parts of a SLURM job array (src/framework/slurm.ts).
+ *
+ * Spec:
+ * - An algorithm declares what it needs from the run (`initialize`: detector, modules, mask, train range,
+ *   side data), gets batches of aligned frames with side data aligned on the frames' trains
+ *   (`processBatch`), returns the partial result of the modules it saw (`finalizeChunk`), and merges the
+ *   partial results of all parts into the result (`finalize`, given the parts in module order).
+ * - Reading is double-buffered (PrefetchReader): a reader worker fills one shared buffer while the
+ *   algorithm works on the other. Batch size in bytes, memory bounded whatever the run size.
+ * - Parallelism: the selected modules are split into `workers` contiguous groups, one worker thread each
+ *   (each with its own reader). A module is always processed whole by one worker, frames in run order, so
+ *   results are the same for any number of workers.
+ * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
+ */
+import type { OptionSpec } from "../cli.ts";
+import type { FrameBatch } from "../frames.ts";
+import { fromWire, type WireError } from "../errors.ts";
+import { type Detector, Run } from "../run.ts";
+import { PrefetchReader } from "./prefetch.ts";
+import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
+import { nextMessage, startWorker } from "./threads.ts";
+
+export interface RunInfo {
+  runPath: string;
+  run: Run;
+  detector: Detector;
+  /** Modules this instance will see (a part's group, or all). */
+  modules: number[];
+}
+
+export interface Needs {
+  detector?: string;
+  modules?: number[];
+  mask?: boolean;
+  firstTrain?: number;
+  lastTrain?: number;
+  /** Per-train side data, aligned on each frame's train (NaN where the source lacks the train). */
+  side?: SideKey[];
+  /** Bytes of image data per batch, all modules together. */
+  batchBytes?: number;
+}
+
+export interface Algorithm<Part = unknown, Result = unknown> {
+  readonly id: string;
+  readonly help: string;
+  readonly options: OptionSpec[];
+  configure(options: Record<string, unknown>): void;
+  initialize(info: RunInfo): Needs | Promise<Needs>;
+  /** Frame ranges [start, count] for a pre-pass, given the frame count and the batch size. */
+  prepassRanges?(nFrames: number, framesPerBatch: number): [number, number][];
+  prepassBatch?(batch: FrameBatch): void | Promise<void>;
+  processBatch(batch: FrameBatch, side: SideData): void | Promise<void>;
+  finalizeChunk(): Part | Promise<Part>;
+  finalize(parts: Part[]): Result | Promise<Result>;
+  /** Release resources (GPU devices); called once per instance. */
+  dispose?(): void;
+}
+
+export type AlgorithmFactory<P = unknown, R = unknown> = () => Algorithm<P, R>;
+
+/** Algorithms by id: worker threads and SLURM tasks build their instance from here. */
+const registry = new Map<string, () => Promise<AlgorithmFactory>>();
+
+export function registerAlgorithm(id: string, load: () => Promise<AlgorithmFactory>): void {
+  registry.set(id, load);
+}
+
+export async function algorithmFactory(id: string): Promise<AlgorithmFactory> {
+  await import("./algorithms.ts");
+  const load = registry.get(id);
+  if (!load) throw new Error(`unknown algorithm ${id}`);
+  return load();
+}
+
+export interface DriverOptions {
+  /** Worker threads (module groups); 1 runs in this thread (with its reader worker). */
+  workers?: number;
+  /** Modules of this part only (SLURM tasks); default: what the algorithm needs. */
+  modules?: number[];
+  progress?: (done: number, total: number) => void;
+}
+
+/** Split modules into n contiguous groups of near-equal size (empty groups dropped). */
+export function moduleGroups(modules: number[], n: number): number[][] {
+  const k = Math.max(1, Math.min(n, modules.length));
+  const out: number[][] = [];
+  for (let i = 0; i < k; i++) {
+    const g = modules.slice(Math.floor((i * modules.length) / k), Math.floor(((i + 1) * modules.length) / k));
+    if (g.length) out.push(g);
+  }
+  return out;
+}
+
+/** Open the run and ask the algorithm what it needs (for a part's modules, or all). */
+async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
+  const run = await Run.open(runPath);
+  try {
+    const probe = await algo.initialize({ runPath, run, detector: run.detector(), modules: [] });
+    const det = run.detector(probe.detector);
+    const all = probe.modules ?? det.modules.map((m) => m.module);
+    const mine = modules ?? all;
+    const needs = await algo.initialize({ runPath, run, detector: det, modules: mine });
+    return { run, det, all, mine, needs };
+  } catch (e) {
+    run.close();
+    throw e;
+  }
+}
+
+/** Run an algorithm instance over its modules in this thread: pre-pass, main pass, partial result. */
+export async function runPart<P>(
+  algo: Algorithm<P>,
+  runPath: string,
+  modules: number[] | undefined,
+  progress?: (done: number, total: number) => void,
+): Promise<P> {
+  const { run, det, mine, needs } = await prepare(algo, runPath, modules);
+  let reader: PrefetchReader | undefined;
+  try {
+    const perModule = Math.max(1, Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length)));
+    reader = await PrefetchReader.open({
+      runPath,
+      detector: det.name,
+      options: {
+        modules: mine,
+        mask: needs.mask,
+        firstTrain: needs.firstTrain,
+        lastTrain: needs.lastTrain,
+        batchBytes: Math.min(perModule, 96 * 2 ** 20),
+      },
+    });
+    const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
+    if (algo.prepassRanges && algo.prepassBatch) {
+      const ranges = algo.prepassRanges(reader.nFrames, reader.framesPerBatch);
+      for await (const b of reader.batches(ranges)) await algo.prepassBatch(b);
+    }
+    for await (const b of reader.all()) {
+      await algo.processBatch(b, side ? alignSide(side, b.trainId) : {});
+      progress?.(b.start + b.nFrames, reader.nFrames);
+    }
+    return await algo.finalizeChunk();
+  } finally {
+    await reader?.close();
+    run.close();
+  }
+}
+
+/** Run an algorithm over a run: in this thread, or over worker threads; returns the merged result. */
+export async function runAlgorithm<P, R>(
+  id: string,
+  runPath: string,
+  options: Record<string, unknown>,
+  driver: DriverOptions = {},
+): Promise<R> {
+  const factory = (await algorithmFactory(id)) as AlgorithmFactory<P, R>;
+  const algo = factory();
+  algo.configure(options);
+  try {
+    const { run, mine } = await prepare(algo as Algorithm, runPath, driver.modules);
+    run.close();
+    const groups = moduleGroups(mine, driver.workers ?? 1);
+    let parts: P[];
+    if (groups.length <= 1) {
+      parts = [await runPart(algo, runPath, mine, driver.progress)];
+    } else {
+      const done = new Array(groups.length).fill(0);
+      const total = new Array(groups.length).fill(0);
+      parts = await Promise.all(groups.map(async (g, i) => {
+        const w = startWorker("part-worker", import.meta.url, { id, runPath, options, modules: g });
+        try {
+          for (;;) {
+            const m = await nextMessage<PartMessage<P>>(w);
+            if (m.type === "progress") {
+              done[i] = m.done;
+              total[i] = m.total;
+              driver.progress?.(done.reduce((a, b) => a + b, 0), total.reduce((a, b) => a + b, 0));
+            } else if (m.type === "part") return m.part;
+            else throw fromWire(m);
+          }
+        } finally {
+          await w.terminate();
+        }
+      }));
+    }
+    return await algo.finalize(parts);
+  } finally {
+    algo.dispose?.();
+  }
+}
+
+export type PartMessage<P> =
+  | { type: "progress"; done: number; total: number }
+  | { type: "part"; part: P }
+  | ({ type: "error" } & WireError);

@@ -1,0 +1,7 @@
+/** The algorithms of the framework, by id (loaded lazily: worker threads import only what they run). */
+import { registerAlgorithm } from "./algorithm.ts";
+
+registerAlgorithm("localise", async () => {
+  const { LocaliseAlgorithm } = await import("../localise/localise.ts");
+  return () => new LocaliseAlgorithm();
+});

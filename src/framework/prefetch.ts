@@ -1,0 +1,153 @@
+/**
+ * Double-buffered reading: a reader worker fills one of two SharedArrayBuffers with the next batch of
+ * aligned frames while the consumer works on the other.
+ *
+ * Spec:
+ * - The reader worker owns the run (its own h5wasm instance) and a FrameReader over the selected modules.
+ * - Two shared buffers, each holding one batch (every selected module: data f32, mask u32 when asked,
+ *   presence u8). Memory is bounded by 2 x the batch size whatever the run size.
+ * - `batches(ranges)` yields the frame ranges in order; batch k+2 is read into the buffer of batch k only
+ *   when the consumer asks for batch k+1 (the consumer is done with batch k then): backpressure.
+ */
+import type { Worker } from "node:worker_threads";
+import type { FrameBatch, FrameOptions, ModuleFrames } from "../frames.ts";
+import { fromWire, type WireError } from "../errors.ts";
+import { nextMessage, startWorker } from "./threads.ts";
+
+export interface PrefetchInit {
+  runPath: string;
+  detector?: string;
+  options: FrameOptions;
+}
+
+/** What the reader worker reports after opening the run. */
+export interface ReaderInfo {
+  nFrames: number;
+  framesPerBatch: number;
+  pixels: number;
+  modules: number[];
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  cellId: Int32Array;
+  presence: Uint8Array[];
+  buffers: SharedArrayBuffer[];
+}
+
+export type ReaderReply =
+  | ({ type: "open" } & ReaderInfo)
+  | { type: "read"; buffer: number; start: number; count: number }
+  | ({ type: "error" } & WireError);
+
+/** Byte layout of one shared batch buffer: per module, data then mask then presence (8-byte aligned). */
+export function bufferLayout(modules: number, frames: number, pixels: number, mask: boolean) {
+  const data = frames * pixels * 4;
+  const maskBytes = mask ? frames * pixels * 4 : 0;
+  const present = Math.ceil(frames / 8) * 8;
+  const perModule = data + maskBytes + present;
+  return { perModule, total: perModule * modules, data, mask: maskBytes };
+}
+
+/** Views of one shared buffer as ModuleFrames (full capacity). */
+export function moduleViews(
+  buf: SharedArrayBuffer,
+  modules: number[],
+  frames: number,
+  pixels: number,
+  mask: boolean,
+): ModuleFrames[] {
+  const l = bufferLayout(modules.length, frames, pixels, mask);
+  return modules.map((module, i) => {
+    const o = i * l.perModule;
+    return {
+      module,
+      data: new Float32Array(buf, o, frames * pixels),
+      mask: mask ? new Uint32Array(buf, o + l.data, frames * pixels) : undefined,
+      present: new Uint8Array(buf, o + l.data + l.mask, frames),
+    };
+  });
+}
+
+export class PrefetchReader {
+  private views: ModuleFrames[][];
+
+  private constructor(private worker: Worker, readonly info: ReaderInfo, readonly mask: boolean) {
+    this.views = info.buffers.map((b) =>
+      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask)
+    );
+  }
+
+  static async open(init: PrefetchInit): Promise<PrefetchReader> {
+    const w = startWorker("read-worker", import.meta.url, init);
+    const reply = await nextMessage<ReaderReply>(w);
+    if (reply.type === "error") {
+      await w.terminate();
+      throw fromWire(reply);
+    }
+    if (reply.type !== "open") throw new Error(`reader worker: unexpected ${reply.type}`);
+    return new PrefetchReader(w, reply, !!init.options.mask);
+  }
+
+  get nFrames(): number {
+    return this.info.nFrames;
+  }
+
+  get framesPerBatch(): number {
+    return this.info.framesPerBatch;
+  }
+
+  private request(buffer: number, start: number, count: number): Promise<ReaderReply> {
+    const p = nextMessage<ReaderReply>(this.worker);
+    this.worker.postMessage({ type: "read", buffer, start, count });
+    return p;
+  }
+
+  /** The batches of the given frame ranges ([start, count], count <= framesPerBatch), in order. */
+  async *batches(ranges: [number, number][]): AsyncGenerator<FrameBatch> {
+    const pending: (Promise<ReaderReply> | undefined)[] = [undefined, undefined];
+    // One request in flight at a time on the worker (it reads sequentially); the second buffer is queued.
+    let chain: Promise<unknown> = Promise.resolve();
+    const ask = (k: number) => {
+      const [start, count] = ranges[k];
+      const p = chain.then(() => this.request(k % 2, start, count));
+      chain = p.catch(() => undefined);
+      pending[k % 2] = p;
+    };
+    if (ranges.length > 0) ask(0);
+    if (ranges.length > 1) ask(1);
+    for (let k = 0; k < ranges.length; k++) {
+      const reply = await pending[k % 2]!;
+      if (reply.type === "error") throw fromWire(reply);
+      if (reply.type !== "read") throw new Error(`reader worker: unexpected ${reply.type}`);
+      const { start, count } = reply;
+      const px = this.info.pixels;
+      yield {
+        start,
+        nFrames: count,
+        trainId: this.info.trainId.subarray(start, start + count),
+        pulseId: this.info.pulseId.subarray(start, start + count),
+        cellId: this.info.cellId.subarray(start, start + count),
+        modules: this.views[k % 2].map((v) => ({
+          module: v.module,
+          present: v.present.subarray(0, count),
+          data: v.data.subarray(0, count * px),
+          mask: v.mask?.subarray(0, count * px),
+        })),
+      };
+      // The consumer is done with batch k: its buffer takes batch k + 2.
+      if (k + 2 < ranges.length) ask(k + 2);
+    }
+  }
+
+  /** Consecutive batches over all frames. */
+  all(): AsyncGenerator<FrameBatch> {
+    const ranges: [number, number][] = [];
+    for (let s = 0; s < this.nFrames; s += this.framesPerBatch) {
+      ranges.push([s, Math.min(this.framesPerBatch, this.nFrames - s)]);
+    }
+    return this.batches(ranges);
+  }
+
+  async close(): Promise<void> {
+    await this.worker.terminate();
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * The reader worker of PrefetchReader: opens the run, aligns the frames of the selected modules, and reads
+ * the requested frame ranges into the two shared batch buffers.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { toWire } from "../errors.ts";
+import { FrameReader } from "../frames.ts";
+import { Run } from "../run.ts";
+import { bufferLayout, moduleViews, type PrefetchInit, type ReaderReply } from "./prefetch.ts";
+
+const port = parentPort!;
+const init = workerData as PrefetchInit;
+
+function fail(e: unknown): void {
+  port.postMessage({ type: "error", ...toWire(e) } satisfies ReaderReply);
+}
+
+try {
+  const run = await Run.open(init.runPath);
+  const reader = new FrameReader(run.detector(init.detector), init.options);
+  const mask = !!init.options.mask;
+  const modules = reader.modules.map((m) => m.module);
+  const layout = bufferLayout(modules.length, reader.framesPerBatch, reader.pixels, mask);
+  const buffers = [new SharedArrayBuffer(layout.total), new SharedArrayBuffer(layout.total)];
+  const views = buffers.map((b) => moduleViews(b, modules, reader.framesPerBatch, reader.pixels, mask));
+  const ids = reader.frameIds;
+  const open: ReaderReply = {
+    type: "open",
+    nFrames: reader.nFrames,
+    framesPerBatch: reader.framesPerBatch,
+    pixels: reader.pixels,
+    modules,
+    trainId: ids.trainId,
+    pulseId: ids.pulseId,
+    cellId: ids.cellId,
+    presence: reader.presence(),
+    buffers,
+  };
+  port.postMessage(open);
+  port.on("message", (m: { type: "read"; buffer: number; start: number; count: number }) => {
+    try {
+      const b = reader.readInto(m.start, m.count, views[m.buffer]);
+      port.postMessage(
+        { type: "read", buffer: m.buffer, start: m.start, count: b.nFrames } satisfies ReaderReply,
+      );
+    } catch (e) {
+      fail(e);
+    }
+  });
+} catch (e) {
+  fail(e);
+}
