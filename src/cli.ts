@@ -11,6 +11,7 @@ import { Run } from "./run.ts";
 import { localiseCommand } from "./localise/command.ts";
 import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
+import { averageCommand } from "./average.ts";
 
 export interface OptionSpec {
   name: string;
@@ -55,6 +56,7 @@ const commands: Command[] = [
   localiseCommand,
   litframesCommand,
   reduceCommand,
+  averageCommand,
 ];
 
 /** Register a command (the modules of later stages call this). */

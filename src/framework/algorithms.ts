@@ -5,3 +5,8 @@ registerAlgorithm("localise", async () => {
   const { LocaliseAlgorithm } = await import("../localise/localise.ts");
   return () => new LocaliseAlgorithm();
 });
+
+registerAlgorithm("average", async () => {
+  const { AverageAlgorithm } = await import("../average.ts");
+  return () => new AverageAlgorithm();
+});

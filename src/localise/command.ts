@@ -13,6 +13,7 @@ import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } 
 import { summaryJson, writeRedu } from "./output.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
+  { name: "workers", value: "number", help: "worker threads (default: the cores for cpu, 1 for webgpu)" },
   {
     name: "lit-from",
     value: "string",
@@ -108,7 +109,7 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "batch-mb",
     value: "number",
     default: DEFAULT_OPTIONS.batchBytes / 2 ** 20,
-    help: "image data per module per batch (MiB)",
+    help: "image data per batch, all modules together (MiB)",
   },
 ];
 
@@ -141,6 +142,7 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
   }
   return {
     backend: o.backend,
+    workers: o.workers,
     litFrom: o.litFrom,
     sase: o.sase,
     repRate: o.repRate,
