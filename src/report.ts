@@ -1,0 +1,724 @@
+/**
+ * The localise report: `DIR/report.html`, one self-contained page (inline styles, scripts and SVG, images as
+ * PNG data URIs; opens without network access) for judging a localise result in a minute. See
+ * docs/report.md.
+ *
+ * Spec:
+ * - Sources: a LocaliseResult in memory (`writeReport`, what `localise --report` calls), or a localise
+ *   output directory (`report LOCALISE_OUT`: summary.json plus the per-frame tables of the REDU file(s),
+ *   read in blocks of rows, so memory stays bounded for any run). Sample frames' images come from the run
+ *   (the path given, else the run recorded in summary.json).
+ * - Contents: the run summary (summary.json's numbers, each in an element with `data-key` and an exact
+ *   `data-value`); the lit fraction per train (binned to at most `maxTrainPoints` points); per module lit
+ *   frames, hot pixels, ROIs and selection, as a table and a detector-shaped map; the histogram of the
+ *   classifier's per-ASIC quantity for lit and dark frames with its threshold; and up to `litFrames` lit and
+ *   `darkFrames` dark frames (evenly spaced over the run's lit / dark frames), each module's image on a log
+ *   colour scale with the frame's peak boxes, its lit ASICs and the module ROIs.
+ * - Size: bounded by the options, not by the run (a few hundred kB for AGIPD 1M): images are max-pooled so
+ *   that one frame's modules hold at most `framePixels` pixels; per-train data are binned.
+ * - The page is written under a temporary name and renamed when complete.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Buffer } from "node:buffer";
+import type { Command, OptionSpec } from "./cli.ts";
+import { DETECTOR_TYPES, type DetectorType, type Geometry, geometry } from "./detectors.ts";
+import { EXIT, InputError } from "./errors.ts";
+import { FrameReader } from "./frames.ts";
+import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "./h5.ts";
+import { adaptiveThreshold } from "./localise/classify.ts";
+import type { FramePeak, LocaliseResult } from "./localise/localise.ts";
+import { summaryJson } from "./localise/output.ts";
+import { Run } from "./run.ts";
+import { absentImage, type ColourScale, encodePng, moduleImage } from "./report-png.ts";
+import { renderReport } from "./report-html.ts";
+
+export type ReportSummary = ReturnType<typeof summaryJson>;
+
+export interface ReportOptions {
+  /** Lit sample frames shown (default 4). */
+  litFrames?: number;
+  /** Dark sample frames shown (default 4). */
+  darkFrames?: number;
+  /** Points of the per-train plot at most; longer runs are binned (default 500). */
+  maxTrainPoints?: number;
+  /** Image pixels of one sample frame, all modules together, at most (default 2^19). */
+  framePixels?: number;
+  /** File name in dir (default report.html). */
+  fileName?: string;
+  /** Told what the report could not show (run not found, frames missing, ...); also listed in the page. */
+  onNote?: (note: string) => void;
+}
+
+const DEFAULTS: Required<Omit<ReportOptions, "onNote">> = {
+  litFrames: 4,
+  darkFrames: 4,
+  maxTrainPoints: 500,
+  framePixels: 2 ** 19,
+  fileName: "report.html",
+};
+
+/** What a report was made of (the report command prints it with --json). */
+export interface ReportInfo {
+  path: string;
+  bytes: number;
+  samples: { kind: "lit" | "dark"; trainId: number; pulseId: number; images: boolean }[];
+  notes: string[];
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The model the page is drawn from
+
+/** Consecutive trains binned into one point of the per-train plot. */
+export interface TrainPoints {
+  firstTrain: number[];
+  lastTrain: number[];
+  trains: number[];
+  frames: number[];
+  lit: number[];
+  /** Lowest and highest lit fraction of a train in the bin. */
+  minFraction: number[];
+  maxFraction: number[];
+}
+
+export interface Histogram {
+  /** peaks: filtered lit pixels per ASIC (a count); adaptive: lit fraction of the ASIC. */
+  mode: "peaks" | "adaptive";
+  /** Bin k holds values in [edges[k], edges[k+1]); values of 0 go to the zero bin. */
+  edges: number[];
+  zero: { lit: number; dark: number };
+  lit: number[];
+  dark: number[];
+  /** ASICs counted (valid pixels > 0). */
+  total: { lit: number; dark: number };
+  threshold: number;
+  /** ASICs at or above the threshold (peaks mode; NaN in adaptive mode). */
+  above: { lit: number; dark: number };
+}
+
+export interface SampleFrame {
+  kind: "lit" | "dark";
+  /** L1, L2, ..., D1, ... */
+  label: string;
+  /** Index among the run's frames (sorted by trainId, pulseId). */
+  frame: number;
+  trainId: number;
+  pulseId: number;
+  nPeaks: number;
+  /** The stored peak table of the frame (the brightest maxPeaks). */
+  peaks: FramePeak[];
+  /** modules x ASICs */
+  asicLit: Uint8Array;
+  /** Per module (summary.detector.modules order): a PNG data URI, "absent" (not recorded), or null (no image). */
+  images: (string | "absent" | null)[];
+}
+
+export interface ReportModel {
+  summary: ReportSummary;
+  geometry: Geometry;
+  nAsics: number;
+  trains: TrainPoints;
+  /** Trains per point of the per-train plot (1: not binned). */
+  trainsPerPoint: number;
+  hist: Histogram;
+  samples: SampleFrame[];
+  scale: ColourScale;
+  /** Image pixels per stored pixel along each axis (max-pooling). */
+  pool: number;
+  /** Things the reader should know about the report itself (run not found, ...). */
+  notes: string[];
+  generated: string;
+}
+
+/** The per-frame tables the report needs, however stored. */
+interface PerFrameSource {
+  nFrames: number;
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  frameLit: Uint8Array;
+  nPeaks: Uint32Array;
+  /** The per-ASIC tables in blocks of consecutive frames (frames x modules x ASICs). */
+  blocks(): Iterable<
+    { start: number; n: number; litPixels: Uint32Array; unmasked: Uint32Array; filtered: Uint32Array }
+  >;
+  peaks(frame: number): FramePeak[];
+  asicLit(frame: number): Uint8Array;
+  close(): void;
+}
+
+function resultSource(r: LocaliseResult): PerFrameSource {
+  const p = r.perFrame;
+  const k = r.detector.modules.length * r.nAsics;
+  return {
+    nFrames: r.frames,
+    trainId: p.trainId,
+    pulseId: p.pulseId,
+    frameLit: p.frameLit,
+    nPeaks: p.nPeaks,
+    *blocks() {
+      yield {
+        start: 0,
+        n: r.frames,
+        litPixels: p.litPixels,
+        unmasked: p.unmaskedPixels,
+        filtered: p.filteredLit,
+      };
+    },
+    peaks: (f) => p.peaks[f],
+    asicLit: (f) => p.asicLit.slice(f * k, (f + 1) * k),
+    close() {},
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statistics
+
+function trainPoints(src: PerFrameSource, maxPoints: number): { points: TrainPoints; perPoint: number } {
+  const ids: number[] = [], frames: number[] = [], lit: number[] = [];
+  for (let f = 0; f < src.nFrames; f++) {
+    const t = src.trainId[f];
+    if (ids.length === 0 || ids[ids.length - 1] !== t) {
+      ids.push(t);
+      frames.push(0);
+      lit.push(0);
+    }
+    frames[frames.length - 1]++;
+    lit[lit.length - 1] += src.frameLit[f] ? 1 : 0;
+  }
+  const perPoint = Math.max(1, Math.ceil(ids.length / Math.max(1, maxPoints)));
+  const pts: TrainPoints = {
+    firstTrain: [],
+    lastTrain: [],
+    trains: [],
+    frames: [],
+    lit: [],
+    minFraction: [],
+    maxFraction: [],
+  };
+  for (let i = 0; i < ids.length; i += perPoint) {
+    const j = Math.min(ids.length, i + perPoint);
+    let n = 0, l = 0, lo = Infinity, hi = -Infinity;
+    for (let k = i; k < j; k++) {
+      n += frames[k];
+      l += lit[k];
+      const x = lit[k] / frames[k];
+      lo = Math.min(lo, x);
+      hi = Math.max(hi, x);
+    }
+    pts.firstTrain.push(ids[i]);
+    pts.lastTrain.push(ids[j - 1]);
+    pts.trains.push(j - i);
+    pts.frames.push(n);
+    pts.lit.push(l);
+    pts.minFraction.push(lo);
+    pts.maxFraction.push(hi);
+  }
+  return { points: pts, perPoint };
+}
+
+/** Bin edges: counts 1..max on a log scale, 4 bins per octave (integer edges); fractions 1/max..1. */
+function histEdges(mode: "peaks" | "adaptive", asicPixels: number): number[] {
+  const edges: number[] = [];
+  const octaves = Math.log2(asicPixels);
+  for (let k = 0; k <= Math.ceil(octaves * 4) + 1; k++) {
+    const x = 2 ** (k / 4);
+    if (mode === "peaks") {
+      const e = Math.ceil(x - 1e-9);
+      if (edges[edges.length - 1] !== e) edges.push(e);
+      if (e > asicPixels) break;
+    } else {
+      edges.push(x / asicPixels);
+      if (x > asicPixels) break;
+    }
+  }
+  return edges;
+}
+
+function binOf(edges: number[], v: number): number {
+  let lo = 0, hi = edges.length - 1; // edges[lo] <= v < edges[hi]
+  if (v < edges[0]) return 0;
+  if (v >= edges[hi]) return hi - 1;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (edges[mid] <= v) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function histogram(src: PerFrameSource, summary: ReportSummary, g: Geometry, nMod: number): Histogram {
+  const mode = summary.params.mode === "adaptive" ? "adaptive" : "peaks";
+  const nA = g.nAsics;
+  const edges = histEdges(mode, g.asicSs * g.asicFs);
+  const h: Histogram = {
+    mode,
+    edges,
+    zero: { lit: 0, dark: 0 },
+    lit: new Array(edges.length - 1).fill(0),
+    dark: new Array(edges.length - 1).fill(0),
+    total: { lit: 0, dark: 0 },
+    threshold: mode === "peaks" ? summary.params.minLit : NaN,
+    above: { lit: 0, dark: 0 },
+  };
+  const scores = new Float64Array(src.nFrames);
+  for (const b of src.blocks()) {
+    for (let i = 0; i < b.n; i++) {
+      const f = b.start + i;
+      const lit = src.frameLit[f] ? "lit" : "dark";
+      const bins = h[lit];
+      let sumLit = 0, sumValid = 0;
+      for (let k = i * nMod * nA; k < (i + 1) * nMod * nA; k++) {
+        const valid = b.unmasked[k];
+        sumLit += b.litPixels[k];
+        sumValid += valid;
+        if (valid === 0) continue;
+        const v = mode === "peaks" ? b.filtered[k] : b.litPixels[k] / valid;
+        h.total[lit]++;
+        if (mode === "peaks" && v >= h.threshold) h.above[lit]++;
+        if (v === 0) h.zero[lit]++;
+        else bins[binOf(edges, v)]++;
+      }
+      scores[f] = sumValid > 0 ? sumLit / sumValid : NaN;
+    }
+  }
+  if (mode === "adaptive") {
+    h.threshold = adaptiveThreshold(scores, summary.params.snr);
+    h.above = { lit: NaN, dark: NaN };
+  }
+  return h;
+}
+
+/** Up to n indices spread evenly over the frames where pick(f) holds. */
+function spread(nFrames: number, pick: (f: number) => boolean, n: number): number[] {
+  const all: number[] = [];
+  for (let f = 0; f < nFrames; f++) if (pick(f)) all.push(f);
+  if (all.length <= n) return all;
+  return Array.from({ length: n }, (_, k) => all[Math.floor(((k + 0.5) * all.length) / n)]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sample frames' images
+
+/** Max-pooling factor: a module's long side at most 256 image pixels, one frame at most framePixels. */
+export function poolFor(g: Geometry, nModules: number, framePixels: number): number {
+  let p = 1;
+  while (Math.max(g.moduleSs, g.moduleFs) / p > 256) p *= 2;
+  while (nModules * Math.ceil(g.moduleSs / p) * Math.ceil(g.moduleFs / p) > framePixels && p < 64) p *= 2;
+  return p;
+}
+
+/** Index of (trainId, pulseId) among frames sorted by trainId then pulseId; -1 when absent. */
+function findFrame(t: Float64Array, p: Float64Array, trainId: number, pulseId: number): number {
+  let lo = 0, hi = t.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (t[mid] < trainId || (t[mid] === trainId && p[mid] < pulseId)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < t.length && t[lo] === trainId && p[lo] === pulseId ? lo : -1;
+}
+
+/** Read the sample frames from the run, fix the colour scale over them, and render each module image. */
+async function sampleImages(
+  runPath: string | undefined,
+  summary: ReportSummary,
+  g: Geometry,
+  samples: SampleFrame[],
+  pool: number,
+  notes: string[],
+): Promise<ColourScale> {
+  const threshold = summary.params.threshold;
+  const scale: ColourScale = { lo: threshold > 0 ? threshold : 0.5, hi: 0 };
+  scale.hi = scale.lo * 10;
+  if (samples.length === 0) return scale;
+  if (!runPath) {
+    notes.push("no run given: sample frames shown without images");
+    return scale;
+  }
+  let run: Run;
+  try {
+    run = await Run.open(runPath);
+  } catch (e) {
+    notes.push(`cannot open the run (${firstLine(e)}): sample frames shown without images`);
+    return scale;
+  }
+  try {
+    const det = run.detector(summary.detector.name);
+    const mods = summary.detector.modules;
+    const reader = new FrameReader(det, {
+      modules: mods,
+      firstTrain: summary.params.firstTrain,
+      lastTrain: summary.params.lastTrain,
+      mask: true,
+      batchBytes: g.pixels * 8,
+    });
+    const hot = summary.modules.map((m) => {
+      const h = new Uint8Array(g.pixels);
+      for (const [ss, fs] of m.hotPixels) h[ss * g.moduleFs + fs] = 1;
+      return h;
+    });
+    const ids = reader.frameIds;
+    const at = samples.map((s) => findFrame(ids.trainId, ids.pulseId, s.trainId, s.pulseId));
+    samples.forEach((s, i) => {
+      if (at[i] < 0) notes.push(`frame train ${s.trainId} pulse ${s.pulseId} is not in the run: no image`);
+    });
+    // Pass 1: the colour scale's top: the 99.9th percentile of the lit values of the lit sample frames
+    // (log-binned), at least ten times the threshold.
+    const logBins = new Float64Array(1200); // 100 bins per decade over 12 decades above lo
+    let nAbove = 0;
+    for (let i = 0; i < samples.length; i++) {
+      if (at[i] < 0 || samples[i].kind !== "lit") continue;
+      const b = reader.read(at[i], 1);
+      b.modules.forEach((m, mi) => {
+        for (let p = 0; p < g.pixels; p++) {
+          const v = m.data[p];
+          if (!(v > scale.lo) || (m.mask && m.mask[p] !== 0) || hot[mi][p]) continue;
+          logBins[Math.min(logBins.length - 1, Math.floor(100 * Math.log10(v / scale.lo)))]++;
+          nAbove++;
+        }
+      });
+    }
+    if (nAbove > 0) {
+      let acc = 0, k = 0;
+      for (; k < logBins.length; k++) {
+        acc += logBins[k];
+        if (acc >= 0.999 * nAbove) break;
+      }
+      scale.hi = Math.max(scale.hi, scale.lo * 10 ** ((k + 1) / 100));
+    }
+    // Pass 2: the images.
+    for (let i = 0; i < samples.length; i++) {
+      if (at[i] < 0) continue;
+      const b = reader.read(at[i], 1);
+      samples[i].images = b.modules.map((m, mi) => {
+        const img = m.present[0]
+          ? moduleImage(m.data, g.moduleSs, g.moduleFs, scale, pool, m.mask, hot[mi])
+          : absentImage(g.moduleSs, g.moduleFs, pool);
+        if (!m.present[0]) return "absent";
+        return `data:image/png;base64,${Buffer.from(encodePng(img)).toString("base64")}`;
+      });
+    }
+  } catch (e) {
+    notes.push(`cannot read the sample frames from the run (${firstLine(e)})`);
+  } finally {
+    run.close();
+  }
+  return scale;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Building and writing
+
+async function buildModel(
+  src: PerFrameSource,
+  summary: ReportSummary,
+  runPath: string | undefined,
+  o: typeof DEFAULTS,
+  notes: string[],
+): Promise<ReportModel> {
+  const g = geometry(summary.detector.type as DetectorType);
+  const nMod = summary.detector.modules.length;
+  const { points, perPoint } = trainPoints(src, o.maxTrainPoints);
+  const hist = histogram(src, summary, g, nMod);
+  const lit = spread(src.nFrames, (f) => src.frameLit[f] === 1, o.litFrames);
+  const dark = spread(src.nFrames, (f) => src.frameLit[f] !== 1, o.darkFrames);
+  const samples: SampleFrame[] = [
+    ...lit.map((f, i) => ({ f, kind: "lit" as const, label: `L${i + 1}` })),
+    ...dark.map((f, i) => ({ f, kind: "dark" as const, label: `D${i + 1}` })),
+  ].map(({ f, kind, label }) => ({
+    kind,
+    label,
+    frame: f,
+    trainId: src.trainId[f],
+    pulseId: src.pulseId[f],
+    nPeaks: src.nPeaks[f],
+    peaks: src.peaks(f),
+    asicLit: src.asicLit(f),
+    images: summary.detector.modules.map(() => null),
+  }));
+  const pool = poolFor(g, nMod, o.framePixels);
+  const scale = await sampleImages(runPath, summary, g, samples, pool, notes);
+  return {
+    summary,
+    geometry: g,
+    nAsics: g.nAsics,
+    trains: points,
+    trainsPerPoint: perPoint,
+    hist,
+    samples,
+    scale,
+    pool,
+    notes,
+    generated: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+  };
+}
+
+async function writeFrom(
+  src: PerFrameSource,
+  summary: ReportSummary,
+  runPath: string | undefined,
+  dir: string,
+  opts: ReportOptions,
+  notes: string[],
+): Promise<ReportInfo> {
+  const o = { ...DEFAULTS, ...opts };
+  const model = await buildModel(src, summary, runPath, o, notes);
+  for (const n of model.notes) opts.onNote?.(n);
+  const html = renderReport(model);
+  const out = path.join(dir, o.fileName);
+  const tmp = `${out}.tmp-${process.pid}`;
+  try {
+    fs.writeFileSync(tmp, html);
+    fs.renameSync(tmp, out);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  return {
+    path: out,
+    bytes: Buffer.byteLength(html),
+    samples: model.samples.map((s) => ({
+      kind: s.kind,
+      trainId: s.trainId,
+      pulseId: s.pulseId,
+      images: s.images.some((x) => x !== null),
+    })),
+    notes: model.notes,
+  };
+}
+
+/**
+ * Write `dir/report.html` for a localise result; `runPath` is the run it came from (sample frames' images
+ * are read from it). Returns the page's path.
+ */
+export async function writeReport(
+  result: LocaliseResult,
+  runPath: string,
+  dir: string,
+  opts: ReportOptions = {},
+): Promise<string> {
+  return (await writeFrom(resultSource(result), summaryJson(result), runPath, dir, opts, [])).path;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// From a localise output directory
+
+const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
+/** Frames per block when reading the per-ASIC tables. */
+const BLOCK_FRAMES = 4096;
+
+interface Segment {
+  file: H5File;
+  base: string;
+  /** First row in the file and the frame it holds. */
+  row: number;
+  frame: number;
+  n: number;
+}
+
+/** Read rows [row, row+n) of a dataset as numbers into out (at element offset `at`). */
+function readRowsAs(
+  file: H5File,
+  p: string,
+  row: number,
+  n: number,
+  out: Float64Array | Uint32Array | Uint8Array,
+  at: number,
+) {
+  const info = dsInfo(file.get(p) as H5Dataset);
+  const per = info.shape.slice(1).reduce((a, b) => a * b, 1);
+  const tmp = arrayFor(info.dtype, n * per);
+  readSlab(file, p, [row, ...info.shape.slice(1).map(() => 0)], [n, ...info.shape.slice(1)], tmp, 0);
+  if (tmp instanceof BigUint64Array || tmp instanceof BigInt64Array) {
+    for (let i = 0; i < tmp.length; i++) out[at + i] = Number(tmp[i]);
+  } else if (tmp.constructor === out.constructor) {
+    out.set(tmp as any, at);
+  } else {
+    for (let i = 0; i < tmp.length; i++) out[at + i] = tmp[i] as number;
+  }
+}
+
+/** The per-frame tables of a localise output directory (REDU files), read lazily in blocks. */
+async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFrameSource> {
+  let run: Run;
+  try {
+    run = await Run.open(dir);
+  } catch (e) {
+    if (e instanceof InputError) throw new InputError(dir, "no localise REDU file found");
+    throw e;
+  }
+  try {
+    const segs: Segment[] = [];
+    let nFrames = 0;
+    const files = [...run.files].sort((a, b) => (a.trainIds[0] ?? 0) - (b.trainIds[0] ?? 0));
+    for (const f of files) {
+      for (const s of f.sources.values()) {
+        if (!LOCALISE_RE.test(s.name)) continue;
+        const ix = s.index.get("data");
+        if (!ix) continue;
+        const base = `INSTRUMENT/${s.name}/data`;
+        for (let i = 0; i < ix.first.length; i++) {
+          const c = ix.count[i];
+          if (!c) continue;
+          const last = segs[segs.length - 1];
+          if (last && last.file === f.h5 && last.row + last.n === ix.first[i]) last.n += c;
+          else segs.push({ file: f.h5, base, row: ix.first[i], frame: nFrames, n: c });
+          nFrames += c;
+        }
+      }
+    }
+    if (segs.length === 0) {
+      throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
+    }
+    const trainId = new Float64Array(nFrames), pulseId = new Float64Array(nFrames);
+    const frameLit = new Uint8Array(nFrames), nPeaks = new Uint32Array(nFrames);
+    for (const s of segs) {
+      readRowsAs(s.file, `${s.base}/trainId`, s.row, s.n, trainId, s.frame);
+      readRowsAs(s.file, `${s.base}/pulseId`, s.row, s.n, pulseId, s.frame);
+      readRowsAs(s.file, `${s.base}/frameLit`, s.row, s.n, frameLit, s.frame);
+      readRowsAs(s.file, `${s.base}/nPeaks`, s.row, s.n, nPeaks, s.frame);
+    }
+    const locate = (f: number): { s: Segment; row: number } => {
+      const s = segs.find((x) => f >= x.frame && f < x.frame + x.n)!;
+      return { s, row: s.row + f - s.frame };
+    };
+    const k = nMod * nA;
+    return {
+      nFrames,
+      trainId,
+      pulseId,
+      frameLit,
+      nPeaks,
+      *blocks() {
+        const litPixels = new Uint32Array(BLOCK_FRAMES * k);
+        const unmasked = new Uint32Array(BLOCK_FRAMES * k);
+        const filtered = new Uint32Array(BLOCK_FRAMES * k);
+        for (const s of segs) {
+          for (let r = 0; r < s.n; r += BLOCK_FRAMES) {
+            const n = Math.min(BLOCK_FRAMES, s.n - r);
+            readRowsAs(s.file, `${s.base}/litPixels`, s.row + r, n, litPixels, 0);
+            readRowsAs(s.file, `${s.base}/unmaskedPixels`, s.row + r, n, unmasked, 0);
+            readRowsAs(s.file, `${s.base}/filteredLit`, s.row + r, n, filtered, 0);
+            yield { start: s.frame + r, n, litPixels, unmasked, filtered };
+          }
+        }
+      },
+      peaks(f) {
+        const { s, row } = locate(f);
+        const nP = dsInfo(s.file.get(`${s.base}/peakModule`) as H5Dataset).shape[1] ?? 0;
+        const mod = new Uint32Array(nP), box = new Uint32Array(nP * 4), area = new Uint32Array(nP);
+        const inten = new Float64Array(nP), pss = new Float64Array(nP), pfs = new Float64Array(nP);
+        const pmax = new Float64Array(nP);
+        readRowsAs(s.file, `${s.base}/peakModule`, row, 1, mod, 0);
+        readRowsAs(s.file, `${s.base}/peakBox`, row, 1, box, 0);
+        readRowsAs(s.file, `${s.base}/peakArea`, row, 1, area, 0);
+        readRowsAs(s.file, `${s.base}/peakIntensity`, row, 1, inten, 0);
+        readRowsAs(s.file, `${s.base}/peakSs`, row, 1, pss, 0);
+        readRowsAs(s.file, `${s.base}/peakFs`, row, 1, pfs, 0);
+        readRowsAs(s.file, `${s.base}/peakMax`, row, 1, pmax, 0);
+        const out: FramePeak[] = [];
+        for (let j = 0; j < Math.min(nP, nPeaks[f]); j++) {
+          if (area[j] === 0) continue; // unused rows are zero
+          out.push({
+            module: mod[j],
+            box: [box[j * 4], box[j * 4 + 1], box[j * 4 + 2], box[j * 4 + 3]],
+            area: area[j],
+            intensity: inten[j],
+            ss: pss[j],
+            fs: pfs[j],
+            max: pmax[j],
+          });
+        }
+        return out;
+      },
+      asicLit(f) {
+        const { s, row } = locate(f);
+        const out = new Uint8Array(k);
+        readRowsAs(s.file, `${s.base}/asicLit`, row, 1, out, 0);
+        return out;
+      },
+      close: () => run.close(),
+    };
+  } catch (e) {
+    run.close();
+    throw e;
+  }
+}
+
+/** The run a localise output came from: the path recorded in summary.json, as given or beside the output. */
+function recordedRun(summary: ReportSummary, outDir: string): string | undefined {
+  const r = summary.run;
+  if (!r) return undefined;
+  const candidates = path.isAbsolute(r) ? [r] : [path.resolve(r), path.resolve(path.dirname(outDir), r)];
+  return candidates.find((c) => fs.existsSync(c)) ?? candidates[0];
+}
+
+/** Regenerate `outDir/report.html` from a localise output directory. */
+export async function reportFromOutput(
+  outDir: string,
+  opts: ReportOptions & { run?: string } = {},
+): Promise<ReportInfo> {
+  const dir = path.resolve(outDir);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new InputError(outDir, "localise output directory not found");
+  }
+  const sp = path.join(dir, "summary.json");
+  if (!fs.existsSync(sp)) throw new InputError(sp, "no summary.json: not a localise output directory");
+  let summary: ReportSummary;
+  try {
+    summary = JSON.parse(fs.readFileSync(sp, "utf8"));
+  } catch (e) {
+    throw new InputError(sp, `cannot read: ${firstLine(e)}`);
+  }
+  if (!summary?.detector?.modules || !summary.params || !Array.isArray(summary.modules)) {
+    throw new InputError(sp, "not a localise summary (detector, params, modules missing)");
+  }
+  if (!DETECTOR_TYPES.includes(summary.detector.type as DetectorType)) {
+    throw new InputError(sp, `unknown detector type ${summary.detector.type}`);
+  }
+  const g = geometry(summary.detector.type as DetectorType);
+  const src = await reduSource(dir, summary.detector.modules.length, g.nAsics);
+  try {
+    const notes: string[] = [];
+    if (src.nFrames !== summary.frames) {
+      notes.push(`the REDU file holds ${src.nFrames} frames, summary.json says ${summary.frames}`);
+    }
+    return await writeFrom(src, summary, opts.run ?? recordedRun(summary, dir), dir, opts, notes);
+  } finally {
+    src.close();
+  }
+}
+
+const REPORT_OPTIONS: OptionSpec[] = [
+  {
+    name: "run",
+    value: "string",
+    help: "the run, when it moved (default: the run recorded in summary.json)",
+  },
+  { name: "lit", value: "number", default: DEFAULTS.litFrames, help: "lit sample frames shown" },
+  { name: "dark", value: "number", default: DEFAULTS.darkFrames, help: "dark sample frames shown" },
+];
+
+function kB(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`;
+}
+
+export const reportCommand: Command = {
+  name: "report",
+  usage: "report LOCALISE_OUT",
+  help: "Write LOCALISE_OUT/report.html: one self-contained page to judge a localise result.",
+  options: REPORT_OPTIONS,
+  async run(args, o) {
+    const dir = args[0];
+    if (!dir) throw new InputError(undefined, "missing argument LOCALISE_OUT");
+    for (const k of ["lit", "dark"] as const) {
+      if (!Number.isInteger(o[k]) || o[k] < 0) {
+        throw new InputError(undefined, `--${k}: a count, not ${o[k]}`);
+      }
+    }
+    const info = await reportFromOutput(dir, { run: o.run, litFrames: o.lit, darkFrames: o.dark });
+    for (const n of info.notes) console.error(`xfel-redu: report: ${n}`);
+    console.log(o.json ? JSON.stringify(info, null, 2) : `written: ${info.path} (${kB(info.bytes)})`);
+    return EXIT.ok;
+  },
+};
