@@ -23,6 +23,7 @@ import { annotateBeam } from "./litframes.ts";
 import { runNaming } from "./localise/output.ts";
 import { Run } from "./run.ts";
 import { openWriter } from "./writer.ts";
+import { buildDir, prepareOut } from "./outdir.ts";
 
 export interface AveragePart {
   modules: number[];
@@ -235,6 +236,16 @@ export async function writeAverage(r: AverageResult, dir: string, runFiles: stri
   }
 }
 
+/** The output directory of average, built under a temporary name. */
+export async function writeAverageDir(r: AverageResult, dir: string): Promise<void> {
+  const run = await Run.open(r.run);
+  const names = run.files.map((f) => f.name);
+  run.close();
+  await buildDir(dir, async (tmp) => {
+    await writeAverage(r, tmp, names);
+  });
+}
+
 export const averageCommand: Command = {
   name: "average",
   usage: "average RUN --out DIR",
@@ -252,24 +263,9 @@ export const averageCommand: Command = {
   async run(args, o) {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    const { prepareOut } = await import("./localise/command.ts");
-    const name = path.basename(path.resolve(runPath)).replace(/\.h5$/, "");
-    const dir = prepareOut(runPath, o.out ?? `average-${name}`, name, !!o.force);
+    const dir = prepareOut(runPath, o.out, "average", !!o.force);
     const r = await average(runPath, { from: o.from, workers: o.workers });
-    const tmp = `${dir}.tmp-${process.pid}`;
-    fs.rmSync(tmp, { recursive: true, force: true });
-    fs.mkdirSync(tmp, { recursive: true });
-    try {
-      const run = await Run.open(runPath);
-      const names = run.files.map((f) => f.name);
-      run.close();
-      await writeAverage(r, tmp, names);
-      if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
-      fs.renameSync(tmp, dir);
-    } catch (e) {
-      fs.rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
+    await writeAverageDir(r, dir);
     const summary = {
       run: r.run,
       detector: r.detector,

@@ -12,6 +12,7 @@ import { localiseCommand } from "./localise/command.ts";
 import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
 import { averageCommand } from "./average.ts";
+import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
 export interface OptionSpec {
   name: string;
@@ -57,6 +58,9 @@ const commands: Command[] = [
   litframesCommand,
   reduceCommand,
   averageCommand,
+  submitCommand,
+  runPartCommand,
+  mergePartsCommand,
 ];
 
 /** Register a command (the modules of later stages call this). */

@@ -11,6 +11,7 @@ import type { Command, OptionSpec } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
 import { summaryJson, writeRedu } from "./output.ts";
+import { buildDir, prepareOut } from "../outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "workers", value: "number", help: "worker threads (default: the cores for cpu, 1 for webgpu)" },
@@ -170,18 +171,6 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
   };
 }
 
-/** The output directory: refuse one inside the run, or an existing one without --force. */
-export function prepareOut(runPath: string, out: string | undefined, name: string, force: boolean): string {
-  const dir = path.resolve(out ?? `localise-${name}`);
-  const run = path.resolve(runPath);
-  const runDir = fs.existsSync(run) && fs.statSync(run).isDirectory() ? run : path.dirname(run);
-  if (dir === runDir || dir.startsWith(runDir + path.sep)) {
-    throw new InputError(dir, "output directory lies inside the input run; choose another --out");
-  }
-  if (fs.existsSync(dir) && !force) throw new InputError(dir, "exists; use --force to replace it");
-  return dir;
-}
-
 function progressPrinter(): ((done: number, total: number) => void) | undefined {
   if (!process.stderr.isTTY) return undefined;
   const t0 = performance.now();
@@ -225,23 +214,19 @@ export const localiseCommand: Command = {
   async run(args, o) {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    const name = path.basename(path.resolve(runPath)).replace(/\.h5$/, "");
-    const dir = prepareOut(runPath, o.out, name, !!o.force);
+    const dir = prepareOut(runPath, o.out, "localise", !!o.force);
     const result = await localise(runPath, toLocaliseOptions(o), progressPrinter());
     for (const n of result.notes) console.error(`xfel-redu: ${n}`);
-    const tmp = `${dir}.tmp-${process.pid}`;
-    fs.rmSync(tmp, { recursive: true, force: true });
-    fs.mkdirSync(tmp, { recursive: true });
-    try {
-      await writeRedu(result, tmp, result.runFiles);
-      fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
-      if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
-      fs.renameSync(tmp, dir);
-    } catch (e) {
-      fs.rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
+    await writeLocaliseDir(result, dir);
     console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
     return EXIT.ok;
   },
 };
+
+/** The output directory of localise: the REDU file(s) and summary.json, built under a temporary name. */
+export async function writeLocaliseDir(result: LocaliseResult, dir: string): Promise<void> {
+  await buildDir(dir, async (tmp) => {
+    await writeRedu(result, tmp, result.runFiles);
+    fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
+  });
+}

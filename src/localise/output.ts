@@ -12,7 +12,7 @@ import { litframesCounts, litframesData, litframesDevice, litframesSchema } from
 import type { LocaliseResult } from "./localise.ts";
 
 export function summaryJson(r: LocaliseResult) {
-  const { backend: _b, ...params } = r.params;
+  const { backend: _b, workers: _w, ...params } = r.params;
   return {
     run: r.run,
     detector: r.detector,

@@ -1,0 +1,36 @@
+/**
+ * Output directories, the same rules for every command: refuse one inside the input run, refuse an existing
+ * one without --force, build it under a temporary name beside it and rename it when complete (an error
+ * leaves nothing under the final name).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { InputError } from "./errors.ts";
+
+/** The output directory `out` (default `<prefix>-<run name>`), checked. */
+export function prepareOut(runPath: string, out: string | undefined, prefix: string, force: boolean): string {
+  const name = path.basename(path.resolve(runPath)).replace(/\.h5$/, "");
+  const dir = path.resolve(out ?? `${prefix}-${name}`);
+  const run = path.resolve(runPath);
+  const runDir = fs.existsSync(run) && fs.statSync(run).isDirectory() ? run : path.dirname(run);
+  if (dir === runDir || dir.startsWith(runDir + path.sep)) {
+    throw new InputError(dir, "output directory lies inside the input run; choose another --out");
+  }
+  if (fs.existsSync(dir) && !force) throw new InputError(dir, "exists; use --force to replace it");
+  return dir;
+}
+
+/** Fill a temporary directory beside `dir`, then put it in place of `dir`. */
+export async function buildDir(dir: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${dir}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp, { recursive: true });
+  try {
+    await fill(tmp);
+    if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(tmp, dir);
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * SLURM: the job-array parts and the merge give the same outputs as a single-process run; a rerun skips
+ * finished parts. The in-process test always runs; the real-SLURM test runs where `sbatch` answers
+ * (.ci/run starts a one-host SLURM with scripts/slurm-local.sh) and must not be skipped in CI.
+ */
+import { afterAll, describe, expect, test } from "vitest";
+import { execFileSync, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { mergeJob, prepareJob, readJob, runJobPart } from "../src/framework/slurm.ts";
+import { openH5, readAll } from "../src/h5.ts";
+import { ROOT, runNode } from "./helpers/cli.ts";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-slurm-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const SAMPLE = path.join(ROOT, "fixtures/sample");
+
+const haveSlurm = spawnSync("sinfo", ["-h", "-o", "%T"], { encoding: "utf8" }).stdout?.includes("idle") ?? false;
+
+/** summary.json without what depends on the process (timing, the notes about adapters). */
+function summary(dir: string) {
+  const s = JSON.parse(fs.readFileSync(path.join(dir, "summary.json"), "utf8"));
+  delete s.timing;
+  delete s.notes;
+  return s;
+}
+
+async function reduData(dir: string): Promise<Record<string, number[]>> {
+  const file = fs.readdirSync(dir).find((f) => f.endsWith(".h5"))!;
+  const h5 = await openH5(path.join(dir, file));
+  try {
+    const src = "INSTRUMENT/SPB_DET_AGIPD1M-1/REDU/LOCALISE:output/data";
+    const out: Record<string, number[]> = {};
+    for (const k of ["trainId", "pulseId", "frameLit", "litPixels", "litIntensity", "asicLit", "nPeaks", "peakBox", "peakIntensity"]) {
+      out[k] = Array.from(readAll(h5, `${src}/${k}`), Number);
+    }
+    return out;
+  } finally {
+    h5.close();
+  }
+}
+
+function single(out: string) {
+  const r = runNode(["localise", SAMPLE, "--out", out, "--backend", "cpu", "--workers", "1"]);
+  expect(r.code, r.stderr).toBe(0);
+}
+
+describe("SLURM job parts", () => {
+  test("parts run one by one and merged equal a single-process run; a rerun skips finished parts", async () => {
+    const ref = path.join(tmp, "single");
+    single(ref);
+    const out = path.join(tmp, "parts");
+    const { work, todo } = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 3, false);
+    expect(todo).toEqual([0, 1, 2]);
+    expect(readJob(work).groups).toEqual([[0], [1], [2]]);
+    for (const i of todo) expect(await runJobPart(work, i)).toBe(true);
+    expect(await runJobPart(work, 1)).toBe(false); // finished: skipped
+    const again = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 3, false);
+    expect(again.todo).toEqual([]);
+    await mergeJob(work);
+    expect(summary(out)).toEqual(summary(ref));
+    expect(await reduData(out)).toEqual(await reduData(ref));
+  });
+
+  test("a merge with unfinished parts is refused with one line", async () => {
+    const out = path.join(tmp, "unfinished");
+    const { work } = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 2, false);
+    await runJobPart(work, 0);
+    await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
+  });
+});
+
+describe.skipIf(!haveSlurm && !process.env.CI)("a real SLURM on this host", () => {
+  test("submit: job array + dependent merge give the single-process outputs", async () => {
+    expect(haveSlurm, "CI must start SLURM (scripts/slurm-local.sh start)").toBe(true);
+    const ref = path.join(tmp, "single-ref");
+    single(ref);
+    const out = path.join(tmp, "slurm");
+    const r = runNode(["submit", "--slurm", SAMPLE, "--out", out, "--parts", "3", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const info = JSON.parse(r.stdout);
+    expect(info.todo).toEqual([0, 1, 2]);
+    // Wait for the merge job (bounded: 3 minutes).
+    const t0 = Date.now();
+    while (!fs.existsSync(path.join(out, "summary.json")) && Date.now() - t0 < 180_000) {
+      await new Promise((res) => setTimeout(res, 500));
+      const q = execFileSync("squeue", ["-h", "-j", String(info.mergeJob), "-o", "%T"], { encoding: "utf8" }).trim();
+      if (q === "" && !fs.existsSync(path.join(out, "summary.json"))) {
+        await new Promise((res) => setTimeout(res, 1000));
+        if (!fs.existsSync(path.join(out, "summary.json"))) break;
+      }
+    }
+    const logs = path.join(`${out}.slurm`, "logs");
+    const log = fs.existsSync(logs) ? fs.readdirSync(logs).map((f) => fs.readFileSync(path.join(logs, f), "utf8")).join("\n") : "";
+    expect(fs.existsSync(path.join(out, "summary.json")), log).toBe(true);
+    expect(summary(out)).toEqual(summary(ref));
+    expect(await reduData(out)).toEqual(await reduData(ref));
+    // A rerun of a finished job submits no array task, only the merge... of an existing output: refused.
+    const again = runNode(["submit", "--slurm", SAMPLE, "--out", out, "--parts", "3"]);
+    expect(again.code).toBe(2);
+  }, 240_000);
+});
