@@ -262,20 +262,22 @@ function litColour(frac: number): string {
 function moduleMap(m: ReportModel): string {
   const s = m.summary;
   const lay = mapLayout(s.detector.type, s.detector.name, s.detector.modules);
-  const CW = 190, CH = 30, G = 4, QG = 26, LB = 16;
+  // Quadrants: one line per module; a grid: two lines in a narrower cell.
+  const q = lay.quadrants;
+  const CW = q ? 190 : 132, CH = q ? 30 : 40, G = 4, QG = 26, LB = 16;
   const byModule = new Map(s.modules.map((x) => [x.module, x]));
   const pos = (col: number, row: number) => {
-    if (!lay.quadrants) return { x: col * (CW + G * 2), y: row * (CH + G) };
+    if (!q) return { x: col * (CW + G * 2), y: row * (CH + G * 2) };
     const qr = Math.floor(row / 4), r = row % 4;
     return { x: col * (CW + QG), y: qr * (LB + 4 * CH + 3 * G + QG) + LB + r * (CH + G) };
   };
   const parts: string[] = [];
   let W = 0, H = 0;
-  if (lay.quadrants) {
-    for (let q = 0; q < 4; q++) {
-      const slot = lay.slots[q * 4];
+  if (q) {
+    for (let k = 0; k < 4; k++) {
+      const slot = lay.slots[k * 4];
       const p = pos(slot.col, slot.row);
-      parts.push(`<text class="qlabel" x="${p.x}" y="${p.y - 4}">Q${q + 1}</text>`);
+      parts.push(`<text class="qlabel" x="${p.x}" y="${p.y - 4}">Q${k + 1}</text>`);
     }
   }
   for (const sl of lay.slots) {
@@ -283,33 +285,29 @@ function moduleMap(m: ReportModel): string {
     W = Math.max(W, x + CW);
     H = Math.max(H, y + CH);
     const r = byModule.get(sl.module);
+    const y1 = q ? y + 19 : y + 16, y2 = q ? y + 19 : y + 32;
+    const x2 = q ? x + CW - 8 : x + 8, a2 = q ? "end" : "start";
     if (!r) {
       parts.push(
-        `<g class="cell absent" data-module="${sl.module}" data-key="map"><rect x="${x}" y="${y}" width="${CW}" height="${CH}" rx="3"/>` +
-          `<text x="${x + 8}" y="${y + 19}">M${sl.module}</text><text class="small" x="${x + CW - 8}" y="${
-            y + 19
-          }" text-anchor="end">not in this run</text></g>`,
+        `<g class="cell absent" data-module="${sl.module}" data-key="map">` +
+          `<rect x="${x}" y="${y}" width="${CW}" height="${CH}" rx="3"/><text x="${x + 8}" y="${y1}">` +
+          `M${sl.module}</text><text class="small" x="${x2}" y="${y2}" text-anchor="${a2}">not in this run</text></g>`,
       );
       continue;
     }
     const frac = r.frames > 0 ? r.litFrames / r.frames : 0;
     const textCls = Math.sqrt(frac) > 0.6 ? " inv" : "";
     parts.push(
-      `<g class="cell ${
-        r.selected ? "selected" : "unselected"
-      }${textCls}" data-module="${r.module}" data-key="map" ` +
-        `data-value="${frac}"><title>module ${r.module}: ${r.litFrames} of ${r.frames} frames lit, ` +
-        `${r.rois.length} ROIs, ${r.hotPixels.length} hot pixels, ${
+      `<g class="cell ${r.selected ? "selected" : "unselected"}${textCls}" data-module="${r.module}" ` +
+        `data-key="map" data-value="${frac}"><title>module ${r.module}: ${r.litFrames} of ${r.frames} frames ` +
+        `lit, ${r.rois.length} ROIs, ${r.hotPixels.length} hot pixels, ${
           r.selected ? "selected" : "not selected"
         }</title>` +
         `<rect x="${x}" y="${y}" width="${CW}" height="${CH}" rx="3" fill="${litColour(frac)}"/>` +
-        `<text class="mod" x="${x + 8}" y="${y + 19}">M${r.module}</text>` +
-        `<text x="${x + 84}" y="${y + 19}" text-anchor="end">${pct(frac, 0)}</text>` +
-        `<text class="small" x="${x + CW - 8}" y="${
-          y + 19
-        }" text-anchor="end">${r.rois.length} ROI · ${r.hotPixels.length} hot${
-          r.selected ? " ✓" : ""
-        }</text></g>`,
+        `<text class="mod" x="${x + 8}" y="${y1}">M${r.module}</text>` +
+        `<text x="${q ? x + 84 : x + CW - 8}" y="${y1}" text-anchor="end">${pct(frac, 0)}</text>` +
+        `<text class="small" x="${x2}" y="${y2}" text-anchor="${a2}">${r.rois.length} ROI · ` +
+        `${r.hotPixels.length} hot${r.selected ? " ✓" : ""}</text></g>`,
     );
   }
   const legendY = H + 18;
