@@ -74,12 +74,38 @@ export async function algorithmFactory(id: string): Promise<AlgorithmFactory> {
   return load();
 }
 
+/** Where the time of the parts went (seconds, summed over parts) and what they read. */
+export interface PartStats {
+  /** Waiting for the reader (the read time not hidden behind compute). */
+  readWait: number;
+  /** The pre-pass (localise: hot-pixel sample), reading included. */
+  prepass: number;
+  /** processBatch: the algorithm's compute (GPU upload, dispatch and readback included). */
+  process: number;
+  frames: number;
+  parts: number;
+}
+
+export function emptyStats(): PartStats {
+  return { readWait: 0, prepass: 0, process: 0, frames: 0, parts: 0 };
+}
+
+export function addStats(into: PartStats, s: PartStats): void {
+  into.readWait += s.readWait;
+  into.prepass += s.prepass;
+  into.process += s.process;
+  into.frames += s.frames;
+  into.parts += s.parts;
+}
+
 export interface DriverOptions {
   /** Worker threads (module groups); 1 runs in this thread (with its reader worker). */
   workers?: number;
   /** Modules of this part only (SLURM tasks); default: what the algorithm needs. */
   modules?: number[];
   progress?: (done: number, total: number) => void;
+  /** Filled with the parts' timing. */
+  stats?: PartStats;
 }
 
 /** Split modules into n contiguous groups of near-equal size (empty groups dropped). */
@@ -115,6 +141,7 @@ export async function runPart<P>(
   runPath: string,
   modules: number[] | undefined,
   progress?: (done: number, total: number) => void,
+  stats?: PartStats,
 ): Promise<P> {
   const { run, det, mine, needs } = await prepare(algo, runPath, modules);
   let reader: PrefetchReader | undefined;
@@ -132,14 +159,26 @@ export async function runPart<P>(
       },
     });
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
+    const st = emptyStats();
+    st.parts = 1;
+    let t = performance.now();
     if (algo.prepassRanges && algo.prepassBatch) {
       const ranges = algo.prepassRanges(reader.nFrames, reader.framesPerBatch);
       for await (const b of reader.batches(ranges)) await algo.prepassBatch(b);
     }
+    const now = () => performance.now();
+    st.prepass = (now() - t) / 1000;
+    t = now();
     for await (const b of reader.all()) {
+      const t1 = now();
+      st.readWait += (t1 - t) / 1000;
       await algo.processBatch(b, side ? alignSide(side, b.trainId) : {});
+      t = now();
+      st.process += (t - t1) / 1000;
+      st.frames += b.nFrames;
       progress?.(b.start + b.nFrames, reader.nFrames);
     }
+    if (stats) addStats(stats, st);
     return await algo.finalizeChunk();
   } finally {
     await reader?.close();
@@ -163,7 +202,7 @@ export async function runAlgorithm<P, R>(
     const groups = moduleGroups(mine, driver.workers ?? 1);
     let parts: P[];
     if (groups.length <= 1) {
-      parts = [await runPart(algo, runPath, mine, driver.progress)];
+      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats)];
     } else {
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);
@@ -176,8 +215,10 @@ export async function runAlgorithm<P, R>(
               done[i] = m.done;
               total[i] = m.total;
               driver.progress?.(done.reduce((a, b) => a + b, 0), total.reduce((a, b) => a + b, 0));
-            } else if (m.type === "part") return m.part;
-            else throw fromWire(m);
+            } else if (m.type === "part") {
+              if (driver.stats) addStats(driver.stats, m.stats);
+              return m.part;
+            } else throw fromWire(m);
           }
         } finally {
           await w.terminate();
@@ -192,5 +233,5 @@ export async function runAlgorithm<P, R>(
 
 export type PartMessage<P> =
   | { type: "progress"; done: number; total: number }
-  | { type: "part"; part: P }
+  | { type: "part"; part: P; stats: PartStats }
   | ({ type: "error" } & WireError);

@@ -17,7 +17,7 @@ import type { FrameBatch } from "../frames.ts";
 import { bytesPerElement } from "../h5.ts";
 import { Run } from "../run.ts";
 import type { OptionSpec } from "../cli.ts";
-import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
+import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
@@ -399,6 +399,7 @@ export async function localise(
   runPath: string,
   options: Partial<LocaliseOptions> = {},
   progress?: Progress,
+  stats?: PartStats,
 ): Promise<LocaliseResult> {
   const opt: LocaliseOptions = { ...DEFAULT_OPTIONS, ...options };
   const workers = opt.workers ?? (opt.backend === "cpu" ? await cpuCount() : 1);

@@ -1,0 +1,238 @@
+/**
+ * The benchmark suite: `npm run bench` (Node, compiled) or `npx deno run -A bench/run.ts`.
+ *
+ * Generates (or reuses) a synthetic AGIPD CORR run of about `--size-gb` GB of image data (bench/data/),
+ * then measures, each configuration in a child process of its own (so that peak memory is its own):
+ * - the raw read ceiling: every frame's data and mask read into buffers, no compute (1 reader; and one
+ *   reader per core over module groups, in parallel);
+ * - localise end to end with each backend and worker count: frames/s and GB/s, time per stage (hot-pixel
+ *   pre-pass, waiting for reads, compute, classify/ROIs, write), peak RSS.
+ * Writes bench/RESULTS.md with the machine (CPU model, cores, adapter) and the table.
+ *
+ * Options: --size-gb G (2), --out FILE (bench/RESULTS.md), --configs read1,readN,cpu1,cpuN,webgpu
+ */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
+import { evaluate } from "../fixtures/evaluate.ts";
+import { FrameReader } from "../src/frames.ts";
+import { emptyStats, moduleGroups } from "../src/framework/algorithm.ts";
+import { PrefetchReader } from "../src/framework/prefetch.ts";
+import { getGpuDevice } from "../src/gpu.ts";
+import { localise } from "../src/localise/localise.ts";
+import { writeRedu } from "../src/localise/output.ts";
+import { Run } from "../src/run.ts";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = fs.existsSync(path.join(here, "../package.json"))
+  ? path.join(here, "..")
+  : path.join(here, "../..");
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
+}
+
+interface Row {
+  config: string;
+  seconds: number;
+  frames: number;
+  moduleFrames: number;
+  bytes: number;
+  gbPerSecond: number;
+  framesPerSecond: number;
+  stages?: Record<string, number>;
+  rssMB: number;
+  backend?: string;
+  accuracy?: string;
+}
+
+const MODULES = [0, 1, 2, 3, 4, 5, 6, 7];
+const FRAMES = 32;
+
+/** Bytes per module frame as read: f32 data + u32 mask. */
+const FRAME_BYTES = 512 * 128 * 8;
+
+async function ensureRun(dir: string, sizeGb: number): Promise<void> {
+  const opts = { seed: 2026, modules: MODULES, framesPerTrain: FRAMES, trainsPerFile: 250 };
+  const perTrain = bytesPerTrain(opts);
+  const trains = Math.max(2, Math.round((sizeGb * 1e9) / perTrain));
+  const tag = JSON.stringify({ ...opts, trains });
+  const stamp = path.join(dir, "bench.json");
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, "utf8") === tag) return;
+  fs.rmSync(dir, { recursive: true, force: true });
+  console.error(`bench: generating ${trains} trains (${(trains * perTrain / 1e9).toFixed(2)} GB) in ${dir}`);
+  await makeRun(dir, { ...opts, trains });
+  fs.writeFileSync(stamp, tag);
+}
+
+async function one(config: string, dir: string): Promise<Row> {
+  const t0 = performance.now();
+  const rss = () => Math.round(process.resourceUsage().maxRSS / 1024);
+  if (config === "read1") {
+    const run = await Run.open(dir);
+    const reader = new FrameReader(run.detector(), { mask: true, batchBytes: 32 * 2 ** 20 });
+    let frames = 0;
+    for (const b of reader.batches()) frames += b.nFrames;
+    run.close();
+    const s = (performance.now() - t0) / 1000;
+    const mf = frames * MODULES.length;
+    return row(config, s, frames, mf, mf * FRAME_BYTES, rss());
+  }
+  if (config === "readN") {
+    const groups = moduleGroups(MODULES, os.availableParallelism());
+    const counts = await Promise.all(groups.map(async (g) => {
+      const pf = await PrefetchReader.open({
+        runPath: dir,
+        options: { modules: g, mask: true, batchBytes: 32 * 2 ** 20 },
+      });
+      let n = 0;
+      for await (const b of pf.all()) n += b.nFrames * g.length;
+      await pf.close();
+      return [pf.nFrames, n];
+    }));
+    const s = (performance.now() - t0) / 1000;
+    const mf = counts.reduce((a, c) => a + c[1], 0);
+    return row(`read, ${groups.length} readers`, s, counts[0][0], mf, mf * FRAME_BYTES, rss());
+  }
+  const backend = config.startsWith("webgpu") ? "webgpu" : "cpu";
+  const workers = config.endsWith("N") ? os.availableParallelism() : 1;
+  const stats = emptyStats();
+  const r = await localise(dir, { backend, workers }, undefined, stats);
+  const tw = performance.now();
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "bench-redu-"));
+  await writeRedu(r, out, r.runFiles);
+  fs.rmSync(out, { recursive: true, force: true });
+  const write = (performance.now() - tw) / 1000;
+  const s = (performance.now() - t0) / 1000;
+  const e = evaluate(r, path.join(dir, "truth.json"));
+  const moduleFrames = r.modules.reduce((a, m) => a + m.frames, 0);
+  const per = (x: number) => x / Math.max(1, stats.parts); // per part: parts run side by side
+  return {
+    ...row(
+      `localise ${backend}, ${workers} worker${workers > 1 ? "s" : ""}`,
+      s,
+      r.frames,
+      moduleFrames,
+      r.timing.bytesRead,
+      rss(),
+    ),
+    backend: `${r.backend.name} (${r.backend.adapter})`,
+    stages: {
+      "hot-pixel pre-pass": per(stats.prepass),
+      "waiting for reads": per(stats.readWait),
+      "compute (stages 1, 3, 4)": per(stats.process),
+      "classify, ROIs, merge": Math.max(
+        0,
+        r.timing.seconds - per(stats.prepass + stats.readWait + stats.process),
+      ),
+      "write REDU": write,
+    },
+    accuracy: `lit recall ${e.litRecall.toFixed(3)}, precision ${e.litPrecision.toFixed(3)}; ` +
+      `spot recall ${e.spotRecall.toFixed(3)}, peak precision ${e.peakPrecision.toFixed(3)}`,
+  };
+}
+
+function row(
+  config: string,
+  s: number,
+  frames: number,
+  moduleFrames: number,
+  bytes: number,
+  rssMB: number,
+): Row {
+  return {
+    config,
+    seconds: s,
+    frames,
+    moduleFrames,
+    bytes,
+    gbPerSecond: bytes / s / 1e9,
+    framesPerSecond: frames / s,
+    rssMB,
+  };
+}
+
+async function main(): Promise<void> {
+  const dir = path.join(root, "bench/data/agipd-corr");
+  const only = arg("one", "");
+  if (only) {
+    console.log(JSON.stringify(await one(only, dir)));
+    return;
+  }
+  const sizeGb = Number(arg("size-gb", "2"));
+  await ensureRun(dir, sizeGb);
+  const gpu = await getGpuDevice().catch(() => undefined);
+  const configs = arg("configs", `read1,readN,cpu1,cpuN${gpu ? ",webgpu1" : ""}`).split(",");
+  const rows: Row[] = [];
+  for (const c of configs) {
+    const self = fileURLToPath(import.meta.url);
+    const deno = (globalThis as { Deno?: { execPath(): string } }).Deno;
+    const cmd = deno ? [deno.execPath(), "run", "-A", self] : [process.execPath, self];
+    const r = spawnSync(cmd[0], [...cmd.slice(1), "--one", c], { encoding: "utf8", maxBuffer: 1 << 26 });
+    if (r.status !== 0) {
+      console.error(`bench: ${c} failed:\n${r.stderr}`);
+      continue;
+    }
+    const res = JSON.parse(r.stdout.trim().split("\n").pop()!) as Row;
+    rows.push(res);
+    console.error(
+      `bench: ${res.config}: ${res.seconds.toFixed(2)} s, ${res.gbPerSecond.toFixed(2)} GB/s, ` +
+        `${res.framesPerSecond.toFixed(0)} frames/s, RSS ${res.rssMB} MB`,
+    );
+  }
+  const size = fs.readdirSync(dir).filter((f) => f.endsWith(".h5")).reduce(
+    (a, f) => a + fs.statSync(path.join(dir, f)).size,
+    0,
+  );
+  const ceiling = Math.max(...rows.filter((r) => r.config.startsWith("read")).map((r) => r.gbPerSecond));
+  const lines = [
+    "# Benchmarks",
+    "",
+    `Measured ${new Date().toISOString().slice(0, 16)}Z by \`npm run bench\` (${
+      process.versions.node ? `Node ${process.versions.node}` : "Deno"
+    }).`,
+    "",
+    `- Machine: ${os.cpus()[0]?.model ?? "?"}, ${os.availableParallelism()} cores, ${
+      (os.totalmem() / 2 ** 30).toFixed(0)
+    } GiB`,
+    `- WebGPU adapter: ${gpu ? `${gpu.adapterName}${gpu.software ? " (software)" : ""}` : "none"}`,
+    `- Run: synthetic AGIPD CORR, ${MODULES.length} modules, ${FRAMES} frames per train, ` +
+    `${rows[0]?.frames ?? "?"} frames, ${
+      (size / 1e9).toFixed(2)
+    } GB on disk (data f32, mask u32 gzip, gain u8)`,
+    "- GB/s: bytes read per second as decoded (image data f32 + mask u32 of every module frame, the",
+    "  hot-pixel sample included for localise); frames/s: aligned detector frames (all modules) per second.",
+    "",
+    "| configuration | seconds | GB/s | frames/s | vs read ceiling | peak RSS (MB) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ...rows.map((r) =>
+      `| ${r.config} | ${r.seconds.toFixed(2)} | ${r.gbPerSecond.toFixed(2)} | ${
+        r.framesPerSecond.toFixed(0)
+      } | ` +
+      `${(r.gbPerSecond / ceiling).toFixed(2)}x | ${r.rssMB} |`
+    ),
+    "",
+    "Time per stage (seconds, per worker: workers run side by side):",
+    "",
+    "| configuration | " + Object.keys(rows.find((r) => r.stages)?.stages ?? {}).join(" | ") +
+    " | backend | accuracy |",
+    "| --- | " + Object.keys(rows.find((r) => r.stages)?.stages ?? {}).map(() => "---:").join(" | ") +
+    " | --- | --- |",
+    ...rows.filter((r) => r.stages).map((r) =>
+      `| ${r.config} | ${
+        Object.values(r.stages!).map((v) => v.toFixed(2)).join(" | ")
+      } | ${r.backend} | ${r.accuracy} |`
+    ),
+    "",
+  ];
+  const outFile = arg("out", path.join(root, "bench/RESULTS.md"));
+  fs.writeFileSync(outFile, lines.join("\n"));
+  console.error(`bench: wrote ${outFile}`);
+}
+
+await main();
