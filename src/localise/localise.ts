@@ -407,10 +407,7 @@ export async function localise(
     "localise",
     runPath,
     opt as unknown as Record<string, unknown>,
-    {
-      workers,
-      progress,
-    },
+    { workers, progress, stats },
   );
 }
 
