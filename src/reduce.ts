@@ -33,7 +33,15 @@ import * as path from "node:path";
 import process from "node:process";
 import type { Command, OptionSpec } from "./cli.ts";
 import { EXIT, InputError } from "./errors.ts";
-import { ensureGroup, firstLine, type H5, h5, type H5File, type H5Group, readAll } from "./h5.ts";
+import {
+  type CompressionRecord,
+  Compressor,
+  type CompressorOptions,
+  formatCompression,
+  parseCompress,
+  type RowsHook,
+} from "./compress/compressor.ts";
+import { ensureGroup, firstLine, type H5, h5, type H5File, type H5Group, openH5, readAll } from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
 import { track } from "./writer-files.ts";
 
@@ -50,6 +58,16 @@ export interface ReduceOptions {
   sliceBytes?: number;
   /** Called as files and datasets are done; may return a promise (awaited). */
   progress?: (ev: ReduceProgress) => void | Promise<void>;
+  /**
+   * Compress the detector datasets (docs/compression.md): "lossless:<filter>", "round:<m>[,<p>]" or
+   * "sz:<error bound>".
+   */
+  compress?: string;
+  /** The lossless stage of round and sz (default zstd). */
+  compressFilter?: string;
+  /** Backend of the SZ integer stage (default auto) and the quality sample size. */
+  compressBackend?: CompressorOptions["backend"];
+  qualityFrames?: number;
 }
 
 export interface ReduceProgress {
@@ -100,6 +118,8 @@ export interface ReductionRecord {
   files: FileReduction[];
   notes: string[];
   seconds: number;
+  /** With `compress`: ratio, quality and speed of the compressed datasets. */
+  compression?: CompressionRecord;
 }
 
 type Box = [number, number, number, number];
@@ -466,7 +486,11 @@ class Copier {
     }
   }
 
-  /** Copy rows `rows` (ascending; null: the whole of a scalar dataset) of src:p into dst:q. */
+  /**
+   * Copy rows `rows` (ascending; null: the whole of a scalar dataset) of src:p into dst:q. With a
+   * compression hook: written chunked (the source's chunks, else one row per chunk) with the hook's filter,
+   * each block of rows passed through the hook before it is written.
+   */
   copyRows(
     src: H5File,
     dst: H5File,
@@ -474,6 +498,7 @@ class Copier {
     q: string,
     rows: Int32Array | null,
     m: Meta = this.meta(src, p),
+    hook?: RowsHook,
   ): void {
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
@@ -496,8 +521,9 @@ class Copier {
     const zeros = entry.map(() => 0);
     const rowBytes = prod(entry) * m.size;
     const K = rows.length;
-    const filter = this.filterOf(src, p);
+    const filter = hook ? hook.filter : this.filterOf(src, p);
     let chunks = m.chunks ? [...m.chunks] : null;
+    if (!chunks && hook) chunks = [1, ...entry];
     if (!chunks && K * rowBytes > 2 * this.sliceBytes) {
       chunks = [1, ...entry];
       this.notes.add(`${p}: contiguous in the source, written chunked (one entry per chunk)`);
@@ -518,7 +544,7 @@ class Copier {
     this.create(dst, q, this.buffer(8), this.writeMeta(m, [0, ...entry], [max0, ...entry], chunks, filter));
     if (K === 0) return;
     this.resize(dst, q, [K, ...entry]);
-    const sink = new Sink(this, dst, q, entry, rowBytes, chunks[0], this.sliceBytes);
+    const sink = new Sink(this, dst, q, entry, rowBytes, chunks[0], this.sliceBytes, hook);
     try {
       this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (ptr, n) => sink.append(ptr, n));
       sink.flush();
@@ -529,9 +555,18 @@ class Copier {
 
   /**
    * Per box k, rows `rows` of src:p cropped to the box (last two axes) into dst:names[k], chunked (the
-   * source's chunk shape clipped to the box), with the source's filter. Frames are read once for all boxes.
+   * source's chunk shape clipped to the box), with the source's filter (or the compression hook's, the
+   * hook seeing each block of rows before it is written). Frames are read once for all boxes.
    */
-  copyRois(src: H5File, dst: H5File, p: string, rows: Int32Array, boxes: Box[], names: string[]): void {
+  copyRois(
+    src: H5File,
+    dst: H5File,
+    p: string,
+    rows: Int32Array,
+    boxes: Box[],
+    names: string[],
+    hook?: RowsHook,
+  ): void {
     const m = this.meta(src, p);
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
@@ -542,7 +577,7 @@ class Copier {
     const E = m.size;
     const rowBytes = prod(entry) * E;
     const K = rows.length;
-    const filter = this.filterOf(src, p);
+    const filter = hook ? hook.filter : this.filterOf(src, p);
     const outEntries = boxes.map((b) => [...mid, b[2] - b[0], b[3] - b[1]]);
     const chunk0s: number[] = [];
     boxes.forEach((_b, i) => {
@@ -562,7 +597,7 @@ class Copier {
     if (K === 0 || !boxes.length) return;
     const per = Math.max(1, Math.floor(this.sliceBytes / boxes.length));
     const sinks = boxes.map((_b, i) =>
-      new Sink(this, dst, names[i], outEntries[i], prod(outEntries[i]) * E, chunk0s[i], per)
+      new Sink(this, dst, names[i], outEntries[i], prod(outEntries[i]) * E, chunk0s[i], per, hook)
     );
     try {
       this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (inPtr, n) => {
@@ -682,6 +717,7 @@ class Sink {
     private readonly rowBytes: number,
     chunk0: number,
     maxBytes: number,
+    private readonly hook?: RowsHook,
   ) {
     const c = Math.max(1, chunk0);
     this.cap = c * Math.max(1, Math.floor(maxBytes / Math.max(1, rowBytes * c)));
@@ -711,6 +747,16 @@ class Sink {
 
   flush(): void {
     if (!this.fill) return;
+    if (this.hook) {
+      const t0 = performance.now();
+      this.hook.beforeWrite?.(this.cp.heap, this.ptr, this.fill, this.rowBytes);
+      this.cp.writeRows(this.dst, this.q, this.entry, this.k, this.fill, this.ptr);
+      this.hook.stats.seconds += (performance.now() - t0) / 1000;
+      this.hook.stats.bytes += this.fill * this.rowBytes;
+      this.k += this.fill;
+      this.fill = 0;
+      return;
+    }
     this.cp.writeRows(this.dst, this.q, this.entry, this.k, this.fill, this.ptr);
     this.k += this.fill;
     this.fill = 0;
@@ -862,6 +908,9 @@ function datasetsUnder(f: H5File, g: string): string[] {
   return out;
 }
 
+/** A dataset written another way than the plain copy (by the walk below); may be async. */
+type Special = () => void | Promise<void>;
+
 async function reduceFile(
   cp: Copier,
   src: RunFile,
@@ -870,6 +919,7 @@ async function reduceFile(
   roi: boolean,
   tmpPath: string,
   progress: ReduceOptions["progress"],
+  compressor?: Compressor,
 ): Promise<void> {
   const lib = cp.h5lib;
   const s = src.h5;
@@ -877,7 +927,7 @@ async function reduceFile(
   if (!dst.file_id || dst.file_id < 0n) throw new Error(`cannot create ${tmpPath}`);
   try {
     // Per-frame datasets and index rewrites.
-    const special = new Map<string, () => void>();
+    const special = new Map<string, Special>();
     const imageShape = det.imageShape;
     for (const pl of plans) {
       const g = pl.mf.groupPath;
@@ -889,12 +939,30 @@ async function reduceFile(
         }
         const imageLike = shape.length >= 3 &&
           shape[shape.length - 2] === imageShape[0] && shape[shape.length - 1] === imageShape[1];
-        if (roi && imageLike) {
-          const k = p.lastIndexOf("/");
-          const parent = p.slice(0, k), name = p.slice(k + 1);
-          special.set(p, () => {
-            const names = pl.boxes.map((_, i) => `${parent}/roi${i}/${name}`);
-            cp.copyRois(s, dst, p, pl.kept, pl.boxes, names);
+        // Compression (docs/compression.md): image-shaped per-frame datasets.
+        const m = imageLike && compressor ? cp.meta(s, p) : null;
+        const k = p.lastIndexOf("/");
+        const parent = p.slice(0, k), name = p.slice(k + 1);
+        const names = roi && imageLike ? pl.boxes.map((_, i) => `${parent}/roi${i}/${name}`) : [p];
+        const ce = m && compressor
+          ? compressor.begin(
+            pl.module,
+            src.name,
+            p,
+            g,
+            { type: m.type, size: m.size, signed: m.signed, shape: m.shape ?? [] },
+            pl.kept,
+            roi ? names.map((q, i) => ({ path: q, box: pl.boxes[i] })) : [{ path: p }],
+          )
+          : null;
+        if (ce && compressor && ce.kind === "sz") {
+          special.set(
+            p,
+            () => compressor.measureWrite(ce, dst, tmpPath, () => compressor.writeSz(ce, s, dst)),
+          );
+        } else if (roi && imageLike) {
+          const copy = () => {
+            cp.copyRois(s, dst, p, pl.kept, pl.boxes, names, ce?.hook);
             pl.boxes.forEach((box, i) => {
               const boxArr = Int32Array.from(box);
               for (const q of [names[i], `${parent}/roi${i}`]) {
@@ -905,7 +973,19 @@ async function reduceFile(
                 if (!("box" in e.attrs)) e.create_attribute("box", boxArr, [4], "<i");
               }
             });
-          });
+          };
+          special.set(p, ce && compressor ? () => compressor.measureWrite(ce, dst, tmpPath, copy) : copy);
+        } else if (ce && compressor) {
+          special.set(
+            p,
+            () =>
+              compressor.measureWrite(
+                ce,
+                dst,
+                tmpPath,
+                () => cp.copyRows(s, dst, p, p, pl.kept, m!, ce.hook),
+              ),
+          );
         } else {
           special.set(p, () => cp.copyRows(s, dst, p, p, pl.kept));
         }
@@ -938,7 +1018,23 @@ async function reduceFile(
       put("status", (i) => (pl.counts[i] > 0 ? 1 : 0));
     }
 
-    // Walk the whole file.
+    cp.copyAttrs(s, dst, "");
+    await walkCopy(cp, s, dst, src.name, special, progress);
+  } finally {
+    dst.close();
+  }
+}
+
+/** Copy every group, dataset, link and attribute of s into dst; `special` datasets are written by their function. */
+async function walkCopy(
+  cp: Copier,
+  s: H5File,
+  dst: H5File,
+  srcName: string,
+  special: Map<string, Special>,
+  progress: ReduceOptions["progress"],
+): Promise<void> {
+  {
     const walk = async (g: string) => {
       const grp = (g ? s.get(g) : s) as unknown as H5Group;
       for (const name of grp.keys()) {
@@ -959,8 +1055,8 @@ async function reduceFile(
         } else if (e.type === "Dataset") {
           const sp = special.get(p);
           if (sp) {
-            sp();
-            await progress?.({ file: src.name, phase: "dataset", dataset: p });
+            await sp();
+            await progress?.({ file: srcName, phase: "dataset", dataset: p });
           } else cp.copyWhole(s, dst, p);
           if (dst.get(p)) cp.copyAttrs(s, dst, p);
         } else if (e.type === "ExternalLink") {
@@ -968,14 +1064,72 @@ async function reduceFile(
           const parent = k > 0 ? ensureGroup(dst, p.slice(0, k)) : (dst as unknown as H5Group);
           parent.create_external_link(e.filename!, e.obj_path!, p.slice(k + 1));
         } else {
-          cp.notes.add(`${p}: ${e.type} not copied (${src.name})`);
+          cp.notes.add(`${p}: ${e.type} not copied (${srcName})`);
         }
       }
     };
-    cp.copyAttrs(s, dst, "");
     await walk("");
+  }
+}
+
+/** What `rewriteFile` does with a dataset: the plain copy (undefined), leave it out, or write it another way. */
+export type RewriteAction = undefined | "skip" | ((dst: H5File) => void | Promise<void>);
+
+/**
+ * Copy one HDF5 file as `reduce` copies files (groups, datasets with their chunking and deflate filter,
+ * soft and external links, attributes; other filters are replaced by deflate level 1 and noted), with
+ * `decide(path)` choosing per dataset. Writes dstPath under a temporary name, renamed when complete.
+ * Returns the notes. Used by `decompress` (src/compress/decompress.ts).
+ */
+export async function rewriteFile(
+  srcPath: string,
+  dstPath: string,
+  decide: (p: string, src: H5File) => RewriteAction,
+  opts: { sliceBytes?: number } = {},
+): Promise<string[]> {
+  const lib = await h5();
+  const mod = (await lib.ready) as unknown as Mod;
+  const s = await openH5(srcPath);
+  const tmp = path.join(path.dirname(dstPath), `.${path.basename(dstPath)}.tmp-${process.pid}`);
+  const cp = new Copier(lib, mod, opts.sliceBytes ?? 32 * 2 ** 20);
+  let dst: H5File | undefined;
+  try {
+    dst = new lib.File(tmp, "w");
+    if (!dst.file_id || dst.file_id < 0n) throw new Error(`cannot create ${tmp}`);
+    const d = dst;
+    const special = new Map<string, Special>();
+    const rec = (g: string) => {
+      const grp = (g ? s.get(g) : s) as unknown as H5Group;
+      for (const name of grp.keys()) {
+        const p = g ? `${g}/${name}` : name;
+        if (linkTarget(s, p)) continue;
+        const e = s.get(p) as unknown as { type?: string } | null;
+        if (e?.type === "Group") rec(p);
+        else if (e?.type === "Dataset") {
+          const a = decide(p, s);
+          if (a === "skip") special.set(p, () => {});
+          else if (a) special.set(p, () => a(d));
+        }
+      }
+    };
+    rec("");
+    cp.copyAttrs(s, d, "");
+    await walkCopy(cp, s, d, path.basename(srcPath), special, undefined);
+    d.close();
+    dst = undefined;
+    fs.renameSync(tmp, dstPath);
+    return [...cp.notes];
+  } catch (e) {
+    try {
+      dst?.close();
+    } catch {
+      // already failing
+    }
+    fs.rmSync(tmp, { force: true });
+    throw e;
   } finally {
-    dst.close();
+    cp.dispose();
+    s.close();
   }
 }
 
@@ -1035,6 +1189,16 @@ export async function reduce(
     );
   }
   if (fs.existsSync(out) && !opts.force) throw new InputError(out, "exists; use --force to replace it");
+  const method = opts.compress !== undefined
+    ? parseCompress(opts.compress, opts.compressFilter)
+    : opts.compressFilter !== undefined
+    ? (() => {
+      throw new InputError(undefined, "--compress-filter needs --compress round:... or sz:...");
+    })()
+    : undefined;
+  if (method?.kind === "sz" && opts.roi) {
+    throw new InputError(undefined, "--compress sz: is not supported with --roi (use round: or lossless:)");
+  }
 
   const { selection, summary, detector: detName } = await readLocaliseOutput(fromAbs);
   if (opts.roi && !summary.modules) {
@@ -1060,7 +1224,14 @@ export async function reduce(
     },
   };
   const cp = new Copier(lib, mod, opts.sliceBytes ?? 32 * 2 ** 20);
+  let compressor: Compressor | undefined;
   try {
+    if (method) {
+      compressor = await Compressor.create(method, {
+        backend: opts.compressBackend,
+        qualityFrames: opts.qualityFrames,
+      });
+    }
     const det = detName && run.detectors.some((d) => d.name === detName)
       ? run.detector(detName)
       : run.detector(undefined);
@@ -1124,8 +1295,9 @@ export async function reduce(
           const { kept, counts } = planModule(det, mf, selection, keepDark, st);
           return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
         });
-        await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress);
+        await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress, compressor);
         fs.renameSync(tmp, final);
+        await compressor?.measure(f.h5, final);
         files.push({ name: f.name, action: "reduced", bytesIn, bytesOut: fileSize(final) });
       }
       await opts.progress?.({ file: f.name, phase: "done" });
@@ -1155,6 +1327,7 @@ export async function reduce(
       notes,
       seconds: (performance.now() - t0) / 1000,
     };
+    if (compressor) record.compression = compressor.record();
     fs.writeFileSync(path.join(tmpDir, "reduction.json"), JSON.stringify(record, null, 2) + "\n");
     if (fs.existsSync(out)) fs.rmSync(out, { recursive: true, force: true });
     fs.renameSync(tmpDir, out);
@@ -1165,6 +1338,7 @@ export async function reduce(
   } finally {
     track(cleanup, false);
     cp.dispose();
+    compressor?.dispose();
     run.close();
   }
 }
@@ -1192,6 +1366,7 @@ export function formatReduction(r: ReductionRecord): string {
     );
   }
   for (const n of r.notes) lines.push(`note: ${n}`);
+  if (r.compression) lines.push(formatCompression(r.compression));
   lines.push(`written: ${r.out} (reduction.json)`);
   return lines.join("\n");
 }
@@ -1203,6 +1378,19 @@ export const REDUCE_OPTIONS: OptionSpec[] = [
   { name: "modules", value: "string", default: "all", help: "all | selected (leave out unselected modules)" },
   { name: "roi", help: "keep only each module's ROI boxes (one dataset per ROI)" },
   { name: "keep-dark", value: "number", default: 0, help: "keep every Nth dark frame (0: none)" },
+  {
+    name: "compress",
+    value: "string",
+    help: "compress detector datasets: lossless:<filter> | round:<m>[,<p>] | sz:<abs error bound>",
+  },
+  { name: "compress-filter", value: "string", help: "lossless stage of round: and sz: [zstd]" },
+  {
+    name: "compress-backend",
+    value: "string",
+    default: "auto",
+    help: "sz integer stage: auto | cpu | webgpu",
+  },
+  { name: "quality-frames", value: "number", default: 8, help: "frames per module file sampled for quality" },
 ];
 
 export const reduceCommand: Command = {
@@ -1220,6 +1408,10 @@ export const reduceCommand: Command = {
       roi: !!o.roi,
       keepDark: o.keepDark,
       force: !!o.force,
+      compress: o.compress,
+      compressFilter: o.compressFilter,
+      compressBackend: o.compressBackend,
+      qualityFrames: o.qualityFrames,
     });
     console.log(o.json ? JSON.stringify(r, null, 2) : formatReduction(r));
     return EXIT.ok;
