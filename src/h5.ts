@@ -86,6 +86,11 @@ export function firstLine(e: unknown): string {
   return minors.length ? minors[minors.length - 1] : msg.split("\n")[0];
 }
 
+/** Size of h5wasm's WebAssembly heap (it grows, never shrinks, and is capped at 2 GiB). */
+export function wasmHeapBytes(): number {
+  return wasm ? wasm.HEAPU8.length : 0;
+}
+
 /** Create every missing group along `path` (h5wasm's create_group makes one level only). */
 export function ensureGroup(root: H5Group, path: string): H5Group {
   let g = root;
