@@ -372,10 +372,21 @@ ROI area: the module's pixels inside its ROI boxes. ${
 <div class="two">${moduleMap(m)}${moduleTable(m)}</div></section>`;
 }
 
-function histogramPlot(h: Histogram): string {
-  const W = 640, H = 270, L = 56, R = 16, T = 28, B = 44, Z = 28, ZG = 10;
+const QUANTITY: Record<Histogram["quantity"], string> = {
+  filteredLit: "filtered lit pixels per ASIC (noise filter survivors)",
+  asicFraction: "lit fraction of the ASIC (lit / valid pixels)",
+  frameFraction: "lit fraction of the frame (lit / valid pixels, all modules)",
+};
+
+function fracLabel(v: number): string {
+  return v >= 0.01 ? String(v) : `1e${Math.round(Math.log10(v))}`;
+}
+
+function histogramPlot(h: Histogram, id: string, W = 600): string {
+  const H = 270, L = 56, R = 16, T = 28, B = 44, Z = 28, ZG = 10;
   const pw = W - L - R, ph = H - T - B;
   const e = h.edges;
+  const counts = h.quantity === "filteredLit";
   const lx0 = Math.log10(e[0]), lx1 = Math.log10(e[e.length - 1]);
   const x = (v: number) => L + Z + ZG + ((Math.log10(v) - lx0) / (lx1 - lx0)) * (pw - Z - ZG);
   const max = Math.max(1, h.zero.lit, h.zero.dark, ...h.lit, ...h.dark);
@@ -396,20 +407,19 @@ function histogramPlot(h: Histogram): string {
       out.push(
         `<rect class="${cls}" x="${L + 2}" y="${f1(y(zero))}" width="${Z - 4}" height="${
           f1(y(1) - y(zero))
-        }"/>`,
+        }">` +
+          `<title>0: ${zero} ${h.unit}</title></rect>`,
       );
     }
     series.forEach((c, k) => {
       if (c <= 0) return;
       const x0 = x(e[k]), x1 = x(e[k + 1]);
+      const range = counts
+        ? `${e[k]}${e[k + 1] - e[k] > 1 ? `–${e[k + 1] - 1}` : ""}`
+        : `${e[k].toPrecision(2)}–${e[k + 1].toPrecision(2)}`;
       out.push(
-        `<rect class="${cls}" x="${f1(x0)}" y="${f1(y(c))}" width="${
-          f1(Math.max(1, x1 - x0 - 0.5))
-        }" height="${f1(Math.max(0.5, y(1) - y(c)))}"><title>${
-          h.mode === "peaks"
-            ? `${e[k]}${e[k + 1] - e[k] > 1 ? `–${e[k + 1] - 1}` : ""}`
-            : `${e[k].toPrecision(2)}–${e[k + 1].toPrecision(2)}`
-        }: ${c} ASICs</title></rect>`,
+        `<rect class="${cls}" x="${f1(x0)}" y="${f1(y(c))}" width="${f1(Math.max(1, x1 - x0 - 0.5))}" ` +
+          `height="${f1(Math.max(0.5, y(1) - y(c)))}"><title>${range}: ${c} ${h.unit}</title></rect>`,
       );
     });
     return out.join("");
@@ -420,45 +430,48 @@ function histogramPlot(h: Histogram): string {
     `<line class="axis" x1="${L}" x2="${W - R}" y1="${T + ph}" y2="${T + ph}"/>` +
       `<text class="tick" x="${L + Z / 2}" y="${T + ph + 15}" text-anchor="middle">0</text>`,
   );
+  const step = lx1 - lx0 > 5 ? 2 : 1;
   for (let d = Math.ceil(lx0); d <= Math.floor(lx1); d++) {
+    if ((Math.floor(lx1) - d) % step) continue;
     const xv = x(10 ** d);
-    const label = h.mode === "peaks" ? String(10 ** d) : d >= -2 ? String(10 ** d) : `1e${d}`;
     parts.push(
       `<line class="axis" x1="${f1(xv)}" x2="${f1(xv)}" y1="${T + ph}" y2="${T + ph + 4}"/>` +
-        `<text class="tick" x="${f1(xv)}" y="${T + ph + 15}" text-anchor="middle">${label}</text>`,
+        `<text class="tick" x="${f1(xv)}" y="${T + ph + 15}" text-anchor="middle">${
+          counts ? String(10 ** d) : fracLabel(10 ** d)
+        }</text>`,
     );
   }
-  const xl = h.mode === "peaks"
-    ? "filtered lit pixels per ASIC (noise filter survivors)"
-    : "lit fraction of the ASIC (lit / valid pixels)";
-  parts.push(`<text class="axlabel" x="${L + pw / 2}" y="${H - 6}" text-anchor="middle">${xl}</text>`);
   parts.push(
-    `<text class="axlabel" transform="translate(14 ${
-      T + ph / 2
-    }) rotate(-90)" text-anchor="middle">ASICs</text>`,
+    `<text class="axlabel" x="${L + pw / 2}" y="${H - 6}" text-anchor="middle">${
+      QUANTITY[h.quantity]
+    }</text>` +
+      `<text class="axlabel" transform="translate(14 ${
+        T + ph / 2
+      }) rotate(-90)" text-anchor="middle">${h.unit}</text>`,
   );
   if (Number.isFinite(h.threshold) && h.threshold > 0) {
-    const tv = Math.min(Math.max(h.threshold, e[0]), e[e.length - 1]);
-    const tx = x(tv);
-    const label = h.mode === "peaks"
-      ? `minLit = ${h.threshold}`
-      : `threshold = ${h.threshold.toPrecision(3)}`;
+    const tx = x(Math.min(Math.max(h.threshold, e[0]), e[e.length - 1]));
+    const label = counts ? `minLit = ${h.threshold}` : `threshold = ${h.threshold.toPrecision(3)}`;
+    const right = tx < L + pw * 0.75;
     parts.push(
-      `<line id="hist-threshold" class="threshold" x1="${f1(tx)}" x2="${f1(tx)}" y1="${T - 6}" y2="${
+      `<line id="${id}-threshold" class="threshold" x1="${f1(tx)}" x2="${f1(tx)}" y1="${T - 6}" y2="${
         T + ph
       }" ` +
-        `data-value="${h.threshold}"/><text class="thlabel" x="${f1(tx + 4)}" y="${T - 10}">${label}</text>`,
+        `data-value="${h.threshold}"/><text class="thlabel" x="${f1(right ? tx + 4 : tx - 4)}" y="${
+          T - 10
+        }" ` +
+        `text-anchor="${right ? "start" : "end"}">${label}</text>`,
     );
   }
   parts.push(
     `<rect x="${W - R - 190}" y="${T}" width="10" height="10" class="hdark"/><text class="small" x="${
       W - R - 176
-    }" y="${T + 9}">dark frames: ${int(h.total.dark)} ASICs</text>` +
+    }" y="${T + 9}">dark frames: ${int(h.total.dark)} ${h.unit}</text>` +
       `<rect x="${W - R - 190}" y="${T + 16}" width="10" height="10" class="hlit"/><text class="small" x="${
         W - R - 176
-      }" y="${T + 25}">lit frames: ${int(h.total.lit)} ASICs</text>`,
+      }" y="${T + 25}">lit frames: ${int(h.total.lit)} ${h.unit}</text>`,
   );
-  return `<svg id="hist-plot" class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${
+  return `<svg id="${id}" class="plot" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${
     parts.join("")
   }</svg>`;
 }
@@ -466,26 +479,38 @@ function histogramPlot(h: Histogram): string {
 function classifierSection(m: ReportModel): string {
   const h = m.hist;
   const p = m.summary.params;
-  const text = h.mode === "peaks"
-    ? `<p>Classifier <b>peaks</b>: an ASIC is lit when it holds a peak or has at least <b>minLit = ${p.minLit}</b> ` +
-      `filtered lit pixels; a frame is lit when any ASIC is${
-        p.litFrom && p.litFrom !== "images" ? ` (combined with the beam: --lit-from ${esc(p.litFrom)})` : ""
-      }.</p><ul class="small"><li>lit frames: ${int(h.above.lit)} of ${int(h.total.lit)} ASICs (${
+  const beam = p.litFrom && p.litFrom !== "images"
+    ? ` Lit frames are combined with the beam annotation (--lit-from ${esc(p.litFrom)}).`
+    : "";
+  let text: string;
+  if (h.quantity === "filteredLit") {
+    text =
+      `<p>Classifier <b>peaks</b>: an ASIC is lit when it holds a peak or has at least <b>minLit = ${p.minLit}` +
+      `</b> filtered lit pixels; a frame is lit when any ASIC is.${beam}</p><ul class="small">` +
+      `<li>lit frames: ${int(h.above.lit)} of ${int(h.total.lit)} ASICs (${
         pct(h.above.lit / h.total.lit)
       }) at or above minLit</li><li>dark frames: ${int(h.above.dark)} of ${int(h.total.dark)} ASICs (${
         pct(h.above.dark / h.total.dark, 3)
-      }) at or above minLit</li></ul>`
-    : `<p>Classifier <b>adaptive</b>: a frame is lit when its lit fraction exceeds median + ${p.snr} × IQR / 1.349 ` +
-      `over the run (<b>${
+      }) at or above minLit</li></ul>`;
+  } else {
+    const sh = m.scoreHist!;
+    text =
+      `<p>Classifier <b>adaptive</b>: a frame is lit when its lit fraction exceeds median + ${p.snr} × IQR / ` +
+      `1.349 over the run (<b>${
         Number.isFinite(h.threshold) ? h.threshold.toPrecision(3) : "–"
-      }</b>); its ASICs are ` +
-      `lit above the same fraction.</p>`;
-  return `<section id="classifier"><h2>Classifier</h2><div class="two">${
-    histogramPlot(h)
-  }<div class="explain">${text}
-<p class="small muted">Per ASIC of every recorded module frame (ASICs without valid pixels left out); lit and dark
-frames as classified. Log scales; ASICs at 0 in the left slot. A clean run shows the dark-frame ASICs left of
-the threshold and the lit ones spread to the right.</p></div></div></section>`;
+      }</b>); the ASICs ` +
+      `of a lit frame are lit above the same fraction (or when they hold a peak).${beam}</p><ul class="small">` +
+      `<li>lit frames: ${int(sh.above.lit)} of ${int(sh.total.lit)} above the threshold</li>` +
+      `<li>dark frames: ${int(sh.above.dark)} of ${int(sh.total.dark)} above the threshold</li></ul>`;
+  }
+  const plots = m.scoreHist
+    ? histogramPlot(h, "hist-plot", 540) + histogramPlot(m.scoreHist, "score-plot", 540)
+    : histogramPlot(h, "hist-plot");
+  return `<section id="classifier"><h2>Classifier</h2><div class="two">${plots}<div class="explain">${text}
+<p class="small muted">Per ASIC of every recorded module frame (ASICs without valid pixels left out)${
+    m.scoreHist ? "; right: per frame" : ""
+  }; lit and dark frames as classified. Log scales; zeros in the left slot. A clean run shows the dark frames
+left of the threshold and the lit ones spread to the right.</p></div></div></section>`;
 }
 
 function frameCard(m: ReportModel, s: SampleFrame): string {

@@ -21,6 +21,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
+import process from "node:process";
 import type { Command, OptionSpec } from "./cli.ts";
 import { DETECTOR_TYPES, type DetectorType, type Geometry, geometry } from "./detectors.ts";
 import { EXIT, InputError } from "./errors.ts";
@@ -82,17 +83,21 @@ export interface TrainPoints {
 }
 
 export interface Histogram {
-  /** peaks: filtered lit pixels per ASIC (a count); adaptive: lit fraction of the ASIC. */
-  mode: "peaks" | "adaptive";
+  /** filteredLit: filtered lit pixels per ASIC (peaks mode); asicFraction: lit fraction of each ASIC;
+   * frameFraction: lit fraction of each frame, the adaptive classifier's score. */
+  quantity: "filteredLit" | "asicFraction" | "frameFraction";
+  /** What is counted: ASICs or frames. */
+  unit: "ASICs" | "frames";
   /** Bin k holds values in [edges[k], edges[k+1]); values of 0 go to the zero bin. */
   edges: number[];
   zero: { lit: number; dark: number };
   lit: number[];
   dark: number[];
-  /** ASICs counted (valid pixels > 0). */
+  /** Entries counted (ASICs with valid pixels; frames with valid pixels). */
   total: { lit: number; dark: number };
+  /** The classifier's threshold on this quantity (minLit, or the adaptive threshold). */
   threshold: number;
-  /** ASICs at or above the threshold (peaks mode; NaN in adaptive mode). */
+  /** Entries at or above the threshold (peaks mode: >= minLit; adaptive frames: > threshold); NaN unknown. */
   above: { lit: number; dark: number };
 }
 
@@ -120,7 +125,10 @@ export interface ReportModel {
   trains: TrainPoints;
   /** Trains per point of the per-train plot (1: not binned). */
   trainsPerPoint: number;
+  /** Per ASIC: the classifier's quantity. */
   hist: Histogram;
+  /** Adaptive mode: the frames' lit fractions (the score the threshold applies to). */
+  scoreHist?: Histogram;
   samples: SampleFrame[];
   scale: ColourScale;
   /** Image pixels per stored pixel along each axis (max-pooling). */
@@ -216,19 +224,18 @@ function trainPoints(src: PerFrameSource, maxPoints: number): { points: TrainPoi
   return { points: pts, perPoint };
 }
 
-/** Bin edges: counts 1..max on a log scale, 4 bins per octave (integer edges); fractions 1/max..1. */
-function histEdges(mode: "peaks" | "adaptive", asicPixels: number): number[] {
+/** Log bin edges, 4 per octave: counts 1..max (integer edges), or fractions 1/max..1. */
+function histEdges(kind: "count" | "fraction", max: number): number[] {
   const edges: number[] = [];
-  const octaves = Math.log2(asicPixels);
-  for (let k = 0; k <= Math.ceil(octaves * 4) + 1; k++) {
+  for (let k = 0; k <= Math.ceil(Math.log2(max) * 4) + 1; k++) {
     const x = 2 ** (k / 4);
-    if (mode === "peaks") {
+    if (kind === "count") {
       const e = Math.ceil(x - 1e-9);
       if (edges[edges.length - 1] !== e) edges.push(e);
-      if (e > asicPixels) break;
+      if (e > max) break;
     } else {
-      edges.push(x / asicPixels);
-      if (x > asicPixels) break;
+      edges.push(x / max);
+      if (x > max) break;
     }
   }
   return edges;
@@ -246,46 +253,70 @@ function binOf(edges: number[], v: number): number {
   return lo;
 }
 
-function histogram(src: PerFrameSource, summary: ReportSummary, g: Geometry, nMod: number): Histogram {
-  const mode = summary.params.mode === "adaptive" ? "adaptive" : "peaks";
-  const nA = g.nAsics;
-  const edges = histEdges(mode, g.asicSs * g.asicFs);
-  const h: Histogram = {
-    mode,
+function emptyHist(quantity: Histogram["quantity"], edges: number[], threshold: number): Histogram {
+  return {
+    quantity,
+    unit: quantity === "frameFraction" ? "frames" : "ASICs",
     edges,
     zero: { lit: 0, dark: 0 },
     lit: new Array(edges.length - 1).fill(0),
     dark: new Array(edges.length - 1).fill(0),
     total: { lit: 0, dark: 0 },
-    threshold: mode === "peaks" ? summary.params.minLit : NaN,
+    threshold,
     above: { lit: 0, dark: 0 },
   };
+}
+
+function addTo(h: Histogram, lit: "lit" | "dark", v: number): void {
+  h.total[lit]++;
+  if (v === 0) h.zero[lit]++;
+  else h[lit][binOf(h.edges, v)]++;
+}
+
+/** The classifier's per-ASIC quantity for lit and dark frames; in adaptive mode also the frames' scores. */
+function histograms(
+  src: PerFrameSource,
+  summary: ReportSummary,
+  g: Geometry,
+  nMod: number,
+): { hist: Histogram; scoreHist?: Histogram } {
+  const adaptive = summary.params.mode === "adaptive";
+  const nA = g.nAsics;
+  const asicPx = g.asicSs * g.asicFs;
+  const h = adaptive
+    ? emptyHist("asicFraction", histEdges("fraction", asicPx), NaN)
+    : emptyHist("filteredLit", histEdges("count", asicPx), summary.params.minLit);
   const scores = new Float64Array(src.nFrames);
   for (const b of src.blocks()) {
     for (let i = 0; i < b.n; i++) {
       const f = b.start + i;
       const lit = src.frameLit[f] ? "lit" : "dark";
-      const bins = h[lit];
       let sumLit = 0, sumValid = 0;
       for (let k = i * nMod * nA; k < (i + 1) * nMod * nA; k++) {
         const valid = b.unmasked[k];
         sumLit += b.litPixels[k];
         sumValid += valid;
         if (valid === 0) continue;
-        const v = mode === "peaks" ? b.filtered[k] : b.litPixels[k] / valid;
-        h.total[lit]++;
-        if (mode === "peaks" && v >= h.threshold) h.above[lit]++;
-        if (v === 0) h.zero[lit]++;
-        else bins[binOf(edges, v)]++;
+        const v = adaptive ? b.litPixels[k] / valid : b.filtered[k];
+        if (!adaptive && v >= h.threshold) h.above[lit]++;
+        addTo(h, lit, v);
       }
       scores[f] = sumValid > 0 ? sumLit / sumValid : NaN;
     }
   }
-  if (mode === "adaptive") {
-    h.threshold = adaptiveThreshold(scores, summary.params.snr);
-    h.above = { lit: NaN, dark: NaN };
+  if (!adaptive) return { hist: h };
+  // The score: lit pixels over valid pixels of the whole frame, as localise computes it.
+  const threshold = adaptiveThreshold(scores, summary.params.snr);
+  h.threshold = threshold;
+  h.above = { lit: NaN, dark: NaN };
+  const sh = emptyHist("frameFraction", histEdges("fraction", 2 ** 20), threshold);
+  for (let f = 0; f < src.nFrames; f++) {
+    if (!Number.isFinite(scores[f])) continue;
+    const lit = src.frameLit[f] ? "lit" : "dark";
+    if (scores[f] > threshold) sh.above[lit]++;
+    addTo(sh, lit, scores[f]);
   }
-  return h;
+  return { hist: h, scoreHist: sh };
 }
 
 /** Up to n indices spread evenly over the frames where pick(f) holds. */
@@ -419,7 +450,7 @@ async function buildModel(
   const g = geometry(summary.detector.type as DetectorType);
   const nMod = summary.detector.modules.length;
   const { points, perPoint } = trainPoints(src, o.maxTrainPoints);
-  const hist = histogram(src, summary, g, nMod);
+  const { hist, scoreHist } = histograms(src, summary, g, nMod);
   const lit = spread(src.nFrames, (f) => src.frameLit[f] === 1, o.litFrames);
   const dark = spread(src.nFrames, (f) => src.frameLit[f] !== 1, o.darkFrames);
   const samples: SampleFrame[] = [
@@ -445,6 +476,7 @@ async function buildModel(
     trains: points,
     trainsPerPoint: perPoint,
     hist,
+    scoreHist,
     samples,
     scale,
     pool,

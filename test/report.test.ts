@@ -238,7 +238,7 @@ async function checkPage(file: string, summary: Summary, shot: string) {
     expect(st.colours, sel).toBeGreaterThan(5);
     expect(st.notBackground, sel).toBeGreaterThan(0.02);
   }
-  const threshold = await page.locator("#hist-threshold").getAttribute("data-value");
+  const threshold = await page.locator("#hist-plot-threshold").getAttribute("data-value", { timeout: 5000 });
   if (summary.params.mode === "peaks") expect(threshold).toBe(String(summary.params.minLit));
   else expect(Number(threshold)).toBeGreaterThan(0);
   expect(await page.locator("#hist-plot rect.hlit").count()).toBeGreaterThan(0);
@@ -445,28 +445,52 @@ describe("size stays bounded", () => {
   });
 });
 
-describe("other detectors: grid map, pooled images", () => {
-  for (const [det, modules] of [["DSSC", [0, 1, 2, 3, 4]], ["JUNGFRAU", [1, 2, 3]]] as const) {
-    browserTest(`${det}: the page renders and matches summary.json`, async () => {
-      const run = path.join(tmp, det);
-      await makeRun(run, {
-        seed: 9,
-        detector: det,
-        modules: [...modules],
-        trains: 4,
-        framesPerTrain: det === "JUNGFRAU" ? 4 : 8,
-        litFraction: 0.5,
-      });
-      const r = await localise(run, { backend: "cpu" });
-      const out = path.join(tmp, `localise-${det}`);
+describe("other detectors and the adaptive classifier", () => {
+  const cases = [
+    {
+      name: "DSSC",
+      synth: { detector: "DSSC", modules: [0, 1, 2, 3, 4], framesPerTrain: 8, litFraction: 0.5 },
+    },
+    {
+      name: "JUNGFRAU",
+      synth: { detector: "JUNGFRAU", modules: [1, 2, 3], framesPerTrain: 4, litFraction: 0.5 },
+    },
+    {
+      // SPI-like: a weak diffuse ring, no Bragg spots: the adaptive classifier and its frame-score histogram.
+      name: "SPI",
+      synth: {
+        modules: [0, 1, 2, 3],
+        framesPerTrain: 32,
+        litFraction: 0.1,
+        diffuse: 0.05,
+        spotsPerFrame: [0, 0],
+      },
+      mode: "adaptive",
+    },
+  ] as const;
+  for (const c of cases) {
+    browserTest(`${c.name}: the page renders and matches summary.json`, async () => {
+      const run = path.join(tmp, c.name);
+      await makeRun(run, { seed: 9, trains: 4, ...c.synth } as unknown as Parameters<typeof makeRun>[1]);
+      const r = await localise(run, { backend: "cpu", mode: "mode" in c ? c.mode : "peaks" });
+      const out = path.join(tmp, `localise-${c.name}`);
       await localiseOut(out, r);
       const page = await writeReport(r, run, out);
       const summary: Summary = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
-      const { imgs } = await checkPage(page, summary, `${det.toLowerCase()}.png`);
-      const g = geometry(det);
-      const pool = poolFor(g, modules.length, 2 ** 19);
+      const { imgs, frames } = await checkPage(page, summary, `${c.name.toLowerCase()}.png`);
+      const g = geometry(r.detector.type as "AGIPD");
+      const pool = poolFor(g, r.detector.modules.length, 2 ** 19);
       expect(imgs[0].w).toBe(g.moduleFs / pool);
       expect(imgs[0].h).toBe(g.moduleSs / pool);
+      expect(frames.filter((f) => f.kind === "lit").length).toBe(Math.min(4, r.litFrames));
+      const html = fs.readFileSync(page, "utf8");
+      if (c.name === "SPI") {
+        expect(r.litFrames).toBeGreaterThan(3);
+        expect(html).toContain('id="score-plot"');
+        expect(html).toMatch(/id="score-plot-threshold"[^>]*data-value="[0-9.e-]+"/);
+      } else {
+        expect(html).not.toContain('id="score-plot"');
+      }
     }, 60_000);
   }
 });
