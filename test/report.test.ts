@@ -241,6 +241,9 @@ async function checkPage(file: string, summary: Summary, shot: string) {
   const threshold = await page.locator("#hist-plot-threshold").getAttribute("data-value", { timeout: 5000 });
   if (summary.params.mode === "peaks") expect(threshold).toBe(String(summary.params.minLit));
   else expect(Number(threshold)).toBeGreaterThan(0);
+  // The per-train tooltip (the inline script) names a train and its counts.
+  await page.hover("#train-hover", { timeout: 5000 });
+  expect(await page.locator("#train-tip").textContent()).toMatch(/^trains? \d+.*: \d+ of \d+ frames lit/);
   expect(await page.locator("#hist-plot rect.hlit").count()).toBeGreaterThan(0);
   expect(await page.locator("#hist-plot rect.hdark").count()).toBeGreaterThan(0);
 
