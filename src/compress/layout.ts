@@ -168,15 +168,15 @@ export class SzDatasetWriter {
       }
     }
     setAttr(this.ds, "szCodec", SZ_CODEC);
-    setAttr(this.ds, "szVersion", SZ_VERSION, null, "<i4");
-    setAttr(this.ds, "szErrorBound", c.errorBound, null, "<f8");
-    setAttr(this.ds, "szBinWidth", c.binWidth, null, "<f8");
-    setAttr(this.ds, "szEb32", c.eb32, null, "<f8");
-    setAttr(this.ds, "szShape", Int32Array.from(original.entry), [original.entry.length], "<i4");
+    setAttr(this.ds, "szVersion", SZ_VERSION, null, "<i");
+    setAttr(this.ds, "szErrorBound", c.errorBound, null, "<d");
+    setAttr(this.ds, "szBinWidth", c.binWidth, null, "<d");
+    setAttr(this.ds, "szEb32", c.eb32, null, "<d");
+    setAttr(this.ds, "szShape", Int32Array.from(original.entry), [original.entry.length], "<i");
     setAttr(this.ds, "szDtype", "float32");
     setAttr(this.ds, "szName", name);
     const ch = original.chunks ?? [];
-    setAttr(this.ds, "szChunks", Int32Array.from(ch), [ch.length], "<i4");
+    setAttr(this.ds, "szChunks", Int32Array.from(ch), [ch.length], "<i");
     setAttr(this.ds, "szFilter", JSON.stringify(original.filter));
   }
 
