@@ -264,7 +264,7 @@ function moduleMap(m: ReportModel): string {
   const lay = mapLayout(s.detector.type, s.detector.name, s.detector.modules);
   // Quadrants: one line per module; a grid: two lines in a narrower cell.
   const q = lay.quadrants;
-  const CW = q ? 190 : 132, CH = q ? 30 : 40, G = 4, QG = 26, LB = 16;
+  const CW = q ? 190 : 120, CH = q ? 30 : 40, G = 4, QG = 26, LB = 16;
   const byModule = new Map(s.modules.map((x) => [x.module, x]));
   const pos = (col: number, row: number) => {
     if (!q) return { x: col * (CW + G * 2), y: row * (CH + G * 2) };
@@ -310,6 +310,7 @@ function moduleMap(m: ReportModel): string {
         `${r.hotPixels.length} hot${r.selected ? " ✓" : ""}</text></g>`,
     );
   }
+  W = Math.max(W, 310); // the legend
   const legendY = H + 18;
   parts.push(
     `<defs><linearGradient id="litgrad">${
@@ -325,8 +326,8 @@ function moduleMap(m: ReportModel): string {
       `<text class="small" x="128" y="${legendY + 9}">lit frames of the module</text>` +
       `<rect x="0" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-sel"/>` +
       `<text class="small" x="28" y="${legendY + 40}">selected (✓): its files are kept</text>` +
-      `<rect x="${CW + 20}" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-unsel"/>` +
-      `<text class="small" x="${CW + 48}" y="${legendY + 40}">not selected</text>`,
+      `<rect x="200" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-unsel"/>` +
+      `<text class="small" x="228" y="${legendY + 40}">not selected</text>`,
   );
   H = legendY + 46;
   return `<svg id="module-map" class="map" viewBox="-1 -1 ${W + 2} ${H + 2}" width="${W + 2}" height="${
