@@ -12,6 +12,7 @@ import { localiseCommand } from "./localise/command.ts";
 import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
 import { averageCommand } from "./average.ts";
+import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
 export interface OptionSpec {
@@ -58,6 +59,7 @@ const commands: Command[] = [
   litframesCommand,
   reduceCommand,
   averageCommand,
+  reportCommand,
   submitCommand,
   runPartCommand,
   mergePartsCommand,

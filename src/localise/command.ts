@@ -14,6 +14,7 @@ import { summaryJson, writeRedu } from "./output.ts";
 import { buildDir, prepareOut } from "../outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
+  { name: "report", help: "also write DIR/report.html, a page to judge the result (docs/report.md)" },
   { name: "workers", value: "number", help: "worker threads (default: the cores for cpu, 1 for webgpu)" },
   {
     name: "lit-from",
@@ -217,16 +218,24 @@ export const localiseCommand: Command = {
     const dir = prepareOut(runPath, o.out, "localise", !!o.force);
     const result = await localise(runPath, toLocaliseOptions(o), progressPrinter());
     for (const n of result.notes) console.error(`xfel-redu: ${n}`);
-    await writeLocaliseDir(result, dir);
+    await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
     console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
     return EXIT.ok;
   },
 };
 
 /** The output directory of localise: the REDU file(s) and summary.json, built under a temporary name. */
-export async function writeLocaliseDir(result: LocaliseResult, dir: string): Promise<void> {
+export async function writeLocaliseDir(
+  result: LocaliseResult,
+  dir: string,
+  reportRun?: string,
+): Promise<void> {
   await buildDir(dir, async (tmp) => {
     await writeRedu(result, tmp, result.runFiles);
     fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
+    if (reportRun) {
+      const { writeReport } = await import("../report.ts");
+      await writeReport(result, reportRun, tmp, { onNote: (n) => console.error(`xfel-redu: report: ${n}`) });
+    }
   });
 }

@@ -14,7 +14,7 @@ import type { LocaliseResult } from "./localise.ts";
 export function summaryJson(r: LocaliseResult) {
   const { backend: _b, workers: _w, ...params } = r.params;
   return {
-    run: r.run,
+    run: path.resolve(r.run),
     detector: r.detector,
     backend: r.backend,
     params: { ...params, backend: r.params.backend },
