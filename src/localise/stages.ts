@@ -180,14 +180,23 @@ interface Scratch {
   sumSs: Float64Array;
   sumFs: Float64Array;
   max: Float64Array;
+  /** Pixels with L (stage-3 input) and the survivors, in raster order. */
+  litList: Int32Array;
+  survivors: Int32Array;
 }
 
+/**
+ * Scratch arrays are kept between frames: `l` is all 0 and `parent` all -1 between frames (each frame
+ * resets only the pixels it set), so the passes after stage 1 visit the lit pixels only.
+ */
 function scratchFor(pixels: number, old?: Scratch): Scratch {
   if (old && old.pixels === pixels) return old;
   return {
     pixels,
     l: new Uint8Array(pixels),
-    parent: new Int32Array(pixels),
+    litList: new Int32Array(pixels),
+    survivors: new Int32Array(pixels),
+    parent: new Int32Array(pixels).fill(-1),
     comp: new Int32Array(pixels),
     area: new Int32Array(pixels),
     ss0: new Int32Array(pixels),
@@ -252,26 +261,37 @@ function cpuFrame(
   const threshold = Math.fround(params.threshold);
   const l = s.l;
 
-  // Stage 1, and the stage-3 input L.
+  // Stage 1, and the stage-3 input L (listed in raster order).
   const aLit = new Uint32Array(nAsics);
   const aValid = new Uint32Array(nAsics);
   const aSum = new Float64Array(nAsics);
+  const litList = s.litList;
+  let nLit = 0;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    for (let fs = 0; fs < nfs; fs++) {
-      const p = ss * nfs + fs;
-      const v = data[base + p];
-      let isLit = 0;
-      if (Number.isFinite(v) && (!mask || mask[base + p] === 0)) {
-        const a = rowAsic + Math.floor(fs / asicFs);
-        aValid[a]++;
-        if (v > threshold) {
-          aLit[a]++;
-          aSum[a] += v;
-          isLit = 1;
+    // One ASIC's segment of the row at a time: the counters stay in locals.
+    for (let col = 0; col < asicCols; col++) {
+      const a = rowAsic + col;
+      let valid = 0, lit = 0, sumA = 0;
+      const p0 = ss * nfs + col * asicFs;
+      for (let p = p0; p < p0 + asicFs; p++) {
+        const v = data[base + p];
+        // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
+        if (v - v === 0 && (!mask || mask[base + p] === 0)) {
+          valid++;
+          if (v > threshold) {
+            lit++;
+            sumA += v;
+            if (!(hot && hot[p])) {
+              l[p] = 1;
+              litList[nLit++] = p;
+            }
+          }
         }
       }
-      l[p] = isLit && !(hot && hot[p]) ? 1 : 0;
+      aValid[a] += valid;
+      aLit[a] += lit;
+      aSum[a] += sumA;
     }
   }
   const o = out.asicOffset;
@@ -283,51 +303,47 @@ function cpuFrame(
     }
   }
 
-  // Stage 3: survivors get parent = self, the others -1.
+  // Stage 3: survivors get parent = self (the others stay -1).
   const parent = s.parent;
+  const survivors = s.survivors;
+  let nSurv = 0;
   const need = params.neighbours;
   const strong = Math.fround(params.strong);
   const aFilt = new Uint32Array(nAsics);
-  for (let ss = 0; ss < nss; ss++) {
-    const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    for (let fs = 0; fs < nfs; fs++) {
-      const p = ss * nfs + fs;
-      let keep = false;
-      if (l[p]) {
-        let n = 0;
-        for (let dy = -1; dy <= 1; dy++) {
-          const y = ss + dy;
-          if (y < 0 || y >= nss) continue;
-          for (let dx = -1; dx <= 1; dx++) {
-            const x = fs + dx;
-            if ((dx === 0 && dy === 0) || x < 0 || x >= nfs) continue;
-            n += l[y * nfs + x];
-          }
-        }
-        keep = n >= need || data[base + p] >= strong;
-      }
-      if (keep) {
-        parent[p] = p;
-        aFilt[rowAsic + Math.floor(fs / asicFs)]++;
-      } else {
-        parent[p] = -1;
+  for (let k = 0; k < nLit; k++) {
+    const p = litList[k];
+    const ss = Math.floor(p / nfs);
+    const fs = p - ss * nfs;
+    let n = 0;
+    for (let dy = -1; dy <= 1; dy++) {
+      const y = ss + dy;
+      if (y < 0 || y >= nss) continue;
+      for (let dx = -1; dx <= 1; dx++) {
+        const x = fs + dx;
+        if ((dx === 0 && dy === 0) || x < 0 || x >= nfs) continue;
+        n += l[y * nfs + x];
       }
     }
+    if (n >= need || data[base + p] >= strong) {
+      parent[p] = p;
+      survivors[nSurv++] = p;
+      aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
+    }
   }
+  for (let k = 0; k < nLit; k++) l[litList[k]] = 0;
   if (out.filteredLit) { for (let a = 0; a < nAsics; a++) out.filteredLit[o + a] = aFilt[a]; }
 
   // Stage 4: sequential union-find over the earlier neighbours (left, up-left, up, up-right).
-  for (let ss = 0; ss < nss; ss++) {
-    for (let fs = 0; fs < nfs; fs++) {
-      const p = ss * nfs + fs;
-      if (parent[p] < 0) continue;
-      if (fs > 0 && parent[p - 1] >= 0) union(parent, p, p - 1);
-      if (ss > 0) {
-        const up = p - nfs;
-        if (fs > 0 && parent[up - 1] >= 0) union(parent, p, up - 1);
-        if (parent[up] >= 0) union(parent, p, up);
-        if (fs + 1 < nfs && parent[up + 1] >= 0) union(parent, p, up + 1);
-      }
+  for (let k = 0; k < nSurv; k++) {
+    const p = survivors[k];
+    const ss = Math.floor(p / nfs);
+    const fs = p - ss * nfs;
+    if (fs > 0 && parent[p - 1] >= 0) union(parent, p, p - 1);
+    if (ss > 0) {
+      const up = p - nfs;
+      if (fs > 0 && parent[up - 1] >= 0) union(parent, p, up - 1);
+      if (parent[up] >= 0) union(parent, p, up);
+      if (fs + 1 < nfs && parent[up + 1] >= 0) union(parent, p, up + 1);
     }
   }
 
@@ -335,43 +351,41 @@ function cpuFrame(
   const { comp, area, ss0, fs0, ss1, fs1, first, sum, sumSs, sumFs, max } = s;
   let nComp = 0;
   const labels = out.labels;
-  for (let ss = 0; ss < nss; ss++) {
-    for (let fs = 0; fs < nfs; fs++) {
-      const p = ss * nfs + fs;
-      if (parent[p] < 0) {
-        if (labels) labels[p] = NO_LABEL;
-        continue;
-      }
-      const r = find(parent, p);
-      if (labels) labels[p] = r;
-      const v = data[base + p];
-      let c: number;
-      if (r === p) {
-        c = nComp++;
-        comp[p] = c;
-        area[c] = 0;
-        ss0[c] = ss;
-        fs0[c] = fs;
-        ss1[c] = ss + 1;
-        fs1[c] = fs + 1;
-        first[c] = p;
-        sum[c] = 0;
-        sumSs[c] = 0;
-        sumFs[c] = 0;
-        max[c] = v;
-      } else {
-        c = comp[r];
-      }
-      area[c]++;
-      if (fs < fs0[c]) fs0[c] = fs;
-      if (fs + 1 > fs1[c]) fs1[c] = fs + 1;
-      ss1[c] = ss + 1; // rows come in order
-      sum[c] += v;
-      sumSs[c] += v * ss;
-      sumFs[c] += v * fs;
-      if (v > max[c]) max[c] = v;
+  if (labels) labels.fill(NO_LABEL);
+  for (let k = 0; k < nSurv; k++) {
+    const p = survivors[k];
+    const ss = Math.floor(p / nfs);
+    const fs = p - ss * nfs;
+    const r = find(parent, p);
+    if (labels) labels[p] = r;
+    const v = data[base + p];
+    let c: number;
+    if (r === p) {
+      c = nComp++;
+      comp[p] = c;
+      area[c] = 0;
+      ss0[c] = ss;
+      fs0[c] = fs;
+      ss1[c] = ss + 1;
+      fs1[c] = fs + 1;
+      first[c] = p;
+      sum[c] = 0;
+      sumSs[c] = 0;
+      sumFs[c] = 0;
+      max[c] = v;
+    } else {
+      c = comp[r];
     }
+    area[c]++;
+    if (fs < fs0[c]) fs0[c] = fs;
+    if (fs + 1 > fs1[c]) fs1[c] = fs + 1;
+    ss1[c] = ss + 1; // rows come in order
+    sum[c] += v;
+    sumSs[c] += v * ss;
+    sumFs[c] += v * fs;
+    if (v > max[c]) max[c] = v;
   }
+  for (let k = 0; k < nSurv; k++) parent[survivors[k]] = -1;
 
   const found: { peak: Peak; first: number }[] = [];
   for (let c = 0; c < nComp; c++) {
