@@ -33,7 +33,7 @@
  * code != 0, the stored value otherwise; so |x - x'| < eb for every finite x, and NaN, Inf (any payload)
  * come back bit for bit. -0 comes back as +0 (when it is not an exception).
  */
-import { BitWriter, canonicalCodes, codeLengths, HuffmanDecoder } from "./huffman.ts";
+import { canonicalCodes, codeLengths, HuffmanDecoder } from "./huffman.ts";
 
 export const SZ_MAGIC = 0x31_5a_53_58; // "XSZ1" read as a little-endian u32
 export const SZ_RADIUS = 32768;
@@ -192,7 +192,7 @@ export class SzFrameEncoder {
   private readonly hist = new Uint32Array(65536);
   private readonly codeOf = new Uint32Array(65536);
   private readonly lenOf = new Uint8Array(65536);
-  private writer = new BitWriter(1 << 16);
+  private payload = new Uint8Array(0);
   private side = new Uint8Array(1 << 16);
 
   constructor(readonly c: SzConstants) {}
@@ -252,14 +252,24 @@ export class SzFrameEncoder {
     // Payload.
     let payload: Uint8Array;
     if (symbols.length > 1) {
-      const w = this.writer;
-      w.pos = 0;
+      // MSB-first bit packing (as BitWriter, inlined): at most 24 bits per symbol.
+      const need = Math.ceil((P * 24) / 8) + 8;
+      if (this.payload.length < need) this.payload = new Uint8Array(need);
+      const buf = this.payload;
       const codeOf = this.codeOf, lenOf = this.lenOf;
+      let acc = 0, n = 0, o = 0;
       for (let i = 0; i < P; i++) {
         const s = codes[i];
-        w.write(codeOf[s], lenOf[s]);
+        const len = lenOf[s];
+        acc = (acc << len) | codeOf[s];
+        n += len;
+        while (n >= 8) {
+          n -= 8;
+          buf[o++] = acc >>> n;
+        }
       }
-      payload = w.finish();
+      if (n > 0) buf[o++] = acc << (8 - n);
+      payload = buf.subarray(0, o);
     } else payload = new Uint8Array(0);
     const out = new Uint8Array(SZ_HEADER_BYTES + pos + payload.length);
     const h = new DataView(out.buffer);
