@@ -175,15 +175,20 @@ async function methods(): Promise<void> {
     const list = arg("methods", DEFAULT_METHODS.join(";")).split(";").filter(Boolean);
     const backend = arg("backend", "auto") as "auto" | "cpu" | "webgpu";
     console.log(`\nMethods on ${run} (reduce --compress, lit frames):\n`);
-    console.log(
-      "| method | filter | ratio (data) | ratio (all) | PSNR dB | SSIM | max error | MB/s in | MB/s out |",
-    );
-    console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (const m of list) {
       const out = path.join(tmp, `out-${m.replace(/[^a-z0-9.]/gi, "_")}`);
       const rec = await reduce(run, from, out, { compress: m, compressBackend: backend });
       const c = rec.compression as CompressionRecord;
       const data = c.modules.filter((x) => x.dataset === "image.data");
+      if (m === list[0]) {
+        const fr = data.reduce((a, x) => a + x.frames, 0);
+        const mb = data.reduce((a, x) => a + x.bytesIn, 0) / 1e6;
+        console.log(`(${fr} module frames kept, ${mb.toFixed(0)} MB of image.data)\n`);
+        console.log(
+          "| method | filter | ratio (data) | ratio (all) | PSNR dB | SSIM | max error | MB/s in | MB/s out |",
+        );
+        console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+      }
       const bi = data.reduce((a, x) => a + x.bytesIn, 0), bo = data.reduce((a, x) => a + x.bytesOut, 0);
       const secIn = data.reduce((a, x) => a + (x.compressMBps > 0 ? x.bytesIn / 1e6 / x.compressMBps : 0), 0);
       const frameMB = (x: { bytesIn: number; frames: number }) => x.bytesIn / Math.max(1, x.frames) / 1e6;
