@@ -96,8 +96,9 @@ function rne(t: number): number {
 }
 
 /**
- * Pre-quantisation of one pixel (bits b, value x = the float32 of b): q in the low 17 bits (signed), and
- * 1 << 20 set when the pixel is stored exactly. Returned as [q, exact].
+ * Pre-quantisation of one pixel (bits b, value x = the float32 of b), as specified above: [q, exact], q the
+ * integer the prediction uses (0 for non-finite and out-of-range values), exact when the pixel is stored
+ * exactly.
  */
 export function prequant(b: number, x: number, c: SzConstants): [number, boolean] {
   const a = b & 0x7fffffff;
