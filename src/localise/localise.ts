@@ -34,7 +34,7 @@ import {
 export type BackendChoice = "auto" | "webgpu" | "cpu";
 
 /** Consecutive frames per block of the hot-pixel sample. */
-const HOT_BLOCK = 8;
+const HOT_BLOCK = 16;
 
 export interface LocaliseOptions extends LocaliseParams {
   /** Classifier: an ASIC without a peak is lit with at least this many filtered lit pixels. */
