@@ -11,6 +11,7 @@ import { Run } from "./run.ts";
 import { localiseCommand } from "./localise/command.ts";
 import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
+import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
 import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
@@ -58,6 +59,7 @@ const commands: Command[] = [
   localiseCommand,
   litframesCommand,
   reduceCommand,
+  decompressCommand,
   averageCommand,
   reportCommand,
   submitCommand,

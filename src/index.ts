@@ -10,3 +10,4 @@ export type { ReportInfo, ReportOptions } from "./report.ts";
 export { reduce } from "./reduce.ts";
 export { annotateBeam } from "./litframes.ts";
 export { average } from "./average.ts";
+export { decompress } from "./compress/decompress.ts";
