@@ -143,7 +143,15 @@ export async function runPart<P>(
   progress?: (done: number, total: number) => void,
   stats?: PartStats,
 ): Promise<P> {
-  const { run, det, mine, needs } = await prepare(algo, runPath, modules);
+  const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
+  let prepared;
+  try {
+    prepared = await prepare(algo, runPath, modules);
+  } catch (e) {
+    await boot.terminate();
+    throw e;
+  }
+  const { run, det, mine, needs } = prepared;
   let reader: PrefetchReader | undefined;
   try {
     const perModule = Math.max(1, Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length)));
@@ -157,7 +165,7 @@ export async function runPart<P>(
         lastTrain: needs.lastTrain,
         batchBytes: Math.min(perModule, 96 * 2 ** 20),
       },
-    });
+    }, boot);
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
     const st = emptyStats();
     st.parts = 1;
@@ -181,7 +189,8 @@ export async function runPart<P>(
     if (stats) addStats(stats, st);
     return await algo.finalizeChunk();
   } finally {
-    await reader?.close();
+    if (reader) await reader.close();
+    else await boot.terminate();
     run.close();
   }
 }

@@ -76,9 +76,16 @@ export class PrefetchReader {
     );
   }
 
-  static async open(init: PrefetchInit): Promise<PrefetchReader> {
-    const w = startWorker("read-worker", import.meta.url, init);
-    const reply = await nextMessage<ReaderReply>(w);
+  /** Start a reader worker now (it loads h5wasm meanwhile); `open` it on a run later. */
+  static boot(): Worker {
+    return startWorker("read-worker", import.meta.url, undefined);
+  }
+
+  static async open(init: PrefetchInit, booted?: Worker): Promise<PrefetchReader> {
+    const w = booted ?? PrefetchReader.boot();
+    const replied = nextMessage<ReaderReply>(w);
+    w.postMessage(init);
+    const reply = await replied;
     if (reply.type === "error") {
       await w.terminate();
       throw fromWire(reply);

@@ -2,20 +2,24 @@
  * The reader worker of PrefetchReader: opens the run, aligns the frames of the selected modules, and reads
  * the requested frame ranges into the two shared batch buffers.
  */
-import { parentPort, workerData } from "node:worker_threads";
+import { parentPort } from "node:worker_threads";
 import { toWire } from "../errors.ts";
+import { h5 } from "../h5.ts";
 import { FrameReader } from "../frames.ts";
 import { Run } from "../run.ts";
 import { bufferLayout, moduleViews, type PrefetchInit, type ReaderReply } from "./prefetch.ts";
 
 const port = parentPort!;
-const init = workerData as PrefetchInit;
+// Load h5wasm while the parent prepares; the run to read comes with the first message.
+const ready = h5();
+const init = await new Promise<PrefetchInit>((resolve) => port.once("message", resolve));
 
 function fail(e: unknown): void {
   port.postMessage({ type: "error", ...toWire(e) } satisfies ReaderReply);
 }
 
 try {
+  await ready;
   const run = await Run.open(init.runPath);
   const reader = new FrameReader(run.detector(init.detector), init.options);
   const mask = !!init.options.mask;
