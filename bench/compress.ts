@@ -29,6 +29,7 @@ import { getGpuDevice } from "../src/gpu.ts";
 import { localise } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { reduce } from "../src/reduce.ts";
+import { uniform } from "../fixtures/synth.ts";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -55,16 +56,7 @@ const DEFAULT_METHODS = [
   "sz:0.05",
 ];
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = uniform;
 
 /** AGIPD-like frames: 0.12 photon read noise, 0.3 % of pixels with photons, a few garbage pixels. */
 function frames(n: number, P: number): Float32Array {

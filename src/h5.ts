@@ -86,6 +86,21 @@ export function firstLine(e: unknown): string {
   return minors.length ? minors[minors.length - 1] : msg.split("\n")[0];
 }
 
+/** Elements of a shape (1 for a scalar). */
+export const shapeSize = (shape: readonly number[]): number => shape.reduce((x, y) => x * y, 1);
+
+/** Runs [start, end) of consecutive values in a sorted list of rows: one hyperslab each. */
+export function rowRuns(rows: ArrayLike<number>): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i < rows.length;) {
+    let j = i + 1;
+    while (j < rows.length && rows[j] === rows[j - 1] + 1) j++;
+    out.push([rows[i], rows[j - 1] + 1]);
+    i = j;
+  }
+  return out;
+}
+
 /** Size of h5wasm's WebAssembly heap (it grows, never shrinks, and is capped at 2 GiB). */
 export function wasmHeapBytes(): number {
   return wasm ? wasm.HEAPU8.length : 0;

@@ -41,7 +41,18 @@ import {
   parseCompress,
   type RowsHook,
 } from "./compress/compressor.ts";
-import { ensureGroup, firstLine, type H5, h5, type H5File, type H5Group, openH5, readAll } from "./h5.ts";
+import {
+  ensureGroup,
+  firstLine,
+  type H5,
+  h5,
+  type H5File,
+  type H5Group,
+  openH5,
+  readAll,
+  rowRuns,
+  shapeSize,
+} from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
 import { track } from "./writer-files.ts";
 
@@ -253,19 +264,6 @@ interface Mod {
 }
 
 const UNLIMITED = 18446744073709551615n;
-const prod = (a: readonly number[]) => a.reduce((x, y) => x * y, 1);
-
-/** Runs [start, end) of consecutive rows. */
-function runsOf(rows: Int32Array): [number, number][] {
-  const out: [number, number][] = [];
-  for (let i = 0; i < rows.length;) {
-    let j = i + 1;
-    while (j < rows.length && rows[j] === rows[j - 1] + 1) j++;
-    out.push([rows[i], rows[j - 1] + 1]);
-    i = j;
-  }
-  return out;
-}
 
 class Copier {
   private readonly bufs = [{ ptr: 0, bytes: 0 }, { ptr: 0, bytes: 0 }];
@@ -450,7 +448,7 @@ class Copier {
     cb: (ptr: number, n: number) => void,
   ): void {
     const zeros = entry.map(() => 0);
-    const runs = runsOf(rows);
+    const runs = rowRuns(rows);
     if (srcChunk0 <= 1) {
       const step = Math.max(1, Math.floor(this.sliceBytes / Math.max(1, rowBytes)));
       for (const [a, b] of runs) {
@@ -503,7 +501,7 @@ class Copier {
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
     if (rows === null || shape.length === 0) {
-      const ptr = this.buffer(Math.max(1, prod(shape)) * m.size);
+      const ptr = this.buffer(Math.max(1, shapeSize(shape)) * m.size);
       this.call(
         `cannot read ${p}`,
         src.filename,
@@ -519,7 +517,7 @@ class Copier {
     }
     const entry = shape.slice(1);
     const zeros = entry.map(() => 0);
-    const rowBytes = prod(entry) * m.size;
+    const rowBytes = shapeSize(entry) * m.size;
     const K = rows.length;
     const filter = hook ? hook.filter : this.filterOf(src, p);
     let chunks = m.chunks ? [...m.chunks] : null;
@@ -532,7 +530,7 @@ class Copier {
       // Contiguous and small: gather the rows, create in one go.
       const ptr = this.buffer(Math.max(1, K * rowBytes), 1);
       let k = 0;
-      for (const [a, b] of runsOf(rows)) {
+      for (const [a, b] of rowRuns(rows)) {
         this.read(src, p, [b - a, ...entry], [a, ...zeros], ptr + k * rowBytes);
         k += b - a;
       }
@@ -573,9 +571,9 @@ class Copier {
     const entry = shape.slice(1);
     const mid = entry.slice(0, -2);
     const [SS, FS] = entry.slice(-2);
-    const planes = prod(mid);
+    const planes = shapeSize(mid);
     const E = m.size;
-    const rowBytes = prod(entry) * E;
+    const rowBytes = shapeSize(entry) * E;
     const K = rows.length;
     const filter = hook ? hook.filter : this.filterOf(src, p);
     const outEntries = boxes.map((b) => [...mid, b[2] - b[0], b[3] - b[1]]);
@@ -597,7 +595,7 @@ class Copier {
     if (K === 0 || !boxes.length) return;
     const per = Math.max(1, Math.floor(this.sliceBytes / boxes.length));
     const sinks = boxes.map((_b, i) =>
-      new Sink(this, dst, names[i], outEntries[i], prod(outEntries[i]) * E, chunk0s[i], per, hook)
+      new Sink(this, dst, names[i], outEntries[i], shapeSize(outEntries[i]) * E, chunk0s[i], per, hook)
     );
     try {
       this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (inPtr, n) => {

@@ -15,6 +15,7 @@ import {
   type SzKernel,
 } from "../src/compress/webgpu.ts";
 import { getGpuDevice } from "../src/gpu.ts";
+import { uniform } from "../fixtures/synth.ts";
 
 const gpu = await getGpuDevice();
 if (!gpu) console.warn("test/compress-gpu.test.ts: SKIPPED: no WebGPU adapter");
@@ -27,16 +28,7 @@ afterAll(() => {
   for (const d of disposables) d.dispose();
 });
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = uniform;
 
 /** Random bit patterns: every class of float32, subnormals and NaN payloads included. */
 function randomBits(n: number, seed: number): Float32Array {

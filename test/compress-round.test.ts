@@ -7,6 +7,7 @@
  */
 import { describe, expect, test } from "vitest";
 import { checkRoundParams, roundBits, roundFloats, type RoundParams } from "../src/compress/round.ts";
+import { uniform } from "../fixtures/synth.ts";
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
@@ -56,17 +57,7 @@ function rounded(x: number, m: number, p: number | null): number {
   return fromBits(roundBits(bitsOf(x), m, p));
 }
 
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = uniform;
 
 /** Random float32 bit patterns with finite values (any exponent, both signs). */
 function randomFinite(n: number, seed: number, maxExp = 254): Uint32Array {

@@ -21,9 +21,8 @@ import {
   type WebgpuBackend,
   type WebgpuOptions,
 } from "../src/localise/webgpu.ts";
-
-// Hand-made scenes use photon-level values: the intensity cut has tests of its own.
-const P = { ...DEFAULT_PARAMS, minIntensity: 0 };
+import { uniform } from "../fixtures/synth.ts";
+import { batchOf, P, put } from "./helpers/batches.ts";
 
 const gpu = await getGpuDevice();
 if (!gpu) {
@@ -47,19 +46,6 @@ async function backend(
   if (!b) throw new Error("no backend although getGpuDevice() found a device");
   backends.push(b);
   return b;
-}
-
-function batchOf(g: Geometry, nFrames = 1, withMask = false): ModuleBatch {
-  return {
-    geometry: g,
-    nFrames,
-    data: new Float32Array(nFrames * g.pixels),
-    mask: withMask ? new Uint32Array(nFrames * g.pixels) : undefined,
-  };
-}
-
-function put(b: ModuleBatch, f: number, ss: number, fs: number, v: number): void {
-  b.data[f * b.geometry.pixels + ss * b.geometry.moduleFs + fs] = v;
 }
 
 function closeRel(a: number, b: number, what: string): void {
@@ -107,17 +93,7 @@ async function compare(b: WebgpuBackend, batch: ModuleBatch, params: Partial<Loc
   return { gpu: res, cpu };
 }
 
-/** A deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = uniform;
 
 function gauss(r: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());

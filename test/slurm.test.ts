@@ -16,7 +16,8 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-slurm-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const SAMPLE = path.join(ROOT, "fixtures/sample");
 
-const haveSlurm = spawnSync("sinfo", ["-h", "-o", "%T"], { encoding: "utf8" }).stdout?.includes("idle") ?? false;
+const haveSlurm = spawnSync("sinfo", ["-h", "-o", "%T"], { encoding: "utf8" }).stdout?.includes("idle") ??
+  false;
 
 /** summary.json without what depends on the process (timing, the notes about adapters). */
 function summary(dir: string) {
@@ -32,7 +33,19 @@ async function reduData(dir: string): Promise<Record<string, number[]>> {
   try {
     const src = "INSTRUMENT/SPB_DET_AGIPD1M-1/REDU/LOCALISE:output/data";
     const out: Record<string, number[]> = {};
-    for (const k of ["trainId", "pulseId", "frameLit", "litPixels", "litIntensity", "asicLit", "nPeaks", "peakBox", "peakIntensity"]) {
+    for (
+      const k of [
+        "trainId",
+        "pulseId",
+        "frameLit",
+        "litPixels",
+        "litIntensity",
+        "asicLit",
+        "nPeaks",
+        "peakBox",
+        "peakIntensity",
+      ]
+    ) {
       out[k] = Array.from(readAll(h5, `${src}/${k}`), Number);
     }
     return out;
@@ -85,14 +98,17 @@ describe.skipIf(!haveSlurm && !process.env.CI)("a real SLURM on this host", () =
     const t0 = Date.now();
     while (!fs.existsSync(path.join(out, "summary.json")) && Date.now() - t0 < 180_000) {
       await new Promise((res) => setTimeout(res, 500));
-      const q = execFileSync("squeue", ["-h", "-j", String(info.mergeJob), "-o", "%T"], { encoding: "utf8" }).trim();
+      const q = execFileSync("squeue", ["-h", "-j", String(info.mergeJob), "-o", "%T"], { encoding: "utf8" })
+        .trim();
       if (q === "" && !fs.existsSync(path.join(out, "summary.json"))) {
         await new Promise((res) => setTimeout(res, 1000));
         if (!fs.existsSync(path.join(out, "summary.json"))) break;
       }
     }
     const logs = path.join(`${out}.slurm`, "logs");
-    const log = fs.existsSync(logs) ? fs.readdirSync(logs).map((f) => fs.readFileSync(path.join(logs, f), "utf8")).join("\n") : "";
+    const log = fs.existsSync(logs)
+      ? fs.readdirSync(logs).map((f) => fs.readFileSync(path.join(logs, f), "utf8")).join("\n")
+      : "";
     expect(fs.existsSync(path.join(out, "summary.json")), log).toBe(true);
     expect(summary(out)).toEqual(summary(ref));
     expect(await reduData(out)).toEqual(await reduData(ref));

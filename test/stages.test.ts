@@ -12,25 +12,10 @@ import {
   NO_LABEL,
   processBatchCpu,
 } from "../src/localise/stages.ts";
-
-// Hand-made scenes use photon-level values: the intensity cut has tests of its own.
-const P = { ...DEFAULT_PARAMS, minIntensity: 0 };
+import { batchOf, P, put } from "./helpers/batches.ts";
 
 const AGIPD = geometry("AGIPD");
 const LPD = geometry("LPD");
-
-function batchOf(g: Geometry, nFrames = 1, withMask = false): ModuleBatch {
-  return {
-    geometry: g,
-    nFrames,
-    data: new Float32Array(nFrames * g.pixels),
-    mask: withMask ? new Uint32Array(nFrames * g.pixels) : undefined,
-  };
-}
-
-function put(b: ModuleBatch, f: number, ss: number, fs: number, v: number): void {
-  b.data[f * b.geometry.pixels + ss * b.geometry.moduleFs + fs] = v;
-}
 
 function run(b: ModuleBatch, params: Partial<LocaliseParams> = {}) {
   return processBatchCpu(b, { ...P, ...params });

@@ -20,7 +20,7 @@
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import { getGpuDevice } from "../gpu.ts";
-import { arrayFor, dsInfo, h5, type H5Dataset, type H5File, readSlab } from "../h5.ts";
+import { arrayFor, dsInfo, h5, type H5Dataset, type H5File, readSlab, rowRuns, shapeSize } from "../h5.ts";
 import { type FilterSpec, h5wasmFilter, parseFilter, registerPlugins } from "./filters.ts";
 import { SzDatasetReader, SzDatasetWriter, szNames } from "./layout.ts";
 import { QualityAccumulator, type QualityStats } from "./quality.ts";
@@ -202,20 +202,6 @@ function dtypeName(m: DatasetMeta): string {
   return `type${m.type}`;
 }
 
-const prod = (a: readonly number[]) => a.reduce((x, y) => x * y, 1);
-
-/** Runs [start, end) of consecutive values. */
-function runsOf(rows: Int32Array): [number, number][] {
-  const out: [number, number][] = [];
-  for (let i = 0; i < rows.length;) {
-    let j = i + 1;
-    while (j < rows.length && rows[j] === rows[j - 1] + 1) j++;
-    out.push([rows[i], rows[j - 1] + 1]);
-    i = j;
-  }
-  return out;
-}
-
 /** Evenly spaced sample of n indices out of K (all when K <= n). */
 export function sampleIndices(K: number, n: number): number[] {
   if (K <= n) return Array.from({ length: K }, (_, i) => i);
@@ -289,7 +275,10 @@ export class Compressor {
     const key = (p.startsWith(source) ? p.slice(source.length) : p).replaceAll("/", ".");
     const rowBytes = outputs.reduce(
       (a, o) =>
-        a + (o.box ? prod(entry.slice(0, -2)) * (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) : prod(entry)),
+        a +
+        (o.box
+          ? shapeSize(entry.slice(0, -2)) * (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])
+          : shapeSize(entry)),
       0,
     ) * m.size;
     const e: DatasetEntry = {
@@ -401,14 +390,14 @@ export class Compressor {
       filter: orig ? { id: orig.id, opts: [...orig.cd_values] } : null,
       attrs,
     }, this.method.filter);
-    const [H, W] = [prod(e.entry.slice(0, -1)), e.entry[e.entry.length - 1] ?? 1];
+    const [H, W] = [shapeSize(e.entry.slice(0, -1)), e.entry[e.entry.length - 1] ?? 1];
     const P = H * W;
     const B = Math.max(1, Math.floor(this.batchBytes / Math.max(1, 4 * P)));
     const batch = new Float32Array(B * P);
     const zeros = e.entry.map(() => 0);
     // Timed: encoding and writing (not the reads of the source, as for the other methods).
     let sec = 0;
-    for (const [a, b] of runsOf(e.kept)) {
+    for (const [a, b] of rowRuns(e.kept)) {
       for (let r = a; r < b; r += B) {
         const n = Math.min(B, b - r);
         readSlab(src, e.path, [r, ...zeros], [n, ...e.entry], batch);
@@ -453,7 +442,7 @@ export class Compressor {
     // Typed arrays of the dataset's own dtype: readSlab reads elements of the array's size.
     const dtype = dsInfo(src.get(e.path) as H5Dataset).dtype;
     const E = arrayFor(dtype, 0).BYTES_PER_ELEMENT;
-    const whole = prod(entry);
+    const whole = shapeSize(entry);
     const srcArr = arrayFor(dtype, whole);
     const srcBuf = new Uint8Array(srcArr.buffer);
     let readSeconds = 0, sampleBytes = 0;
@@ -469,7 +458,7 @@ export class Compressor {
     if (sample.length) {
       const o = e.outputs[0];
       const oe = o.box ? [...entry.slice(0, -2), o.box[2] - o.box[0], o.box[3] - o.box[1]] : entry;
-      const warm = arrayFor(dtype, prod(oe));
+      const warm = arrayFor(dtype, shapeSize(oe));
       const w = sample.includes(K - 1) ? sample[0] : K - 1;
       if (reader) reader.decode(w, warm as Float32Array);
       else readSlab(out, o.path, [w, ...oe.map(() => 0)], [1, ...oe], warm);
@@ -492,7 +481,7 @@ export class Compressor {
         else readSlab(out, o.path, [j, ...outEntry.map(() => 0)], [1, ...outEntry], gotArr);
         readSeconds += (performance.now() - t0) / 1000;
         sampleBytes += got.length;
-        const [h, w] = [prod(outEntry.slice(0, -1)), outEntry[outEntry.length - 1] ?? 1];
+        const [h, w] = [shapeSize(outEntry.slice(0, -1)), outEntry[outEntry.length - 1] ?? 1];
         if (isF32) {
           const a = new Float32Array(crop.buffer, crop.byteOffset, crop.length / 4);
           const b = new Float32Array(got.buffer);
@@ -608,7 +597,7 @@ export class Compressor {
 
 function cropOf(buf: Uint8Array, entry: number[], box: Box, E: number): Uint8Array {
   const [SS, FS] = entry.slice(-2);
-  const planes = prod(entry.slice(0, -2));
+  const planes = shapeSize(entry.slice(0, -2));
   const h = box[2] - box[0], w = box[3] - box[1];
   const out = new Uint8Array(planes * h * w * E);
   let o = 0;
