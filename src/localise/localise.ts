@@ -402,13 +402,23 @@ export async function localise(
   stats?: PartStats,
 ): Promise<LocaliseResult> {
   const opt: LocaliseOptions = { ...DEFAULT_OPTIONS, ...options };
-  const workers = opt.workers ?? (opt.backend === "cpu" ? await cpuCount() : 1);
+  // One worker drives a GPU; the cpu backend (also auto's fallback without a hardware adapter) uses the cores.
+  const workers = opt.workers ?? (await usesGpu(opt.backend) ? 1 : await cpuCount());
   return await runAlgorithm<LocalisePart, LocaliseResult>(
     "localise",
     runPath,
     opt as unknown as Record<string, unknown>,
     { workers, progress, stats },
   );
+}
+
+/** Whether a backend choice will run on a GPU: webgpu, or auto with a hardware adapter. */
+async function usesGpu(choice: BackendChoice): Promise<boolean> {
+  if (choice === "cpu") return false;
+  if (choice === "webgpu") return true;
+  const { getGpuDevice } = await import("../gpu.ts");
+  const gpu = await getGpuDevice().catch(() => undefined);
+  return !!gpu && !gpu.software;
 }
 
 async function cpuCount(): Promise<number> {
