@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "./errors.ts";
+import { track } from "./writer-files.ts";
 
 /** The output directory `out` (default `<prefix>-<run name>`), checked. */
 export function prepareOut(runPath: string, out: string | undefined, prefix: string, force: boolean): string {
@@ -20,17 +21,33 @@ export function prepareOut(runPath: string, out: string | undefined, prefix: str
   return dir;
 }
 
-/** Fill a temporary directory beside `dir`, then put it in place of `dir`. */
-export async function buildDir(dir: string, fill: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = `${dir}.tmp-${process.pid}`;
+/**
+ * Fill a temporary directory beside `dir` (`.<name>.tmp-<pid>`), then put it in place of `dir`. An error,
+ * SIGINT or SIGTERM removes the temporary directory (the writer library's process cleanup).
+ */
+export async function buildDir<T>(dir: string, fill: (tmp: string) => Promise<T>): Promise<T> {
+  const tmp = path.join(path.dirname(dir), `.${path.basename(dir)}.tmp-${process.pid}`);
+  const cleanup = {
+    abort: () => {
+      try {
+        fs.rmSync(tmp, { recursive: true, force: true });
+      } catch {
+        // best effort
+      }
+    },
+  };
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp, { recursive: true });
+  track(cleanup, true);
   try {
-    await fill(tmp);
+    const result = await fill(tmp);
     if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(tmp, dir);
+    return result;
   } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
+    cleanup.abort();
     throw e;
+  } finally {
+    track(cleanup, false);
   }
 }

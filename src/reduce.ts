@@ -54,7 +54,7 @@ import {
   shapeSize,
 } from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
-import { track } from "./writer-files.ts";
+import { buildDir } from "./outdir.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */
@@ -1211,16 +1211,6 @@ export async function reduce(
   const lib = await h5();
   const mod = (await lib.ready) as unknown as Mod;
   const run = await Run.open(runAbs);
-  const tmpDir = path.join(path.dirname(out), `.${path.basename(out)}.tmp-${process.pid}`);
-  const cleanup = {
-    abort: () => {
-      try {
-        fs.rmSync(tmpDir, { recursive: true, force: true });
-      } catch {
-        // best effort
-      }
-    },
-  };
   const cp = new Copier(lib, mod, opts.sliceBytes ?? 32 * 2 ** 20);
   let compressor: Compressor | undefined;
   try {
@@ -1270,71 +1260,64 @@ export async function reduce(
       }
     }
 
-    fs.rmSync(tmpDir, { recursive: true, force: true });
-    fs.mkdirSync(tmpDir, { recursive: true });
-    track(cleanup, true);
-    const files: FileReduction[] = [];
-    const sorted = [...run.files].sort((a, b) => a.name.localeCompare(b.name));
-    for (const f of sorted) {
-      const bytesIn = fileSize(f.path);
-      const final = path.join(tmpDir, f.name);
-      const tmp = path.join(tmpDir, `.${f.name}.tmp-${process.pid}`);
-      const mods = byFile.get(f);
-      await opts.progress?.({ file: f.name, phase: "start" });
-      if (!mods) {
-        fs.copyFileSync(f.path, tmp);
-        fs.renameSync(tmp, final);
-        files.push({ name: f.name, action: "copied", bytesIn, bytesOut: fileSize(final) });
-      } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
-        files.push({ name: f.name, action: "dropped", bytesIn, bytesOut: 0 });
-      } else {
-        const plans: ModulePlanInFile[] = mods.map(({ module, mf }) => {
-          const st = states.get(module)!;
-          const { kept, counts } = planModule(det, mf, selection, keepDark, st);
-          return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
-        });
-        await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress, compressor);
-        fs.renameSync(tmp, final);
-        await compressor?.measure(f.h5, final);
-        files.push({ name: f.name, action: "reduced", bytesIn, bytesOut: fileSize(final) });
+    return await buildDir(out, async (tmpDir) => {
+      const files: FileReduction[] = [];
+      const sorted = [...run.files].sort((a, b) => a.name.localeCompare(b.name));
+      for (const f of sorted) {
+        const bytesIn = fileSize(f.path);
+        const final = path.join(tmpDir, f.name);
+        const tmp = path.join(tmpDir, `.${f.name}.tmp-${process.pid}`);
+        const mods = byFile.get(f);
+        await opts.progress?.({ file: f.name, phase: "start" });
+        if (!mods) {
+          fs.copyFileSync(f.path, tmp);
+          fs.renameSync(tmp, final);
+          files.push({ name: f.name, action: "copied", bytesIn, bytesOut: fileSize(final) });
+        } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
+          files.push({ name: f.name, action: "dropped", bytesIn, bytesOut: 0 });
+        } else {
+          const plans: ModulePlanInFile[] = mods.map(({ module, mf }) => {
+            const st = states.get(module)!;
+            const { kept, counts } = planModule(det, mf, selection, keepDark, st);
+            return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
+          });
+          await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress, compressor);
+          fs.renameSync(tmp, final);
+          await compressor?.measure(f.h5, final);
+          files.push({ name: f.name, action: "reduced", bytesIn, bytesOut: fileSize(final) });
+        }
+        await opts.progress?.({ file: f.name, phase: "done" });
       }
-      await opts.progress?.({ file: f.name, phase: "done" });
-    }
-    const modules = [...states.values()].map((s) => s.rec);
-    const unmatched = modules.reduce((a, m) => a + m.unmatched, 0);
-    if (unmatched) notes.push(`${unmatched} frames are not in the selection: counted as dark`);
-    const unindexed = modules.reduce((a, m) => a + m.unindexed, 0);
-    if (unindexed) notes.push(`${unindexed} rows belong to no train of the index (padding): left out`);
-    notes.push(...cp.notes);
-    const bytesIn = files.reduce((a, f) => a + f.bytesIn, 0);
-    const bytesOut = files.reduce((a, f) => a + f.bytesOut, 0);
-    const record: ReductionRecord = {
-      run: runAbs,
-      from: fromAbs,
-      out,
-      detector: det.name,
-      level: det.raw ? "raw" : "corr",
-      options: { modules: modulesOpt, roi: !!opts.roi, keepDark },
-      bytesIn,
-      bytesOut,
-      ratio: bytesOut > 0 ? bytesIn / bytesOut : Infinity,
-      framesIn: modules.reduce((a, m) => a + m.framesIn, 0),
-      framesKept: modules.reduce((a, m) => a + (m.dropped ? 0 : m.framesKept), 0),
-      modules,
-      files,
-      notes,
-      seconds: (performance.now() - t0) / 1000,
-    };
-    if (compressor) record.compression = compressor.record();
-    fs.writeFileSync(path.join(tmpDir, "reduction.json"), JSON.stringify(record, null, 2) + "\n");
-    if (fs.existsSync(out)) fs.rmSync(out, { recursive: true, force: true });
-    fs.renameSync(tmpDir, out);
-    return record;
-  } catch (e) {
-    cleanup.abort();
-    throw e;
+      const modules = [...states.values()].map((s) => s.rec);
+      const unmatched = modules.reduce((a, m) => a + m.unmatched, 0);
+      if (unmatched) notes.push(`${unmatched} frames are not in the selection: counted as dark`);
+      const unindexed = modules.reduce((a, m) => a + m.unindexed, 0);
+      if (unindexed) notes.push(`${unindexed} rows belong to no train of the index (padding): left out`);
+      notes.push(...cp.notes);
+      const bytesIn = files.reduce((a, f) => a + f.bytesIn, 0);
+      const bytesOut = files.reduce((a, f) => a + f.bytesOut, 0);
+      const record: ReductionRecord = {
+        run: runAbs,
+        from: fromAbs,
+        out,
+        detector: det.name,
+        level: det.raw ? "raw" : "corr",
+        options: { modules: modulesOpt, roi: !!opts.roi, keepDark },
+        bytesIn,
+        bytesOut,
+        ratio: bytesOut > 0 ? bytesIn / bytesOut : Infinity,
+        framesIn: modules.reduce((a, m) => a + m.framesIn, 0),
+        framesKept: modules.reduce((a, m) => a + (m.dropped ? 0 : m.framesKept), 0),
+        modules,
+        files,
+        notes,
+        seconds: (performance.now() - t0) / 1000,
+      };
+      if (compressor) record.compression = compressor.record();
+      fs.writeFileSync(path.join(tmpDir, "reduction.json"), JSON.stringify(record, null, 2) + "\n");
+      return record;
+    });
   } finally {
-    track(cleanup, false);
     cp.dispose();
     compressor?.dispose();
     run.close();

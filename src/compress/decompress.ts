@@ -21,7 +21,7 @@ import type { Command, OptionSpec } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../h5.ts";
 import { rewriteFile } from "../reduce.ts";
-import { track } from "../writer-files.ts";
+import { buildDir } from "../outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";
 
@@ -191,23 +191,10 @@ export async function decompress(
   if (fs.existsSync(out) && !opts.force) throw new InputError(out, "exists; use --force to replace it");
   const sliceBytes = opts.sliceBytes ?? 32 * 2 ** 20;
   await registerPlugins();
-  const tmpDir = path.join(path.dirname(out), `.${path.basename(out)}.tmp-${process.pid}`);
-  const cleanup = {
-    abort: () => {
-      try {
-        fs.rmSync(tmpDir, { recursive: true, force: true });
-      } catch {
-        // best effort
-      }
-    },
-  };
   const notes = new Set<string>();
   const files: DecompressedFile[] = [];
   let decodeSeconds = 0, decodedBytes = 0;
-  try {
-    fs.rmSync(tmpDir, { recursive: true, force: true });
-    fs.mkdirSync(tmpDir, { recursive: true });
-    track(cleanup, true);
+  return await buildDir(out, async (tmpDir) => {
     for (const name of names) {
       const srcPath = path.join(runDir, name);
       const final = path.join(tmpDir, name);
@@ -275,15 +262,8 @@ export async function decompress(
       notes: [...notes],
     };
     fs.writeFileSync(path.join(tmpDir, "decompression.json"), JSON.stringify(record, null, 2) + "\n");
-    if (fs.existsSync(out)) fs.rmSync(out, { recursive: true, force: true });
-    fs.renameSync(tmpDir, out);
     return record;
-  } catch (e) {
-    cleanup.abort();
-    throw e;
-  } finally {
-    track(cleanup, false);
-  }
+  });
 }
 
 const MB = 1e6;
