@@ -23,7 +23,7 @@ import { annotateBeam } from "./litframes.ts";
 import { runNaming } from "./localise/output.ts";
 import { Run } from "./run.ts";
 import { openWriter } from "./writer.ts";
-import { buildDir, prepareOut } from "./outdir.ts";
+import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
 
 export interface AveragePart {
   modules: number[];
@@ -187,9 +187,11 @@ export class AverageAlgorithm implements Algorithm<AveragePart, AverageResult> {
 export async function average(
   runPath: string,
   options: { from?: string; workers?: number } = {},
+  progress?: (done: number, total: number) => void,
 ): Promise<AverageResult> {
   return await runAlgorithm<AveragePart, AverageResult>("average", runPath, { from: options.from }, {
     workers: options.workers ?? (await defaultWorkers()),
+    progress,
   });
 }
 
@@ -264,7 +266,7 @@ export const averageCommand: Command = {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
     const dir = prepareOut(runPath, o.out, "average", !!o.force);
-    const r = await average(runPath, { from: o.from, workers: o.workers });
+    const r = await average(runPath, { from: o.from, workers: o.workers }, progressPrinter("average"));
     await writeAverageDir(r, dir);
     const summary = {
       run: r.run,

@@ -51,3 +51,18 @@ export async function buildDir<T>(dir: string, fill: (tmp: string) => Promise<T>
     track(cleanup, false);
   }
 }
+
+/** A progress line on stderr (frames/s, ETA) when stderr is a terminal; undefined otherwise. */
+export function progressPrinter(label: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  const t0 = performance.now();
+  return (done, total) => {
+    const s = (performance.now() - t0) / 1000;
+    const rate = done / s;
+    const eta = rate > 0 ? (total - done) / rate : 0;
+    process.stderr.write(
+      `\r${label}: ${done}/${total} frames, ${rate.toFixed(0)} frames/s, ETA ${eta.toFixed(0)} s   `,
+    );
+    if (done >= total) process.stderr.write("\n");
+  };
+}

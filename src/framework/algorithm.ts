@@ -223,7 +223,11 @@ export async function runAlgorithm<P, R>(
             if (m.type === "progress") {
               done[i] = m.done;
               total[i] = m.total;
-              driver.progress?.(done.reduce((a, b) => a + b, 0), total.reduce((a, b) => a + b, 0));
+              // In frames of the run: the groups' summed fraction times the largest group's frame count.
+              const all = total.reduce((a, b) => a + b, 0);
+              const frames = Math.max(...total);
+              const fraction = all > 0 ? done.reduce((a, b) => a + b, 0) / all : 0;
+              driver.progress?.(Math.round(fraction * frames), frames);
             } else if (m.type === "part") {
               if (driver.stats) addStats(driver.stats, m.stats);
               return m.part;

@@ -11,7 +11,7 @@ import type { Command, OptionSpec } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
 import { summaryJson, writeRedu } from "./output.ts";
-import { buildDir, prepareOut } from "../outdir.ts";
+import { buildDir, prepareOut, progressPrinter } from "../outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "report", help: "also write DIR/report.html, a page to judge the result (docs/report.md)" },
@@ -172,20 +172,6 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
   };
 }
 
-function progressPrinter(): ((done: number, total: number) => void) | undefined {
-  if (!process.stderr.isTTY) return undefined;
-  const t0 = performance.now();
-  return (done, total) => {
-    const s = (performance.now() - t0) / 1000;
-    const rate = done / s;
-    const eta = rate > 0 ? (total - done) / rate : 0;
-    process.stderr.write(
-      `\rlocalise: ${done}/${total} frames, ${rate.toFixed(0)} frames/s, ETA ${eta.toFixed(0)} s   `,
-    );
-    if (done >= total) process.stderr.write("\n");
-  };
-}
-
 export function formatResult(r: LocaliseResult, dir: string): string {
   const lines = [
     `${r.run}: ${r.detector.name} (${r.detector.type}), ${r.trains} trains, ${r.frames} frames, ${r.litFrames} lit`,
@@ -216,7 +202,7 @@ export const localiseCommand: Command = {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
     const dir = prepareOut(runPath, o.out, "localise", !!o.force);
-    const result = await localise(runPath, toLocaliseOptions(o), progressPrinter());
+    const result = await localise(runPath, toLocaliseOptions(o), progressPrinter("localise"));
     for (const n of result.notes) console.error(`xfel-redu: ${n}`);
     await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
     console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
