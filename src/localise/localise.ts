@@ -75,7 +75,7 @@ export const DEFAULT_OPTIONS: LocaliseOptions = {
   hotSample: 128,
   backend: "auto",
   litFrom: "both",
-  batchBytes: 256 * 2 ** 20,
+  batchBytes: 128 * 2 ** 20,
 };
 
 export interface ModuleResult {
