@@ -48,6 +48,7 @@ const commands: Command[] = [
       const run = await Run.open(requireArg(args, 0, "RUN"));
       try {
         const s = summarise(run);
+        for (const w of s.warnings) console.error(`xfel-redu: warning: ${w}`);
         console.log(opts.json ? JSON.stringify(s, null, 2) : formatSummary(s));
         if (s.detectors.length === 0) throw new InputError(run.path, "no detector data in this run");
       } finally {

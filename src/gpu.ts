@@ -45,6 +45,28 @@ export interface GpuDevice {
   implementation: "dawn" | "deno";
 }
 
+/**
+ * Whether this machine shows a GPU to user space, found without initialising any WebGPU implementation
+ * (Dawn prints native warnings on stderr as soon as it looks for adapters). Linux: an NVIDIA, AMD (kfd) or
+ * DRM render node under /dev; elsewhere assumed. `auto` backends use this to stay on the CPU, silently,
+ * where only a software adapter could exist. XFEL_REDU_GPU=on skips the check.
+ */
+export function gpuHardwarePresent(): boolean {
+  if (/^(on|1|true|force)$/i.test(process.env.XFEL_REDU_GPU ?? "")) return true;
+  if (/^(off|0|false|none)$/i.test(process.env.XFEL_REDU_GPU ?? "")) return false;
+  if (process.platform !== "linux") return true;
+  try {
+    if (fs.readdirSync("/dev").some((n) => /^nvidia\d+$/.test(n) || n === "kfd")) return true;
+  } catch {
+    // no /dev listing
+  }
+  try {
+    return fs.readdirSync("/dev/dri").some((n) => n.startsWith("renderD"));
+  } catch {
+    return false;
+  }
+}
+
 // Strong references to what Dawn's create() returns, for the life of the process: Dawn crashes when
 // these are garbage-collected while a device lives.
 const keep: unknown[] = [];

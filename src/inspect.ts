@@ -25,6 +25,8 @@ export interface RunSummary {
   firstTrain: number | null;
   lastTrain: number | null;
   detectors: DetectorSummary[];
+  /** Inconsistent INDEX, mixed runs (Run.warnings), one line each naming the file. */
+  warnings: string[];
   sources: {
     name: string;
     kind: string;
@@ -80,6 +82,7 @@ export function summarise(run: Run): RunSummary {
     firstTrain: run.trainIds[0] ?? null,
     lastTrain: run.trainIds[run.trainIds.length - 1] ?? null,
     detectors,
+    warnings: run.warnings(),
     sources: run.sources().map((s) => ({
       name: s.name,
       kind: s.kind,

@@ -65,6 +65,15 @@ export interface ReduceOptions {
   keepDark?: number;
   /** Replace an existing DIR. */
   force?: boolean;
+  /** The run is a copy of the one localise ran on (another path, same run): apply the selection anyway. */
+  runCopy?: boolean;
+  /**
+   * Frames of the run that the selection does not list (localise ran on a train range or a copy that
+   * grew): "keep" them or "delete" them. Unset: such a selection is refused.
+   */
+  unlisted?: "keep" | "delete";
+  /** Accept a result that keeps no frame at all (else refused). */
+  allowEmpty?: boolean;
   /** Largest block of data moved at once (default 32 MiB). */
   sliceBytes?: number;
   /** Called as files and datasets are done; may return a promise (awaited). */
@@ -98,8 +107,10 @@ export interface ModuleReduction {
   framesKept: number;
   litKept: number;
   darkKept: number;
-  /** Frames the selection does not list (counted as dark). */
+  /** Frames the selection does not list (refused unless `unlisted` says keep or delete). */
   unmatched: number;
+  /** Of those, kept (`unlisted: "keep"`). */
+  unlistedKept: number;
   /** Rows left out because they belong to no train of the index (or disagree with it). */
   unindexed: number;
   rois: [number, number, number, number][];
@@ -136,6 +147,8 @@ export interface ReductionRecord {
 type Box = [number, number, number, number];
 
 interface LocaliseSummary {
+  /** The run localise ran on (absolute path). */
+  run?: string;
   detector?: { name?: string; modules?: number[] };
   modules?: { module: number; selected: boolean; rois?: Box[]; files?: string[] }[];
 }
@@ -261,6 +274,7 @@ interface Mod {
   create_dataset(fid: bigint, p: string, ptr: bigint, meta: unknown): number;
   get_dataset_metadata(fid: bigint, p: string): Meta;
   get_dataset_filters(fid: bigint, p: string): Filter[];
+  reclaim_vlen_memory(fid: bigint, p: string, attr: string, ptr: bigint): number;
 }
 
 const UNLIMITED = 18446744073709551615n;
@@ -417,19 +431,53 @@ class Copier {
         this.notes.add(`${p}: variable-length data other than strings not supported, left out`);
         return;
       }
-      const ds = src.get(p) as unknown as { value: unknown };
-      const k = p.lastIndexOf("/");
-      const g = k > 0 ? ensureGroup(dst, p.slice(0, k)) : (dst as unknown as H5Group);
-      g.create_dataset({
-        name: p.slice(k + 1),
-        data: ds.value as string[],
-        shape,
-        dtype: m.cset === 0 ? "A" : "S",
-      });
+      this.copyVlenStrings(src, dst, p, m);
       return;
     }
     const all = shape.length ? Int32Array.from({ length: shape[0] }, (_, i) => i) : null;
     this.copyRows(src, dst, p, p, all, m);
+  }
+
+  /**
+   * A variable-length string dataset, copied as HDF5 holds it: the string pointers are read into the heap
+   * and written back as they are, so a NULL entry (the DAQ's and EXtra-data's METADATA padding) stays NULL
+   * and an empty string stays empty (h5wasm's `.value` would read a NULL pointer as the bytes at heap
+   * address 0, "emsc"). Shape, maxshape (unlimited included), chunks and character set are kept.
+   */
+  private copyVlenStrings(src: H5File, dst: H5File, p: string, m: Meta): void {
+    const shape = m.shape ?? [];
+    const n = Math.max(1, shapeSize(shape));
+    const ptr = this.malloc(n * 4);
+    try {
+      this.mod.HEAPU8.fill(0, ptr, ptr + n * 4);
+      this.call(
+        `cannot read ${p}`,
+        src.filename,
+        () => this.mod.get_dataset_data(src.file_id, "/" + p, null, null, null, BigInt(ptr)),
+      );
+      try {
+        const maxshape = (m.maxshape ?? shape).map((d) => (d >= 2 ** 63 ? UNLIMITED : BigInt(d)));
+        const meta = {
+          type: 3,
+          size: 4,
+          signed: false,
+          vlen: true,
+          littleEndian: true,
+          cset: m.cset ?? 0,
+          shape: shape.map(BigInt),
+          maxshape,
+          chunks: m.chunks ? m.chunks.map(BigInt) : null,
+          compression: 0,
+          compression_opts: [],
+          track_order: false,
+        };
+        this.create(dst, p, ptr, meta);
+      } finally {
+        this.mod.reclaim_vlen_memory(src.file_id, "/" + p, "", BigInt(ptr));
+      }
+    } finally {
+      this.free(ptr);
+    }
   }
 
   /**
@@ -533,6 +581,21 @@ class Copier {
       for (const [a, b] of rowRuns(rows)) {
         this.read(src, p, [b - a, ...entry], [a, ...zeros], ptr + k * rowBytes);
         k += b - a;
+      }
+      if (K * rowBytes >= 2 ** 16 && allZero(this.mod.HEAPU8, ptr, ptr + K * rowBytes)) {
+        // All zeros (typically a dataset the input never wrote, as mask and gain of many CORR files): chunked
+        // and left unallocated, read as the fill value 0 -- the same bytes, no space. (Created empty, then
+        // resized: create_dataset writes its whole initial shape from the buffer.)
+        const c0 = Math.max(1, Math.min(K, Math.floor(2 ** 20 / rowBytes)));
+        this.create(
+          dst,
+          q,
+          this.buffer(8),
+          this.writeMeta(m, [0, ...entry], [K, ...entry], [c0, ...entry], filter),
+        );
+        this.resize(dst, q, [K, ...entry]);
+        this.notes.add(`${p}: all zeros, written unallocated (chunked; reads as zeros)`);
+        return;
       }
       this.create(dst, q, ptr, this.writeMeta(m, [K, ...entry], [K, ...entry], null, filter));
       return;
@@ -696,6 +759,25 @@ class Copier {
   }
 }
 
+/** Whether heap bytes [from, to) are all zero (4 bytes at a time where aligned; stops at the first non-zero). */
+function allZero(heap: Uint8Array, from: number, to: number): boolean {
+  let i = from;
+  while (i < to && i & 3) if (heap[i++]) return false;
+  const n4 = (to - i) >> 2;
+  if (n4 > 0) {
+    const u = new Uint32Array(heap.buffer, heap.byteOffset + i, n4);
+    for (let j = 0; j < n4; j += 1024) {
+      let acc = 0;
+      const e = Math.min(n4, j + 1024);
+      for (let t = j; t < e; t++) acc |= u[t];
+      if (acc) return false;
+    }
+    i += n4 * 4;
+  }
+  while (i < to) if (heap[i++]) return false;
+  return true;
+}
+
 /**
  * Rows appended to a dataset, written in blocks of whole output chunks (no partial chunk is written twice,
  * so compressed chunks are not rewritten), through its own heap buffer of at most maxBytes (at least one
@@ -706,6 +788,7 @@ class Sink {
   private readonly cap: number;
   private fill = 0;
   private k = 0;
+  private readonly chunk0: number;
 
   constructor(
     private readonly cp: Copier,
@@ -718,6 +801,7 @@ class Sink {
     private readonly hook?: RowsHook,
   ) {
     const c = Math.max(1, chunk0);
+    this.chunk0 = c;
     this.cap = c * Math.max(1, Math.floor(maxBytes / Math.max(1, rowBytes * c)));
     this.ptr = cp.malloc(Math.max(8, this.cap * rowBytes));
   }
@@ -755,7 +839,26 @@ class Sink {
       this.fill = 0;
       return;
     }
-    this.cp.writeRows(this.dst, this.q, this.entry, this.k, this.fill, this.ptr);
+    // Chunks of rows whose bytes are all zero are not written: HDF5 leaves them unallocated and reads them
+    // as the fill value 0, the same bytes. A run whose input never wrote a dataset (mask, gain) stays small.
+    // Blocks start at a multiple of chunk0 (every flush but the last is a whole number of chunks).
+    const block = this.chunk0 * this.rowBytes;
+    let a = 0;
+    const writeRun = (r0: number, r1: number) => {
+      if (r1 > r0) {
+        this.cp.writeRows(this.dst, this.q, this.entry, this.k + r0, r1 - r0, this.ptr + r0 * this.rowBytes);
+      }
+    };
+    for (let r = 0; r < this.fill; r += this.chunk0) {
+      const n = Math.min(this.chunk0, this.fill - r);
+      const from = this.ptr + r * this.rowBytes;
+      // The heap view afresh each time: a write may grow the wasm heap, which detaches older views.
+      if (allZero(this.cp.heap, from, from + (n === this.chunk0 ? block : n * this.rowBytes))) {
+        writeRun(a, r);
+        a = r + n;
+      }
+    }
+    writeRun(a, this.fill);
     this.k += this.fill;
     this.fill = 0;
   }
@@ -819,7 +922,9 @@ function planModule(
   mf: ModuleFile,
   sel: Selection,
   keepDark: number,
+  keepUnlisted: boolean,
   st: ModuleState,
+  matched: Set<string>,
 ): { kept: Int32Array; counts: number[] } {
   const f = mf.file;
   const N = mf.rows;
@@ -837,15 +942,22 @@ function planModule(
     let n = 0;
     for (let r = a; r < a + c && r < N; r++) {
       inIndex++;
+      // JUNGFRAU: one entry holds every memory cell (frames = cells); the entry is kept when a cell is lit.
       let lit: number;
+      let litCells = 0, unlistedCells = 0;
       if (jf) {
         lit = -1;
         for (let k = 0; k < cells; k++) {
           const v = sel.lookup(t, k);
-          if (v === 1) lit = 1;
-          else if (v === 0 && lit < 0) lit = 0;
+          if (v >= 0) matched.add(`${t}:${k}`);
+          else unlistedCells++;
+          if (v === 1) {
+            lit = 1;
+            litCells++;
+          } else if (v === 0 && lit < 0) lit = 0;
         }
-        st.rec.framesIn++;
+        if (lit !== 1 && unlistedCells) lit = -1;
+        st.rec.framesIn += cells;
       } else {
         if (tids![r] !== 0 && tids![r] !== t) {
           st.rec.unindexed++;
@@ -853,14 +965,22 @@ function planModule(
         }
         st.rec.framesIn++;
         lit = sel.lookup(t, pids![r]);
+        if (lit >= 0) matched.add(`${t}:${pids![r]}`);
+        unlistedCells = lit === -1 ? 1 : 0;
+        litCells = lit === 1 ? 1 : 0;
       }
+      const per = jf ? cells : 1;
       let keep = lit === 1;
-      if (lit === 1) st.rec.litKept++;
-      else {
-        if (lit === -1) st.rec.unmatched++;
+      if (lit === 1) st.rec.litKept += litCells;
+      else if (lit === -1 && keepUnlisted) {
+        keep = true;
+        st.rec.unmatched += unlistedCells;
+        st.rec.unlistedKept += per;
+      } else {
+        if (lit === -1) st.rec.unmatched += unlistedCells;
         if (keepDark > 0 && st.darkSeen++ % keepDark === 0) {
           keep = true;
-          st.rec.darkKept++;
+          st.rec.darkKept += per;
         }
       }
       if (keep) {
@@ -871,7 +991,7 @@ function planModule(
     counts.push(n);
   }
   st.rec.unindexed += Math.max(0, N - inIndex);
-  st.rec.framesKept += kept.length;
+  st.rec.framesKept += kept.length * (jf ? cells : 1);
   return { kept: Int32Array.from(kept), counts };
 }
 
@@ -1144,6 +1264,60 @@ function clampBoxes(boxes: readonly Box[], [SS, FS]: [number, number]): Box[] {
   return out;
 }
 
+/** Run numbers and data levels (RAW, CORR, ...) named by files `<LEVEL>-R<run>-...h5` of a run path. */
+function namingOf(p: string): { runs: Set<number>; levels: Set<string> } {
+  let names: string[] = [];
+  try {
+    names = fs.statSync(p).isDirectory() ? fs.readdirSync(p) : [path.basename(p)];
+  } catch {
+    names = [];
+  }
+  const runs = new Set<number>(), levels = new Set<string>();
+  for (const n of names) {
+    const m = /^([A-Za-z]+)-R(\d+)-.*\.h5$/.exec(n);
+    if (!m || Number(m[2]) === 0) continue;
+    levels.add(m[1].toUpperCase());
+    runs.add(Number(m[2]));
+  }
+  return { runs, levels };
+}
+
+function realPath(p: string): string {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/**
+ * The selection must come from this run: localise's summary.json names the run it ran on. Another run
+ * number is refused. The same run at another data level (a CORR selection on the RAW run) is the point of
+ * reducing RAW data and is accepted; another path at the same level (a copy) only with runCopy. The frames
+ * are matched afterwards, one by one.
+ */
+function checkSameRun(runAbs: string, fromAbs: string, summary: LocaliseSummary, runCopy: boolean): void {
+  if (!summary.run) return;
+  if (realPath(summary.run) === realPath(runAbs)) return;
+  const mine = namingOf(runAbs), theirs = namingOf(fromAbs);
+  const sameRun = [...theirs.runs].some((r) => mine.runs.has(r));
+  if (mine.runs.size && theirs.runs.size && !sameRun) {
+    throw new InputError(
+      fromAbs,
+      `the selection was made on run ${[...theirs.runs].join(", ")} (${summary.run}), not on run ${
+        [...mine.runs].join(", ")
+      } (${runAbs})`,
+    );
+  }
+  const otherLevel = sameRun && ![...theirs.levels].some((l) => mine.levels.has(l));
+  if (!otherLevel && !runCopy) {
+    throw new InputError(
+      fromAbs,
+      `the selection was made on ${summary.run}, not on ${runAbs}; if the run is a copy of it, say --run-copy`,
+    );
+  }
+}
+
 function isInside(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent + path.sep);
 }
@@ -1208,25 +1382,42 @@ export async function reduce(
       "--modules selected needs the localise summary.json",
     );
   }
+  if (opts.unlisted !== undefined && opts.unlisted !== "keep" && opts.unlisted !== "delete") {
+    throw new InputError(undefined, `--unlisted must be keep or delete, not ${opts.unlisted}`);
+  }
+  checkSameRun(runAbs, fromAbs, summary, !!opts.runCopy);
   const lib = await h5();
   const mod = (await lib.ready) as unknown as Mod;
   const run = await Run.open(runAbs);
   const cp = new Copier(lib, mod, opts.sliceBytes ?? 32 * 2 ** 20);
   let compressor: Compressor | undefined;
   try {
+    // Never delete frames of a run whose INDEX cannot be trusted.
+    const problems = run.indexProblems();
+    if (problems.length) {
+      throw new InputError(
+        undefined,
+        `${problems[0]}${
+          problems.length > 1 ? ` (and ${problems.length - 1} more)` : ""
+        }; reduce refuses an inconsistent INDEX`,
+      );
+    }
     if (method) {
       compressor = await Compressor.create(method, {
         backend: opts.compressBackend,
         qualityFrames: opts.qualityFrames,
       });
     }
-    const det = detName && run.detectors.some((d) => d.name === detName)
-      ? run.detector(detName)
-      : run.detector(undefined);
-    const notes: string[] = [];
-    if (detName && det.name !== detName) {
-      notes.push(`the selection is for ${detName}; applied to ${det.name} by (trainId, pulseId)`);
+    if (detName && !run.detectors.some((d) => d.name === detName)) {
+      throw new InputError(
+        fromAbs,
+        `the selection is for detector ${detName}; ${runPath} has ${
+          run.detectors.map((d) => d.name).join(", ") || "no detector"
+        }`,
+      );
     }
+    const det = run.detector(detName ?? undefined);
+    const notes: string[] = [];
     const sumMods = new Map((summary.modules ?? []).map((m) => [m.module, m]));
     const states = new Map<number, ModuleState>();
     for (const m of det.modules) {
@@ -1246,6 +1437,7 @@ export async function reduce(
           litKept: 0,
           darkKept: 0,
           unmatched: 0,
+          unlistedKept: 0,
           unindexed: 0,
           rois: clampBoxes(sm?.rois ?? [], det.imageShape),
         },
@@ -1258,6 +1450,54 @@ export async function reduce(
         if (!byFile.has(mf.file)) byFile.set(mf.file, []);
         byFile.get(mf.file)!.push({ module: m.module, mf });
       }
+    }
+
+    // Plan every module file first (frame IDs only): the guards below see the whole run before anything is
+    // written.
+    const matched = new Set<string>();
+    const plansOf = new Map<RunFile, ModulePlanInFile[]>();
+    for (const [f, mods] of byFile) {
+      if (mods.every((m) => states.get(m.module)!.rec.dropped)) continue;
+      plansOf.set(
+        f,
+        mods.map(({ module, mf }) => {
+          const st = states.get(module)!;
+          const { kept, counts } = planModule(
+            det,
+            mf,
+            selection,
+            keepDark,
+            opts.unlisted === "keep",
+            st,
+            matched,
+          );
+          return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
+        }),
+      );
+    }
+    const planned = [...states.values()].map((s) => s.rec).filter((m) => !m.dropped);
+    const unlisted = planned.reduce((a, m) => a + m.unmatched, 0);
+    const framesIn = planned.reduce((a, m) => a + m.framesIn, 0);
+    if (unlisted > 0 && opts.unlisted === undefined) {
+      throw new InputError(
+        fromAbs,
+        `the selection does not list ${unlisted} of the run's ${framesIn} frames (localise ran on part of the run?); ` +
+          "rerun localise on the whole run, or say --unlisted keep|delete",
+      );
+    }
+    const absent = selection.frames - matched.size;
+    if (absent > 0) {
+      throw new InputError(
+        fromAbs,
+        `the selection lists ${absent} frames that ${runPath} does not have: it was made on another run`,
+      );
+    }
+    const keptTotal = planned.reduce((a, m) => a + m.framesKept, 0);
+    if (keptTotal === 0 && framesIn > 0 && !opts.allowEmpty) {
+      throw new InputError(
+        fromAbs,
+        `the selection keeps none of the run's ${framesIn} frames; say --allow-empty to write a run without them`,
+      );
     }
 
     return await buildDir(out, async (tmpDir) => {
@@ -1276,11 +1516,7 @@ export async function reduce(
         } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
           files.push({ name: f.name, action: "dropped", bytesIn, bytesOut: 0 });
         } else {
-          const plans: ModulePlanInFile[] = mods.map(({ module, mf }) => {
-            const st = states.get(module)!;
-            const { kept, counts } = planModule(det, mf, selection, keepDark, st);
-            return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
-          });
+          const plans = plansOf.get(f)!;
           await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress, compressor);
           fs.renameSync(tmp, final);
           await compressor?.measure(f.h5, final);
@@ -1290,7 +1526,13 @@ export async function reduce(
       }
       const modules = [...states.values()].map((s) => s.rec);
       const unmatched = modules.reduce((a, m) => a + m.unmatched, 0);
-      if (unmatched) notes.push(`${unmatched} frames are not in the selection: counted as dark`);
+      if (unmatched) {
+        notes.push(
+          `${unmatched} frames are not in the selection: ${
+            opts.unlisted === "keep" ? "kept" : "deleted (--unlisted delete)"
+          }`,
+        );
+      }
       const unindexed = modules.reduce((a, m) => a + m.unindexed, 0);
       if (unindexed) notes.push(`${unindexed} rows belong to no train of the index (padding): left out`);
       notes.push(...cp.notes);
@@ -1359,6 +1601,13 @@ export const REDUCE_OPTIONS: OptionSpec[] = [
   { name: "modules", value: "string", default: "all", help: "all | selected (leave out unselected modules)" },
   { name: "roi", help: "keep only each module's ROI boxes (one dataset per ROI)" },
   { name: "keep-dark", value: "number", default: 0, help: "keep every Nth dark frame (0: none)" },
+  { name: "run-copy", help: "RUN is a copy of the run localise ran on (another path): apply its selection" },
+  {
+    name: "unlisted",
+    value: "string",
+    help: "frames the selection does not list: keep | delete (unset: refused)",
+  },
+  { name: "allow-empty", help: "accept a selection that keeps no frame" },
   {
     name: "compress",
     value: "string",
@@ -1389,6 +1638,9 @@ export const reduceCommand: Command = {
       roi: !!o.roi,
       keepDark: o.keepDark,
       force: !!o.force,
+      runCopy: !!o.runCopy,
+      unlisted: o.unlisted,
+      allowEmpty: !!o.allowEmpty,
       compress: o.compress,
       compressFilter: o.compressFilter,
       compressBackend: o.compressBackend,

@@ -57,6 +57,11 @@ export interface RunFile {
   /** Train IDs of this file (padding dropped). */
   trainIds: number[];
   sources: Map<string, SourceInFile>;
+  /**
+   * What is inconsistent in the file's INDEX, one line each (as EXtra-data's validator finds it): train IDs
+   * repeated or decreasing, index entries pointing past the data. Empty for a consistent file.
+   */
+  problems: string[];
 }
 
 export interface ModuleFile {
@@ -142,6 +147,32 @@ export class Run {
       throw e;
     }
     return new Run(runPath, files);
+  }
+
+  /** INDEX inconsistencies of every file, each line naming its file. */
+  indexProblems(): string[] {
+    return this.files.flatMap((f) => f.problems.map((m) => `${f.path}: ${m}`));
+  }
+
+  /**
+   * What a user must be told about the run before trusting results: INDEX inconsistencies, and files of
+   * more than one run in one directory (run numbers from the file names `...-R<run>-...`). One line each.
+   */
+  warnings(): string[] {
+    const out = this.indexProblems();
+    const runs = new Map<string, string[]>();
+    for (const f of this.files) {
+      const m = /-R(\d+)-/.exec(f.name);
+      if (!m) continue;
+      const r = String(Number(m[1]));
+      if (!runs.has(r)) runs.set(r, []);
+      runs.get(r)!.push(f.name);
+    }
+    if (runs.size > 1) {
+      const list = [...runs].map(([r, fs]) => `run ${r} (${fs.length} files, e.g. ${fs[0]})`).join(", ");
+      out.push(`${this.path}: files of ${runs.size} runs mixed in one directory: ${list}`);
+    }
+    return out;
   }
 
   /** A short name for outputs: the directory (or file) name. */
@@ -264,7 +295,66 @@ function describeFile(p: string, h5: H5File): RunFile {
       s.index.set(group, readIndex(h5, `${name}/${group}`, nTrains));
     }
   }
-  return { path: p, name: path.basename(p), format, h5, trainIds, sources };
+  return {
+    path: p,
+    name: path.basename(p),
+    format,
+    h5,
+    trainIds,
+    sources,
+    problems: indexProblems(h5, trainIds, sources),
+  };
+}
+
+/** Train IDs repeated or decreasing; per source index group, trains whose rows lie past the data. */
+function indexProblems(h5: H5File, trainIds: number[], sources: Map<string, SourceInFile>): string[] {
+  const out: string[] = [];
+  const bad: string[] = [];
+  for (let i = 1; i < trainIds.length; i++) {
+    if (trainIds[i] === trainIds[i - 1]) bad.push(`${trainIds[i]} repeated`);
+    else if (trainIds[i] < trainIds[i - 1]) bad.push(`${trainIds[i]} after ${trainIds[i - 1]}`);
+  }
+  if (bad.length) out.push(`INDEX/trainId not strictly increasing: ${listSome(bad)}`);
+  for (const s of sources.values()) {
+    for (const [group, ix] of s.index) {
+      const root = s.kind === "CONTROL" ? `CONTROL/${s.name}` : `INSTRUMENT/${s.name}/${group}`;
+      const rows = firstDatasetRows(h5, root);
+      if (rows === null) continue;
+      const past: number[] = [];
+      for (let i = 0; i < ix.first.length; i++) {
+        if (ix.count[i] > 0 && ix.first[i] + ix.count[i] > rows) past.push(trainIds[i]);
+      }
+      if (past.length) {
+        const where = s.kind === "CONTROL" ? s.name : `${s.name}/${group}`;
+        out.push(
+          `INDEX/${where}: trains ${listSome(past.map(String))} point past the data (${rows} rows)`,
+        );
+      }
+    }
+  }
+  return out;
+}
+
+function listSome(xs: string[]): string {
+  return xs.length > 5 ? `${xs.slice(0, 5).join(", ")} and ${xs.length - 5} more` : xs.join(", ");
+}
+
+/** Rows (first axis) of the first dataset found under a group, or null. */
+function firstDatasetRows(h5: H5File, g: string): number | null {
+  let e: unknown;
+  try {
+    e = h5.get(g);
+  } catch {
+    return null;
+  }
+  const kind = (e as { type?: string } | null)?.type;
+  if (kind === "Dataset") return dsInfo(e as H5Dataset).shape[0] ?? null;
+  if (kind !== "Group") return null;
+  for (const n of (e as H5Group).keys()) {
+    const r = firstDatasetRows(h5, `${g}/${n}`);
+    if (r !== null) return r;
+  }
+  return null;
 }
 
 function readIndex(h5: H5File, key: string, nTrains: number): SourceIndex {

@@ -19,7 +19,7 @@
  */
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
-import { getGpuDevice } from "../gpu.ts";
+import { getGpuDevice, gpuHardwarePresent } from "../gpu.ts";
 import { arrayFor, dsInfo, h5, type H5Dataset, type H5File, readSlab, rowRuns, shapeSize } from "../h5.ts";
 import { type FilterSpec, h5wasmFilter, parseFilter, registerPlugins } from "./filters.ts";
 import { SzDatasetReader, SzDatasetWriter, szNames } from "./layout.ts";
@@ -243,7 +243,7 @@ export class Compressor {
     if (!["auto", "cpu", "webgpu"].includes(want)) {
       throw new InputError(undefined, `--compress-backend must be auto, cpu or webgpu, not ${want}`);
     }
-    if (method.kind === "sz" && want !== "cpu") {
+    if (method.kind === "sz" && want !== "cpu" && (want === "webgpu" || gpuHardwarePresent())) {
       const gpu = await getGpuDevice();
       if (gpu && (want === "webgpu" || !gpu.software)) {
         backend = "webgpu";

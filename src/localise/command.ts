@@ -204,6 +204,12 @@ export const localiseCommand: Command = {
     const dir = prepareOut(runPath, o.out, "localise", !!o.force);
     const result = await localise(runPath, toLocaliseOptions(o), progressPrinter("localise"));
     for (const n of result.notes) console.error(`xfel-redu: ${n}`);
+    if (result.frames === 0) {
+      const range = o.firstTrain !== undefined || o.lastTrain !== undefined
+        ? ` in trains ${o.firstTrain ?? "start"}..${o.lastTrain ?? "end"}`
+        : "";
+      throw new InputError(runPath, `no detector frames${range}: nothing to localise, nothing written`);
+    }
     await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
     console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
     return EXIT.ok;

@@ -15,6 +15,7 @@ import { InputError } from "../errors.ts";
 import { type Geometry, geometry } from "../detectors.ts";
 import type { FrameBatch } from "../frames.ts";
 import { bytesPerElement } from "../h5.ts";
+import { gpuHardwarePresent } from "../gpu.ts";
 import { Run } from "../run.ts";
 import type { OptionSpec } from "../cli.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -151,6 +152,10 @@ async function makeBackend(
   notes: string[],
 ): Promise<LocaliseBackend> {
   if (choice === "cpu") return createCpuBackend(params);
+  if (choice === "auto" && !gpuHardwarePresent()) {
+    notes.push("no GPU on this machine: using the cpu backend");
+    return createCpuBackend(params);
+  }
   const { createWebgpuBackend } = await import("./webgpu.ts");
   const gpu = await createWebgpuBackend(params, g, framesPerBatch).catch((e: unknown) => {
     notes.push(`webgpu failed: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
@@ -416,6 +421,7 @@ export async function localise(
 async function usesGpu(choice: BackendChoice): Promise<boolean> {
   if (choice === "cpu") return false;
   if (choice === "webgpu") return true;
+  if (!gpuHardwarePresent()) return false;
   const { getGpuDevice } = await import("../gpu.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   return !!gpu && !gpu.software;
@@ -433,7 +439,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   const nA = g.nAsics;
   const moduleList = parts.flatMap((p) => p.modules);
   const nMod = moduleList.length;
-  const notes = [...new Set(parts.flatMap((p) => p.notes))];
+  const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
   // The union of the parts' frames, sorted by trainId then pulseId.
   const key = (t: number, p: number) => `${t}:${p}`;
   const union = new Map<string, [number, number]>();
@@ -576,8 +582,25 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
       hotPixels: hotList,
     };
   });
+  modules.forEach((m, i) => {
+    let valid = 0;
+    for (let f = 0; f < nF && !valid; f++) {
+      const base = (f * nMod + i) * nA;
+      for (let a = 0; a < nA; a++) valid += per.unmaskedPixels[base + a];
+    }
+    if (m.frames > 0 && valid === 0) {
+      notes.push(
+        `warning: module ${m.module}: no valid pixel in any of its ${m.frames} frames (all NaN or masked)`,
+      );
+    }
+  });
   const seconds = (performance.now() - t0) / 1000;
   const litFrames = per.frameLit.reduce((a, x) => a + x, 0);
+  // Trains as inspect counts them: every train of the run's index in the range, empty ones included.
+  const trains = run.trainIds.filter((t) =>
+    (opt.firstTrain === undefined || t >= opt.firstTrain) &&
+    (opt.lastTrain === undefined || t <= opt.lastTrain)
+  ).length;
   return {
     run: run.path,
     runFiles: run.files.map((f) => f.name),
@@ -585,7 +608,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     backend: { name: backend.name, adapter: backend.adapter },
     notes,
     params: opt,
-    trains: new Set(per.trainId).size,
+    trains,
     frames: nF,
     litFrames,
     modules,

@@ -6,22 +6,13 @@
  * (`CI` set) so that a missing package cannot hide behind a skip.
  */
 import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
+import { have, PYTHON } from "./tools.ts";
 
-export const PYTHON = "/usr/bin/python3";
+export { PYTHON };
 
-let avail: { h5py: boolean; h5dump: boolean } | undefined;
-
+/** Which independent readers are present (test/helpers/tools.ts: required on CI, else skipped). */
 export function readerAvailability(): { h5py: boolean; h5dump: boolean } {
-  if (!avail) {
-    const py = fs.existsSync(PYTHON) && spawnSync(PYTHON, ["-c", "import h5py, numpy"]).status === 0;
-    const dump = spawnSync("h5dump", ["--version"]).status === 0;
-    avail = { h5py: py, h5dump: dump };
-    if (process.env.CI && (!py || !dump)) {
-      throw new Error(`independent HDF5 readers missing on CI: h5py ${py}, h5dump ${dump}`);
-    }
-  }
-  return avail;
+  return { h5py: have("h5py"), h5dump: have("h5dump") };
 }
 
 function runPython(script: string, args: unknown): any {

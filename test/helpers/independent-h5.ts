@@ -11,20 +11,12 @@
  * package cannot hide behind a skipped test.
  */
 import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
-import process from "node:process";
+import { have } from "./tools.ts";
 
 export const SYSTEM_PYTHON = "/usr/bin/python3";
 
-let available: boolean | undefined;
-
 export function independentAvailable(): boolean {
-  if (available === undefined) {
-    available = fs.existsSync(SYSTEM_PYTHON) &&
-      spawnSync(SYSTEM_PYTHON, ["-c", "import h5py, numpy"]).status === 0;
-    if (!available && process.env.CI) throw new Error(`h5py missing: ${SYSTEM_PYTHON} cannot import h5py`);
-  }
-  return available;
+  return have("h5py");
 }
 
 export interface H5Query {
