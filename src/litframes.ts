@@ -33,7 +33,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command, OptionSpec } from "./cli.ts";
 import { EXIT, InputError, OutputError } from "./errors.ts";
-import { openH5, readAll, readSlab } from "./h5.ts";
+import { openH5, readSlab } from "./h5.ts";
 import { addToDir, buildDir, checkOut } from "./outdir.ts";
 import { type Detector, readNumbers, Run, type RunFile } from "./run.ts";
 import { type DataInput, type FileWriter, openWriter, type WriterSchema } from "./writer.ts";
@@ -982,9 +982,9 @@ async function checkLitframesTarget(
     if (ours.test(n)) continue;
     const f = await openH5(path.join(dir, n));
     try {
-      const ids = f.get("METADATA/dataSources/dataSourceId")
-        ? [...(readAll(f, "METADATA/dataSources/dataSourceId") as unknown as Iterable<unknown>)].map(String)
-        : [];
+      const ds = f.get("METADATA/dataSources/dataSourceId") as unknown as { value: unknown } | null;
+      const v = ds?.value;
+      const ids = (Array.isArray(v) ? v : v === undefined ? [] : [v]).map(String);
       if (ids.some((id) => id.endsWith(`/${device}`) || id.endsWith(`/${device}:output`))) {
         throw new OutputError(
           dir,

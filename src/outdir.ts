@@ -253,6 +253,8 @@ export function checkOut(
       throw new OutputError(dir, "overlap", `output directory holds the ${inp.what}; choose another --out`);
     }
   }
+  const abs = path.resolve(dir);
+  if (!claims.has(abs)) sweepStale(path.dirname(abs));
   if (fs.existsSync(dir) && opts.existing === "add") {
     // Files are added (litframes into a localise output): only into a directory of this tool.
     if (!fs.statSync(dir).isDirectory() || !replaceable(dir)) {
@@ -275,11 +277,8 @@ export function checkOut(
       );
     }
   }
-  sweepStale(path.dirname(path.resolve(dir)));
-  const lock = lockPath(path.resolve(dir));
-  const holder = lockHolder(lock);
-  if (holder) throw lockedError(dir, lock, holder);
   probeWritable(dir);
+  claim(abs);
 }
 
 /** The output directory `out` (default `<prefix>-<run name>`) of a command reading `runPath`, checked. */
@@ -296,7 +295,16 @@ export function prepareOut(
   return dir;
 }
 
-/** Take the lock of `dir` (refused while a live process holds it); returns its release. */
+/** The directories this process has claimed (their lock held), by absolute path. */
+const claims = new Map<string, Claim>();
+
+interface Claim {
+  /** A buildDir or addToDir is writing it. */
+  busy: boolean;
+  release(): void;
+}
+
+/** Take the lock of `dir` (refused while another live process holds it); returns its release. */
 function takeLock(dir: string): () => void {
   const lock = lockPath(dir);
   for (let attempt = 0;; attempt++) {
@@ -309,14 +317,13 @@ function takeLock(dir: string): () => void {
     } catch (e) {
       if (errno(e) !== "EEXIST") throw unwritable(dir, path.dirname(dir), e);
       const holder = lockHolder(lock);
-      if (holder || attempt > 0) throw lockedError(dir, lock, holder ?? markerInfo());
+      // A lock of this very process without a claim: left by an earlier call that failed.
+      const mine = holder?.pid === process.pid && holder.host === os.hostname();
+      if ((holder && !mine) || attempt > 0) throw lockedError(dir, lock, holder ?? markerInfo());
       fs.rmSync(lock, { force: true }); // its process is gone
     }
   }
-  let held = true;
   return () => {
-    if (!held) return;
-    held = false;
     try {
       if (readMarker(lock)?.pid === process.pid) fs.rmSync(lock, { force: true });
     } catch {
@@ -325,20 +332,43 @@ function takeLock(dir: string): () => void {
   };
 }
 
-/** The process cleanup of a directory being written: the message on a signal, then `remove`. */
-function tracked(dir: string, remove: () => void): { abort(reason: string): void } {
-  return {
+/**
+ * Claim `dir` for this process until it is written or the process ends: its lock, released (and the
+ * temporary directory removed) by an error, process exit, SIGINT, SIGTERM or SIGHUP, with one line on a
+ * signal.
+ */
+function claim(dir: string): Claim {
+  const had = claims.get(dir);
+  if (had) {
+    if (had.busy) throw lockedError(dir, lockPath(dir), markerInfo());
+    return had;
+  }
+  const unlock = takeLock(dir);
+  const cleanup = {
     abort: (reason: string) => {
       if (reason.startsWith("SIG")) {
         process.stderr.write(`xfel-redu: ${reason}: stopped; ${dir} not written\n`);
       }
       try {
-        remove();
+        fs.rmSync(tmpPath(dir), { recursive: true, force: true });
       } catch {
         // best effort
       }
+      unlock();
+      claims.delete(dir);
     },
   };
+  const c: Claim = {
+    busy: false,
+    release: () => {
+      unlock();
+      claims.delete(dir);
+      track(cleanup, false);
+    },
+  };
+  track(cleanup, true);
+  claims.set(dir, c);
+  return c;
 }
 
 /**
@@ -348,15 +378,11 @@ function tracked(dir: string, remove: () => void): { abort(reason: string): void
  */
 export async function buildDir<T>(dirIn: string, fill: (tmp: string) => Promise<T>): Promise<T> {
   const dir = path.resolve(dirIn);
-  sweepStale(path.dirname(dir));
-  const release = takeLock(dir);
+  if (!claims.has(dir)) sweepStale(path.dirname(dir));
+  const c = claim(dir);
+  c.busy = true;
   const tmp = tmpPath(dir);
   const removeTmp = () => fs.rmSync(tmp, { recursive: true, force: true });
-  const cleanup = tracked(dir, () => {
-    removeTmp();
-    release();
-  });
-  track(cleanup, true);
   try {
     try {
       removeTmp();
@@ -390,8 +416,7 @@ export async function buildDir<T>(dirIn: string, fill: (tmp: string) => Promise<
     removeTmp();
     throw e;
   } finally {
-    release();
-    track(cleanup, false);
+    c.release();
   }
 }
 
@@ -401,10 +426,9 @@ export async function buildDir<T>(dirIn: string, fill: (tmp: string) => Promise<
  */
 export async function addToDir<T>(dirIn: string, fill: (dir: string) => Promise<T>): Promise<T> {
   const dir = path.resolve(dirIn);
-  sweepStale(path.dirname(dir));
-  const release = takeLock(dir);
-  const cleanup = tracked(dir, release);
-  track(cleanup, true);
+  if (!claims.has(dir)) sweepStale(path.dirname(dir));
+  const c = claim(dir);
+  c.busy = true;
   try {
     try {
       const marker = path.join(dir, MARKER);
@@ -415,8 +439,7 @@ export async function addToDir<T>(dirIn: string, fill: (dir: string) => Promise<
       throw ns ? noSpace(dir, ns) : e;
     }
   } finally {
-    release();
-    track(cleanup, false);
+    c.release();
   }
 }
 
