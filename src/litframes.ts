@@ -920,7 +920,7 @@ export function formatLitframes(s: LitframesSummary): string {
 }
 
 export const LITFRAMES_OPTIONS: OptionSpec[] = [
-  { name: "out", value: "string", help: "output directory (may exist, e.g. the localise output)" },
+  { name: "out", value: "string", help: "output directory (may be an xfel-redu output without LITFRM)" },
   { name: "force", help: "replace an existing LITFRM file" },
   {
     name: "sase",
