@@ -371,6 +371,12 @@ function claim(dir: string): Claim {
   return c;
 }
 
+/** Give up this process's claim of `dir` (its lock) when nothing is writing it: a command that failed early. */
+export function releaseOut(dir: string): void {
+  const c = claims.get(path.resolve(dir));
+  if (c && !c.busy) c.release();
+}
+
 /**
  * Fill a temporary directory beside `dir` (`.<name>.tmp-<pid>`, with the marker), then put it in place of
  * `dir` (an existing `dir` only when this tool wrote it or it is empty). An error, SIGINT, SIGTERM or SIGHUP
@@ -454,6 +460,27 @@ export async function checkpoint(): Promise<void> {
   if (now - lastYield < 50) return;
   await new Promise((r) => setTimeout(r, 0));
   lastYield = performance.now();
+}
+
+/** Copy a file byte for byte, 16 MiB at a time with a `checkpoint()` between (a signal stops it). */
+export async function copyFile(src: string, dst: string): Promise<void> {
+  const from = fs.openSync(src, "r");
+  try {
+    const to = fs.openSync(dst, "w");
+    try {
+      const buf = new Uint8Array(16 * 2 ** 20);
+      for (;;) {
+        await checkpoint();
+        const n = fs.readSync(from, buf, 0, buf.length, null);
+        if (n === 0) break;
+        for (let k = 0; k < n;) k += fs.writeSync(to, buf, k, n - k);
+      }
+    } finally {
+      fs.closeSync(to);
+    }
+  } finally {
+    fs.closeSync(from);
+  }
 }
 
 /** A progress line on stderr (frames/s, ETA) when stderr is a terminal; undefined otherwise. */

@@ -54,7 +54,7 @@ import {
   shapeSize,
 } from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
-import { buildDir, checkOut, checkpoint } from "./outdir.ts";
+import { buildDir, checkOut, checkpoint, copyFile, releaseOut } from "./outdir.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */
@@ -1268,7 +1268,7 @@ export async function reduce(
         const mods = byFile.get(f);
         await opts.progress?.({ file: f.name, phase: "start" });
         if (!mods) {
-          fs.copyFileSync(f.path, tmp);
+          await copyFile(f.path, tmp);
           fs.renameSync(tmp, final);
           files.push({ name: f.name, action: "copied", bytesIn, bytesOut: fileSize(final) });
         } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
@@ -1319,6 +1319,7 @@ export async function reduce(
     cp.dispose();
     compressor?.dispose();
     run.close();
+    releaseOut(out);
   }
 }
 

@@ -21,7 +21,7 @@ import type { Command, OptionSpec } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../h5.ts";
 import { rewriteFile } from "../reduce.ts";
-import { buildDir, checkOut, checkpoint } from "../outdir.ts";
+import { buildDir, checkOut, checkpoint, copyFile } from "../outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";
 
@@ -199,7 +199,7 @@ export async function decompress(
       const bytesIn = fileSize(srcPath);
       if (!found.sz.length && !found.plugin.length) {
         const tmp = path.join(tmpDir, `.${name}.tmp-${process.pid}`);
-        fs.copyFileSync(srcPath, tmp);
+        await copyFile(srcPath, tmp);
         fs.renameSync(tmp, final);
         files.push({
           name,
