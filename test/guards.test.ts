@@ -199,6 +199,24 @@ describe("output directories", () => {
     }
   });
 
+  // Root writes through permission bits: as root, the command runs as nobody (setpriv), else as it is.
+  const asRoot = process.getuid?.() === 0;
+  const CAN_DROP = !asRoot ||
+    spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "true"]).status === 0;
+  test.skipIf(!CAN_DROP)("no permission to write: refused at once, exit 2, naming the path", () => {
+    const parent = path.join(tmp, "no-write");
+    fs.mkdirSync(parent, { mode: 0o555 });
+    fs.chmodSync(parent, 0o555);
+    fs.chmodSync(tmp, 0o755);
+    const out = path.join(parent, "out");
+    const cli = [process.execPath, path.join(ROOT, "bin/xfel-redu.js"), "average", SAMPLE, "--out", out];
+    const cmd = asRoot ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...cli] : cli;
+    const r = spawnSync(cmd[0], cmd.slice(1), { cwd: ROOT, encoding: "utf8" });
+    expect(r.status, r.stderr).toBe(2);
+    expect(oneLine(r.stderr)).toBe(`xfel-redu: ${out}: cannot write here (${parent}: permission denied)`);
+    expect(fs.readdirSync(parent)).toEqual([]);
+  });
+
   test.skipIf(!CAN_MOUNT)("a full disk: no space left on device, the path, nothing left behind", () => {
     const cases: string[][] = [
       ["reduce", SAMPLE, "--from", loc],
