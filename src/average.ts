@@ -11,14 +11,12 @@
  * (nModules, ss, fs) f32, `data.litFrames`, `data.darkFrames` (nModules) u32; control source
  * `<DET>/REDU/AVERAGE` key `modules` (the module order).
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command, OptionSpec } from "./cli.ts";
 import { EXIT, InputError } from "./errors.ts";
 import type { FrameBatch } from "./frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
 import { defaultWorkers } from "./framework/threads.ts";
-import { openH5, readAll } from "./h5.ts";
 import { annotateBeam } from "./litframes.ts";
 import { runNaming } from "./localise/output.ts";
 import { Run } from "./run.ts";
@@ -58,29 +56,10 @@ async function litLookup(
   from?: string,
 ): Promise<{ lit: LitLookup; source: AverageResult["litFrom"] }> {
   if (from) {
-    const redu = fs.existsSync(from)
-      ? fs.readdirSync(from).filter((f) => /-REDU00-S\d+\.h5$/.test(f)).sort()
-      : [];
-    if (!redu.length) throw new InputError(from, "no localise REDU file (*-REDU00-S*.h5) in this directory");
-    const lit = new Set<string>();
-    for (const f of redu) {
-      const h5 = await openH5(path.join(from, f));
-      try {
-        const src = h5.keys().includes("INSTRUMENT")
-          ? (h5.get("INSTRUMENT") as { paths(): string[] }).paths().find((p) =>
-            p.endsWith("/REDU/LOCALISE:output/data")
-          )
-          : undefined;
-        if (!src) throw new InputError(path.join(from, f), "no REDU/LOCALISE:output source");
-        const t = readAll(h5, `${src}/trainId`),
-          p = readAll(h5, `${src}/pulseId`),
-          l = readAll(h5, `${src}/frameLit`);
-        for (let i = 0; i < l.length; i++) if (Number(l[i])) lit.add(`${t[i]}:${p[i]}`);
-      } finally {
-        h5.close();
-      }
-    }
-    return { lit: (t, p) => lit.has(`${t}:${p}`), source: "localise" };
+    // The same reader as reduce's: frames the selection does not list count as dark.
+    const { readLocaliseOutput } = await import("./reduce.ts");
+    const { selection } = await readLocaliseOutput(path.resolve(from));
+    return { lit: (t, p) => selection.lookup(t, p) === 1, source: "localise" };
   }
   const ann = annotateBeam(run, {});
   if (ann.trains.some((t) => t.hasBunchPattern)) {
@@ -260,12 +239,13 @@ export const averageCommand: Command = {
       value: "string",
       help: "localise output whose frameLit decides lit/dark (default: the beam)",
     },
-    { name: "workers", value: "number", help: "worker threads (default: the cores)" },
+    { name: "workers", value: "number", integer: true, min: 1, help: "worker threads (default: the cores)" },
   ],
   async run(args, o) {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    const dir = prepareOut(runPath, o.out, "average", !!o.force);
+    const from = o.from ? [{ path: o.from as string, what: "localise output" }] : [];
+    const dir = prepareOut(runPath, o.out, "average", !!o.force, from);
     const r = await average(runPath, { from: o.from, workers: o.workers }, progressPrinter("average"));
     await writeAverageDir(r, dir);
     const summary = {

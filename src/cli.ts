@@ -22,6 +22,13 @@ export interface OptionSpec {
   /** Absent for flags. */
   value?: "number" | "string";
   default?: number | string | boolean;
+  /** The values a string option takes. */
+  choices?: readonly string[];
+  /** A number option that must be an integer. */
+  integer?: boolean;
+  /** Bounds of a number option (inclusive). */
+  min?: number;
+  max?: number;
 }
 
 export interface Command {
@@ -100,15 +107,31 @@ export function parseArgs(
     }
     const v = inline ?? argv[++i];
     if (v === undefined) throw new InputError(undefined, `option --${name} needs a value`);
-    if (spec.value === "number") {
-      const n = Number(v);
-      if (!Number.isFinite(n)) throw new InputError(undefined, `option --${name}: not a number: ${v}`);
-      options[camel(name)] = n;
-    } else {
-      options[camel(name)] = v;
-    }
+    options[camel(name)] = checkValue(spec, v);
   }
   return { args, options };
+}
+
+/** A declared option's value, checked against its declaration (type, choices, integer, bounds). */
+function checkValue(spec: OptionSpec, v: string): number | string {
+  const bad = (why: string) => new InputError(undefined, `option --${spec.name}: must be ${why}, not ${v}`);
+  if (spec.value !== "number") {
+    if (spec.choices && !spec.choices.includes(v)) throw bad(`one of ${spec.choices.join(", ")}`);
+    return v;
+  }
+  const n = v.trim() === "" ? NaN : Number(v);
+  if (!Number.isFinite(n)) throw new InputError(undefined, `option --${spec.name}: not a number: ${v}`);
+  const range = spec.min !== undefined && spec.max !== undefined
+    ? ` in ${spec.min}..${spec.max}`
+    : spec.min !== undefined
+    ? ` >= ${spec.min}`
+    : spec.max !== undefined
+    ? ` <= ${spec.max}`
+    : "";
+  const what = `${spec.integer ? "an integer" : "a number"}${range}`;
+  if (spec.integer && !Number.isInteger(n)) throw bad(what);
+  if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) throw bad(what);
+  return n;
 }
 
 function camel(s: string): string {
@@ -125,7 +148,7 @@ function usage(): string {
 function commandHelp(c: Command): string {
   const lines = [`usage: xfel-redu ${c.usage}`, "", c.help, "", "options:"];
   for (const o of [...c.options, ...COMMON]) {
-    const flag = `--${o.name}${o.value ? ` <${o.value}>` : ""}`;
+    const flag = `--${o.name}${o.choices ? ` <${o.choices.join("|")}>` : o.value ? ` <${o.value}>` : ""}`;
     const def = o.default !== undefined && o.value ? ` [${o.default}]` : "";
     lines.push(`  ${flag.padEnd(28)} ${o.help}${def}`);
   }

@@ -11,6 +11,21 @@ export class InputError extends Error {
   }
 }
 
+/**
+ * The output cannot be written where asked: it exists and this tool did not write it, another process is
+ * writing it, the filesystem refuses writes, or the disk is full. One line naming the path, exit 2.
+ */
+export class OutputError extends InputError {
+  constructor(
+    readonly path: string,
+    readonly reason: "exists" | "foreign" | "locked" | "unwritable" | "no-space" | "overlap",
+    problem: string,
+  ) {
+    super(path, problem);
+    this.name = "OutputError";
+  }
+}
+
 /** Exit codes documented in the README. */
 export const EXIT = { ok: 0, internal: 1, badInput: 2 } as const;
 

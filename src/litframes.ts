@@ -32,8 +32,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import { readSlab } from "./h5.ts";
+import { EXIT, InputError, OutputError } from "./errors.ts";
+import { openH5, readSlab } from "./h5.ts";
+import { addToDir, buildDir, checkOut } from "./outdir.ts";
 import { type Detector, readNumbers, Run, type RunFile } from "./run.ts";
 import { type DataInput, type FileWriter, openWriter, type WriterSchema } from "./writer.ts";
 
@@ -919,15 +920,30 @@ export function formatLitframes(s: LitframesSummary): string {
 }
 
 export const LITFRAMES_OPTIONS: OptionSpec[] = [
-  { name: "out", value: "string", help: "output directory (may exist, e.g. the localise output)" },
+  { name: "out", value: "string", help: "output directory (may be an xfel-redu output without LITFRM)" },
   { name: "force", help: "replace an existing LITFRM file" },
-  { name: "sase", value: "number", help: "SASE 1, 2 or 3 (default: from the instrument)" },
+  {
+    name: "sase",
+    value: "number",
+    integer: true,
+    min: 1,
+    max: 3,
+    help: "SASE 1, 2 or 3 (default: from the instrument)",
+  },
   {
     name: "rep-rate",
     value: "number",
     help: "repetition rate in MHz (default: detector control, else inferred)",
   },
-  { name: "reference-frame", value: "number", default: 1, help: "frame facing the first pulse" },
+  {
+    name: "reference-frame",
+    value: "number",
+    integer: true,
+    min: 0,
+    max: 351,
+    default: 1,
+    help: "frame facing the first pulse",
+  },
   {
     name: "first-pulse-slot",
     value: "number",
@@ -936,6 +952,7 @@ export const LITFRAMES_OPTIONS: OptionSpec[] = [
   {
     name: "align",
     value: "string",
+    choices: ["run", "train"],
     default: "run",
     help: "anchor: run (earliest pulse) | train (first pulse)",
   },
@@ -943,15 +960,43 @@ export const LITFRAMES_OPTIONS: OptionSpec[] = [
   { name: "detector", value: "string", help: "detector name, when the run holds several" },
 ];
 
-/** Refuse an output directory inside the run. */
-function checkOut(runPath: string, out: string): string {
-  const dir = path.resolve(out);
-  const run = path.resolve(runPath);
-  const runDir = fs.existsSync(run) && fs.statSync(run).isDirectory() ? run : path.dirname(run);
-  if (dir === runDir || dir.startsWith(runDir + path.sep)) {
-    throw new InputError(dir, "output directory lies inside the input run; choose another --out");
+/**
+ * Refuse, before writing into `dir`, files of ours already there without --force, and another file of `dir`
+ * holding the same LITFRM source (a localise output of a run with a bunch pattern): two sources of one name
+ * make EXtra-data refuse the directory.
+ */
+async function checkLitframesTarget(
+  dir: string,
+  device: string,
+  naming: { prefix: string; run: number },
+  force: boolean,
+): Promise<void> {
+  if (!fs.existsSync(dir)) return;
+  const ours = new RegExp(`^${naming.prefix}-R${String(naming.run).padStart(4, "0")}-REDU01-S\\d+\\.h5$`);
+  const names = fs.readdirSync(dir).filter((n) => n.endsWith(".h5")).sort();
+  const mine = names.filter((n) => ours.test(n));
+  if (mine.length && !force) {
+    throw new OutputError(path.join(dir, mine[0]), "exists", "exists; use --force to replace it");
   }
-  return dir;
+  for (const n of names) {
+    if (ours.test(n)) continue;
+    const f = await openH5(path.join(dir, n));
+    try {
+      const ds = f.get("METADATA/dataSources/dataSourceId") as unknown as { value: unknown } | null;
+      const v = ds?.value;
+      const ids = (Array.isArray(v) ? v : v === undefined ? [] : [v]).map(String);
+      if (ids.some((id) => id.endsWith(`/${device}`) || id.endsWith(`/${device}:output`))) {
+        throw new OutputError(
+          dir,
+          "exists",
+          `${n} already holds the beam annotation ${device} (localise writes it); a second copy would make ` +
+            `EXtra-data refuse the directory: choose another --out`,
+        );
+      }
+    } finally {
+      f.close();
+    }
+  }
 }
 
 export const litframesCommand: Command = {
@@ -963,8 +1008,9 @@ export const litframesCommand: Command = {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
     if (!o.out) throw new InputError(undefined, "missing option --out DIR");
-    if (o.align !== "run" && o.align !== "train") throw new InputError(undefined, `--align: ${o.align}?`);
-    const dir = checkOut(runPath, o.out);
+    const dir = path.resolve(o.out);
+    const into = fs.existsSync(dir);
+    checkOut(dir, { force: !!o.force, inputs: [{ path: runPath, what: "input run" }], existing: "add" });
     const run = await Run.open(runPath);
     try {
       const ann = annotateBeam(run, {
@@ -976,17 +1022,11 @@ export const litframesCommand: Command = {
         instrument: o.instrument,
         detector: o.detector,
       });
-      fs.mkdirSync(dir, { recursive: true });
       const naming = runNaming(run.files.map((f) => f.name));
-      let files: string[];
-      try {
-        files = await writeLitframes(ann, dir, { ...naming, overwrite: !!o.force });
-      } catch (e) {
-        if (e instanceof Error && / exists \(open the writer with overwrite/.test(e.message)) {
-          throw new InputError(dir, `${e.message.split(" exists")[0]} exists; use --force to replace it`);
-        }
-        throw e;
-      }
+      await checkLitframesTarget(dir, litframesDevice(ann.instrument), naming, !!o.force);
+      const write = (d: string) => writeLitframes(ann, d, { ...naming, overwrite: !!o.force });
+      const written = into ? await addToDir(dir, write) : await buildDir(dir, write);
+      const files = written.map((f) => path.join(dir, path.basename(f)));
       const s = summariseLitframes(run.path, ann, files);
       if (!o.json) { for (const w of ann.warnings) console.error(`xfel-redu: warning: ${w}`); }
       console.log(o.json ? JSON.stringify(s, null, 2) : formatLitframes({ ...s, warnings: [] }));

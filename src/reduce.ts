@@ -54,7 +54,7 @@ import {
   shapeSize,
 } from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
-import { buildDir } from "./outdir.ts";
+import { buildDir, checkOut, checkpoint, copyFile, releaseOut } from "./outdir.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */
@@ -308,14 +308,19 @@ class Copier {
     return b.ptr;
   }
 
-  private call(what: string, file: string, f: () => number): void {
+  /** An HDF5 call; a failure reading the source (`input`) is bad input: a damaged or truncated file. */
+  private call(what: string, file: string, f: () => number, input = false): void {
     let st: number;
+    let why: string;
     try {
       st = f();
+      if (st >= 0) return;
+      why = `HDF5 status ${st}`;
     } catch (e) {
-      throw new Error(`${file}: ${what}: ${firstLine(e)}`);
+      why = firstLine(e);
     }
-    if (st < 0) throw new Error(`${file}: ${what}: HDF5 status ${st}`);
+    if (input) throw new InputError(file, `${what} (damaged or truncated file): ${why}`);
+    throw new Error(`${file}: ${what}: ${why}`);
   }
 
   private read(src: H5File, p: string, count: number[], offset: number[], ptr: number): void {
@@ -331,6 +336,7 @@ class Copier {
           count.map(() => 1n),
           BigInt(ptr),
         ),
+      true,
     );
   }
 
@@ -422,7 +428,7 @@ class Copier {
   }
 
   /** Copy a whole dataset. */
-  copyWhole(src: H5File, dst: H5File, p: string): void {
+  async copyWhole(src: H5File, dst: H5File, p: string): Promise<void> {
     const m = this.meta(src, p);
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
@@ -435,7 +441,7 @@ class Copier {
       return;
     }
     const all = shape.length ? Int32Array.from({ length: shape[0] }, (_, i) => i) : null;
-    this.copyRows(src, dst, p, p, all, m);
+    await this.copyRows(src, dst, p, p, all, m);
   }
 
   /**
@@ -486,7 +492,7 @@ class Copier {
    * is read as it is. Sources with larger chunks: each block of whole chunks holding kept rows is read once
    * (from its first to its last kept row), so no chunk is decompressed twice.
    */
-  private readKept(
+  private async readKept(
     src: H5File,
     p: string,
     rows: Int32Array,
@@ -494,7 +500,7 @@ class Copier {
     rowBytes: number,
     srcChunk0: number,
     cb: (ptr: number, n: number) => void,
-  ): void {
+  ): Promise<void> {
     const zeros = entry.map(() => 0);
     const runs = rowRuns(rows);
     if (srcChunk0 <= 1) {
@@ -502,6 +508,7 @@ class Copier {
       for (const [a, b] of runs) {
         for (let s = a; s < b; s += step) {
           const n = Math.min(step, b - s);
+          await checkpoint();
           const ptr = this.buffer(n * rowBytes, 0);
           this.read(src, p, [n, ...entry], [s, ...zeros], ptr);
           cb(ptr, n);
@@ -526,6 +533,7 @@ class Copier {
         i++;
       }
       const lo = inBlock[0][0], hi = inBlock[inBlock.length - 1][1];
+      await checkpoint();
       const ptr = this.buffer((hi - lo) * rowBytes, 0);
       this.read(src, p, [hi - lo, ...entry], [lo, ...zeros], ptr);
       for (const [a, b] of inBlock) cb(ptr + (a - lo) * rowBytes, b - a);
@@ -537,7 +545,7 @@ class Copier {
    * compression hook: written chunked (the source's chunks, else one row per chunk) with the hook's filter,
    * each block of rows passed through the hook before it is written.
    */
-  copyRows(
+  async copyRows(
     src: H5File,
     dst: H5File,
     p: string,
@@ -545,7 +553,7 @@ class Copier {
     rows: Int32Array | null,
     m: Meta = this.meta(src, p),
     hook?: RowsHook,
-  ): void {
+  ): Promise<void> {
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
     if (rows === null || shape.length === 0) {
@@ -554,6 +562,7 @@ class Copier {
         `cannot read ${p}`,
         src.filename,
         () => this.mod.get_dataset_data(src.file_id, "/" + p, null, null, null, BigInt(ptr)),
+        true,
       );
       this.create(
         dst,
@@ -607,7 +616,7 @@ class Copier {
     this.resize(dst, q, [K, ...entry]);
     const sink = new Sink(this, dst, q, entry, rowBytes, chunks[0], this.sliceBytes, hook);
     try {
-      this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (ptr, n) => sink.append(ptr, n));
+      await this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (ptr, n) => sink.append(ptr, n));
       sink.flush();
     } finally {
       sink.dispose();
@@ -619,7 +628,7 @@ class Copier {
    * source's chunk shape clipped to the box), with the source's filter (or the compression hook's, the
    * hook seeing each block of rows before it is written). Frames are read once for all boxes.
    */
-  copyRois(
+  async copyRois(
     src: H5File,
     dst: H5File,
     p: string,
@@ -627,7 +636,7 @@ class Copier {
     boxes: Box[],
     names: string[],
     hook?: RowsHook,
-  ): void {
+  ): Promise<void> {
     const m = this.meta(src, p);
     if (!this.supported(src, p, m)) return;
     const shape = m.shape ?? [];
@@ -661,7 +670,7 @@ class Copier {
       new Sink(this, dst, names[i], outEntries[i], shapeSize(outEntries[i]) * E, chunk0s[i], per, hook)
     );
     try {
-      this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (inPtr, n) => {
+      await this.readKept(src, p, rows, entry, rowBytes, m.chunks?.[0] ?? 1, (inPtr, n) => {
         boxes.forEach((box, i) => {
           const w = (box[3] - box[1]) * E;
           const sink = sinks[i];
@@ -883,7 +892,7 @@ export async function copyDatasetRows(
   const cp = new Copier(lib, (await lib.ready) as unknown as Mod, opts.sliceBytes ?? 32 * 2 ** 20);
   try {
     if (opts.boxes) {
-      cp.copyRois(
+      await cp.copyRois(
         src,
         dst,
         p,
@@ -891,7 +900,7 @@ export async function copyDatasetRows(
         opts.boxes,
         opts.names ?? opts.boxes.map((_, i) => `${p}_roi${i}`),
       );
-    } else cp.copyRows(src, dst, p, p, rows);
+    } else await cp.copyRows(src, dst, p, p, rows);
     return [...cp.notes];
   } finally {
     cp.dispose();
@@ -1079,8 +1088,8 @@ async function reduceFile(
             () => compressor.measureWrite(ce, dst, tmpPath, () => compressor.writeSz(ce, s, dst)),
           );
         } else if (roi && imageLike) {
-          const copy = () => {
-            cp.copyRois(s, dst, p, pl.kept, pl.boxes, names, ce?.hook);
+          const copy = async () => {
+            await cp.copyRois(s, dst, p, pl.kept, pl.boxes, names, ce?.hook);
             pl.boxes.forEach((box, i) => {
               const boxArr = Int32Array.from(box);
               for (const q of [names[i], `${parent}/roi${i}`]) {
@@ -1175,7 +1184,8 @@ async function walkCopy(
           if (sp) {
             await sp();
             await progress?.({ file: srcName, phase: "dataset", dataset: p });
-          } else cp.copyWhole(s, dst, p);
+          } else await cp.copyWhole(s, dst, p);
+          await checkpoint();
           if (dst.get(p)) cp.copyAttrs(s, dst, p);
         } else if (e.type === "ExternalLink") {
           const k = p.lastIndexOf("/");
@@ -1318,10 +1328,6 @@ function checkSameRun(runAbs: string, fromAbs: string, summary: LocaliseSummary,
   }
 }
 
-function isInside(child: string, parent: string): boolean {
-  return child === parent || child.startsWith(parent + path.sep);
-}
-
 function fileSize(p: string): number {
   try {
     return fs.statSync(p).size;
@@ -1349,18 +1355,10 @@ export async function reduce(
   const runAbs = path.resolve(runPath);
   const fromAbs = path.resolve(fromDir);
   const out = path.resolve(outDir);
-  if (!fs.existsSync(runAbs)) throw new InputError(runPath, "no such file or directory");
-  const runDir = fs.statSync(runAbs).isDirectory() ? runAbs : path.dirname(runAbs);
-  if (isInside(out, runDir)) {
-    throw new InputError(out, "output directory lies inside the input run; choose another --out");
-  }
-  if (isInside(runDir, out) || isInside(fromAbs, out)) {
-    throw new InputError(
-      out,
-      "output directory holds the input run or the localise output; choose another --out",
-    );
-  }
-  if (fs.existsSync(out) && !opts.force) throw new InputError(out, "exists; use --force to replace it");
+  checkOut(out, {
+    force: !!opts.force,
+    inputs: [{ path: runAbs, what: "input run" }, { path: fromAbs, what: "localise output" }],
+  });
   const method = opts.compress !== undefined
     ? parseCompress(opts.compress, opts.compressFilter)
     : opts.compressFilter !== undefined
@@ -1510,7 +1508,7 @@ export async function reduce(
         const mods = byFile.get(f);
         await opts.progress?.({ file: f.name, phase: "start" });
         if (!mods) {
-          fs.copyFileSync(f.path, tmp);
+          await copyFile(f.path, tmp);
           fs.renameSync(tmp, final);
           files.push({ name: f.name, action: "copied", bytesIn, bytesOut: fileSize(final) });
         } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
@@ -1563,6 +1561,7 @@ export async function reduce(
     cp.dispose();
     compressor?.dispose();
     run.close();
+    releaseOut(out);
   }
 }
 
@@ -1598,13 +1597,27 @@ export const REDUCE_OPTIONS: OptionSpec[] = [
   { name: "from", value: "string", help: "the localise output directory (REDU file, summary.json)" },
   { name: "out", value: "string", help: "output directory (a run of the same file names)" },
   { name: "force", help: "replace an existing output directory" },
-  { name: "modules", value: "string", default: "all", help: "all | selected (leave out unselected modules)" },
+  {
+    name: "modules",
+    value: "string",
+    default: "all",
+    choices: ["all", "selected"],
+    help: "leave out unselected modules (selected) or not",
+  },
   { name: "roi", help: "keep only each module's ROI boxes (one dataset per ROI)" },
-  { name: "keep-dark", value: "number", default: 0, help: "keep every Nth dark frame (0: none)" },
+  {
+    name: "keep-dark",
+    value: "number",
+    integer: true,
+    min: 0,
+    default: 0,
+    help: "keep every Nth dark frame (0: none)",
+  },
   { name: "run-copy", help: "RUN is a copy of the run localise ran on (another path): apply its selection" },
   {
     name: "unlisted",
     value: "string",
+    choices: ["keep", "delete"],
     help: "frames the selection does not list: keep | delete (unset: refused)",
   },
   { name: "allow-empty", help: "accept a selection that keeps no frame" },
@@ -1617,10 +1630,18 @@ export const REDUCE_OPTIONS: OptionSpec[] = [
   {
     name: "compress-backend",
     value: "string",
+    choices: ["auto", "cpu", "webgpu"],
     default: "auto",
     help: "sz integer stage: auto | cpu | webgpu",
   },
-  { name: "quality-frames", value: "number", default: 8, help: "frames per module file sampled for quality" },
+  {
+    name: "quality-frames",
+    value: "number",
+    integer: true,
+    min: 1,
+    default: 8,
+    help: "frames per module file sampled for quality",
+  },
 ];
 
 export const reduceCommand: Command = {

@@ -727,8 +727,22 @@ const REPORT_OPTIONS: OptionSpec[] = [
     value: "string",
     help: "the run, when it moved (default: the run recorded in summary.json)",
   },
-  { name: "lit", value: "number", default: DEFAULTS.litFrames, help: "lit sample frames shown" },
-  { name: "dark", value: "number", default: DEFAULTS.darkFrames, help: "dark sample frames shown" },
+  {
+    name: "lit",
+    value: "number",
+    integer: true,
+    min: 0,
+    default: DEFAULTS.litFrames,
+    help: "lit sample frames shown",
+  },
+  {
+    name: "dark",
+    value: "number",
+    integer: true,
+    min: 0,
+    default: DEFAULTS.darkFrames,
+    help: "dark sample frames shown",
+  },
 ];
 
 function kB(n: number): string {
@@ -743,11 +757,6 @@ export const reportCommand: Command = {
   async run(args, o) {
     const dir = args[0];
     if (!dir) throw new InputError(undefined, "missing argument LOCALISE_OUT");
-    for (const k of ["lit", "dark"] as const) {
-      if (!Number.isInteger(o[k]) || o[k] < 0) {
-        throw new InputError(undefined, `--${k}: a count, not ${o[k]}`);
-      }
-    }
     const info = await reportFromOutput(dir, { run: o.run, litFrames: o.lit, darkFrames: o.dark });
     for (const n of info.notes) console.error(`xfel-redu: report: ${n}`);
     console.log(o.json ? JSON.stringify(info, null, 2) : `written: ${info.path} (${kB(info.bytes)})`);

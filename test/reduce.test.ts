@@ -468,6 +468,12 @@ describe("refusals and interruption", () => {
     fs.mkdirSync(out);
     fs.writeFileSync(path.join(out, "old.txt"), "x");
     await expect(reduce(corr, loc, out)).rejects.toThrow(/exists; use --force/);
+    // --force replaces only what this tool wrote (its marker), never a foreign directory.
+    await expect(reduce(corr, loc, out, { force: true })).rejects.toThrow(/not written by xfel-redu/);
+    expect(fs.readFileSync(path.join(out, "old.txt"), "utf8")).toBe("x");
+    fs.rmSync(out, { recursive: true });
+    await reduce(corr, loc, out);
+    fs.writeFileSync(path.join(out, "old.txt"), "x");
     await reduce(corr, loc, out, { force: true });
     expect(fs.existsSync(path.join(out, "old.txt"))).toBe(false);
     expect(h5names(out)).toEqual(h5names(corr));

@@ -27,6 +27,7 @@ import { QualityAccumulator, type QualityStats } from "./quality.ts";
 import { checkRoundParams, roundBits, type RoundParams } from "./round.ts";
 import { szCodesCpu, type SzConstants, szConstants, SzFrameEncoder } from "./sz.ts";
 import { createSzKernel, type SzKernel } from "./webgpu.ts";
+import { checkpoint } from "../outdir.ts";
 
 export type CompressMethod =
   | { kind: "lossless"; filter: FilterSpec }
@@ -400,6 +401,7 @@ export class Compressor {
     for (const [a, b] of rowRuns(e.kept)) {
       for (let r = a; r < b; r += B) {
         const n = Math.min(B, b - r);
+        await checkpoint();
         readSlab(src, e.path, [r, ...zeros], [n, ...e.entry], batch);
         const t0 = performance.now();
         writer.append(await this.encodeFrames(batch, n, H, W));

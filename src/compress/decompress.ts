@@ -21,7 +21,7 @@ import type { Command, OptionSpec } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../h5.ts";
 import { rewriteFile } from "../reduce.ts";
-import { buildDir } from "../outdir.ts";
+import { buildDir, checkOut, checkpoint, copyFile } from "../outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";
 
@@ -66,10 +66,6 @@ function fileSize(p: string): number {
   }
 }
 
-function isInside(child: string, parent: string): boolean {
-  return child === parent || child.startsWith(parent + path.sep);
-}
-
 /** Every dataset reachable through hard links, with the filter ids it uses. */
 function scan(f: H5File): { sz: string[]; plugin: string[] } {
   const sz: string[] = [], plugin: string[] = [];
@@ -105,13 +101,13 @@ function scan(f: H5File): { sz: string[]; plugin: string[] } {
 }
 
 /** Decode the SZ stream dataset `p` of src into `<group>/<original name>` of dst. */
-function restore(
+async function restore(
   src: H5File,
   p: string,
   dst: H5File,
   sliceBytes: number,
   notes: Set<string>,
-): [number, number] {
+): Promise<[number, number]> {
   const r = new SzDatasetReader(src, p);
   const m = r.meta;
   const group = p.slice(0, p.lastIndexOf("/"));
@@ -160,6 +156,7 @@ function restore(
   const buf = new Float32Array(B * P);
   for (let k = 0; k < N; k += B) {
     const n = Math.min(B, N - k);
+    await checkpoint();
     for (let j = 0; j < n; j++) r.decode(k + j, buf.subarray(j * P, (j + 1) * P));
     ds.write_slice([[k, k + n], ...entry.map((d) => [0, d] as [number, number])], buf.subarray(0, n * P));
   }
@@ -182,13 +179,7 @@ export async function decompress(
     ? fs.readdirSync(runAbs).filter((n) => n.endsWith(".h5")).sort()
     : [path.basename(runAbs)];
   if (!names.length) throw new InputError(runPath, "no HDF5 files (*.h5) in this directory");
-  if (isInside(out, runDir)) {
-    throw new InputError(out, "output directory lies inside the input run; choose another --out");
-  }
-  if (isInside(runDir, out)) {
-    throw new InputError(out, "output directory holds the input run; choose another --out");
-  }
-  if (fs.existsSync(out) && !opts.force) throw new InputError(out, "exists; use --force to replace it");
+  checkOut(out, { force: !!opts.force, inputs: [{ path: runAbs, what: "input run" }] });
   const sliceBytes = opts.sliceBytes ?? 32 * 2 ** 20;
   await registerPlugins();
   const notes = new Set<string>();
@@ -208,7 +199,7 @@ export async function decompress(
       const bytesIn = fileSize(srcPath);
       if (!found.sz.length && !found.plugin.length) {
         const tmp = path.join(tmpDir, `.${name}.tmp-${process.pid}`);
-        fs.copyFileSync(srcPath, tmp);
+        await copyFile(srcPath, tmp);
         fs.renameSync(tmp, final);
         files.push({
           name,
@@ -231,9 +222,9 @@ export async function decompress(
       const fileNotes = await rewriteFile(srcPath, final, (p, s) => {
         if (lengths.has(p)) return "skip";
         if (!sz.has(p)) return undefined;
-        return (dst) => {
+        return async (dst) => {
           const t = performance.now();
-          const [n, bytes] = restore(s, p, dst, sliceBytes, notes);
+          const [n, bytes] = await restore(s, p, dst, sliceBytes, notes);
           decodeSeconds += (performance.now() - t) / 1000;
           decodedBytes += bytes;
           frames += n;

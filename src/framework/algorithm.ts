@@ -16,7 +16,7 @@
  */
 import type { OptionSpec } from "../cli.ts";
 import type { FrameBatch } from "../frames.ts";
-import { fromWire, type WireError } from "../errors.ts";
+import { fromWire, InputError, type WireError } from "../errors.ts";
 import { type Detector, Run } from "../run.ts";
 import { PrefetchReader } from "./prefetch.ts";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
@@ -119,6 +119,34 @@ export function moduleGroups(modules: number[], n: number): number[][] {
   return out;
 }
 
+/** Module numbers as ranges: 0-3,8. */
+export function formatModules(modules: readonly number[]): string {
+  const s = [...new Set(modules)].sort((a, b) => a - b);
+  const parts: string[] = [];
+  for (let i = 0; i < s.length;) {
+    let j = i;
+    while (j + 1 < s.length && s[j + 1] === s[j] + 1) j++;
+    parts.push(j > i ? `${s[i]}-${s[j]}` : `${s[i]}`);
+    i = j + 1;
+  }
+  return parts.join(",");
+}
+
+/** Refuse modules the detector of the run does not have: one line naming the modules present. */
+export function checkModules(runPath: string, det: Detector, wanted: readonly number[] | undefined): void {
+  if (!wanted) return;
+  const present = new Set(det.modules.map((m) => m.module));
+  const missing = wanted.filter((m) => !present.has(m));
+  if (missing.length) {
+    throw new InputError(
+      runPath,
+      `${det.name} has no module ${formatModules(missing)} (modules in this run: ${
+        formatModules([...present])
+      })`,
+    );
+  }
+}
+
 /** Open the run and ask the algorithm what it needs (for a part's modules, or all). */
 async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
   const run = await Run.open(runPath);
@@ -127,6 +155,7 @@ async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
     const det = run.detector(probe.detector);
     const all = probe.modules ?? det.modules.map((m) => m.module);
     const mine = modules ?? all;
+    checkModules(run.path, det, [...all, ...mine]);
     const needs = await algo.initialize({ runPath, run, detector: det, modules: mine });
     return { run, det, all, mine, needs };
   } catch (e) {

@@ -20,7 +20,7 @@ import type { Command } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { Run } from "../run.ts";
 import { prepareOut } from "../outdir.ts";
-import { algorithmFactory, moduleGroups, runPart } from "./algorithm.ts";
+import { algorithmFactory, checkModules, moduleGroups, runPart } from "./algorithm.ts";
 
 export interface Job {
   algorithm: string;
@@ -77,6 +77,7 @@ export async function prepareJob(
   try {
     const det = run.detector(options.detector as string | undefined);
     const wanted = options.modules as number[] | undefined;
+    checkModules(run.path, det, wanted);
     modules = det.modules.map((m) => m.module).filter((m) => !wanted || wanted.includes(m));
   } finally {
     run.close();
@@ -178,7 +179,18 @@ function sbatch(args: string[]): string {
   try {
     return execFileSync("sbatch", ["--parsable", ...args], { encoding: "utf8" }).trim().split(";")[0];
   } catch (e) {
-    const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    if ((e as { code?: unknown }).code === "ENOENT") {
+      throw new InputError(
+        undefined,
+        "sbatch not found: SLURM is not installed here (--no-submit writes the scripts only)",
+      );
+    }
+    const err = (e as { stderr?: unknown }).stderr;
+    const msg = typeof err === "string" && err.trim()
+      ? err.trim().split("\n")[0]
+      : e instanceof Error
+      ? e.message.split("\n")[0]
+      : String(e);
     throw new InputError(undefined, `sbatch failed: ${msg}`);
   }
 }
@@ -189,12 +201,31 @@ export const submitCommand: Command = {
   help: "Run an algorithm as a SLURM job array (one task per module group) and a dependent merge job.",
   options: [
     { name: "slurm", help: "submit to SLURM (the only scheduler so far)" },
-    { name: "algorithm", value: "string", default: "localise", help: "localise | average" },
+    {
+      name: "algorithm",
+      value: "string",
+      default: "localise",
+      choices: ["localise", "average"],
+      help: "the algorithm to run",
+    },
     { name: "out", value: "string", help: "output directory (default ./<algorithm>-<run name>)" },
-    { name: "parts", value: "number", default: 4, help: "array tasks (module groups)" },
+    {
+      name: "parts",
+      value: "number",
+      integer: true,
+      min: 1,
+      default: 4,
+      help: "array tasks (module groups)",
+    },
     { name: "force", help: "replace an existing output directory or job" },
     { name: "no-submit", help: "write the scripts only" },
-    { name: "backend", value: "string", default: "cpu", help: "localise backend on the nodes" },
+    {
+      name: "backend",
+      value: "string",
+      default: "cpu",
+      choices: ["auto", "webgpu", "cpu"],
+      help: "localise backend on the nodes",
+    },
     { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
     { name: "from", value: "string", help: "average: localise output whose frameLit decides lit/dark" },
   ],
@@ -209,16 +240,23 @@ export const submitCommand: Command = {
         ...(o.modules ? { modules: (await import("../localise/command.ts")).parseModules(o.modules) } : {}),
       }
       : { from: o.from ? path.resolve(o.from) : undefined };
+    const fresh = !fs.existsSync(`${out}.slurm`);
     const { work, todo, job } = await prepareJob(o.algorithm, runPath, out, options, o.parts, !!o.force);
     const info: Record<string, unknown> = { work, parts: job.groups.length, todo, out };
     if (!o.noSubmit) {
-      let dependency: string[] = [];
-      if (todo.length) {
-        const array = sbatch([`--array=${todo.join(",")}`, path.join(work, "task.sh")]);
-        info.arrayJob = array;
-        dependency = [`--dependency=afterok:${array}`];
+      try {
+        let dependency: string[] = [];
+        if (todo.length) {
+          const array = sbatch([`--array=${todo.join(",")}`, path.join(work, "task.sh")]);
+          info.arrayJob = array;
+          dependency = [`--dependency=afterok:${array}`];
+        }
+        info.mergeJob = sbatch([...dependency, path.join(work, "merge.sh")]);
+      } catch (e) {
+        // Nothing submitted: leave nothing behind (a work directory of an earlier submit stays).
+        if (fresh && !info.arrayJob) fs.rmSync(work, { recursive: true, force: true });
+        throw e;
       }
-      info.mergeJob = sbatch([...dependency, path.join(work, "merge.sh")]);
     }
     if (o.json) console.log(JSON.stringify(info, null, 2));
     else {

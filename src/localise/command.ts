@@ -15,23 +15,50 @@ import { buildDir, prepareOut, progressPrinter } from "../outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "report", help: "also write DIR/report.html, a page to judge the result (docs/report.md)" },
-  { name: "workers", value: "number", help: "worker threads (default: the cores for cpu, 1 for webgpu)" },
+  {
+    name: "workers",
+    value: "number",
+    integer: true,
+    min: 1,
+    help: "worker threads (default: the cores for cpu, 1 for webgpu)",
+  },
   {
     name: "lit-from",
     value: "string",
+    choices: ["beam", "images", "both"],
     default: DEFAULT_OPTIONS.litFrom,
     help: "lit frames from the beam (bunch pattern), the images, or both",
   },
-  { name: "sase", value: "number", help: "SASE of the beam annotation (default from the instrument)" },
+  {
+    name: "sase",
+    value: "number",
+    integer: true,
+    min: 1,
+    max: 3,
+    help: "SASE of the beam annotation (default from the instrument)",
+  },
   { name: "rep-rate", value: "number", help: "repetition rate in MHz (default from the run)" },
-  { name: "reference-frame", value: "number", help: "frame facing the first pulse [1]" },
+  {
+    name: "reference-frame",
+    value: "number",
+    integer: true,
+    min: 0,
+    max: 351,
+    help: "frame facing the first pulse [1]",
+  },
   { name: "out", value: "string", help: "output directory (default ./localise-<run name>)" },
   { name: "force", help: "replace an existing output directory" },
-  { name: "backend", value: "string", default: DEFAULT_OPTIONS.backend, help: "auto | webgpu | cpu" },
+  {
+    name: "backend",
+    value: "string",
+    default: DEFAULT_OPTIONS.backend,
+    choices: ["auto", "webgpu", "cpu"],
+    help: "WebGPU on a GPU, else the CPU",
+  },
   { name: "detector", value: "string", help: "detector name, when the run holds several" },
   { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
-  { name: "first-train", value: "number", help: "first train ID to use" },
-  { name: "last-train", value: "number", help: "last train ID to use" },
+  { name: "first-train", value: "number", integer: true, min: 0, help: "first train ID to use" },
+  { name: "last-train", value: "number", integer: true, min: 0, help: "last train ID to use" },
   {
     name: "threshold",
     value: "number",
@@ -41,18 +68,25 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   {
     name: "hot-fraction",
     value: "number",
+    min: 0,
+    max: 1,
     default: DEFAULT_OPTIONS.hotFraction,
     help: "hot pixel: lit in more than this fraction of frames",
   },
   {
     name: "hot-sample",
     value: "number",
+    integer: true,
+    min: 1,
     default: DEFAULT_OPTIONS.hotSample,
     help: "frames per module sampled for hot pixels",
   },
   {
     name: "neighbours",
     value: "number",
+    integer: true,
+    min: 0,
+    max: 8,
     default: DEFAULT_OPTIONS.neighbours,
     help: "noise filter: lit neighbours a lit pixel needs",
   },
@@ -62,8 +96,22 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     default: DEFAULT_OPTIONS.strong,
     help: "noise filter: a pixel this bright survives alone (photons)",
   },
-  { name: "min-area", value: "number", default: DEFAULT_OPTIONS.minArea, help: "smallest peak (pixels)" },
-  { name: "max-area", value: "number", default: DEFAULT_OPTIONS.maxArea, help: "largest peak (pixels)" },
+  {
+    name: "min-area",
+    value: "number",
+    integer: true,
+    min: 1,
+    default: DEFAULT_OPTIONS.minArea,
+    help: "smallest peak (pixels)",
+  },
+  {
+    name: "max-area",
+    value: "number",
+    integer: true,
+    min: 1,
+    default: DEFAULT_OPTIONS.maxArea,
+    help: "largest peak (pixels)",
+  },
   {
     name: "min-intensity",
     value: "number",
@@ -73,18 +121,23 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   {
     name: "max-peaks",
     value: "number",
+    integer: true,
+    min: 1,
     default: DEFAULT_OPTIONS.maxPeaks,
     help: "peak table capacity per frame",
   },
   {
     name: "min-lit",
     value: "number",
+    integer: true,
+    min: 0,
     default: DEFAULT_OPTIONS.minLit,
     help: "an ASIC without a peak is lit with this many filtered lit pixels",
   },
   {
     name: "mode",
     value: "string",
+    choices: ["peaks", "adaptive"],
     default: DEFAULT_OPTIONS.mode,
     help: "classifier: peaks | adaptive (diffuse signal: SPI, SAXS)",
   },
@@ -97,19 +150,31 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   {
     name: "margin",
     value: "number",
+    integer: true,
+    min: 0,
     default: DEFAULT_OPTIONS.margin,
     help: "ROI padding around peaks (pixels)",
   },
-  { name: "max-rois", value: "number", default: DEFAULT_OPTIONS.maxRois, help: "ROIs per module at most" },
+  {
+    name: "max-rois",
+    value: "number",
+    integer: true,
+    min: 1,
+    default: DEFAULT_OPTIONS.maxRois,
+    help: "ROIs per module at most",
+  },
   {
     name: "min-lit-fraction",
     value: "number",
+    min: 0,
+    max: 1,
     default: DEFAULT_OPTIONS.minLitFraction,
     help: "module selected at this lit-frame fraction",
   },
   {
     name: "batch-mb",
     value: "number",
+    min: 1,
     default: DEFAULT_OPTIONS.batchBytes / 2 ** 20,
     help: "image data per batch, all modules together (MiB)",
   },
@@ -135,13 +200,6 @@ export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptio
 }
 
 function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
-  if (!["auto", "webgpu", "cpu"].includes(o.backend)) {
-    throw new InputError(undefined, `--backend: ${o.backend}?`);
-  }
-  if (!["peaks", "adaptive"].includes(o.mode)) throw new InputError(undefined, `--mode: ${o.mode}?`);
-  if (!["beam", "images", "both"].includes(o.litFrom)) {
-    throw new InputError(undefined, `--lit-from must be beam, images or both, not ${o.litFrom}`);
-  }
   return {
     backend: o.backend,
     workers: o.workers,
