@@ -400,7 +400,7 @@ describe("clear errors", () => {
     fs.writeFileSync(file, bytes);
     for (
       const args of [
-        ["reduce", run, "--from", loc, "--out", path.join(tmp, "damaged-r")],
+        ["reduce", run, "--from", loc, "--out", path.join(tmp, "damaged-r"), "--run-copy"],
         ["localise", run, "--backend", "cpu", "--out", path.join(tmp, "damaged-l")],
       ]
     ) {
