@@ -13,6 +13,7 @@ import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
 import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
+import { roiCommand } from "./roi.ts";
 import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
@@ -21,6 +22,8 @@ export interface OptionSpec {
   help: string;
   /** Absent for flags. */
   value?: "number" | "string";
+  /** The option may be given several times: its value is then the list of values. */
+  repeat?: boolean;
   default?: number | string | boolean;
 }
 
@@ -61,6 +64,7 @@ const commands: Command[] = [
   reduceCommand,
   decompressCommand,
   averageCommand,
+  roiCommand,
   reportCommand,
   submitCommand,
   runPartCommand,
@@ -103,6 +107,8 @@ export function parseArgs(
       const n = Number(v);
       if (!Number.isFinite(n)) throw new InputError(undefined, `option --${name}: not a number: ${v}`);
       options[camel(name)] = n;
+    } else if (spec.repeat) {
+      (options[camel(name)] ??= []).push(v);
     } else {
       options[camel(name)] = v;
     }

@@ -10,3 +10,8 @@ registerAlgorithm("average", async () => {
   const { AverageAlgorithm } = await import("../average.ts");
   return () => new AverageAlgorithm();
 });
+
+registerAlgorithm("roi", async () => {
+  const { RoiAlgorithm } = await import("../roi.ts");
+  return () => new RoiAlgorithm();
+});
