@@ -14,6 +14,7 @@ import { reduceCommand } from "./reduce.ts";
 import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
 import { roiCommand } from "./roi.ts";
+import { azintCommand } from "./azint.ts";
 import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
@@ -65,6 +66,7 @@ const commands: Command[] = [
   decompressCommand,
   averageCommand,
   roiCommand,
+  azintCommand,
   reportCommand,
   submitCommand,
   runPartCommand,

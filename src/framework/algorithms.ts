@@ -15,3 +15,8 @@ registerAlgorithm("roi", async () => {
   const { RoiAlgorithm } = await import("../roi.ts");
   return () => new RoiAlgorithm();
 });
+
+registerAlgorithm("azint", async () => {
+  const { AzintAlgorithm } = await import("../azint.ts");
+  return () => new AzintAlgorithm();
+});
