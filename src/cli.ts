@@ -15,6 +15,7 @@ import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
 import { roiCommand } from "./roi.ts";
 import { azintCommand } from "./azint.ts";
+import { xpcsCommand } from "./xpcs.ts";
 import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
@@ -67,6 +68,7 @@ const commands: Command[] = [
   averageCommand,
   roiCommand,
   azintCommand,
+  xpcsCommand,
   reportCommand,
   submitCommand,
   runPartCommand,

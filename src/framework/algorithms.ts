@@ -20,3 +20,8 @@ registerAlgorithm("azint", async () => {
   const { AzintAlgorithm } = await import("../azint.ts");
   return () => new AzintAlgorithm();
 });
+
+registerAlgorithm("xpcs", async () => {
+  const { XpcsAlgorithm } = await import("../xpcs.ts");
+  return () => new XpcsAlgorithm();
+});
