@@ -28,7 +28,8 @@ import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_B
 import { runNaming } from "./localise/output.ts";
 import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
 import { dirBytes, inputBytes, writeJson } from "./reductions.ts";
-import { Run } from "./run.ts";
+import { type Detector, Run } from "./run.ts";
+import { FrameReader } from "./frames.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 
 export interface XpcsOptions {
@@ -183,6 +184,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
 
   initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    if (this.o.maxDelay === undefined) {
+      this.o.maxDelay = defaultMaxDelay(info.detector);
+      this.delays = this.o.maxDelay;
+    }
     if (info.modules.length) {
       const setup = azintSetup(info.detector, azintOptions(this.o));
       this.modules = info.modules;
@@ -297,19 +302,12 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 }
 
-/** Frames per train (the most any module records), from the run's index. */
-async function framesPerTrain(runPath: string): Promise<number> {
-  const { FrameReader } = await import("./frames.ts");
-  const run = await Run.open(runPath);
-  try {
-    const det = run.detector();
-    const reader = new FrameReader(det, {});
-    const per = new Map<number, number>();
-    for (const t of reader.frameIds.trainId) per.set(t, (per.get(t) ?? 0) + 1);
-    return Math.max(1, ...per.values());
-  } finally {
-    run.close();
-  }
+/** The default largest delay: min(frames per train - 1, 32), frames per train from the run's index. */
+export function defaultMaxDelay(det: Detector): number {
+  const reader = new FrameReader(det, {});
+  const per = new Map<number, number>();
+  for (const t of reader.frameIds.trainId) per.set(t, (per.get(t) ?? 0) + 1);
+  return Math.max(1, Math.min(32, Math.max(1, ...per.values()) - 1));
 }
 
 export async function xpcs(
@@ -328,10 +326,10 @@ export async function xpcs(
   const r = await Run.open(runPath);
   try {
     azintSetup(r.detector(), azintOptions(o)); // geometry, energy and distance checked first
+    o.maxDelay ??= defaultMaxDelay(r.detector());
   } finally {
     r.close();
   }
-  o.maxDelay ??= Math.max(1, Math.min(32, (await framesPerTrain(runPath)) - 1));
   const { defaultWorkers } = await import("./framework/threads.ts");
   return await runAlgorithm<XpcsPart, XpcsResult>("xpcs", runPath, o as unknown as Record<string, unknown>, {
     workers: o.workers ?? (await defaultWorkers()),

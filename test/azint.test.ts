@@ -285,6 +285,23 @@ describe("azint", () => {
     }
   }, 120_000);
 
+  test("SLURM parts (module groups) and their merge give the single-process output", async () => {
+    const { prepareJob, runJobPart, mergeJob } = await import("../src/framework/slurm.ts");
+    const out = path.join(tmp, "out-slurm");
+    const options = { ...DEFAULT_AZINT, geometry: geom, bins: BINS, range: RANGE, backend: "cpu" };
+    const { work, todo } = await prepareJob("azint", run, out, options, 3, false);
+    expect(todo).toEqual([0, 1, 2]);
+    for (const i of todo) expect(await runJobPart(work, i)).toBe(true);
+    await mergeJob(work);
+    const single = await azint(run, { geometry: geom, bins: BINS, range: RANGE, backend: "cpu", workers: 1 });
+    const js = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
+    expect(js.azint.count).toEqual(Array.from(single.runCount));
+    js.azint.mean.forEach((v: number | null, k: number) => {
+      if (v === null) expect(single.runMean[k]).toBeNaN();
+      else expect(Math.abs(v - single.runMean[k])).toBeLessThanOrEqual(1e-12 * Math.abs(v));
+    });
+  }, 120_000);
+
   test("binning: edges, the upper edge in the last bin, outside none", () => {
     expect(binOf(0, 0, 1, 10)).toBe(0);
     expect(binOf(0.0999, 0, 1, 10)).toBe(0);

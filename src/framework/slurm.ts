@@ -30,7 +30,7 @@ export interface Job {
   groups: number[][];
 }
 
-const ALGORITHMS = ["localise", "average"];
+const ALGORITHMS = ["localise", "average", "roi", "azint", "xpcs"];
 
 function jobPath(work: string): string {
   return path.join(work, "job.json");
@@ -167,11 +167,50 @@ export async function mergeJob(work: string): Promise<string> {
   if (job.algorithm === "localise") {
     const { writeLocaliseDir } = await import("../localise/command.ts");
     await writeLocaliseDir(result as never, job.out);
+  } else if (job.algorithm === "roi") {
+    const { writeRoiDir } = await import("../roi.ts");
+    await writeRoiDir(result as never, job.out);
+  } else if (job.algorithm === "azint") {
+    const { writeAzintDir } = await import("../azint.ts");
+    await writeAzintDir(result as never, job.out);
+  } else if (job.algorithm === "xpcs") {
+    const { writeXpcsDir } = await import("../xpcs.ts");
+    await writeXpcsDir(result as never, job.out);
   } else {
     const { writeAverageDir } = await import("../average.ts");
     await writeAverageDir(result as never, job.out);
   }
   return job.out;
+}
+
+/** The options of roi / azint / xpcs from a JSON file, as their APIs take them (paths made absolute). */
+async function reductionOptions(
+  algorithm: string,
+  file: string | undefined,
+): Promise<Record<string, unknown>> {
+  if (!file) throw new InputError(undefined, `--algorithm ${algorithm} needs --options FILE (JSON)`);
+  let o: Record<string, any>;
+  try {
+    o = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new InputError(
+      file,
+      `not a JSON options file (${e instanceof Error ? e.message.split("\n")[0] : e})`,
+    );
+  }
+  if (o.geometry) o.geometry = path.resolve(path.dirname(file), o.geometry);
+  if (o.from) o.from = path.resolve(path.dirname(file), o.from);
+  if (algorithm === "roi") {
+    const { readRoiFile } = await import("../roi.ts");
+    return { backend: "cpu", ...o, rois: readRoiFile(file) };
+  }
+  if (algorithm === "azint") {
+    const { DEFAULT_AZINT, checkAzintOptions } = await import("../azint.ts");
+    const a = { ...DEFAULT_AZINT, backend: "cpu", ...o };
+    checkAzintOptions(a as never);
+    return a;
+  }
+  return o;
 }
 
 function sbatch(args: string[]): string {
@@ -189,7 +228,12 @@ export const submitCommand: Command = {
   help: "Run an algorithm as a SLURM job array (one task per module group) and a dependent merge job.",
   options: [
     { name: "slurm", help: "submit to SLURM (the only scheduler so far)" },
-    { name: "algorithm", value: "string", default: "localise", help: "localise | average" },
+    {
+      name: "algorithm",
+      value: "string",
+      default: "localise",
+      help: "localise | average | roi | azint | xpcs",
+    },
     { name: "out", value: "string", help: "output directory (default ./<algorithm>-<run name>)" },
     { name: "parts", value: "number", default: 4, help: "array tasks (module groups)" },
     { name: "force", help: "replace an existing output directory or job" },
@@ -197,6 +241,12 @@ export const submitCommand: Command = {
     { name: "backend", value: "string", default: "cpu", help: "localise backend on the nodes" },
     { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
     { name: "from", value: "string", help: "average: localise output whose frameLit decides lit/dark" },
+    {
+      name: "options",
+      value: "string",
+      help:
+        'roi, azint, xpcs: JSON file of the algorithm\'s options (e.g. {"geometry": "a.geom", "bins": 500})',
+    },
   ],
   async run(args, o) {
     const runPath = args[0];
@@ -208,6 +258,8 @@ export const submitCommand: Command = {
         backend: o.backend,
         ...(o.modules ? { modules: (await import("../localise/command.ts")).parseModules(o.modules) } : {}),
       }
+      : ["roi", "azint", "xpcs"].includes(o.algorithm)
+      ? await reductionOptions(o.algorithm, o.options)
       : { from: o.from ? path.resolve(o.from) : undefined };
     const { work, todo, job } = await prepareJob(o.algorithm, runPath, out, options, o.parts, !!o.force);
     const info: Record<string, unknown> = { work, parts: job.groups.length, todo, out };
