@@ -4,6 +4,7 @@
  * workgroups reduces them. Buffers grow to the largest batch seen.
  */
 import type { FrameBatch } from "./frames.ts";
+import { Unshared } from "./reductions.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -97,6 +98,7 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
     bufs = { data, mask, out, read, group };
     return bufs;
   };
+  const staging = new Unshared();
   return {
     name: "webgpu",
     async frames(b: FrameBatch): Promise<AzintSums> {
@@ -107,9 +109,9 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
       await withErrorScope(device, "azint dispatch", () => {
         mods.forEach((mf, s) => {
           const at = s * maxFrames * pixels * 4;
-          device.queue.writeBuffer(bf.data, at, mf.data.buffer, mf.data.byteOffset, F * pixels * 4);
+          device.queue.writeBuffer(bf.data, at, staging.f32(mf.data, F * pixels));
           if (hasMask) {
-            device.queue.writeBuffer(bf.mask, at, mf.mask!.buffer, mf.mask!.byteOffset, F * pixels * 4);
+            device.queue.writeBuffer(bf.mask, at, staging.u32(mf.mask!, F * pixels));
           }
         });
         device.queue.writeBuffer(params, 0, Uint32Array.of(pixels, F, maxFrames, bins, hasMask, 0, 0, 0));

@@ -169,3 +169,24 @@ export function writeJson(file: string, value: unknown): void {
     ) + "\n",
   );
 }
+
+/**
+ * A typed array Dawn's `writeBuffer` accepts: the first n elements of `a`, copied into a reused scratch
+ * array when `a` lies on a SharedArrayBuffer (the prefetch reader's buffers; Dawn rejects those).
+ */
+export class Unshared {
+  private f = new Float32Array(0);
+  private u = new Uint32Array(0);
+  f32(a: Float32Array, n: number): Float32Array<ArrayBuffer> {
+    if (!(a.buffer instanceof SharedArrayBuffer)) return a.subarray(0, n) as Float32Array<ArrayBuffer>;
+    if (this.f.length < n) this.f = new Float32Array(n);
+    this.f.set(a.subarray(0, n));
+    return this.f.subarray(0, n);
+  }
+  u32(a: Uint32Array, n: number): Uint32Array<ArrayBuffer> {
+    if (!(a.buffer instanceof SharedArrayBuffer)) return a.subarray(0, n) as Uint32Array<ArrayBuffer>;
+    if (this.u.length < n) this.u = new Uint32Array(n);
+    this.u.set(a.subarray(0, n));
+    return this.u.subarray(0, n);
+  }
+}

@@ -3,6 +3,7 @@
  * per batch, reads back column sums and counts. Buffers grow to the largest batch seen.
  */
 import type { FrameBatch } from "./frames.ts";
+import { Unshared } from "./reductions.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -74,6 +75,7 @@ export async function createRoiGpu(
     bufs = { data, mask, present, sum, count, read, group };
     return bufs;
   };
+  const staging = new Unshared();
   return {
     name: "webgpu",
     async columns(b: FrameBatch): Promise<RoiColumns> {
@@ -87,17 +89,13 @@ export async function createRoiGpu(
           device.queue.writeBuffer(
             bf.data,
             s * maxFrames * pixels * 4,
-            mf.data.buffer,
-            mf.data.byteOffset,
-            F * pixels * 4,
+            staging.f32(mf.data, F * pixels),
           );
           if (hasMask) {
             device.queue.writeBuffer(
               bf.mask,
               s * maxFrames * pixels * 4,
-              mf.mask!.buffer,
-              mf.mask!.byteOffset,
-              F * pixels * 4,
+              staging.u32(mf.mask!, F * pixels),
             );
           }
           for (let i = 0; i < F; i++) presentFlags[s * maxFrames + i] = mf.present[i];

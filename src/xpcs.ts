@@ -2,7 +2,7 @@
  * `xpcs RUN --geometry FILE --out DIR [--q-bins N] [--range A,B] [--max-delay D]`: pulse-resolved XPCS,
  * the intensity autocorrelation g2(q, tau) within each train.
  *
- * Spec (CPU reference `XpcsAccumulator`):
+ * Spec (CPU reference `XpcsAccumulator`; GPU kernel shaders/xpcs.wgsl, float32 sums, P equal, floats close):
  * - q of each pixel centre as `azint` computes it (src/azint.ts, unit q_nm^-1, geometry from `--geometry`,
  *   energy and distance from the file or `--energy` / `--distance`); `--q-bins` bins uniform over `--range`
  *   (default: the detector's).
@@ -27,7 +27,16 @@ import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorith
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
 import { runNaming } from "./localise/output.ts";
 import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
-import { dirBytes, inputBytes, writeJson } from "./reductions.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  dirBytes,
+  inputBytes,
+  pickDevice,
+  workersFor,
+  writeJson,
+} from "./reductions.ts";
+import type { XpcsGpu } from "./xpcs-gpu.ts";
 import { type Detector, Run } from "./run.ts";
 import { FrameReader } from "./frames.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
@@ -40,10 +49,13 @@ export interface XpcsOptions {
   maxDelay?: number;
   energy?: number;
   distance?: number;
+  backend?: BackendChoice;
   workers?: number;
+  /** Bytes of image data per batch (all modules); default 128 MiB. */
+  batchBytes?: number;
 }
 
-export const DEFAULT_XPCS: XpcsOptions = { qBins: 20 };
+export const DEFAULT_XPCS: XpcsOptions = { qBins: 20, backend: "auto" };
 
 function azintOptions(o: XpcsOptions): AzintOptions {
   return {
@@ -144,6 +156,8 @@ export function g2Of(s: Pick<TrainSums, "a" | "l" | "r" | "p">): Float64Array {
 export interface XpcsPart {
   modules: number[];
   trains: TrainSums[];
+  backend: string;
+  notes: string[];
 }
 
 export interface XpcsResult {
@@ -162,6 +176,8 @@ export interface XpcsResult {
   /** The run's g2 (mean over trains). */
   runG2: Float64Array;
   modulesRead: number[];
+  backend: string;
+  notes: string[];
 }
 
 export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -176,13 +192,15 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private modules: number[] = [];
   private pixels = 0;
   private frame = new Float32Array(0);
+  private gpu?: XpcsGpu;
+  private notes: string[] = [];
 
   configure(options: Record<string, unknown>): void {
     this.o = { ...DEFAULT_XPCS, ...(options as Partial<XpcsOptions>) };
     this.delays = this.o.maxDelay ?? 1;
   }
 
-  initialize(info: RunInfo) {
+  async initialize(info: RunInfo) {
     this.runPath = info.runPath;
     if (this.o.maxDelay === undefined) {
       this.o.maxDelay = defaultMaxDelay(info.detector);
@@ -204,8 +222,14 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         this.acc.set(m, new XpcsAccumulator(bin, this.o.qBins, this.delays, this.pixels));
       }
       this.frame = new Float32Array(this.pixels);
+      const device = await pickDevice(checkBackend(this.o.backend), this.notes);
+      if (device) {
+        const { createXpcsGpu } = await import("./xpcs-gpu.ts");
+        const bins = info.modules.map((m) => this.acc.get(m)!.bin);
+        this.gpu = await createXpcsGpu(device, info.modules, bins, this.pixels, this.o.qBins, this.delays);
+      }
     }
-    return { mask: true, batchBytes: 128 * 2 ** 20 };
+    return { mask: true, batchBytes: this.o.batchBytes ?? 128 * 2 ** 20 };
   }
 
   private keep(s: TrainSums | undefined): void {
@@ -222,7 +246,11 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     }
   }
 
-  processBatch(b: FrameBatch): void {
+  async processBatch(b: FrameBatch): Promise<void> {
+    if (this.gpu) {
+      for (const s of await this.gpu.batch(b)) this.keep(s);
+      return;
+    }
     const px = this.pixels;
     for (const mf of b.modules) {
       const acc = this.acc.get(mf.module)!;
@@ -243,8 +271,17 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   finalizeChunk(): XpcsPart {
-    for (const acc of this.acc.values()) this.keep(acc.flush());
-    return { modules: this.modules, trains: [...this.trains.values()].sort((a, b) => a.trainId - b.trainId) };
+    if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
+    return {
+      modules: this.modules,
+      trains: [...this.trains.values()].sort((a, b) => a.trainId - b.trainId),
+      backend: this.gpu?.name ?? "cpu",
+      notes: this.notes,
+    };
+  }
+
+  dispose(): void {
+    this.gpu?.dispose();
   }
 
   async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
@@ -295,6 +332,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         pairs: trains.map((t) => t.p),
         runG2: Float64Array.from(sum, (s, j) => (cnt[j] ? s / cnt[j] : NaN)),
         modulesRead: parts.flatMap((p) => p.modules),
+        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        notes: [...new Set(parts.flatMap((p) => p.notes))],
       };
     } finally {
       run.close();
@@ -330,9 +369,9 @@ export async function xpcs(
   } finally {
     r.close();
   }
-  const { defaultWorkers } = await import("./framework/threads.ts");
+  const backend = checkBackend(o.backend);
   return await runAlgorithm<XpcsPart, XpcsResult>("xpcs", runPath, o as unknown as Record<string, unknown>, {
-    workers: o.workers ?? (await defaultWorkers()),
+    workers: await workersFor(backend, o.workers),
     progress,
   });
 }
@@ -400,6 +439,8 @@ export async function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<s
       command: "xpcs",
       run: r.run,
       detector: r.detector,
+      backend: r.backend,
+      notes: r.notes,
       geometry: r.geometry,
       photonEnergy: r.energy,
       distance: r.distance,
@@ -444,12 +485,14 @@ export const xpcsCommand: Command = {
     },
     { name: "energy", value: "number", help: "photon energy in eV (default: the geometry file's)" },
     { name: "distance", value: "number", help: "detector distance in metres (default: clen of the file)" },
-    { name: "workers", value: "number", help: "worker threads (default: the cores)" },
+    { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
+    { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
   ],
   async run(args, o) {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
     const options: Partial<XpcsOptions> = {
+      backend: o.backend,
       geometry: o.geometry,
       qBins: o.qBins,
       range: parseRange(o.range),
@@ -463,7 +506,10 @@ export const xpcsCommand: Command = {
     const summary = await writeXpcsDir(r, dir);
     if (o.json) console.log(JSON.stringify({ ...summary, xpcs: undefined, out: dir }, null, 2));
     else {
-      console.log(`${r.run}: ${r.detector}, ${r.trainIds.length} trains, delays 1..${r.delays.length}`);
+      console.log(
+        `${r.run}: ${r.detector}, ${r.trainIds.length} trains, delays 1..${r.delays.length}, backend ${r.backend}`,
+      );
+      for (const n of r.notes) console.log(`note: ${n}`);
       console.log(`ratio ${(summary.ratio as number).toFixed(1)} (bytes in / out); written: ${dir}`);
     }
     return EXIT.ok;

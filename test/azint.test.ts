@@ -283,6 +283,16 @@ describe("azint", () => {
     } finally {
       r.close();
     }
+    // End to end through the framework (prefetch reader, shared buffers): the same counts, means close.
+    const base = { geometry: geom, bins: BINS, range: RANGE, workers: 1 };
+    const cpu = await azint(run, { ...base, backend: "cpu" });
+    const viaGpu = await azint(run, { ...base, backend: "webgpu" });
+    expect(viaGpu.backend).toBe("webgpu");
+    expect(Array.from(viaGpu.count)).toEqual(Array.from(cpu.count));
+    cpu.intensity.forEach((v, j) => {
+      if (Number.isNaN(v)) expect(viaGpu.intensity[j]).toBeNaN();
+      else expect(Math.abs(viaGpu.intensity[j] - v)).toBeLessThanOrEqual(1e-5 * Math.abs(v));
+    });
   }, 120_000);
 
   test("SLURM parts (module groups) and their merge give the single-process output", async () => {

@@ -158,6 +158,17 @@ describe("roi", () => {
       r.close();
       backend.dispose();
     }
+    // End to end through the framework (prefetch reader, shared buffers): the same counts, sums close.
+    const cpu = await roi(run, { rois: ROIS, backend: "cpu", workers: 1 });
+    const viaGpu = await roi(run, { rois: ROIS, backend: "webgpu", workers: 1 });
+    expect(viaGpu.backend).toBe("webgpu");
+    ROIS.forEach((_, k) => {
+      expect(Array.from(viaGpu.count[k])).toEqual(Array.from(cpu.count[k]));
+      cpu.sum[k].forEach((v, i) => {
+        if (Number.isNaN(v)) expect(viaGpu.sum[k][i]).toBeNaN();
+        else expect(Math.abs(viaGpu.sum[k][i] - v)).toBeLessThanOrEqual(1e-6 * Math.abs(v));
+      });
+    });
   }, 120_000);
 
   test("region parsing: good and bad input", () => {

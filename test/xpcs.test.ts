@@ -11,6 +11,7 @@ import * as path from "node:path";
 import { makeSpeckleRun, pixelQ, type SpeckleTruth } from "../fixtures/experiments.ts";
 import { writeXpcsDir, xpcs } from "../src/xpcs.ts";
 import { binOf, NO_BIN } from "../src/azint.ts";
+import { getGpuDevice } from "../src/gpu.ts";
 import { runDenoTask, runNode } from "./helpers/cli.ts";
 import { extraDataValidate, openWithExtraData, pythonHas, runPython } from "./helpers/python-refs.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
@@ -143,6 +144,35 @@ describe("xpcs", () => {
       expect(worst).toBeLessThan(1e-9);
     },
     180_000,
+  );
+
+  test(
+    "the WebGPU kernel equals the CPU reference (pairs equal, g2 close), trains split across batches",
+    async (ctx) => {
+      if (!(await getGpuDevice())) {
+        console.warn("xpcs GPU test SKIPPED: no WebGPU adapter");
+        return ctx.skip();
+      }
+      // Batches of 7 frames (4 modules x 256 KiB each): trains of 20 frames span up to 4 batches.
+      const small = { ...OPTS, workers: 1, batchBytes: 7 * 4 * 512 * 128 * 4 };
+      const cpu = await xpcs(run, { ...small, backend: "cpu" });
+      const gpu = await xpcs(run, { ...small, backend: "webgpu" });
+      expect(gpu.backend).toBe("webgpu");
+      expect(gpu.trainIds).toEqual(cpu.trainIds);
+      let worst = 0;
+      cpu.trainIds.forEach((_, t) => {
+        expect(Array.from(gpu.pairs[t])).toEqual(Array.from(cpu.pairs[t]));
+        cpu.g2[t].forEach((v, j) => {
+          if (Number.isNaN(v)) expect(gpu.g2[t][j]).toBeNaN();
+          else worst = Math.max(worst, Math.abs(gpu.g2[t][j] - v) / v);
+        });
+      });
+      expect(worst).toBeLessThan(1e-4);
+      // And the CPU reference with small batches equals the one with one batch.
+      const big = await xpcs(run, { ...OPTS, workers: 1, backend: "cpu" });
+      big.g2.forEach((g, t) => expect(Array.from(cpu.g2[t])).toEqual(Array.from(g)));
+    },
+    300_000,
   );
 
   test(
