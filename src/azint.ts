@@ -426,7 +426,8 @@ export async function azint(
   checkAzintOptions(o);
   const r = await Run.open(runPath);
   try {
-    azintSetup(r.detector(), o); // geometry, energy and distance checked before anything else starts
+    // Geometry, energy and distance checked before anything else starts; the range computed once.
+    o.range ??= azintSetup(r.detector(), o).range;
   } finally {
     r.close();
   }

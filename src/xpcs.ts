@@ -364,7 +364,7 @@ export async function xpcs(
   if (o.range && !(o.range[1] > o.range[0])) throw new InputError(undefined, "--range A,B needs B > A");
   const r = await Run.open(runPath);
   try {
-    azintSetup(r.detector(), azintOptions(o)); // geometry, energy and distance checked first
+    o.range ??= azintSetup(r.detector(), azintOptions(o)).range; // checked first; the range computed once
     o.maxDelay ??= defaultMaxDelay(r.detector());
   } finally {
     r.close();
