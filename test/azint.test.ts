@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makePowderRun, type PowderTruth } from "../fixtures/experiments.ts";
+import type { Truth } from "../fixtures/synth.ts";
 import {
   azint,
   azintFrames,
@@ -34,6 +35,7 @@ let tmp: string;
 let run: string;
 let geom: string;
 let truth: PowderTruth;
+let synth: Truth;
 const DET = "SPB_DET_AGIPD1M-1";
 const MODULES = [0, 1, 2, 3];
 const BINS = 200;
@@ -45,7 +47,7 @@ beforeAll(async () => {
   // Bright (scale 100: about 500 photons per pixel of background), so that the few pixels whose centre
   // lies on a bin edge within float32 precision (binned by pyFAI on the other side) move a bin's mean by
   // less than 1e-4.
-  ({ truth } = await makePowderRun(
+  ({ truth, synth } = await makePowderRun(
     run,
     { seed: 77, modules: MODULES, trains: 2, framesPerTrain: 3, nanPixels: 200 },
     { scale: 100 },
@@ -309,6 +311,24 @@ describe("azint", () => {
     js.azint.mean.forEach((v: number | null, k: number) => {
       if (v === null) expect(single.runMean[k]).toBeNaN();
       else expect(Math.abs(v - single.runMean[k])).toBeLessThanOrEqual(1e-12 * Math.abs(v));
+    });
+  }, 120_000);
+
+  test("--lit-only keeps the frames the beam annotation says are lit", async () => {
+    const all = await azint(run, { geometry: geom, bins: 50, backend: "cpu", workers: 1 });
+    const lit = await azint(run, { geometry: geom, bins: 50, backend: "cpu", workers: 1, litOnly: true });
+    expect(lit.litFrom).toBe("beam");
+    const want = synth.frames.filter((f) => f.lit).map((f) => `${f.trainId}:${f.pulseId}`);
+    expect(want.length).toBeGreaterThan(0);
+    expect(want.length).toBeLessThan(all.trainId.length);
+    expect(Array.from(lit.trainId, (t, i) => `${t}:${lit.pulseId[i]}`)).toEqual(want);
+    // Each kept frame's profile is the one of the full run.
+    const ix = Array.from(all.trainId, (t, i) => `${t}:${all.pulseId[i]}`);
+    lit.trainId.forEach((t, i) => {
+      const j = ix.indexOf(`${t}:${lit.pulseId[i]}`);
+      expect(Array.from(lit.count.subarray(i * 50, (i + 1) * 50))).toEqual(
+        Array.from(all.count.subarray(j * 50, (j + 1) * 50)),
+      );
     });
   }, 120_000);
 
