@@ -13,6 +13,10 @@
  *   g2 = A P / (L R): the pixel-ensemble estimator mean(n(t) n(t+tau)) / (mean n(t) * mean n(t+tau)) over
  *   the same pairs. NaN where P = 0 or L R = 0. Sums in float64.
  * - The run's g2: the mean over trains of the trains' g2 (trains where it is NaN left out).
+ * - `--two-time TRAIN` (CPU, memory: that train's frames): per q bin and frame pair (t1, t2) of the train, the
+ *   same estimator over the pixels valid in both: C = A P / (L R), A = sum n(t1) n(t2), L = sum n(t1),
+ *   R = sum n(t2); frames ordered by pulse ID. Source `<DET>/REDU/XPCS:twoTime`, one entry at that train:
+ *   `data.c` (f32, qbins x T x T), `data.pulseId` (T); summary.json `xpcs.twoTime: {train, pulseIds, c}`.
  * Output: `DIR/<PREFIX>-R<run>-REDU05-S00000.h5`, instrument source `<DET>/REDU/XPCS:output`, one entry per
  * train: `data.g2` (f32, qbins x delays), `data.pairs` (f64, qbins x delays); control source
  * `<DET>/REDU/XPCS` keys `qAxis`, `qEdges` (nm^-1), `delays` (pulses). `DIR/summary.json`: `"xpcs": {"unit",
@@ -53,6 +57,8 @@ export interface XpcsOptions {
   workers?: number;
   /** Bytes of image data per batch (all modules); default 128 MiB. */
   batchBytes?: number;
+  /** Train ID whose two-time correlation per q bin is computed (CPU). */
+  twoTime?: number;
 }
 
 export const DEFAULT_XPCS: XpcsOptions = { qBins: 20, backend: "auto" };
@@ -153,11 +159,77 @@ export function g2Of(s: Pick<TrainSums, "a" | "l" | "r" | "p">): Float64Array {
   });
 }
 
+/**
+ * Two-time sums of one train: frames kept (invalid pixels NaN) per module, then per q bin and frame pair
+ * (t1, t2) over the pixels valid in both: A, L, R, P; C = A P / (L R). Memory: one train's frames.
+ */
+export interface TwoTimeSums {
+  trainId: number;
+  pulseIds: number[];
+  /** (bins, T, T) each. */
+  a: Float64Array;
+  l: Float64Array;
+  r: Float64Array;
+  p: Float64Array;
+}
+
+export function twoTimeSums(
+  trainId: number,
+  pulseIds: number[],
+  frames: Float32Array[][],
+  bins: Uint32Array[],
+  nBins: number,
+): TwoTimeSums {
+  const T = pulseIds.length;
+  const n = nBins * T * T;
+  const s: TwoTimeSums = {
+    trainId,
+    pulseIds,
+    a: new Float64Array(n),
+    l: new Float64Array(n),
+    r: new Float64Array(n),
+    p: new Float64Array(n),
+  };
+  frames.forEach((mod, m) => {
+    const bin = bins[m];
+    for (let t1 = 0; t1 < T; t1++) {
+      for (let t2 = t1; t2 < T; t2++) {
+        const x = mod[t1], y = mod[t2];
+        for (let q = 0; q < bin.length; q++) {
+          const k = bin[q];
+          if (k === NO_BIN) continue;
+          const u = x[q], v = y[q];
+          if (u !== u || v !== v) continue;
+          const j = (k * T + t1) * T + t2;
+          s.a[j] += u * v;
+          s.l[j] += u;
+          s.r[j] += v;
+          s.p[j]++;
+        }
+      }
+    }
+  });
+  // The lower triangle mirrors the upper one (L and R swap).
+  for (let k = 0; k < nBins; k++) {
+    for (let t1 = 0; t1 < T; t1++) {
+      for (let t2 = 0; t2 < t1; t2++) {
+        const j = (k * T + t1) * T + t2, i = (k * T + t2) * T + t1;
+        s.a[j] = s.a[i];
+        s.l[j] = s.r[i];
+        s.r[j] = s.l[i];
+        s.p[j] = s.p[i];
+      }
+    }
+  }
+  return s;
+}
+
 export interface XpcsPart {
   modules: number[];
   trains: TrainSums[];
   backend: string;
   notes: string[];
+  twoTime?: TwoTimeSums;
 }
 
 export interface XpcsResult {
@@ -178,6 +250,8 @@ export interface XpcsResult {
   modulesRead: number[];
   backend: string;
   notes: string[];
+  /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
+  twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
 }
 
 export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -194,6 +268,9 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private frame = new Float32Array(0);
   private gpu?: XpcsGpu;
   private notes: string[] = [];
+  /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
+  private ttFrames = new Map<number, Float32Array[]>();
+  private ttPulses: number[] = [];
 
   configure(options: Record<string, unknown>): void {
     this.o = { ...DEFAULT_XPCS, ...(options as Partial<XpcsOptions>) };
@@ -246,7 +323,29 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     }
   }
 
+  private captureTwoTime(b: FrameBatch): void {
+    const tt = this.o.twoTime;
+    if (tt === undefined) return;
+    const px = this.pixels;
+    for (let i = 0; i < b.nFrames; i++) {
+      if (b.trainId[i] !== tt) continue;
+      this.ttPulses.push(b.pulseId[i]);
+      for (const mf of b.modules) {
+        const f = new Float32Array(px);
+        const o = i * px;
+        for (let q = 0; q < px; q++) {
+          const v = mf.data[o + q];
+          f[q] = !mf.present[i] || !Number.isFinite(v) || (mf.mask && mf.mask[o + q] !== 0) ? NaN : v;
+        }
+        let list = this.ttFrames.get(mf.module);
+        if (!list) this.ttFrames.set(mf.module, list = []);
+        list.push(f);
+      }
+    }
+  }
+
   async processBatch(b: FrameBatch): Promise<void> {
+    this.captureTwoTime(b);
     if (this.gpu) {
       for (const s of await this.gpu.batch(b)) this.keep(s);
       return;
@@ -272,11 +371,24 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
 
   finalizeChunk(): XpcsPart {
     if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
+    let twoTime: TwoTimeSums | undefined;
+    if (this.o.twoTime !== undefined && this.ttPulses.length) {
+      const mods = this.modules.filter((m) => this.ttFrames.has(m));
+      twoTime = twoTimeSums(
+        this.o.twoTime,
+        this.ttPulses,
+        mods.map((m) => this.ttFrames.get(m)!),
+        mods.map((m) => this.acc.get(m)!.bin),
+        this.o.qBins,
+      );
+      this.ttFrames.clear();
+    }
     return {
       modules: this.modules,
       trains: [...this.trains.values()].sort((a, b) => a.trainId - b.trainId),
       backend: this.gpu?.name ?? "cpu",
       notes: this.notes,
+      twoTime,
     };
   }
 
@@ -317,8 +429,39 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
           }
         }
       }
+      let twoTime: XpcsResult["twoTime"];
+      const tts = parts.map((p) => p.twoTime).filter((t): t is TwoTimeSums => !!t);
+      if (this.o.twoTime !== undefined) {
+        if (!tts.length) throw new InputError(run.path, `--two-time: no train ${this.o.twoTime} in the run`);
+        // Frames by pulse ID: the union over parts (a part may lack frames of a module).
+        const pulses = [...new Set(tts.flatMap((t) => t.pulseIds))].sort((x, y) => x - y);
+        const T = pulses.length, B = this.o.qBins;
+        const acc = {
+          a: new Float64Array(B * T * T),
+          l: new Float64Array(B * T * T),
+          r: new Float64Array(B * T * T),
+          p: new Float64Array(B * T * T),
+        };
+        for (const t of tts) {
+          const ix = t.pulseIds.map((q) => pulses.indexOf(q));
+          const n = t.pulseIds.length;
+          for (let k = 0; k < B; k++) {
+            for (let i = 0; i < n; i++) {
+              for (let j = 0; j < n; j++) {
+                const src = (k * n + i) * n + j, dst = (k * T + ix[i]) * T + ix[j];
+                acc.a[dst] += t.a[src];
+                acc.l[dst] += t.l[src];
+                acc.r[dst] += t.r[src];
+                acc.p[dst] += t.p[src];
+              }
+            }
+          }
+        }
+        twoTime = { trainId: this.o.twoTime, pulseIds: pulses, c: g2Of(acc) };
+      }
       const [a, b] = setup.range;
       return {
+        twoTime,
         run: run.path,
         detector: det.name,
         options: this.o,
@@ -362,6 +505,9 @@ export async function xpcs(
     throw new InputError(undefined, `--max-delay: ${o.maxDelay}? (an integer >= 1)`);
   }
   if (o.range && !(o.range[1] > o.range[0])) throw new InputError(undefined, "--range A,B needs B > A");
+  if (o.twoTime !== undefined && !Number.isInteger(o.twoTime)) {
+    throw new InputError(undefined, `--two-time: ${o.twoTime}? (a train ID)`);
+  }
   const r = await Run.open(runPath);
   try {
     o.range ??= azintSetup(r.detector(), azintOptions(o)).range; // checked first; the range computed once
@@ -380,19 +526,31 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
   const { prefix, run } = runNaming(runFiles);
   const packed = { chunks: 64, compression: "gzip", compressionOpts: 1 } as const;
   const schema = {
-    parameters: ["det", "bins", "edges", "delays"],
-    aliases: { out: "{det}/REDU/XPCS:output", ctl: "{det}/REDU/XPCS" },
+    parameters: ["det", "bins", "edges", "delays", "nt"],
+    aliases: { out: "{det}/REDU/XPCS:output", ctl: "{det}/REDU/XPCS", two: "{det}/REDU/XPCS:twoTime" },
     datasets: {
       g2: { source: "@out", key: "data.g2", shape: ["bins", "delays"], dtype: "float32", ...packed },
       pairs: { source: "@out", key: "data.pairs", shape: ["bins", "delays"], dtype: "float64", ...packed },
       qAxis: { source: "@ctl", key: "qAxis", shape: ["bins"], dtype: "float64", ...packed },
       qEdges: { source: "@ctl", key: "qEdges", shape: ["edges"], dtype: "float64", ...packed },
       delays: { source: "@ctl", key: "delays", shape: ["delays"], dtype: "uint32", ...packed },
+      ...(r.twoTime
+        ? {
+          twoTime: {
+            source: "@two",
+            key: "data.c",
+            shape: ["bins", "nt", "nt"],
+            dtype: "float32",
+            ...packed,
+          },
+          twoTimePulses: { source: "@two", key: "data.pulseId", shape: ["nt"], dtype: "uint64", ...packed },
+        }
+        : {}),
     },
   } as unknown as WriterSchema;
   const bins = r.options.qBins, D = r.delays.length;
   const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector, bins, edges: bins + 1, delays: D },
+    params: { det: r.detector, bins, edges: bins + 1, delays: D, nt: r.twoTime?.pulseIds.length ?? 1 },
     prefix,
     run,
     aggregator: "REDU05",
@@ -404,7 +562,18 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
     const T = r.trainIds.length;
     for (let t0 = 0; t0 < T; t0 += 256) {
       const t1 = Math.min(T, t0 + 256);
-      w.addTrains(r.trainIds.slice(t0, t1), { "@out": r.trainIds.slice(t0, t1).map(() => 1) });
+      const ids = r.trainIds.slice(t0, t1);
+      w.addTrains(ids, {
+        "@out": ids.map(() => 1),
+        ...(r.twoTime ? { "@two": ids.map((t) => (t === r.twoTime!.trainId ? 1 : 0)) } : {}),
+      });
+      if (r.twoTime && ids.includes(r.twoTime.trainId)) {
+        const nt = r.twoTime.pulseIds.length;
+        w.addData({
+          twoTime: { data: Float32Array.from(r.twoTime.c), shape: [1, bins, nt, nt] },
+          twoTimePulses: { data: BigUint64Array.from(r.twoTime.pulseIds, BigInt), shape: [1, nt] },
+        } as never);
+      }
       const g2 = new Float32Array((t1 - t0) * bins * D), pairs = new Float64Array((t1 - t0) * bins * D);
       for (let t = t0; t < t1; t++) {
         g2.set(r.g2[t], (t - t0) * bins * D);
@@ -454,6 +623,19 @@ export async function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<s
         edges: r.edges,
         delays: r.delays,
         g2: Array.from({ length: bins }, (_, k) => Array.from(r.runG2.subarray(k * D, (k + 1) * D))),
+        ...(r.twoTime
+          ? {
+            twoTime: {
+              train: r.twoTime.trainId,
+              pulseIds: r.twoTime.pulseIds,
+              c: Array.from({ length: bins }, (_, k) => {
+                const T = r.twoTime!.pulseIds.length;
+                return Array.from({ length: T }, (_, i) =>
+                  Array.from(r.twoTime!.c.subarray((k * T + i) * T, (k * T + i + 1) * T)));
+              }),
+            },
+          }
+          : {}),
       },
     };
     writeJson(path.join(tmp, "summary.json"), summary);
@@ -485,6 +667,7 @@ export const xpcsCommand: Command = {
     },
     { name: "energy", value: "number", help: "photon energy in eV (default: the geometry file's)" },
     { name: "distance", value: "number", help: "detector distance in metres (default: clen of the file)" },
+    { name: "two-time", value: "number", help: "train ID: its two-time correlation C(q, t1, t2) too" },
     { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
     { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
   ],
@@ -492,6 +675,7 @@ export const xpcsCommand: Command = {
     const runPath = args[0];
     if (!runPath) throw new InputError(undefined, "missing argument RUN");
     const options: Partial<XpcsOptions> = {
+      twoTime: o.twoTime,
       backend: o.backend,
       geometry: o.geometry,
       qBins: o.qBins,

@@ -78,6 +78,32 @@ out = {str(t): (s[0] * s[3] / (s[1] * s[2])).tolist() for t, s in acc.items()}
 print(json.dumps(out))
 `;
 
+const NUMPY_TWO_TIME = `
+import sys, json, glob, h5py, numpy as np
+a = json.loads(sys.argv[1])
+B = a["bins"]
+rows = {}
+for k, m in enumerate(a["modules"]):
+    b = np.fromfile(a["binfile"], dtype="<u4").reshape(len(a["modules"]), -1)[k]
+    for f in sorted(glob.glob(a["dir"] + "/*-AGIPD%02d-S*.h5" % m)):
+        with h5py.File(f, "r") as h:
+            g = h["INSTRUMENT/%s/DET/%dCH0:xtdf/image" % (a["det"], m)]
+            tid = g["trainId"][()]; pid = g["pulseId"][()]
+            sel = tid == a["train"]
+            if not sel.any(): continue
+            d = g["data"][()][sel].astype(np.float64).reshape(sel.sum(), -1); mk = g["mask"][()][sel].reshape(sel.sum(), -1)
+            d[(mk != 0) | ~np.isfinite(d)] = np.nan
+            rows[k] = (pid[sel], d, b)
+T = len(next(iter(rows.values()))[0])
+A = np.zeros((B, T, T)); L = np.zeros((B, T, T)); R = np.zeros((B, T, T)); P = np.zeros((B, T, T))
+for pid, d, b in rows.values():
+    for k in range(B):
+        x = d[:, b == k]
+        ok = np.isfinite(x).astype(np.float64); x0 = np.nan_to_num(x)
+        A[k] += x0 @ x0.T; L[k] += x0 @ ok.T; R[k] += ok @ x0.T; P[k] += ok @ ok.T
+print(json.dumps((A * P / (L * R)).tolist()))
+`;
+
 describe("xpcs", () => {
   test("g2 follows the generated speckle: 1 + mean over the bin's pixels of rho^(2 tau)", async () => {
     const r = await xpcs(run, { ...OPTS, workers: 2 });
@@ -176,9 +202,68 @@ describe("xpcs", () => {
   );
 
   test(
+    "--two-time: C(q, t1, t2) of one train equals numpy and decays like the generated speckle",
+    async (ctx) => {
+      const train = 1000000001;
+      const r = await xpcs(run, { ...OPTS, workers: 2, twoTime: train });
+      expect(r.twoTime!.trainId).toBe(train);
+      const T = r.twoTime!.pulseIds.length;
+      expect(T).toBe(20);
+      const c = r.twoTime!.c;
+      // Symmetric; C(t, t + tau) averaged over t follows 1 + rho^(2 tau) (pixel mean) within 0.03.
+      const expected = new Float64Array(BINS * D), n = new Float64Array(BINS);
+      bins().forEach((b, i) => {
+        const { q } = pixelQ("AGIPD", MODULES[i], truth.clen, truth.photonEnergy);
+        b.forEach((k, p) => {
+          if (k === NO_BIN) return;
+          n[k]++;
+          const rho = Math.exp(-truth.gamma * q[p] * q[p]);
+          for (let d = 0; d < D; d++) expected[k * D + d] += rho ** (2 * (d + 1));
+        });
+      });
+      for (let k = 0; k < BINS; k++) {
+        if (n[k] < 2000) continue;
+        for (let d = 0; d < D; d++) {
+          let s = 0;
+          for (let t = 0; t + d + 1 < T; t++) {
+            s += c[(k * T + t) * T + t + d + 1];
+            expect(c[(k * T + t + d + 1) * T + t]).toBeCloseTo(c[(k * T + t) * T + t + d + 1], 12);
+          }
+          expect(Math.abs(s / (T - d - 1) - (1 + expected[k * D + d] / n[k]))).toBeLessThan(0.03);
+        }
+      }
+      if (!pythonHas("h5py", "numpy")) return ctx.skip();
+      const bf = path.join(tmp, "bins2.bin");
+      const all = new Uint32Array(MODULES.length * 512 * 128);
+      bins().forEach((b, i) => all.set(b, i * 512 * 128));
+      fs.writeFileSync(bf, new Uint8Array(all.buffer));
+      const ref: number[][][] = runPython(NUMPY_TWO_TIME, {
+        dir: run,
+        det: DET,
+        modules: MODULES,
+        binfile: bf,
+        bins: BINS,
+        train,
+      });
+      let worst = 0;
+      for (let k = 0; k < BINS; k++) {
+        for (let i = 0; i < T; i++) {
+          for (let j = 0; j < T; j++) {
+            const th = ref[k][i][j], ours = c[(k * T + i) * T + j];
+            if (th === null) expect(ours).toBeNaN();
+            else worst = Math.max(worst, Math.abs(ours - th) / th);
+          }
+        }
+      }
+      expect(worst).toBeLessThan(1e-9);
+    },
+    300_000,
+  );
+
+  test(
     "writes a valid EuXFEL file and summary.json; CLI under Node and Deno; bad input exits 2",
     async () => {
-      const r = await xpcs(run, { ...OPTS, workers: 1 });
+      const r = await xpcs(run, { ...OPTS, workers: 1, twoTime: 1000000001 });
       const out = path.join(tmp, "out-api");
       const summary = await writeXpcsDir(r, out);
       const files = fs.readdirSync(out).filter((f) => f.endsWith(".h5"));
@@ -195,9 +280,16 @@ describe("xpcs", () => {
         const v = extraDataValidate(out);
         expect(v.status, v.output).toBe(0);
         const src = `${DET}/REDU/XPCS:output`;
-        const ed = openWithExtraData(out, { [src]: ["data.g2"], [`${DET}/REDU/XPCS`]: ["delays.value"] });
+        const two = `${DET}/REDU/XPCS:twoTime`;
+        const ed = openWithExtraData(out, {
+          [src]: ["data.g2"],
+          [`${DET}/REDU/XPCS`]: ["delays.value"],
+          [two]: ["data.c"],
+        });
         expect(ed.trains).toBe(3);
         expect(ed.keys[src]["data.g2"].shape).toEqual([3, BINS, D]);
+        expect(ed.keys[two]["data.c"].shape).toEqual([1, BINS, 20, 20]);
+        expect(js.xpcs.twoTime.c).toHaveLength(BINS);
       }
       const args = [
         run,
