@@ -45,6 +45,7 @@ import {
   writeJson,
 } from "./reductions.ts";
 import { type Detector, Run } from "./run.ts";
+import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 import { litLookup } from "./average.ts";
 
@@ -533,6 +534,7 @@ export async function writeAzintDir(r: AzintResult, dir: string): Promise<Record
       azint: { unit: r.options.unit, edges: r.edges, mean: r.runMean, count: r.runCount },
     };
     writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
     return summary;
   });
 }

@@ -38,6 +38,7 @@ import {
   writeJson,
 } from "./reductions.ts";
 import { Run } from "./run.ts";
+import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 
 export interface RoiSpec {
@@ -524,6 +525,7 @@ export async function writeRoiDir(r: RoiResult, dir: string): Promise<Record<str
       roi: roiSummary(r),
     };
     writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
     return summary;
   });
 }

@@ -42,6 +42,7 @@ import {
 } from "./reductions.ts";
 import type { XpcsGpu } from "./xpcs-gpu.ts";
 import { type Detector, Run } from "./run.ts";
+import { writeReductionReport } from "./reductions-report.ts";
 import { FrameReader } from "./frames.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 
@@ -639,6 +640,7 @@ export async function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<s
       },
     };
     writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
     return summary;
   });
 }

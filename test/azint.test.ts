@@ -356,6 +356,9 @@ describe("azint", () => {
       expect(js.azint.edges).toHaveLength(BINS + 1);
       expect(js.azint.mean).toHaveLength(BINS);
       expect(js.ratio).toBeCloseTo(js.bytesIn / js.bytesOut, 6);
+      expect(fs.readFileSync(path.join(out, "report.html"), "utf8")).toMatch(
+        /data-key="ratio"[\s\S]*<polyline /,
+      );
       expect(summary.ratio).toBeGreaterThan(10);
       if (pythonHas("extra_data")) {
         const v = extraDataValidate(out);

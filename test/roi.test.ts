@@ -203,6 +203,15 @@ describe("roi", () => {
       const js = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
       expect(js.roi.map((x: { name: string }) => x.name)).toEqual(["line", "bg"]);
       expect(js.bytesIn / js.bytesOut).toBeCloseTo(js.ratio, 6);
+      // The report section: a self-contained page with the numbers and the spectra.
+      const html = fs.readFileSync(path.join(out, "report.html"), "utf8");
+      expect(html).toContain(`data-key="ratio" data-value="${js.ratio}"`);
+      expect(html.match(/<polyline /g)).toHaveLength(2);
+      expect(html.replaceAll("http://www.w3.org/2000/svg", "")).not.toMatch(/https?:|<script src|<link /);
+      fs.rmSync(path.join(out, "report.html"));
+      const rep = runNode(["report", out]);
+      expect(rep.code, rep.stderr).toBe(0);
+      expect(fs.readFileSync(path.join(out, "report.html"), "utf8")).toBe(html);
 
       if (pythonHas("extra_data")) {
         const v = extraDataValidate(out);

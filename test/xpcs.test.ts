@@ -271,6 +271,7 @@ describe("xpcs", () => {
       expect(await validateExdf(path.join(out, files[0]))).toEqual([]);
       const js = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
       expect(js.xpcs.unit).toBe("q_nm^-1");
+      expect(fs.readFileSync(path.join(out, "report.html"), "utf8").match(/<polyline /g)).toHaveLength(BINS);
       expect(js.xpcs.edges).toHaveLength(BINS + 1);
       expect(js.xpcs.delays).toEqual([1, 2, 3, 4, 5, 6]);
       expect(js.xpcs.g2).toHaveLength(BINS);
