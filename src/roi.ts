@@ -11,6 +11,7 @@
  * - Per frame and region: `spectrum` = colSum (float32, FS1 - FS0 values; NaN when the module did not record
  *   the frame), `sum` = the float64 sum of colSum over fs, `count` = the sum of colCount, `mean` = sum /
  *   count (NaN when count is 0).
+ * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
  * Output: `DIR/<PREFIX>-R<run>-REDU03-S00000.h5`, instrument source `<DET>/REDU/ROI:output` with per frame
  * `data.trainId`, `data.pulseId`, `data.<NAME>.sum` (f64), `.count` (u32), `.mean` (f64), `.spectrum`
  * (f32, FS1 - FS0); control source `<DET>/REDU/ROI` keys `<NAME>.module` (u16), `<NAME>.box` (u32: SS0, SS1,
@@ -38,6 +39,7 @@ import {
   writeJson,
 } from "./reductions.ts";
 import { Run } from "./run.ts";
+import { litLookup } from "./average.ts";
 import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 
@@ -234,6 +236,9 @@ export interface RoiOptions {
   rois: RoiSpec[];
   backend?: BackendChoice;
   workers?: number;
+  /** Only frames the beam annotation (or `from`, a localise output) says are lit. */
+  litOnly?: boolean;
+  from?: string;
 }
 
 export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
@@ -255,10 +260,15 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   private count: Grow<Uint32Array>[] = [];
   private spectrum: Grow<Float32Array>[] = [];
   private modules: number[] = [];
+  private litOnly = false;
+  private from?: string;
+  private lit?: (t: number, p: number) => boolean;
 
   configure(options: Record<string, unknown>): void {
     this.rois = options.rois as RoiSpec[];
     this.backendChoice = checkBackend(options.backend);
+    this.litOnly = !!options.litOnly;
+    this.from = options.from as string | undefined;
   }
 
   async initialize(info: RunInfo) {
@@ -276,6 +286,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
       this.sum = this.mine.map(() => new Grow((n) => new Float64Array(n)));
       this.count = this.mine.map(() => new Grow((n) => new Uint32Array(n)));
       this.spectrum = this.mine.map(() => new Grow((n) => new Float32Array(n)));
+      if (this.litOnly) this.lit = (await litLookup(info.run, this.from)).lit;
       const device = await pickDevice(this.backendChoice, this.notes);
       if (device) {
         const { createRoiGpu } = await import("./roi-gpu.ts");
@@ -291,11 +302,16 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   async processBatch(b: FrameBatch): Promise<void> {
     const cols = await this.backend!.columns(b);
     const { offsets, total } = columnLayout(this.mine);
-    this.trainId.push(b.trainId);
-    this.pulseId.push(b.pulseId);
+    const keep = (i: number) => !this.lit || this.lit(b.trainId[i], b.pulseId[i]);
+    for (let i = 0; i < b.nFrames; i++) {
+      if (!keep(i)) continue;
+      this.trainId.pushOne(b.trainId[i]);
+      this.pulseId.pushOne(b.pulseId[i]);
+    }
     this.mine.forEach((r, k) => {
       const w = r.fs1 - r.fs0;
       for (let i = 0; i < b.nFrames; i++) {
+        if (!keep(i)) continue;
         const o = i * total + offsets[k];
         const spec = cols.colSum.subarray(o, o + w);
         this.spectrum[k].push(spec);
@@ -388,7 +404,8 @@ export async function roi(
   } finally {
     r.close();
   }
-  return await runAlgorithm<RoiPart, RoiResult>("roi", runPath, { rois: options.rois, backend }, {
+  const algoOptions = { rois: options.rois, backend, litOnly: !!options.litOnly, from: options.from };
+  return await runAlgorithm<RoiPart, RoiResult>("roi", runPath, algoOptions, {
     workers: await workersFor(backend, options.workers),
     progress,
   });
@@ -551,6 +568,8 @@ export const roiCommand: Command = {
     },
     { name: "out", value: "string", help: "output directory (default ./roi-<run name>)" },
     { name: "force", help: "replace an existing output directory" },
+    { name: "lit-only", help: "only frames the beam (or --from) says are lit" },
+    { name: "from", value: "string", help: "localise output whose frameLit decides lit frames" },
     { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
     { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
   ],
@@ -562,7 +581,17 @@ export const roiCommand: Command = {
       throw new InputError(undefined, "no region: give --roi NAME=MODULE:SS0:SS1:FS0:FS1 or --roi-file");
     }
     const dir = prepareOut(runPath, o.out, "roi", !!o.force);
-    const r = await roi(runPath, { rois, backend: o.backend, workers: o.workers }, progressPrinter("roi"));
+    const r = await roi(
+      runPath,
+      {
+        rois,
+        backend: o.backend,
+        workers: o.workers,
+        litOnly: !!o.litOnly,
+        from: o.from ? path.resolve(o.from) : undefined,
+      },
+      progressPrinter("roi"),
+    );
     const summary = await writeRoiDir(r, dir);
     if (o.json) console.log(JSON.stringify({ ...summary, roi: undefined, out: dir }, null, 2));
     else {

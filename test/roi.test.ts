@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeSpectrometerRun, type SpectrometerTruth } from "../fixtures/experiments.ts";
+import type { Truth } from "../fixtures/synth.ts";
 import { parseRoi, readRoiFile, roi, roiColumns, type RoiSpec, roiSummary, writeRoiDir } from "../src/roi.ts";
 import { FrameReader } from "../src/frames.ts";
 import { Run } from "../src/run.ts";
@@ -21,6 +22,7 @@ import { validateExdf } from "./helpers/exdf-validate.ts";
 let tmp: string;
 let run: string;
 let truth: SpectrometerTruth;
+let synth: Truth;
 const DET = "SPB_DET_AGIPD1M-1";
 const ROIS: RoiSpec[] = [
   { name: "line", module: 0, ss0: 100, ss1: 140, fs0: 0, fs1: 128 },
@@ -30,7 +32,7 @@ const ROIS: RoiSpec[] = [
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "roi-"));
   run = path.join(tmp, "run");
-  ({ truth } = await makeSpectrometerRun(run, {
+  ({ truth, synth } = await makeSpectrometerRun(run, {
     seed: 151,
     modules: [0, 1],
     trains: 4,
@@ -168,6 +170,20 @@ describe("roi", () => {
         if (Number.isNaN(v)) expect(viaGpu.sum[k][i]).toBeNaN();
         else expect(Math.abs(viaGpu.sum[k][i] - v)).toBeLessThanOrEqual(1e-6 * Math.abs(v));
       });
+    });
+  }, 120_000);
+
+  test("--lit-only keeps the frames the beam annotation says are lit", async () => {
+    const all = await roi(run, { rois: ROIS, backend: "cpu", workers: 2 });
+    const lit = await roi(run, { rois: ROIS, backend: "cpu", workers: 2, litOnly: true });
+    const want = synth.frames.filter((f) => f.lit).map((f) => `${f.trainId}:${f.pulseId}`);
+    expect(want.length).toBeGreaterThan(0);
+    expect(want.length).toBeLessThan(all.trainId.length);
+    expect(Array.from(lit.trainId, (t, i) => `${t}:${lit.pulseId[i]}`)).toEqual(want);
+    const ix = Array.from(all.trainId, (t, i) => `${t}:${all.pulseId[i]}`);
+    lit.trainId.forEach((t, i) => {
+      const j = ix.indexOf(`${t}:${lit.pulseId[i]}`);
+      ROIS.forEach((_, k) => expect(lit.count[k][i]).toBe(all.count[k][j]));
     });
   }, 120_000);
 
