@@ -16,6 +16,9 @@
  *   when n = 0). The CPU sums in float64, the GPU in float32 (tree reduction); n equal, floats close.
  * - Per train and for the run: S and C summed over the frames, then S / C.
  * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
+ * - Memory: each part appends its per-frame S, C, n to a spill file (src/spill.ts); the merge reads them
+ *   back in blocks of trains (train means, run means, then the writer), so memory is bounded by the batch
+ *   and block sizes plus 16 bytes (train and pulse ID) per frame.
  * Output: `DIR/<PREFIX>-R<run>-REDU04-S00000.h5`, instrument source `<DET>/REDU/AZINT:output`, per frame
  * `data.trainId`, `data.pulseId`, `data.intensity` (f32, bins), `data.count` (u32, bins); control source
  * `<DET>/REDU/AZINT`, per train `trainMean` (f32, bins), and `radialAxis` (bin centres), `radialEdges`
@@ -47,6 +50,7 @@ import {
 import { type Detector, Run } from "./run.ts";
 import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
 import { litLookup } from "./average.ts";
 
 export const UNITS = ["q_nm^-1", "2th_deg", "r_mm"] as const;
@@ -233,11 +237,13 @@ export interface AzintPart {
   modules: number[];
   trainId: Float64Array;
   pulseId: Float64Array;
-  sum: Float64Array;
-  norm: Float64Array;
-  count: Uint32Array;
+  /** Spill file (src/spill.ts) of per-frame records: S (f64 x bins), C (f64 x bins), n (u32 x bins). */
+  spill: string;
   backend: string;
 }
+
+/** Bytes of one frame's record in a spill file. */
+const recordBytes = (bins: number) => 20 * bins;
 
 export interface AzintResult {
   run: string;
@@ -249,9 +255,18 @@ export interface AzintResult {
   edges: Float64Array;
   trainId: Float64Array;
   pulseId: Float64Array;
-  /** Per frame and bin. */
-  intensity: Float32Array;
-  count: Uint32Array;
+  /**
+   * Per frame and bin, frames [f0, f1) for consecutive ranges (starting at 0 each time the iteration
+   * starts): read from the parts' spill files, memory bounded by the range.
+   */
+  blocks(
+    bounds: number[],
+  ): Generator<{ f0: number; f1: number; intensity: Float32Array; count: Uint32Array }>;
+  /** All frames at once (materialised from the spill files on first access: tests, small runs). */
+  readonly intensity: Float32Array;
+  readonly count: Uint32Array;
+  /** Remove the spill files (after writing). */
+  dispose(): void;
   /** Per train (trainsOf(trainId) order) and bin. */
   trainMean: Float32Array;
   runMean: Float64Array;
@@ -276,9 +291,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   private litFrom?: string;
   private trainId = new Grow((n) => new Float64Array(n));
   private pulseId = new Grow((n) => new Float64Array(n));
-  private sum = new Grow((n) => new Float64Array(n), 1 << 20);
-  private norm = new Grow((n) => new Float64Array(n), 1 << 20);
-  private count = new Grow((n) => new Uint32Array(n), 1 << 20);
+  private spill?: SpillWriter;
   private modules: number[] = [];
 
   configure(options: Record<string, unknown>): void {
@@ -311,24 +324,31 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   async processBatch(b: FrameBatch): Promise<void> {
     const r = await this.backend!.frames(b);
     const bins = this.o.bins;
+    const kept: number[] = [];
     for (let i = 0; i < b.nFrames; i++) {
       if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
+      kept.push(i);
       this.trainId.pushOne(b.trainId[i]);
       this.pulseId.pushOne(b.pulseId[i]);
-      this.sum.push(r.sum.subarray(i * bins, (i + 1) * bins));
-      this.norm.push(r.norm.subarray(i * bins, (i + 1) * bins));
-      this.count.push(r.count.subarray(i * bins, (i + 1) * bins));
     }
+    const rb = recordBytes(bins);
+    const buf = new ArrayBuffer(kept.length * rb);
+    kept.forEach((i, j) => {
+      new Float64Array(buf, j * rb, bins).set(r.sum.subarray(i * bins, (i + 1) * bins));
+      new Float64Array(buf, j * rb + 8 * bins, bins).set(r.norm.subarray(i * bins, (i + 1) * bins));
+      new Uint32Array(buf, j * rb + 16 * bins, bins).set(r.count.subarray(i * bins, (i + 1) * bins));
+    });
+    this.spill ??= new SpillWriter(rb, "azint");
+    this.spill.append(new Uint8Array(buf));
   }
 
   finalizeChunk(): AzintPart {
+    this.spill ??= new SpillWriter(recordBytes(this.o.bins), "azint");
     return {
       modules: this.modules,
       trainId: this.trainId.toArray(),
       pulseId: this.pulseId.toArray(),
-      sum: this.sum.toArray(),
-      norm: this.norm.toArray(),
-      count: this.count.toArray(),
+      spill: this.spill.close(),
       backend: this.backend?.name ?? "cpu",
     };
   }
@@ -341,32 +361,65 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
       const bins = this.o.bins;
       const merged = mergeFrames(parts);
       const n = merged.trainId.length;
-      const sum = new Float64Array(n * bins),
-        norm = new Float64Array(n * bins),
-        count = new Uint32Array(n * bins);
-      parts.forEach((p, pi) => {
-        const ix = merged.index[pi];
-        for (let i = 0; i < ix.length; i++) {
-          const o = ix[i] * bins, q = i * bins;
-          for (let k = 0; k < bins; k++) {
-            sum[o + k] += p.sum[q + k];
-            norm[o + k] += p.norm[q + k];
-            count[o + k] += p.count[q + k];
+      for (const p of parts) ownSpill(p.spill);
+      const rb = recordBytes(bins);
+      // Frames [f0, f1) of the merge: each part's frames in that range are the next ones of its file.
+      function* blocks(bounds: number[]) {
+        const readers = parts.map((p) => new SpillReader(p.spill, rb));
+        const cursor = parts.map(() => 0);
+        try {
+          for (let b = 0; b + 1 < bounds.length; b++) {
+            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
+            const sum = new Float64Array(m * bins),
+              norm = new Float64Array(m * bins),
+              count = new Uint32Array(m * bins);
+            parts.forEach((p, pi) => {
+              const ix = merged.index[pi];
+              let c = cursor[pi];
+              const start = c;
+              while (c < ix.length && ix[c] < f1) c++;
+              if (c === start) return;
+              const bytes = readers[pi].read(c - start);
+              for (let r = 0; r < c - start; r++) {
+                const o = (ix[start + r] - f0) * bins;
+                const s = new Float64Array(bytes.buffer, r * rb, bins);
+                const w = new Float64Array(bytes.buffer, r * rb + 8 * bins, bins);
+                const k = new Uint32Array(bytes.buffer, r * rb + 16 * bins, bins);
+                for (let q = 0; q < bins; q++) {
+                  sum[o + q] += s[q];
+                  norm[o + q] += w[q];
+                  count[o + q] += k[q];
+                }
+              }
+              cursor[pi] = c;
+            });
+            yield {
+              f0,
+              f1,
+              sum,
+              norm,
+              count,
+              intensity: Float32Array.from(sum, (v, j) => (count[j] ? v / norm[j] : NaN)),
+            };
           }
+        } finally {
+          for (const r of readers) r.close();
         }
-      });
-      const intensity = Float32Array.from(sum, (s, j) => (count[j] ? s / norm[j] : NaN));
+      }
       const { counts } = trainsOf(merged.trainId);
+      const bounds = [0];
+      for (const c of counts) bounds.push(bounds[bounds.length - 1] + c);
       const trainMean = new Float32Array(counts.length * bins);
       const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
-      let f = 0;
-      counts.forEach((c, t) => {
+      let t = 0;
+      // One train per block: the train means and the run's sums.
+      for (const blk of blocks(bounds)) {
         const s = new Float64Array(bins), w = new Float64Array(bins), m = new Float64Array(bins);
-        for (let i = f; i < f + c; i++) {
+        for (let i = 0; i < blk.f1 - blk.f0; i++) {
           for (let k = 0; k < bins; k++) {
-            s[k] += sum[i * bins + k];
-            w[k] += norm[i * bins + k];
-            m[k] += count[i * bins + k];
+            s[k] += blk.sum[i * bins + k];
+            w[k] += blk.norm[i * bins + k];
+            m[k] += blk.count[i * bins + k];
           }
         }
         for (let k = 0; k < bins; k++) {
@@ -375,8 +428,20 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
           runC[k] += w[k];
           runN[k] += m[k];
         }
-        f += c;
-      });
+        t++;
+      }
+      let all: { intensity: Float32Array; count: Uint32Array } | undefined;
+      const materialise = () => {
+        if (!all) {
+          const intensity = new Float32Array(n * bins), count = new Uint32Array(n * bins);
+          for (const blk of blocks([0, n])) {
+            intensity.set(blk.intensity);
+            count.set(blk.count);
+          }
+          all = { intensity, count };
+        }
+        return all;
+      };
       const [a, b] = setup.range;
       return {
         run: run.path,
@@ -388,8 +453,16 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
         edges: Float64Array.from({ length: bins + 1 }, (_, k) => a + ((b - a) * k) / bins),
         trainId: merged.trainId,
         pulseId: merged.pulseId,
-        intensity,
-        count,
+        blocks: (b: number[]) => blocks(b),
+        get intensity() {
+          return materialise().intensity;
+        },
+        get count() {
+          return materialise().count;
+        },
+        dispose: () => {
+          for (const p of parts) removeSpill(p.spill);
+        },
         trainMean,
         runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
         runCount: runN,
@@ -477,21 +550,27 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
     w.setConstant("radialEdges", r.edges);
     w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
     const { trains, counts } = trainsOf(r.trainId);
-    let f0 = 0;
+    // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
+    const bounds = [0], tb = [0];
     for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
       const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
+      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
+      tb.push(t1);
+    }
+    let blk = 0;
+    for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
+      const t0 = tb[blk], t1 = tb[blk + 1];
+      blk++;
       const c = counts.slice(t0, t1);
-      const n = c.reduce((a, b) => a + b, 0);
-      const f1 = f0 + n;
+      const n = f1 - f0;
       w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
       w.addData({
         trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
         pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
-        intensity: { data: r.intensity.subarray(f0 * bins, f1 * bins), shape: [n, bins] },
-        count: { data: r.count.subarray(f0 * bins, f1 * bins), shape: [n, bins] },
+        intensity: { data: intensity, shape: [n, bins] },
+        count: { data: count, shape: [n, bins] },
         trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
       } as never);
-      f0 = f1;
     }
     return w.close();
   } catch (e) {
@@ -590,7 +669,12 @@ export const azintCommand: Command = {
     if (!o.geometry) {
       r.notes.push(`no --geometry: the built-in ${r.geometry.replace(/^default /, "")} layout`);
     }
-    const summary = await writeAzintDir(r, dir);
+    let summary;
+    try {
+      summary = await writeAzintDir(r, dir);
+    } finally {
+      r.dispose();
+    }
     if (o.json) console.log(JSON.stringify({ ...summary, azint: undefined, out: dir }, null, 2));
     else {
       console.log(`${r.run}: ${r.detector}, ${r.trainId.length} frames, backend ${r.backend}`);

@@ -390,6 +390,7 @@ describe("azint", () => {
       expect(n.code, n.stderr).toBe(0);
       const ns = JSON.parse(fs.readFileSync(path.join(tmp, "out-node", "summary.json"), "utf8"));
       expect(ns.azint.count).toEqual(js.azint.count);
+      expect(ns.azint.mean[100]).toBeCloseTo(js.azint.mean[100], 9);
       const d = runDenoTask("azint", [...args, "--out", path.join(tmp, "out-deno")]);
       expect(d.code, d.stderr).toBe(0);
       const ds = JSON.parse(fs.readFileSync(path.join(tmp, "out-deno", "summary.json"), "utf8"));

@@ -106,7 +106,9 @@ export async function prepareJob(
 #SBATCH --job-name=xfel-redu-${algorithm}
 #SBATCH --output=${work}/logs/part-%a.log
 #SBATCH --ntasks=1
-# One part of the run (a module group) per array task.
+# One part of the run (a module group) per array task. Spill files (per-frame results) go to the work
+# directory, where the merge job finds them.
+export XFEL_REDU_SPILL_DIR=${q(work)}
 exec ${cli} run-part ${q(work)} "$SLURM_ARRAY_TASK_ID"
 `,
   );
@@ -173,6 +175,7 @@ export async function mergeJob(work: string): Promise<string> {
   } else if (job.algorithm === "azint") {
     const { writeAzintDir } = await import("../azint.ts");
     await writeAzintDir(result as never, job.out);
+    (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "xpcs") {
     const { writeXpcsDir } = await import("../xpcs.ts");
     await writeXpcsDir(result as never, job.out);
