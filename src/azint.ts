@@ -364,7 +364,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
       for (const p of parts) ownSpill(p.spill);
       const rb = recordBytes(bins);
       // Frames [f0, f1) of the merge: each part's frames in that range are the next ones of its file.
-      function* blocks(bounds: number[]) {
+      const blocks = function* (bounds: number[]) {
         const readers = parts.map((p) => new SpillReader(p.spill, rb));
         const cursor = parts.map(() => 0);
         try {
@@ -373,7 +373,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
             const sum = new Float64Array(m * bins),
               norm = new Float64Array(m * bins),
               count = new Uint32Array(m * bins);
-            parts.forEach((p, pi) => {
+            parts.forEach((_p, pi) => {
               const ix = merged.index[pi];
               let c = cursor[pi];
               const start = c;
@@ -405,7 +405,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
         } finally {
           for (const r of readers) r.close();
         }
-      }
+      };
       const { counts } = trainsOf(merged.trainId);
       const bounds = [0];
       for (const c of counts) bounds.push(bounds[bounds.length - 1] + c);

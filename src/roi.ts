@@ -12,6 +12,8 @@
  *   the frame), `sum` = the float64 sum of colSum over fs, `count` = the sum of colCount, `mean` = sum /
  *   count (NaN when count is 0).
  * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
+ * - Memory: each part appends its per-frame values to a spill file (src/spill.ts); the merge reads them back
+ *   in blocks (summary, writer): memory bounded by batch and block sizes plus 16 bytes per frame.
  * Output: `DIR/<PREFIX>-R<run>-REDU03-S00000.h5`, instrument source `<DET>/REDU/ROI:output` with per frame
  * `data.trainId`, `data.pulseId`, `data.<NAME>.sum` (f64), `.count` (u32), `.mean` (f64), `.spectrum`
  * (f32, FS1 - FS0); control source `<DET>/REDU/ROI` keys `<NAME>.module` (u16), `<NAME>.box` (u32: SS0, SS1,
@@ -42,6 +44,7 @@ import { Run } from "./run.ts";
 import { litLookup } from "./average.ts";
 import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
 
 export interface RoiSpec {
   name: string;
@@ -210,11 +213,34 @@ export interface RoiPart {
   regions: number[];
   trainId: Float64Array;
   pulseId: Float64Array;
-  /** Per region of the part: per frame sum, count, and spectra (frames x width). */
+  /** Spill file (src/spill.ts) of per-frame records (`recordLayout` of the part's regions). */
+  spill: string;
+  backend: string;
+}
+
+/**
+ * A frame's record for regions of widths w_k: sums (f64 x K), counts (u32 x K), spectra (f32, sum of w_k),
+ * padded to 8 bytes.
+ */
+export function recordLayout(widths: number[]): { bytes: number; counts: number; spectra: number[] } {
+  const K = widths.length;
+  const spectra: number[] = [];
+  let o = 12 * K;
+  for (const w of widths) {
+    spectra.push(o);
+    o += 4 * w;
+  }
+  return { bytes: Math.ceil(o / 8) * 8, counts: 8 * K, spectra };
+}
+
+/** Per-region values of frames [f0, f1). */
+export interface RoiBlock {
+  f0: number;
+  f1: number;
   sum: Float64Array[];
   count: Uint32Array[];
+  mean: Float64Array[];
   spectrum: Float32Array[];
-  backend: string;
 }
 
 export interface RoiResult {
@@ -223,10 +249,15 @@ export interface RoiResult {
   rois: RoiSpec[];
   trainId: Float64Array;
   pulseId: Float64Array;
-  sum: Float64Array[];
-  count: Uint32Array[];
-  mean: Float64Array[];
-  spectrum: Float32Array[];
+  /** Frames [f0, f1) for consecutive ranges, read from the parts' spill files (memory bounded by the range). */
+  blocks(bounds: number[]): Generator<RoiBlock>;
+  /** All frames at once (materialised from the spill files on first access: tests, small runs). */
+  readonly sum: Float64Array[];
+  readonly count: Uint32Array[];
+  readonly mean: Float64Array[];
+  readonly spectrum: Float32Array[];
+  /** Remove the spill files (after writing). */
+  dispose(): void;
   backend: string;
   notes: string[];
   modulesRead: number[];
@@ -256,9 +287,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   private pixels = 0;
   private trainId = new Grow((n) => new Float64Array(n));
   private pulseId = new Grow((n) => new Float64Array(n));
-  private sum: Grow<Float64Array>[] = [];
-  private count: Grow<Uint32Array>[] = [];
-  private spectrum: Grow<Float32Array>[] = [];
+  private spill?: SpillWriter;
   private modules: number[] = [];
   private litOnly = false;
   private from?: string;
@@ -283,9 +312,6 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
       this.mine = this.mineIx.map((i) => this.rois[i]);
       this.moduleFs = det.imageShape[1];
       this.pixels = det.imageShape[0] * det.imageShape[1];
-      this.sum = this.mine.map(() => new Grow((n) => new Float64Array(n)));
-      this.count = this.mine.map(() => new Grow((n) => new Uint32Array(n)));
-      this.spectrum = this.mine.map(() => new Grow((n) => new Float32Array(n)));
       if (this.litOnly) this.lit = (await litLookup(info.run, this.from)).lit;
       const device = await pickDevice(this.backendChoice, this.notes);
       if (device) {
@@ -302,23 +328,29 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   async processBatch(b: FrameBatch): Promise<void> {
     const cols = await this.backend!.columns(b);
     const { offsets, total } = columnLayout(this.mine);
-    const keep = (i: number) => !this.lit || this.lit(b.trainId[i], b.pulseId[i]);
+    const K = this.mine.length;
+    const lay = recordLayout(this.mine.map((r) => r.fs1 - r.fs0));
+    const kept: number[] = [];
     for (let i = 0; i < b.nFrames; i++) {
-      if (!keep(i)) continue;
+      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
+      kept.push(i);
       this.trainId.pushOne(b.trainId[i]);
       this.pulseId.pushOne(b.pulseId[i]);
     }
-    this.mine.forEach((r, k) => {
-      const w = r.fs1 - r.fs0;
-      for (let i = 0; i < b.nFrames; i++) {
-        if (!keep(i)) continue;
+    const buf = new ArrayBuffer(kept.length * lay.bytes);
+    kept.forEach((i, j) => {
+      const at = j * lay.bytes;
+      const sums = new Float64Array(buf, at, K);
+      const counts = new Uint32Array(buf, at + lay.counts, K);
+      this.mine.forEach((r, k) => {
+        const w = r.fs1 - r.fs0;
         const o = i * total + offsets[k];
         const spec = cols.colSum.subarray(o, o + w);
-        this.spectrum[k].push(spec);
-        if (!cols.present[i * this.mine.length + k]) {
-          this.sum[k].pushOne(NaN);
-          this.count[k].pushOne(0);
-          continue;
+        new Float32Array(buf, at + lay.spectra[k], w).set(spec);
+        if (!cols.present[i * K + k]) {
+          sums[k] = NaN;
+          counts[k] = 0;
+          return;
         }
         let s = 0;
         let n = 0;
@@ -326,21 +358,22 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
           s += spec[c];
           n += cols.colCount[o + c];
         }
-        this.sum[k].pushOne(s);
-        this.count[k].pushOne(n);
-      }
+        sums[k] = s;
+        counts[k] = n;
+      });
     });
+    this.spill ??= new SpillWriter(lay.bytes, "roi");
+    this.spill.append(new Uint8Array(buf));
   }
 
   finalizeChunk(): RoiPart {
+    this.spill ??= new SpillWriter(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes, "roi");
     return {
       modules: this.modules,
       regions: this.mineIx,
       trainId: this.trainId.toArray(),
       pulseId: this.pulseId.toArray(),
-      sum: this.sum.map((g) => g.toArray()),
-      count: this.count.map((g) => g.toArray()),
-      spectrum: this.spectrum.map((g) => g.toArray()),
+      spill: this.spill.close(),
       backend: this.backend?.name ?? "cpu",
     };
   }
@@ -351,31 +384,75 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
       const det = run.detector();
       const merged = mergeFrames(parts);
       const n = merged.trainId.length;
-      const sum = this.rois.map(() => new Float64Array(n).fill(NaN));
-      const count = this.rois.map(() => new Uint32Array(n));
-      const spectrum = this.rois.map((r) => new Float32Array(n * (r.fs1 - r.fs0)).fill(NaN));
-      parts.forEach((p, pi) => {
-        const ix = merged.index[pi];
-        p.regions.forEach((g, k) => {
-          const w = this.rois[g].fs1 - this.rois[g].fs0;
-          for (let i = 0; i < ix.length; i++) {
-            sum[g][ix[i]] = p.sum[k][i];
-            count[g][ix[i]] = p.count[k][i];
-            spectrum[g].set(p.spectrum[k].subarray(i * w, (i + 1) * w), ix[i] * w);
+      const rois = this.rois;
+      for (const p of parts) ownSpill(p.spill);
+      const lays = parts.map((p) => recordLayout(p.regions.map((g) => rois[g].fs1 - rois[g].fs0)));
+      const blocks = function* (bounds: number[]): Generator<RoiBlock> {
+        const readers = parts.map((p, pi) => new SpillReader(p.spill, lays[pi].bytes));
+        const cursor = parts.map(() => 0);
+        try {
+          for (let b = 0; b + 1 < bounds.length; b++) {
+            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
+            const sum = rois.map(() => new Float64Array(m).fill(NaN));
+            const count = rois.map(() => new Uint32Array(m));
+            const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
+            parts.forEach((p, pi) => {
+              const ix = merged.index[pi];
+              let c = cursor[pi];
+              const start = c;
+              while (c < ix.length && ix[c] < f1) c++;
+              if (c === start) return;
+              const bytes = readers[pi].read(c - start);
+              const lay = lays[pi], K = p.regions.length;
+              for (let r = 0; r < c - start; r++) {
+                const at = r * lay.bytes, f = ix[start + r] - f0;
+                const sums = new Float64Array(bytes.buffer, at, K);
+                const counts = new Uint32Array(bytes.buffer, at + lay.counts, K);
+                p.regions.forEach((g, k) => {
+                  const w = rois[g].fs1 - rois[g].fs0;
+                  sum[g][f] = sums[k];
+                  count[g][f] = counts[k];
+                  spectrum[g].set(new Float32Array(bytes.buffer, at + lay.spectra[k], w), f * w);
+                });
+              }
+              cursor[pi] = c;
+            });
+            const mean = sum.map((s, g) =>
+              Float64Array.from(s, (v, i) => (count[g][i] ? v / count[g][i] : NaN))
+            );
+            yield { f0, f1, sum, count, mean, spectrum };
           }
-        });
-      });
-      const mean = sum.map((s, g) => Float64Array.from(s, (v, i) => (count[g][i] ? v / count[g][i] : NaN)));
+        } finally {
+          for (const r of readers) r.close();
+        }
+      };
+      let all: RoiBlock | undefined;
+      const materialise = () => {
+        if (!all) { for (const blk of blocks([0, n])) all = blk; }
+        return all!;
+      };
       return {
         run: run.path,
         detector: det.name,
         rois: this.rois,
         trainId: merged.trainId,
         pulseId: merged.pulseId,
-        sum,
-        count,
-        mean,
-        spectrum,
+        blocks: (b: number[]) => blocks(b),
+        get sum() {
+          return materialise().sum;
+        },
+        get count() {
+          return materialise().count;
+        },
+        get mean() {
+          return materialise().mean;
+        },
+        get spectrum() {
+          return materialise().spectrum;
+        },
+        dispose: () => {
+          for (const p of parts) removeSpill(p.spill);
+        },
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: this.notes,
         modulesRead: parts.flatMap((p) => p.modules),
@@ -459,26 +536,29 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
     }
     const { trains, counts } = trainsOf(r.trainId);
-    let f0 = 0;
+    const bounds = [0], tb = [0];
     for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
       const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
-      const c = counts.slice(t0, t1);
-      const n = c.reduce((a, b) => a + b, 0);
-      const f1 = f0 + n;
-      w.addTrains(trains.slice(t0, t1), { "@out": c });
+      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
+      tb.push(t1);
+    }
+    let blk = 0;
+    for (const { f0, f1, sum, count, mean, spectrum } of r.blocks(bounds)) {
+      const t0 = tb[blk], t1 = tb[blk + 1];
+      blk++;
+      const n = f1 - f0;
+      w.addTrains(trains.slice(t0, t1), { "@out": counts.slice(t0, t1) });
       const data: Record<string, unknown> = {
         trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
         pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
       };
       r.rois.forEach((g, k) => {
-        const wdt = g.fs1 - g.fs0;
-        data[`${g.name}.sum`] = r.sum[k].subarray(f0, f1);
-        data[`${g.name}.count`] = r.count[k].subarray(f0, f1);
-        data[`${g.name}.mean`] = r.mean[k].subarray(f0, f1);
-        data[`${g.name}.spectrum`] = { data: r.spectrum[k].subarray(f0 * wdt, f1 * wdt), shape: [n, wdt] };
+        data[`${g.name}.sum`] = sum[k];
+        data[`${g.name}.count`] = count[k];
+        data[`${g.name}.mean`] = mean[k];
+        data[`${g.name}.spectrum`] = { data: spectrum[k], shape: [n, g.fs1 - g.fs0] };
       });
       w.addData(data as never);
-      f0 = f1;
     }
     return w.close();
   } catch (e) {
@@ -489,28 +569,44 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
 
 /** The run summary of each region (NaN frames left out). */
 export function roiSummary(r: RoiResult) {
-  return r.rois.map((g, k) => {
-    const w = g.fs1 - g.fs0;
-    let frames = 0, sumOfSums = 0, sumOfMeans = 0, meanFrames = 0, total = 0;
-    const spec = new Float64Array(w);
-    for (let i = 0; i < r.trainId.length; i++) {
-      if (Number.isNaN(r.sum[k][i])) continue;
-      frames++;
-      sumOfSums += r.sum[k][i];
-      total += r.count[k][i];
-      if (r.count[k][i]) {
-        sumOfMeans += r.mean[k][i];
-        meanFrames++;
-      }
-      for (let c = 0; c < w; c++) spec[c] += r.spectrum[k][i * w + c];
+  const acc = r.rois.map((g) => ({
+    frames: 0,
+    sumOfSums: 0,
+    sumOfMeans: 0,
+    meanFrames: 0,
+    total: 0,
+    spec: new Float64Array(g.fs1 - g.fs0),
+  }));
+  const n = r.trainId.length;
+  const bounds = [0];
+  while (bounds[bounds.length - 1] < n) bounds.push(Math.min(n, bounds[bounds.length - 1] + 4096));
+  if (bounds.length > 1) {
+    for (const blk of r.blocks(bounds)) {
+      r.rois.forEach((g, k) => {
+        const a = acc[k], w = g.fs1 - g.fs0;
+        for (let i = 0; i < blk.f1 - blk.f0; i++) {
+          if (Number.isNaN(blk.sum[k][i])) continue;
+          a.frames++;
+          a.sumOfSums += blk.sum[k][i];
+          a.total += blk.count[k][i];
+          if (blk.count[k][i]) {
+            a.sumOfMeans += blk.mean[k][i];
+            a.meanFrames++;
+          }
+          for (let c = 0; c < w; c++) a.spec[c] += blk.spectrum[k][i * w + c];
+        }
+      });
     }
+  }
+  return r.rois.map((g, k) => {
+    const a = acc[k];
     return {
       ...g,
-      frames,
-      meanSum: frames ? sumOfSums / frames : NaN,
-      meanMean: meanFrames ? sumOfMeans / meanFrames : NaN,
-      count: total,
-      meanSpectrum: Array.from(spec, (v) => (frames ? v / frames : NaN)),
+      frames: a.frames,
+      meanSum: a.frames ? a.sumOfSums / a.frames : NaN,
+      meanMean: a.meanFrames ? a.sumOfMeans / a.meanFrames : NaN,
+      count: a.total,
+      meanSpectrum: Array.from(a.spec, (v) => (a.frames ? v / a.frames : NaN)),
     };
   });
 }
@@ -592,7 +688,12 @@ export const roiCommand: Command = {
       },
       progressPrinter("roi"),
     );
-    const summary = await writeRoiDir(r, dir);
+    let summary;
+    try {
+      summary = await writeRoiDir(r, dir);
+    } finally {
+      r.dispose();
+    }
     if (o.json) console.log(JSON.stringify({ ...summary, roi: undefined, out: dir }, null, 2));
     else {
       console.log(`${r.run}: ${r.detector}, ${r.trainId.length} frames, backend ${r.backend}`);

@@ -172,6 +172,7 @@ export async function mergeJob(work: string): Promise<string> {
   } else if (job.algorithm === "roi") {
     const { writeRoiDir } = await import("../roi.ts");
     await writeRoiDir(result as never, job.out);
+    (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "azint") {
     const { writeAzintDir } = await import("../azint.ts");
     await writeAzintDir(result as never, job.out);
