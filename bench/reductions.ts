@@ -224,7 +224,7 @@ async function main(): Promise<void> {
       rows[0].frames
     } frames; GB/s: image data f32 + mask u32 of every module frame per second; end to end (reading, compute,`,
     "  merge and writing the output directory). xpcs frames: the frames correlated (trains x frames per train).",
-    "- ratio: bytes in (the module files read) / bytes out (the output directory), from summary.json.",
+    "- ratio: bytes in (the module files read) / bytes out (the REDU file), from summary.json.",
     `- Load: ${
       os.loadavg().map((x) => x.toFixed(1)).join(", ")
     } (1, 5, 15 min) at the end; on a shared machine the`,
