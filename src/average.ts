@@ -51,7 +51,7 @@ export interface AverageResult {
 type LitLookup = (trainId: number, pulseId: number) => boolean;
 
 /** Which frames are lit: localise's decision, else the beam's, else all. */
-async function litLookup(
+export async function litLookup(
   run: Run,
   from?: string,
 ): Promise<{ lit: LitLookup; source: AverageResult["litFrom"] }> {

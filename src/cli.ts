@@ -13,6 +13,9 @@ import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
 import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
+import { roiCommand } from "./roi.ts";
+import { azintCommand } from "./azint.ts";
+import { xpcsCommand } from "./xpcs.ts";
 import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
 
@@ -21,6 +24,8 @@ export interface OptionSpec {
   help: string;
   /** Absent for flags. */
   value?: "number" | "string";
+  /** The option may be given several times: its value is then the list of values. */
+  repeat?: boolean;
   default?: number | string | boolean;
   /** The values a string option takes. */
   choices?: readonly string[];
@@ -69,6 +74,9 @@ const commands: Command[] = [
   reduceCommand,
   decompressCommand,
   averageCommand,
+  roiCommand,
+  azintCommand,
+  xpcsCommand,
   reportCommand,
   submitCommand,
   runPartCommand,
@@ -107,7 +115,9 @@ export function parseArgs(
     }
     const v = inline ?? argv[++i];
     if (v === undefined) throw new InputError(undefined, `option --${name} needs a value`);
-    options[camel(name)] = checkValue(spec, v);
+    const checked = checkValue(spec, v);
+    if (spec.repeat) (options[camel(name)] ??= []).push(checked);
+    else options[camel(name)] = checked;
   }
   return { args, options };
 }

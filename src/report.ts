@@ -752,11 +752,29 @@ function kB(n: number): string {
 export const reportCommand: Command = {
   name: "report",
   usage: "report LOCALISE_OUT",
-  help: "Write LOCALISE_OUT/report.html: one self-contained page to judge a localise result.",
+  help:
+    "Write LOCALISE_OUT/report.html: one self-contained page to judge a localise (or roi, azint, xpcs) result.",
   options: REPORT_OPTIONS,
   async run(args, o) {
     const dir = args[0];
     if (!dir) throw new InputError(undefined, "missing argument LOCALISE_OUT");
+    // The output of roi, azint or xpcs: their own page (src/reductions-report.ts).
+    const sp = path.join(dir, "summary.json");
+    const cmd = fs.existsSync(sp)
+      ? (() => {
+        try {
+          return JSON.parse(fs.readFileSync(sp, "utf8")).command;
+        } catch {
+          return undefined;
+        }
+      })()
+      : undefined;
+    if (["roi", "azint", "xpcs"].includes(cmd)) {
+      const { writeReductionReport } = await import("./reductions-report.ts");
+      const file = writeReductionReport(dir);
+      console.log(o.json ? JSON.stringify({ path: file }, null, 2) : `written: ${file}`);
+      return EXIT.ok;
+    }
     const info = await reportFromOutput(dir, { run: o.run, litFrames: o.lit, darkFrames: o.dark });
     for (const n of info.notes) console.error(`xfel-redu: report: ${n}`);
     console.log(o.json ? JSON.stringify(info, null, 2) : `written: ${info.path} (${kB(info.bytes)})`);

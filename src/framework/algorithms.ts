@@ -10,3 +10,18 @@ registerAlgorithm("average", async () => {
   const { AverageAlgorithm } = await import("../average.ts");
   return () => new AverageAlgorithm();
 });
+
+registerAlgorithm("roi", async () => {
+  const { RoiAlgorithm } = await import("../roi.ts");
+  return () => new RoiAlgorithm();
+});
+
+registerAlgorithm("azint", async () => {
+  const { AzintAlgorithm } = await import("../azint.ts");
+  return () => new AzintAlgorithm();
+});
+
+registerAlgorithm("xpcs", async () => {
+  const { XpcsAlgorithm } = await import("../xpcs.ts");
+  return () => new XpcsAlgorithm();
+});

@@ -30,7 +30,7 @@ export interface Job {
   groups: number[][];
 }
 
-const ALGORITHMS = ["localise", "average"];
+const ALGORITHMS = ["localise", "average", "roi", "azint", "xpcs"];
 
 function jobPath(work: string): string {
   return path.join(work, "job.json");
@@ -107,7 +107,9 @@ export async function prepareJob(
 #SBATCH --job-name=xfel-redu-${algorithm}
 #SBATCH --output=${work}/logs/part-%a.log
 #SBATCH --ntasks=1
-# One part of the run (a module group) per array task.
+# One part of the run (a module group) per array task. Spill files (per-frame results) go to the work
+# directory, where the merge job finds them.
+export XFEL_REDU_SPILL_DIR=${q(work)}
 exec ${cli} run-part ${q(work)} "$SLURM_ARRAY_TASK_ID"
 `,
   );
@@ -168,11 +170,52 @@ export async function mergeJob(work: string): Promise<string> {
   if (job.algorithm === "localise") {
     const { writeLocaliseDir } = await import("../localise/command.ts");
     await writeLocaliseDir(result as never, job.out);
+  } else if (job.algorithm === "roi") {
+    const { writeRoiDir } = await import("../roi.ts");
+    await writeRoiDir(result as never, job.out);
+    (result as { dispose(): void }).dispose();
+  } else if (job.algorithm === "azint") {
+    const { writeAzintDir } = await import("../azint.ts");
+    await writeAzintDir(result as never, job.out);
+    (result as { dispose(): void }).dispose();
+  } else if (job.algorithm === "xpcs") {
+    const { writeXpcsDir } = await import("../xpcs.ts");
+    await writeXpcsDir(result as never, job.out);
   } else {
     const { writeAverageDir } = await import("../average.ts");
     await writeAverageDir(result as never, job.out);
   }
   return job.out;
+}
+
+/** The options of roi / azint / xpcs from a JSON file, as their APIs take them (paths made absolute). */
+async function reductionOptions(
+  algorithm: string,
+  file: string | undefined,
+): Promise<Record<string, unknown>> {
+  if (!file) throw new InputError(undefined, `--algorithm ${algorithm} needs --options FILE (JSON)`);
+  let o: Record<string, any>;
+  try {
+    o = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new InputError(
+      file,
+      `not a JSON options file (${e instanceof Error ? e.message.split("\n")[0] : e})`,
+    );
+  }
+  if (o.geometry) o.geometry = path.resolve(path.dirname(file), o.geometry);
+  if (o.from) o.from = path.resolve(path.dirname(file), o.from);
+  if (algorithm === "roi") {
+    const { readRoiFile } = await import("../roi.ts");
+    return { backend: "cpu", ...o, rois: readRoiFile(file) };
+  }
+  if (algorithm === "azint") {
+    const { DEFAULT_AZINT, checkAzintOptions } = await import("../azint.ts");
+    const a = { ...DEFAULT_AZINT, backend: "cpu", ...o };
+    checkAzintOptions(a as never);
+    return a;
+  }
+  return o;
 }
 
 function sbatch(args: string[]): string {
@@ -205,7 +248,7 @@ export const submitCommand: Command = {
       name: "algorithm",
       value: "string",
       default: "localise",
-      choices: ["localise", "average"],
+      choices: ["localise", "average", "roi", "azint", "xpcs"],
       help: "the algorithm to run",
     },
     { name: "out", value: "string", help: "output directory (default ./<algorithm>-<run name>)" },
@@ -228,6 +271,12 @@ export const submitCommand: Command = {
     },
     { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
     { name: "from", value: "string", help: "average: localise output whose frameLit decides lit/dark" },
+    {
+      name: "options",
+      value: "string",
+      help:
+        'roi, azint, xpcs: JSON file of the algorithm\'s options (e.g. {"geometry": "a.geom", "bins": 500})',
+    },
   ],
   async run(args, o) {
     const runPath = args[0];
@@ -239,6 +288,8 @@ export const submitCommand: Command = {
         backend: o.backend,
         ...(o.modules ? { modules: (await import("../localise/command.ts")).parseModules(o.modules) } : {}),
       }
+      : ["roi", "azint", "xpcs"].includes(o.algorithm)
+      ? await reductionOptions(o.algorithm, o.options)
       : { from: o.from ? path.resolve(o.from) : undefined };
     const fresh = !fs.existsSync(`${out}.slurm`);
     const { work, todo, job } = await prepareJob(o.algorithm, runPath, out, options, o.parts, !!o.force);

@@ -1,0 +1,690 @@
+/**
+ * `azint RUN --geometry FILE --out DIR`: azimuthal integration per frame (powder diffraction, SAXS/WAXS).
+ *
+ * Spec (CPU reference `azintFrames`, GPU kernel shaders/azint.wgsl over the same pixel table):
+ * - Pixel table (per module, from src/geometry.ts): the pixel centre (x, y, z), z += clen (the detector
+ *   distance); r = hypot(x, y); 2theta = atan2(r, z); chi = atan2(y, x). Radial value per unit:
+ *   `q_nm^-1` = 4 pi / lambda sin(theta) (lambda = 12.398419843320026 keV A / E), `2th_deg` = 2theta in
+ *   degrees, `r_mm` = 1000 r. Bin edges uniform over [A, B] (`--range`, default the detector's min and max
+ *   over all pixel centres); bin = floor((v - A) / (B - A) * bins), v = B in the last bin, outside: none.
+ * - Correction c per pixel: cos^3(2theta) (flat-detector solid angle, 1 on the beam axis; off with
+ *   `--no-solid-angle`) times, with `--polarization P`, pyFAI's factor 0.5 (1 + cos^2 2theta -
+ *   P cos(2 chi) sin^2 2theta).
+ * - A pixel is valid when its module recorded the frame, the value is finite and its mask is 0.
+ * - Per frame and bin: S = sum of the valid values, C = sum of their c, n = their number;
+ *   intensity = S / C (pyFAI's estimator with no pixel splitting: the mean of the values when c = 1; NaN
+ *   when n = 0). The CPU sums in float64, the GPU in float32 (tree reduction); n equal, floats close.
+ * - Per train and for the run: S and C summed over the frames, then S / C.
+ * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
+ * - Memory: each part appends its per-frame S, C, n to a spill file (src/spill.ts); the merge reads them
+ *   back in blocks of trains (train means, run means, then the writer), so memory is bounded by the batch
+ *   and block sizes plus 16 bytes (train and pulse ID) per frame.
+ * Output: `DIR/<PREFIX>-R<run>-REDU04-S00000.h5`, instrument source `<DET>/REDU/AZINT:output`, per frame
+ * `data.trainId`, `data.pulseId`, `data.intensity` (f32, bins), `data.count` (u32, bins); control source
+ * `<DET>/REDU/AZINT`, per train `trainMean` (f32, bins), and `radialAxis` (bin centres), `radialEdges`
+ * (bins + 1), `unitCode` (0 q_nm^-1, 1 2th_deg, 2 r_mm). `DIR/summary.json`: `"azint": {"unit", "edges",
+ * "mean" (the run's S / C per bin), "count" (valid pixel-frames per bin)}`, photon energy, distance,
+ * geometry, frames, bytes in / out and their ratio.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command, OptionSpec } from "./cli.ts";
+import { EXIT, InputError } from "./errors.ts";
+import type { FrameBatch } from "./frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
+import { type DetectorLayout, loadLayout, pixelCentres } from "./geometry.ts";
+import { runNaming } from "./localise/output.ts";
+import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  dirBytes,
+  Grow,
+  inputBytes,
+  mergeFrames,
+  pickDevice,
+  trainsOf,
+  workersFor,
+  writeJson,
+} from "./reductions.ts";
+import { type Detector, Run } from "./run.ts";
+import { writeReductionReport } from "./reductions-report.ts";
+import { openWriter, type WriterSchema } from "./writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
+import { litLookup } from "./average.ts";
+
+export const UNITS = ["q_nm^-1", "2th_deg", "r_mm"] as const;
+export type RadialUnit = typeof UNITS[number];
+/** keV * Angstrom (pyFAI's value). */
+export const HC_KEV_A = 12.398419843320026;
+/** Marks a pixel outside every bin. */
+export const NO_BIN = 0xffffffff;
+
+export interface AzintOptions {
+  geometry?: string;
+  bins: number;
+  unit: RadialUnit;
+  range?: [number, number];
+  solidAngle: boolean;
+  polarization?: number;
+  /** eV; default the geometry file's photon_energy. */
+  energy?: number;
+  /** metres; default the geometry file's clen. */
+  distance?: number;
+  litOnly: boolean;
+  from?: string;
+  backend: BackendChoice;
+  workers?: number;
+}
+
+export const DEFAULT_AZINT: AzintOptions = {
+  bins: 500,
+  unit: "q_nm^-1",
+  solidAngle: true,
+  litOnly: false,
+  backend: "auto",
+};
+
+/** The resolved set-up: layout, energy, distance, range. */
+export interface AzintSetup {
+  layout: DetectorLayout;
+  energy: number;
+  distance: number;
+  range: [number, number];
+  /** Layout module of a run module (JUNGFRAU modules are numbered from 1 in the run). */
+  layoutModule: (m: number) => number;
+}
+
+/** Radial value and correction of every pixel of one module (NaN where no panel covers it). */
+export function modulePixels(
+  layout: DetectorLayout,
+  module: number,
+  o: Pick<AzintOptions, "unit" | "solidAngle" | "polarization">,
+  energy: number,
+  distance: number,
+): { value: Float64Array; corr: Float64Array } {
+  const c = pixelCentres(layout, module);
+  const n = c.length / 3;
+  const value = new Float64Array(n);
+  const corr = new Float64Array(n);
+  const lambdaNm = HC_KEV_A / (energy / 1000) / 10;
+  for (let i = 0; i < n; i++) {
+    const x = c[3 * i], y = c[3 * i + 1], z = distance + c[3 * i + 2];
+    const r = Math.hypot(x, y);
+    const tth = Math.atan2(r, z);
+    value[i] = o.unit === "q_nm^-1"
+      ? (4 * Math.PI / lambdaNm) * Math.sin(tth / 2)
+      : o.unit === "2th_deg"
+      ? tth * 180 / Math.PI
+      : r * 1000;
+    let k = o.solidAngle ? Math.cos(tth) ** 3 : 1;
+    if (o.polarization !== undefined) {
+      const chi = Math.atan2(y, x);
+      const s = Math.sin(tth);
+      k *= 0.5 * (1 + Math.cos(tth) ** 2 - o.polarization * Math.cos(2 * chi) * s * s);
+    }
+    corr[i] = Number.isNaN(x) ? NaN : k;
+  }
+  return { value, corr };
+}
+
+/** Bin of a value: floor((v - a) / (b - a) * bins); v = b in the last bin; NO_BIN outside or NaN. */
+export function binOf(v: number, a: number, b: number, bins: number): number {
+  if (!(v >= a && v <= b)) return NO_BIN;
+  const k = Math.floor(((v - a) / (b - a)) * bins);
+  return k >= bins ? bins - 1 : k;
+}
+
+/** Resolve geometry, energy, distance and the radial range for a detector. */
+export function azintSetup(det: Detector, o: AzintOptions): AzintSetup {
+  const layout = loadLayout(o.geometry, det.type);
+  const layoutModule = (m: number) => (det.type === "JUNGFRAU" ? m - 1 : m);
+  for (const m of det.modules) {
+    const lm = layoutModule(m.module);
+    if (lm < 0 || lm >= layout.nModules) {
+      throw new InputError(layout.source, `no panel for module ${m.module} of ${det.name}`);
+    }
+  }
+  const energy = o.energy ?? layout.photonEnergy;
+  const distance = o.distance ?? layout.clen;
+  if (distance === undefined || !(distance > 0)) {
+    throw new InputError(
+      layout.source,
+      "no detector distance: give clen in the geometry file or --distance METRES",
+    );
+  }
+  if (o.unit === "q_nm^-1" && (energy === undefined || !(energy > 0))) {
+    throw new InputError(
+      layout.source,
+      "no photon energy: give photon_energy in the geometry file or --energy EV",
+    );
+  }
+  let range = o.range;
+  if (!range) {
+    let lo = Infinity, hi = -Infinity;
+    for (const m of det.modules) {
+      const { value } = modulePixels(layout, layoutModule(m.module), o, energy ?? 1, distance);
+      for (const v of value) {
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+    }
+    range = [lo, hi];
+  }
+  return { layout, energy: energy ?? NaN, distance, range, layoutModule };
+}
+
+/** Pixel table of a part: per module slot, bin per pixel and correction (float32, as the GPU gets it). */
+export interface PixelTable {
+  modules: number[];
+  pixels: number;
+  bin: Uint32Array[];
+  corr: Float32Array[];
+}
+
+export function pixelTable(setup: AzintSetup, modules: number[], o: AzintOptions): PixelTable {
+  const bin: Uint32Array[] = [], corr: Float32Array[] = [];
+  let pixels = 0;
+  for (const m of modules) {
+    const p = modulePixels(setup.layout, setup.layoutModule(m), o, setup.energy, setup.distance);
+    pixels = p.value.length;
+    bin.push(Uint32Array.from(p.value, (v) => binOf(v, setup.range[0], setup.range[1], o.bins)));
+    corr.push(Float32Array.from(p.corr));
+  }
+  return { modules, pixels, bin, corr };
+}
+
+/** Per frame and bin: S, C, n of one batch. */
+export interface AzintSums {
+  sum: Float64Array;
+  norm: Float64Array;
+  count: Uint32Array;
+}
+
+/** The CPU reference: S, C (float64) and n per frame and bin over the batch's modules. */
+export function azintFrames(b: FrameBatch, t: PixelTable, bins: number): AzintSums {
+  const F = b.nFrames;
+  const sum = new Float64Array(F * bins),
+    norm = new Float64Array(F * bins),
+    count = new Uint32Array(F * bins);
+  t.modules.forEach((m, s) => {
+    const mf = b.modules.find((x) => x.module === m)!;
+    const bin = t.bin[s], corr = t.corr[s];
+    for (let i = 0; i < F; i++) {
+      if (!mf.present[i]) continue;
+      const o = i * t.pixels, ob = i * bins;
+      for (let p = 0; p < t.pixels; p++) {
+        const k = bin[p];
+        if (k === NO_BIN) continue;
+        const v = mf.data[o + p];
+        if (!Number.isFinite(v) || (mf.mask && mf.mask[o + p] !== 0)) continue;
+        sum[ob + k] += v;
+        norm[ob + k] += corr[p];
+        count[ob + k]++;
+      }
+    }
+  });
+  return { sum, norm, count };
+}
+
+export interface AzintBackend {
+  name: string;
+  frames(b: FrameBatch): AzintSums | Promise<AzintSums>;
+  dispose(): void;
+}
+
+export interface AzintPart {
+  modules: number[];
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  /** Spill file (src/spill.ts) of per-frame records: S (f64 x bins), C (f64 x bins), n (u32 x bins). */
+  spill: string;
+  backend: string;
+}
+
+/** Bytes of one frame's record in a spill file. */
+const recordBytes = (bins: number) => 20 * bins;
+
+export interface AzintResult {
+  run: string;
+  detector: string;
+  options: AzintOptions;
+  geometry: string;
+  energy: number;
+  distance: number;
+  edges: Float64Array;
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  /**
+   * Per frame and bin, frames [f0, f1) for consecutive ranges (starting at 0 each time the iteration
+   * starts): read from the parts' spill files, memory bounded by the range.
+   */
+  blocks(
+    bounds: number[],
+  ): Generator<{ f0: number; f1: number; intensity: Float32Array; count: Uint32Array }>;
+  /** All frames at once (materialised from the spill files on first access: tests, small runs). */
+  readonly intensity: Float32Array;
+  readonly count: Uint32Array;
+  /** Remove the spill files (after writing). */
+  dispose(): void;
+  /** Per train (trainsOf(trainId) order) and bin. */
+  trainMean: Float32Array;
+  runMean: Float64Array;
+  runCount: Float64Array;
+  litFrom?: string;
+  backend: string;
+  notes: string[];
+  modulesRead: number[];
+}
+
+export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
+  readonly id = "azint";
+  readonly help = "azimuthal integration per frame";
+  readonly options: OptionSpec[] = [];
+  private o: AzintOptions = { ...DEFAULT_AZINT };
+  private runPath = "";
+  private setup?: AzintSetup;
+  private table?: PixelTable;
+  private backend?: AzintBackend;
+  private notes: string[] = [];
+  private lit?: (t: number, p: number) => boolean;
+  private litFrom?: string;
+  private trainId = new Grow((n) => new Float64Array(n));
+  private pulseId = new Grow((n) => new Float64Array(n));
+  private spill?: SpillWriter;
+  private modules: number[] = [];
+
+  configure(options: Record<string, unknown>): void {
+    this.o = { ...DEFAULT_AZINT, ...(options as Partial<AzintOptions>) };
+  }
+
+  async initialize(info: RunInfo) {
+    this.runPath = info.runPath;
+    this.setup ??= azintSetup(info.detector, this.o);
+    if (info.modules.length) {
+      this.modules = info.modules;
+      this.table = pixelTable(this.setup, info.modules, this.o);
+      if (this.o.litOnly) {
+        const l = await litLookup(info.run, this.o.from);
+        this.lit = l.lit;
+        this.litFrom = l.source;
+      }
+      const device = await pickDevice(this.o.backend, this.notes);
+      if (device) {
+        const { createAzintGpu } = await import("./azint-gpu.ts");
+        this.backend = await createAzintGpu(device, this.table, this.o.bins);
+      } else {
+        const t = this.table, bins = this.o.bins;
+        this.backend = { name: "cpu", frames: (b) => azintFrames(b, t, bins), dispose() {} };
+      }
+    }
+    return { mask: true, batchBytes: 128 * 2 ** 20 };
+  }
+
+  async processBatch(b: FrameBatch): Promise<void> {
+    const r = await this.backend!.frames(b);
+    const bins = this.o.bins;
+    const kept: number[] = [];
+    for (let i = 0; i < b.nFrames; i++) {
+      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
+      kept.push(i);
+      this.trainId.pushOne(b.trainId[i]);
+      this.pulseId.pushOne(b.pulseId[i]);
+    }
+    const rb = recordBytes(bins);
+    const buf = new ArrayBuffer(kept.length * rb);
+    kept.forEach((i, j) => {
+      new Float64Array(buf, j * rb, bins).set(r.sum.subarray(i * bins, (i + 1) * bins));
+      new Float64Array(buf, j * rb + 8 * bins, bins).set(r.norm.subarray(i * bins, (i + 1) * bins));
+      new Uint32Array(buf, j * rb + 16 * bins, bins).set(r.count.subarray(i * bins, (i + 1) * bins));
+    });
+    this.spill ??= new SpillWriter(rb, "azint");
+    this.spill.append(new Uint8Array(buf));
+  }
+
+  finalizeChunk(): AzintPart {
+    this.spill ??= new SpillWriter(recordBytes(this.o.bins), "azint");
+    return {
+      modules: this.modules,
+      trainId: this.trainId.toArray(),
+      pulseId: this.pulseId.toArray(),
+      spill: this.spill.close(),
+      backend: this.backend?.name ?? "cpu",
+    };
+  }
+
+  async finalize(parts: AzintPart[]): Promise<AzintResult> {
+    const run = await Run.open(this.runPath);
+    try {
+      const det = run.detector();
+      const setup = this.setup ?? azintSetup(det, this.o);
+      const bins = this.o.bins;
+      const merged = mergeFrames(parts);
+      const n = merged.trainId.length;
+      for (const p of parts) ownSpill(p.spill);
+      const rb = recordBytes(bins);
+      // Frames [f0, f1) of the merge: each part's frames in that range are the next ones of its file.
+      const blocks = function* (bounds: number[]) {
+        const readers = parts.map((p) => new SpillReader(p.spill, rb));
+        const cursor = parts.map(() => 0);
+        try {
+          for (let b = 0; b + 1 < bounds.length; b++) {
+            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
+            const sum = new Float64Array(m * bins),
+              norm = new Float64Array(m * bins),
+              count = new Uint32Array(m * bins);
+            parts.forEach((_p, pi) => {
+              const ix = merged.index[pi];
+              let c = cursor[pi];
+              const start = c;
+              while (c < ix.length && ix[c] < f1) c++;
+              if (c === start) return;
+              const bytes = readers[pi].read(c - start);
+              for (let r = 0; r < c - start; r++) {
+                const o = (ix[start + r] - f0) * bins;
+                const s = new Float64Array(bytes.buffer, r * rb, bins);
+                const w = new Float64Array(bytes.buffer, r * rb + 8 * bins, bins);
+                const k = new Uint32Array(bytes.buffer, r * rb + 16 * bins, bins);
+                for (let q = 0; q < bins; q++) {
+                  sum[o + q] += s[q];
+                  norm[o + q] += w[q];
+                  count[o + q] += k[q];
+                }
+              }
+              cursor[pi] = c;
+            });
+            yield {
+              f0,
+              f1,
+              sum,
+              norm,
+              count,
+              intensity: Float32Array.from(sum, (v, j) => (count[j] ? v / norm[j] : NaN)),
+            };
+          }
+        } finally {
+          for (const r of readers) r.close();
+        }
+      };
+      const { counts } = trainsOf(merged.trainId);
+      const bounds = [0];
+      for (const c of counts) bounds.push(bounds[bounds.length - 1] + c);
+      const trainMean = new Float32Array(counts.length * bins);
+      const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
+      let t = 0;
+      // One train per block: the train means and the run's sums.
+      for (const blk of blocks(bounds)) {
+        const s = new Float64Array(bins), w = new Float64Array(bins), m = new Float64Array(bins);
+        for (let i = 0; i < blk.f1 - blk.f0; i++) {
+          for (let k = 0; k < bins; k++) {
+            s[k] += blk.sum[i * bins + k];
+            w[k] += blk.norm[i * bins + k];
+            m[k] += blk.count[i * bins + k];
+          }
+        }
+        for (let k = 0; k < bins; k++) {
+          trainMean[t * bins + k] = m[k] ? s[k] / w[k] : NaN;
+          runS[k] += s[k];
+          runC[k] += w[k];
+          runN[k] += m[k];
+        }
+        t++;
+      }
+      let all: { intensity: Float32Array; count: Uint32Array } | undefined;
+      const materialise = () => {
+        if (!all) {
+          const intensity = new Float32Array(n * bins), count = new Uint32Array(n * bins);
+          for (const blk of blocks([0, n])) {
+            intensity.set(blk.intensity);
+            count.set(blk.count);
+          }
+          all = { intensity, count };
+        }
+        return all;
+      };
+      const [a, b] = setup.range;
+      return {
+        run: run.path,
+        detector: det.name,
+        options: this.o,
+        geometry: setup.layout.source,
+        energy: setup.energy,
+        distance: setup.distance,
+        edges: Float64Array.from({ length: bins + 1 }, (_, k) => a + ((b - a) * k) / bins),
+        trainId: merged.trainId,
+        pulseId: merged.pulseId,
+        blocks: (b: number[]) => blocks(b),
+        get intensity() {
+          return materialise().intensity;
+        },
+        get count() {
+          return materialise().count;
+        },
+        dispose: () => {
+          for (const p of parts) removeSpill(p.spill);
+        },
+        trainMean,
+        runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
+        runCount: runN,
+        litFrom: this.litFrom ?? (this.o.litOnly ? (await litLookup(run, this.o.from)).source : undefined),
+        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        notes: this.notes,
+        modulesRead: parts.flatMap((p) => p.modules),
+      };
+    } finally {
+      run.close();
+    }
+  }
+
+  dispose(): void {
+    this.backend?.dispose();
+  }
+}
+
+/** Check options early (before any GPU or worker starts). */
+export function checkAzintOptions(o: AzintOptions): void {
+  if (!Number.isInteger(o.bins) || o.bins < 1 || o.bins > 65535) {
+    throw new InputError(undefined, `--bins: ${o.bins}? (an integer 1..65535)`);
+  }
+  if (!UNITS.includes(o.unit)) throw new InputError(undefined, `--unit: ${o.unit}? (${UNITS.join(", ")})`);
+  if (o.range && !(o.range[1] > o.range[0])) throw new InputError(undefined, "--range A,B needs B > A");
+  checkBackend(o.backend);
+}
+
+export async function azint(
+  runPath: string,
+  options: Partial<AzintOptions>,
+  progress?: (done: number, total: number) => void,
+): Promise<AzintResult> {
+  const o: AzintOptions = { ...DEFAULT_AZINT, ...options };
+  checkAzintOptions(o);
+  const r = await Run.open(runPath);
+  try {
+    // Geometry, energy and distance checked before anything else starts; the range computed once.
+    o.range ??= azintSetup(r.detector(), o).range;
+  } finally {
+    r.close();
+  }
+  return await runAlgorithm<AzintPart, AzintResult>(
+    "azint",
+    runPath,
+    o as unknown as Record<string, unknown>,
+    {
+      workers: await workersFor(o.backend, o.workers),
+      progress,
+    },
+  );
+}
+
+const TRAINS_PER_CALL = 256;
+
+export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles);
+  const bins = r.options.bins;
+  const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
+  const schema = {
+    parameters: ["det", "bins", "edges"],
+    aliases: { out: "{det}/REDU/AZINT:output", ctl: "{det}/REDU/AZINT" },
+    datasets: {
+      trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
+      pulseId: { source: "@out", key: "data.pulseId", shape: [], dtype: "uint64", ...packed },
+      intensity: { source: "@out", key: "data.intensity", shape: ["bins"], dtype: "float32", ...packed },
+      count: { source: "@out", key: "data.count", shape: ["bins"], dtype: "uint32", ...packed },
+      trainMean: { source: "@ctl", key: "trainMean", shape: ["bins"], dtype: "float32", ...packed },
+      radialAxis: { source: "@ctl", key: "radialAxis", shape: ["bins"], dtype: "float64", ...packed },
+      radialEdges: { source: "@ctl", key: "radialEdges", shape: ["edges"], dtype: "float64", ...packed },
+      unitCode: { source: "@ctl", key: "unitCode", shape: [], dtype: "uint8", ...packed },
+    },
+  } as unknown as WriterSchema;
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params: { det: r.detector, bins, edges: bins + 1 },
+    prefix,
+    run,
+    aggregator: "REDU04",
+  });
+  try {
+    w.setConstant(
+      "radialAxis",
+      Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2),
+    );
+    w.setConstant("radialEdges", r.edges);
+    w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
+    const { trains, counts } = trainsOf(r.trainId);
+    // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
+    const bounds = [0], tb = [0];
+    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
+      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
+      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
+      tb.push(t1);
+    }
+    let blk = 0;
+    for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
+      const t0 = tb[blk], t1 = tb[blk + 1];
+      blk++;
+      const c = counts.slice(t0, t1);
+      const n = f1 - f0;
+      w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
+      w.addData({
+        trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
+        pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+        intensity: { data: intensity, shape: [n, bins] },
+        count: { data: count, shape: [n, bins] },
+        trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
+      } as never);
+    }
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
+}
+
+export async function writeAzintDir(r: AzintResult, dir: string): Promise<Record<string, unknown>> {
+  const run = await Run.open(r.run);
+  let names: string[], bytesIn: number;
+  try {
+    names = run.files.map((f) => f.name);
+    bytesIn = inputBytes(run, r.detector, r.modulesRead);
+  } finally {
+    run.close();
+  }
+  return await buildDir(dir, async (tmp) => {
+    await writeAzint(r, tmp, names);
+    const bytesOut = dirBytes(tmp);
+    const summary = {
+      command: "azint",
+      run: r.run,
+      detector: r.detector,
+      backend: r.backend,
+      notes: r.notes,
+      geometry: r.geometry,
+      photonEnergy: r.energy,
+      distance: r.distance,
+      solidAngle: r.options.solidAngle,
+      polarization: r.options.polarization ?? null,
+      litOnly: r.options.litOnly,
+      litFrom: r.litFrom ?? null,
+      frames: r.trainId.length,
+      trains: trainsOf(r.trainId).trains.length,
+      modulesRead: r.modulesRead,
+      bytesIn,
+      bytesOut,
+      ratio: bytesOut ? bytesIn / bytesOut : NaN,
+      azint: { unit: r.options.unit, edges: r.edges, mean: r.runMean, count: r.runCount },
+    };
+    writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
+    return summary;
+  });
+}
+
+function parseRange(s: string | undefined): [number, number] | undefined {
+  if (s === undefined) return undefined;
+  const p = s.split(",").map(Number);
+  if (p.length !== 2 || !p.every(Number.isFinite)) throw new InputError(undefined, `--range: ${s}? (A,B)`);
+  return [p[0], p[1]];
+}
+
+export const azintCommand: Command = {
+  name: "azint",
+  usage: "azint RUN --geometry FILE --out DIR",
+  help: "Azimuthal integration per frame (powder, SAXS/WAXS), per-train and run means (an EuXFEL file).",
+  options: [
+    { name: "geometry", value: "string", help: "CrystFEL .geom file (default: the built-in layout, a note)" },
+    { name: "out", value: "string", help: "output directory (default ./azint-<run name>)" },
+    { name: "force", help: "replace an existing output directory" },
+    { name: "bins", value: "number", default: 500, help: "radial bins" },
+    { name: "unit", value: "string", default: "q_nm^-1", help: "q_nm^-1 | 2th_deg | r_mm" },
+    { name: "range", value: "string", help: "A,B: the radial range (default: the detector's)" },
+    { name: "no-solid-angle", help: "no solid-angle correction" },
+    { name: "polarization", value: "number", help: "polarisation factor P (-1..1; pyFAI's definition)" },
+    { name: "energy", value: "number", help: "photon energy in eV (default: the geometry file's)" },
+    { name: "distance", value: "number", help: "detector distance in metres (default: clen of the file)" },
+    { name: "lit-only", help: "only frames the beam (or --from) says are lit" },
+    { name: "from", value: "string", help: "localise output whose frameLit decides lit frames" },
+    { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
+    { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
+  ],
+  async run(args, o) {
+    const runPath = args[0];
+    if (!runPath) throw new InputError(undefined, "missing argument RUN");
+    if (o.geometry && !fs.existsSync(o.geometry)) throw new InputError(o.geometry, "no such geometry file");
+    const options: Partial<AzintOptions> = {
+      geometry: o.geometry,
+      bins: o.bins,
+      unit: o.unit,
+      range: parseRange(o.range),
+      solidAngle: !o.noSolidAngle,
+      polarization: o.polarization,
+      energy: o.energy,
+      distance: o.distance,
+      litOnly: !!o.litOnly,
+      from: o.from ? path.resolve(o.from) : undefined,
+      backend: o.backend,
+      workers: o.workers,
+    };
+    checkAzintOptions({ ...DEFAULT_AZINT, ...options } as AzintOptions);
+    const dir = prepareOut(runPath, o.out, "azint", !!o.force);
+    const r = await azint(runPath, options, progressPrinter("azint"));
+    if (!o.geometry) {
+      r.notes.push(`no --geometry: the built-in ${r.geometry.replace(/^default /, "")} layout`);
+    }
+    let summary;
+    try {
+      summary = await writeAzintDir(r, dir);
+    } finally {
+      r.dispose();
+    }
+    if (o.json) console.log(JSON.stringify({ ...summary, azint: undefined, out: dir }, null, 2));
+    else {
+      console.log(`${r.run}: ${r.detector}, ${r.trainId.length} frames, backend ${r.backend}`);
+      for (const n of r.notes) console.log(`note: ${n}`);
+      console.log(
+        `${r.options.bins} bins in ${r.options.unit} over [${r.edges[0].toPrecision(5)}, ` +
+          `${r.edges[r.options.bins].toPrecision(5)}]; ratio ${(summary.ratio as number).toFixed(1)} ` +
+          `(bytes in / out); written: ${dir}`,
+      );
+    }
+    return EXIT.ok;
+  },
+};

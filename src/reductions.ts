@@ -1,0 +1,192 @@
+/**
+ * What the experiment-specific reductions (`roi`, `azint`, `xpcs`) share: the backend choice, per-frame
+ * result tables that grow in chunks and merge across parts, the frames grouped by train for the writer,
+ * bytes in / bytes out, and summary.json.
+ *
+ * Backend (as localise): `cpu`; `webgpu` (an error without an adapter); `auto`: webgpu on a hardware
+ * adapter, else cpu (a software adapter runs the shaders slower than the cpu reference runs the spec).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { InputError } from "./errors.ts";
+import type { Run } from "./run.ts";
+
+export type BackendChoice = "auto" | "webgpu" | "cpu";
+
+export function checkBackend(v: unknown): BackendChoice {
+  const b = (v ?? "auto") as string;
+  if (!["auto", "webgpu", "cpu"].includes(b)) {
+    throw new InputError(undefined, `--backend: ${b}? (auto, webgpu, cpu)`);
+  }
+  return b as BackendChoice;
+}
+
+/** The WebGPU device a backend choice uses, or undefined for the cpu reference. */
+export async function pickDevice(choice: BackendChoice, notes: string[]): Promise<GPUDevice | undefined> {
+  if (choice === "cpu") return undefined;
+  const { getGpuDevice } = await import("./gpu.ts");
+  const gpu = await getGpuDevice().catch(() => undefined);
+  if (!gpu) {
+    if (choice === "webgpu") throw new InputError(undefined, "--backend webgpu: no WebGPU adapter found");
+    notes.push("no WebGPU adapter found: using the cpu backend");
+    return undefined;
+  }
+  if (gpu.software && choice === "auto") {
+    notes.push(`software WebGPU adapter (${gpu.adapterName}) is slower than the cpu backend: using cpu`);
+    return undefined;
+  }
+  return gpu.device;
+}
+
+/** Worker threads for a backend: one drives a GPU; the cpu backend uses the cores. */
+export async function workersFor(choice: BackendChoice, asked?: number): Promise<number> {
+  if (asked) return asked;
+  if (choice !== "cpu") {
+    const { getGpuDevice } = await import("./gpu.ts");
+    const gpu = await getGpuDevice().catch(() => undefined);
+    if (gpu && (choice === "webgpu" || !gpu.software)) return 1;
+  }
+  const { defaultWorkers } = await import("./framework/threads.ts");
+  return await defaultWorkers();
+}
+
+/** A typed array that grows in chunks (per-frame results of a part). */
+export class Grow<T extends Float64Array | Float32Array | Uint32Array> {
+  private chunks: T[] = [];
+  private cur: T;
+  private used = 0;
+  length = 0;
+  constructor(private make: (n: number) => T, private chunk = 1 << 16) {
+    this.cur = make(chunk);
+  }
+  push(values: ArrayLike<number>): void {
+    for (let i = 0; i < values.length; i++) {
+      if (this.used === this.cur.length) {
+        this.chunks.push(this.cur);
+        this.cur = this.make(this.chunk);
+        this.used = 0;
+      }
+      this.cur[this.used++] = values[i];
+    }
+    this.length += values.length;
+  }
+  pushOne(v: number): void {
+    if (this.used === this.cur.length) {
+      this.chunks.push(this.cur);
+      this.cur = this.make(this.chunk);
+      this.used = 0;
+    }
+    this.cur[this.used++] = v;
+    this.length++;
+  }
+  toArray(): T {
+    const out = this.make(this.length);
+    let o = 0;
+    for (const c of this.chunks) {
+      out.set(c as never, o);
+      o += c.length;
+    }
+    out.set(this.cur.subarray(0, this.used) as never, o);
+    return out;
+  }
+}
+
+/**
+ * The union of the frames of several parts, sorted by trainId then pulseId, and where each part's frames go:
+ * `index[p][i]` is the merged position of part p's frame i.
+ */
+export function mergeFrames(parts: { trainId: Float64Array; pulseId: Float64Array }[]): {
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  index: Int32Array[];
+} {
+  const keys = new Map<string, [number, number]>();
+  for (const p of parts) {
+    for (let i = 0; i < p.trainId.length; i++) {
+      keys.set(`${p.trainId[i]}:${p.pulseId[i]}`, [p.trainId[i], p.pulseId[i]]);
+    }
+  }
+  const all = [...keys.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const pos = new Map<string, number>();
+  all.forEach(([t, q], i) => pos.set(`${t}:${q}`, i));
+  return {
+    trainId: Float64Array.from(all, (x) => x[0]),
+    pulseId: Float64Array.from(all, (x) => x[1]),
+    index: parts.map((p) => Int32Array.from(p.trainId, (t, i) => pos.get(`${t}:${p.pulseId[i]}`)!)),
+  };
+}
+
+/** Trains of sorted per-frame train IDs and their frame counts. */
+export function trainsOf(trainId: ArrayLike<number>): { trains: number[]; counts: number[] } {
+  const trains: number[] = [];
+  const counts: number[] = [];
+  for (let f = 0; f < trainId.length; f++) {
+    if (trains.length && trains[trains.length - 1] === trainId[f]) counts[counts.length - 1]++;
+    else {
+      trains.push(trainId[f]);
+      counts.push(1);
+    }
+  }
+  return { trains, counts };
+}
+
+/** Bytes of the input files that hold the given modules of the detector (what the command had to read). */
+export function inputBytes(run: Run, detector: string, modules: number[]): number {
+  const det = run.detector(detector);
+  const files = new Set<string>();
+  for (const m of det.modules) {
+    if (modules.includes(m.module)) { for (const f of m.files) files.add(f.file.path); }
+  }
+  let n = 0;
+  for (const f of files) n += fs.statSync(f).size;
+  return n;
+}
+
+/** Bytes of the files in a directory (the output). */
+export function dirBytes(dir: string): number {
+  let n = 0;
+  for (const f of fs.readdirSync(dir)) {
+    const st = fs.statSync(path.join(dir, f));
+    if (st.isFile()) n += st.size;
+  }
+  return n;
+}
+
+/** JSON with non-finite numbers as null. */
+export function writeJson(file: string, value: unknown): void {
+  fs.writeFileSync(
+    file,
+    JSON.stringify(
+      value,
+      (_k, v) => {
+        if (typeof v === "number" && !Number.isFinite(v)) return null;
+        if (ArrayBuffer.isView(v) && !(v instanceof DataView)) {
+          return Array.from(v as unknown as ArrayLike<number>);
+        }
+        return v;
+      },
+      2,
+    ) + "\n",
+  );
+}
+
+/**
+ * A typed array Dawn's `writeBuffer` accepts: the first n elements of `a`, copied into a reused scratch
+ * array when `a` lies on a SharedArrayBuffer (the prefetch reader's buffers; Dawn rejects those).
+ */
+export class Unshared {
+  private f = new Float32Array(0);
+  private u = new Uint32Array(0);
+  f32(a: Float32Array, n: number): Float32Array<ArrayBuffer> {
+    if (!(a.buffer instanceof SharedArrayBuffer)) return a.subarray(0, n) as Float32Array<ArrayBuffer>;
+    if (this.f.length < n) this.f = new Float32Array(n);
+    this.f.set(a.subarray(0, n));
+    return this.f.subarray(0, n);
+  }
+  u32(a: Uint32Array, n: number): Uint32Array<ArrayBuffer> {
+    if (!(a.buffer instanceof SharedArrayBuffer)) return a.subarray(0, n) as Uint32Array<ArrayBuffer>;
+    if (this.u.length < n) this.u = new Uint32Array(n);
+    this.u.set(a.subarray(0, n));
+    return this.u.subarray(0, n);
+  }
+}

@@ -1,0 +1,710 @@
+/**
+ * `roi RUN --roi NAME=MODULE:SS0:SS1:FS0:FS1 [--roi ...] --out DIR` (or `--roi-file FILE`): fixed regions of
+ * interest per frame -- the spectrometer case (XES, XAS): a line on a module summed over slow scan.
+ *
+ * Spec (CPU reference `roiColumns`, GPU kernel shaders/roi.wgsl):
+ * - A region is module MODULE, slow scan [SS0, SS1), fast scan [FS0, FS1) (half-open, in the module image).
+ * - A pixel is valid when the module recorded the frame, the value is finite and its mask is 0.
+ * - Per frame, region and column fs: colSum = sum over ss of the valid values, colCount = the number of valid
+ *   pixels. The CPU sums in float64; the GPU in float32 with Kahan compensation (floats close, counts equal).
+ *   colSum is then float32.
+ * - Per frame and region: `spectrum` = colSum (float32, FS1 - FS0 values; NaN when the module did not record
+ *   the frame), `sum` = the float64 sum of colSum over fs, `count` = the sum of colCount, `mean` = sum /
+ *   count (NaN when count is 0).
+ * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
+ * - Memory: each part appends its per-frame values to a spill file (src/spill.ts); the merge reads them back
+ *   in blocks (summary, writer): memory bounded by batch and block sizes plus 16 bytes per frame.
+ * Output: `DIR/<PREFIX>-R<run>-REDU03-S00000.h5`, instrument source `<DET>/REDU/ROI:output` with per frame
+ * `data.trainId`, `data.pulseId`, `data.<NAME>.sum` (f64), `.count` (u32), `.mean` (f64), `.spectrum`
+ * (f32, FS1 - FS0); control source `<DET>/REDU/ROI` keys `<NAME>.module` (u16), `<NAME>.box` (u32: SS0, SS1,
+ * FS0, FS1). `DIR/summary.json`: regions, frames, per region the run's mean of `sum` and of `mean`, total
+ * counts and the mean spectrum; bytes in (the files of the modules read), bytes out, their ratio.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Command, OptionSpec } from "./cli.ts";
+import { EXIT, InputError } from "./errors.ts";
+import type { FrameBatch } from "./frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
+import { runNaming } from "./localise/output.ts";
+import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  dirBytes,
+  Grow,
+  inputBytes,
+  mergeFrames,
+  pickDevice,
+  trainsOf,
+  workersFor,
+  writeJson,
+} from "./reductions.ts";
+import { Run } from "./run.ts";
+import { litLookup } from "./average.ts";
+import { writeReductionReport } from "./reductions-report.ts";
+import { openWriter, type WriterSchema } from "./writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
+
+export interface RoiSpec {
+  name: string;
+  module: number;
+  ss0: number;
+  ss1: number;
+  fs0: number;
+  fs1: number;
+}
+
+const NAME_RE = /^[A-Za-z][A-Za-z0-9_]*$/;
+
+/** `NAME=MODULE:SS0:SS1:FS0:FS1`. */
+export function parseRoi(text: string, where = "--roi"): RoiSpec {
+  const m = /^([^=]+)=(\d+):(\d+):(\d+):(\d+):(\d+)$/.exec(text.trim());
+  if (!m) {
+    throw new InputError(undefined, `${where}: ${JSON.stringify(text)} is not NAME=MODULE:SS0:SS1:FS0:FS1`);
+  }
+  const [name, module, ss0, ss1, fs0, fs1] = [m[1], ...m.slice(2).map(Number)] as [string, ...number[]];
+  return checkRoi({ name, module, ss0, ss1, fs0, fs1 }, where);
+}
+
+function checkRoi(r: RoiSpec, where: string): RoiSpec {
+  if (!NAME_RE.test(r.name)) {
+    throw new InputError(
+      undefined,
+      `${where}: region name ${JSON.stringify(r.name)}: letters, digits, _ only`,
+    );
+  }
+  if (!(r.ss1 > r.ss0 && r.fs1 > r.fs0)) {
+    throw new InputError(undefined, `${where}: region ${r.name} is empty (SS1 <= SS0 or FS1 <= FS0)`);
+  }
+  return r;
+}
+
+/**
+ * A JSON file of regions: `[{"name": "kb", "module": 3, "ss": [0, 64], "fs": [10, 120]}, ...]` or
+ * `{"regions": [...]}`.
+ */
+export function readRoiFile(file: string): RoiSpec[] {
+  let v: unknown;
+  try {
+    v = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new InputError(
+      file,
+      `not a JSON region file (${e instanceof Error ? e.message.split("\n")[0] : e})`,
+    );
+  }
+  const list = Array.isArray(v) ? v : (v as { regions?: unknown })?.regions;
+  if (!Array.isArray(list)) throw new InputError(file, 'expected a list of regions or {"regions": [...]}');
+  return list.map((r: any, i: number) => {
+    const ok = r && typeof r.name === "string" && Number.isInteger(r.module) && Array.isArray(r.ss) &&
+      Array.isArray(r.fs) && [...r.ss, ...r.fs].length === 4 && [...r.ss, ...r.fs].every(Number.isInteger);
+    if (!ok) {
+      throw new InputError(
+        file,
+        `region ${i}: expected {"name", "module", "ss": [SS0, SS1], "fs": [FS0, FS1]}`,
+      );
+    }
+    try {
+      return checkRoi({
+        name: r.name,
+        module: r.module,
+        ss0: r.ss[0],
+        ss1: r.ss[1],
+        fs0: r.fs[0],
+        fs1: r.fs[1],
+      }, `region ${i}`);
+    } catch (e) {
+      throw new InputError(file, (e as Error).message);
+    }
+  });
+}
+
+/** The regions checked against the detector: modules present, boxes inside the module, names unique. */
+export function checkRegions(rois: RoiSpec[], modules: number[], shape: [number, number]): void {
+  if (!rois.length) {
+    throw new InputError(undefined, "no region: give --roi NAME=MODULE:SS0:SS1:FS0:FS1 or --roi-file");
+  }
+  const seen = new Set<string>();
+  for (const r of rois) {
+    if (seen.has(r.name)) throw new InputError(undefined, `region name ${r.name} given twice`);
+    seen.add(r.name);
+    if (!modules.includes(r.module)) {
+      throw new InputError(
+        undefined,
+        `region ${r.name}: no module ${r.module} in the run (modules ${modules.join(",")})`,
+      );
+    }
+    if (r.ss1 > shape[0] || r.fs1 > shape[1]) {
+      throw new InputError(undefined, `region ${r.name}: outside the ${shape[0]} x ${shape[1]} module image`);
+    }
+  }
+}
+
+/** Column sums and counts of one batch: per frame, region and column (regions' columns concatenated). */
+export interface RoiColumns {
+  /** Per frame: all regions' columns, region by region (offsets `colOffset`). */
+  colSum: Float32Array;
+  colCount: Uint32Array;
+  /** 1 where the region's module recorded the frame, per frame and region. */
+  present: Uint8Array;
+}
+
+/** Column offsets of the regions (and the total). */
+export function columnLayout(rois: RoiSpec[]): { offsets: number[]; total: number } {
+  const offsets: number[] = [];
+  let total = 0;
+  for (const r of rois) {
+    offsets.push(total);
+    total += r.fs1 - r.fs0;
+  }
+  return { offsets, total };
+}
+
+/** The CPU reference: column sums (float64, stored float32) and counts of a batch. */
+export function roiColumns(b: FrameBatch, rois: RoiSpec[], moduleFs: number, pixels: number): RoiColumns {
+  const { offsets, total } = columnLayout(rois);
+  const colSum = new Float32Array(b.nFrames * total);
+  const colCount = new Uint32Array(b.nFrames * total);
+  const present = new Uint8Array(b.nFrames * rois.length);
+  rois.forEach((r, k) => {
+    const mf = b.modules.find((m) => m.module === r.module);
+    if (!mf) return;
+    const w = r.fs1 - r.fs0;
+    const sums = new Float64Array(w);
+    const counts = new Uint32Array(w);
+    for (let i = 0; i < b.nFrames; i++) {
+      const o = i * total + offsets[k];
+      if (!mf.present[i]) {
+        colSum.fill(NaN, o, o + w);
+        continue;
+      }
+      present[i * rois.length + k] = 1;
+      sums.fill(0);
+      counts.fill(0);
+      for (let s = r.ss0; s < r.ss1; s++) {
+        const row = i * pixels + s * moduleFs;
+        for (let c = 0; c < w; c++) {
+          const p = row + r.fs0 + c;
+          const v = mf.data[p];
+          if (Number.isFinite(v) && (!mf.mask || mf.mask[p] === 0)) {
+            sums[c] += v;
+            counts[c]++;
+          }
+        }
+      }
+      colSum.set(sums, o);
+      colCount.set(counts, o);
+    }
+  });
+  return { colSum, colCount, present };
+}
+
+/** A backend computing `RoiColumns` of a batch. */
+export interface RoiBackend {
+  name: string;
+  columns(b: FrameBatch): RoiColumns | Promise<RoiColumns>;
+  dispose(): void;
+}
+
+export interface RoiPart {
+  modules: number[];
+  /** Regions of this part's modules (indices into the configured regions). */
+  regions: number[];
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  /** Spill file (src/spill.ts) of per-frame records (`recordLayout` of the part's regions). */
+  spill: string;
+  backend: string;
+}
+
+/**
+ * A frame's record for regions of widths w_k: sums (f64 x K), counts (u32 x K), spectra (f32, sum of w_k),
+ * padded to 8 bytes.
+ */
+export function recordLayout(widths: number[]): { bytes: number; counts: number; spectra: number[] } {
+  const K = widths.length;
+  const spectra: number[] = [];
+  let o = 12 * K;
+  for (const w of widths) {
+    spectra.push(o);
+    o += 4 * w;
+  }
+  return { bytes: Math.ceil(o / 8) * 8, counts: 8 * K, spectra };
+}
+
+/** Per-region values of frames [f0, f1). */
+export interface RoiBlock {
+  f0: number;
+  f1: number;
+  sum: Float64Array[];
+  count: Uint32Array[];
+  mean: Float64Array[];
+  spectrum: Float32Array[];
+}
+
+export interface RoiResult {
+  run: string;
+  detector: string;
+  rois: RoiSpec[];
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  /** Frames [f0, f1) for consecutive ranges, read from the parts' spill files (memory bounded by the range). */
+  blocks(bounds: number[]): Generator<RoiBlock>;
+  /** All frames at once (materialised from the spill files on first access: tests, small runs). */
+  readonly sum: Float64Array[];
+  readonly count: Uint32Array[];
+  readonly mean: Float64Array[];
+  readonly spectrum: Float32Array[];
+  /** Remove the spill files (after writing). */
+  dispose(): void;
+  backend: string;
+  notes: string[];
+  modulesRead: number[];
+}
+
+export interface RoiOptions {
+  rois: RoiSpec[];
+  backend?: BackendChoice;
+  workers?: number;
+  /** Only frames the beam annotation (or `from`, a localise output) says are lit. */
+  litOnly?: boolean;
+  from?: string;
+}
+
+export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
+  readonly id = "roi";
+  readonly help = "sums, counts, means and spectra of fixed regions per frame";
+  readonly options: OptionSpec[] = [];
+  private rois: RoiSpec[] = [];
+  private backendChoice: BackendChoice = "auto";
+  private runPath = "";
+  private mine: RoiSpec[] = [];
+  private mineIx: number[] = [];
+  private backend?: RoiBackend;
+  private notes: string[] = [];
+  private moduleFs = 0;
+  private pixels = 0;
+  private trainId = new Grow((n) => new Float64Array(n));
+  private pulseId = new Grow((n) => new Float64Array(n));
+  private spill?: SpillWriter;
+  private modules: number[] = [];
+  private litOnly = false;
+  private from?: string;
+  private lit?: (t: number, p: number) => boolean;
+
+  configure(options: Record<string, unknown>): void {
+    this.rois = options.rois as RoiSpec[];
+    this.backendChoice = checkBackend(options.backend);
+    this.litOnly = !!options.litOnly;
+    this.from = options.from as string | undefined;
+  }
+
+  async initialize(info: RunInfo) {
+    this.runPath = info.runPath;
+    const det = info.detector;
+    const all = det.modules.map((m) => m.module);
+    checkRegions(this.rois, all, det.imageShape);
+    const needed = all.filter((m) => this.rois.some((r) => r.module === m));
+    if (info.modules.length) {
+      this.modules = info.modules;
+      this.mineIx = this.rois.map((_, i) => i).filter((i) => info.modules.includes(this.rois[i].module));
+      this.mine = this.mineIx.map((i) => this.rois[i]);
+      this.moduleFs = det.imageShape[1];
+      this.pixels = det.imageShape[0] * det.imageShape[1];
+      if (this.litOnly) this.lit = (await litLookup(info.run, this.from)).lit;
+      const device = await pickDevice(this.backendChoice, this.notes);
+      if (device) {
+        const { createRoiGpu } = await import("./roi-gpu.ts");
+        this.backend = await createRoiGpu(device, this.mine, det.imageShape);
+      } else {
+        const rois = this.mine, fsz = this.moduleFs, px = this.pixels;
+        this.backend = { name: "cpu", columns: (b) => roiColumns(b, rois, fsz, px), dispose() {} };
+      }
+    }
+    return { modules: needed, mask: true, batchBytes: 128 * 2 ** 20 };
+  }
+
+  async processBatch(b: FrameBatch): Promise<void> {
+    const cols = await this.backend!.columns(b);
+    const { offsets, total } = columnLayout(this.mine);
+    const K = this.mine.length;
+    const lay = recordLayout(this.mine.map((r) => r.fs1 - r.fs0));
+    const kept: number[] = [];
+    for (let i = 0; i < b.nFrames; i++) {
+      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
+      kept.push(i);
+      this.trainId.pushOne(b.trainId[i]);
+      this.pulseId.pushOne(b.pulseId[i]);
+    }
+    const buf = new ArrayBuffer(kept.length * lay.bytes);
+    kept.forEach((i, j) => {
+      const at = j * lay.bytes;
+      const sums = new Float64Array(buf, at, K);
+      const counts = new Uint32Array(buf, at + lay.counts, K);
+      this.mine.forEach((r, k) => {
+        const w = r.fs1 - r.fs0;
+        const o = i * total + offsets[k];
+        const spec = cols.colSum.subarray(o, o + w);
+        new Float32Array(buf, at + lay.spectra[k], w).set(spec);
+        if (!cols.present[i * K + k]) {
+          sums[k] = NaN;
+          counts[k] = 0;
+          return;
+        }
+        let s = 0;
+        let n = 0;
+        for (let c = 0; c < w; c++) {
+          s += spec[c];
+          n += cols.colCount[o + c];
+        }
+        sums[k] = s;
+        counts[k] = n;
+      });
+    });
+    this.spill ??= new SpillWriter(lay.bytes, "roi");
+    this.spill.append(new Uint8Array(buf));
+  }
+
+  finalizeChunk(): RoiPart {
+    this.spill ??= new SpillWriter(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes, "roi");
+    return {
+      modules: this.modules,
+      regions: this.mineIx,
+      trainId: this.trainId.toArray(),
+      pulseId: this.pulseId.toArray(),
+      spill: this.spill.close(),
+      backend: this.backend?.name ?? "cpu",
+    };
+  }
+
+  async finalize(parts: RoiPart[]): Promise<RoiResult> {
+    const run = await Run.open(this.runPath);
+    try {
+      const det = run.detector();
+      const merged = mergeFrames(parts);
+      const n = merged.trainId.length;
+      const rois = this.rois;
+      for (const p of parts) ownSpill(p.spill);
+      const lays = parts.map((p) => recordLayout(p.regions.map((g) => rois[g].fs1 - rois[g].fs0)));
+      const blocks = function* (bounds: number[]): Generator<RoiBlock> {
+        const readers = parts.map((p, pi) => new SpillReader(p.spill, lays[pi].bytes));
+        const cursor = parts.map(() => 0);
+        try {
+          for (let b = 0; b + 1 < bounds.length; b++) {
+            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
+            const sum = rois.map(() => new Float64Array(m).fill(NaN));
+            const count = rois.map(() => new Uint32Array(m));
+            const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
+            parts.forEach((p, pi) => {
+              const ix = merged.index[pi];
+              let c = cursor[pi];
+              const start = c;
+              while (c < ix.length && ix[c] < f1) c++;
+              if (c === start) return;
+              const bytes = readers[pi].read(c - start);
+              const lay = lays[pi], K = p.regions.length;
+              for (let r = 0; r < c - start; r++) {
+                const at = r * lay.bytes, f = ix[start + r] - f0;
+                const sums = new Float64Array(bytes.buffer, at, K);
+                const counts = new Uint32Array(bytes.buffer, at + lay.counts, K);
+                p.regions.forEach((g, k) => {
+                  const w = rois[g].fs1 - rois[g].fs0;
+                  sum[g][f] = sums[k];
+                  count[g][f] = counts[k];
+                  spectrum[g].set(new Float32Array(bytes.buffer, at + lay.spectra[k], w), f * w);
+                });
+              }
+              cursor[pi] = c;
+            });
+            const mean = sum.map((s, g) =>
+              Float64Array.from(s, (v, i) => (count[g][i] ? v / count[g][i] : NaN))
+            );
+            yield { f0, f1, sum, count, mean, spectrum };
+          }
+        } finally {
+          for (const r of readers) r.close();
+        }
+      };
+      let all: RoiBlock | undefined;
+      const materialise = () => {
+        if (!all) { for (const blk of blocks([0, n])) all = blk; }
+        return all!;
+      };
+      return {
+        run: run.path,
+        detector: det.name,
+        rois: this.rois,
+        trainId: merged.trainId,
+        pulseId: merged.pulseId,
+        blocks: (b: number[]) => blocks(b),
+        get sum() {
+          return materialise().sum;
+        },
+        get count() {
+          return materialise().count;
+        },
+        get mean() {
+          return materialise().mean;
+        },
+        get spectrum() {
+          return materialise().spectrum;
+        },
+        dispose: () => {
+          for (const p of parts) removeSpill(p.spill);
+        },
+        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        notes: this.notes,
+        modulesRead: parts.flatMap((p) => p.modules),
+      };
+    } finally {
+      run.close();
+    }
+  }
+
+  dispose(): void {
+    this.backend?.dispose();
+  }
+}
+
+export async function roi(
+  runPath: string,
+  options: RoiOptions,
+  progress?: (done: number, total: number) => void,
+): Promise<RoiResult> {
+  const backend = checkBackend(options.backend);
+  // Regions checked before anything looks for a GPU.
+  const r = await Run.open(runPath);
+  try {
+    const det = r.detector();
+    checkRegions(options.rois, det.modules.map((m) => m.module), det.imageShape);
+  } finally {
+    r.close();
+  }
+  const algoOptions = { rois: options.rois, backend, litOnly: !!options.litOnly, from: options.from };
+  return await runAlgorithm<RoiPart, RoiResult>("roi", runPath, algoOptions, {
+    workers: await workersFor(backend, options.workers),
+    progress,
+  });
+}
+
+const TRAINS_PER_CALL = 512;
+
+/** Write the REDU file with the writer library; returns the file paths. */
+export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles);
+  const packed = { chunks: 1024, compression: "gzip", compressionOpts: 1 } as const;
+  const datasets: Record<string, any> = {
+    trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
+    pulseId: { source: "@out", key: "data.pulseId", shape: [], dtype: "uint64", ...packed },
+  };
+  for (const g of r.rois) {
+    const n = g.name;
+    datasets[`${n}.sum`] = { source: "@out", key: `data.${n}.sum`, shape: [], dtype: "float64", ...packed };
+    datasets[`${n}.count`] = {
+      source: "@out",
+      key: `data.${n}.count`,
+      shape: [],
+      dtype: "uint32",
+      ...packed,
+    };
+    datasets[`${n}.mean`] = { source: "@out", key: `data.${n}.mean`, shape: [], dtype: "float64", ...packed };
+    datasets[`${n}.spectrum`] = {
+      source: "@out",
+      key: `data.${n}.spectrum`,
+      shape: [g.fs1 - g.fs0],
+      dtype: "float32",
+      ...packed,
+    };
+    datasets[`${n}.module`] = { source: "@ctl", key: `${n}.module`, shape: [], dtype: "uint16", ...packed };
+    datasets[`${n}.box`] = { source: "@ctl", key: `${n}.box`, shape: [4], dtype: "uint32", ...packed };
+  }
+  const schema = {
+    parameters: ["det"],
+    aliases: { out: "{det}/REDU/ROI:output", ctl: "{det}/REDU/ROI" },
+    datasets,
+  } as unknown as WriterSchema;
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params: { det: r.detector },
+    prefix,
+    run,
+    aggregator: "REDU03",
+  });
+  try {
+    for (const g of r.rois) {
+      w.setConstant(`${g.name}.module`, Uint16Array.of(g.module));
+      w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
+    }
+    const { trains, counts } = trainsOf(r.trainId);
+    const bounds = [0], tb = [0];
+    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
+      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
+      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
+      tb.push(t1);
+    }
+    let blk = 0;
+    for (const { f0, f1, sum, count, mean, spectrum } of r.blocks(bounds)) {
+      const t0 = tb[blk], t1 = tb[blk + 1];
+      blk++;
+      const n = f1 - f0;
+      w.addTrains(trains.slice(t0, t1), { "@out": counts.slice(t0, t1) });
+      const data: Record<string, unknown> = {
+        trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
+        pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+      };
+      r.rois.forEach((g, k) => {
+        data[`${g.name}.sum`] = sum[k];
+        data[`${g.name}.count`] = count[k];
+        data[`${g.name}.mean`] = mean[k];
+        data[`${g.name}.spectrum`] = { data: spectrum[k], shape: [n, g.fs1 - g.fs0] };
+      });
+      w.addData(data as never);
+    }
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
+}
+
+/** The run summary of each region (NaN frames left out). */
+export function roiSummary(r: RoiResult) {
+  const acc = r.rois.map((g) => ({
+    frames: 0,
+    sumOfSums: 0,
+    sumOfMeans: 0,
+    meanFrames: 0,
+    total: 0,
+    spec: new Float64Array(g.fs1 - g.fs0),
+  }));
+  const n = r.trainId.length;
+  const bounds = [0];
+  while (bounds[bounds.length - 1] < n) bounds.push(Math.min(n, bounds[bounds.length - 1] + 4096));
+  if (bounds.length > 1) {
+    for (const blk of r.blocks(bounds)) {
+      r.rois.forEach((g, k) => {
+        const a = acc[k], w = g.fs1 - g.fs0;
+        for (let i = 0; i < blk.f1 - blk.f0; i++) {
+          if (Number.isNaN(blk.sum[k][i])) continue;
+          a.frames++;
+          a.sumOfSums += blk.sum[k][i];
+          a.total += blk.count[k][i];
+          if (blk.count[k][i]) {
+            a.sumOfMeans += blk.mean[k][i];
+            a.meanFrames++;
+          }
+          for (let c = 0; c < w; c++) a.spec[c] += blk.spectrum[k][i * w + c];
+        }
+      });
+    }
+  }
+  return r.rois.map((g, k) => {
+    const a = acc[k];
+    return {
+      ...g,
+      frames: a.frames,
+      meanSum: a.frames ? a.sumOfSums / a.frames : NaN,
+      meanMean: a.meanFrames ? a.sumOfMeans / a.meanFrames : NaN,
+      count: a.total,
+      meanSpectrum: Array.from(a.spec, (v) => (a.frames ? v / a.frames : NaN)),
+    };
+  });
+}
+
+/** The output directory: REDU file and summary.json, built under a temporary name. */
+export async function writeRoiDir(r: RoiResult, dir: string): Promise<Record<string, unknown>> {
+  const run = await Run.open(r.run);
+  let names: string[], bytesIn: number;
+  try {
+    names = run.files.map((f) => f.name);
+    bytesIn = inputBytes(run, r.detector, r.modulesRead);
+  } finally {
+    run.close();
+  }
+  return await buildDir(dir, async (tmp) => {
+    await writeRoi(r, tmp, names);
+    const bytesOut = dirBytes(tmp);
+    const summary = {
+      command: "roi",
+      run: r.run,
+      detector: r.detector,
+      backend: r.backend,
+      notes: r.notes,
+      frames: r.trainId.length,
+      modulesRead: r.modulesRead,
+      bytesIn,
+      bytesOut,
+      ratio: bytesOut ? bytesIn / bytesOut : NaN,
+      roi: roiSummary(r),
+    };
+    writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
+    return summary;
+  });
+}
+
+/** `--roi` values and `--roi-file` into regions. */
+export function regionsFromOptions(o: Record<string, any>): RoiSpec[] {
+  const list: string[] = o.roi === undefined ? [] : Array.isArray(o.roi) ? o.roi : [o.roi];
+  const rois = list.map((t) => parseRoi(t));
+  if (o.roiFile) rois.push(...readRoiFile(o.roiFile));
+  return rois;
+}
+
+export const roiCommand: Command = {
+  name: "roi",
+  usage: "roi RUN --roi NAME=MODULE:SS0:SS1:FS0:FS1 --out DIR",
+  help: "Per-frame sum, count, mean and spectrum (sum over ss) of fixed regions (an EuXFEL file).",
+  options: [
+    { name: "roi", value: "string", repeat: true, help: "a region NAME=MODULE:SS0:SS1:FS0:FS1 (repeatable)" },
+    {
+      name: "roi-file",
+      value: "string",
+      help: "JSON list of regions {name, module, ss: [a, b], fs: [a, b]}",
+    },
+    { name: "out", value: "string", help: "output directory (default ./roi-<run name>)" },
+    { name: "force", help: "replace an existing output directory" },
+    { name: "lit-only", help: "only frames the beam (or --from) says are lit" },
+    { name: "from", value: "string", help: "localise output whose frameLit decides lit frames" },
+    { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
+    { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
+  ],
+  async run(args, o) {
+    const runPath = args[0];
+    if (!runPath) throw new InputError(undefined, "missing argument RUN");
+    const rois = regionsFromOptions(o);
+    if (!rois.length) {
+      throw new InputError(undefined, "no region: give --roi NAME=MODULE:SS0:SS1:FS0:FS1 or --roi-file");
+    }
+    const dir = prepareOut(runPath, o.out, "roi", !!o.force);
+    const r = await roi(
+      runPath,
+      {
+        rois,
+        backend: o.backend,
+        workers: o.workers,
+        litOnly: !!o.litOnly,
+        from: o.from ? path.resolve(o.from) : undefined,
+      },
+      progressPrinter("roi"),
+    );
+    let summary;
+    try {
+      summary = await writeRoiDir(r, dir);
+    } finally {
+      r.dispose();
+    }
+    if (o.json) console.log(JSON.stringify({ ...summary, roi: undefined, out: dir }, null, 2));
+    else {
+      console.log(`${r.run}: ${r.detector}, ${r.trainId.length} frames, backend ${r.backend}`);
+      for (const n of r.notes) console.log(`note: ${n}`);
+      for (const s of summary.roi as ReturnType<typeof roiSummary>) {
+        console.log(
+          `${s.name} (module ${s.module}): mean sum ${s.meanSum.toPrecision(6)}, ${s.count} valid pixels`,
+        );
+      }
+      console.log(`ratio ${(summary.ratio as number).toFixed(1)} (bytes in / out); written: ${dir}`);
+    }
+    return EXIT.ok;
+  },
+};

@@ -1,0 +1,92 @@
+/**
+ * Spill files: per-frame results of a part appended to a file instead of memory, read back sequentially
+ * when the parts are merged and written, so that memory stays bounded by the batch size whatever the run
+ * length.
+ *
+ * Where: `$XFEL_REDU_SPILL_DIR` (the SLURM task scripts set it to the job's work directory, which the merge
+ * job sees too), else the system's temporary directory. A file being written is removed by the process
+ * cleanup on error or signal (src/writer-files.ts); once closed it belongs to whoever merges it, which
+ * removes it after writing (`removeSpill`) and tracks it meanwhile.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { track } from "./writer-files.ts";
+
+let counter = 0;
+
+export class SpillWriter {
+  readonly path: string;
+  private fd: number;
+  private cleanup: { abort: () => void };
+  records = 0;
+
+  constructor(readonly recordBytes: number, label: string) {
+    const dir = process.env.XFEL_REDU_SPILL_DIR || os.tmpdir();
+    // Unique across processes and the worker threads of one process (each has its own counter).
+    this.path = path.join(
+      dir,
+      `.xfel-redu-${label}-${process.pid}-${counter++}-${crypto.randomUUID()}.spill`,
+    );
+    this.fd = fs.openSync(this.path, "w");
+    this.cleanup = { abort: () => fs.rmSync(this.path, { force: true }) };
+    track(this.cleanup, true);
+  }
+
+  /** Append whole records (a multiple of recordBytes). */
+  append(bytes: Uint8Array): void {
+    let off = 0;
+    while (off < bytes.length) off += fs.writeSync(this.fd, bytes, off, bytes.length - off);
+    this.records += bytes.length / this.recordBytes;
+  }
+
+  /** Close; the file now belongs to the merge. */
+  close(): string {
+    fs.closeSync(this.fd);
+    track(this.cleanup, false);
+    return this.path;
+  }
+}
+
+/** Reads a spill file's records in order. */
+export class SpillReader {
+  private fd: number;
+  private pos = 0;
+  constructor(readonly path: string, readonly recordBytes: number) {
+    this.fd = fs.openSync(path, "r");
+  }
+  /** The next n records. */
+  read(n: number): Uint8Array {
+    const out = new Uint8Array(n * this.recordBytes);
+    let got = 0;
+    while (got < out.length) {
+      const k = fs.readSync(this.fd, out, got, out.length - got, this.pos + got);
+      if (k === 0) throw new Error(`${this.path}: spill file ends early`);
+      got += k;
+    }
+    this.pos += out.length;
+    return out;
+  }
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}
+
+/** Track closed spill files (removed on error or signal) until `removeSpill`. */
+const owned = new Map<string, { abort: () => void }>();
+
+export function ownSpill(p: string): void {
+  if (owned.has(p)) return;
+  const c = { abort: () => fs.rmSync(p, { force: true }) };
+  owned.set(p, c);
+  track(c, true);
+}
+
+export function removeSpill(p: string): void {
+  fs.rmSync(p, { force: true });
+  const c = owned.get(p);
+  if (c) {
+    track(c, false);
+    owned.delete(p);
+  }
+}

@@ -1,0 +1,703 @@
+/**
+ * `xpcs RUN --geometry FILE --out DIR [--q-bins N] [--range A,B] [--max-delay D]`: pulse-resolved XPCS,
+ * the intensity autocorrelation g2(q, tau) within each train.
+ *
+ * Spec (CPU reference `XpcsAccumulator`; GPU kernel shaders/xpcs.wgsl, float32 sums, P equal, floats close):
+ * - q of each pixel centre as `azint` computes it (src/azint.ts, unit q_nm^-1, geometry from `--geometry`,
+ *   energy and distance from the file or `--energy` / `--distance`); `--q-bins` bins uniform over `--range`
+ *   (default: the detector's).
+ * - The frames of a train, in pulse order, are t = 0 .. T-1 (their index among the train's frames). A pixel
+ *   of a frame is valid when recorded, finite and mask 0. For each delay tau = 1 .. D (D = `--max-delay`,
+ *   default min(T - 1, 32)), q bin and train, over the pairs (pixel p in the bin, t) with p valid in both t
+ *   and t + tau: A = sum n_p(t) n_p(t + tau), L = sum n_p(t), R = sum n_p(t + tau), P = the number of pairs.
+ *   g2 = A P / (L R): the pixel-ensemble estimator mean(n(t) n(t+tau)) / (mean n(t) * mean n(t+tau)) over
+ *   the same pairs. NaN where P = 0 or L R = 0. Sums in float64.
+ * - The run's g2: the mean over trains of the trains' g2 (trains where it is NaN left out).
+ * - `--two-time TRAIN` (CPU, memory: that train's frames): per q bin and frame pair (t1, t2) of the train, the
+ *   same estimator over the pixels valid in both: C = A P / (L R), A = sum n(t1) n(t2), L = sum n(t1),
+ *   R = sum n(t2); frames ordered by pulse ID. Source `<DET>/REDU/XPCS:twoTime`, one entry at that train:
+ *   `data.c` (f32, qbins x T x T), `data.pulseId` (T); summary.json `xpcs.twoTime: {train, pulseIds, c}`.
+ * Output: `DIR/<PREFIX>-R<run>-REDU05-S00000.h5`, instrument source `<DET>/REDU/XPCS:output`, one entry per
+ * train: `data.g2` (f32, qbins x delays), `data.pairs` (f64, qbins x delays); control source
+ * `<DET>/REDU/XPCS` keys `qAxis`, `qEdges` (nm^-1), `delays` (pulses). `DIR/summary.json`: `"xpcs": {"unit",
+ * "edges", "delays", "g2" (bins x delays, the run's)}`, bytes in / out and their ratio.
+ * Memory: the last D frames of each module, whatever the train length.
+ */
+import * as path from "node:path";
+import type { Command, OptionSpec } from "./cli.ts";
+import { EXIT, InputError } from "./errors.ts";
+import type { FrameBatch } from "./frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
+import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
+import { runNaming } from "./localise/output.ts";
+import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  dirBytes,
+  inputBytes,
+  pickDevice,
+  workersFor,
+  writeJson,
+} from "./reductions.ts";
+import type { XpcsGpu } from "./xpcs-gpu.ts";
+import { type Detector, Run } from "./run.ts";
+import { writeReductionReport } from "./reductions-report.ts";
+import { FrameReader } from "./frames.ts";
+import { openWriter, type WriterSchema } from "./writer.ts";
+
+export interface XpcsOptions {
+  geometry?: string;
+  qBins: number;
+  range?: [number, number];
+  /** Default: min(frames per train - 1, 32). */
+  maxDelay?: number;
+  energy?: number;
+  distance?: number;
+  backend?: BackendChoice;
+  workers?: number;
+  /** Bytes of image data per batch (all modules); default 128 MiB. */
+  batchBytes?: number;
+  /** Train ID whose two-time correlation per q bin is computed (CPU). */
+  twoTime?: number;
+}
+
+export const DEFAULT_XPCS: XpcsOptions = { qBins: 20, backend: "auto" };
+
+function azintOptions(o: XpcsOptions): AzintOptions {
+  return {
+    ...DEFAULT_AZINT,
+    geometry: o.geometry,
+    bins: o.qBins,
+    unit: "q_nm^-1",
+    range: o.range,
+    solidAngle: false,
+    energy: o.energy,
+    distance: o.distance,
+    backend: "cpu",
+  };
+}
+
+/** Per train: A, L, R, P per (q bin, delay) (delay index d = tau - 1). */
+export interface TrainSums {
+  trainId: number;
+  a: Float64Array;
+  l: Float64Array;
+  r: Float64Array;
+  p: Float64Array;
+}
+
+/**
+ * The CPU reference: feeds frames of one module in run order, keeps the last D frames, accumulates the
+ * train's sums; `flush()` returns the finished train.
+ */
+export class XpcsAccumulator {
+  private ring: Float32Array;
+  private next = 0;
+  private seen = 0;
+  private cur?: TrainSums;
+  constructor(
+    readonly bin: Uint32Array,
+    readonly bins: number,
+    readonly delays: number,
+    readonly pixels: number,
+  ) {
+    this.ring = new Float32Array(delays * pixels);
+  }
+
+  /** Add one frame (values with invalid pixels as NaN); returns the previous train when this one starts. */
+  add(trainId: number, frame: Float32Array): TrainSums | undefined {
+    let done: TrainSums | undefined;
+    if (this.cur && this.cur.trainId !== trainId) done = this.flush();
+    if (!this.cur) {
+      const n = this.bins * this.delays;
+      this.cur = {
+        trainId,
+        a: new Float64Array(n),
+        l: new Float64Array(n),
+        r: new Float64Array(n),
+        p: new Float64Array(n),
+      };
+      this.seen = 0;
+    }
+    const { a, l, r, p } = this.cur;
+    const D = this.delays, px = this.pixels, bin = this.bin;
+    for (let tau = 1; tau <= Math.min(D, this.seen); tau++) {
+      const slot = (this.next - tau + D) % D;
+      const prev = this.ring.subarray(slot * px, (slot + 1) * px);
+      const d = tau - 1;
+      for (let q = 0; q < px; q++) {
+        const k = bin[q];
+        if (k === NO_BIN) continue;
+        const x = prev[q], y = frame[q];
+        if (x !== x || y !== y) continue; // NaN: invalid in either frame
+        const j = k * D + d;
+        a[j] += x * y;
+        l[j] += x;
+        r[j] += y;
+        p[j]++;
+      }
+    }
+    this.ring.set(frame, this.next * px);
+    this.next = (this.next + 1) % D;
+    this.seen++;
+    return done;
+  }
+
+  flush(): TrainSums | undefined {
+    const c = this.cur;
+    this.cur = undefined;
+    this.seen = 0;
+    return c;
+  }
+}
+
+/** g2 = A P / (L R) per (bin, delay). */
+export function g2Of(s: Pick<TrainSums, "a" | "l" | "r" | "p">): Float64Array {
+  return Float64Array.from(s.a, (a, j) => {
+    const lr = s.l[j] * s.r[j];
+    return s.p[j] > 0 && lr > 0 ? (a * s.p[j]) / lr : NaN;
+  });
+}
+
+/**
+ * Two-time sums of one train: frames kept (invalid pixels NaN) per module, then per q bin and frame pair
+ * (t1, t2) over the pixels valid in both: A, L, R, P; C = A P / (L R). Memory: one train's frames.
+ */
+export interface TwoTimeSums {
+  trainId: number;
+  pulseIds: number[];
+  /** (bins, T, T) each. */
+  a: Float64Array;
+  l: Float64Array;
+  r: Float64Array;
+  p: Float64Array;
+}
+
+export function twoTimeSums(
+  trainId: number,
+  pulseIds: number[],
+  frames: Float32Array[][],
+  bins: Uint32Array[],
+  nBins: number,
+): TwoTimeSums {
+  const T = pulseIds.length;
+  const n = nBins * T * T;
+  const s: TwoTimeSums = {
+    trainId,
+    pulseIds,
+    a: new Float64Array(n),
+    l: new Float64Array(n),
+    r: new Float64Array(n),
+    p: new Float64Array(n),
+  };
+  frames.forEach((mod, m) => {
+    const bin = bins[m];
+    for (let t1 = 0; t1 < T; t1++) {
+      for (let t2 = t1; t2 < T; t2++) {
+        const x = mod[t1], y = mod[t2];
+        for (let q = 0; q < bin.length; q++) {
+          const k = bin[q];
+          if (k === NO_BIN) continue;
+          const u = x[q], v = y[q];
+          if (u !== u || v !== v) continue;
+          const j = (k * T + t1) * T + t2;
+          s.a[j] += u * v;
+          s.l[j] += u;
+          s.r[j] += v;
+          s.p[j]++;
+        }
+      }
+    }
+  });
+  // The lower triangle mirrors the upper one (L and R swap).
+  for (let k = 0; k < nBins; k++) {
+    for (let t1 = 0; t1 < T; t1++) {
+      for (let t2 = 0; t2 < t1; t2++) {
+        const j = (k * T + t1) * T + t2, i = (k * T + t2) * T + t1;
+        s.a[j] = s.a[i];
+        s.l[j] = s.r[i];
+        s.r[j] = s.l[i];
+        s.p[j] = s.p[i];
+      }
+    }
+  }
+  return s;
+}
+
+export interface XpcsPart {
+  modules: number[];
+  trains: TrainSums[];
+  backend: string;
+  notes: string[];
+  twoTime?: TwoTimeSums;
+}
+
+export interface XpcsResult {
+  run: string;
+  detector: string;
+  options: XpcsOptions;
+  geometry: string;
+  energy: number;
+  distance: number;
+  edges: Float64Array;
+  delays: number[];
+  trainIds: number[];
+  /** Per train: g2 and pairs (bins x delays). */
+  g2: Float64Array[];
+  pairs: Float64Array[];
+  /** The run's g2 (mean over trains). */
+  runG2: Float64Array;
+  modulesRead: number[];
+  backend: string;
+  notes: string[];
+  /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
+  twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
+}
+
+export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
+  readonly id = "xpcs";
+  readonly help = "g2(q, tau) within trains";
+  readonly options: OptionSpec[] = [];
+  private o: XpcsOptions = { ...DEFAULT_XPCS };
+  private runPath = "";
+  private delays = 1;
+  private acc = new Map<number, XpcsAccumulator>();
+  private trains = new Map<number, TrainSums>();
+  private modules: number[] = [];
+  private pixels = 0;
+  private frame = new Float32Array(0);
+  private gpu?: XpcsGpu;
+  private notes: string[] = [];
+  /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
+  private ttFrames = new Map<number, Float32Array[]>();
+  private ttPulses: number[] = [];
+
+  configure(options: Record<string, unknown>): void {
+    this.o = { ...DEFAULT_XPCS, ...(options as Partial<XpcsOptions>) };
+    this.delays = this.o.maxDelay ?? 1;
+  }
+
+  async initialize(info: RunInfo) {
+    this.runPath = info.runPath;
+    if (this.o.maxDelay === undefined) {
+      this.o.maxDelay = defaultMaxDelay(info.detector);
+      this.delays = this.o.maxDelay;
+    }
+    if (info.modules.length) {
+      const setup = azintSetup(info.detector, azintOptions(this.o));
+      this.modules = info.modules;
+      for (const m of info.modules) {
+        const { value } = modulePixels(
+          setup.layout,
+          setup.layoutModule(m),
+          { unit: "q_nm^-1", solidAngle: false },
+          setup.energy,
+          setup.distance,
+        );
+        this.pixels = value.length;
+        const bin = Uint32Array.from(value, (v) => binOf(v, setup.range[0], setup.range[1], this.o.qBins));
+        this.acc.set(m, new XpcsAccumulator(bin, this.o.qBins, this.delays, this.pixels));
+      }
+      this.frame = new Float32Array(this.pixels);
+      const device = await pickDevice(checkBackend(this.o.backend), this.notes);
+      if (device) {
+        const { createXpcsGpu } = await import("./xpcs-gpu.ts");
+        const bins = info.modules.map((m) => this.acc.get(m)!.bin);
+        this.gpu = await createXpcsGpu(device, info.modules, bins, this.pixels, this.o.qBins, this.delays);
+      }
+    }
+    return { mask: true, batchBytes: this.o.batchBytes ?? 128 * 2 ** 20 };
+  }
+
+  private keep(s: TrainSums | undefined): void {
+    if (!s) return;
+    const t = this.trains.get(s.trainId);
+    if (!t) this.trains.set(s.trainId, s);
+    else {
+      for (let j = 0; j < s.a.length; j++) {
+        t.a[j] += s.a[j];
+        t.l[j] += s.l[j];
+        t.r[j] += s.r[j];
+        t.p[j] += s.p[j];
+      }
+    }
+  }
+
+  private captureTwoTime(b: FrameBatch): void {
+    const tt = this.o.twoTime;
+    if (tt === undefined) return;
+    const px = this.pixels;
+    for (let i = 0; i < b.nFrames; i++) {
+      if (b.trainId[i] !== tt) continue;
+      this.ttPulses.push(b.pulseId[i]);
+      for (const mf of b.modules) {
+        const f = new Float32Array(px);
+        const o = i * px;
+        for (let q = 0; q < px; q++) {
+          const v = mf.data[o + q];
+          f[q] = !mf.present[i] || !Number.isFinite(v) || (mf.mask && mf.mask[o + q] !== 0) ? NaN : v;
+        }
+        let list = this.ttFrames.get(mf.module);
+        if (!list) this.ttFrames.set(mf.module, list = []);
+        list.push(f);
+      }
+    }
+  }
+
+  async processBatch(b: FrameBatch): Promise<void> {
+    this.captureTwoTime(b);
+    if (this.gpu) {
+      for (const s of await this.gpu.batch(b)) this.keep(s);
+      return;
+    }
+    const px = this.pixels;
+    for (const mf of b.modules) {
+      const acc = this.acc.get(mf.module)!;
+      for (let i = 0; i < b.nFrames; i++) {
+        const f = this.frame;
+        const o = i * px;
+        if (!mf.present[i]) f.fill(NaN);
+        else {
+          for (let q = 0; q < px; q++) {
+            f[q] = mf.mask && mf.mask[o + q] !== 0 ? NaN : mf.data[o + q];
+          }
+          // Infinite values are invalid too.
+          for (let q = 0; q < px; q++) if (f[q] === Infinity || f[q] === -Infinity) f[q] = NaN;
+        }
+        this.keep(acc.add(b.trainId[i], f));
+      }
+    }
+  }
+
+  finalizeChunk(): XpcsPart {
+    if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
+    let twoTime: TwoTimeSums | undefined;
+    if (this.o.twoTime !== undefined && this.ttPulses.length) {
+      const mods = this.modules.filter((m) => this.ttFrames.has(m));
+      twoTime = twoTimeSums(
+        this.o.twoTime,
+        this.ttPulses,
+        mods.map((m) => this.ttFrames.get(m)!),
+        mods.map((m) => this.acc.get(m)!.bin),
+        this.o.qBins,
+      );
+      this.ttFrames.clear();
+    }
+    return {
+      modules: this.modules,
+      trains: [...this.trains.values()].sort((a, b) => a.trainId - b.trainId),
+      backend: this.gpu?.name ?? "cpu",
+      notes: this.notes,
+      twoTime,
+    };
+  }
+
+  dispose(): void {
+    this.gpu?.dispose();
+  }
+
+  async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
+    const run = await Run.open(this.runPath);
+    try {
+      const det = run.detector();
+      const setup = azintSetup(det, azintOptions(this.o));
+      const all = new Map<number, TrainSums>();
+      for (const p of parts) {
+        for (const s of p.trains) {
+          const t = all.get(s.trainId);
+          if (!t) {
+            all.set(s.trainId, { ...s, a: s.a.slice(), l: s.l.slice(), r: s.r.slice(), p: s.p.slice() });
+          } else {
+            for (let j = 0; j < s.a.length; j++) {
+              t.a[j] += s.a[j];
+              t.l[j] += s.l[j];
+              t.r[j] += s.r[j];
+              t.p[j] += s.p[j];
+            }
+          }
+        }
+      }
+      const trains = [...all.values()].sort((a, b) => a.trainId - b.trainId);
+      const g2 = trains.map(g2Of);
+      const n = this.o.qBins * this.delays;
+      const sum = new Float64Array(n), cnt = new Float64Array(n);
+      for (const g of g2) {
+        for (let j = 0; j < n; j++) {
+          if (Number.isFinite(g[j])) {
+            sum[j] += g[j];
+            cnt[j]++;
+          }
+        }
+      }
+      let twoTime: XpcsResult["twoTime"];
+      const tts = parts.map((p) => p.twoTime).filter((t): t is TwoTimeSums => !!t);
+      if (this.o.twoTime !== undefined) {
+        if (!tts.length) throw new InputError(run.path, `--two-time: no train ${this.o.twoTime} in the run`);
+        // Frames by pulse ID: the union over parts (a part may lack frames of a module).
+        const pulses = [...new Set(tts.flatMap((t) => t.pulseIds))].sort((x, y) => x - y);
+        const T = pulses.length, B = this.o.qBins;
+        const acc = {
+          a: new Float64Array(B * T * T),
+          l: new Float64Array(B * T * T),
+          r: new Float64Array(B * T * T),
+          p: new Float64Array(B * T * T),
+        };
+        for (const t of tts) {
+          const ix = t.pulseIds.map((q) => pulses.indexOf(q));
+          const n = t.pulseIds.length;
+          for (let k = 0; k < B; k++) {
+            for (let i = 0; i < n; i++) {
+              for (let j = 0; j < n; j++) {
+                const src = (k * n + i) * n + j, dst = (k * T + ix[i]) * T + ix[j];
+                acc.a[dst] += t.a[src];
+                acc.l[dst] += t.l[src];
+                acc.r[dst] += t.r[src];
+                acc.p[dst] += t.p[src];
+              }
+            }
+          }
+        }
+        twoTime = { trainId: this.o.twoTime, pulseIds: pulses, c: g2Of(acc) };
+      }
+      const [a, b] = setup.range;
+      return {
+        twoTime,
+        run: run.path,
+        detector: det.name,
+        options: this.o,
+        geometry: setup.layout.source,
+        energy: setup.energy,
+        distance: setup.distance,
+        edges: Float64Array.from({ length: this.o.qBins + 1 }, (_, k) => a + ((b - a) * k) / this.o.qBins),
+        delays: Array.from({ length: this.delays }, (_, d) => d + 1),
+        trainIds: trains.map((t) => t.trainId),
+        g2,
+        pairs: trains.map((t) => t.p),
+        runG2: Float64Array.from(sum, (s, j) => (cnt[j] ? s / cnt[j] : NaN)),
+        modulesRead: parts.flatMap((p) => p.modules),
+        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        notes: [...new Set(parts.flatMap((p) => p.notes))],
+      };
+    } finally {
+      run.close();
+    }
+  }
+}
+
+/** The default largest delay: min(frames per train - 1, 32), frames per train from the run's index. */
+export function defaultMaxDelay(det: Detector): number {
+  const reader = new FrameReader(det, {});
+  const per = new Map<number, number>();
+  for (const t of reader.frameIds.trainId) per.set(t, (per.get(t) ?? 0) + 1);
+  return Math.max(1, Math.min(32, Math.max(1, ...per.values()) - 1));
+}
+
+export async function xpcs(
+  runPath: string,
+  options: Partial<XpcsOptions>,
+  progress?: (done: number, total: number) => void,
+): Promise<XpcsResult> {
+  const o: XpcsOptions = { ...DEFAULT_XPCS, ...options };
+  if (!Number.isInteger(o.qBins) || o.qBins < 1 || o.qBins > 10000) {
+    throw new InputError(undefined, `--q-bins: ${o.qBins}? (an integer 1..10000)`);
+  }
+  if (o.maxDelay !== undefined && !(Number.isInteger(o.maxDelay) && o.maxDelay >= 1)) {
+    throw new InputError(undefined, `--max-delay: ${o.maxDelay}? (an integer >= 1)`);
+  }
+  if (o.range && !(o.range[1] > o.range[0])) throw new InputError(undefined, "--range A,B needs B > A");
+  if (o.twoTime !== undefined && !Number.isInteger(o.twoTime)) {
+    throw new InputError(undefined, `--two-time: ${o.twoTime}? (a train ID)`);
+  }
+  const r = await Run.open(runPath);
+  try {
+    o.range ??= azintSetup(r.detector(), azintOptions(o)).range; // checked first; the range computed once
+    o.maxDelay ??= defaultMaxDelay(r.detector());
+  } finally {
+    r.close();
+  }
+  const backend = checkBackend(o.backend);
+  return await runAlgorithm<XpcsPart, XpcsResult>("xpcs", runPath, o as unknown as Record<string, unknown>, {
+    workers: await workersFor(backend, o.workers),
+    progress,
+  });
+}
+
+export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles);
+  const packed = { chunks: 64, compression: "gzip", compressionOpts: 1 } as const;
+  const schema = {
+    parameters: ["det", "bins", "edges", "delays", "nt"],
+    aliases: { out: "{det}/REDU/XPCS:output", ctl: "{det}/REDU/XPCS", two: "{det}/REDU/XPCS:twoTime" },
+    datasets: {
+      g2: { source: "@out", key: "data.g2", shape: ["bins", "delays"], dtype: "float32", ...packed },
+      pairs: { source: "@out", key: "data.pairs", shape: ["bins", "delays"], dtype: "float64", ...packed },
+      qAxis: { source: "@ctl", key: "qAxis", shape: ["bins"], dtype: "float64", ...packed },
+      qEdges: { source: "@ctl", key: "qEdges", shape: ["edges"], dtype: "float64", ...packed },
+      delays: { source: "@ctl", key: "delays", shape: ["delays"], dtype: "uint32", ...packed },
+      ...(r.twoTime
+        ? {
+          twoTime: {
+            source: "@two",
+            key: "data.c",
+            shape: ["bins", "nt", "nt"],
+            dtype: "float32",
+            ...packed,
+          },
+          twoTimePulses: { source: "@two", key: "data.pulseId", shape: ["nt"], dtype: "uint64", ...packed },
+        }
+        : {}),
+    },
+  } as unknown as WriterSchema;
+  const bins = r.options.qBins, D = r.delays.length;
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params: { det: r.detector, bins, edges: bins + 1, delays: D, nt: r.twoTime?.pulseIds.length ?? 1 },
+    prefix,
+    run,
+    aggregator: "REDU05",
+  });
+  try {
+    w.setConstant("qAxis", Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2));
+    w.setConstant("qEdges", r.edges);
+    w.setConstant("delays", Uint32Array.from(r.delays));
+    const T = r.trainIds.length;
+    for (let t0 = 0; t0 < T; t0 += 256) {
+      const t1 = Math.min(T, t0 + 256);
+      const ids = r.trainIds.slice(t0, t1);
+      w.addTrains(ids, {
+        "@out": ids.map(() => 1),
+        ...(r.twoTime ? { "@two": ids.map((t) => (t === r.twoTime!.trainId ? 1 : 0)) } : {}),
+      });
+      if (r.twoTime && ids.includes(r.twoTime.trainId)) {
+        const nt = r.twoTime.pulseIds.length;
+        w.addData({
+          twoTime: { data: Float32Array.from(r.twoTime.c), shape: [1, bins, nt, nt] },
+          twoTimePulses: { data: BigUint64Array.from(r.twoTime.pulseIds, BigInt), shape: [1, nt] },
+        } as never);
+      }
+      const g2 = new Float32Array((t1 - t0) * bins * D), pairs = new Float64Array((t1 - t0) * bins * D);
+      for (let t = t0; t < t1; t++) {
+        g2.set(r.g2[t], (t - t0) * bins * D);
+        pairs.set(r.pairs[t], (t - t0) * bins * D);
+      }
+      w.addData({
+        g2: { data: g2, shape: [t1 - t0, bins, D] },
+        pairs: { data: pairs, shape: [t1 - t0, bins, D] },
+      } as never);
+    }
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
+}
+
+export async function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<string, unknown>> {
+  const run = await Run.open(r.run);
+  let names: string[], bytesIn: number;
+  try {
+    names = run.files.map((f) => f.name);
+    bytesIn = inputBytes(run, r.detector, r.modulesRead);
+  } finally {
+    run.close();
+  }
+  return await buildDir(dir, async (tmp) => {
+    await writeXpcs(r, tmp, names);
+    const bytesOut = dirBytes(tmp);
+    const bins = r.options.qBins, D = r.delays.length;
+    const summary = {
+      command: "xpcs",
+      run: r.run,
+      detector: r.detector,
+      backend: r.backend,
+      notes: r.notes,
+      geometry: r.geometry,
+      photonEnergy: r.energy,
+      distance: r.distance,
+      trains: r.trainIds.length,
+      modulesRead: r.modulesRead,
+      bytesIn,
+      bytesOut,
+      ratio: bytesOut ? bytesIn / bytesOut : NaN,
+      xpcs: {
+        unit: "q_nm^-1",
+        edges: r.edges,
+        delays: r.delays,
+        g2: Array.from({ length: bins }, (_, k) => Array.from(r.runG2.subarray(k * D, (k + 1) * D))),
+        ...(r.twoTime
+          ? {
+            twoTime: {
+              train: r.twoTime.trainId,
+              pulseIds: r.twoTime.pulseIds,
+              c: Array.from({ length: bins }, (_, k) => {
+                const T = r.twoTime!.pulseIds.length;
+                return Array.from({ length: T }, (_, i) =>
+                  Array.from(r.twoTime!.c.subarray((k * T + i) * T, (k * T + i + 1) * T)));
+              }),
+            },
+          }
+          : {}),
+      },
+    };
+    writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
+    return summary;
+  });
+}
+
+function parseRange(s: string | undefined): [number, number] | undefined {
+  if (s === undefined) return undefined;
+  const p = s.split(",").map(Number);
+  if (p.length !== 2 || !p.every(Number.isFinite)) throw new InputError(undefined, `--range: ${s}? (A,B)`);
+  return [p[0], p[1]];
+}
+
+export const xpcsCommand: Command = {
+  name: "xpcs",
+  usage: "xpcs RUN --geometry FILE --out DIR",
+  help: "XPCS: g2(q, tau) within trains per train and for the run (an EuXFEL file).",
+  options: [
+    { name: "geometry", value: "string", help: "CrystFEL .geom file (default: the built-in layout)" },
+    { name: "out", value: "string", help: "output directory (default ./xpcs-<run name>)" },
+    { name: "force", help: "replace an existing output directory" },
+    { name: "q-bins", value: "number", default: 20, help: "q bins" },
+    { name: "range", value: "string", help: "A,B: the q range in nm^-1 (default: the detector's)" },
+    {
+      name: "max-delay",
+      value: "number",
+      help: "largest delay in frames (default min(frames/train - 1, 32))",
+    },
+    { name: "energy", value: "number", help: "photon energy in eV (default: the geometry file's)" },
+    { name: "distance", value: "number", help: "detector distance in metres (default: clen of the file)" },
+    { name: "two-time", value: "number", help: "train ID: its two-time correlation C(q, t1, t2) too" },
+    { name: "backend", value: "string", default: "auto", help: "auto | webgpu | cpu" },
+    { name: "workers", value: "number", help: "worker threads (default: the cores; 1 on a GPU)" },
+  ],
+  async run(args, o) {
+    const runPath = args[0];
+    if (!runPath) throw new InputError(undefined, "missing argument RUN");
+    const options: Partial<XpcsOptions> = {
+      twoTime: o.twoTime,
+      backend: o.backend,
+      geometry: o.geometry,
+      qBins: o.qBins,
+      range: parseRange(o.range),
+      maxDelay: o.maxDelay,
+      energy: o.energy,
+      distance: o.distance,
+      workers: o.workers,
+    };
+    const dir = prepareOut(runPath, o.out, "xpcs", !!o.force);
+    const r = await xpcs(runPath, options, progressPrinter("xpcs"));
+    const summary = await writeXpcsDir(r, dir);
+    if (o.json) console.log(JSON.stringify({ ...summary, xpcs: undefined, out: dir }, null, 2));
+    else {
+      console.log(
+        `${r.run}: ${r.detector}, ${r.trainIds.length} trains, delays 1..${r.delays.length}, backend ${r.backend}`,
+      );
+      for (const n of r.notes) console.log(`note: ${n}`);
+      console.log(`ratio ${(summary.ratio as number).toFixed(1)} (bytes in / out); written: ${dir}`);
+    }
+    return EXIT.ok;
+  },
+};
