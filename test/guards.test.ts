@@ -13,6 +13,7 @@ import * as path from "node:path";
 import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
 import { ROOT, runNode } from "./helpers/cli.ts";
 import { PYTHON } from "./helpers/h5py.ts";
+import { have } from "./helpers/tools.ts";
 
 const SAMPLE = path.join(ROOT, "fixtures/sample");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-guards-"));
@@ -23,9 +24,7 @@ const loc = path.join(tmp, "loc");
 const mounts: string[] = [];
 
 /** EXtra-data and h5py (Debian's python3-extra-data): required on CI, else the tests that need them skip. */
-const PY_EXTRA = fs.existsSync(PYTHON) &&
-  spawnSync(PYTHON, ["-c", "import extra_data, h5py, numpy"]).status === 0;
-if (process.env.CI && !PY_EXTRA) throw new Error("python3-extra-data (EXtra-data, h5py) missing on CI");
+const PY_EXTRA = have("extra-data") && have("h5py");
 
 /** A tmpfs of `size` at a new directory (root only); null where mounting is not allowed. */
 function tmpfs(name: string, options: string): string | null {

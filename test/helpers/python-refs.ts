@@ -4,22 +4,28 @@
  * as test/helpers/h5py.ts does.
  */
 import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
+import { have, PYTHON, type Tool } from "./tools.ts";
 
-export const PYTHON = "/usr/bin/python3";
+export { PYTHON };
 
-const cache = new Map<string, boolean>();
+/** The tool (test/helpers/tools.ts) that brings each Python module. */
+const TOOL_OF: Record<string, Tool> = {
+  h5py: "h5py",
+  numpy: "h5py",
+  extra_data: "extra-data",
+  pyFAI: "pyfai",
+};
 
-/** Whether `/usr/bin/python3` imports these modules; throws on CI when it does not. */
+/**
+ * Whether `/usr/bin/python3` imports these modules (through test/helpers/tools.ts: required on CI, else
+ * skipped and named in the one summary line).
+ */
 export function pythonHas(...modules: string[]): boolean {
-  const key = modules.join(",");
-  let ok = cache.get(key);
-  if (ok === undefined) {
-    ok = fs.existsSync(PYTHON) && spawnSync(PYTHON, ["-c", `import ${key}`]).status === 0;
-    cache.set(key, ok);
-  }
-  if (!ok && process.env.CI) throw new Error(`python modules missing on CI: ${key}`);
-  return ok;
+  return modules.every((m) => {
+    const t = TOOL_OF[m];
+    if (!t) throw new Error(`python-refs: no tool known for the module ${m}`);
+    return have(t);
+  });
 }
 
 /** Run a Python script with one JSON argument; it prints one JSON value. */

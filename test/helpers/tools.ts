@@ -22,7 +22,8 @@ export type Tool =
   | "extra-data"
   | "hdf5-plugins"
   | "chromium"
-  | "slurm";
+  | "slurm"
+  | "pyfai";
 
 interface ToolSpec {
   /** What the skipped tests do without it. */
@@ -53,6 +54,11 @@ export const TOOLS: Record<Tool, ToolSpec> = {
     packages: ["hdf5-filter-plugin", "bitshuffle", "hdf5-filter-plugin-blosc-serial"],
     probe: () =>
       ["libh5lz4.so", "libh5bshuf.so", "libH5Zblosc.so"].every((f) => fs.existsSync(`${PLUGIN_DIR}/${f}`)),
+  },
+  pyfai: {
+    what: "pyFAI as the azimuthal-integration reference",
+    packages: ["python3-pyfai"],
+    probe: () => py("import pyFAI, h5py"),
   },
   chromium: {
     what: "the report in a browser",
