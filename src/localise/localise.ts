@@ -489,36 +489,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
   const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
   // Stage 5: classifier.
-  for (let f = 0; f < nF; f++) {
-    let lit = 0, valid = 0;
-    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
-      lit += per.litPixels[k];
-      valid += per.unmaskedPixels[k];
-    }
-    per.score[f] = valid > 0 ? lit / valid : NaN;
-  }
-  const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
-  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
-  for (let f = 0; f < nF; f++) {
-    for (const p of allPeaks[f]) {
-      per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
-    }
-    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
-      if (opt.mode === "peaks") {
-        if (per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
-      } else if (per.score[f] > threshold) {
-        const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
-        if (frac > threshold) per.asicLit[k] = 1;
-      }
-      if (per.asicLit[k]) per.frameLit[f] = 1;
-    }
-    if (opt.mode === "adaptive") per.frameLit[f] = per.score[f] > threshold ? 1 : 0;
-    // The per-frame peak table: brightest first, ties by module then box.
-    allPeaks[f].sort((a, b) =>
-      b.intensity - a.intensity || a.module - b.module || a.box[0] - b.box[0] || a.box[1] - b.box[1]
-    );
-    per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
-  }
+  classifyFrames(per, allPeaks, moduleList, g, opt);
 
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
   let beam: BeamAnnotation | undefined;
@@ -549,6 +520,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   }
 
   // Stage 6: ROIs from the peaks of lit frames; stage 7: module selection.
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
   const moduleLit = new Uint32Array(nMod);
   for (let f = 0; f < nF; f++) {
@@ -602,4 +574,53 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     beam,
     anomalies,
   };
+}
+
+/** The per-frame arrays stage 5 reads and writes (see LocaliseResult.perFrame). */
+export type FrameTables = LocaliseResult["perFrame"];
+
+/**
+ * Stage 5 (classify.ts has the spec): per-frame score, ASIC and frame lit flags, and each frame's peak table
+ * (`per.peaks`, brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place).
+ */
+export function classifyFrames(
+  per: FrameTables,
+  allPeaks: FramePeak[][],
+  moduleList: number[],
+  g: Geometry,
+  opt: LocaliseOptions,
+): void {
+  const nF = per.frameLit.length;
+  const nMod = moduleList.length;
+  const nA = g.nAsics;
+  for (let f = 0; f < nF; f++) {
+    let lit = 0, valid = 0;
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      lit += per.litPixels[k];
+      valid += per.unmaskedPixels[k];
+    }
+    per.score[f] = valid > 0 ? lit / valid : NaN;
+  }
+  const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
+  for (let f = 0; f < nF; f++) {
+    for (const p of allPeaks[f]) {
+      per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
+    }
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      if (opt.mode === "peaks") {
+        if (per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
+      } else if (per.score[f] > threshold) {
+        const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
+        if (frac > threshold) per.asicLit[k] = 1;
+      }
+      if (per.asicLit[k]) per.frameLit[f] = 1;
+    }
+    if (opt.mode === "adaptive") per.frameLit[f] = per.score[f] > threshold ? 1 : 0;
+    // The per-frame peak table: brightest first, ties by module then box.
+    allPeaks[f].sort((a, b) =>
+      b.intensity - a.intensity || a.module - b.module || a.box[0] - b.box[0] || a.box[1] - b.box[1]
+    );
+    per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
+  }
 }
