@@ -659,6 +659,7 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
             ss: pss[j],
             fs: pfs[j],
             max: pmax[j],
+            snr: 0, // not drawn
           });
         }
         return out;

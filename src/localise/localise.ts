@@ -37,7 +37,9 @@ export type BackendChoice = "auto" | "webgpu" | "cpu";
 const HOT_BLOCK = 16;
 
 export interface LocaliseOptions extends LocaliseParams {
-  /** Classifier: an ASIC without a peak is lit with at least this many filtered lit pixels. */
+  /** Classifier (peaks mode): a frame is lit with at least this many peaks, all modules together ... */
+  minPeaks: number;
+  /** ... or with an ASIC of at least this many filtered lit pixels (0 = off). */
   minLit: number;
   mode: ClassifierMode;
   snr: number;
@@ -66,7 +68,8 @@ export interface LocaliseOptions extends LocaliseParams {
 
 export const DEFAULT_OPTIONS: LocaliseOptions = {
   ...DEFAULT_PARAMS,
-  minLit: 25,
+  minPeaks: 3,
+  minLit: 0,
   mode: "peaks",
   snr: 4,
   margin: 4,
@@ -604,12 +607,15 @@ export function classifyFrames(
   const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
   const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   for (let f = 0; f < nF; f++) {
-    for (const p of allPeaks[f]) {
-      per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
+    // Peaks mode: peaks light their ASICs when the frame holds at least minPeaks of them.
+    if (opt.mode !== "peaks" || per.nPeaks[f] >= Math.max(1, opt.minPeaks)) {
+      for (const p of allPeaks[f]) {
+        per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
+      }
     }
     for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
       if (opt.mode === "peaks") {
-        if (per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
+        if (opt.minLit > 0 && per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
       } else if (per.score[f] > threshold) {
         const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
         if (frac > threshold) per.asicLit[k] = 1;

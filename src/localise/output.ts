@@ -112,6 +112,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       peakSs: { source: "@out", key: "data.peakSs", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakFs: { source: "@out", key: "data.peakFs", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakMax: { source: "@out", key: "data.peakMax", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakSnr: { source: "@out", key: "data.peakSnr", shape: ["maxpeaks"], dtype: "float32", ...packed },
       modules: { source: "@ctl", key: "modules", shape: ["nmod"], dtype: "uint16", ...packed },
     },
   } as const;
@@ -152,6 +153,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const peakSs = new Float32Array(n * maxPeaks);
       const peakFs = new Float32Array(n * maxPeaks);
       const peakMax = new Float32Array(n * maxPeaks);
+      const peakSnr = new Float32Array(n * maxPeaks);
       for (let i = 0; i < n; i++) {
         pf.peaks[f0 + i].forEach((p, j) => {
           const k = i * maxPeaks + j;
@@ -162,6 +164,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
           peakSs[k] = p.ss;
           peakFs[k] = p.fs;
           peakMax[k] = p.max;
+          peakSnr[k] = p.snr;
         });
       }
       w.addData({
@@ -181,6 +184,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         peakSs: { data: peakSs, shape: [n, maxPeaks] },
         peakFs: { data: peakFs, shape: [n, maxPeaks] },
         peakMax: { data: peakMax, shape: [n, maxPeaks] },
+        peakSnr: { data: peakSnr, shape: [n, maxPeaks] },
       });
       f0 = f1;
     }
