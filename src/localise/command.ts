@@ -36,7 +36,8 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "threshold",
     value: "number",
     default: DEFAULT_OPTIONS.threshold,
-    help: "lit pixel: value > threshold; candidate: value - background > max(threshold, min-snr * noise) (photons)",
+    help:
+      "lit pixel: value > threshold; candidate: value - background > max(threshold, min-snr * noise) (photons)",
   },
   {
     name: "min-snr",
