@@ -26,6 +26,11 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "rep-rate", value: "number", help: "repetition rate in MHz (default from the run)" },
   { name: "reference-frame", value: "number", help: "frame facing the first pulse [1]" },
   { name: "out", value: "string", help: "output directory (default ./localise-<run name>)" },
+  {
+    name: "geometry",
+    value: "string",
+    help: "CrystFEL .geom file for peak positions (default: the built-in layout, beam at the origin)",
+  },
   { name: "force", help: "replace an existing output directory" },
   { name: "backend", value: "string", default: DEFAULT_OPTIONS.backend, help: "auto | webgpu | cpu" },
   { name: "detector", value: "string", help: "detector name, when the run holds several" },
@@ -205,6 +210,7 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     maxRois: o.maxRois,
     minLitFraction: o.minLitFraction,
     batchBytes: Math.round(o.batchMb * 2 ** 20),
+    geometry: o.geometry,
   };
 }
 

@@ -19,6 +19,8 @@ import { Run } from "../run.ts";
 import type { OptionSpec } from "../cli.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
+import { loadLayout } from "../geometry.ts";
+import { positioner } from "./position.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
 import {
@@ -58,6 +60,8 @@ export interface LocaliseOptions extends LocaliseParams {
   referenceFrame?: number;
   /** Bytes of image data per batch, all modules together. */
   batchBytes: number;
+  /** A CrystFEL .geom file (peak positions); default: the built-in layout of the detector type. */
+  geometry?: string;
   /** Worker threads (module groups); default: the cores for the cpu backend, 1 for webgpu. */
   workers?: number;
   detector?: string;
@@ -95,6 +99,10 @@ export interface ModuleResult {
 
 export interface FramePeak extends Peak {
   module: number;
+  /** Position of the centroid (position.ts): x, y in metres, radius in pixels from the beam. */
+  x?: number;
+  y?: number;
+  radius?: number;
 }
 
 /** Everything localise found, per frame and per module. */
@@ -131,6 +139,8 @@ export interface LocaliseResult {
   };
   nAsics: number;
   geometry: Geometry;
+  /** The detector layout of the peak positions: a .geom path, or `default AGIPD-1M` etc. */
+  layout: string;
   /** The beam annotation (LITFRM) when the run has a bunch pattern and --lit-from is not images. */
   beam?: BeamAnnotation;
   /** Frames with signal in the images but no X-ray pulse (kept, never dropped). */
@@ -494,6 +504,13 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   // Stage 5: classifier.
   classifyFrames(per, allPeaks, moduleList, g, opt);
 
+  // Peak positions on the detector.
+  const layout = loadLayout(opt.geometry, det.type);
+  const where = positioner(layout, det.type);
+  for (const list of per.peaks) {
+    for (const p of list) Object.assign(p, where(p.module, p.ss, p.fs));
+  }
+
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
   let beam: BeamAnnotation | undefined;
   let anomalies: { trainId: number; pulseId: number }[] = [];
@@ -574,6 +591,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     perFrame: per,
     nAsics: nA,
     geometry: g,
+    layout: layout.source,
     beam,
     anomalies,
   };

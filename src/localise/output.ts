@@ -16,6 +16,7 @@ export function summaryJson(r: LocaliseResult) {
   return {
     run: path.resolve(r.run),
     detector: r.detector,
+    layout: r.layout,
     backend: r.backend,
     params: { ...params, backend: r.params.backend },
     trains: r.trains,
@@ -113,6 +114,15 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       peakFs: { source: "@out", key: "data.peakFs", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakMax: { source: "@out", key: "data.peakMax", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakSnr: { source: "@out", key: "data.peakSnr", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakX: { source: "@out", key: "data.peakX", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakY: { source: "@out", key: "data.peakY", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakRadius: {
+        source: "@out",
+        key: "data.peakRadius",
+        shape: ["maxpeaks"],
+        dtype: "float32",
+        ...packed,
+      },
       modules: { source: "@ctl", key: "modules", shape: ["nmod"], dtype: "uint16", ...packed },
     },
   } as const;
@@ -154,6 +164,9 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const peakFs = new Float32Array(n * maxPeaks);
       const peakMax = new Float32Array(n * maxPeaks);
       const peakSnr = new Float32Array(n * maxPeaks);
+      const peakX = new Float32Array(n * maxPeaks);
+      const peakY = new Float32Array(n * maxPeaks);
+      const peakRadius = new Float32Array(n * maxPeaks);
       for (let i = 0; i < n; i++) {
         pf.peaks[f0 + i].forEach((p, j) => {
           const k = i * maxPeaks + j;
@@ -165,6 +178,9 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
           peakFs[k] = p.fs;
           peakMax[k] = p.max;
           peakSnr[k] = p.snr;
+          peakX[k] = p.x ?? NaN;
+          peakY[k] = p.y ?? NaN;
+          peakRadius[k] = p.radius ?? NaN;
         });
       }
       w.addData({
@@ -185,6 +201,9 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         peakFs: { data: peakFs, shape: [n, maxPeaks] },
         peakMax: { data: peakMax, shape: [n, maxPeaks] },
         peakSnr: { data: peakSnr, shape: [n, maxPeaks] },
+        peakX: { data: peakX, shape: [n, maxPeaks] },
+        peakY: { data: peakY, shape: [n, maxPeaks] },
+        peakRadius: { data: peakRadius, shape: [n, maxPeaks] },
       });
       f0 = f1;
     }

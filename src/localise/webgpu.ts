@@ -9,7 +9,7 @@
  * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
  * table and keeps the brightest maxPeaks.
  *
- *   background (fs/16, ss/16, frames)             stage 0: mu, sigma per 16 x 16 tile
+ *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
  *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
@@ -420,13 +420,7 @@ export async function createWebgpuBackend(
           };
           const px = Math.ceil(P / WG);
           const sx = Math.ceil(segments / WG);
-          run(
-            pipelines.background.background,
-            slot.groups.background,
-            g.moduleFs / TILE,
-            g.moduleSs / TILE,
-            m,
-          );
+          run(pipelines.background.background, slot.groups.background, Math.ceil(NT / 64), m);
           run(pipelines.background.bgthreshold, slot.groups.background, Math.ceil(NT / 64), m);
           run(pipelines.litpixels.litpixels, slot.groups.litpixels, A, m);
           run(pipelines.filter.noisefilter, slot.groups.filter, g.moduleFs / TILE, g.moduleSs / TILE, m);
@@ -555,7 +549,7 @@ export async function createWebgpuBackend(
           const pass = enc.beginComputePass();
           pass.setPipeline(pipelines.background.background);
           pass.setBindGroup(0, slot.groups.background);
-          pass.dispatchWorkgroups(g.moduleFs / TILE, g.moduleSs / TILE, m);
+          pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
           pass.setPipeline(pipelines.background.bgthreshold);
           pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
           pass.setPipeline(pipelines.hotcount.hotcount);
