@@ -12,7 +12,7 @@ import { evaluateSfx, formatSfx, localiseSfx } from "../fixtures/evaluate.ts";
 const small = (o: SfxOptions) => new SfxRun({ ...o, modules: [0, 3, 8, 11], frames: 240, hitRate: 0.15 });
 
 describe("realistic SFX runs, default parameters (cpu backend)", () => {
-  it("water-ring run: every hit found, no empty frame lit, weak spots as far as the ring allows", async () => {
+  it("water-ring run: hits, spots and peaks at the targets", async () => {
     const run = small(SFX_WATER);
     const e = evaluateSfx(run, await localiseSfx(run));
     console.info(`water: ${formatSfx(e)}`);
@@ -23,8 +23,10 @@ describe("realistic SFX runs, default parameters (cpu backend)", () => {
     expect(e.peakPrecision).toBeGreaterThanOrEqual(0.97);
     expect(e.bins[1].recall).toBeGreaterThanOrEqual(0.97);
     expect(e.bins[2].recall).toBeGreaterThanOrEqual(0.99);
-    expect(e.bins[0].recall).toBeGreaterThanOrEqual(0.55);
-    expect(e.spotRecall).toBeGreaterThanOrEqual(0.87);
+    // Measured: < 50 photons 0.79, 50-200 1.00, >= 200 1.00, all 0.94 (spots of 10-20 photons spread over
+    // several pixels of a 1-2 photon/pixel ring are below any detection limit).
+    expect(e.bins[0].recall).toBeGreaterThanOrEqual(0.75);
+    expect(e.spotRecall).toBeGreaterThanOrEqual(0.93);
   });
 
   it("low-background weak-spot run: hits, spots and peaks at the targets", async () => {

@@ -138,6 +138,12 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
   },
   { name: "max-rois", value: "number", default: DEFAULT_OPTIONS.maxRois, help: "ROIs per module at most" },
   {
+    name: "roi-fraction",
+    value: "number",
+    default: DEFAULT_OPTIONS.roiFraction,
+    help: "ROI pixels carry peaks in this fraction of the lit frames (0: union of all peak boxes)",
+  },
+  {
     name: "min-lit-fraction",
     value: "number",
     default: DEFAULT_OPTIONS.minLitFraction,
@@ -208,6 +214,7 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     snr: o.snr,
     margin: o.margin,
     maxRois: o.maxRois,
+    roiFraction: o.roiFraction,
     minLitFraction: o.minLitFraction,
     batchBytes: Math.round(o.batchMb * 2 ** 20),
     geometry: o.geometry,

@@ -47,6 +47,11 @@ export interface LocaliseOptions extends LocaliseParams {
   snr: number;
   margin: number;
   maxRois: number;
+  /**
+   * ROIs: pixels inside peak boxes in at least this fraction of the lit frames (and at least 2), padded by
+   * margin; 0: the union of every peak box of the lit frames.
+   */
+  roiFraction: number;
   /** A module is selected when its lit-frame fraction is at least this (or it holds an ROI). */
   minLitFraction: number;
   /** Frames per module sampled for the hot-pixel pass. */
@@ -78,6 +83,7 @@ export const DEFAULT_OPTIONS: LocaliseOptions = {
   snr: 4,
   margin: 4,
   maxRois: 32,
+  roiFraction: 0.1,
   minLitFraction: 0.01,
   hotSample: 128,
   backend: "auto",
@@ -539,17 +545,42 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     }
   }
 
-  // Stage 6: ROIs from the peaks of lit frames; stage 7: module selection.
+  // Stage 6: ROIs from signal persistence (or, with roiFraction 0, the union of the peak boxes of lit
+  // frames); stage 7: module selection.
   const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
+  const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
   const moduleLit = new Uint32Array(nMod);
+  let litCount = 0;
   for (let f = 0; f < nF; f++) {
     if (!per.frameLit[f]) continue;
-    for (const p of allPeaks[f]) rois[moduleIndex.get(p.module)!].add(p.box);
+    litCount++;
+    for (const p of allPeaks[f]) {
+      const m = moduleIndex.get(p.module)!;
+      if (!persist) {
+        rois[m].add(p.box);
+        continue;
+      }
+      const c = persist[m];
+      for (let ss = p.box[0]; ss < p.box[2]; ss++) {
+        for (let fs = p.box[1]; fs < p.box[3]; fs++) c[ss * g.moduleFs + fs]++;
+      }
+    }
     for (let m = 0; m < nMod; m++) {
       const base = (f * nMod + m) * nA;
       if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
     }
+  }
+  if (persist) {
+    const need = Math.max(2, Math.ceil(opt.roiFraction * litCount));
+    persist.forEach((c, m) => {
+      for (let p = 0; p < c.length; p++) {
+        if (c[p] >= need) {
+          const ss = Math.floor(p / g.moduleFs), fs = p % g.moduleFs;
+          rois[m].add([ss, fs, ss + 1, fs + 1]);
+        }
+      }
+    });
   }
   const modules: ModuleResult[] = moduleList.map((m, i) => {
     const frames = present[i].reduce((a, x) => a + x, 0);
