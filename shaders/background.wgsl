@@ -48,6 +48,7 @@ fn background(@builtin(global_invocation_id) gid: vec3u) {
   var sigma = 0.0;
   var limitSet = false;
   var limit = 0.0;
+  var prevN = -1.0;
   for (var it = 0u; it < params.bgIterations; it++) {
     var n = 0.0;
     var sum = 0.0;
@@ -58,9 +59,10 @@ fn background(@builtin(global_invocation_id) gid: vec3u) {
         sum += v;
       }
     }
-    if (n == 0.0) {
-      break;
+    if (n == 0.0 || n == prevN) {
+      break; // nothing left, or the same values as the previous iteration
     }
+    prevN = n;
     let m = sum / n;
     var q2 = 0.0;
     for (var q = 0u; q < 256u; q++) {

@@ -74,10 +74,10 @@ export interface LocaliseParams {
 
 export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   threshold: 0.7,
-  minSnr: 4,
+  minSnr: 3.5,
   bgIterations: 4,
   bgClip: 5,
-  minPeakSnr: 8,
+  minPeakSnr: 9,
   hotFraction: 0.5,
   neighbours: 0,
   strong: 5,
@@ -167,8 +167,9 @@ export function newBackground(g: Geometry, nFrames: number): Background {
  * Stage 0 on frame f of a batch: each tile's mu, sigma, thr (written at `o` + tile). The valid pixels of
  * the tile (finite, mask 0; hot pixels included: the clipping drops them like spots) enter a one-sided
  * iterative clip: limit = +Infinity; bgIterations times, over the valid values v < limit: n = their
- * count; if n = 0 stop; mu = sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (two passes, float64 here,
- * float32 on the GPU), limit = mu + bgClip * sigma. A tile without valid pixels has mu = sigma = 0.
+ * count; if n = 0 stop; mu = sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (float64 here, float32 in two
+ * passes on the GPU), limit = mu + bgClip * sigma. (An iteration over the same values as the previous
+ * one changes nothing: both stop there.) A tile without valid pixels has mu = sigma = 0.
  * Then (float32) mu = fround(mu), sigma = fround(sigma), and thr = max(fround(threshold),
  * fround(minSnr * s)) with s the lower median (element floor((k - 1) / 2) in ascending order) of the k
  * sigmas of the tile and its neighbours within the module (k = 4, 6 or 9): a spot spread over many
@@ -206,23 +207,23 @@ export function backgroundFrameCpu(
         if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
       }
     }
-    let mu = 0, sigma = 0, limit = Infinity;
+    let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
     for (let it = 0; it < params.bgIterations; it++) {
+      // One pass in float64 (sum of squares: exact enough at these magnitudes, and faster).
       let n = 0, S = 0, Q = 0;
       for (let k = 0; k < n0; k++) {
         const v = vals[k];
         if (v < limit) {
           n++;
           S += v;
+          Q += v * v;
         }
       }
-      if (n === 0) break;
+      // No value left (stop), or the same values as the previous iteration (nothing would change).
+      if (n === 0 || n === prevN) break;
+      prevN = n;
       mu = S / n;
-      for (let k = 0; k < n0; k++) {
-        const v = vals[k];
-        if (v < limit) Q += (v - mu) * (v - mu);
-      }
-      sigma = Math.sqrt(Q / n);
+      sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
       limit = mu + params.bgClip * sigma;
     }
     out.mu[o + t] = mu;
