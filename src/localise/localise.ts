@@ -264,6 +264,8 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   initialize(info: RunInfo) {
     this.runPath = info.runPath;
     const det = info.detector;
+    // A bad --geometry fails before the run is read (finalize uses it for the peak positions).
+    if (this.opt.geometry) loadLayout(this.opt.geometry, det.type);
     if (info.modules.length) {
       this.g = geometry(det.type);
       this.modules = info.modules;

@@ -11,6 +11,23 @@ import { type DataInput, openWriter } from "../writer.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../litframes.ts";
 import type { LocaliseResult } from "./localise.ts";
 
+/** Per train: frames and lit frames (hits), in train order. */
+function perTrain(r: LocaliseResult): { trainId: number[]; frames: number[]; litFrames: number[] } {
+  const out = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
+  const pf = r.perFrame;
+  for (let f = 0; f < r.frames; f++) {
+    const k = out.trainId.length - 1;
+    if (k < 0 || out.trainId[k] !== pf.trainId[f]) {
+      out.trainId.push(pf.trainId[f]);
+      out.frames.push(0);
+      out.litFrames.push(0);
+    }
+    out.frames[out.frames.length - 1]++;
+    out.litFrames[out.litFrames.length - 1] += pf.frameLit[f];
+  }
+  return out;
+}
+
 export function summaryJson(r: LocaliseResult) {
   const { backend: _b, workers: _w, ...params } = r.params;
   return {
@@ -22,6 +39,9 @@ export function summaryJson(r: LocaliseResult) {
     trains: r.trains,
     frames: r.frames,
     litFrames: r.litFrames,
+    /** Lit frames / frames: the hit rate of an SFX run. */
+    hitRate: r.frames ? r.litFrames / r.frames : 0,
+    perTrain: perTrain(r),
     modules: r.modules,
     selectedFiles: r.selectedFiles,
     timing: r.timing,
