@@ -167,7 +167,15 @@ export function parseGeom(text: string, file: string): DetectorLayout {
     const g = globals.get(key);
     return g ? optionalNumber(file, g.line, key, g.value) : undefined;
   };
-  const clen = num("clen");
+  let clen = num("clen");
+  if (clen === undefined) {
+    // Some files give clen per panel: take it when every panel gives the same number.
+    const per = [...panels.values()].map((p) => p.keys.get("clen"));
+    if (per.every((e) => e && !e.value.startsWith("/"))) {
+      const vals = per.map((e) => parseNumber(file, e!.line, "clen", e!.value));
+      if (vals.every((v) => v === vals[0])) clen = vals[0];
+    }
+  }
   const photonEnergy = num("photon_energy");
   const aduPerEv = num("adu_per_eV");
 

@@ -119,6 +119,14 @@ describe("parseGeom", () => {
     expect(g.nModules).toBe(5);
   });
 
+  test("clen given per panel (the same for all) is the detector distance", () => {
+    const text = EXTRA_GEOM_AGIPD.replace("clen = 0.125", "; no global clen")
+      .replace("p0a0/coffset = 0.0", "p0a0/coffset = 0.0\np0a0/clen = 0.7")
+      .replace("p0a7/coffset = 0.001", "p0a7/coffset = 0.001\np0a7/clen = 0.7");
+    expect(parseGeom(text, "c.geom").clen).toBe(0.7);
+    expect(parseGeom(text.replace("p0a7/clen = 0.7", "p0a7/clen = 0.8"), "c.geom").clen).toBeUndefined();
+  });
+
   test("directions: signs, implicit 1, exponents, z", () => {
     expect(parseVector("f", 1, "fs", "-y")).toEqual([0, -1, 0]);
     expect(parseVector("f", 1, "fs", "x")).toEqual([1, 0, 0]);
