@@ -4,9 +4,11 @@
 // Pixel indices: p = ss * moduleFs + fs within a module frame; i = frame * pixels + p within the batch.
 // Per-frame counters (stride = 4 * nAsics + 1 words): [0, A) litPixels, [A, 2A) litIntensity (f32 bits),
 // [2A, 3A) unmaskedPixels, [3A, 4A) filteredLit, [4A] number of peaks (components in the area range).
-// Peak table: `capacity` entries of ENTRY words per frame: area, ss0, fs0, ss1, fs1 (u32), intensity,
-// sum(v * (ss - cs)), sum(v * (fs - cf)) about the box centre cs = (ss0 + ss1 - 1) / 2 (f32 bits), max (ordered u32 key of the f32, see orderedKey), first (the
-// component's root: its smallest module-frame pixel index).
+// Peak table: `capacity` entries of ENTRY words per frame: area, ss0, fs0, ss1, fs1 (u32), intensity
+// (sum of d = v - mu), sum(d * (ss - cs)), sum(d * (fs - cf)) about the box centre
+// cs = (ss0 + ss1 - 1) / 2 (f32 bits), max (ordered u32 key of the f32, see orderedKey), first (the
+// component's root: its smallest module-frame pixel index), sum of (thr / minSnr)^2 (f32 bits).
+// Background (stage 0): bg[(frame * tiles + tile) * 4 + {0, 1, 2}] = mu, sigma, thr of 16 x 16 tiles.
 
 struct Params {
   pixels: u32,
@@ -27,6 +29,10 @@ struct Params {
   segments: u32,
   threshold: f32,
   strong: f32,
+  bgIterations: u32,
+  tilesFs: u32,
+  minSnr: f32,
+  bgClip: f32,
   pad0: u32,
   pad1: u32,
 }
@@ -34,7 +40,12 @@ struct Params {
 const NONE: u32 = 0xffffffffu;
 // Pixels per row segment in the run-length passes (moduleFs is a multiple of it).
 const SEG: u32 = 16u;
-const ENTRY: u32 = 10u;
+const ENTRY: u32 = 11u;
+
+// Background tile of pixel (ss, fs) of a frame: its mu, sigma, thr at bg[bgIndex(...) + 0, 1, 2].
+fn bgIndex(frame: u32, ss: u32, fs: u32) -> u32 {
+  return ((frame * (params.moduleSs / 16u) + ss / 16u) * params.tilesFs + fs / 16u) * 4u;
+}
 
 // finite(v) from the bits: compilers may assume no NaN/Inf in float comparisons.
 fn isFiniteF32(v: f32) -> bool {

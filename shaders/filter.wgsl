@@ -1,6 +1,7 @@
 // Stage 3 (noise filter).
-// L = lit && !hot (lit as in stage 1). A pixel survives when L and (the number of its 8 neighbours with
-// L is >= neighbours, or value >= strong). Neighbours are taken within the module image, across ASIC
+// L = candidate && !hot: candidate = valid && value - mu > thr (mu, thr: the pixel's background tile,
+// stage 0). A pixel survives when L and (the number of its 8 neighbours with L is >= neighbours, or
+// value - mu >= strong). Neighbours are taken within the module image, across ASIC
 // seams; out-of-image neighbours count as not lit. filteredLit = survivors per frame x ASIC.
 // Output for stage 4: labels[i] = i for a survivor, NONE otherwise (union-find initialisation).
 //
@@ -14,6 +15,7 @@
 @group(0) @binding(3) var<storage, read> hotBytes: array<u32>;
 @group(0) @binding(4) var<storage, read_write> labels: array<u32>;
 @group(0) @binding(5) var<storage, read_write> counters: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> bg: array<f32>;
 
 const T: u32 = 16u;
 const H: u32 = 18u; // T + 2
@@ -25,14 +27,15 @@ fn isHot(p: u32) -> bool {
 }
 
 // L at (ss, fs) of the frame starting at `base`; false outside the image.
-fn litNotHot(base: u32, ss: i32, fs: i32) -> u32 {
+fn litNotHot(frame: u32, base: u32, ss: i32, fs: i32) -> u32 {
   if (ss < 0 || fs < 0 || ss >= i32(params.moduleSs) || fs >= i32(params.moduleFs)) {
     return 0u;
   }
   let p = u32(ss) * params.moduleFs + u32(fs);
   let i = base + p;
   let v = data[i];
-  if (!isFiniteF32(v) || !(v > params.threshold)) {
+  let b = bgIndex(frame, u32(ss), u32(fs));
+  if (!isFiniteF32(v) || !(v - bg[b] > bg[b + 2u])) {
     return 0u;
   }
   if (params.hasMask != 0u && mask[i] != 0u) {
@@ -58,7 +61,7 @@ fn noisefilter(
     atomicStore(&tileCount, 0u);
   }
   for (var k = li; k < H * H; k += T * T) {
-    tileL[k] = litNotHot(base, ssT + i32(k / H), fsT + i32(k % H));
+    tileL[k] = litNotHot(frame, base, ssT + i32(k / H), fsT + i32(k % H));
   }
   workgroupBarrier();
 
@@ -70,7 +73,7 @@ fn noisefilter(
   if (tileL[c] != 0u) {
     let n = tileL[c - H - 1u] + tileL[c - H] + tileL[c - H + 1u] + tileL[c - 1u] + tileL[c + 1u] +
       tileL[c + H - 1u] + tileL[c + H] + tileL[c + H + 1u];
-    survive = n >= params.neighbours || data[i] >= params.strong;
+    survive = n >= params.neighbours || data[i] - bg[bgIndex(frame, ss, fs)] >= params.strong;
   }
   labels[i] = select(NONE, i, survive);
   if (survive) {

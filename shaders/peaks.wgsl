@@ -1,9 +1,10 @@
 // Stage 4b (connected components: statistics and the peak table).
-// Per component: area (pixel count), box [ss0, fs0, ss1, fs1) half-open, intensity = sum of values,
-// sum(v * (ss - cs)) and sum(v * (fs - cf)) about the box centre (cs, cf) = ((ss0 + ss1 - 1) / 2,
-// (fs0 + fs1 - 1) / 2) (the host computes the centroid cs + sum(v * (ss - cs)) / intensity: sums about
-// the centre stay small, so float32 rounding in them does not move the centroid), max value, and the
-// root (first pixel in raster order, for the final tie-break of the host's sort).
+// Per component, with d = value - mu (mu of the pixel's background tile, stage 0): area (pixel count),
+// box [ss0, fs0, ss1, fs1) half-open, intensity = sum of d, sum(d * (ss - cs)) and sum(d * (fs - cf))
+// about the box centre (cs, cf) = ((ss0 + ss1 - 1) / 2, (fs0 + fs1 - 1) / 2) (the host computes the
+// centroid cs + sum(d * (ss - cs)) / intensity: sums about the centre stay small, so float32 rounding in
+// them does not move the centroid), max value, the root (first pixel in raster order, for the final
+// tie-break of the host's sort), and the sum of (thr / minSnr)^2 (the host's SNR; 0 with minSnr <= 0).
 // Peaks = components with minArea <= area <= maxArea.
 //   areas:      area[root] += pixels of the component (labels are roots after compress).
 //   allocate:   each root with minArea <= area <= maxArea takes slot = atomicAdd(peak count of its frame);
@@ -24,6 +25,7 @@
 @group(0) @binding(3) var<storage, read_write> area: array<atomic<u32>>;
 @group(0) @binding(4) var<storage, read_write> counters: array<atomic<u32>>;
 @group(0) @binding(5) var<storage, read_write> table: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> bg: array<f32>;
 
 fn addF32(k: u32, v: f32) {
   var old = atomicLoad(&table[k]);
@@ -91,6 +93,7 @@ fn allocate(@builtin(global_invocation_id) gid: vec3u) {
       atomicStore(&table[t + 7u], 0u);
       atomicStore(&table[t + 8u], 0u);
       atomicStore(&table[t + 9u], p);
+      atomicStore(&table[t + 10u], 0u);
     }
   }
   atomicStore(&area[i], slot);
@@ -141,7 +144,7 @@ fn bounds(@builtin(global_invocation_id) gid: vec3u) {
   flushBounds(frame, slot, ss, n, fsMin, fsMax);
 }
 
-fn flushSums(t: u32, dss: f32, sum: f32, sumDfs: f32, maxV: f32) {
+fn flushSums(t: u32, dss: f32, sum: f32, sumDfs: f32, maxV: f32, var2: f32) {
   if (t == NONE) {
     return;
   }
@@ -149,6 +152,7 @@ fn flushSums(t: u32, dss: f32, sum: f32, sumDfs: f32, maxV: f32) {
   addF32(t + 6u, sum * dss); // ss is constant along a run
   addF32(t + 7u, sumDfs);
   atomicMax(&table[t + 8u], orderedKey(maxV));
+  addF32(t + 10u, var2);
 }
 
 @compute @workgroup_size(256)
@@ -168,6 +172,13 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3u) {
   var sum = 0.0;
   var sumDfs = 0.0;
   var maxV = 0.0;
+  var var2 = 0.0;
+  // A segment lies within one background tile (SEG = tile side, segments start at multiples of it).
+  let b = bgIndex(frame, ss, fs0);
+  let mu = bg[b];
+  // The noise of the SNR: sigma floored at threshold / minSnr, i.e. thr / minSnr (0 without a background).
+  let se = select(0.0, bg[b + 2u] / params.minSnr, params.minSnr > 0.0);
+  let sigma2 = se * se;
   for (var k = 0u; k < SEG; k++) {
     let r = labels[start + k];
     if (r == NONE) {
@@ -175,7 +186,7 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3u) {
     }
     let v = data[start + k];
     if (r != cur) {
-      flushSums(t, dss, sum, sumDfs, maxV);
+      flushSums(t, dss, sum, sumDfs, maxV, var2);
       cur = r;
       let slot = atomicLoad(&area[r]);
       t = NONE;
@@ -188,11 +199,14 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3u) {
       }
       sum = 0.0;
       sumDfs = 0.0;
+      var2 = 0.0;
       maxV = v;
     }
-    sum += v;
-    sumDfs += v * (f32(fs0 + k) - cf);
+    let d = v - mu;
+    sum += d;
+    sumDfs += d * (f32(fs0 + k) - cf);
+    var2 += sigma2;
     maxV = max(maxV, v);
   }
-  flushSums(t, dss, sum, sumDfs, maxV);
+  flushSums(t, dss, sum, sumDfs, maxV, var2);
 }

@@ -374,7 +374,7 @@ ROI area: the module's pixels inside its ROI boxes. ${
 }
 
 const QUANTITY: Record<Histogram["quantity"], string> = {
-  filteredLit: "filtered lit pixels per ASIC (noise filter survivors)",
+  framePeaks: "peaks per frame (all modules)",
   asicFraction: "lit fraction of the ASIC (lit / valid pixels)",
   frameFraction: "lit fraction of the frame (lit / valid pixels, all modules)",
 };
@@ -387,7 +387,7 @@ function histogramPlot(h: Histogram, id: string, W = 600): string {
   const H = 270, L = 56, R = 16, T = 28, B = 44, Z = 28, ZG = 10;
   const pw = W - L - R, ph = H - T - B;
   const e = h.edges;
-  const counts = h.quantity === "filteredLit";
+  const counts = h.quantity === "framePeaks";
   const lx0 = Math.log10(e[0]), lx1 = Math.log10(e[e.length - 1]);
   const x = (v: number) => L + Z + ZG + ((Math.log10(v) - lx0) / (lx1 - lx0)) * (pw - Z - ZG);
   const max = Math.max(1, h.zero.lit, h.zero.dark, ...h.lit, ...h.dark);
@@ -452,7 +452,7 @@ function histogramPlot(h: Histogram, id: string, W = 600): string {
   );
   if (Number.isFinite(h.threshold) && h.threshold > 0) {
     const tx = x(Math.min(Math.max(h.threshold, e[0]), e[e.length - 1]));
-    const label = counts ? `minLit = ${h.threshold}` : `threshold = ${h.threshold.toPrecision(3)}`;
+    const label = counts ? `minPeaks = ${h.threshold}` : `threshold = ${h.threshold.toPrecision(3)}`;
     const right = tx < L + pw * 0.75;
     parts.push(
       `<line id="${id}-threshold" class="threshold" x1="${f1(tx)}" x2="${f1(tx)}" y1="${T - 6}" y2="${
@@ -484,15 +484,16 @@ function classifierSection(m: ReportModel): string {
     ? ` Lit frames are combined with the beam annotation (--lit-from ${esc(p.litFrom)}).`
     : "";
   let text: string;
-  if (h.quantity === "filteredLit") {
-    text =
-      `<p>Classifier <b>peaks</b>: an ASIC is lit when it holds a peak or has at least <b>minLit = ${p.minLit}` +
-      `</b> filtered lit pixels; a frame is lit when any ASIC is.${beam}</p><ul class="small">` +
-      `<li>lit frames: ${int(h.above.lit)} of ${int(h.total.lit)} ASICs (${
+  if (h.quantity === "framePeaks") {
+    text = `<p>Classifier <b>peaks</b>: a frame is lit when it holds at least <b>minPeaks = ${p.minPeaks}` +
+      `</b> peaks, all modules together${
+        p.minLit > 0 ? ` (or an ASIC has ${p.minLit} filtered candidate pixels)` : ""
+      }.${beam}</p><ul class="small">` +
+      `<li>lit frames: ${int(h.above.lit)} of ${int(h.total.lit)} (${
         pct(h.above.lit / h.total.lit)
-      }) at or above minLit</li><li>dark frames: ${int(h.above.dark)} of ${int(h.total.dark)} ASICs (${
+      }) at or above minPeaks</li><li>dark frames: ${int(h.above.dark)} of ${int(h.total.dark)} (${
         pct(h.above.dark / h.total.dark, 3)
-      }) at or above minLit</li></ul>`;
+      }) at or above minPeaks</li></ul>`;
   } else {
     const sh = m.scoreHist!;
     text =

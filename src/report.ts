@@ -83,9 +83,9 @@ export interface TrainPoints {
 }
 
 export interface Histogram {
-  /** filteredLit: filtered lit pixels per ASIC (peaks mode); asicFraction: lit fraction of each ASIC;
+  /** framePeaks: peaks per frame (peaks mode); asicFraction: lit fraction of each ASIC;
    * frameFraction: lit fraction of each frame, the adaptive classifier's score. */
-  quantity: "filteredLit" | "asicFraction" | "frameFraction";
+  quantity: "framePeaks" | "asicFraction" | "frameFraction";
   /** What is counted: ASICs or frames. */
   unit: "ASICs" | "frames";
   /** Bin k holds values in [edges[k], edges[k+1]); values of 0 go to the zero bin. */
@@ -95,9 +95,9 @@ export interface Histogram {
   dark: number[];
   /** Entries counted (ASICs with valid pixels; frames with valid pixels). */
   total: { lit: number; dark: number };
-  /** The classifier's threshold on this quantity (minLit, or the adaptive threshold). */
+  /** The classifier's threshold on this quantity (minPeaks, or the adaptive threshold). */
   threshold: number;
-  /** Entries at or above the threshold (peaks mode: >= minLit; adaptive frames: > threshold); NaN unknown. */
+  /** Entries at or above the threshold (peaks mode: >= minPeaks; adaptive frames: > threshold); NaN unknown. */
   above: { lit: number; dark: number };
 }
 
@@ -256,7 +256,7 @@ function binOf(edges: number[], v: number): number {
 function emptyHist(quantity: Histogram["quantity"], edges: number[], threshold: number): Histogram {
   return {
     quantity,
-    unit: quantity === "frameFraction" ? "frames" : "ASICs",
+    unit: quantity === "asicFraction" ? "ASICs" : "frames",
     edges,
     zero: { lit: 0, dark: 0 },
     lit: new Array(edges.length - 1).fill(0),
@@ -283,9 +283,11 @@ function histograms(
   const adaptive = summary.params.mode === "adaptive";
   const nA = g.nAsics;
   const asicPx = g.asicSs * g.asicFs;
+  let maxPeaks = 1;
+  for (let f = 0; f < src.nFrames; f++) maxPeaks = Math.max(maxPeaks, src.nPeaks[f]);
   const h = adaptive
     ? emptyHist("asicFraction", histEdges("fraction", asicPx), NaN)
-    : emptyHist("filteredLit", histEdges("count", asicPx), summary.params.minLit);
+    : emptyHist("framePeaks", histEdges("count", Math.max(2, maxPeaks)), summary.params.minPeaks);
   const scores = new Float64Array(src.nFrames);
   for (const b of src.blocks()) {
     for (let i = 0; i < b.n; i++) {
@@ -296,12 +298,15 @@ function histograms(
         const valid = b.unmasked[k];
         sumLit += b.litPixels[k];
         sumValid += valid;
-        if (valid === 0) continue;
-        const v = adaptive ? b.litPixels[k] / valid : b.filtered[k];
-        if (!adaptive && v >= h.threshold) h.above[lit]++;
-        addTo(h, lit, v);
+        if (valid === 0 || !adaptive) continue;
+        addTo(h, lit, b.litPixels[k] / valid);
       }
       scores[f] = sumValid > 0 ? sumLit / sumValid : NaN;
+      if (!adaptive && sumValid > 0) {
+        const v = src.nPeaks[f];
+        if (v >= h.threshold) h.above[lit]++;
+        addTo(h, lit, v);
+      }
     }
   }
   if (!adaptive) return { hist: h };
@@ -659,6 +664,7 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
             ss: pss[j],
             fs: pfs[j],
             max: pmax[j],
+            snr: 0, // not drawn
           });
         }
         return out;

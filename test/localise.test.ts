@@ -51,10 +51,16 @@ describe("against the ground truth (cpu backend)", () => {
     expect(e.peakPrecision).toBeGreaterThanOrEqual(0.95);
   });
 
-  test("every spot lies inside an ROI of its module; at most maxRois per module", () => {
-    const e = evaluate(cpu, path.join(run, "truth.json"));
+  test("ROIs: scattered spots make none (signal persistence); --roi-fraction 0: every spot inside one", async () => {
+    // The spots of this run fall anywhere on the modules: no pixel carries peaks in 10 % of the lit frames.
+    for (const m of cpu.modules) expect(m.rois).toEqual([]);
+    const union = await localise(run, { backend: "cpu", roiFraction: 0 });
+    const e = evaluate(union, path.join(run, "truth.json"));
     expect(e.spotsOutsideRois).toBe(0);
-    for (const m of cpu.modules) expect(m.rois.length).toBeLessThanOrEqual(cpu.params.maxRois);
+    for (const m of union.modules) {
+      expect(m.rois.length).toBeGreaterThan(0);
+      expect(m.rois.length).toBeLessThanOrEqual(cpu.params.maxRois);
+    }
   });
 
   test("hot pixels are found; hot, masked and NaN pixels make no peaks", () => {

@@ -50,7 +50,9 @@ beforeAll(async () => {
   loc = path.join(tmp, "loc");
   truth = await makeRun(corr, { ...BASE, naming: "output" });
   rawTruth = await makeRun(raw, { ...BASE, level: "raw", instrumentPadding: 2 });
-  const r = await localise(corr, { backend: "cpu" });
+  // ROIs as the union of the peak boxes (roiFraction 0): the run's spots are scattered, which makes no
+  // persistence ROI, and the --roi tests need boxes to crop.
+  const r = await localise(corr, { backend: "cpu", roiFraction: 0 });
   fs.mkdirSync(loc);
   await writeRedu(r, loc, r.runFiles);
   fs.writeFileSync(path.join(loc, "summary.json"), JSON.stringify(summaryJson(r), null, 2));

@@ -123,7 +123,7 @@ interface Summary {
   backend: { name: string; adapter: string };
   timing: { seconds: number; framesPerSecond: number; gbPerSecond: number };
   detector: { name: string; type: string; modules: number[] };
-  params: { minLit: number; mode: string };
+  params: { minPeaks: number; mode: string };
   selectedFiles: string[];
   modules: {
     module: number;
@@ -232,7 +232,7 @@ async function checkPage(file: string, summary: Summary, shot: string) {
     expect(st.notBackground, sel).toBeGreaterThan(0.02);
   }
   const threshold = await page.locator("#hist-plot-threshold").getAttribute("data-value", { timeout: 5000 });
-  if (summary.params.mode === "peaks") expect(threshold).toBe(String(summary.params.minLit));
+  if (summary.params.mode === "peaks") expect(threshold).toBe(String(summary.params.minPeaks));
   else expect(Number(threshold)).toBeGreaterThan(0);
   // The per-train tooltip (the inline script) names a train and its counts.
   await page.hover("#train-hover", { timeout: 5000 });

@@ -215,6 +215,7 @@ describe("stages 3-4", () => {
       ss: 127.5,
       fs: 127.5,
       max: 1,
+      snr: 0, // no background (minSnr 0)
     });
   });
 
@@ -241,6 +242,7 @@ describe("stages 3-4", () => {
       ss: 300,
       fs: 70,
       max: 5,
+      snr: 0, // no background (minSnr 0)
     }]);
   });
 
@@ -347,8 +349,8 @@ describe("stage 2 and the backend", () => {
     b.mask![AGIPD.pixels + 10 * 128 + 10] = 1; // masked in frames 1 and 2: 2 of 4
     b.mask![2 * AGIPD.pixels + 10 * 128 + 10] = 1;
     const counts = new Uint32Array(AGIPD.pixels);
-    accumulateLitCountsCpu(b, counts, 0.7);
-    accumulateLitCountsCpu(b, counts, 0.7); // accumulates: as if 8 frames
+    accumulateLitCountsCpu(b, counts, { ...P, threshold: 0.7 });
+    accumulateLitCountsCpu(b, counts, { ...P, threshold: 0.7 }); // accumulates: as if 8 frames
     expect(counts[7 * 128 + 7]).toBe(8);
     expect(counts[8 * 128 + 8]).toBe(4);
     expect(counts[9 * 128 + 9]).toBe(6);

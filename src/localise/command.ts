@@ -47,6 +47,11 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     help: "frame facing the first pulse [1]",
   },
   { name: "out", value: "string", help: "output directory (default ./localise-<run name>)" },
+  {
+    name: "geometry",
+    value: "string",
+    help: "CrystFEL .geom file for peak positions (default: the built-in layout, beam at the origin)",
+  },
   { name: "force", help: "replace an existing output directory" },
   {
     name: "backend",
@@ -63,7 +68,38 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "threshold",
     value: "number",
     default: DEFAULT_OPTIONS.threshold,
-    help: "lit pixel: value > threshold (photons)",
+    help:
+      "lit pixel: value > threshold; candidate: value - background > max(threshold, min-snr * noise) (photons)",
+  },
+  {
+    name: "min-snr",
+    value: "number",
+    default: DEFAULT_OPTIONS.minSnr,
+    help: "candidate pixels: this many noise sigmas above the local background (0: fixed threshold only)",
+  },
+  {
+    name: "bg-iterations",
+    value: "number",
+    default: DEFAULT_OPTIONS.bgIterations,
+    help: "local background: sigma-clipping iterations per 16 x 16 tile",
+  },
+  {
+    name: "bg-clip",
+    value: "number",
+    default: DEFAULT_OPTIONS.bgClip,
+    help: "local background: values >= mu + bg-clip * sigma leave the next iteration",
+  },
+  {
+    name: "min-peak-snr",
+    value: "number",
+    default: DEFAULT_OPTIONS.minPeakSnr,
+    help: "smallest peak SNR: subtracted intensity / noise of its pixels",
+  },
+  {
+    name: "min-peaks",
+    value: "number",
+    default: DEFAULT_OPTIONS.minPeaks,
+    help: "peaks classifier: a frame is lit with at least this many peaks",
   },
   {
     name: "hot-fraction",
@@ -116,7 +152,7 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "min-intensity",
     value: "number",
     default: DEFAULT_OPTIONS.minIntensity,
-    help: "smallest integrated intensity of a peak (photons)",
+    help: "smallest background-subtracted integrated intensity of a peak (photons)",
   },
   {
     name: "max-peaks",
@@ -132,7 +168,7 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     integer: true,
     min: 0,
     default: DEFAULT_OPTIONS.minLit,
-    help: "an ASIC without a peak is lit with this many filtered lit pixels",
+    help: "an ASIC is also lit with this many filtered candidate pixels (0: off)",
   },
   {
     name: "mode",
@@ -162,6 +198,12 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     min: 1,
     default: DEFAULT_OPTIONS.maxRois,
     help: "ROIs per module at most",
+  },
+  {
+    name: "roi-fraction",
+    value: "number",
+    default: DEFAULT_OPTIONS.roiFraction,
+    help: "ROI pixels carry peaks in this fraction of the lit frames (0: union of all peak boxes)",
   },
   {
     name: "min-lit-fraction",
@@ -212,6 +254,11 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     firstTrain: o.firstTrain,
     lastTrain: o.lastTrain,
     threshold: o.threshold,
+    minSnr: o.minSnr,
+    bgIterations: o.bgIterations,
+    bgClip: o.bgClip,
+    minPeakSnr: o.minPeakSnr,
+    minPeaks: o.minPeaks,
     hotFraction: o.hotFraction,
     hotSample: o.hotSample,
     neighbours: o.neighbours,
@@ -225,8 +272,10 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     snr: o.snr,
     margin: o.margin,
     maxRois: o.maxRois,
+    roiFraction: o.roiFraction,
     minLitFraction: o.minLitFraction,
     batchBytes: Math.round(o.batchMb * 2 ** 20),
+    geometry: o.geometry,
   };
 }
 

@@ -20,6 +20,8 @@ import { Run } from "../run.ts";
 import type { OptionSpec } from "../cli.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
+import { loadLayout } from "../geometry.ts";
+import { positioner } from "./position.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
 import {
@@ -38,12 +40,19 @@ export type BackendChoice = "auto" | "webgpu" | "cpu";
 const HOT_BLOCK = 16;
 
 export interface LocaliseOptions extends LocaliseParams {
-  /** Classifier: an ASIC without a peak is lit with at least this many filtered lit pixels. */
+  /** Classifier (peaks mode): a frame is lit with at least this many peaks, all modules together ... */
+  minPeaks: number;
+  /** ... or with an ASIC of at least this many filtered lit pixels (0 = off). */
   minLit: number;
   mode: ClassifierMode;
   snr: number;
   margin: number;
   maxRois: number;
+  /**
+   * ROIs: pixels inside peak boxes in at least this fraction of the lit frames (and at least 2), padded by
+   * margin; 0: the union of every peak box of the lit frames.
+   */
+  roiFraction: number;
   /** A module is selected when its lit-frame fraction is at least this (or it holds an ROI). */
   minLitFraction: number;
   /** Frames per module sampled for the hot-pixel pass. */
@@ -57,6 +66,8 @@ export interface LocaliseOptions extends LocaliseParams {
   referenceFrame?: number;
   /** Bytes of image data per batch, all modules together. */
   batchBytes: number;
+  /** A CrystFEL .geom file (peak positions); default: the built-in layout of the detector type. */
+  geometry?: string;
   /** Worker threads (module groups); default: the cores for the cpu backend, 1 for webgpu. */
   workers?: number;
   detector?: string;
@@ -67,11 +78,13 @@ export interface LocaliseOptions extends LocaliseParams {
 
 export const DEFAULT_OPTIONS: LocaliseOptions = {
   ...DEFAULT_PARAMS,
-  minLit: 25,
+  minPeaks: 3,
+  minLit: 0,
   mode: "peaks",
   snr: 4,
   margin: 4,
   maxRois: 32,
+  roiFraction: 0.1,
   minLitFraction: 0.01,
   hotSample: 128,
   backend: "auto",
@@ -93,6 +106,10 @@ export interface ModuleResult {
 
 export interface FramePeak extends Peak {
   module: number;
+  /** Position of the centroid (position.ts): x, y in metres, radius in pixels from the beam. */
+  x?: number;
+  y?: number;
+  radius?: number;
 }
 
 /** Everything localise found, per frame and per module. */
@@ -129,6 +146,8 @@ export interface LocaliseResult {
   };
   nAsics: number;
   geometry: Geometry;
+  /** The detector layout of the peak positions: a .geom path, or `default AGIPD-1M` etc. */
+  layout: string;
   /** The beam annotation (LITFRM) when the run has a bunch pattern and --lit-from is not images. */
   beam?: BeamAnnotation;
   /** Frames with signal in the images but no X-ray pulse (kept, never dropped). */
@@ -250,6 +269,8 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   initialize(info: RunInfo) {
     this.runPath = info.runPath;
     const det = info.detector;
+    // A bad --geometry fails before the run is read (finalize uses it for the peak positions).
+    if (this.opt.geometry) loadLayout(this.opt.geometry, det.type);
     if (info.modules.length) {
       this.g = geometry(det.type);
       this.modules = info.modules;
@@ -495,35 +516,13 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
   const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
   // Stage 5: classifier.
-  for (let f = 0; f < nF; f++) {
-    let lit = 0, valid = 0;
-    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
-      lit += per.litPixels[k];
-      valid += per.unmaskedPixels[k];
-    }
-    per.score[f] = valid > 0 ? lit / valid : NaN;
-  }
-  const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
-  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
-  for (let f = 0; f < nF; f++) {
-    for (const p of allPeaks[f]) {
-      per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
-    }
-    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
-      if (opt.mode === "peaks") {
-        if (per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
-      } else if (per.score[f] > threshold) {
-        const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
-        if (frac > threshold) per.asicLit[k] = 1;
-      }
-      if (per.asicLit[k]) per.frameLit[f] = 1;
-    }
-    if (opt.mode === "adaptive") per.frameLit[f] = per.score[f] > threshold ? 1 : 0;
-    // The per-frame peak table: brightest first, ties by module then box.
-    allPeaks[f].sort((a, b) =>
-      b.intensity - a.intensity || a.module - b.module || a.box[0] - b.box[0] || a.box[1] - b.box[1]
-    );
-    per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
+  classifyFrames(per, allPeaks, moduleList, g, opt);
+
+  // Peak positions on the detector.
+  const layout = loadLayout(opt.geometry, det.type);
+  const where = positioner(layout, det.type);
+  for (const list of per.peaks) {
+    for (const p of list) Object.assign(p, where(p.module, p.ss, p.fs));
   }
 
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
@@ -554,16 +553,42 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     }
   }
 
-  // Stage 6: ROIs from the peaks of lit frames; stage 7: module selection.
+  // Stage 6: ROIs from signal persistence (or, with roiFraction 0, the union of the peak boxes of lit
+  // frames); stage 7: module selection.
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
+  const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
   const moduleLit = new Uint32Array(nMod);
+  let litCount = 0;
   for (let f = 0; f < nF; f++) {
     if (!per.frameLit[f]) continue;
-    for (const p of allPeaks[f]) rois[moduleIndex.get(p.module)!].add(p.box);
+    litCount++;
+    for (const p of allPeaks[f]) {
+      const m = moduleIndex.get(p.module)!;
+      if (!persist) {
+        rois[m].add(p.box);
+        continue;
+      }
+      const c = persist[m];
+      for (let ss = p.box[0]; ss < p.box[2]; ss++) {
+        for (let fs = p.box[1]; fs < p.box[3]; fs++) c[ss * g.moduleFs + fs]++;
+      }
+    }
     for (let m = 0; m < nMod; m++) {
       const base = (f * nMod + m) * nA;
       if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
     }
+  }
+  if (persist) {
+    const need = Math.max(2, Math.ceil(opt.roiFraction * litCount));
+    persist.forEach((c, m) => {
+      for (let p = 0; p < c.length; p++) {
+        if (c[p] >= need) {
+          const ss = Math.floor(p / g.moduleFs), fs = p % g.moduleFs;
+          rois[m].add([ss, fs, ss + 1, fs + 1]);
+        }
+      }
+    });
   }
   const modules: ModuleResult[] = moduleList.map((m, i) => {
     const frames = present[i].reduce((a, x) => a + x, 0);
@@ -622,7 +647,60 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     perFrame: per,
     nAsics: nA,
     geometry: g,
+    layout: layout.source,
     beam,
     anomalies,
   };
+}
+
+/** The per-frame arrays stage 5 reads and writes (see LocaliseResult.perFrame). */
+export type FrameTables = LocaliseResult["perFrame"];
+
+/**
+ * Stage 5 (classify.ts has the spec): per-frame score, ASIC and frame lit flags, and each frame's peak table
+ * (`per.peaks`, brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place).
+ */
+export function classifyFrames(
+  per: FrameTables,
+  allPeaks: FramePeak[][],
+  moduleList: number[],
+  g: Geometry,
+  opt: LocaliseOptions,
+): void {
+  const nF = per.frameLit.length;
+  const nMod = moduleList.length;
+  const nA = g.nAsics;
+  for (let f = 0; f < nF; f++) {
+    let lit = 0, valid = 0;
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      lit += per.litPixels[k];
+      valid += per.unmaskedPixels[k];
+    }
+    per.score[f] = valid > 0 ? lit / valid : NaN;
+  }
+  const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
+  for (let f = 0; f < nF; f++) {
+    // Peaks mode: peaks light their ASICs when the frame holds at least minPeaks of them.
+    if (opt.mode !== "peaks" || per.nPeaks[f] >= Math.max(1, opt.minPeaks)) {
+      for (const p of allPeaks[f]) {
+        per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
+      }
+    }
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      if (opt.mode === "peaks") {
+        if (opt.minLit > 0 && per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
+      } else if (per.score[f] > threshold) {
+        const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
+        if (frac > threshold) per.asicLit[k] = 1;
+      }
+      if (per.asicLit[k]) per.frameLit[f] = 1;
+    }
+    if (opt.mode === "adaptive") per.frameLit[f] = per.score[f] > threshold ? 1 : 0;
+    // The per-frame peak table: brightest first, ties by module then box.
+    allPeaks[f].sort((a, b) =>
+      b.intensity - a.intensity || a.module - b.module || a.box[0] - b.box[0] || a.box[1] - b.box[1]
+    );
+    per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
+  }
 }

@@ -11,16 +11,37 @@ import { type DataInput, openWriter } from "../writer.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../litframes.ts";
 import type { LocaliseResult } from "./localise.ts";
 
+/** Per train: frames and lit frames (hits), in train order. */
+function perTrain(r: LocaliseResult): { trainId: number[]; frames: number[]; litFrames: number[] } {
+  const out = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
+  const pf = r.perFrame;
+  for (let f = 0; f < r.frames; f++) {
+    const k = out.trainId.length - 1;
+    if (k < 0 || out.trainId[k] !== pf.trainId[f]) {
+      out.trainId.push(pf.trainId[f]);
+      out.frames.push(0);
+      out.litFrames.push(0);
+    }
+    out.frames[out.frames.length - 1]++;
+    out.litFrames[out.litFrames.length - 1] += pf.frameLit[f];
+  }
+  return out;
+}
+
 export function summaryJson(r: LocaliseResult) {
   const { backend: _b, workers: _w, ...params } = r.params;
   return {
     run: path.resolve(r.run),
     detector: r.detector,
+    layout: r.layout,
     backend: r.backend,
     params: { ...params, backend: r.params.backend },
     trains: r.trains,
     frames: r.frames,
     litFrames: r.litFrames,
+    /** Lit frames / frames: the hit rate of an SFX run. */
+    hitRate: r.frames ? r.litFrames / r.frames : 0,
+    perTrain: perTrain(r),
     modules: r.modules,
     selectedFiles: r.selectedFiles,
     timing: r.timing,
@@ -112,6 +133,16 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       peakSs: { source: "@out", key: "data.peakSs", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakFs: { source: "@out", key: "data.peakFs", shape: ["maxpeaks"], dtype: "float32", ...packed },
       peakMax: { source: "@out", key: "data.peakMax", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakSnr: { source: "@out", key: "data.peakSnr", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakX: { source: "@out", key: "data.peakX", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakY: { source: "@out", key: "data.peakY", shape: ["maxpeaks"], dtype: "float32", ...packed },
+      peakRadius: {
+        source: "@out",
+        key: "data.peakRadius",
+        shape: ["maxpeaks"],
+        dtype: "float32",
+        ...packed,
+      },
       modules: { source: "@ctl", key: "modules", shape: ["nmod"], dtype: "uint16", ...packed },
     },
   } as const;
@@ -152,6 +183,10 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const peakSs = new Float32Array(n * maxPeaks);
       const peakFs = new Float32Array(n * maxPeaks);
       const peakMax = new Float32Array(n * maxPeaks);
+      const peakSnr = new Float32Array(n * maxPeaks);
+      const peakX = new Float32Array(n * maxPeaks);
+      const peakY = new Float32Array(n * maxPeaks);
+      const peakRadius = new Float32Array(n * maxPeaks);
       for (let i = 0; i < n; i++) {
         pf.peaks[f0 + i].forEach((p, j) => {
           const k = i * maxPeaks + j;
@@ -162,6 +197,10 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
           peakSs[k] = p.ss;
           peakFs[k] = p.fs;
           peakMax[k] = p.max;
+          peakSnr[k] = p.snr;
+          peakX[k] = p.x ?? NaN;
+          peakY[k] = p.y ?? NaN;
+          peakRadius[k] = p.radius ?? NaN;
         });
       }
       w.addData({
@@ -181,6 +220,10 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         peakSs: { data: peakSs, shape: [n, maxPeaks] },
         peakFs: { data: peakFs, shape: [n, maxPeaks] },
         peakMax: { data: peakMax, shape: [n, maxPeaks] },
+        peakSnr: { data: peakSnr, shape: [n, maxPeaks] },
+        peakX: { data: peakX, shape: [n, maxPeaks] },
+        peakY: { data: peakY, shape: [n, maxPeaks] },
+        peakRadius: { data: peakRadius, shape: [n, maxPeaks] },
       });
       f0 = f1;
     }

@@ -39,8 +39,23 @@
 import type { Geometry } from "../detectors.ts";
 
 export interface LocaliseParams {
-  /** A valid pixel is lit when value > threshold (photons). */
+  /**
+   * Stage 1: a valid pixel is lit when value > threshold (photons). Stages 2-4 (the ADC threshold): a
+   * pixel is a candidate when value - mu > max(threshold, minSnr * sigma) (mu, sigma: its tile's
+   * background, stage 0).
+   */
   threshold: number;
+  /** Candidates need value - mu > minSnr * sigma; 0 = no background (mu = sigma = 0: value > threshold). */
+  minSnr: number;
+  /** Stage 0: clipping iterations and the clip (values >= mu + bgClip * sigma leave the next iteration). */
+  bgIterations: number;
+  bgClip: number;
+  /**
+   * Smallest peak SNR: intensity / sqrt(sum over its pixels of (thr / minSnr)^2), i.e. of the noise
+   * sigma floored at threshold / minSnr (a noise-free background still has a finite SNR); with a
+   * background only (minSnr > 0).
+   */
+  minPeakSnr: number;
   /** A pixel lit in more than this fraction of the module's frames is hot. */
   hotFraction: number;
   /** A lit pixel survives the noise filter with >= this many of its 8 neighbours lit ... */
@@ -51,7 +66,7 @@ export interface LocaliseParams {
   minArea: number;
   /** Largest peak area (pixels). */
   maxArea: number;
-  /** Smallest integrated intensity of a peak (photons). */
+  /** Smallest background-subtracted integrated intensity of a peak (photons). */
   minIntensity: number;
   /** Peaks kept per frame (per module here; the caller merges modules). */
   maxPeaks: number;
@@ -59,10 +74,14 @@ export interface LocaliseParams {
 
 export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   threshold: 0.7,
+  minSnr: 3.5,
+  bgIterations: 4,
+  bgClip: 5,
+  minPeakSnr: 9,
   hotFraction: 0.5,
-  neighbours: 1,
+  neighbours: 0,
   strong: 5,
-  minArea: 3,
+  minArea: 1,
   maxArea: 10000,
   minIntensity: 10,
   maxPeaks: 256,
@@ -83,11 +102,15 @@ export interface Peak {
   /** [ss0, fs0, ss1, fs1), half-open. */
   box: [number, number, number, number];
   area: number;
+  /** Background-subtracted integrated intensity: sum of (value - mu) over the peak's pixels. */
   intensity: number;
-  /** Intensity-weighted centroid. */
+  /** Centroid weighted by value - mu. */
   ss: number;
   fs: number;
+  /** Largest value (not subtracted). */
   max: number;
+  /** intensity / sqrt(sum of (thr / minSnr)^2 over the peak's pixels); 0 without a background (minSnr = 0). */
+  snr: number;
 }
 
 export interface BatchResult {
@@ -117,6 +140,126 @@ export interface LocaliseBackend {
    */
   process(batch: ModuleBatch): Promise<BatchResult>;
   dispose(): void;
+}
+
+/** Side of the square background tiles of stage 0 (pixels); every ASIC side is a multiple of it. */
+export const TILE = 16;
+const TILE_SHIFT = Math.log2(TILE);
+
+/** Background tiles per module image: (moduleSs / TILE) x (moduleFs / TILE), row-major. */
+export function tilesOf(g: Geometry): number {
+  return (g.moduleSs / TILE) * (g.moduleFs / TILE);
+}
+
+/** Stage-0 output for frames x tiles: background mu, noise sigma, candidate threshold t (float32). */
+export interface Background {
+  mu: Float32Array;
+  sigma: Float32Array;
+  thr: Float32Array;
+}
+
+export function newBackground(g: Geometry, nFrames: number): Background {
+  const n = nFrames * tilesOf(g);
+  return { mu: new Float32Array(n), sigma: new Float32Array(n), thr: new Float32Array(n) };
+}
+
+/**
+ * Stage 0 on frame f of a batch: each tile's mu, sigma, thr (written at `o` + tile). The valid pixels of
+ * the tile (finite, mask 0; hot pixels included: the clipping drops them like spots) enter a one-sided
+ * iterative clip: limit = +Infinity; bgIterations times, over the valid values v < limit: n = their
+ * count; if n = 0 stop; mu = sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (float64 here, float32 in two
+ * passes on the GPU), limit = mu + bgClip * sigma. (An iteration over the same values as the previous
+ * one changes nothing: both stop there.) A tile without valid pixels has mu = sigma = 0.
+ * Then (float32) mu = fround(mu), sigma = fround(sigma), and thr = max(fround(threshold),
+ * fround(minSnr * s)) with s the lower median (element floor((k - 1) / 2) in ascending order) of the k
+ * sigmas of the tile and its neighbours within the module (k = 4, 6 or 9): a spot spread over many
+ * pixels raises the sigma of its own tile, not the median of its neighbourhood, while the noise of the
+ * background varies smoothly.
+ * With minSnr <= 0 there is no background: mu = sigma = 0, thr = fround(threshold).
+ */
+export function backgroundFrameCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  out: Background,
+  o: number,
+  scratch: Float64Array = new Float64Array(TILE * TILE),
+): void {
+  const g = batch.geometry;
+  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
+  const threshold = Math.fround(params.threshold);
+  if (!(params.minSnr > 0)) {
+    out.mu.fill(0, o, o + nT);
+    out.sigma.fill(0, o, o + nT);
+    out.thr.fill(threshold, o, o + nT);
+    return;
+  }
+  const { data, mask } = batch;
+  const base = f * g.pixels;
+  const vals = scratch;
+  for (let t = 0; t < nT; t++) {
+    const ss0 = Math.floor(t / tFs) * TILE, fs0 = (t % tFs) * TILE;
+    let n0 = 0;
+    for (let ss = ss0; ss < ss0 + TILE; ss++) {
+      const row = base + ss * nfs;
+      for (let fs = fs0; fs < fs0 + TILE; fs++) {
+        const v = data[row + fs];
+        if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
+      }
+    }
+    let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
+    for (let it = 0; it < params.bgIterations; it++) {
+      // One pass in float64 (sum of squares: exact enough at these magnitudes, and faster).
+      let n = 0, S = 0, Q = 0;
+      for (let k = 0; k < n0; k++) {
+        const v = vals[k];
+        if (v < limit) {
+          n++;
+          S += v;
+          Q += v * v;
+        }
+      }
+      // No value left (stop), or the same values as the previous iteration (nothing would change).
+      if (n === 0 || n === prevN) break;
+      prevN = n;
+      mu = S / n;
+      sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+      limit = mu + params.bgClip * sigma;
+    }
+    out.mu[o + t] = mu;
+    out.sigma[o + t] = sigma;
+  }
+  // thr from the lower median of the sigmas of the tile and its (up to 8) neighbours in the module.
+  const tSs = g.moduleSs / TILE;
+  const nb = new Float32Array(9);
+  const minSnr = Math.fround(params.minSnr);
+  for (let t = 0; t < nT; t++) {
+    const ts = Math.floor(t / tFs), tf = t % tFs;
+    let k = 0;
+    for (let y = Math.max(0, ts - 1); y <= Math.min(tSs - 1, ts + 1); y++) {
+      for (let x = Math.max(0, tf - 1); x <= Math.min(tFs - 1, tf + 1); x++) {
+        // Insertion into the sorted prefix.
+        const v = out.sigma[o + y * tFs + x];
+        let j = k++;
+        while (j > 0 && nb[j - 1] > v) {
+          nb[j] = nb[j - 1];
+          j--;
+        }
+        nb[j] = v;
+      }
+    }
+    out.thr[o + t] = Math.max(threshold, Math.fround(minSnr * nb[(k - 1) >> 1]));
+  }
+}
+
+/** Stage 0 on every frame of a batch. */
+export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Background {
+  checkBatch(batch);
+  const out = newBackground(batch.geometry, batch.nFrames);
+  const nT = tilesOf(batch.geometry);
+  const scratch = new Float64Array(TILE * TILE);
+  for (let f = 0; f < batch.nFrames; f++) backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  return out;
 }
 
 /** Label of a pixel that does not survive stage 3. */
@@ -180,6 +323,10 @@ interface Scratch {
   sumSs: Float64Array;
   sumFs: Float64Array;
   max: Float64Array;
+  var2: Float64Array;
+  /** Stage 0 of the current frame, and the clip's value list. */
+  bg: Background;
+  vals: Float64Array;
   /** Pixels with L (stage-3 input) and the survivors, in raster order. */
   litList: Int32Array;
   survivors: Int32Array;
@@ -189,10 +336,14 @@ interface Scratch {
  * Scratch arrays are kept between frames: `l` is all 0 and `parent` all -1 between frames (each frame
  * resets only the pixels it set), so the passes after stage 1 visit the lit pixels only.
  */
-function scratchFor(pixels: number, old?: Scratch): Scratch {
-  if (old && old.pixels === pixels) return old;
+function scratchFor(g: Geometry, old?: Scratch): Scratch {
+  const pixels = g.pixels;
+  if (old && old.pixels === pixels && old.bg.mu.length === tilesOf(g)) return old;
   return {
     pixels,
+    bg: newBackground(g, 1),
+    vals: new Float64Array(TILE * TILE),
+    var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     litList: new Int32Array(pixels),
     survivors: new Int32Array(pixels),
@@ -239,6 +390,9 @@ interface FrameOut {
   asicOffset: number;
   /** Component labels of this frame (NO_LABEL where not surviving). */
   labels?: Uint32Array;
+  /** Stage 0 given (e.g. the GPU's): this frame's tiles start at bgOffset; absent: computed here. */
+  bg?: Background;
+  bgOffset?: number;
 }
 
 /**
@@ -260,6 +414,15 @@ function cpuFrame(
   const hot = batch.hot;
   const threshold = Math.fround(params.threshold);
   const l = s.l;
+  let bg = out.bg, bo = out.bgOffset ?? 0;
+  if (!bg) {
+    bg = s.bg;
+    bo = 0;
+    backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
+  }
+  const bgMu = bg.mu, bgThr = bg.thr;
+  const minSnr = params.minSnr > 0 ? params.minSnr : Infinity; // no background: var2 = 0, snr = 0
+  const tFs = nfs / TILE;
 
   // Stage 1, and the stage-3 input L (listed in raster order).
   const aLit = new Uint32Array(nAsics);
@@ -269,6 +432,7 @@ function cpuFrame(
   let nLit = 0;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
+    const rowTile = bo + Math.floor(ss / TILE) * tFs;
     // One ASIC's segment of the row at a time: the counters stay in locals.
     for (let col = 0; col < asicCols; col++) {
       const a = rowAsic + col;
@@ -282,10 +446,11 @@ function cpuFrame(
           if (v > threshold) {
             lit++;
             sumA += v;
-            if (!(hot && hot[p])) {
-              l[p] = 1;
-              litList[nLit++] = p;
-            }
+          }
+          const t = rowTile + ((p - ss * nfs) >> TILE_SHIFT);
+          if (Math.fround(v - bgMu[t]) > bgThr[t] && !(hot && hot[p])) {
+            l[p] = 1;
+            litList[nLit++] = p;
           }
         }
       }
@@ -324,7 +489,8 @@ function cpuFrame(
         n += l[y * nfs + x];
       }
     }
-    if (n >= need || data[base + p] >= strong) {
+    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    if (n >= need || Math.fround(data[base + p] - bgMu[t]) >= strong) {
       parent[p] = p;
       survivors[nSurv++] = p;
       aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
@@ -348,7 +514,7 @@ function cpuFrame(
   }
 
   // Per-component statistics in float64; a root is its component's first pixel in raster order.
-  const { comp, area, ss0, fs0, ss1, fs1, first, sum, sumSs, sumFs, max } = s;
+  const { comp, area, ss0, fs0, ss1, fs1, first, sum, sumSs, sumFs, max, var2 } = s;
   let nComp = 0;
   const labels = out.labels;
   if (labels) labels.fill(NO_LABEL);
@@ -359,6 +525,8 @@ function cpuFrame(
     const r = find(parent, p);
     if (labels) labels[p] = r;
     const v = data[base + p];
+    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    const d = Math.fround(v - bgMu[t]);
     let c: number;
     if (r === p) {
       c = nComp++;
@@ -372,6 +540,7 @@ function cpuFrame(
       sum[c] = 0;
       sumSs[c] = 0;
       sumFs[c] = 0;
+      var2[c] = 0;
       max[c] = v;
     } else {
       c = comp[r];
@@ -380,9 +549,11 @@ function cpuFrame(
     if (fs < fs0[c]) fs0[c] = fs;
     if (fs + 1 > fs1[c]) fs1[c] = fs + 1;
     ss1[c] = ss + 1; // rows come in order
-    sum[c] += v;
-    sumSs[c] += v * ss;
-    sumFs[c] += v * fs;
+    sum[c] += d;
+    sumSs[c] += d * ss;
+    sumFs[c] += d * fs;
+    const se = bgThr[t] / minSnr;
+    var2[c] += se * se;
     if (v > max[c]) max[c] = v;
   }
   for (let k = 0; k < nSurv; k++) parent[survivors[k]] = -1;
@@ -392,6 +563,8 @@ function cpuFrame(
     if (area[c] < params.minArea || area[c] > params.maxArea) continue;
     const intensity = Math.fround(sum[c]);
     if (!(intensity >= Math.fround(params.minIntensity))) continue;
+    const snr = var2[c] > 0 ? Math.fround(sum[c] / Math.sqrt(var2[c])) : 0;
+    if (params.minSnr > 0 && !(snr >= params.minPeakSnr)) continue;
     found.push({
       peak: {
         box: [ss0[c], fs0[c], ss1[c], fs1[c]],
@@ -400,6 +573,7 @@ function cpuFrame(
         ss: Math.fround(sumSs[c] / sum[c]),
         fs: Math.fround(sumFs[c] / sum[c]),
         max: Math.fround(max[c]),
+        snr,
       },
       first: first[c],
     });
@@ -426,12 +600,12 @@ let sharedScratch: Scratch | undefined;
 export function processBatchCpu(
   batch: ModuleBatch,
   params: LocaliseParams,
-  opts: { labels?: Uint32Array } = {},
+  opts: { labels?: Uint32Array; background?: Background } = {},
 ): BatchResult {
   checkBatch(batch);
   const g = batch.geometry;
   const res = emptyResult(g, batch.nFrames);
-  const s = (sharedScratch = scratchFor(g.pixels, sharedScratch));
+  const s = (sharedScratch = scratchFor(g, sharedScratch));
   for (let f = 0; f < batch.nFrames; f++) {
     const r = cpuFrame(batch, f, params, s, {
       litPixels: res.litPixels,
@@ -440,6 +614,8 @@ export function processBatchCpu(
       filteredLit: res.filteredLit,
       asicOffset: f * g.nAsics,
       labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
+      bg: opts.background,
+      bgOffset: f * tilesOf(g),
     });
     res.nPeaks[f] = r.nPeaks;
     res.peaks[f] = r.peaks;
@@ -452,9 +628,10 @@ export function framePeaksCpu(
   batch: ModuleBatch,
   f: number,
   params: LocaliseParams,
+  bg?: Background,
 ): { nPeaks: number; peaks: Peak[] } {
-  const s = (sharedScratch = scratchFor(batch.geometry.pixels, sharedScratch));
-  return cpuFrame(batch, f, params, s, { asicOffset: 0 });
+  const s = (sharedScratch = scratchFor(batch.geometry, sharedScratch));
+  return cpuFrame(batch, f, params, s, { asicOffset: 0, bg, bgOffset: f * tilesOf(batch.geometry) });
 }
 
 /** Component labels of every frame of a batch (the spec's label convention), for tests. */
@@ -464,18 +641,32 @@ export function labelsCpu(batch: ModuleBatch, params: LocaliseParams): Uint32Arr
   return labels;
 }
 
-/** Stage-2 pre-pass on the CPU. */
-export function accumulateLitCountsCpu(batch: ModuleBatch, counts: Uint32Array, threshold: number): void {
+/**
+ * Stage-2 pre-pass on the CPU: counts[p] += 1 for every frame where p is a candidate (valid and
+ * value - mu > thr of its tile, stage 0 of that frame: `background` if given, else computed here).
+ */
+export function accumulateLitCountsCpu(
+  batch: ModuleBatch,
+  counts: Uint32Array,
+  params: LocaliseParams,
+  background?: Background,
+): void {
   checkBatch(batch);
-  const P = batch.geometry.pixels;
+  const g = batch.geometry;
+  const P = g.pixels;
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
-  threshold = Math.fround(threshold);
+  const bg = background ?? backgroundCpu(batch, params);
+  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P;
     for (let p = 0; p < P; p++) {
       const v = data[base + p];
-      if (Number.isFinite(v) && v > threshold && (!mask || mask[base + p] === 0)) counts[p]++;
+      const ss = Math.floor(p / nfs);
+      const t = f * nT + (ss >> TILE_SHIFT) * tFs + ((p - ss * nfs) >> TILE_SHIFT);
+      if (Number.isFinite(v) && Math.fround(v - bg.mu[t]) > bg.thr[t] && (!mask || mask[base + p] === 0)) {
+        counts[p]++;
+      }
     }
   }
 }
@@ -487,7 +678,7 @@ export function createCpuBackend(params: LocaliseParams): LocaliseBackend {
     name: "cpu",
     adapter: "cpu (1 thread)",
     accumulateLitCounts(batch, counts) {
-      accumulateLitCountsCpu(batch, counts, p.threshold);
+      accumulateLitCountsCpu(batch, counts, p);
       return Promise.resolve();
     },
     process(batch) {

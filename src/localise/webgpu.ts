@@ -9,6 +9,8 @@
  * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
  * table and keeps the brightest maxPeaks.
  *
+ *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
+ *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
  *   merge      (pixels/256, frames)               stage 4 union-find
@@ -42,6 +44,7 @@ import {
   withErrorScope,
 } from "../gpu.ts";
 import {
+  type Background,
   type BatchResult,
   checkBatch,
   emptyResult,
@@ -49,19 +52,20 @@ import {
   type LocaliseBackend,
   type LocaliseParams,
   type ModuleBatch,
+  newBackground,
   NO_LABEL,
   type Peak,
   sortAndCut,
+  TILE,
+  tilesOf,
 } from "./stages.ts";
 
 /** Words per peak-table entry (shaders/common.wgsl ENTRY). */
-const ENTRY = 10;
+const ENTRY = 11;
 /** Pixels per row segment of the run passes (shaders/common.wgsl SEG). */
 const SEG = 16;
-/** Filter tile side (shaders/filter.wgsl T). */
-const TILE = 16;
 const WG = 256;
-const PARAMS_BYTES = 80;
+const PARAMS_BYTES = 96;
 
 export interface WebgpuOptions {
   /** Peak-table entries per frame on the GPU (default max(1024, 4 * maxPeaks)). */
@@ -78,6 +82,8 @@ export interface WebgpuOptions {
 }
 
 export interface WebgpuBatchResult extends BatchResult {
+  /** Stage 0 as the GPU computed it (frames x tiles). */
+  background: Background;
   /** With debugLabels: nFrames * pixels labels, the spec's convention (module-frame index of the root). */
   labels?: Uint32Array;
   /** Frames (batch indices) whose peaks overflowed the GPU table and were recomputed on the CPU. */
@@ -140,6 +146,7 @@ interface Slot {
   /** The pending re-map of `upload` after its last use (false: it failed). */
   mapping?: Promise<boolean>;
   groups: {
+    background: GPUBindGroup;
     litpixels: GPUBindGroup;
     hotcount: GPUBindGroup;
     filter: GPUBindGroup;
@@ -149,14 +156,32 @@ interface Slot {
 }
 
 const LAYOUTS = {
+  background: ["uniform", "read-only-storage", "read-only-storage", "storage"],
   litpixels: ["uniform", "read-only-storage", "read-only-storage", "storage"],
-  hotcount: ["uniform", "read-only-storage", "read-only-storage", "storage"],
-  filter: ["uniform", "read-only-storage", "read-only-storage", "read-only-storage", "storage", "storage"],
+  hotcount: ["uniform", "read-only-storage", "read-only-storage", "storage", "read-only-storage"],
+  filter: [
+    "uniform",
+    "read-only-storage",
+    "read-only-storage",
+    "read-only-storage",
+    "storage",
+    "storage",
+    "read-only-storage",
+  ],
   components: ["uniform", "storage", "storage"],
-  peaks: ["uniform", "read-only-storage", "read-only-storage", "storage", "storage", "storage"],
+  peaks: [
+    "uniform",
+    "read-only-storage",
+    "read-only-storage",
+    "storage",
+    "storage",
+    "storage",
+    "read-only-storage",
+  ],
 } satisfies Record<string, BindingKind[]>;
 
 const ENTRIES = {
+  background: ["background", "bgthreshold"],
   litpixels: ["litpixels"],
   hotcount: ["hotcount"],
   filter: ["noisefilter"],
@@ -197,6 +222,7 @@ export async function createWebgpuBackend(
   if (fit < 1) throw new Error(`webgpu backend: one ${g.type} frame does not fit the device's buffer limits`);
   const F = Math.max(1, Math.min(Math.floor(maxFramesPerBatch) || 1, fit));
   const segments = P / SEG;
+  const NT = tilesOf(g);
   const uploadMode = options.upload ?? (gpu.implementation === "deno" ? "writeBuffer" : "mapped");
 
   return await withErrorScope(device, "webgpu backend setup", async () => {
@@ -231,8 +257,10 @@ export async function createWebgpuBackend(
     );
     const table = createBuffer(device, F * C * ENTRY * 4, S | BufferUsage.COPY_SRC, "peak table");
     const litCount = createBuffer(device, frameBytes, S | BufferUsage.COPY_SRC, "lit counts");
-    const resultBytes = F * W * 4 + F * C * ENTRY * 4;
-    const shared = [labels, area, counters, table, litCount];
+    const bgBytes = 16 * NT;
+    const bg = createBuffer(device, F * bgBytes, S | BufferUsage.COPY_SRC, "background");
+    const resultBytes = F * W * 4 + F * C * ENTRY * 4 + F * bgBytes;
+    const shared = [labels, area, counters, table, litCount, bg];
 
     const slots: Slot[] = [];
     for (let k = 0; k < 2; k++) {
@@ -265,11 +293,12 @@ export async function createWebgpuBackend(
       slots.push({
         ...s,
         groups: {
+          background: bindGroup(device, layouts.background, [s.params, s.data, s.mask, bg]),
           litpixels: bindGroup(device, layouts.litpixels, [s.params, s.data, s.mask, counters]),
-          hotcount: bindGroup(device, layouts.hotcount, [s.params, s.data, s.mask, litCount]),
-          filter: bindGroup(device, layouts.filter, [s.params, s.data, s.mask, s.hot, labels, counters]),
+          hotcount: bindGroup(device, layouts.hotcount, [s.params, s.data, s.mask, litCount, bg]),
+          filter: bindGroup(device, layouts.filter, [s.params, s.data, s.mask, s.hot, labels, counters, bg]),
           components: bindGroup(device, layouts.components, [s.params, labels, area]),
-          peaks: bindGroup(device, layouts.peaks, [s.params, s.data, labels, area, counters, table]),
+          peaks: bindGroup(device, layouts.peaks, [s.params, s.data, labels, area, counters, table, bg]),
         },
       });
     }
@@ -354,6 +383,10 @@ export async function createWebgpuBackend(
       ]);
       f32[16] = p.threshold;
       f32[17] = p.strong;
+      u32[18] = Math.max(0, Math.floor(p.bgIterations));
+      u32[19] = g.moduleFs / TILE;
+      f32[20] = p.minSnr;
+      f32[21] = p.bgClip;
       q.writeBuffer(slot.params, 0, u);
     }
 
@@ -373,6 +406,7 @@ export async function createWebgpuBackend(
       try {
         const countersBytes = m * W * 4;
         const tableBytes = m * C * ENTRY * 4;
+        const bgRead = m * bgBytes;
         await uploadReady(slot);
         await withErrorScope(device, "webgpu process", () => {
           const enc = device.createCommandEncoder();
@@ -386,6 +420,8 @@ export async function createWebgpuBackend(
           };
           const px = Math.ceil(P / WG);
           const sx = Math.ceil(segments / WG);
+          run(pipelines.background.background, slot.groups.background, Math.ceil(NT / 64), m);
+          run(pipelines.background.bgthreshold, slot.groups.background, Math.ceil(NT / 64), m);
           run(pipelines.litpixels.litpixels, slot.groups.litpixels, A, m);
           run(pipelines.filter.noisefilter, slot.groups.filter, g.moduleFs / TILE, g.moduleSs / TILE, m);
           run(pipelines.components.merge, slot.groups.components, px, m);
@@ -397,14 +433,22 @@ export async function createWebgpuBackend(
           pass.end();
           enc.copyBufferToBuffer(counters, 0, slot.staging, 0, countersBytes);
           enc.copyBufferToBuffer(table, 0, slot.staging, countersBytes, tableBytes);
+          enc.copyBufferToBuffer(bg, 0, slot.staging, countersBytes + tableBytes, bgRead);
           if (slot.labelsStaging) enc.copyBufferToBuffer(labels, 0, slot.labelsStaging, 0, m * frameBytes);
           device.queue.submit([enc.finish()]);
           remap(slot);
         });
 
-        await slot.staging.mapAsync(MapMode.READ, 0, countersBytes + tableBytes);
+        await slot.staging.mapAsync(MapMode.READ, 0, countersBytes + tableBytes + bgRead);
         try {
-          const buf = slot.staging.getMappedRange(0, countersBytes + tableBytes);
+          const buf = slot.staging.getMappedRange(0, countersBytes + tableBytes + bgRead);
+          const b = new Float32Array(buf, countersBytes + tableBytes, bgRead / 4);
+          for (let k = 0; k < m * NT; k++) {
+            const o = f0 * NT + k;
+            res.background.mu[o] = b[4 * k];
+            res.background.sigma[o] = b[4 * k + 1];
+            res.background.thr[o] = b[4 * k + 2];
+          }
           parse(new Uint32Array(buf), new Float32Array(buf), batch, f0, m, res);
         } finally {
           slot.staging.unmap();
@@ -454,7 +498,7 @@ export async function createWebgpuBackend(
         const count = u32[o + 4 * A];
         if (count > C) {
           // The GPU table holds only C of this frame's peaks: recompute its peak list on the CPU.
-          const cpu = framePeaksCpu(batch, f0 + f, p);
+          const cpu = framePeaksCpu(batch, f0 + f, p, res.background);
           res.nPeaks[f0 + f] = cpu.nPeaks;
           res.peaks[f0 + f] = cpu.peaks;
           res.overflowFrames.push(f0 + f);
@@ -467,6 +511,9 @@ export async function createWebgpuBackend(
           const t = tableBase + (f * C + s) * ENTRY;
           const intensity = f32[t + 5];
           if (!(intensity >= minIntensity)) continue;
+          const var2 = f32[t + 10];
+          const snr = var2 > 0 ? Math.fround(intensity / Math.sqrt(var2)) : 0;
+          if (p.minSnr > 0 && !(snr >= p.minPeakSnr)) continue;
           const box: Peak["box"] = [u32[t + 1], u32[t + 2], u32[t + 3], u32[t + 4]];
           items.push({
             peak: {
@@ -476,6 +523,7 @@ export async function createWebgpuBackend(
               ss: Math.fround((box[0] + box[2] - 1) / 2 + f32[t + 6] / intensity),
               fs: Math.fround((box[1] + box[3] - 1) / 2 + f32[t + 7] / intensity),
               max: fromOrderedKey(u32[t + 8], keyView),
+              snr,
             },
             first: u32[t + 9],
           });
@@ -499,6 +547,11 @@ export async function createWebgpuBackend(
           const enc = device.createCommandEncoder();
           upload(slot, batch, f0, m, enc);
           const pass = enc.beginComputePass();
+          pass.setPipeline(pipelines.background.background);
+          pass.setBindGroup(0, slot.groups.background);
+          pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
+          pass.setPipeline(pipelines.background.bgthreshold);
+          pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
           pass.setPipeline(pipelines.hotcount.hotcount);
           pass.setBindGroup(0, slot.groups.hotcount);
           pass.dispatchWorkgroups(Math.ceil(P / WG));
@@ -540,7 +593,11 @@ export async function createWebgpuBackend(
       },
       async process(batch) {
         checkGeometry(batch);
-        const res: WebgpuBatchResult = { ...emptyResult(g, batch.nFrames), overflowFrames: [] };
+        const res: WebgpuBatchResult = {
+          ...emptyResult(g, batch.nFrames),
+          background: newBackground(g, batch.nFrames),
+          overflowFrames: [],
+        };
         if (slots[0].labelsStaging) res.labels = new Uint32Array(batch.nFrames * P);
         await Promise.all(chunks(batch.nFrames).map(([f0, m]) => runChunk(batch, f0, m, res)));
         res.overflowFrames.sort((a, b) => a - b);

@@ -2,8 +2,12 @@
 import type { Geometry } from "../../src/detectors.ts";
 import { DEFAULT_PARAMS, type ModuleBatch } from "../../src/localise/stages.ts";
 
-/** Hand-made scenes use photon-level values: the intensity cut has tests of its own. */
-export const P = { ...DEFAULT_PARAMS, minIntensity: 0 };
+/**
+ * Hand-made scenes use photon-level values on a zero background: the fixed-threshold mode (minSnr 0: no
+ * stage-0 background, candidates are value > threshold) with the noise filter and area cut of that mode;
+ * the intensity cut and the background mode have tests of their own.
+ */
+export const P = { ...DEFAULT_PARAMS, minIntensity: 0, minSnr: 0, neighbours: 1, minArea: 3 };
 
 /** nFrames of zeros (and an all-good mask when asked). */
 export function batchOf(g: Geometry, nFrames = 1, withMask = false): ModuleBatch {

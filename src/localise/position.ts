@@ -1,0 +1,43 @@
+/**
+ * Peak positions on the detector: each peak's centroid (ss, fs, pixel-centre convention: pixel (i, j) has
+ * its centre at ss = i, fs = j) through the detector layout (src/geometry.ts: a CrystFEL `.geom` file given
+ * with `--geometry`, else the built-in layout of the detector type, beam centre at the origin):
+ * x, y (metres, the layout's frame: the beam at the origin) and the radius from the beam in pixels of the
+ * panel (sqrt(x^2 + y^2) * res). The panel is the one holding the pixel nearest the centroid; a peak on
+ * no panel, or a module the layout does not have, gets NaN. Layout modules are numbered from 0; JUNGFRAU
+ * modules (JNGFR01, ...) map to layout module number - 1.
+ */
+import type { DetectorType } from "../detectors.ts";
+import type { DetectorLayout, Panel } from "../geometry.ts";
+
+export interface PeakPosition {
+  /** Metres. */
+  x: number;
+  y: number;
+  /** Pixels (of the peak's panel) from the beam. */
+  radius: number;
+}
+
+/** A function giving the position of a centroid of a module. */
+export function positioner(
+  layout: DetectorLayout,
+  type: DetectorType,
+): (module: number, ss: number, fs: number) => PeakPosition {
+  const byModule = new Map<number, Panel[]>();
+  for (const p of layout.panels) {
+    if (!byModule.has(p.module)) byModule.set(p.module, []);
+    byModule.get(p.module)!.push(p);
+  }
+  const none = { x: NaN, y: NaN, radius: NaN };
+  return (module, ss, fs) => {
+    const panels = byModule.get(type === "JUNGFRAU" ? module - 1 : module);
+    if (!panels) return none;
+    const is = Math.round(ss), jf = Math.round(fs);
+    const p = panels.find((q) => is >= q.minSs && is <= q.maxSs && jf >= q.minFs && jf <= q.maxFs);
+    if (!p) return none;
+    const a = ss - p.minSs + 0.5, b = fs - p.minFs + 0.5;
+    const x = (p.cornerX + a * p.ss[0] + b * p.fs[0]) / p.res;
+    const y = (p.cornerY + a * p.ss[1] + b * p.fs[1]) / p.res;
+    return { x, y, radius: Math.hypot(x, y) * p.res };
+  };
+}
