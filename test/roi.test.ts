@@ -187,6 +187,33 @@ describe("roi", () => {
     });
   }, 120_000);
 
+  test(
+    "SLURM parts and merge (spill files in the work directory) give the single-process output",
+    async () => {
+      const { prepareJob, runJobPart, mergeJob } = await import("../src/framework/slurm.ts");
+      const out = path.join(tmp, "out-slurm");
+      const { work, todo } = await prepareJob("roi", run, out, { rois: ROIS, backend: "cpu" }, 2, false);
+      const before = process.env.XFEL_REDU_SPILL_DIR;
+      process.env.XFEL_REDU_SPILL_DIR = work; // as task.sh sets it
+      try {
+        for (const i of todo) expect(await runJobPart(work, i)).toBe(true);
+      } finally {
+        if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+        else process.env.XFEL_REDU_SPILL_DIR = before;
+      }
+      expect(fs.readdirSync(work).filter((f) => f.endsWith(".spill"))).toHaveLength(2);
+      await mergeJob(work);
+      expect(fs.readdirSync(work).filter((f) => f.endsWith(".spill"))).toHaveLength(0);
+      const single = roiSummary(await roi(run, { rois: ROIS, backend: "cpu", workers: 1 }));
+      const js = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
+      ROIS.forEach((_, k) => {
+        expect(js.roi[k].count).toBe(single[k].count);
+        expect(js.roi[k].meanSum).toBeCloseTo(single[k].meanSum, 9);
+      });
+    },
+    120_000,
+  );
+
   test("region parsing: good and bad input", () => {
     expect(parseRoi("kb=3:0:64:10:120")).toEqual({
       name: "kb",
