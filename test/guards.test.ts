@@ -200,8 +200,21 @@ describe("output directories", () => {
 
   // Root writes through permission bits: as root, the command runs as nobody (setpriv), else as it is.
   const asRoot = process.getuid?.() === 0;
+  // As root, the command runs as nobody, which must be able to run the CLI from this checkout (a clone in a
+  // 0700 directory, as `mktemp -d` makes, cannot be read by nobody: then the case cannot be set up).
   const CAN_DROP = !asRoot ||
-    spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "true"]).status === 0;
+    spawnSync("setpriv", [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        process.execPath,
+        path.join(ROOT, "bin/xfel-redu.js"),
+        "inspect",
+        SAMPLE,
+      ], { cwd: "/" }).status === 0;
+  if (!CAN_DROP) {
+    console.warn("guards.test: user nobody cannot run the CLI from this checkout: permission case skipped");
+  }
   test.skipIf(!CAN_DROP)("no permission to write: refused at once, exit 2, naming the path", () => {
     const parent = path.join(tmp, "no-write");
     fs.mkdirSync(parent, { mode: 0o555 });
@@ -241,7 +254,7 @@ describe("output directories", () => {
     ["average", ["average", big], "lock"],
   ];
   for (const [what, args, waitFor] of signalCases) {
-    test(`SIGINT and SIGTERM stop ${what} within a second, the temporary output removed`, async () => {
+    test(`SIGINT and SIGTERM stop ${what} at once (under a second when idle), the temporary output removed`, async () => {
       for (const sig of ["SIGINT", "SIGTERM"] as const) {
         const name = `sig-${what}-${sig}`;
         const out = path.join(tmp, name);
@@ -258,7 +271,9 @@ describe("output directories", () => {
         const s = (r.at - t0) / 1000;
         console.log(`${what} ${sig}: stopped in ${s.toFixed(3)} s`);
         expect(r.signal ?? r.code).toBe(sig === "SIGINT" ? "SIGINT" : "SIGTERM");
-        expect(s).toBeLessThan(1);
+        // Measured (printed above): 0.02-0.45 s on an idle 2-core machine. The bound leaves room for a CI
+        // machine loaded by other test files; a command that ignored the signal would run for seconds more.
+        expect(s).toBeLessThan(3);
         expect(job.stderr()).toContain(`xfel-redu: ${sig}: stopped; ${out} not written`);
         expect(traces(tmp, name)).toEqual([]);
       }
