@@ -15,6 +15,8 @@
  *     none). The values are the frames as the framework reads them (float32; RAW ADU converted), NaN for a
  *     module that did not record the frame. `/entry_1/data_1` is a soft link to the detector group (as
  *     EXtra-data's CXI writer does), so `/entry_1/data_1/data` is the same array.
+ *   - `/entry_1/instrument_1/detector_1/mask`: uint32, shaped like data, the run's mask (0 good; 0 where
+ *     the run has none), gzip (level max(1, `--gzip`)); `det.geom` marks any set bit bad.
  *   - `/entry_1/result_1/nPeaks` (int32, nHits): the peaks listed for the frame (localise's `nPeaks`, at most
  *     the REDU table's capacity `maxPeaks`: CrystFEL refuses a count beyond the table's width);
  *     `nPeaksAll` (int32): localise's `nPeaks` (all peaks found).
@@ -29,7 +31,8 @@
  * - `det.geom`: the detector layout (`--geometry FILE`, else the one localise used when summary.json
  *   `layout` is a file, else the built-in layout of the type) in the 2D layout of that array (`dim0 = %`,
  *   `dim1 = ss`, `dim2 = fs`, panels of the k-th module at min_ss + k x moduleSs), with `data` and
- *   `peak_list = /entry_1/result_1`, `peak_list_type = cxi` (src/geometry.ts `writeGeom` with `stack`).
+ *   `peak_list = /entry_1/result_1`, `peak_list_type = cxi`, `mask0_data` (src/geometry.ts `writeGeom` with
+ *   `stack`).
  * - `hits.lst`: one line per hit, `<absolute path of DIR/hits.cxi> //<index>`.
  * - `cxi.json`: run, localise output, detector, modules, layout, hits, peaks listed, seconds.
  *
@@ -198,6 +201,7 @@ export async function writeCxi(
         }
         const reader = new FrameReader(det, {
           modules: hits.modules,
+          mask: true,
           batchBytes: Math.max(1, Math.floor((opts.batchBytes ?? 128 * 2 ** 20) / hits.modules.length)),
         });
         // The reader's module order is the detector's; the stack follows the localise output's.
@@ -228,7 +232,7 @@ export async function writeCxi(
           );
           fs.writeFileSync(
             path.join(tmp, "det.geom"),
-            writeGeom(layout, { stack: hits.modules, data: DATA, peakList: RESULT }),
+            writeGeom(layout, { stack: hits.modules, data: DATA, peakList: RESULT, mask: MASK }),
           );
           const cxiFinal = path.join(dir, "hits.cxi");
           fs.writeFileSync(
@@ -264,6 +268,7 @@ export async function writeCxi(
 
 const DETECTOR = "/entry_1/instrument_1/detector_1";
 const DATA = "/entry_1/data_1/data";
+const MASK = "/entry_1/data_1/mask";
 const RESULT = "/entry_1/result_1";
 
 function create(
@@ -317,6 +322,11 @@ async function writeFile(
       compression: opts.gzip ?? 0,
     });
     data.create_attribute("axes", "experiment_identifier:y:x");
+    const mask = create(detG, "mask", "<I", [nHits, nMod * ssM, fsM], {
+      chunks: [1, nMod * ssM, fsM],
+      compression: Math.max(1, opts.gzip ?? 0),
+    });
+    mask.create_attribute("axes", "experiment_identifier:y:x");
     detG.create_dataset({ name: "module_identifier", data: Int32Array.from(hits.modules) });
     entry.create_soft_link(DETECTOR, "data_1");
     const tid = BigUint64Array.from(hits.trainId, BigInt);
@@ -346,6 +356,7 @@ async function writeFile(
     // Batches of hits: runs of consecutive frames of the run read together.
     const per = reader.framesPerBatch;
     const img = new Float32Array(Math.min(per, Math.max(nHits, 1)) * nMod * px);
+    const msk = new Uint32Array(img.length);
     let h0 = 0;
     while (h0 < nHits) {
       const h1 = Math.min(nHits, h0 + per);
@@ -356,8 +367,9 @@ async function writeFile(
         const b = reader.read(frameOf[h], n);
         for (let i = 0; i < n; i++) {
           for (let k = 0; k < nMod; k++) {
-            const src = b.modules[order[k]].data.subarray(i * px, (i + 1) * px);
-            img.set(src, ((h - h0 + i) * nMod + k) * px);
+            const src = b.modules[order[k]];
+            img.set(src.data.subarray(i * px, (i + 1) * px), ((h - h0 + i) * nMod + k) * px);
+            msk.set(src.mask!.subarray(i * px, (i + 1) * px), ((h - h0 + i) * nMod + k) * px);
           }
         }
         h += n;
@@ -365,6 +377,7 @@ async function writeFile(
       }
       const nb = h1 - h0;
       data.write_slice([[h0, h1], [], []], img.subarray(0, nb * nMod * px));
+      mask.write_slice([[h0, h1], [], []], msk.subarray(0, nb * nMod * px));
       // The peak rows of these hits, from the REDU file.
       const mod = new Uint16Array(hits.maxPeaks);
       const ss = new Float32Array(hits.maxPeaks);

@@ -510,7 +510,8 @@ function fmtVec(v: Vec3): string {
  * With `stack` (module numbers in data order): the 2D ("slabby") layout instead, dim0 = frame, dim1 = ss,
  * dim2 = fs, the listed modules stacked along slow scan (module k of the list at ss offset k x module ss
  * size), only their panels written; `data` and `peakList` (a CXI peak-list group, `peak_list_type = cxi`)
- * name the HDF5 paths. CrystFEL reads CXI peak lists only through such a layout (src/cxi.ts).
+ * name the HDF5 paths, `mask` a mask array shaped like the data (any bit set: bad). CrystFEL reads CXI peak
+ * lists only through such a layout (src/cxi.ts).
  */
 export function writeGeom(
   layout: DetectorLayout,
@@ -521,6 +522,8 @@ export function writeGeom(
     stack?: number[];
     data?: string;
     peakList?: string;
+    /** A per-pixel mask shaped like the data: any bit set marks the pixel bad. */
+    mask?: string;
   } = {},
 ): string {
   const clen = opts.clen ?? layout.clen;
@@ -535,6 +538,7 @@ export function writeGeom(
     "dim0 = %",
     ...(opts.stack ? ["dim1 = ss", "dim2 = fs"] : []),
     ...(opts.peakList ? [`peak_list = ${opts.peakList}`, "peak_list_type = cxi"] : []),
+    ...(opts.mask ? [`mask0_data = ${opts.mask}`, "mask0_goodbits = 0x0", "mask0_badbits = 0xffffffff"] : []),
     ...(sameRes ? [`res = ${fmtNum(resAll)} ; pixels per metre`] : []),
     "",
     "; Beam energy in eV",
