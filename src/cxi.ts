@@ -61,6 +61,9 @@ import { type DetectorLayout, loadLayout, writeGeom } from "./geometry.ts";
 export interface CxiOptions {
   /** A CrystFEL .geom file; default: the layout localise used (summary.json), else the built-in one. */
   geometry?: string;
+  /** Detector distance (m) and photon energy (eV) for det.geom, where the layout lacks them. */
+  clen?: number;
+  photonEnergy?: number;
   /** gzip level of the image data (0: none). */
   gzip?: number;
   /** Image data per batch, all modules together (bytes). */
@@ -232,7 +235,14 @@ export async function writeCxi(
           );
           fs.writeFileSync(
             path.join(tmp, "det.geom"),
-            writeGeom(layout, { stack: hits.modules, data: DATA, peakList: RESULT, mask: MASK }),
+            writeGeom(layout, {
+              stack: hits.modules,
+              data: DATA,
+              peakList: RESULT,
+              mask: MASK,
+              clen: opts.clen,
+              photonEnergy: opts.photonEnergy,
+            }),
           );
           const cxiFinal = path.join(dir, "hits.cxi");
           fs.writeFileSync(
@@ -427,6 +437,18 @@ export const CXI_OPTIONS: OptionSpec[] = [
     help: "CrystFEL .geom file (default: the one localise used, else the built-in layout)",
   },
   {
+    name: "clen",
+    value: "number",
+    min: 0,
+    help: "detector distance (m) for det.geom (default: the layout's)",
+  },
+  {
+    name: "photon-energy",
+    value: "number",
+    min: 0,
+    help: "photon energy (eV) for det.geom (default: the layout's)",
+  },
+  {
     name: "gzip",
     value: "number",
     integer: true,
@@ -461,6 +483,8 @@ export const cxiCommand: Command = {
     if (!o.out) throw new InputError(undefined, "missing option --out DIR");
     const r = await writeCxi(runPath, o.from, o.out, {
       geometry: o.geometry,
+      clen: o.clen,
+      photonEnergy: o.photonEnergy,
       gzip: o.gzip,
       batchBytes: o.batchMb * 2 ** 20,
       force: !!o.force,
