@@ -121,8 +121,25 @@ function readHits(run: Run, dir: string, summary: Summary): Hits {
       const base = `INSTRUMENT/${s.name}/data`;
       const ctl = `RUN/${s.name.replace(/:output$/, "")}/modules/value`;
       if (!modules && f.h5.get(ctl)) modules = Array.from(readAll(f.h5, ctl) as ArrayLike<number>, Number);
-      if (!f.h5.get(`${base}/peakFs`)) {
-        throw new InputError(f.path, "localise REDU file without a peak table (data.peakFs): rerun localise");
+      for (
+        const k of [
+          "trainId",
+          "pulseId",
+          "frameLit",
+          "nPeaks",
+          "peakModule",
+          "peakSs",
+          "peakFs",
+          "peakIntensity",
+          "peakSnr",
+        ]
+      ) {
+        if (!f.h5.get(`${base}/${k}`)) {
+          throw new InputError(
+            f.path,
+            `localise REDU file without data.${k} (an older localise?): rerun localise`,
+          );
+        }
       }
       const shape = dsInfo(f.h5.get(`${base}/peakFs`) as H5Dataset).shape;
       if (maxPeaks >= 0 && shape[1] !== maxPeaks) {
