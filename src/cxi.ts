@@ -46,7 +46,8 @@
  *
  * Memory: the hit frames are read in batches through the framework's FrameReader (runs of consecutive hit
  * frames, `--batch-mb` per batch) and written a batch at a time; the peak rows of a batch are read from the
- * REDU file then. Kept for the whole run: trainId, pulseId, nPeaks per hit (24 bytes a hit).
+ * REDU file then: about 4 x batchBytes in all (the reader's two buffer sets, the output batch of images and
+ * masks, its copy on the wasm heap). Kept for the whole run: trainId, pulseId, nPeaks per hit (24 bytes a hit).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
