@@ -18,7 +18,8 @@
  *   - `/entry_1/instrument_1/detector_1/mask`: uint32, shaped like data, the run's mask (0 good; 0 where
  *     the run has none), gzip (level max(1, `--gzip`)); `det.geom` marks any set bit bad.
  *   - `/entry_1/result_1/nPeaks` (int32, nHits): the peaks listed for the frame (localise's `nPeaks`, at most
- *     the REDU table's capacity `maxPeaks`: CrystFEL refuses a count beyond the table's width);
+ *     the REDU table's capacity `maxPeaks`: CrystFEL's `read_peak_line` refuses a count beyond the table's
+ *     width);
  *     `nPeaksAll` (int32): localise's `nPeaks` (all peaks found).
  *   - `/entry_1/result_1/peakXPosRaw`, `peakYPosRaw`, `peakTotalIntensity` (float32, nHits x maxPeaks,
  *     zero-padded): X = fs centroid, Y = k x moduleSs + ss centroid (k: the module's place in the stack),
