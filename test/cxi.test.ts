@@ -145,6 +145,7 @@ describe("cxi: the hit frames and peak lists for CrystFEL", () => {
   test("files and record", () => {
     expect(rec.hits).toBe(hitFrames().length);
     expect(rec.hits).toBeGreaterThan(10);
+    console.info(`cxi: ${rec.hits} hits, ${rec.peaksListed} peaks listed of ${rec.peaksFound} found`);
     for (const f of ["hits.cxi", "det.geom", "hits.lst", "cxi.json"]) {
       expect(fs.existsSync(path.join(tmp, "cxi", f))).toBe(true);
     }
