@@ -11,6 +11,7 @@ import { Run } from "./run.ts";
 import { localiseCommand } from "./localise/command.ts";
 import { litframesCommand } from "./litframes.ts";
 import { reduceCommand } from "./reduce.ts";
+import { cxiCommand } from "./cxi.ts";
 import { decompressCommand } from "./compress/decompress.ts";
 import { averageCommand } from "./average.ts";
 import { roiCommand } from "./roi.ts";
@@ -72,6 +73,7 @@ const commands: Command[] = [
   localiseCommand,
   litframesCommand,
   reduceCommand,
+  cxiCommand,
   decompressCommand,
   averageCommand,
   roiCommand,

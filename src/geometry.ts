@@ -505,10 +505,26 @@ function fmtVec(v: Vec3): string {
     .join(" ");
 }
 
-/** A `.geom` text in EXtra-geom's layout (3D data layout: dim0 = frame, dim1 = module, dim2 = ss, dim3 = fs). */
+/**
+ * A `.geom` text in EXtra-geom's layout (3D data layout: dim0 = frame, dim1 = module, dim2 = ss, dim3 = fs).
+ * With `stack` (module numbers in data order): the 2D ("slabby") layout instead, dim0 = frame, dim1 = ss,
+ * dim2 = fs, the listed modules stacked along slow scan (module k of the list at ss offset k x module ss
+ * size), only their panels written; `data` and `peakList` (a CXI peak-list group, `peak_list_type = cxi`)
+ * name the HDF5 paths, `mask` a mask array shaped like the data (any bit set: bad). CrystFEL reads CXI peak
+ * lists only through such a layout (src/cxi.ts).
+ */
 export function writeGeom(
   layout: DetectorLayout,
-  opts: { clen?: number; photonEnergy?: number; aduPerEv?: number } = {},
+  opts: {
+    clen?: number;
+    photonEnergy?: number;
+    aduPerEv?: number;
+    stack?: number[];
+    data?: string;
+    peakList?: string;
+    /** A per-pixel mask shaped like the data: any bit set marks the pixel bad. */
+    mask?: string;
+  } = {},
 ): string {
   const clen = opts.clen ?? layout.clen;
   const energy = opts.photonEnergy ?? layout.photonEnergy;
@@ -518,8 +534,11 @@ export function writeGeom(
   const lines = [
     `; ${DEFAULTS[layout.type].name} geometry file written by xfel-redu`,
     "",
-    "data = /entry_1/instrument_1/detector_1/data ;",
+    `data = ${opts.data ?? "/entry_1/instrument_1/detector_1/data"} ;`,
     "dim0 = %",
+    ...(opts.stack ? ["dim1 = ss", "dim2 = fs"] : []),
+    ...(opts.peakList ? [`peak_list = ${opts.peakList}`, "peak_list_type = cxi"] : []),
+    ...(opts.mask ? [`mask0_data = ${opts.mask}`, "mask0_goodbits = 0x0", "mask0_badbits = 0xffffffff"] : []),
     ...(sameRes ? [`res = ${fmtNum(resAll)} ; pixels per metre`] : []),
     "",
     "; Beam energy in eV",
@@ -532,29 +551,32 @@ export function writeGeom(
     adu === undefined ? "; adu_per_eV = SET ME" : `adu_per_eV = ${fmtNum(adu)}`,
     "",
   ];
-  for (let m = 0; m < layout.nModules; m++) {
+  const stack = opts.stack;
+  const modules = stack ?? Array.from({ length: layout.nModules }, (_, m) => m);
+  for (const m of modules) {
     const names = layout.panels.filter((p) => p.module === m).map((p) => p.name);
     if (names.length) lines.push(`rigid_group_p${m} = ${names.join(",")}`);
   }
   lines.push("");
-  for (const p of layout.panels) {
-    const n = p.name;
-    lines.push(
-      "",
-      `${n}/dim1 = ${p.module}`,
-      `${n}/dim2 = ss`,
-      `${n}/dim3 = fs`,
-      `${n}/min_fs = ${p.minFs}`,
-      `${n}/min_ss = ${p.minSs}`,
-      `${n}/max_fs = ${p.maxFs}`,
-      `${n}/max_ss = ${p.maxSs}`,
-      `${n}/fs = ${fmtVec(p.fs)}`,
-      `${n}/ss = ${fmtVec(p.ss)}`,
-      `${n}/corner_x = ${fmtNum(p.cornerX)}`,
-      `${n}/corner_y = ${fmtNum(p.cornerY)}`,
-      `${n}/coffset = ${fmtNum(p.coffset)}`,
-    );
-    if (!sameRes) lines.push(`${n}/res = ${fmtNum(p.res)}`);
+  for (const m of modules) {
+    for (const p of layout.panels.filter((q) => q.module === m)) {
+      const n = p.name;
+      const ss0 = stack ? stack.indexOf(m) * layout.moduleSs : 0;
+      lines.push(
+        "",
+        ...(stack ? [] : [`${n}/dim1 = ${p.module}`, `${n}/dim2 = ss`, `${n}/dim3 = fs`]),
+        `${n}/min_fs = ${p.minFs}`,
+        `${n}/min_ss = ${p.minSs + ss0}`,
+        `${n}/max_fs = ${p.maxFs}`,
+        `${n}/max_ss = ${p.maxSs + ss0}`,
+        `${n}/fs = ${fmtVec(p.fs)}`,
+        `${n}/ss = ${fmtVec(p.ss)}`,
+        `${n}/corner_x = ${fmtNum(p.cornerX)}`,
+        `${n}/corner_y = ${fmtNum(p.cornerY)}`,
+        `${n}/coffset = ${fmtNum(p.coffset)}`,
+      );
+      if (!sameRes) lines.push(`${n}/res = ${fmtNum(p.res)}`);
+    }
   }
   return lines.join("\n") + "\n";
 }
