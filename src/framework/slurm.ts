@@ -170,6 +170,7 @@ export async function mergeJob(work: string): Promise<string> {
   if (job.algorithm === "localise") {
     const { writeLocaliseDir } = await import("../localise/command.ts");
     await writeLocaliseDir(result as never, job.out);
+    (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "roi") {
     const { writeRoiDir } = await import("../roi.ts");
     await writeRoiDir(result as never, job.out);

@@ -315,9 +315,14 @@ export const localiseCommand: Command = {
       const range = o.firstTrain !== undefined || o.lastTrain !== undefined
         ? ` in trains ${o.firstTrain ?? "start"}..${o.lastTrain ?? "end"}`
         : "";
+      result.dispose();
       throw new InputError(runPath, `no detector frames${range}: nothing to localise, nothing written`);
     }
-    await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
+    try {
+      await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
+    } finally {
+      result.dispose();
+    }
     console.log(o.json ? JSON.stringify(summaryJson(result), null, 2) : formatResult(result, dir));
     return EXIT.ok;
   },

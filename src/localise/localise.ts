@@ -23,6 +23,9 @@ import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.t
 import { loadLayout } from "../geometry.ts";
 import { positioner } from "./position.ts";
 import { type Box, RoiSet } from "./rois.ts";
+import * as fs from "node:fs";
+import { Grow } from "../reductions.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../spill.ts";
 import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
 import {
   type BatchResult,
@@ -127,8 +130,24 @@ export interface LocaliseResult {
   modules: ModuleResult[];
   selectedFiles: string[];
   timing: { seconds: number; bytesRead: number; gbPerSecond: number; framesPerSecond: number };
-  /** Per frame (sorted by trainId, pulseId). */
-  perFrame: {
+  /** The frames (sorted by trainId, pulseId), their lit decision and score: in memory, 21 bytes a frame. */
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  frameLit: Uint8Array;
+  score: Float32Array;
+  /** Frame bounds of blocks of whole trains, bounded in size, for `frameBlocks`. */
+  blockBounds(): number[];
+  /**
+   * The per-frame tables of frames [f0, f1) for consecutive ranges (bounds), read back from the parts'
+   * spill files and classified: memory bounded by the range (the REDU writer uses blockBounds()).
+   */
+  frameBlocks(bounds: number[]): Generator<{ f0: number; f1: number; per: FrameTables }>;
+  /** Remove the spill files (after writing); frameBlocks and a first perFrame fail after this. */
+  dispose(): void;
+  /** What stays in memory (bytes): per-frame scalars, fixed-size accumulators, the largest block. */
+  memory: { frameBytes: number; accumulatorBytes: number; blockModuleFrames: number; spillFiles: string[] };
+  /** Per frame (sorted by trainId, pulseId): all frames at once, materialised on first access (tests, small runs). */
+  readonly perFrame: {
     trainId: Float64Array;
     pulseId: Float64Array;
     frameLit: Uint8Array;
@@ -198,37 +217,109 @@ export interface LocalisePart {
   /** The part's frames (aligned over its modules), sorted by trainId then pulseId. */
   trainId: Float64Array;
   pulseId: Float64Array;
-  /** Per module of the part: 1 where it recorded the frame. */
-  present: Uint8Array[];
-  /** frames x part modules x ASICs */
-  litPixels: Uint32Array;
-  litIntensity: Float32Array;
-  unmaskedPixels: Uint32Array;
-  filteredLit: Uint32Array;
-  /** frames x part modules */
-  nPeaks: Uint32Array;
-  /** Per frame: each module's brightest maxPeaks peaks. */
-  peaks: FramePeak[][];
+  /** Per module of the part: frames it recorded. */
+  recorded: number[];
+  /**
+   * Spill file (src/spill.ts) of the per-frame records, in the part's frame order (`frameRecord`): per
+   * module, the ASIC counters and the module's brightest maxPeaks peaks.
+   */
+  spill: string;
   hot: Uint8Array[];
   bytesRead: number;
   backend: { name: string; adapter: string };
   notes: string[];
 }
 
-/** Growing per-frame storage of a part (batches arrive in frame order). */
-class Chunks<T extends Uint32Array | Float32Array | Float64Array | Uint8Array> {
-  private parts: T[] = [];
-  push(a: T): void {
-    this.parts.push(a);
+/** Bytes of one peak in a spill record: box (4), area, intensity, ss, fs, max, snr as float64. */
+const PEAK_BYTES = 80;
+
+/** Bytes of a module frame's fixed header in a spill record: nPeaks, peaks stored, 4 x nAsics counters. */
+function headerBytes(nA: number): number {
+  return Math.ceil(((2 + 4 * nA) * 4) / 8) * 8;
+}
+
+/**
+ * One frame's spill record for the part's modules: per module, a header (u32 nPeaks, u32 peaks stored,
+ * u32 litPixels[nA], f32 litIntensity[nA], u32 unmaskedPixels[nA], u32 filteredLit[nA], padded to 8 bytes)
+ * then the stored peaks (PEAK_BYTES each). Absent module frames are zeros.
+ */
+function frameRecords(
+  n: number,
+  nMod: number,
+  nA: number,
+  results: (BatchResult | undefined)[],
+  present: ArrayLike<number>[],
+): Uint8Array {
+  const hb = headerBytes(nA);
+  let bytes = 0;
+  for (let i = 0; i < n; i++) {
+    for (let m = 0; m < nMod; m++) {
+      bytes += hb + (present[m][i] ? results[m]!.peaks[i].length * PEAK_BYTES : 0);
+    }
   }
-  join(make: (n: number) => T): T {
-    const out = make(this.parts.reduce((a, p) => a + p.length, 0));
-    let o = 0;
-    for (const p of this.parts) {
-      out.set(p as never, o);
-      o += p.length;
+  const buf = new ArrayBuffer(bytes);
+  let o = 0;
+  for (let i = 0; i < n; i++) {
+    for (let m = 0; m < nMod; m++) {
+      const r = results[m]!;
+      const u = new Uint32Array(buf, o, 2 + 4 * nA);
+      const peaks = present[m][i] ? r.peaks[i] : [];
+      if (present[m][i]) {
+        u[0] = r.nPeaks[i];
+        u[1] = peaks.length;
+        u.set(r.litPixels.subarray(i * nA, (i + 1) * nA), 2);
+        new Float32Array(buf, o + (2 + nA) * 4, nA).set(r.litIntensity.subarray(i * nA, (i + 1) * nA));
+        u.set(r.unmaskedPixels.subarray(i * nA, (i + 1) * nA), 2 + 2 * nA);
+        u.set(r.filteredLit.subarray(i * nA, (i + 1) * nA), 2 + 3 * nA);
+      }
+      o += hb;
+      for (const p of peaks) {
+        const d = new Float64Array(buf, o, PEAK_BYTES / 8);
+        d.set(p.box);
+        d[4] = p.area;
+        d[5] = p.intensity;
+        d[6] = p.ss;
+        d[7] = p.fs;
+        d[8] = p.max;
+        d[9] = p.snr;
+        o += PEAK_BYTES;
+      }
+    }
+  }
+  return new Uint8Array(buf);
+}
+
+/** A spill file read as a byte stream (the records have variable length), through a bounded buffer. */
+class SpillStream {
+  private reader: SpillReader;
+  private left: number;
+  private buf: Uint8Array = new Uint8Array(0);
+  private pos = 0;
+  constructor(file: string) {
+    this.reader = new SpillReader(file, 1);
+    this.left = fs.statSync(file).size;
+  }
+  /** The next n bytes, in a fresh (8-byte aligned) buffer. */
+  take(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    let got = 0;
+    while (got < n) {
+      if (this.pos === this.buf.length) {
+        const k = Math.min(this.left, Math.max(n - got, 1 << 20));
+        if (k === 0) throw new Error(`${this.reader.path}: spill file ends early`);
+        this.buf = this.reader.read(k);
+        this.left -= k;
+        this.pos = 0;
+      }
+      const k = Math.min(n - got, this.buf.length - this.pos);
+      out.set(this.buf.subarray(this.pos, this.pos + k), got);
+      this.pos += k;
+      got += k;
     }
     return out;
+  }
+  close(): void {
+    this.reader.close();
   }
 }
 
@@ -249,17 +340,11 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   private recorded: Uint32Array = new Uint32Array(0);
   private hot?: Uint8Array[];
   private bytesRead = 0;
-  private acc = {
-    trainId: new Chunks<Float64Array>(),
-    pulseId: new Chunks<Float64Array>(),
-    present: [] as Chunks<Uint8Array>[],
-    litPixels: new Chunks<Uint32Array>(),
-    litIntensity: new Chunks<Float32Array>(),
-    unmaskedPixels: new Chunks<Uint32Array>(),
-    filteredLit: new Chunks<Uint32Array>(),
-    nPeaks: new Chunks<Uint32Array>(),
-    peaks: [] as FramePeak[][],
-  };
+  /** The part's frames; the per-frame results go to the spill file as batches finish. */
+  private trainId = new Grow((n) => new Float64Array(n));
+  private pulseId = new Grow((n) => new Float64Array(n));
+  private framesRecorded: number[] = [];
+  private spill?: SpillWriter;
 
   configure(options: Record<string, unknown>): void {
     this.opt = { ...DEFAULT_OPTIONS, ...(options as Partial<LocaliseOptions>) };
@@ -280,7 +365,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       this.frameBytes = this.g.pixels * (bytesPerElement(det.dtype) + (hasMask ? 4 : 0));
       this.counts = mods.map(() => new Uint32Array(this.g!.pixels));
       this.recorded = new Uint32Array(mods.length);
-      this.acc.present = mods.map(() => new Chunks<Uint8Array>());
+      this.framesRecorded = mods.map(() => 0);
       if (det.raw) {
         this.notes.push(
           "RAW data: thresholds apply to ADU values (localise is meant for CORR data in photons)",
@@ -337,25 +422,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     this.hot ??= this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction));
     this.bytesRead += b.nFrames * nMod * this.frameBytes;
     const n = b.nFrames;
-    const litPixels = new Uint32Array(n * nMod * nA);
-    const litIntensity = new Float32Array(n * nMod * nA);
-    const unmaskedPixels = new Uint32Array(n * nMod * nA);
-    const filteredLit = new Uint32Array(n * nMod * nA);
-    const nPeaks = new Uint32Array(n * nMod);
-    const peaks: FramePeak[][] = Array.from({ length: n }, () => []);
-    const consume = (m: number, r: BatchResult) => {
-      const present = b.modules[m].present;
-      for (let i = 0; i < n; i++) {
-        if (!present[i]) continue;
-        const dst = (i * nMod + m) * nA;
-        litPixels.set(r.litPixels.subarray(i * nA, (i + 1) * nA), dst);
-        litIntensity.set(r.litIntensity.subarray(i * nA, (i + 1) * nA), dst);
-        unmaskedPixels.set(r.unmaskedPixels.subarray(i * nA, (i + 1) * nA), dst);
-        filteredLit.set(r.filteredLit.subarray(i * nA, (i + 1) * nA), dst);
-        nPeaks[i * nMod + m] = r.nPeaks[i];
-        for (const p of r.peaks[i]) peaks[i].push({ ...p, module: this.modules[m] });
-      }
-    };
+    const results: (BatchResult | undefined)[] = new Array(nMod);
     // Two module batches in flight: the next module's upload overlaps the current one's compute.
     let inFlight: Promise<BatchResult> | undefined;
     for (let m = 0; m <= nMod; m++) {
@@ -368,34 +435,25 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
           hot: this.hot[m],
         })
         : undefined;
-      if (inFlight) consume(m - 1, await inFlight);
+      if (inFlight) results[m - 1] = await inFlight;
       inFlight = next;
     }
-    this.acc.trainId.push(Float64Array.from(b.trainId));
-    this.acc.pulseId.push(Float64Array.from(b.pulseId));
-    b.modules.forEach((mf, m) => this.acc.present[m].push(Uint8Array.from(mf.present)));
-    this.acc.litPixels.push(litPixels);
-    this.acc.litIntensity.push(litIntensity);
-    this.acc.unmaskedPixels.push(unmaskedPixels);
-    this.acc.filteredLit.push(filteredLit);
-    this.acc.nPeaks.push(nPeaks);
-    for (const p of peaks) this.acc.peaks.push(p);
+    this.trainId.push(b.trainId);
+    this.pulseId.push(b.pulseId);
+    b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
+    this.spill ??= new SpillWriter(1, "localise");
+    this.spill.append(frameRecords(n, nMod, nA, results, b.modules.map((mf) => mf.present)));
   }
 
   finalizeChunk(): LocalisePart {
-    const a = this.acc;
+    this.spill ??= new SpillWriter(1, "localise");
     return {
       modules: this.modules,
       files: this.files,
-      trainId: a.trainId.join((n) => new Float64Array(n)),
-      pulseId: a.pulseId.join((n) => new Float64Array(n)),
-      present: a.present.map((c) => c.join((n) => new Uint8Array(n))),
-      litPixels: a.litPixels.join((n) => new Uint32Array(n)),
-      litIntensity: a.litIntensity.join((n) => new Float32Array(n)),
-      unmaskedPixels: a.unmaskedPixels.join((n) => new Uint32Array(n)),
-      filteredLit: a.filteredLit.join((n) => new Uint32Array(n)),
-      nPeaks: a.nPeaks.join((n) => new Uint32Array(n)),
-      peaks: a.peaks,
+      trainId: this.trainId.toArray(),
+      pulseId: this.pulseId.toArray(),
+      recorded: this.framesRecorded,
+      spill: this.spill.close(),
       hot: this.hot ?? this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction)),
       bytesRead: this.bytesRead,
       backend: this.backend
@@ -453,7 +511,177 @@ async function cpuCount(): Promise<number> {
   return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
 }
 
-/** Stages 5-7 over the merged parts. */
+/** Module frames (frames x modules) per block of the streaming passes over the spill files. */
+const BLOCK_MODULE_FRAMES = 4096;
+/** At most this many trains per block (one REDU writer call each). */
+const BLOCK_TRAINS = 512;
+
+/**
+ * Block bounds [f0, f1) over frames sorted by train: whole trains, up to BLOCK_TRAINS trains and about
+ * BLOCK_MODULE_FRAMES module frames (at least one train).
+ */
+export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] {
+  const maxFrames = Math.max(1, Math.floor(BLOCK_MODULE_FRAMES / Math.max(1, nMod)));
+  const bounds = [0];
+  let f0 = 0, trains = 0;
+  for (let f = 0; f < trainId.length; f++) {
+    if (f > f0 && trainId[f] !== trainId[f - 1]) {
+      // A new train starts at f: close the block before it when it is full.
+      if (trains >= BLOCK_TRAINS || f - f0 >= maxFrames) {
+        bounds.push(f);
+        f0 = f;
+        trains = 0;
+      }
+      trains++;
+    } else if (f === f0) trains = 1;
+  }
+  if (trainId.length > f0) bounds.push(trainId.length);
+  return bounds;
+}
+
+/** The union of the parts' frames (each sorted by trainId, pulseId), and each part row's merged index. */
+function mergeParts(
+  parts: LocalisePart[],
+): { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] } {
+  const index = parts.map((p) => new Uint32Array(p.trainId.length));
+  const at = parts.map(() => 0);
+  const t = new Grow((n) => new Float64Array(n));
+  const pu = new Grow((n) => new Float64Array(n));
+  for (let n = 0;; n++) {
+    let bt = Infinity, bp = Infinity;
+    parts.forEach((p, i) => {
+      const k = at[i];
+      if (k < p.trainId.length && (p.trainId[k] < bt || (p.trainId[k] === bt && p.pulseId[k] < bp))) {
+        bt = p.trainId[k];
+        bp = p.pulseId[k];
+      }
+    });
+    if (bt === Infinity) break;
+    t.push([bt]);
+    pu.push([bp]);
+    parts.forEach((p, i) => {
+      while (at[i] < p.trainId.length && p.trainId[at[i]] === bt && p.pulseId[at[i]] === bp) {
+        index[i][at[i]++] = n;
+      }
+    });
+  }
+  return { trainId: t.toArray(), pulseId: pu.toArray(), index };
+}
+
+/** Per-frame tables of frames [f0, f1) and every peak of each frame (all modules). */
+interface FrameBlock {
+  f0: number;
+  f1: number;
+  per: FrameTables;
+  allPeaks: FramePeak[][];
+  anomalies: { trainId: number; pulseId: number }[];
+}
+
+/** Stage 5 (and the beam) over the merged per-frame records, read block by block from the parts' spill files. */
+class FrameStream {
+  readonly nMod: number;
+  threshold = NaN;
+  beam?: BeamAnnotation;
+  constructor(
+    readonly parts: LocalisePart[],
+    readonly merged: { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] },
+    readonly moduleList: number[],
+    readonly g: Geometry,
+    readonly opt: LocaliseOptions,
+    readonly where: ReturnType<typeof positioner>,
+  ) {
+    this.nMod = moduleList.length;
+  }
+
+  /** The records of frames in the bounds' blocks, as stages 1-4 left them. */
+  *raw(bounds: number[]): Generator<FrameBlock> {
+    const { parts, merged, nMod, moduleList } = this;
+    const nA = this.g.nAsics;
+    const hb = headerBytes(nA);
+    const streams = parts.map((p) => new SpillStream(p.spill));
+    const cursor = parts.map(() => 0);
+    try {
+      for (let b = 0; b + 1 < bounds.length; b++) {
+        const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
+        const per: FrameTables = {
+          trainId: merged.trainId.slice(f0, f1),
+          pulseId: merged.pulseId.slice(f0, f1),
+          frameLit: new Uint8Array(n),
+          litPixels: new Uint32Array(n * nMod * nA),
+          litIntensity: new Float32Array(n * nMod * nA),
+          unmaskedPixels: new Uint32Array(n * nMod * nA),
+          filteredLit: new Uint32Array(n * nMod * nA),
+          asicLit: new Uint8Array(n * nMod * nA),
+          score: new Float32Array(n),
+          nPeaks: new Uint32Array(n),
+          peaks: Array.from({ length: n }, () => [] as FramePeak[]),
+        };
+        const allPeaks: FramePeak[][] = Array.from({ length: n }, () => []);
+        let m0 = 0;
+        parts.forEach((p, pi) => {
+          const ix = merged.index[pi], pm = p.modules.length;
+          for (; cursor[pi] < ix.length && ix[cursor[pi]] < f1; cursor[pi]++) {
+            const f = ix[cursor[pi]] - f0;
+            for (let j = 0; j < pm; j++) {
+              const h = streams[pi].take(hb);
+              const u = new Uint32Array(h.buffer, 0, 2 + 4 * nA);
+              const dst = (f * nMod + m0 + j) * nA;
+              per.litPixels.set(u.subarray(2, 2 + nA), dst);
+              per.litIntensity.set(new Float32Array(h.buffer, (2 + nA) * 4, nA), dst);
+              per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
+              per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
+              per.nPeaks[f] += u[0];
+              if (u[1] === 0) continue;
+              const d = new Float64Array(streams[pi].take(u[1] * PEAK_BYTES).buffer);
+              for (let k = 0; k < u[1]; k++) {
+                const o = k * (PEAK_BYTES / 8);
+                allPeaks[f].push({
+                  box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
+                  area: d[o + 4],
+                  intensity: d[o + 5],
+                  ss: d[o + 6],
+                  fs: d[o + 7],
+                  max: d[o + 8],
+                  snr: d[o + 9],
+                  module: moduleList[m0 + j],
+                });
+              }
+            }
+          }
+          m0 += pm;
+        });
+        yield { f0, f1, per, allPeaks, anomalies: [] };
+      }
+    } finally {
+      for (const s of streams) s.close();
+    }
+  }
+
+  /** Classified blocks: scores, ASIC and frame lit flags, peak tables with positions, the beam decision. */
+  *classified(bounds: number[]): Generator<FrameBlock> {
+    for (const blk of this.raw(bounds)) {
+      const per = blk.per;
+      frameScores(per, this.nMod, this.g.nAsics);
+      classifyFrames(per, blk.allPeaks, this.moduleList, this.g, this.opt, this.threshold);
+      for (const list of per.peaks) {
+        for (const p of list) Object.assign(p, this.where(p.module, p.ss, p.fs));
+      }
+      if (this.beam) {
+        const c = combineLit(this.beam, per, this.opt.litFrom);
+        per.frameLit.set(c.frameLit);
+        blk.anomalies = c.anomalies.map((a) => ({ trainId: a.trainId, pulseId: a.pulseId }));
+      }
+      yield blk;
+    }
+  }
+}
+
+/**
+ * Stages 5-7 over the merged parts, streaming: the parts' spill files are read block by block (bounded by
+ * BLOCK_MODULE_FRAMES), once for the adaptive classifier's scores (adaptive mode only), once for stages 6-7;
+ * the REDU writer reads them once more (`frameBlocks`). In memory per frame: trainId, pulseId, score,
+ * frameLit (21 bytes); per module: the ROI persistence counts (4 bytes per pixel) and hot pixels.
+ */
 function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: number): LocaliseResult {
   const det = run.detector(opt.detector);
   const g = geometry(det.type);
@@ -461,73 +689,30 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   const moduleList = parts.flatMap((p) => p.modules);
   const nMod = moduleList.length;
   const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
-  // The union of the parts' frames, sorted by trainId then pulseId.
-  const key = (t: number, p: number) => `${t}:${p}`;
-  const union = new Map<string, [number, number]>();
-  for (const part of parts) {
-    for (let i = 0; i < part.trainId.length; i++) {
-      union.set(key(part.trainId[i], part.pulseId[i]), [part.trainId[i], part.pulseId[i]]);
-    }
-  }
-  const frames = [...union.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const nF = frames.length;
-  const index = new Map(frames.map(([t, p], i) => [key(t, p), i]));
-  const per = {
-    trainId: Float64Array.from(frames, (f) => f[0]),
-    pulseId: Float64Array.from(frames, (f) => f[1]),
-    frameLit: new Uint8Array(nF),
-    litPixels: new Uint32Array(nF * nMod * nA),
-    litIntensity: new Float32Array(nF * nMod * nA),
-    unmaskedPixels: new Uint32Array(nF * nMod * nA),
-    filteredLit: new Uint32Array(nF * nMod * nA),
-    asicLit: new Uint8Array(nF * nMod * nA),
-    score: new Float32Array(nF),
-    nPeaks: new Uint32Array(nF),
-    peaks: Array.from({ length: nF }, () => [] as FramePeak[]),
-  };
-  const present: Uint8Array[] = [];
-  const hot: Uint8Array[] = [];
-  const files: string[][] = [];
-  const allPeaks: FramePeak[][] = Array.from({ length: nF }, () => []);
-  let m0 = 0;
-  for (const part of parts) {
-    const pm = part.modules.length;
-    const rows = Array.from(part.trainId, (t, i) => index.get(key(t, part.pulseId[i]))!);
-    part.modules.forEach((_, j) => {
-      const pr = new Uint8Array(nF);
-      rows.forEach((f, i) => (pr[f] = part.present[j][i]));
-      present.push(pr);
-      hot.push(part.hot[j]);
-      files.push(part.files[j]);
-    });
-    rows.forEach((f, i) => {
-      for (let j = 0; j < pm; j++) {
-        const src = (i * pm + j) * nA, dst = (f * nMod + m0 + j) * nA;
-        per.litPixels.set(part.litPixels.subarray(src, src + nA), dst);
-        per.litIntensity.set(part.litIntensity.subarray(src, src + nA), dst);
-        per.unmaskedPixels.set(part.unmaskedPixels.subarray(src, src + nA), dst);
-        per.filteredLit.set(part.filteredLit.subarray(src, src + nA), dst);
-        per.nPeaks[f] += part.nPeaks[i * pm + j];
-      }
-      for (const p of part.peaks[i]) allPeaks[f].push(p);
-    });
-    m0 += pm;
-  }
+  for (const p of parts) ownSpill(p.spill);
+  const merged = mergeParts(parts);
+  const nF = merged.trainId.length;
+  const recorded = parts.flatMap((p) => p.recorded);
+  const hot = parts.flatMap((p) => p.hot);
+  const files = parts.flatMap((p) => p.files);
   const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
   const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
-  // Stage 5: classifier.
-  classifyFrames(per, allPeaks, moduleList, g, opt);
-
-  // Peak positions on the detector.
   const layout = loadLayout(opt.geometry, det.type);
-  const where = positioner(layout, det.type);
-  for (const list of per.peaks) {
-    for (const p of list) Object.assign(p, where(p.module, p.ss, p.fs));
+  const stream = new FrameStream(parts, merged, moduleList, g, opt, positioner(layout, det.type));
+  const bounds = blockBounds(merged.trainId, nMod);
+
+  // Stage 5, adaptive mode: the threshold from every frame's score (a first pass over the records).
+  const score = new Float32Array(nF);
+  if (opt.mode === "adaptive") {
+    for (const blk of stream.raw(bounds)) {
+      frameScores(blk.per, nMod, nA);
+      score.set(blk.per.score, blk.f0);
+    }
+    stream.threshold = adaptiveThreshold(score, opt.snr);
   }
 
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
   let beam: BeamAnnotation | undefined;
-  let anomalies: { trainId: number; pulseId: number }[] = [];
   if (opt.litFrom !== "images") {
     const ann = annotateBeam(run, {
       detector: det.name,
@@ -537,15 +722,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     });
     if (ann.trains.some((t) => t.hasBunchPattern)) {
       beam = ann;
-      const c = combineLit(ann, per, opt.litFrom);
-      per.frameLit.set(c.frameLit);
-      anomalies = c.anomalies.map((a) => ({ trainId: a.trainId, pulseId: a.pulseId }));
-      if (anomalies.length) {
-        notes.push(
-          `${anomalies.length} frames with signal in the images but no X-ray pulse: kept (anomalies)`,
-        );
-      }
-      for (const w of ann.warnings) notes.push(`beam: ${w}`);
+      stream.beam = ann;
     } else if (opt.litFrom === "beam") {
       throw new InputError(run.path, "--lit-from beam: the run has no bunch pattern");
     } else {
@@ -559,26 +736,43 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
   const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
   const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
   const moduleLit = new Uint32Array(nMod);
+  const valid = new Uint8Array(nMod);
+  const frameLit = new Uint8Array(nF);
+  const anomalies: { trainId: number; pulseId: number }[] = [];
   let litCount = 0;
-  for (let f = 0; f < nF; f++) {
-    if (!per.frameLit[f]) continue;
-    litCount++;
-    for (const p of allPeaks[f]) {
-      const m = moduleIndex.get(p.module)!;
-      if (!persist) {
-        rois[m].add(p.box);
-        continue;
+  for (const blk of stream.classified(bounds)) {
+    const per = blk.per;
+    frameLit.set(per.frameLit, blk.f0);
+    score.set(per.score, blk.f0);
+    for (const a of blk.anomalies) anomalies.push(a);
+    for (let f = 0; f < blk.f1 - blk.f0; f++) {
+      for (let m = 0; m < nMod; m++) {
+        const base = (f * nMod + m) * nA;
+        for (let a = 0; a < nA && !valid[m]; a++) if (per.unmaskedPixels[base + a]) valid[m] = 1;
       }
-      const c = persist[m];
-      for (let ss = p.box[0]; ss < p.box[2]; ss++) {
-        for (let fs = p.box[1]; fs < p.box[3]; fs++) c[ss * g.moduleFs + fs]++;
+      if (!per.frameLit[f]) continue;
+      litCount++;
+      for (const p of blk.allPeaks[f]) {
+        const m = moduleIndex.get(p.module)!;
+        if (!persist) {
+          rois[m].add(p.box);
+          continue;
+        }
+        const c = persist[m];
+        for (let ss = p.box[0]; ss < p.box[2]; ss++) {
+          for (let fs = p.box[1]; fs < p.box[3]; fs++) c[ss * g.moduleFs + fs]++;
+        }
       }
-    }
-    for (let m = 0; m < nMod; m++) {
-      const base = (f * nMod + m) * nA;
-      if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
+      for (let m = 0; m < nMod; m++) {
+        const base = (f * nMod + m) * nA;
+        if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
+      }
     }
   }
+  if (anomalies.length) {
+    notes.push(`${anomalies.length} frames with signal in the images but no X-ray pulse: kept (anomalies)`);
+  }
+  for (const w of beam?.warnings ?? []) notes.push(`beam: ${w}`);
   if (persist) {
     const need = Math.max(2, Math.ceil(opt.roiFraction * litCount));
     persist.forEach((c, m) => {
@@ -591,7 +785,7 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     });
   }
   const modules: ModuleResult[] = moduleList.map((m, i) => {
-    const frames = present[i].reduce((a, x) => a + x, 0);
+    const frames = recorded[i];
     const boxes = rois[i].result();
     const hotList: [number, number][] = [];
     hot[i].forEach((h, p) => {
@@ -608,24 +802,25 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
     };
   });
   modules.forEach((m, i) => {
-    let valid = 0;
-    for (let f = 0; f < nF && !valid; f++) {
-      const base = (f * nMod + i) * nA;
-      for (let a = 0; a < nA; a++) valid += per.unmaskedPixels[base + a];
-    }
-    if (m.frames > 0 && valid === 0) {
+    if (m.frames > 0 && !valid[i]) {
       notes.push(
         `warning: module ${m.module}: no valid pixel in any of its ${m.frames} frames (all NaN or masked)`,
       );
     }
   });
   const seconds = (performance.now() - t0) / 1000;
-  const litFrames = per.frameLit.reduce((a, x) => a + x, 0);
+  const litFrames = frameLit.reduce((a, x) => a + x, 0);
   // Trains as inspect counts them: every train of the run's index in the range, empty ones included.
   const trains = run.trainIds.filter((t) =>
     (opt.firstTrain === undefined || t >= opt.firstTrain) &&
     (opt.lastTrain === undefined || t <= opt.lastTrain)
   ).length;
+  let all: FrameTables | undefined;
+  let disposed = false;
+  const frameBlocks = function* (b: number[]): Generator<FrameBlock> {
+    if (disposed) throw new Error("localise result: per-frame records already removed (dispose)");
+    yield* stream.classified(b);
+  };
   return {
     run: run.path,
     runFiles: run.files.map((f) => f.name),
@@ -644,7 +839,27 @@ function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: numb
       gbPerSecond: bytesRead / seconds / 1e9,
       framesPerSecond: nF / seconds,
     },
-    perFrame: per,
+    trainId: merged.trainId,
+    pulseId: merged.pulseId,
+    frameLit,
+    score,
+    blockBounds: () => bounds,
+    frameBlocks,
+    get perFrame() {
+      if (!all) { for (const blk of frameBlocks([0, nF])) all = blk.per; }
+      return all!;
+    },
+    dispose() {
+      disposed = true;
+      for (const p of parts) removeSpill(p.spill);
+    },
+    memory: {
+      frameBytes: nF * (8 + 8 + 4 + 1) + merged.index.reduce((a, ix) => a + ix.byteLength, 0),
+      accumulatorBytes: (persist?.reduce((a, c) => a + c.byteLength, 0) ?? 0) +
+        hot.reduce((a, h) => a + h.byteLength, 0),
+      blockModuleFrames: Math.max(...bounds.slice(1).map((b, i) => (b - bounds[i]) * nMod), 0),
+      spillFiles: parts.map((p) => p.spill),
+    },
     nAsics: nA,
     geometry: g,
     layout: layout.source,
@@ -660,16 +875,9 @@ export type FrameTables = LocaliseResult["perFrame"];
  * Stage 5 (classify.ts has the spec): per-frame score, ASIC and frame lit flags, and each frame's peak table
  * (`per.peaks`, brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place).
  */
-export function classifyFrames(
-  per: FrameTables,
-  allPeaks: FramePeak[][],
-  moduleList: number[],
-  g: Geometry,
-  opt: LocaliseOptions,
-): void {
+/** Stage 5 score of each frame: its lit fraction (stage-1 lit pixels over valid pixels, all modules). */
+export function frameScores(per: FrameTables, nMod: number, nA: number): void {
   const nF = per.frameLit.length;
-  const nMod = moduleList.length;
-  const nA = g.nAsics;
   for (let f = 0; f < nF; f++) {
     let lit = 0, valid = 0;
     for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
@@ -678,7 +886,30 @@ export function classifyFrames(
     }
     per.score[f] = valid > 0 ? lit / valid : NaN;
   }
-  const threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
+}
+
+/**
+ * Stage 5 (classify.ts has the spec): ASIC and frame lit flags, and each frame's peak table (`per.peaks`,
+ * brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place), given the scores
+ * (frameScores) and the adaptive mode's threshold over the run (adaptiveThreshold; unused in peaks mode);
+ * without a threshold, per holds every frame of the run and both are computed here.
+ */
+export function classifyFrames(
+  per: FrameTables,
+  allPeaks: FramePeak[][],
+  moduleList: number[],
+  g: Geometry,
+  opt: LocaliseOptions,
+  threshold?: number,
+): void {
+  const nF = per.frameLit.length;
+  const nMod = moduleList.length;
+  const nA = g.nAsics;
+  if (threshold === undefined) {
+    // All the run's frames in per: the scores and the threshold from them.
+    frameScores(per, nMod, nA);
+    threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
+  }
   const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
   for (let f = 0; f < nF; f++) {
     // Peaks mode: peaks light their ASICs when the frame holds at least minPeaks of them.

@@ -14,16 +14,15 @@ import type { LocaliseResult } from "./localise.ts";
 /** Per train: frames and lit frames (hits), in train order. */
 function perTrain(r: LocaliseResult): { trainId: number[]; frames: number[]; litFrames: number[] } {
   const out = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
-  const pf = r.perFrame;
   for (let f = 0; f < r.frames; f++) {
     const k = out.trainId.length - 1;
-    if (k < 0 || out.trainId[k] !== pf.trainId[f]) {
-      out.trainId.push(pf.trainId[f]);
+    if (k < 0 || out.trainId[k] !== r.trainId[f]) {
+      out.trainId.push(r.trainId[f]);
       out.frames.push(0);
       out.litFrames.push(0);
     }
     out.frames[out.frames.length - 1]++;
-    out.litFrames[out.litFrames.length - 1] += pf.frameLit[f];
+    out.litFrames[out.litFrames.length - 1] += r.frameLit[f];
   }
   return out;
 }
@@ -67,9 +66,6 @@ export function runNaming(files: string[]): { prefix: string; run: number } {
   }
   return { prefix: "CORR", run: 0 };
 }
-
-/** Trains written per writer call. */
-const TRAINS_PER_CALL = 512;
 
 /** Write the REDU file(s) of a localise result into dir; returns their paths. */
 export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string[] = []): Promise<string[]> {
@@ -155,27 +151,20 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
   });
   try {
     w.setConstant("modules", Uint16Array.from(r.detector.modules));
-    const pf = r.perFrame;
-    // Trains and their frame counts (frames are sorted by trainId, then pulseId).
-    const trains: number[] = [];
-    const counts: number[] = [];
-    for (let f = 0; f < r.frames; f++) {
-      if (trains.length && trains[trains.length - 1] === pf.trainId[f]) counts[counts.length - 1]++;
-      else {
-        trains.push(pf.trainId[f]);
-        counts.push(1);
+    // Blocks of whole trains (frames are sorted by trainId, then pulseId), read back from the spill files.
+    for (const { f0, f1, per: pf } of r.frameBlocks(r.blockBounds())) {
+      const n = f1 - f0;
+      const ids: number[] = [];
+      const c: number[] = [];
+      for (let f = 0; f < n; f++) {
+        if (ids.length && ids[ids.length - 1] === pf.trainId[f]) c[c.length - 1]++;
+        else {
+          ids.push(pf.trainId[f]);
+          c.push(1);
+        }
       }
-    }
-    let f0 = 0;
-    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
-      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
-      const c = counts.slice(t0, t1);
-      const n = c.reduce((a, b) => a + b, 0);
-      const f1 = f0 + n;
-      const ids = trains.slice(t0, t1);
       w.addTrains(ids, { "@out": c, ...(r.beam ? litframesCounts(r.beam, ids) : {}) });
       if (r.beam) w.addData(litframesData(r.beam, ids) as Record<string, DataInput>);
-      const k0 = f0 * nMod * nA, k1 = f1 * nMod * nA;
       const peakModule = new Uint16Array(n * maxPeaks);
       const peakBox = new Uint16Array(n * maxPeaks * 4);
       const peakArea = new Uint32Array(n * maxPeaks);
@@ -188,7 +177,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const peakY = new Float32Array(n * maxPeaks);
       const peakRadius = new Float32Array(n * maxPeaks);
       for (let i = 0; i < n; i++) {
-        pf.peaks[f0 + i].forEach((p, j) => {
+        pf.peaks[i].forEach((p, j) => {
           const k = i * maxPeaks + j;
           peakModule[k] = p.module;
           peakBox.set(p.box, k * 4);
@@ -204,15 +193,15 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         });
       }
       w.addData({
-        trainId: BigUint64Array.from(pf.trainId.subarray(f0, f1), BigInt),
-        pulseId: BigUint64Array.from(pf.pulseId.subarray(f0, f1), BigInt),
-        frameLit: pf.frameLit.subarray(f0, f1),
-        litPixels: { data: pf.litPixels.subarray(k0, k1), shape: [n, ...perFrame] },
-        litIntensity: { data: pf.litIntensity.subarray(k0, k1), shape: [n, ...perFrame] },
-        unmaskedPixels: { data: pf.unmaskedPixels.subarray(k0, k1), shape: [n, ...perFrame] },
-        filteredLit: { data: pf.filteredLit.subarray(k0, k1), shape: [n, ...perFrame] },
-        asicLit: { data: pf.asicLit.subarray(k0, k1), shape: [n, ...perFrame] },
-        nPeaks: pf.nPeaks.subarray(f0, f1),
+        trainId: BigUint64Array.from(pf.trainId, BigInt),
+        pulseId: BigUint64Array.from(pf.pulseId, BigInt),
+        frameLit: pf.frameLit,
+        litPixels: { data: pf.litPixels, shape: [n, ...perFrame] },
+        litIntensity: { data: pf.litIntensity, shape: [n, ...perFrame] },
+        unmaskedPixels: { data: pf.unmaskedPixels, shape: [n, ...perFrame] },
+        filteredLit: { data: pf.filteredLit, shape: [n, ...perFrame] },
+        asicLit: { data: pf.asicLit, shape: [n, ...perFrame] },
+        nPeaks: pf.nPeaks,
         peakModule: { data: peakModule, shape: [n, maxPeaks] },
         peakBox: { data: peakBox, shape: [n, maxPeaks, 4] },
         peakArea: { data: peakArea, shape: [n, maxPeaks] },
@@ -225,7 +214,6 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         peakY: { data: peakY, shape: [n, maxPeaks] },
         peakRadius: { data: peakRadius, shape: [n, maxPeaks] },
       });
-      f0 = f1;
     }
     return w.close();
   } catch (e) {

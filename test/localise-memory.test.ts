@@ -1,0 +1,116 @@
+/**
+ * localise's memory is bounded by batch and block sizes, not by the run length: the per-frame results go
+ * to spill files (src/spill.ts) as batches finish and are read back in bounded blocks of whole trains; what
+ * stays in memory is fixed per module (ROI persistence counts, hot pixels) or a few bytes per frame.
+ * No timing and no RSS here (bench/ measures those): sizes and the spill files themselves.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { makeRun } from "../fixtures/synth.ts";
+import { blockBounds, localise, type LocaliseResult } from "../src/localise/localise.ts";
+import { geometry } from "../src/detectors.ts";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-localise-memory-"));
+const spillDir = path.join(tmp, "spill");
+const savedSpillDir = process.env.XFEL_REDU_SPILL_DIR;
+const results: Record<string, LocaliseResult> = {};
+
+beforeAll(async () => {
+  fs.mkdirSync(spillDir);
+  process.env.XFEL_REDU_SPILL_DIR = spillDir;
+  for (const trains of [2, 8]) {
+    const run = path.join(tmp, `t${trains}`);
+    await makeRun(run, { seed: 5, modules: [0, 1], trains, framesPerTrain: 32, trainsPerFile: 4 });
+    // Two workers: two parts (one module each), merged frame by frame from two spill files.
+    results[trains] = await localise(run, { backend: "cpu", workers: 2 });
+  }
+}, 300_000);
+
+afterAll(() => {
+  for (const r of Object.values(results)) r.dispose();
+  if (savedSpillDir === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+  else process.env.XFEL_REDU_SPILL_DIR = savedSpillDir;
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe("localise memory, 2 vs 8 trains", () => {
+  test("the accumulators have the same size whatever the run length (fixed per module)", () => {
+    const g = geometry("AGIPD");
+    const a = results[2].memory, b = results[8].memory;
+    expect(results[8].frames).toBe(4 * results[2].frames);
+    // ROI persistence counts (u32 per pixel) and hot pixels (u8 per pixel), 2 modules.
+    expect(a.accumulatorBytes).toBe(2 * g.pixels * 5);
+    expect(b.accumulatorBytes).toBe(a.accumulatorBytes);
+    // Per frame in memory: trainId, pulseId (f64), score (f32), frameLit (u8), each part's merge index (u32).
+    expect(a.frameBytes / results[2].frames).toBe(21 + 2 * 4);
+    expect(b.frameBytes / results[8].frames).toBe(21 + 2 * 4);
+  });
+
+  test("per-frame results are in spill files (one per part), growing with the run, removed by dispose", () => {
+    for (const trains of [2, 8]) {
+      const files = results[trains].memory.spillFiles;
+      expect(files.length).toBe(2);
+      for (const f of files) expect(path.dirname(f)).toBe(spillDir);
+    }
+    const bytes = (t: number) => results[t].memory.spillFiles.reduce((a, f) => a + fs.statSync(f).size, 0);
+    // Records hold at least the four ASIC counters of every module frame (16 ASICs x 4 x 4 bytes).
+    expect(bytes(2)).toBeGreaterThanOrEqual(results[2].frames * 2 * 16 * 16);
+    expect(bytes(8)).toBeGreaterThan(3 * bytes(2));
+  });
+
+  test("blocks read back in any bounds equal the whole run read at once (merge across parts)", () => {
+    const r = results[8];
+    const all = r.perFrame;
+    // One block per train: the cursors of both spill files advance across blocks.
+    const bounds = [0];
+    for (let f = 1; f <= r.frames; f++) {
+      if (f === r.frames || r.trainId[f] !== r.trainId[f - 1]) bounds.push(f);
+    }
+    expect(bounds.length).toBe(9);
+    const keys = ["litPixels", "litIntensity", "unmaskedPixels", "filteredLit", "asicLit"] as const;
+    for (const { f0, f1, per } of r.frameBlocks(bounds)) {
+      const k = 2 * r.nAsics;
+      for (const key of keys) {
+        expect(Array.from(per[key]), key).toEqual(Array.from(all[key].subarray(f0 * k, f1 * k)));
+      }
+      expect(Array.from(per.frameLit)).toEqual(Array.from(all.frameLit.subarray(f0, f1)));
+      expect(Array.from(per.nPeaks)).toEqual(Array.from(all.nPeaks.subarray(f0, f1)));
+      expect(per.peaks).toEqual(all.peaks.slice(f0, f1));
+    }
+    expect(all.frameLit.reduce((a, x) => a + x, 0)).toBe(r.litFrames);
+    expect(Array.from(all.frameLit)).toEqual(Array.from(r.frameLit));
+  });
+
+  test("dispose removes the spill files", async () => {
+    const r = await localise(path.join(tmp, "t2"), { backend: "cpu", workers: 1 });
+    const files = r.memory.spillFiles;
+    expect(files.every((f) => fs.existsSync(f))).toBe(true);
+    r.dispose();
+    expect(files.some((f) => fs.existsSync(f))).toBe(false);
+    expect(() => [...r.frameBlocks([0, 1])]).toThrow(/dispose/);
+  });
+});
+
+describe("blockBounds", () => {
+  /** Frames sorted by train: `frames` per train. */
+  const trainIds = (trains: number, frames: number) =>
+    Float64Array.from({ length: trains * frames }, (_, i) => 1000 + Math.floor(i / frames));
+
+  test("whole trains, the largest block the same for 125 and 1,000 trains", () => {
+    const largest = (ids: Float64Array, nMod: number) => {
+      const b = blockBounds(ids, nMod);
+      expect(b[0]).toBe(0);
+      expect(b[b.length - 1]).toBe(ids.length);
+      for (let i = 1; i < b.length - 1; i++) expect(ids[b[i]]).not.toBe(ids[b[i] - 1]);
+      return Math.max(...b.slice(1).map((x, i) => x - b[i]));
+    };
+    // 2 modules x 64 frames: 2,048 frames (32 trains, 4,096 module frames) per block.
+    expect(largest(trainIds(125, 64), 2)).toBe(2048);
+    expect(largest(trainIds(1000, 64), 2)).toBe(2048);
+    // A train larger than the bound is one block (AGIPD-1M: 16 modules x 352 frames).
+    expect(largest(trainIds(20, 352), 16)).toBe(352);
+    expect(blockBounds(new Float64Array(0), 2)).toEqual([0]);
+  });
+});
