@@ -90,6 +90,14 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     help: "local background: values >= mu + bg-clip * sigma leave the next iteration",
   },
   {
+    name: "bg-bin-width",
+    value: "number",
+    default: DEFAULT_OPTIONS.bgBinWidth,
+    min: 0,
+    help:
+      "local background per radius bin of this width (pixels) over each module, from the layout (0: 16 x 16 tiles)",
+  },
+  {
     name: "min-peak-snr",
     value: "number",
     default: DEFAULT_OPTIONS.minPeakSnr,
@@ -257,6 +265,7 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     minSnr: o.minSnr,
     bgIterations: o.bgIterations,
     bgClip: o.bgClip,
+    bgBinWidth: o.bgBinWidth,
     minPeakSnr: o.minPeakSnr,
     minPeaks: o.minPeaks,
     hotFraction: o.hotFraction,

@@ -51,6 +51,11 @@ export interface LocaliseParams {
   bgIterations: number;
   bgClip: number;
   /**
+   * Stage 0 per radius bin (peakfinder8's background) when the batch has `radius` (a layout gives each
+   * pixel's radius): the width of the bins in pixels of radius; 0 = the 16 x 16 tiles (geometry-free).
+   */
+  bgBinWidth: number;
+  /**
    * Smallest peak SNR: intensity / sqrt(sum over its pixels of (thr / minSnr)^2), i.e. of the noise
    * sigma floored at threshold / minSnr (a noise-free background still has a finite SNR); with a
    * background only (minSnr > 0).
@@ -77,6 +82,7 @@ export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   minSnr: 3.5,
   bgIterations: 4,
   bgClip: 5,
+  bgBinWidth: 0,
   minPeakSnr: 9,
   hotFraction: 0.5,
   neighbours: 0,
@@ -96,6 +102,11 @@ export interface ModuleBatch {
   mask?: Uint32Array;
   /** geometry.pixels; 1 = hot pixel, excluded from stages 3-4. */
   hot?: Uint8Array;
+  /**
+   * geometry.pixels: each pixel's distance from the beam in pixels (NaN: on no panel), from the detector
+   * layout; with params.bgBinWidth > 0 stage 0 works per radius bin instead of per tile.
+   */
+  radius?: Float32Array;
 }
 
 export interface Peak {
@@ -158,9 +169,144 @@ export interface Background {
   thr: Float32Array;
 }
 
-export function newBackground(g: Geometry, nFrames: number): Background {
-  const n = nFrames * tilesOf(g);
+/** Stage-0 output for nFrames x `cells` (tiles by default). */
+export function newBackground(g: Geometry, nFrames: number, cells = tilesOf(g)): Background {
+  const n = nFrames * cells;
   return { mu: new Float32Array(n), sigma: new Float32Array(n), thr: new Float32Array(n) };
+}
+
+/**
+ * The cells of stage 0: each pixel's cell, and the number of cells. Tiles: cell = tile of the pixel
+ * ((ss / 16) * (moduleFs / 16) + fs / 16). Radius bins (batch.radius given and params.bgBinWidth > 0):
+ * cell = floor(radius / bgBinWidth) - floor(rmin / bgBinWidth), rmin the smallest finite radius of the
+ * module; pixels with a non-finite radius share one extra last cell.
+ */
+export interface Cells {
+  cell: Uint32Array;
+  n: number;
+  radial: boolean;
+}
+
+const tileCellCache = new Map<string, Cells>();
+const radialCellCache = new WeakMap<Float32Array, Map<number, Cells>>();
+
+export function cellsOf(batch: ModuleBatch, params: LocaliseParams): Cells {
+  const g = batch.geometry;
+  const w = params.bgBinWidth;
+  if (batch.radius && w > 0) {
+    let m = radialCellCache.get(batch.radius);
+    if (!m) radialCellCache.set(batch.radius, m = new Map());
+    let c = m.get(w);
+    if (!c) m.set(w, c = radialCells(batch.radius, w, g.pixels));
+    return c;
+  }
+  const key = `${g.moduleSs}x${g.moduleFs}`;
+  let c = tileCellCache.get(key);
+  if (!c) {
+    const cell = new Uint32Array(g.pixels);
+    const tFs = g.moduleFs / TILE;
+    for (let p = 0; p < g.pixels; p++) {
+      const ss = Math.floor(p / g.moduleFs), fs = p - ss * g.moduleFs;
+      cell[p] = (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    }
+    tileCellCache.set(key, c = { cell, n: tilesOf(g), radial: false });
+  }
+  return c;
+}
+
+function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
+  if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
+  let lo = Infinity, hi = -Infinity, anyNaN = false;
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    if (Number.isFinite(r)) {
+      const b = Math.floor(r / w);
+      if (b < lo) lo = b;
+      if (b > hi) hi = b;
+    } else anyNaN = true;
+  }
+  const nBins = hi >= lo ? hi - lo + 1 : 0;
+  const cell = new Uint32Array(pixels);
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    cell[p] = Number.isFinite(r) ? Math.floor(r / w) - lo : nBins;
+  }
+  return { cell, n: nBins + (anyNaN ? 1 : 0), radial: true };
+}
+
+/**
+ * Stage 0 per radius bin on frame f (peakfinder8's background; cells from cellsOf, radial): the same
+ * one-sided iterative clip as a tile's (backgroundFrameCpu), over the valid pixels of each bin of the
+ * module, every bin iterating independently (a bin stops when it has no value left or the same count as
+ * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
+ * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
+ */
+export function radialBackgroundFrameCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  cells: Cells,
+  out: Background,
+  o: number,
+): void {
+  const g = batch.geometry;
+  const N = cells.n, cell = cells.cell;
+  if (!(params.minSnr > 0)) {
+    out.mu.fill(0, o, o + N);
+    out.sigma.fill(0, o, o + N);
+    out.thr.fill(Math.fround(params.threshold), o, o + N);
+    return;
+  }
+  const { data, mask } = batch;
+  const base = f * g.pixels;
+  const n = new Float64Array(N), S = new Float64Array(N), Q = new Float64Array(N);
+  const limit = new Float64Array(N).fill(Infinity), prevN = new Float64Array(N).fill(-1);
+  const done = new Uint8Array(N);
+  const mu = new Float64Array(N), sigma = new Float64Array(N);
+  for (let it = 0; it < params.bgIterations; it++) {
+    n.fill(0);
+    S.fill(0);
+    Q.fill(0);
+    for (let p = 0; p < g.pixels; p++) {
+      const v = data[base + p];
+      const c = cell[p];
+      if (v - v === 0 && (!mask || mask[base + p] === 0) && v < limit[c] && !done[c]) {
+        n[c]++;
+        S[c] += v;
+        Q[c] += v * v;
+      }
+    }
+    let active = 0;
+    for (let c = 0; c < N; c++) {
+      if (done[c]) continue;
+      if (n[c] === 0 || n[c] === prevN[c]) {
+        done[c] = 1;
+        continue;
+      }
+      active++;
+      prevN[c] = n[c];
+      mu[c] = S[c] / n[c];
+      sigma[c] = Math.sqrt(Math.max(0, Q[c] / n[c] - mu[c] * mu[c]));
+      limit[c] = mu[c] + params.bgClip * sigma[c];
+    }
+    if (!active) break;
+  }
+  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  for (let c = 0; c < N; c++) {
+    out.mu[o + c] = mu[c];
+    out.sigma[o + c] = sigma[c];
+  }
+  for (let c = 0; c < N; c++) {
+    const a = out.sigma[o + c];
+    let s = a;
+    if (c > 0 && c + 1 < N) {
+      const x = out.sigma[o + c - 1], y = out.sigma[o + c + 1];
+      s = Math.max(Math.min(a, x), Math.min(Math.max(a, x), y)); // the median of three
+    } else if (N > 1) {
+      s = Math.min(a, out.sigma[o + (c > 0 ? c - 1 : c + 1)]); // the lower of two
+    }
+    out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
+  }
 }
 
 /**
@@ -252,13 +398,17 @@ export function backgroundFrameCpu(
   }
 }
 
-/** Stage 0 on every frame of a batch. */
+/** Stage 0 on every frame of a batch: frames x cells (cellsOf: tiles, or radius bins). */
 export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Background {
   checkBatch(batch);
-  const out = newBackground(batch.geometry, batch.nFrames);
-  const nT = tilesOf(batch.geometry);
+  const cells = cellsOf(batch, params);
+  const nT = cells.n;
+  const out = newBackground(batch.geometry, batch.nFrames, nT);
   const scratch = new Float64Array(TILE * TILE);
-  for (let f = 0; f < batch.nFrames; f++) backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  for (let f = 0; f < batch.nFrames; f++) {
+    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, out, f * nT);
+    else backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  }
   return out;
 }
 
@@ -338,7 +488,7 @@ interface Scratch {
  */
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
   const pixels = g.pixels;
-  if (old && old.pixels === pixels && old.bg.mu.length === tilesOf(g)) return old;
+  if (old && old.pixels === pixels) return old;
   return {
     pixels,
     bg: newBackground(g, 1),
@@ -390,7 +540,7 @@ interface FrameOut {
   asicOffset: number;
   /** Component labels of this frame (NO_LABEL where not surviving). */
   labels?: Uint32Array;
-  /** Stage 0 given (e.g. the GPU's): this frame's tiles start at bgOffset; absent: computed here. */
+  /** Stage 0 given (e.g. the GPU's): this frame's cells start at bgOffset; absent: computed here. */
   bg?: Background;
   bgOffset?: number;
 }
@@ -415,14 +565,17 @@ function cpuFrame(
   const threshold = Math.fround(params.threshold);
   const l = s.l;
   let bg = out.bg, bo = out.bgOffset ?? 0;
+  const cells = cellsOf(batch, params);
+  const cell = cells.cell;
   if (!bg) {
-    bg = s.bg;
     bo = 0;
-    backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
+    if (s.bg.mu.length < cells.n) s.bg = newBackground(g, 1, cells.n);
+    bg = s.bg;
+    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
+    else backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
   }
   const bgMu = bg.mu, bgThr = bg.thr;
   const minSnr = params.minSnr > 0 ? params.minSnr : Infinity; // no background: var2 = 0, snr = 0
-  const tFs = nfs / TILE;
 
   // Stage 1, and the stage-3 input L (listed in raster order).
   const aLit = new Uint32Array(nAsics);
@@ -432,7 +585,6 @@ function cpuFrame(
   let nLit = 0;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    const rowTile = bo + Math.floor(ss / TILE) * tFs;
     // One ASIC's segment of the row at a time: the counters stay in locals.
     for (let col = 0; col < asicCols; col++) {
       const a = rowAsic + col;
@@ -447,7 +599,7 @@ function cpuFrame(
             lit++;
             sumA += v;
           }
-          const t = rowTile + ((p - ss * nfs) >> TILE_SHIFT);
+          const t = bo + cell[p];
           if (Math.fround(v - bgMu[t]) > bgThr[t] && !(hot && hot[p])) {
             l[p] = 1;
             litList[nLit++] = p;
@@ -489,7 +641,7 @@ function cpuFrame(
         n += l[y * nfs + x];
       }
     }
-    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    const t = bo + cell[p];
     if (n >= need || Math.fround(data[base + p] - bgMu[t]) >= strong) {
       parent[p] = p;
       survivors[nSurv++] = p;
@@ -525,7 +677,7 @@ function cpuFrame(
     const r = find(parent, p);
     if (labels) labels[p] = r;
     const v = data[base + p];
-    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    const t = bo + cell[p];
     const d = Math.fround(v - bgMu[t]);
     let c: number;
     if (r === p) {
@@ -615,7 +767,7 @@ export function processBatchCpu(
       asicOffset: f * g.nAsics,
       labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
       bg: opts.background,
-      bgOffset: f * tilesOf(g),
+      bgOffset: f * cellsOf(batch, params).n,
     });
     res.nPeaks[f] = r.nPeaks;
     res.peaks[f] = r.peaks;
@@ -631,7 +783,7 @@ export function framePeaksCpu(
   bg?: Background,
 ): { nPeaks: number; peaks: Peak[] } {
   const s = (sharedScratch = scratchFor(batch.geometry, sharedScratch));
-  return cpuFrame(batch, f, params, s, { asicOffset: 0, bg, bgOffset: f * tilesOf(batch.geometry) });
+  return cpuFrame(batch, f, params, s, { asicOffset: 0, bg, bgOffset: f * cellsOf(batch, params).n });
 }
 
 /** Component labels of every frame of a batch (the spec's label convention), for tests. */
@@ -657,13 +809,12 @@ export function accumulateLitCountsCpu(
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
   const bg = background ?? backgroundCpu(batch, params);
-  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
+  const { cell, n: nT } = cellsOf(batch, params);
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P;
     for (let p = 0; p < P; p++) {
       const v = data[base + p];
-      const ss = Math.floor(p / nfs);
-      const t = f * nT + (ss >> TILE_SHIFT) * tFs + ((p - ss * nfs) >> TILE_SHIFT);
+      const t = f * nT + cell[p];
       if (Number.isFinite(v) && Math.fround(v - bg.mu[t]) > bg.thr[t] && (!mask || mask[base + p] === 0)) {
         counts[p]++;
       }
