@@ -82,14 +82,14 @@ export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   minSnr: 3.5,
   bgIterations: 4,
   bgClip: 5,
-  bgBinWidth: 0,
+  bgBinWidth: 4,
   minPeakSnr: 9,
   hotFraction: 0.5,
   neighbours: 0,
   strong: 5,
   minArea: 1,
   maxArea: 10000,
-  minIntensity: 10,
+  minIntensity: 9,
   maxPeaks: 256,
 });
 
@@ -213,6 +213,25 @@ export function cellsOf(batch: ModuleBatch, params: LocaliseParams): Cells {
   }
   return c;
 }
+
+/**
+ * The pixels of each cell as one array (the GPU's segmented reduction over radius bins): n + 1 starts,
+ * then the pixels of cell 0, 1, ... in raster order (cell c: entries n + 1 + start[c] .. n + 1 +
+ * start[c + 1]).
+ */
+export function cellList(cells: Cells): Uint32Array {
+  const cached = cellListCache.get(cells);
+  if (cached) return cached;
+  const N = cells.n, P = cells.cell.length;
+  const out = new Uint32Array(N + 1 + P);
+  for (let p = 0; p < P; p++) out[cells.cell[p] + 1]++;
+  for (let c = 0; c < N; c++) out[c + 1] += out[c];
+  const fill = out.slice(0, N);
+  for (let p = 0; p < P; p++) out[N + 1 + fill[cells.cell[p]]++] = p;
+  cellListCache.set(cells, out);
+  return out;
+}
+const cellListCache = new WeakMap<Cells, Uint32Array>();
 
 function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
   if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
