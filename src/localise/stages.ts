@@ -233,6 +233,8 @@ export function cellList(cells: Cells): Uint32Array {
 }
 const cellListCache = new WeakMap<Cells, Uint32Array>();
 
+let radialScratch = new Float64Array(0);
+
 function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
   if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
   let lo = Infinity, hi = -Infinity, anyNaN = false;
@@ -278,37 +280,39 @@ export function radialBackgroundFrameCpu(
   }
   const { data, mask } = batch;
   const base = f * g.pixels;
-  const n = new Float64Array(N), S = new Float64Array(N), Q = new Float64Array(N);
-  const limit = new Float64Array(N).fill(Infinity), prevN = new Float64Array(N).fill(-1);
-  const done = new Uint8Array(N);
+  // The valid values of each bin, contiguous (the bins' pixel lists in order), then the clip per bin.
+  const list = cellList(cells);
+  const vals = radialScratch.length >= g.pixels
+    ? radialScratch
+    : (radialScratch = new Float64Array(g.pixels));
   const mu = new Float64Array(N), sigma = new Float64Array(N);
-  for (let it = 0; it < params.bgIterations; it++) {
-    n.fill(0);
-    S.fill(0);
-    Q.fill(0);
-    for (let p = 0; p < g.pixels; p++) {
-      const v = data[base + p];
-      const c = cell[p];
-      if (v - v === 0 && (!mask || mask[base + p] === 0) && v < limit[c] && !done[c]) {
-        n[c]++;
-        S[c] += v;
-        Q[c] += v * v;
-      }
+  for (let c = 0; c < N; c++) {
+    let n0 = 0;
+    const k0 = N + 1 + list[c], k1 = N + 1 + list[c + 1];
+    for (let k = k0; k < k1; k++) {
+      const i = base + list[k];
+      const v = data[i];
+      if (v - v === 0 && (!mask || mask[i] === 0)) vals[n0++] = v;
     }
-    let active = 0;
-    for (let c = 0; c < N; c++) {
-      if (done[c]) continue;
-      if (n[c] === 0 || n[c] === prevN[c]) {
-        done[c] = 1;
-        continue;
+    let m = 0, sd = 0, limit = Infinity, prevN = -1;
+    for (let it = 0; it < params.bgIterations; it++) {
+      let n = 0, S = 0, Q = 0;
+      for (let k = 0; k < n0; k++) {
+        const v = vals[k];
+        if (v < limit) {
+          n++;
+          S += v;
+          Q += v * v;
+        }
       }
-      active++;
-      prevN[c] = n[c];
-      mu[c] = S[c] / n[c];
-      sigma[c] = Math.sqrt(Math.max(0, Q[c] / n[c] - mu[c] * mu[c]));
-      limit[c] = mu[c] + params.bgClip * sigma[c];
+      if (n === 0 || n === prevN) break;
+      prevN = n;
+      m = S / n;
+      sd = Math.sqrt(Math.max(0, Q / n - m * m));
+      limit = m + params.bgClip * sd;
     }
-    if (!active) break;
+    mu[c] = m;
+    sigma[c] = sd;
   }
   const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
   for (let c = 0; c < N; c++) {
