@@ -271,7 +271,7 @@ export function radialBackgroundFrameCpu(
   o: number,
 ): void {
   const g = batch.geometry;
-  const N = cells.n, cell = cells.cell;
+  const N = cells.n;
   if (!(params.minSnr > 0)) {
     out.mu.fill(0, o, o + N);
     out.sigma.fill(0, o, o + N);
