@@ -81,7 +81,7 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "bg-iterations",
     value: "number",
     default: DEFAULT_OPTIONS.bgIterations,
-    help: "local background: sigma-clipping iterations per 16 x 16 tile",
+    help: "local background: sigma-clipping iterations per radius bin (or 16 x 16 tile)",
   },
   {
     name: "bg-clip",

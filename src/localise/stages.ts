@@ -30,6 +30,10 @@
  *   (ss * moduleFs + fs) of its component's first pixel in raster order, i.e. the smallest index in the
  *   component; pixels that do not survive have NO_LABEL.
  *
+ * Stage 0 (background mu, noise sigma, candidate threshold thr per frame x cell): cells are radius bins of
+ * params.bgBinWidth pixels when the batch has `radius` (radialBackgroundFrameCpu), else 16 x 16 tiles
+ * (backgroundFrameCpu); cellsOf gives each pixel's cell. Stages 1-4 read mu and thr of the pixel's cell.
+ *
  * Comparisons are made in float32, as on the GPU: value > fround(threshold), value >= fround(strong).
  *
  * Floats: the CPU reference accumulates every float sum (litIntensity, intensity, sum(v*ss), sum(v*fs))
@@ -41,8 +45,8 @@ import type { Geometry } from "../detectors.ts";
 export interface LocaliseParams {
   /**
    * Stage 1: a valid pixel is lit when value > threshold (photons). Stages 2-4 (the ADC threshold): a
-   * pixel is a candidate when value - mu > max(threshold, minSnr * sigma) (mu, sigma: its tile's
-   * background, stage 0).
+   * pixel is a candidate when value - mu > max(threshold, minSnr * sigma) (mu, sigma: the background of its
+   * stage-0 cell, a radius bin or a 16 x 16 tile; see cellsOf).
    */
   threshold: number;
   /** Candidates need value - mu > minSnr * sigma; 0 = no background (mu = sigma = 0: value > threshold). */

@@ -11,6 +11,9 @@
  *
  *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
  *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
+ *   or, with radius bins (bgBinWidth > 0 and a batch radius; the bins' pixel lists uploaded per module):
+ *   radialbg   (bins, frames) workgroups          stage 0: mu, sigma per bin (segmented reduction)
+ *   radialthr  (bins/64, frames)                  stage 0: thr (median sigma of the bin and its neighbours)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
  *   merge      (pixels/256, frames)               stage 4 union-find
