@@ -1,7 +1,7 @@
 /**
  * Throughput of the CPU reference (LocaliseBackend.process: stages 0, 1, 3, 4, one thread) on the realistic
- * SFX frames of fixtures/sfx.ts (water ring), the defaults against the former fixed-threshold mode, and
- * stage 0 (the tile background) alone.
+ * SFX frames of fixtures/sfx.ts (water ring), the defaults (background per radius bin) against the tiles
+ * and the former fixed-threshold mode, and stage 0 alone.
  *
  *   npm run build && node dist/bench/sfx.js [frames per batch, default 32]
  *   npx deno run -A bench/sfx.ts
@@ -17,7 +17,14 @@ import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 
 const n = Number(process.argv[2] ?? 32);
 const run = new SfxRun({ ...SFX_WATER, modules: [0], frames: n });
-const batch = { geometry: run.geometry, nFrames: n, data: run.batch(0, 0, n), mask: run.batchMask(0, n) };
+const batch = {
+  geometry: run.geometry,
+  nFrames: n,
+  data: run.batch(0, 0, n),
+  mask: run.batchMask(0, n),
+  radius: run.radius[0],
+};
+const tiles = { ...DEFAULT_PARAMS, bgBinWidth: 0 };
 
 function best(f: () => void): number {
   f();
@@ -38,3 +45,5 @@ console.log(
 console.log(
   `stage 0 alone:   ${best(() => backgroundCpu(batch, DEFAULT_PARAMS)).toFixed(2)} ms per module frame`,
 );
+console.log(`tiles:           ${best(() => processBatchCpu(batch, tiles)).toFixed(2)} ms per module frame`);
+console.log(`tiles stage 0:   ${best(() => backgroundCpu(batch, tiles)).toFixed(2)} ms per module frame`);

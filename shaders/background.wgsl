@@ -112,3 +112,108 @@ fn bgthreshold(@builtin(global_invocation_id) gid: vec3u) {
   }
   bg[o + 2u] = max(params.threshold, params.minSnr * nb[(k - 1u) / 2u]);
 }
+
+// Stage 0 per radius bin (spec: radialBackgroundFrameCpu in src/localise/stages.ts). Cells c = 0 ..
+// cellsN - 1 (radius bins of the module; cells[p] is a pixel's bin). cellList: cellsN + 1 starts, then
+// the pixels of each cell (cellList in stages.ts). `radialbg`: one workgroup of 64 per (cell, frame), the
+// same one-sided clip as a tile's, with count, sum and sum of squares (sigma = sqrt(max(0, Q / n -
+// mu^2)), as the CPU's) per invocation (strided over the cell's pixels), then a tree reduction in
+// workgroup memory (float32, deterministic). `radialthr`: one invocation per (cell, frame):
+// thr = max(threshold, minSnr * s), s the median of the sigmas of cells c - 1, c, c + 1 (the lower of
+// two at the ends; its own with one cell).
+@group(0) @binding(4) var<storage, read> cellList: array<u32>;
+
+var<workgroup> wn: array<f32, 64>;
+var<workgroup> ws: array<f32, 64>;
+var<workgroup> wq: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn radialbg(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
+  let c = wid.x;
+  let frame = wid.y;
+  let N = params.cellsN;
+  let o = (frame * N + c) * 4u;
+  if (!(params.minSnr > 0.0)) {
+    if (li == 0u) {
+      bg[o] = 0.0;
+      bg[o + 1u] = 0.0;
+    }
+    return;
+  }
+  let start = cellList[c];
+  let end = cellList[c + 1u];
+  let base = N + 1u;
+  var mu = 0.0;
+  var sigma = 0.0;
+  var limitSet = false;
+  var limit = 0.0;
+  var prevN = -1.0;
+  for (var it = 0u; it < params.bgIterations; it++) {
+    // One pass: count, sum and sum of squares of the values below the limit.
+    var n = 0.0;
+    var sum = 0.0;
+    var sq = 0.0;
+    for (var k = start + li; k < end; k += 64u) {
+      let i = frame * params.pixels + cellList[base + k];
+      let v = data[i];
+      if (isFiniteF32(v) && (params.hasMask == 0u || mask[i] == 0u) && (!limitSet || v < limit)) {
+        n += 1.0;
+        sum += v;
+        sq += v * v;
+      }
+    }
+    wn[li] = n;
+    ws[li] = sum;
+    wq[li] = sq;
+    workgroupBarrier();
+    for (var h = 32u; h > 0u; h >>= 1u) {
+      if (li < h) {
+        wn[li] += wn[li + h];
+        ws[li] += ws[li + h];
+        wq[li] += wq[li + h];
+      }
+      workgroupBarrier();
+    }
+    let nt = workgroupUniformLoad(&wn[0]);
+    let st = ws[0];
+    let qt = wq[0];
+    workgroupBarrier();
+    if (nt == 0.0 || nt == prevN) {
+      break; // nothing left, or the same values as the previous iteration
+    }
+    prevN = nt;
+    mu = st / nt;
+    sigma = sqrt(max(0.0, qt / nt - mu * mu));
+    limit = mu + params.bgClip * sigma;
+    limitSet = true;
+  }
+  if (li == 0u) {
+    bg[o] = mu;
+    bg[o + 1u] = sigma;
+  }
+}
+
+@compute @workgroup_size(64)
+fn radialthr(@builtin(global_invocation_id) gid: vec3u) {
+  let N = params.cellsN;
+  let c = gid.x;
+  if (c >= N) {
+    return;
+  }
+  let frame = gid.y;
+  let o = (frame * N + c) * 4u;
+  if (!(params.minSnr > 0.0)) {
+    bg[o + 2u] = params.threshold;
+    return;
+  }
+  let a = bg[o + 1u];
+  var s = a;
+  if (c > 0u && c + 1u < N) {
+    let x = bg[o - 3u];
+    let y = bg[o + 5u];
+    s = max(min(a, x), min(max(a, x), y));
+  } else if (N > 1u) {
+    s = min(a, bg[select(o + 5u, o - 3u, c > 0u)]);
+  }
+  bg[o + 2u] = max(params.threshold, params.minSnr * s);
+}

@@ -8,7 +8,8 @@
 // (sum of d = v - mu), sum(d * (ss - cs)), sum(d * (fs - cf)) about the box centre
 // cs = (ss0 + ss1 - 1) / 2 (f32 bits), max (ordered u32 key of the f32, see orderedKey), first (the
 // component's root: its smallest module-frame pixel index), sum of (thr / minSnr)^2 (f32 bits).
-// Background (stage 0): bg[(frame * tiles + tile) * 4 + {0, 1, 2}] = mu, sigma, thr of 16 x 16 tiles.
+// Background (stage 0): bg[(frame * cellsN + cell) * 4 + {0, 1, 2}] = mu, sigma, thr of the cells
+// (16 x 16 tiles, or radius bins).
 
 struct Params {
   pixels: u32,
@@ -33,18 +34,22 @@ struct Params {
   tilesFs: u32,
   minSnr: f32,
   bgClip: f32,
-  pad0: u32,
-  pad1: u32,
+  cellsN: u32,
+  radial: u32,
 }
+
+// Stage-0 cell of every module pixel: its 16 x 16 tile, or its radius bin (cellsOf in stages.ts).
+@group(0) @binding(15) var<storage, read> cells: array<u32>;
 
 const NONE: u32 = 0xffffffffu;
 // Pixels per row segment in the run-length passes (moduleFs is a multiple of it).
 const SEG: u32 = 16u;
 const ENTRY: u32 = 11u;
 
-// Background tile of pixel (ss, fs) of a frame: its mu, sigma, thr at bg[bgIndex(...) + 0, 1, 2].
+// Background cell (tile or radius bin) of pixel (ss, fs) of a frame: its mu, sigma, thr at
+// bg[bgIndex(...) + 0, 1, 2].
 fn bgIndex(frame: u32, ss: u32, fs: u32) -> u32 {
-  return ((frame * (params.moduleSs / 16u) + ss / 16u) * params.tilesFs + fs / 16u) * 4u;
+  return (frame * params.cellsN + cells[ss * params.moduleFs + fs]) * 4u;
 }
 
 // finite(v) from the bits: compilers may assume no NaN/Inf in float comparisons.

@@ -173,18 +173,18 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3u) {
   var sumDfs = 0.0;
   var maxV = 0.0;
   var var2 = 0.0;
-  // A segment lies within one background tile (SEG = tile side, segments start at multiples of it).
-  let b = bgIndex(frame, ss, fs0);
-  let mu = bg[b];
-  // The noise of the SNR: sigma floored at threshold / minSnr, i.e. thr / minSnr (0 without a background).
-  let se = select(0.0, bg[b + 2u] / params.minSnr, params.minSnr > 0.0);
-  let sigma2 = se * se;
   for (var k = 0u; k < SEG; k++) {
     let r = labels[start + k];
     if (r == NONE) {
       continue;
     }
     let v = data[start + k];
+    // The pixel's background cell (a tile, or a radius bin: these change along a segment).
+    let b = bgIndex(frame, ss, fs0 + k);
+    let mu = bg[b];
+    // The noise of the SNR: sigma floored at threshold / minSnr, i.e. thr / minSnr (0 without a background).
+    let se = select(0.0, bg[b + 2u] / params.minSnr, params.minSnr > 0.0);
+    let sigma2 = se * se;
     if (r != cur) {
       flushSums(t, dss, sum, sumDfs, maxV, var2);
       cur = r;

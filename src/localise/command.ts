@@ -81,13 +81,21 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "bg-iterations",
     value: "number",
     default: DEFAULT_OPTIONS.bgIterations,
-    help: "local background: sigma-clipping iterations per 16 x 16 tile",
+    help: "local background: sigma-clipping iterations per radius bin (or 16 x 16 tile)",
   },
   {
     name: "bg-clip",
     value: "number",
     default: DEFAULT_OPTIONS.bgClip,
     help: "local background: values >= mu + bg-clip * sigma leave the next iteration",
+  },
+  {
+    name: "bg-bin-width",
+    value: "number",
+    default: DEFAULT_OPTIONS.bgBinWidth,
+    min: 0,
+    help:
+      "local background per radius bin of this width (pixels) over each module, from the layout (0: 16 x 16 tiles)",
   },
   {
     name: "min-peak-snr",
@@ -257,6 +265,7 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     minSnr: o.minSnr,
     bgIterations: o.bgIterations,
     bgClip: o.bgClip,
+    bgBinWidth: o.bgBinWidth,
     minPeakSnr: o.minPeakSnr,
     minPeaks: o.minPeaks,
     hotFraction: o.hotFraction,

@@ -21,7 +21,7 @@ import type { OptionSpec } from "../cli.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
 import { loadLayout } from "../geometry.ts";
-import { positioner } from "./position.ts";
+import { moduleRadii, positioner } from "./position.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import * as fs from "node:fs";
 import { Grow } from "../reductions.ts";
@@ -339,6 +339,8 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   private counts: Uint32Array[] = [];
   private recorded: Uint32Array = new Uint32Array(0);
   private hot?: Uint8Array[];
+  /** Per module: each pixel's radius from the layout (stage 0 per radius bin), when bgBinWidth > 0. */
+  private radius: (Float32Array | undefined)[] = [];
   private bytesRead = 0;
   /** The part's frames; the per-frame results go to the spill file as batches finish. */
   private trainId = new Grow((n) => new Float64Array(n));
@@ -355,8 +357,9 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     this.runPath = info.runPath;
     const det = info.detector;
     // A bad --geometry fails before the run is read (finalize uses it for the peak positions).
-    if (this.opt.geometry) loadLayout(this.opt.geometry, det.type);
+    const layout = loadLayout(this.opt.geometry, det.type);
     if (info.modules.length) {
+      if (this.opt.bgBinWidth > 0) this.radius = info.modules.map((n) => moduleRadii(layout, det.type, n));
       this.g = geometry(det.type);
       this.modules = info.modules;
       const mods = info.modules.map((n) => det.modules.find((m) => m.module === n)!);
@@ -408,7 +411,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       const mf = b.modules[m];
       this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
       await backend.accumulateLitCounts(
-        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask },
+        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask, radius: this.radius[m] },
         this.counts[m],
       );
     }
@@ -433,6 +436,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
           data: b.modules[m].data,
           mask: b.modules[m].mask,
           hot: this.hot[m],
+          radius: this.radius[m],
         })
         : undefined;
       if (inFlight) results[m - 1] = await inFlight;

@@ -41,3 +41,17 @@ export function positioner(
     return { x, y, radius: Math.hypot(x, y) * p.res };
   };
 }
+
+/**
+ * Each pixel's radius from the beam (pixels of its panel; NaN on no panel) of one module, row-major
+ * (ss * moduleFs + fs): the radius bins of stage 0 (stages.ts cellsOf).
+ */
+export function moduleRadii(layout: DetectorLayout, type: DetectorType, module: number): Float32Array {
+  const at = positioner(layout, type);
+  const { moduleSs, moduleFs } = layout;
+  const out = new Float32Array(moduleSs * moduleFs);
+  for (let ss = 0; ss < moduleSs; ss++) {
+    for (let fs = 0; fs < moduleFs; fs++) out[ss * moduleFs + fs] = at(module, ss, fs).radius;
+  }
+  return out;
+}

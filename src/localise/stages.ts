@@ -30,6 +30,10 @@
  *   (ss * moduleFs + fs) of its component's first pixel in raster order, i.e. the smallest index in the
  *   component; pixels that do not survive have NO_LABEL.
  *
+ * Stage 0 (background mu, noise sigma, candidate threshold thr per frame x cell): cells are radius bins of
+ * params.bgBinWidth pixels when the batch has `radius` (radialBackgroundFrameCpu), else 16 x 16 tiles
+ * (backgroundFrameCpu); cellsOf gives each pixel's cell. Stages 1-4 read mu and thr of the pixel's cell.
+ *
  * Comparisons are made in float32, as on the GPU: value > fround(threshold), value >= fround(strong).
  *
  * Floats: the CPU reference accumulates every float sum (litIntensity, intensity, sum(v*ss), sum(v*fs))
@@ -41,8 +45,8 @@ import type { Geometry } from "../detectors.ts";
 export interface LocaliseParams {
   /**
    * Stage 1: a valid pixel is lit when value > threshold (photons). Stages 2-4 (the ADC threshold): a
-   * pixel is a candidate when value - mu > max(threshold, minSnr * sigma) (mu, sigma: its tile's
-   * background, stage 0).
+   * pixel is a candidate when value - mu > max(threshold, minSnr * sigma) (mu, sigma: the background of its
+   * stage-0 cell, a radius bin or a 16 x 16 tile; see cellsOf).
    */
   threshold: number;
   /** Candidates need value - mu > minSnr * sigma; 0 = no background (mu = sigma = 0: value > threshold). */
@@ -50,6 +54,11 @@ export interface LocaliseParams {
   /** Stage 0: clipping iterations and the clip (values >= mu + bgClip * sigma leave the next iteration). */
   bgIterations: number;
   bgClip: number;
+  /**
+   * Stage 0 per radius bin (peakfinder8's background) when the batch has `radius` (a layout gives each
+   * pixel's radius): the width of the bins in pixels of radius; 0 = the 16 x 16 tiles (geometry-free).
+   */
+  bgBinWidth: number;
   /**
    * Smallest peak SNR: intensity / sqrt(sum over its pixels of (thr / minSnr)^2), i.e. of the noise
    * sigma floored at threshold / minSnr (a noise-free background still has a finite SNR); with a
@@ -77,13 +86,14 @@ export const DEFAULT_PARAMS: LocaliseParams = Object.freeze({
   minSnr: 3.5,
   bgIterations: 4,
   bgClip: 5,
+  bgBinWidth: 4,
   minPeakSnr: 9,
   hotFraction: 0.5,
   neighbours: 0,
   strong: 5,
   minArea: 1,
   maxArea: 10000,
-  minIntensity: 10,
+  minIntensity: 9,
   maxPeaks: 256,
 });
 
@@ -96,6 +106,11 @@ export interface ModuleBatch {
   mask?: Uint32Array;
   /** geometry.pixels; 1 = hot pixel, excluded from stages 3-4. */
   hot?: Uint8Array;
+  /**
+   * geometry.pixels: each pixel's distance from the beam in pixels (NaN: on no panel), from the detector
+   * layout; with params.bgBinWidth > 0 stage 0 works per radius bin instead of per tile.
+   */
+  radius?: Float32Array;
 }
 
 export interface Peak {
@@ -158,9 +173,167 @@ export interface Background {
   thr: Float32Array;
 }
 
-export function newBackground(g: Geometry, nFrames: number): Background {
-  const n = nFrames * tilesOf(g);
+/** Stage-0 output for nFrames x `cells` (tiles by default). */
+export function newBackground(g: Geometry, nFrames: number, cells = tilesOf(g)): Background {
+  const n = nFrames * cells;
   return { mu: new Float32Array(n), sigma: new Float32Array(n), thr: new Float32Array(n) };
+}
+
+/**
+ * The cells of stage 0: each pixel's cell, and the number of cells. Tiles: cell = tile of the pixel
+ * ((ss / 16) * (moduleFs / 16) + fs / 16). Radius bins (batch.radius given and params.bgBinWidth > 0):
+ * cell = floor(radius / bgBinWidth) - floor(rmin / bgBinWidth), rmin the smallest finite radius of the
+ * module; pixels with a non-finite radius share one extra last cell.
+ */
+export interface Cells {
+  cell: Uint32Array;
+  n: number;
+  radial: boolean;
+}
+
+const tileCellCache = new Map<string, Cells>();
+const radialCellCache = new WeakMap<Float32Array, Map<number, Cells>>();
+
+export function cellsOf(batch: ModuleBatch, params: LocaliseParams): Cells {
+  const g = batch.geometry;
+  const w = params.bgBinWidth;
+  if (batch.radius && w > 0) {
+    let m = radialCellCache.get(batch.radius);
+    if (!m) radialCellCache.set(batch.radius, m = new Map());
+    let c = m.get(w);
+    if (!c) m.set(w, c = radialCells(batch.radius, w, g.pixels));
+    return c;
+  }
+  const key = `${g.moduleSs}x${g.moduleFs}`;
+  let c = tileCellCache.get(key);
+  if (!c) {
+    const cell = new Uint32Array(g.pixels);
+    const tFs = g.moduleFs / TILE;
+    for (let p = 0; p < g.pixels; p++) {
+      const ss = Math.floor(p / g.moduleFs), fs = p - ss * g.moduleFs;
+      cell[p] = (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    }
+    tileCellCache.set(key, c = { cell, n: tilesOf(g), radial: false });
+  }
+  return c;
+}
+
+/**
+ * The pixels of each cell as one array (the GPU's segmented reduction over radius bins): n + 1 starts,
+ * then the pixels of cell 0, 1, ... in raster order (cell c: entries n + 1 + start[c] .. n + 1 +
+ * start[c + 1]).
+ */
+export function cellList(cells: Cells): Uint32Array {
+  const cached = cellListCache.get(cells);
+  if (cached) return cached;
+  const N = cells.n, P = cells.cell.length;
+  const out = new Uint32Array(N + 1 + P);
+  for (let p = 0; p < P; p++) out[cells.cell[p] + 1]++;
+  for (let c = 0; c < N; c++) out[c + 1] += out[c];
+  const fill = out.slice(0, N);
+  for (let p = 0; p < P; p++) out[N + 1 + fill[cells.cell[p]]++] = p;
+  cellListCache.set(cells, out);
+  return out;
+}
+const cellListCache = new WeakMap<Cells, Uint32Array>();
+
+let radialScratch = new Float64Array(0);
+
+function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
+  if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
+  let lo = Infinity, hi = -Infinity, anyNaN = false;
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    if (Number.isFinite(r)) {
+      const b = Math.floor(r / w);
+      if (b < lo) lo = b;
+      if (b > hi) hi = b;
+    } else anyNaN = true;
+  }
+  const nBins = hi >= lo ? hi - lo + 1 : 0;
+  const cell = new Uint32Array(pixels);
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    cell[p] = Number.isFinite(r) ? Math.floor(r / w) - lo : nBins;
+  }
+  return { cell, n: nBins + (anyNaN ? 1 : 0), radial: true };
+}
+
+/**
+ * Stage 0 per radius bin on frame f (peakfinder8's background; cells from cellsOf, radial): the same
+ * one-sided iterative clip as a tile's (backgroundFrameCpu), over the valid pixels of each bin of the
+ * module, every bin iterating independently (a bin stops when it has no value left or the same count as
+ * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
+ * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
+ */
+export function radialBackgroundFrameCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  cells: Cells,
+  out: Background,
+  o: number,
+): void {
+  const g = batch.geometry;
+  const N = cells.n;
+  if (!(params.minSnr > 0)) {
+    out.mu.fill(0, o, o + N);
+    out.sigma.fill(0, o, o + N);
+    out.thr.fill(Math.fround(params.threshold), o, o + N);
+    return;
+  }
+  const { data, mask } = batch;
+  const base = f * g.pixels;
+  // The valid values of each bin, contiguous (the bins' pixel lists in order), then the clip per bin.
+  const list = cellList(cells);
+  const vals = radialScratch.length >= g.pixels
+    ? radialScratch
+    : (radialScratch = new Float64Array(g.pixels));
+  const mu = new Float64Array(N), sigma = new Float64Array(N);
+  for (let c = 0; c < N; c++) {
+    let n0 = 0;
+    const k0 = N + 1 + list[c], k1 = N + 1 + list[c + 1];
+    for (let k = k0; k < k1; k++) {
+      const i = base + list[k];
+      const v = data[i];
+      if (v - v === 0 && (!mask || mask[i] === 0)) vals[n0++] = v;
+    }
+    let m = 0, sd = 0, limit = Infinity, prevN = -1;
+    for (let it = 0; it < params.bgIterations; it++) {
+      let n = 0, S = 0, Q = 0;
+      for (let k = 0; k < n0; k++) {
+        const v = vals[k];
+        if (v < limit) {
+          n++;
+          S += v;
+          Q += v * v;
+        }
+      }
+      if (n === 0 || n === prevN) break;
+      prevN = n;
+      m = S / n;
+      sd = Math.sqrt(Math.max(0, Q / n - m * m));
+      limit = m + params.bgClip * sd;
+    }
+    mu[c] = m;
+    sigma[c] = sd;
+  }
+  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  for (let c = 0; c < N; c++) {
+    out.mu[o + c] = mu[c];
+    out.sigma[o + c] = sigma[c];
+  }
+  for (let c = 0; c < N; c++) {
+    const a = out.sigma[o + c];
+    let s = a;
+    if (c > 0 && c + 1 < N) {
+      const x = out.sigma[o + c - 1], y = out.sigma[o + c + 1];
+      s = Math.max(Math.min(a, x), Math.min(Math.max(a, x), y)); // the median of three
+    } else if (N > 1) {
+      s = Math.min(a, out.sigma[o + (c > 0 ? c - 1 : c + 1)]); // the lower of two
+    }
+    out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
+  }
 }
 
 /**
@@ -252,13 +425,17 @@ export function backgroundFrameCpu(
   }
 }
 
-/** Stage 0 on every frame of a batch. */
+/** Stage 0 on every frame of a batch: frames x cells (cellsOf: tiles, or radius bins). */
 export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Background {
   checkBatch(batch);
-  const out = newBackground(batch.geometry, batch.nFrames);
-  const nT = tilesOf(batch.geometry);
+  const cells = cellsOf(batch, params);
+  const nT = cells.n;
+  const out = newBackground(batch.geometry, batch.nFrames, nT);
   const scratch = new Float64Array(TILE * TILE);
-  for (let f = 0; f < batch.nFrames; f++) backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  for (let f = 0; f < batch.nFrames; f++) {
+    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, out, f * nT);
+    else backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  }
   return out;
 }
 
@@ -338,7 +515,7 @@ interface Scratch {
  */
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
   const pixels = g.pixels;
-  if (old && old.pixels === pixels && old.bg.mu.length === tilesOf(g)) return old;
+  if (old && old.pixels === pixels) return old;
   return {
     pixels,
     bg: newBackground(g, 1),
@@ -390,7 +567,7 @@ interface FrameOut {
   asicOffset: number;
   /** Component labels of this frame (NO_LABEL where not surviving). */
   labels?: Uint32Array;
-  /** Stage 0 given (e.g. the GPU's): this frame's tiles start at bgOffset; absent: computed here. */
+  /** Stage 0 given (e.g. the GPU's): this frame's cells start at bgOffset; absent: computed here. */
   bg?: Background;
   bgOffset?: number;
 }
@@ -415,14 +592,17 @@ function cpuFrame(
   const threshold = Math.fround(params.threshold);
   const l = s.l;
   let bg = out.bg, bo = out.bgOffset ?? 0;
+  const cells = cellsOf(batch, params);
+  const cell = cells.cell;
   if (!bg) {
-    bg = s.bg;
     bo = 0;
-    backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
+    if (s.bg.mu.length < cells.n) s.bg = newBackground(g, 1, cells.n);
+    bg = s.bg;
+    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
+    else backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
   }
   const bgMu = bg.mu, bgThr = bg.thr;
   const minSnr = params.minSnr > 0 ? params.minSnr : Infinity; // no background: var2 = 0, snr = 0
-  const tFs = nfs / TILE;
 
   // Stage 1, and the stage-3 input L (listed in raster order).
   const aLit = new Uint32Array(nAsics);
@@ -432,7 +612,6 @@ function cpuFrame(
   let nLit = 0;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    const rowTile = bo + Math.floor(ss / TILE) * tFs;
     // One ASIC's segment of the row at a time: the counters stay in locals.
     for (let col = 0; col < asicCols; col++) {
       const a = rowAsic + col;
@@ -447,7 +626,7 @@ function cpuFrame(
             lit++;
             sumA += v;
           }
-          const t = rowTile + ((p - ss * nfs) >> TILE_SHIFT);
+          const t = bo + cell[p];
           if (Math.fround(v - bgMu[t]) > bgThr[t] && !(hot && hot[p])) {
             l[p] = 1;
             litList[nLit++] = p;
@@ -489,7 +668,7 @@ function cpuFrame(
         n += l[y * nfs + x];
       }
     }
-    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    const t = bo + cell[p];
     if (n >= need || Math.fround(data[base + p] - bgMu[t]) >= strong) {
       parent[p] = p;
       survivors[nSurv++] = p;
@@ -525,7 +704,7 @@ function cpuFrame(
     const r = find(parent, p);
     if (labels) labels[p] = r;
     const v = data[base + p];
-    const t = bo + (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    const t = bo + cell[p];
     const d = Math.fround(v - bgMu[t]);
     let c: number;
     if (r === p) {
@@ -615,7 +794,7 @@ export function processBatchCpu(
       asicOffset: f * g.nAsics,
       labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
       bg: opts.background,
-      bgOffset: f * tilesOf(g),
+      bgOffset: f * cellsOf(batch, params).n,
     });
     res.nPeaks[f] = r.nPeaks;
     res.peaks[f] = r.peaks;
@@ -631,7 +810,7 @@ export function framePeaksCpu(
   bg?: Background,
 ): { nPeaks: number; peaks: Peak[] } {
   const s = (sharedScratch = scratchFor(batch.geometry, sharedScratch));
-  return cpuFrame(batch, f, params, s, { asicOffset: 0, bg, bgOffset: f * tilesOf(batch.geometry) });
+  return cpuFrame(batch, f, params, s, { asicOffset: 0, bg, bgOffset: f * cellsOf(batch, params).n });
 }
 
 /** Component labels of every frame of a batch (the spec's label convention), for tests. */
@@ -657,13 +836,12 @@ export function accumulateLitCountsCpu(
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
   const bg = background ?? backgroundCpu(batch, params);
-  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
+  const { cell, n: nT } = cellsOf(batch, params);
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P;
     for (let p = 0; p < P; p++) {
       const v = data[base + p];
-      const ss = Math.floor(p / nfs);
-      const t = f * nT + (ss >> TILE_SHIFT) * tFs + ((p - ss * nfs) >> TILE_SHIFT);
+      const t = f * nT + cell[p];
       if (Number.isFinite(v) && Math.fround(v - bg.mu[t]) > bg.thr[t] && (!mask || mask[base + p] === 0)) {
         counts[p]++;
       }

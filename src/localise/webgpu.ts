@@ -11,6 +11,9 @@
  *
  *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
  *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
+ *   or, with radius bins (bgBinWidth > 0 and a batch radius; the bins' pixel lists uploaded per module):
+ *   radialbg   (bins, frames) workgroups          stage 0: mu, sigma per bin (segmented reduction)
+ *   radialthr  (bins/64, frames)                  stage 0: thr (median sigma of the bin and its neighbours)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
  *   merge      (pixels/256, frames)               stage 4 union-find
@@ -41,11 +44,15 @@ import {
   getGpuDevice,
   MapMode,
   shaderSource,
+  ShaderStage,
   withErrorScope,
 } from "../gpu.ts";
 import {
   type Background,
   type BatchResult,
+  cellList,
+  type Cells,
+  cellsOf,
   checkBatch,
   emptyResult,
   framePeaksCpu,
@@ -66,6 +73,9 @@ const ENTRY = 11;
 const SEG = 16;
 const WG = 256;
 const PARAMS_BYTES = 96;
+/** The binding of the stage-0 cells (shaders/common.wgsl `cells`) in the stages that read the background. */
+const CELLS_BINDING = 15;
+const CELLS_STAGES = new Set(["hotcount", "filter", "peaks"]);
 
 export interface WebgpuOptions {
   /** Peak-table entries per frame on the GPU (default max(1024, 4 * maxPeaks)). */
@@ -139,6 +149,11 @@ interface Slot {
   data: GPUBuffer;
   mask: GPUBuffer;
   hot: GPUBuffer;
+  /** Stage-0 cells of the module pixels (u32 each) and the cell list (stages.ts cellList). */
+  cells: GPUBuffer;
+  cellList: GPUBuffer;
+  /** The Cells last written to `cells` / `cellList`. */
+  cellsOf?: Cells;
   staging: GPUBuffer;
   labelsStaging?: GPUBuffer;
   /** Upload staging (MAP_WRITE): data at 0, mask at maxFrames * pixels * 4; absent with writeBuffer uploads. */
@@ -156,7 +171,7 @@ interface Slot {
 }
 
 const LAYOUTS = {
-  background: ["uniform", "read-only-storage", "read-only-storage", "storage"],
+  background: ["uniform", "read-only-storage", "read-only-storage", "storage", "read-only-storage"],
   litpixels: ["uniform", "read-only-storage", "read-only-storage", "storage"],
   hotcount: ["uniform", "read-only-storage", "read-only-storage", "storage", "read-only-storage"],
   filter: [
@@ -181,7 +196,7 @@ const LAYOUTS = {
 } satisfies Record<string, BindingKind[]>;
 
 const ENTRIES = {
-  background: ["background", "bgthreshold"],
+  background: ["background", "bgthreshold", "radialbg", "radialthr"],
   litpixels: ["litpixels"],
   hotcount: ["hotcount"],
   filter: ["noisefilter"],
@@ -223,6 +238,11 @@ export async function createWebgpuBackend(
   const F = Math.max(1, Math.min(Math.floor(maxFramesPerBatch) || 1, fit));
   const segments = P / SEG;
   const NT = tilesOf(g);
+  // Stage-0 cells: tiles, or radius bins of at most NC of them (bins of bgBinWidth over a module's
+  // range of radii, bounded by twice its side sum).
+  const NC = p.bgBinWidth > 0
+    ? Math.max(NT, Math.ceil((2 * (g.moduleSs + g.moduleFs)) / p.bgBinWidth) + 2)
+    : NT;
   const uploadMode = options.upload ?? (gpu.implementation === "deno" ? "writeBuffer" : "mapped");
 
   return await withErrorScope(device, "webgpu backend setup", async () => {
@@ -235,7 +255,16 @@ export async function createWebgpuBackend(
         common + "\n" + shaderSource(`${stage}.wgsl`),
         `${stage}.wgsl`,
       );
-      layouts[stage] = bindGroupLayout(device, LAYOUTS[stage], stage);
+      layouts[stage] = CELLS_STAGES.has(stage)
+        ? device.createBindGroupLayout({
+          label: stage,
+          entries: [...LAYOUTS[stage], "read-only-storage" as const].map((type, k) => ({
+            binding: k < LAYOUTS[stage].length ? k : CELLS_BINDING,
+            visibility: ShaderStage.COMPUTE,
+            buffer: { type },
+          })),
+        })
+        : bindGroupLayout(device, LAYOUTS[stage], stage);
       (pipelines as any)[stage] = await computePipelines(
         device,
         module,
@@ -257,7 +286,7 @@ export async function createWebgpuBackend(
     );
     const table = createBuffer(device, F * C * ENTRY * 4, S | BufferUsage.COPY_SRC, "peak table");
     const litCount = createBuffer(device, frameBytes, S | BufferUsage.COPY_SRC, "lit counts");
-    const bgBytes = 16 * NT;
+    const bgBytes = 16 * NC;
     const bg = createBuffer(device, F * bgBytes, S | BufferUsage.COPY_SRC, "background");
     const resultBytes = F * W * 4 + F * C * ENTRY * 4 + F * bgBytes;
     const shared = [labels, area, counters, table, litCount, bg];
@@ -269,6 +298,8 @@ export async function createWebgpuBackend(
         data: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `data ${k}`),
         mask: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `mask ${k}`),
         hot: createBuffer(device, P, S | BufferUsage.COPY_DST, `hot ${k}`),
+        cells: createBuffer(device, 4 * P, S | BufferUsage.COPY_DST, `cells ${k}`),
+        cellList: createBuffer(device, 4 * (NC + 1 + P), S | BufferUsage.COPY_DST, `cell list ${k}`),
         staging: createBuffer(
           device,
           Math.max(resultBytes, frameBytes),
@@ -290,15 +321,24 @@ export async function createWebgpuBackend(
           label: `upload ${k}`,
         }),
       };
+      // The stages reading the background per pixel also get the cells at binding CELLS_BINDING.
+      const withCells = (layout: GPUBindGroupLayout, buffers: GPUBuffer[]) =>
+        device.createBindGroup({
+          layout,
+          entries: [...buffers, s.cells].map((buffer, k) => ({
+            binding: k < buffers.length ? k : CELLS_BINDING,
+            resource: { buffer },
+          })),
+        });
       slots.push({
         ...s,
         groups: {
-          background: bindGroup(device, layouts.background, [s.params, s.data, s.mask, bg]),
+          background: bindGroup(device, layouts.background, [s.params, s.data, s.mask, bg, s.cellList]),
           litpixels: bindGroup(device, layouts.litpixels, [s.params, s.data, s.mask, counters]),
-          hotcount: bindGroup(device, layouts.hotcount, [s.params, s.data, s.mask, litCount, bg]),
-          filter: bindGroup(device, layouts.filter, [s.params, s.data, s.mask, s.hot, labels, counters, bg]),
+          hotcount: withCells(layouts.hotcount, [s.params, s.data, s.mask, litCount, bg]),
+          filter: withCells(layouts.filter, [s.params, s.data, s.mask, s.hot, labels, counters, bg]),
           components: bindGroup(device, layouts.components, [s.params, labels, area]),
-          peaks: bindGroup(device, layouts.peaks, [s.params, s.data, labels, area, counters, table, bg]),
+          peaks: withCells(layouts.peaks, [s.params, s.data, labels, area, counters, table, bg]),
         },
       });
     }
@@ -360,6 +400,13 @@ export async function createWebgpuBackend(
         if (batch.mask) q.writeBuffer(slot.mask, 0, batch.mask as Uint32Array<ArrayBuffer>, f0 * P, n);
       }
       if (batch.hot) q.writeBuffer(slot.hot, 0, batch.hot as Uint8Array<ArrayBuffer>, 0, P);
+      const cells = cellsOf(batch, p);
+      if (cells.n > NC) throw new Error(`webgpu backend: ${cells.n} radius bins, room for ${NC}`);
+      if (slot.cellsOf !== cells) {
+        q.writeBuffer(slot.cells, 0, cells.cell as Uint32Array<ArrayBuffer>);
+        if (cells.radial) q.writeBuffer(slot.cellList, 0, cellList(cells) as Uint32Array<ArrayBuffer>);
+        slot.cellsOf = cells;
+      }
       const u = new ArrayBuffer(PARAMS_BYTES);
       const u32 = new Uint32Array(u);
       const f32 = new Float32Array(u);
@@ -387,7 +434,10 @@ export async function createWebgpuBackend(
       u32[19] = g.moduleFs / TILE;
       f32[20] = p.minSnr;
       f32[21] = p.bgClip;
+      u32[22] = cells.n;
+      u32[23] = cells.radial ? 1 : 0;
       q.writeBuffer(slot.params, 0, u);
+      return cells;
     }
 
     /** After submitting a slot's batch: map its upload buffer again for the next one. */
@@ -406,11 +456,13 @@ export async function createWebgpuBackend(
       try {
         const countersBytes = m * W * 4;
         const tableBytes = m * C * ENTRY * 4;
-        const bgRead = m * bgBytes;
+        let nc = NT, radial = false;
         await uploadReady(slot);
         await withErrorScope(device, "webgpu process", () => {
           const enc = device.createCommandEncoder();
-          upload(slot, batch, f0, m, enc);
+          const cells = upload(slot, batch, f0, m, enc);
+          nc = cells.n;
+          radial = cells.radial;
           enc.clearBuffer(counters, 0, countersBytes);
           const pass = enc.beginComputePass();
           const run = (pl: GPUComputePipeline, bg: GPUBindGroup, x: number, y: number, z = 1) => {
@@ -420,8 +472,7 @@ export async function createWebgpuBackend(
           };
           const px = Math.ceil(P / WG);
           const sx = Math.ceil(segments / WG);
-          run(pipelines.background.background, slot.groups.background, Math.ceil(NT / 64), m);
-          run(pipelines.background.bgthreshold, slot.groups.background, Math.ceil(NT / 64), m);
+          stage0(pass, slot, !radial, nc, m);
           run(pipelines.litpixels.litpixels, slot.groups.litpixels, A, m);
           run(pipelines.filter.noisefilter, slot.groups.filter, g.moduleFs / TILE, g.moduleSs / TILE, m);
           run(pipelines.components.merge, slot.groups.components, px, m);
@@ -433,18 +484,19 @@ export async function createWebgpuBackend(
           pass.end();
           enc.copyBufferToBuffer(counters, 0, slot.staging, 0, countersBytes);
           enc.copyBufferToBuffer(table, 0, slot.staging, countersBytes, tableBytes);
-          enc.copyBufferToBuffer(bg, 0, slot.staging, countersBytes + tableBytes, bgRead);
+          enc.copyBufferToBuffer(bg, 0, slot.staging, countersBytes + tableBytes, m * 16 * nc);
           if (slot.labelsStaging) enc.copyBufferToBuffer(labels, 0, slot.labelsStaging, 0, m * frameBytes);
           device.queue.submit([enc.finish()]);
           remap(slot);
         });
 
+        const bgRead = m * 16 * nc;
         await slot.staging.mapAsync(MapMode.READ, 0, countersBytes + tableBytes + bgRead);
         try {
           const buf = slot.staging.getMappedRange(0, countersBytes + tableBytes + bgRead);
           const b = new Float32Array(buf, countersBytes + tableBytes, bgRead / 4);
-          for (let k = 0; k < m * NT; k++) {
-            const o = f0 * NT + k;
+          for (let k = 0; k < m * nc; k++) {
+            const o = f0 * nc + k;
             res.background.mu[o] = b[4 * k];
             res.background.sigma[o] = b[4 * k + 1];
             res.background.thr[o] = b[4 * k + 2];
@@ -545,13 +597,9 @@ export async function createWebgpuBackend(
         await uploadReady(slot);
         await withErrorScope(device, "webgpu accumulateLitCounts", () => {
           const enc = device.createCommandEncoder();
-          upload(slot, batch, f0, m, enc);
+          const cells = upload(slot, batch, f0, m, enc);
           const pass = enc.beginComputePass();
-          pass.setPipeline(pipelines.background.background);
-          pass.setBindGroup(0, slot.groups.background);
-          pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
-          pass.setPipeline(pipelines.background.bgthreshold);
-          pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
+          stage0(pass, slot, !cells.radial, cells.n, m);
           pass.setPipeline(pipelines.hotcount.hotcount);
           pass.setBindGroup(0, slot.groups.hotcount);
           pass.dispatchWorkgroups(Math.ceil(P / WG));
@@ -569,6 +617,22 @@ export async function createWebgpuBackend(
         }
       } finally {
         release(slot);
+      }
+    }
+
+    /** Stage 0 of m frames into `bg`: tiles, or nc radius bins. */
+    function stage0(pass: GPUComputePassEncoder, slot: Slot, tiles: boolean, nc: number, m: number) {
+      pass.setBindGroup(0, slot.groups.background);
+      if (tiles) {
+        pass.setPipeline(pipelines.background.background);
+        pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
+        pass.setPipeline(pipelines.background.bgthreshold);
+        pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
+      } else {
+        pass.setPipeline(pipelines.background.radialbg);
+        pass.dispatchWorkgroups(nc, m);
+        pass.setPipeline(pipelines.background.radialthr);
+        pass.dispatchWorkgroups(Math.ceil(nc / 64), m);
       }
     }
 
@@ -595,7 +659,7 @@ export async function createWebgpuBackend(
         checkGeometry(batch);
         const res: WebgpuBatchResult = {
           ...emptyResult(g, batch.nFrames),
-          background: newBackground(g, batch.nFrames),
+          background: newBackground(g, batch.nFrames, cellsOf(batch, p).n),
           overflowFrames: [],
         };
         if (slots[0].labelsStaging) res.labels = new Uint32Array(batch.nFrames * P);
@@ -611,7 +675,19 @@ export async function createWebgpuBackend(
         disposed = true;
         for (const b of shared) b.destroy();
         for (const s of slots) {
-          for (const b of [s.params, s.data, s.mask, s.hot, s.staging, s.labelsStaging, s.upload]) {
+          for (
+            const b of [
+              s.params,
+              s.data,
+              s.mask,
+              s.hot,
+              s.cells,
+              s.cellList,
+              s.staging,
+              s.labelsStaging,
+              s.upload,
+            ]
+          ) {
             b?.destroy();
           }
         }

@@ -1,0 +1,161 @@
+/**
+ * Stage 0 per radius bin (peakfinder8's background, when a layout gives each pixel's radius) on the
+ * realistic SFX generator (fixtures/sfx.ts): the per-pixel background model against the generator's
+ * expected background (compared with the 16 x 16 tiles), and GPU == CPU (stage 0 within float32
+ * rounding; given the same stage 0, integer outputs equal and floats close).
+ */
+import { describe, expect, it } from "vitest";
+import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
+import { getGpuDevice } from "../src/gpu.ts";
+import {
+  accumulateLitCountsCpu,
+  backgroundCpu,
+  cellList,
+  cellsOf,
+  DEFAULT_PARAMS,
+  type ModuleBatch,
+  processBatchCpu,
+} from "../src/localise/stages.ts";
+import { createWebgpuBackend } from "../src/localise/webgpu.ts";
+import { defaultLayout } from "../src/geometry.ts";
+import { moduleRadii } from "../src/localise/position.ts";
+
+const run = new SfxRun({ ...SFX_WATER, modules: [0, 9], frames: 24, hitRate: 0.5 });
+const g = run.geometry;
+const batch = (mi: number, f0: number, n: number): ModuleBatch => ({
+  geometry: g,
+  nFrames: n,
+  data: run.batch(mi, f0, n),
+  mask: run.batchMask(mi, n),
+  radius: run.radius[mi],
+});
+const RADIAL = { ...DEFAULT_PARAMS, bgBinWidth: 4 };
+const TILES = { ...DEFAULT_PARAMS, bgBinWidth: 0 };
+const q = (a: number[], p: number) => a.sort((x, y) => x - y)[Math.floor(p * (a.length - 1))];
+
+describe("radius bins", () => {
+  it("the layout's radii are the generator's; every pixel lies in one bin of its radius", () => {
+    const layout = defaultLayout("AGIPD");
+    for (let mi = 0; mi < 2; mi++) {
+      const r = moduleRadii(layout, "AGIPD", run.o.modules[mi]);
+      for (let p = 0; p < g.pixels; p += 97) expect(r[p]).toBeCloseTo(run.radius[mi][p], 2);
+      const cells = cellsOf(batch(mi, 0, 1), RADIAL);
+      expect(cells.radial).toBe(true);
+      const list = cellList(cells), N = cells.n;
+      expect(list[N]).toBe(g.pixels);
+      const seen = new Uint8Array(g.pixels);
+      for (let c = 0; c < N; c++) {
+        for (let k = list[c]; k < list[c + 1]; k++) {
+          const p = list[N + 1 + k];
+          expect(seen[p]).toBe(0);
+          seen[p] = 1;
+          expect(Math.floor(run.radius[mi][p] / 4) - Math.floor(run.radius[mi][list[N + 1]] / 4)).toBe(c);
+        }
+      }
+      expect(seen.every((x) => x === 1)).toBe(true);
+    }
+    // Without a radius (no layout), or width 0: the tiles.
+    expect(cellsOf({ ...batch(0, 0, 1), radius: undefined }, RADIAL).radial).toBe(false);
+    expect(cellsOf(batch(0, 0, 1), TILES).radial).toBe(false);
+  });
+
+  it("mu per pixel follows the expected background better than the tiles; sigma its noise", () => {
+    const errR: number[] = [], errT: number[] = [], errSigma: number[] = [];
+    for (let mi = 0; mi < 2; mi++) {
+      const b = batch(mi, 0, run.frames);
+      const rc = cellsOf(b, RADIAL), tc = cellsOf(b, TILES);
+      const bgR = backgroundCpu(b, RADIAL), bgT = backgroundCpu(b, TILES);
+      for (let f = 0; f < run.frames; f++) {
+        if (run.hit[f]) continue;
+        const lambda = run.background(mi, f);
+        const s = new Float64Array(rc.n), s2 = new Float64Array(rc.n), n = new Float64Array(rc.n);
+        for (let p = 0; p < g.pixels; p++) {
+          errR.push(Math.abs(bgR.mu[f * rc.n + rc.cell[p]] - lambda[p]));
+          errT.push(Math.abs(bgT.mu[f * tc.n + tc.cell[p]] - lambda[p]));
+          const c = rc.cell[p];
+          n[c]++;
+          s[c] += lambda[p];
+          s2[c] += lambda[p] ** 2;
+        }
+        for (let c = 0; c < rc.n; c++) {
+          if (n[c] < 200) continue;
+          const mean = s[c] / n[c], spread = s2[c] / n[c] - mean * mean;
+          if (mean < 0.3) continue;
+          // Poisson + the spread of lambda over the bin (the jet) + offsets (0.1) + gain errors (2 %).
+          const sigma = Math.sqrt(mean + spread + 0.01 + (0.02 * mean) ** 2);
+          errSigma.push(Math.abs(bgR.sigma[f * rc.n + c] / sigma - 1));
+        }
+      }
+    }
+    const figures = [0.5, 0.9, 0.99].map((p) => `${q(errR, p).toFixed(3)} / ${q(errT, p).toFixed(3)}`);
+    console.info(`|mu - lambda| per pixel, radial / tiles, median 90 % 99 %: ${figures.join(", ")}`);
+    console.info(
+      `radial sigma error: median ${q(errSigma, 0.5).toFixed(3)}, 95 % ${q(errSigma, 0.95).toFixed(3)}`,
+    );
+    expect(errR.length).toBeGreaterThan(100000);
+    expect(q(errR, 0.5)).toBeLessThan(q(errT, 0.5));
+    expect(q(errR, 0.5)).toBeLessThan(0.03);
+    expect(q(errR, 0.99)).toBeLessThan(0.3);
+    expect(errSigma.length).toBeGreaterThan(200);
+    expect(q(errSigma, 0.5)).toBeLessThan(0.06);
+  });
+
+  it("without a background (minSnr 0): mu = sigma = 0, thr = threshold", () => {
+    const bg = backgroundCpu(batch(0, 0, 2), { ...RADIAL, minSnr: 0, threshold: 0.7 });
+    expect(bg.mu.every((x) => x === 0) && bg.sigma.every((x) => x === 0)).toBe(true);
+    expect(bg.thr.every((x) => x === Math.fround(0.7))).toBe(true);
+  });
+});
+
+const gpu = await getGpuDevice();
+describe.skipIf(!gpu)("webgpu: stage 0 per radius bin equals the CPU reference", () => {
+  it("stage 0 within float32 rounding; stages 1-4 and the hot-pixel counts equal given the same stage 0", async () => {
+    for (const width of [1, 4]) {
+      const params = { ...RADIAL, bgBinWidth: width };
+      const be = (await createWebgpuBackend(params, g, 8))!;
+      try {
+        for (let mi = 0; mi < 2; mi++) {
+          const b = { ...batch(mi, 4, 6), hot: new Uint8Array(g.pixels) };
+          b.hot[1000] = 1;
+          const res = await be.process(b);
+          const cpuBg = backgroundCpu(b, params);
+          expect(res.background.mu.length).toBe(cpuBg.mu.length);
+          expect(cpuBg.mu.length).toBe(6 * cellsOf(b, params).n);
+          for (const k of ["mu", "sigma", "thr"] as const) {
+            for (let i = 0; i < cpuBg[k].length; i++) {
+              const a = res.background[k][i], c = cpuBg[k][i];
+              if (!(Math.abs(a - c) <= 1e-5 * Math.max(1, Math.abs(c)))) {
+                expect.fail(`width ${width} ${k}[${i}]: ${a} vs ${c}`);
+              }
+            }
+          }
+          const cpu = processBatchCpu(b, params, { background: res.background });
+          expect(res.litPixels).toEqual(cpu.litPixels);
+          expect(res.unmaskedPixels).toEqual(cpu.unmaskedPixels);
+          expect(res.filteredLit).toEqual(cpu.filteredLit);
+          expect(res.nPeaks).toEqual(cpu.nPeaks);
+          expect(cpu.nPeaks.reduce((a, x) => a + x, 0)).toBeGreaterThan(5);
+          const key = (p: { box: number[] }) => p.box.join(",");
+          for (let f = 0; f < b.nFrames; f++) {
+            const gp = [...res.peaks[f]].sort((x, y) => key(x).localeCompare(key(y)));
+            const cp = [...cpu.peaks[f]].sort((x, y) => key(x).localeCompare(key(y)));
+            expect(gp.map((p) => [p.box, p.area])).toEqual(cp.map((p) => [p.box, p.area]));
+            for (let k = 0; k < cp.length; k++) {
+              for (const q of ["intensity", "ss", "fs", "max", "snr"] as const) {
+                const a = gp[k][q], c = cp[k][q];
+                if (!(Math.abs(a - c) <= 1e-4 * Math.max(1, Math.abs(c)))) expect.fail(`${q}: ${a} vs ${c}`);
+              }
+            }
+          }
+          const counts = new Uint32Array(g.pixels), expected = new Uint32Array(g.pixels);
+          await be.accumulateLitCounts(b, counts);
+          accumulateLitCountsCpu(b, expected, params, res.background);
+          expect(counts).toEqual(expected);
+          expect(expected.reduce((a, x) => a + x, 0)).toBeGreaterThan(10);
+        }
+      } finally {
+        be.dispose();
+      }
+    }
+  });
+});
