@@ -34,21 +34,19 @@ import type { FrameBatch } from "./frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
 import { type DetectorLayout, loadLayout, pixelCentres } from "./geometry.ts";
 import { runNaming } from "./localise/output.ts";
-import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import { prepareOut, progressPrinter } from "./outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
-  dirBytes,
   Grow,
-  inputBytes,
   mergeFrames,
+  parseRange,
   pickDevice,
   trainsOf,
   workersFor,
-  writeJson,
+  writeReductionDir,
 } from "./reductions.ts";
 import { type Detector, Run } from "./run.ts";
-import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
 import { litLookup } from "./average.ts";
@@ -579,50 +577,18 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
   }
 }
 
-export async function writeAzintDir(r: AzintResult, dir: string): Promise<Record<string, unknown>> {
-  const run = await Run.open(r.run);
-  let names: string[], bytesIn: number;
-  try {
-    names = run.files.map((f) => f.name);
-    bytesIn = inputBytes(run, r.detector, r.modulesRead);
-  } finally {
-    run.close();
-  }
-  return await buildDir(dir, async (tmp) => {
-    await writeAzint(r, tmp, names);
-    const bytesOut = dirBytes(tmp);
-    const summary = {
-      command: "azint",
-      run: r.run,
-      detector: r.detector,
-      backend: r.backend,
-      notes: r.notes,
-      geometry: r.geometry,
-      photonEnergy: r.energy,
-      distance: r.distance,
-      solidAngle: r.options.solidAngle,
-      polarization: r.options.polarization ?? null,
-      litOnly: r.options.litOnly,
-      litFrom: r.litFrom ?? null,
-      frames: r.trainId.length,
-      trains: trainsOf(r.trainId).trains.length,
-      modulesRead: r.modulesRead,
-      bytesIn,
-      bytesOut,
-      ratio: bytesOut ? bytesIn / bytesOut : NaN,
-      azint: { unit: r.options.unit, edges: r.edges, mean: r.runMean, count: r.runCount },
-    };
-    writeJson(path.join(tmp, "summary.json"), summary);
-    writeReductionReport(tmp);
-    return summary;
-  });
-}
-
-function parseRange(s: string | undefined): [number, number] | undefined {
-  if (s === undefined) return undefined;
-  const p = s.split(",").map(Number);
-  if (p.length !== 2 || !p.every(Number.isFinite)) throw new InputError(undefined, `--range: ${s}? (A,B)`);
-  return [p[0], p[1]];
+export function writeAzintDir(r: AzintResult, dir: string): Promise<Record<string, unknown>> {
+  return writeReductionDir("azint", r, dir, (tmp, names) => writeAzint(r, tmp, names), {
+    geometry: r.geometry,
+    photonEnergy: r.energy,
+    distance: r.distance,
+    solidAngle: r.options.solidAngle,
+    polarization: r.options.polarization ?? null,
+    litOnly: r.options.litOnly,
+    litFrom: r.litFrom ?? null,
+    frames: r.trainId.length,
+    trains: trainsOf(r.trainId).trains.length,
+  }, { azint: { unit: r.options.unit, edges: r.edges, mean: r.runMean, count: r.runCount } });
 }
 
 export const azintCommand: Command = {

@@ -9,7 +9,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "./errors.ts";
-import type { Run } from "./run.ts";
+import { buildDir } from "./outdir.ts";
+import { writeReductionReport } from "./reductions-report.ts";
+import { Run } from "./run.ts";
 
 export type BackendChoice = "auto" | "webgpu" | "cpu";
 
@@ -189,4 +191,65 @@ export class Unshared {
     this.u.set(a.subarray(0, n));
     return this.u.subarray(0, n);
   }
+}
+
+/** What roi, azint and xpcs results share for their output directory. */
+export interface ReductionOutput {
+  run: string;
+  detector: string;
+  backend: unknown;
+  notes: string[];
+  modulesRead: number[];
+}
+
+/**
+ * The output directory of a reduction (roi, azint, xpcs), built under a temporary name: the REDU file(s)
+ * that `write` puts into it (given the run's file names, for the output's naming), summary.json and the
+ * report page. summary.json: command, run, detector, backend, notes, then `head`, then modulesRead, the
+ * bytes in (the files holding the modules read) and out and their ratio, then `result`.
+ */
+export async function writeReductionDir(
+  command: string,
+  r: ReductionOutput,
+  dir: string,
+  write: (tmp: string, runFiles: string[]) => Promise<unknown>,
+  head: Record<string, unknown>,
+  result: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const run = await Run.open(r.run);
+  let names: string[], bytesIn: number;
+  try {
+    names = run.files.map((f) => f.name);
+    bytesIn = inputBytes(run, r.detector, r.modulesRead);
+  } finally {
+    run.close();
+  }
+  return await buildDir(dir, async (tmp) => {
+    await write(tmp, names);
+    const bytesOut = dirBytes(tmp);
+    const summary = {
+      command,
+      run: r.run,
+      detector: r.detector,
+      backend: r.backend,
+      notes: r.notes,
+      ...head,
+      modulesRead: r.modulesRead,
+      bytesIn,
+      bytesOut,
+      ratio: bytesOut ? bytesIn / bytesOut : NaN,
+      ...result,
+    };
+    writeJson(path.join(tmp, "summary.json"), summary);
+    writeReductionReport(tmp);
+    return summary;
+  });
+}
+
+/** `--range A,B` of azint and xpcs. */
+export function parseRange(s: string | undefined): [number, number] | undefined {
+  if (s === undefined) return undefined;
+  const p = s.split(",").map(Number);
+  if (p.length !== 2 || !p.every(Number.isFinite)) throw new InputError(undefined, `--range: ${s}? (A,B)`);
+  return [p[0], p[1]];
 }

@@ -27,22 +27,19 @@ import { EXIT, InputError } from "./errors.ts";
 import type { FrameBatch } from "./frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
 import { runNaming } from "./localise/output.ts";
-import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import { prepareOut, progressPrinter } from "./outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
-  dirBytes,
   Grow,
-  inputBytes,
   mergeFrames,
   pickDevice,
   trainsOf,
   workersFor,
-  writeJson,
+  writeReductionDir,
 } from "./reductions.ts";
 import { Run } from "./run.ts";
 import { litLookup } from "./average.ts";
-import { writeReductionReport } from "./reductions-report.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
 
@@ -612,35 +609,10 @@ export function roiSummary(r: RoiResult) {
 }
 
 /** The output directory: REDU file and summary.json, built under a temporary name. */
-export async function writeRoiDir(r: RoiResult, dir: string): Promise<Record<string, unknown>> {
-  const run = await Run.open(r.run);
-  let names: string[], bytesIn: number;
-  try {
-    names = run.files.map((f) => f.name);
-    bytesIn = inputBytes(run, r.detector, r.modulesRead);
-  } finally {
-    run.close();
-  }
-  return await buildDir(dir, async (tmp) => {
-    await writeRoi(r, tmp, names);
-    const bytesOut = dirBytes(tmp);
-    const summary = {
-      command: "roi",
-      run: r.run,
-      detector: r.detector,
-      backend: r.backend,
-      notes: r.notes,
-      frames: r.trainId.length,
-      modulesRead: r.modulesRead,
-      bytesIn,
-      bytesOut,
-      ratio: bytesOut ? bytesIn / bytesOut : NaN,
-      roi: roiSummary(r),
-    };
-    writeJson(path.join(tmp, "summary.json"), summary);
-    writeReductionReport(tmp);
-    return summary;
-  });
+export function writeRoiDir(r: RoiResult, dir: string): Promise<Record<string, unknown>> {
+  return writeReductionDir("roi", r, dir, (tmp, names) => writeRoi(r, tmp, names), {
+    frames: r.trainId.length,
+  }, { roi: roiSummary(r) });
 }
 
 /** `--roi` values and `--roi-file` into regions. */

@@ -30,19 +30,17 @@ import type { FrameBatch } from "./frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
 import { runNaming } from "./localise/output.ts";
-import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import { prepareOut, progressPrinter } from "./outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
-  dirBytes,
-  inputBytes,
+  parseRange,
   pickDevice,
   workersFor,
-  writeJson,
+  writeReductionDir,
 } from "./reductions.ts";
 import type { XpcsGpu } from "./xpcs-gpu.ts";
 import { type Detector, Run } from "./run.ts";
-import { writeReductionReport } from "./reductions-report.ts";
 import { FrameReader } from "./frames.ts";
 import { openWriter, type WriterSchema } from "./writer.ts";
 
@@ -592,64 +590,34 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
   }
 }
 
-export async function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<string, unknown>> {
-  const run = await Run.open(r.run);
-  let names: string[], bytesIn: number;
-  try {
-    names = run.files.map((f) => f.name);
-    bytesIn = inputBytes(run, r.detector, r.modulesRead);
-  } finally {
-    run.close();
-  }
-  return await buildDir(dir, async (tmp) => {
-    await writeXpcs(r, tmp, names);
-    const bytesOut = dirBytes(tmp);
-    const bins = r.options.qBins, D = r.delays.length;
-    const summary = {
-      command: "xpcs",
-      run: r.run,
-      detector: r.detector,
-      backend: r.backend,
-      notes: r.notes,
-      geometry: r.geometry,
-      photonEnergy: r.energy,
-      distance: r.distance,
-      trains: r.trainIds.length,
-      modulesRead: r.modulesRead,
-      bytesIn,
-      bytesOut,
-      ratio: bytesOut ? bytesIn / bytesOut : NaN,
-      xpcs: {
-        unit: "q_nm^-1",
-        edges: r.edges,
-        delays: r.delays,
-        g2: Array.from({ length: bins }, (_, k) => Array.from(r.runG2.subarray(k * D, (k + 1) * D))),
-        ...(r.twoTime
-          ? {
-            twoTime: {
-              train: r.twoTime.trainId,
-              pulseIds: r.twoTime.pulseIds,
-              c: Array.from({ length: bins }, (_, k) => {
-                const T = r.twoTime!.pulseIds.length;
-                return Array.from({ length: T }, (_, i) =>
-                  Array.from(r.twoTime!.c.subarray((k * T + i) * T, (k * T + i + 1) * T)));
-              }),
-            },
-          }
-          : {}),
-      },
-    };
-    writeJson(path.join(tmp, "summary.json"), summary);
-    writeReductionReport(tmp);
-    return summary;
+export function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<string, unknown>> {
+  const bins = r.options.qBins, D = r.delays.length;
+  return writeReductionDir("xpcs", r, dir, (tmp, names) => writeXpcs(r, tmp, names), {
+    geometry: r.geometry,
+    photonEnergy: r.energy,
+    distance: r.distance,
+    trains: r.trainIds.length,
+  }, {
+    xpcs: {
+      unit: "q_nm^-1",
+      edges: r.edges,
+      delays: r.delays,
+      g2: Array.from({ length: bins }, (_, k) => Array.from(r.runG2.subarray(k * D, (k + 1) * D))),
+      ...(r.twoTime
+        ? {
+          twoTime: {
+            train: r.twoTime.trainId,
+            pulseIds: r.twoTime.pulseIds,
+            c: Array.from({ length: bins }, (_, k) => {
+              const T = r.twoTime!.pulseIds.length;
+              return Array.from({ length: T }, (_, i) =>
+                Array.from(r.twoTime!.c.subarray((k * T + i) * T, (k * T + i + 1) * T)));
+            }),
+          },
+        }
+        : {}),
+    },
   });
-}
-
-function parseRange(s: string | undefined): [number, number] | undefined {
-  if (s === undefined) return undefined;
-  const p = s.split(",").map(Number);
-  if (p.length !== 2 || !p.every(Number.isFinite)) throw new InputError(undefined, `--range: ${s}? (A,B)`);
-  return [p[0], p[1]];
 }
 
 export const xpcsCommand: Command = {
