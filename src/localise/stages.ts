@@ -298,25 +298,9 @@ export function radialBackgroundFrameCpu(
       const v = data[i];
       if (v - v === 0 && (!mask || mask[i] === 0)) vals[n0++] = v;
     }
-    let m = 0, sd = 0, limit = Infinity, prevN = -1;
-    for (let it = 0; it < params.bgIterations; it++) {
-      let n = 0, S = 0, Q = 0;
-      for (let k = 0; k < n0; k++) {
-        const v = vals[k];
-        if (v < limit) {
-          n++;
-          S += v;
-          Q += v * v;
-        }
-      }
-      if (n === 0 || n === prevN) break;
-      prevN = n;
-      m = S / n;
-      sd = Math.sqrt(Math.max(0, Q / n - m * m));
-      limit = m + params.bgClip * sd;
-    }
-    mu[c] = m;
-    sigma[c] = sd;
+    clipStats(vals, n0, params, clipped);
+    mu[c] = clipped[0];
+    sigma[c] = clipped[1];
   }
   const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
   for (let c = 0; c < N; c++) {
@@ -334,6 +318,38 @@ export function radialBackgroundFrameCpu(
     }
     out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
   }
+}
+
+/** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
+const clipped = new Float64Array(2);
+
+/**
+ * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[0, n0): limit =
+ * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
+ * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
+ * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
+ * [mu, sigma] into out (0, 0 without values).
+ */
+function clipStats(vals: Float64Array, n0: number, params: LocaliseParams, out: Float64Array): void {
+  let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
+  for (let it = 0; it < params.bgIterations; it++) {
+    let n = 0, S = 0, Q = 0;
+    for (let k = 0; k < n0; k++) {
+      const v = vals[k];
+      if (v < limit) {
+        n++;
+        S += v;
+        Q += v * v;
+      }
+    }
+    if (n === 0 || n === prevN) break;
+    prevN = n;
+    mu = S / n;
+    sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+    limit = mu + params.bgClip * sigma;
+  }
+  out[0] = mu;
+  out[1] = sigma;
 }
 
 /**
@@ -380,27 +396,9 @@ export function backgroundFrameCpu(
         if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
       }
     }
-    let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
-    for (let it = 0; it < params.bgIterations; it++) {
-      // One pass in float64 (sum of squares: exact enough at these magnitudes, and faster).
-      let n = 0, S = 0, Q = 0;
-      for (let k = 0; k < n0; k++) {
-        const v = vals[k];
-        if (v < limit) {
-          n++;
-          S += v;
-          Q += v * v;
-        }
-      }
-      // No value left (stop), or the same values as the previous iteration (nothing would change).
-      if (n === 0 || n === prevN) break;
-      prevN = n;
-      mu = S / n;
-      sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
-      limit = mu + params.bgClip * sigma;
-    }
-    out.mu[o + t] = mu;
-    out.sigma[o + t] = sigma;
+    clipStats(vals, n0, params, clipped);
+    out.mu[o + t] = clipped[0];
+    out.sigma[o + t] = clipped[1];
   }
   // thr from the lower median of the sigmas of the tile and its (up to 8) neighbours in the module.
   const tSs = g.moduleSs / TILE;
