@@ -54,7 +54,7 @@ import {
   shapeSize,
 } from "./h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
-import { buildDir, checkOut, checkpoint, copyFile, releaseOut } from "./outdir.ts";
+import { buildDir, checkOut, checkpoint, copyFile, realPath, releaseOut } from "./outdir.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */
@@ -1290,14 +1290,6 @@ function namingOf(p: string): { runs: Set<number>; levels: Set<string> } {
     runs.add(Number(m[2]));
   }
   return { runs, levels };
-}
-
-function realPath(p: string): string {
-  try {
-    return fs.realpathSync(p);
-  } catch {
-    return path.resolve(p);
-  }
 }
 
 /**
