@@ -12,9 +12,9 @@ import * as path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
-import { FrameReader } from "../src/frames.ts";
-import { wasmHeapBytes } from "../src/h5.ts";
-import { Run } from "../src/run.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import { wasmHeapBytes } from "../src/exdf/h5.ts";
+import { Run } from "../src/exdf/run.ts";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);

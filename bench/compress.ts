@@ -25,10 +25,10 @@ import type { CompressionRecord } from "../src/compress/compressor.ts";
 import { roundInPlace } from "../src/compress/round.ts";
 import { szCodesCpu, szConstants, SzFrameDecoder, SzFrameEncoder } from "../src/compress/sz.ts";
 import { createRoundKernel, createSzKernel } from "../src/compress/webgpu.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
-import { reduce } from "../src/reduce.ts";
+import { reduce } from "../src/reduce/reduce.ts";
 import { uniform } from "../fixtures/synth.ts";
 
 function arg(name: string, def: string): string {

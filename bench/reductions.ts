@@ -17,12 +17,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { makePowderRun } from "../fixtures/experiments.ts";
-import { azint, writeAzintDir } from "../src/azint.ts";
-import { FrameReader } from "../src/frames.ts";
-import { defaultLayout, pixelCorners, writeGeom } from "../src/geometry.ts";
-import { roi, writeRoiDir } from "../src/roi.ts";
-import { Run } from "../src/run.ts";
-import { writeXpcsDir, xpcs } from "../src/xpcs.ts";
+import { azint, writeAzintDir } from "../src/reductions/azint.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import { defaultLayout, pixelCorners, writeGeom } from "../src/exdf/geometry.ts";
+import { roi, writeRoiDir } from "../src/reductions/roi.ts";
+import { Run } from "../src/exdf/run.ts";
+import { writeXpcsDir, xpcs } from "../src/reductions/xpcs.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = fs.existsSync(path.join(here, "../package.json"))

@@ -32,13 +32,13 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
 import { evaluate } from "../fixtures/evaluate.ts";
-import { FrameReader } from "../src/frames.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
 import { emptyStats, moduleGroups } from "../src/framework/algorithm.ts";
 import { PrefetchReader } from "../src/framework/prefetch.ts";
-import { getGpuDevice, gpuHardwarePresent } from "../src/gpu.ts";
+import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/localise.ts";
 import { writeRedu } from "../src/localise/output.ts";
-import { Run } from "../src/run.ts";
+import { Run } from "../src/exdf/run.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = fs.existsSync(path.join(here, "../package.json"))

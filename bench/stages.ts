@@ -23,7 +23,7 @@
  * CPU backend is ~7x faster than the WebGPU one.
  */
 import process from "node:process";
-import { type DetectorType, geometry } from "../src/detectors.ts";
+import { type DetectorType, geometry } from "../src/exdf/detectors.ts";
 import {
   createCpuBackend,
   DEFAULT_PARAMS,

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
 // Node entry of the CLI: runs the compiled module (npm install builds dist/ through `prepare`).
-import { main } from "../dist/src/cli.js";
+import { main } from "../dist/src/cli/main.js";
 
 process.exitCode = await main(process.argv.slice(2));

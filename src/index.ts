@@ -1,13 +1,13 @@
 /** Library entry of xfel-redu: `import { ... } from "xfel-redu"`. */
 export { InputError } from "./errors.ts";
-export * from "./writer.ts";
+export * from "./exdf/writer/writer.ts";
 export { localise } from "./localise/localise.ts";
 export type { LocaliseOptions, LocaliseResult } from "./localise/localise.ts";
-export { Run } from "./run.ts";
-export { FrameReader } from "./frames.ts";
-export { reportFromOutput, writeReport } from "./report.ts";
-export type { ReportInfo, ReportOptions } from "./report.ts";
-export { reduce } from "./reduce.ts";
-export { annotateBeam } from "./litframes.ts";
-export { average } from "./average.ts";
+export { Run } from "./exdf/run.ts";
+export { FrameReader } from "./exdf/frames.ts";
+export { reportFromOutput, writeReport } from "./report/model.ts";
+export type { ReportInfo, ReportOptions } from "./report/model.ts";
+export { reduce } from "./reduce/reduce.ts";
+export { annotateBeam } from "./beam/litframes.ts";
+export { average } from "./average/average.ts";
 export { decompress } from "./compress/decompress.ts";

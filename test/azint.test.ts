@@ -22,11 +22,11 @@ import {
   NO_BIN,
   pixelTable,
   writeAzintDir,
-} from "../src/azint.ts";
-import { defaultLayout, pixelCorners, writeGeom } from "../src/geometry.ts";
-import { FrameReader } from "../src/frames.ts";
-import { Run } from "../src/run.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+} from "../src/reductions/azint.ts";
+import { defaultLayout, pixelCorners, writeGeom } from "../src/exdf/geometry.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import { Run } from "../src/exdf/run.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import { runDenoTask, runNode } from "./helpers/cli.ts";
 import { extraDataValidate, openWithExtraData, pythonHas, runPython } from "./helpers/python-refs.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
@@ -249,7 +249,7 @@ describe("azint", () => {
       console.warn("azint GPU test SKIPPED: no WebGPU adapter");
       return ctx.skip();
     }
-    const { createAzintGpu } = await import("../src/azint-gpu.ts");
+    const { createAzintGpu } = await import("../src/reductions/azint-webgpu.ts");
     const r = await Run.open(run);
     try {
       const det = r.detector();

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import {
   accumulateLitCountsCpu,
   backgroundCpu,

@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, test } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ensureGroup, h5 } from "../src/h5.ts";
+import { ensureGroup, h5 } from "../src/exdf/h5.ts";
 import { runNode } from "./helpers/cli.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-bad-"));

@@ -14,7 +14,7 @@ import {
   type RoundKernel,
   type SzKernel,
 } from "../src/compress/webgpu.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import { uniform } from "../fixtures/synth.ts";
 
 const gpu = await getGpuDevice();

@@ -2,7 +2,7 @@
  * `cxi`: the hit frames of a synthetic run with known spots as a CXI file, read back with h5py and checked
  * against the run (frames bit for bit, train/pulse), the REDU table (nPeaks) and the generator's truth (every
  * listed peak, mapped through the written .geom as CrystFEL maps it, lies within 3 px of a true spot of its
- * frame). The .geom is parsed twice: by src/geometry.ts and by a small panel lookup in Python.
+ * frame). The .geom is parsed twice: by src/exdf/geometry.ts and by a small panel lookup in Python.
  */
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { spawnSync } from "node:child_process";
@@ -12,12 +12,12 @@ import * as path from "node:path";
 import { makeRun, type Truth } from "../fixtures/synth.ts";
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
 import { writeLocaliseDir } from "../src/localise/command.ts";
-import { type CxiRecord, writeCxi } from "../src/cxi.ts";
-import { readGeom } from "../src/geometry.ts";
+import { type CxiRecord, writeCxi } from "../src/localise/cxi.ts";
+import { readGeom } from "../src/exdf/geometry.ts";
 import { InputError } from "../src/errors.ts";
 import { have, PYTHON } from "./helpers/tools.ts";
 import { runNode } from "./helpers/cli.ts";
-import { h5, type H5Dataset } from "../src/h5.ts";
+import { h5, type H5Dataset } from "../src/exdf/h5.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-cxi-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -254,7 +254,7 @@ print(json.dumps([bad, masked, absent]))
     },
   );
 
-  test("the same peaks read with h5wasm and mapped through src/geometry.ts: within 3 px of a true spot", async () => {
+  test("the same peaks read with h5wasm and mapped through src/exdf/geometry.ts: within 3 px of a true spot", async () => {
     const g = readGeom(rec.files.geom);
     expect(g.type).toBe("AGIPD");
     expect(g.nModules).toBe(MODULES.length);

@@ -8,13 +8,13 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type Truth } from "../fixtures/synth.ts";
-import { FrameReader } from "../src/frames.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
 import { bufferLayout, PrefetchReader } from "../src/framework/prefetch.ts";
 import { alignSide, loadSide } from "../src/framework/side.ts";
 import { moduleGroups } from "../src/framework/algorithm.ts";
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
-import { average, writeAverage } from "../src/average.ts";
-import { Run } from "../src/run.ts";
+import { average, writeAverage } from "../src/average/average.ts";
+import { Run } from "../src/exdf/run.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-framework-"));

@@ -1,4 +1,4 @@
-/** The `.geom` reader and writer, built-in layouts and pixel positions (src/geometry.ts). */
+/** The `.geom` reader and writer, built-in layouts and pixel positions (src/exdf/geometry.ts). */
 import { describe, expect, test } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -11,9 +11,9 @@ import {
   pixelCorners,
   readGeom,
   writeGeom,
-} from "../src/geometry.ts";
+} from "../src/exdf/geometry.ts";
 import { InputError } from "../src/errors.ts";
-import { DETECTOR_TYPES } from "../src/detectors.ts";
+import { DETECTOR_TYPES } from "../src/exdf/detectors.ts";
 
 /**
  * Hand-written in the form EXtra-geom's `write_crystfel_geom` produces for AGIPD_1MGeometry.example()

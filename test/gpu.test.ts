@@ -4,8 +4,8 @@
  * backend); skipped, with a message, when there is none.
  */
 import { afterAll, describe, expect, it } from "vitest";
-import { type DetectorType, type Geometry, geometry } from "../src/detectors.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { type DetectorType, type Geometry, geometry } from "../src/exdf/detectors.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import {
   accumulateLitCountsCpu,
   type BatchResult,

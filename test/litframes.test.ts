@@ -1,5 +1,5 @@
 /**
- * Beam annotation (src/litframes.ts) against the synthetic runs' truth: bunch-pattern decoding, every
+ * Beam annotation (src/beam/litframes.ts) against the synthetic runs' truth: bunch-pattern decoding, every
  * repetition rate, missing time-server trains, more pulses than frames, the 352-frame limit, no XGM, the
  * alignment modes, the LITFRM file (writer library, validity helper, read back with h5py), the schema piece
  * inside another writer (as the localise REDU writer uses it), the combination with the images, and the
@@ -25,9 +25,9 @@ import {
   saseForInstrument,
   strideForRate,
   writeLitframes,
-} from "../src/litframes.ts";
-import { Run } from "../src/run.ts";
-import { type FileWriter, openWriter } from "../src/writer.ts";
+} from "../src/beam/litframes.ts";
+import { Run } from "../src/exdf/run.ts";
+import { type FileWriter, openWriter } from "../src/exdf/writer/writer.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 import { independentAvailable, readIndependent } from "./helpers/independent-h5.ts";
 

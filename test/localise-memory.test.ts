@@ -1,6 +1,6 @@
 /**
  * localise's memory is bounded by batch and block sizes, not by the run length: the per-frame results go
- * to spill files (src/spill.ts) as batches finish and are read back in bounded blocks of whole trains; what
+ * to spill files (src/framework/spill.ts) as batches finish and are read back in bounded blocks of whole trains; what
  * stays in memory is fixed per module (ROI persistence counts, hot pixels) or a few bytes per frame.
  * No timing and no RSS here (bench/ measures those): sizes and the spill files themselves.
  */
@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
 import { blockBounds, localise, type LocaliseResult } from "../src/localise/localise.ts";
-import { geometry } from "../src/detectors.ts";
+import { geometry } from "../src/exdf/detectors.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-localise-memory-"));
 const spillDir = path.join(tmp, "spill");

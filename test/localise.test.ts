@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { makeRun, type Truth } from "../fixtures/synth.ts";
 import { evaluate } from "../fixtures/evaluate.ts";
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 import { readIndependent } from "./helpers/independent-h5.ts";

@@ -18,7 +18,7 @@ test("the packed tarball installs into an empty project and runs localise (bin a
   const packed = JSON.parse(npm(["pack", "--json", "--ignore-scripts", "--pack-destination", tmp], ROOT));
   const tarball = path.join(tmp, packed[0].filename);
   const files: string[] = packed[0].files.map((f: { path: string }) => f.path);
-  expect(files).toContain("dist/src/cli.js");
+  expect(files).toContain("dist/src/cli/main.js");
   expect(files).toContain("shaders/litpixels.wgsl");
   expect(files.some((f) => f.startsWith("test/"))).toBe(false);
 

@@ -1,12 +1,12 @@
 /**
- * Peak positions (src/localise/position.ts) against the pixel centres of src/geometry.ts, and a .geom file
+ * Peak positions (src/localise/position.ts) against the pixel centres of src/exdf/geometry.ts, and a .geom file
  * read back (as `--geometry FILE` does): shifted panels move the positions by the shift.
  */
 import { describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { defaultLayout, loadLayout, pixelCentres, writeGeom } from "../src/geometry.ts";
+import { defaultLayout, loadLayout, pixelCentres, writeGeom } from "../src/exdf/geometry.ts";
 import { positioner } from "../src/localise/position.ts";
 import { uniform } from "../fixtures/synth.ts";
 

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import {
   accumulateLitCountsCpu,
   backgroundCpu,
@@ -17,7 +17,7 @@ import {
   processBatchCpu,
 } from "../src/localise/stages.ts";
 import { createWebgpuBackend } from "../src/localise/webgpu.ts";
-import { defaultLayout } from "../src/geometry.ts";
+import { defaultLayout } from "../src/exdf/geometry.ts";
 import { moduleRadii } from "../src/localise/position.ts";
 
 const run = new SfxRun({ ...SFX_WATER, modules: [0, 9], frames: 24, hitRate: 0.5 });

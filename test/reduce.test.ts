@@ -1,5 +1,5 @@
 /**
- * `reduce` (src/reduce.ts) on synthetic CORR and RAW runs with a localise output: the kept frames are exactly
+ * `reduce` (src/reduce/reduce.ts) on synthetic CORR and RAW runs with a localise output: the kept frames are exactly
  * the lit ones, bit for bit (checked with h5py, independent of h5wasm), in files of the same names that pass
  * the validity helper and open as a run; INDEX, links, per-train data and other files as they were; ROI,
  * keep-dark and module-selection modes; refusals; RUN untouched (read-only copy, hashes and mtimes); an
@@ -13,11 +13,11 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
 import { InputError } from "../src/errors.ts";
-import { dsInfo, h5, type H5Dataset, readAll } from "../src/h5.ts";
+import { dsInfo, h5, type H5Dataset, readAll } from "../src/exdf/h5.ts";
 import { localise } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
-import { copyDatasetRows, reduce, reduceCommand, type ReductionRecord } from "../src/reduce.ts";
-import { Run } from "../src/run.ts";
+import { copyDatasetRows, reduce, reduceCommand, type ReductionRecord } from "../src/reduce/reduce.ts";
+import { Run } from "../src/exdf/run.ts";
 import { DENO, ROOT } from "./helpers/cli.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 import { independentAvailable, SYSTEM_PYTHON } from "./helpers/independent-h5.ts";
@@ -498,7 +498,7 @@ describe("refusals and interruption", () => {
       fs.writeFileSync(
         entry,
         `import * as fs from "node:fs";
-import { reduce } from ${JSON.stringify(path.join(ROOT, "src/reduce.ts"))};
+import { reduce } from ${JSON.stringify(path.join(ROOT, "src/reduce/reduce.ts"))};
 const [run, from, out, marker] = Deno.args;
 let files = 0;
 await reduce(run, from, out, {

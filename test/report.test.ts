@@ -1,5 +1,5 @@
 /**
- * The localise report (src/report.ts): the page opened in headless Chromium (Debian's /usr/bin/chromium,
+ * The localise report (src/report/model.ts): the page opened in headless Chromium (Debian's /usr/bin/chromium,
  * driven by playwright-core): no console errors, no network requests, the plots and the frame views render
  * (pixels of element screenshots), the numbers shown equal summary.json; the `report` command rebuilds the
  * same page from the output directory; the page stays small for a 16-module run and for a long run.
@@ -14,12 +14,12 @@ import * as path from "node:path";
 import { inflateSync } from "node:zlib";
 import { type Browser, chromium } from "playwright-core";
 import { makeRun } from "../fixtures/synth.ts";
-import { geometry } from "../src/detectors.ts";
+import { geometry } from "../src/exdf/detectors.ts";
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
-import { mapLayout } from "../src/report-html.ts";
-import { crc32, encodePng, HOT, INVALID, moduleImage, palette } from "../src/report-png.ts";
-import { poolFor, reportCommand, reportFromOutput, writeReport } from "../src/report.ts";
+import { mapLayout } from "../src/report/html.ts";
+import { crc32, encodePng, HOT, INVALID, moduleImage, palette } from "../src/report/png.ts";
+import { poolFor, reportCommand, reportFromOutput, writeReport } from "../src/report/model.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
 import { CHROMIUM, have } from "./helpers/tools.ts";
 
@@ -350,9 +350,9 @@ describe("the sample run", () => {
     await expect(reportFromOutput(SAMPLE)).rejects.toThrow(/summary\.json/);
   });
 
-  const cliRegistered = /reportCommand/.test(fs.readFileSync(path.join(ROOT, "src/cli.ts"), "utf8"));
+  const cliRegistered = /reportCommand/.test(fs.readFileSync(path.join(ROOT, "src/cli/main.ts"), "utf8"));
   if (!cliRegistered) {
-    console.warn("report.test: `report` is not registered in src/cli.ts yet: CLI checks skipped");
+    console.warn("report.test: `report` is not registered in src/cli/main.ts yet: CLI checks skipped");
   }
   test.skipIf(!cliRegistered)("`report` through Node and `deno task report`", () => {
     for (const res of [runNode(["report", out]), runDenoTask("report", [out])]) {

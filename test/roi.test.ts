@@ -10,10 +10,18 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeSpectrometerRun, type SpectrometerTruth } from "../fixtures/experiments.ts";
 import type { Truth } from "../fixtures/synth.ts";
-import { parseRoi, readRoiFile, roi, roiColumns, type RoiSpec, roiSummary, writeRoiDir } from "../src/roi.ts";
-import { FrameReader } from "../src/frames.ts";
-import { Run } from "../src/run.ts";
-import { getGpuDevice } from "../src/gpu.ts";
+import {
+  parseRoi,
+  readRoiFile,
+  roi,
+  roiColumns,
+  type RoiSpec,
+  roiSummary,
+  writeRoiDir,
+} from "../src/reductions/roi.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import { Run } from "../src/exdf/run.ts";
+import { getGpuDevice } from "../src/gpu/device.ts";
 import { InputError } from "../src/errors.ts";
 import { runDenoTask, runNode } from "./helpers/cli.ts";
 import { extraDataValidate, openWithExtraData, pythonHas, runPython } from "./helpers/python-refs.ts";
@@ -131,7 +139,7 @@ describe("roi", () => {
       ctx.skip();
       return;
     }
-    const { createRoiGpu } = await import("../src/roi-gpu.ts");
+    const { createRoiGpu } = await import("../src/reductions/roi-webgpu.ts");
     const rois = [...ROIS, { name: "edge", module: 0, ss0: 500, ss1: 512, fs0: 120, fs1: 128 }];
     const backend = await createRoiGpu(gpu.device, rois, [512, 128]);
     const r = await Run.open(run);

@@ -8,10 +8,10 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
-import { FrameReader } from "../src/frames.ts";
-import type { H5Dataset } from "../src/h5.ts";
-import { Run } from "../src/run.ts";
-import { geometry } from "../src/detectors.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import type { H5Dataset } from "../src/exdf/h5.ts";
+import { Run } from "../src/exdf/run.ts";
+import { geometry } from "../src/exdf/detectors.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

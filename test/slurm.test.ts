@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { mergeJob, prepareJob, readJob, runJobPart } from "../src/framework/slurm.ts";
-import { openH5, readAll } from "../src/h5.ts";
+import { openH5, readAll } from "../src/exdf/h5.ts";
 import { ROOT, runNode } from "./helpers/cli.ts";
 import { have } from "./helpers/tools.ts";
 

@@ -1,6 +1,6 @@
 /** The CPU reference of the localisation stages against hand-computed expectations. */
 import { describe, expect, it } from "vitest";
-import { asicOf, DETECTOR_TYPES, type Geometry, geometry } from "../src/detectors.ts";
+import { asicOf, DETECTOR_TYPES, type Geometry, geometry } from "../src/exdf/detectors.ts";
 import {
   accumulateLitCountsCpu,
   createCpuBackend,

@@ -18,8 +18,8 @@ import {
   openH5,
   readAll,
   readRows,
-} from "../src/h5.ts";
-import { asicOf, geometry } from "../src/detectors.ts";
+} from "../src/exdf/h5.ts";
+import { asicOf, geometry } from "../src/exdf/detectors.ts";
 import {
   hash32,
   makeRun,
@@ -46,7 +46,7 @@ async function gen(opts: Partial<SynthOptions>): Promise<{ dir: string; truth: T
 const SMALL: Partial<SynthOptions> = { trains: 3, framesPerTrain: 6, modules: [0, 2], litFraction: 0.5 };
 
 // ---------------------------------------------------------------------------------------------------------
-// Reading helpers (h5wasm through src/h5.ts)
+// Reading helpers (h5wasm through src/exdf/h5.ts)
 
 function isGroup(e: unknown): e is H5Group {
   return !!e && (e as any).type === "Group";

@@ -19,8 +19,8 @@ import {
   openWriter,
   WriterError,
   type WriterOptions,
-} from "../src/writer.ts";
-import { ensureGroup, h5 } from "../src/h5.ts";
+} from "../src/exdf/writer/writer.ts";
+import { ensureGroup, h5 } from "../src/exdf/h5.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 import { h5dump, h5pyExdfView, h5pyRead, readerAvailability } from "./helpers/h5py.ts";
 
@@ -804,16 +804,16 @@ ${then}
     [
       "node (dist/)",
       (s) => [process.execPath, s],
-      fs.existsSync(path.join(ROOT, "dist/src/writer.js")) &&
-      fs.statSync(path.join(ROOT, "dist/src/writer.js")).mtimeMs >=
-        fs.statSync(path.join(ROOT, "src/writer.ts")).mtimeMs,
+      fs.existsSync(path.join(ROOT, "dist/src/exdf/writer/writer.js")) &&
+      fs.statSync(path.join(ROOT, "dist/src/exdf/writer/writer.js")).mtimeMs >=
+        fs.statSync(path.join(ROOT, "src/exdf/writer/writer.ts")).mtimeMs,
     ],
   ];
 
   for (const [rt, cmd, available] of runtimes) {
     const url = rt === "deno"
-      ? "file://" + path.join(ROOT, "src/writer.ts")
-      : "file://" + path.join(ROOT, "dist/src/writer.js");
+      ? "file://" + path.join(ROOT, "src/exdf/writer/writer.ts")
+      : "file://" + path.join(ROOT, "dist/src/exdf/writer/writer.js");
     const ext = rt === "deno" ? "ts" : "mjs";
 
     it.skipIf(!available)(`${rt}: a SIGKILLed writer leaves no file under a final name`, async () => {

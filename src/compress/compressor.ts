@@ -19,15 +19,24 @@
  */
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
-import { getGpuDevice, gpuHardwarePresent } from "../gpu.ts";
-import { arrayFor, dsInfo, h5, type H5Dataset, type H5File, readSlab, rowRuns, shapeSize } from "../h5.ts";
+import { getGpuDevice, gpuHardwarePresent } from "../gpu/device.ts";
+import {
+  arrayFor,
+  dsInfo,
+  h5,
+  type H5Dataset,
+  type H5File,
+  readSlab,
+  rowRuns,
+  shapeSize,
+} from "../exdf/h5.ts";
 import { type FilterSpec, h5wasmFilter, parseFilter, registerPlugins } from "./filters.ts";
 import { SzDatasetReader, SzDatasetWriter, szNames } from "./layout.ts";
 import { QualityAccumulator, type QualityStats } from "./quality.ts";
 import { checkRoundParams, roundBits, type RoundParams } from "./round.ts";
 import { szCodesCpu, type SzConstants, szConstants, SzFrameEncoder } from "./sz.ts";
 import { createSzKernel, type SzKernel } from "./webgpu.ts";
-import { checkpoint } from "../outdir.ts";
+import { checkpoint } from "../app/outdir.ts";
 
 export type CompressMethod =
   | { kind: "lossless"; filter: FilterSpec }

@@ -17,11 +17,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import type { Command, OptionSpec } from "../cli.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
 import { EXIT, InputError } from "../errors.ts";
-import { type H5Dataset, type H5File, type H5Group, openH5 } from "../h5.ts";
-import { rewriteFile } from "../reduce.ts";
-import { buildDir, checkOut, checkpoint, copyFile } from "../outdir.ts";
+import { type H5Dataset, type H5File, type H5Group, openH5 } from "../exdf/h5.ts";
+import { rewriteFile } from "../reduce/reduce.ts";
+import { buildDir, checkOut, checkpoint, copyFile } from "../app/outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";
 

@@ -19,7 +19,7 @@
 import { createRequire } from "node:module";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { h5 } from "../h5.ts";
+import { h5 } from "../exdf/h5.ts";
 
 export interface FilterSpec {
   /** The name as written (normalised): "gzip:4", "bitshuffle+lz4", "blosc:zstd:5", ... */

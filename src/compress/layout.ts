@@ -18,7 +18,7 @@
  *
  * A frame is the entry reshaped to (prod(shape[:-1]), shape[-1]), row-major, as the codec sees it.
  */
-import { ensureGroup, type H5Dataset, type H5File, type H5Group, readSlab } from "../h5.ts";
+import { ensureGroup, type H5Dataset, type H5File, type H5Group, readSlab } from "../exdf/h5.ts";
 import { type FilterSpec, h5wasmFilter } from "./filters.ts";
 import { type SzConstants, SzFrameDecoder } from "./sz.ts";
 

@@ -18,7 +18,7 @@ import {
   MapMode,
   shaderSource,
   withErrorScope,
-} from "../gpu.ts";
+} from "../gpu/device.ts";
 import { checkRoundParams, type RoundParams } from "./round.ts";
 import type { SzConstants } from "./sz.ts";
 

@@ -14,10 +14,10 @@
  *   results are the same for any number of workers.
  * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
  */
-import type { OptionSpec } from "../cli.ts";
-import type { FrameBatch } from "../frames.ts";
+import type { OptionSpec } from "../cli/main.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
-import { type Detector, Run } from "../run.ts";
+import { type Detector, Run } from "../exdf/run.ts";
 import { PrefetchReader } from "./prefetch.ts";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
 import { nextMessage, startWorker } from "./threads.ts";

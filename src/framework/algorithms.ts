@@ -7,21 +7,21 @@ registerAlgorithm("localise", async () => {
 });
 
 registerAlgorithm("average", async () => {
-  const { AverageAlgorithm } = await import("../average.ts");
+  const { AverageAlgorithm } = await import("../average/average.ts");
   return () => new AverageAlgorithm();
 });
 
 registerAlgorithm("roi", async () => {
-  const { RoiAlgorithm } = await import("../roi.ts");
+  const { RoiAlgorithm } = await import("../reductions/roi.ts");
   return () => new RoiAlgorithm();
 });
 
 registerAlgorithm("azint", async () => {
-  const { AzintAlgorithm } = await import("../azint.ts");
+  const { AzintAlgorithm } = await import("../reductions/azint.ts");
   return () => new AzintAlgorithm();
 });
 
 registerAlgorithm("xpcs", async () => {
-  const { XpcsAlgorithm } = await import("../xpcs.ts");
+  const { XpcsAlgorithm } = await import("../reductions/xpcs.ts");
   return () => new XpcsAlgorithm();
 });

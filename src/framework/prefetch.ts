@@ -10,7 +10,7 @@
  *   when the consumer asks for batch k+1 (the consumer is done with batch k then): backpressure.
  */
 import type { Worker } from "node:worker_threads";
-import type { FrameBatch, FrameOptions, ModuleFrames } from "../frames.ts";
+import type { FrameBatch, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 

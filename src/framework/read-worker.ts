@@ -4,9 +4,9 @@
  */
 import { parentPort } from "node:worker_threads";
 import { toWire } from "../errors.ts";
-import { h5 } from "../h5.ts";
-import { FrameReader } from "../frames.ts";
-import { Run } from "../run.ts";
+import { h5 } from "../exdf/h5.ts";
+import { FrameReader } from "../exdf/frames.ts";
+import { Run } from "../exdf/run.ts";
 import { bufferLayout, moduleViews, type PrefetchInit, type ReaderReply } from "./prefetch.ts";
 
 const port = parentPort!;

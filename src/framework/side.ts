@@ -4,8 +4,8 @@
  * NaN where the source lacks that train (never the neighbour's value). Vector entries give their first
  * element, or `index`.
  */
-import { arrayFor, type NumericArray, readSlab } from "../h5.ts";
-import type { Run } from "../run.ts";
+import { arrayFor, type NumericArray, readSlab } from "../exdf/h5.ts";
+import type { Run } from "../exdf/run.ts";
 
 export interface SideKey {
   /** Name under which the values are delivered. */

@@ -16,10 +16,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { deserialize, serialize } from "node:v8";
-import type { Command } from "../cli.ts";
+import type { Command } from "../cli/main.ts";
 import { EXIT, InputError } from "../errors.ts";
-import { Run } from "../run.ts";
-import { prepareOut } from "../outdir.ts";
+import { Run } from "../exdf/run.ts";
+import { prepareOut } from "../app/outdir.ts";
 import { algorithmFactory, checkModules, moduleGroups, runPart } from "./algorithm.ts";
 
 export interface Job {
@@ -48,13 +48,13 @@ export function readJob(work: string): Job {
   }
 }
 
-/** The command line that runs this CLI on a node: node + bin, or deno + src/cli.ts. */
+/** The command line that runs this CLI on a node: node + bin, or deno + src/cli/main.ts. */
 function cliCommand(): string[] {
   const here = fileURLToPath(import.meta.url);
   let root = path.dirname(here);
   while (!fs.existsSync(path.join(root, "package.json"))) root = path.dirname(root);
   const deno = (globalThis as { Deno?: { execPath(): string } }).Deno;
-  if (deno) return [deno.execPath(), "run", "-A", path.join(root, "src/cli.ts")];
+  if (deno) return [deno.execPath(), "run", "-A", path.join(root, "src/cli/main.ts")];
   return [process.execPath, path.join(root, "bin/xfel-redu.js")];
 }
 
@@ -172,18 +172,18 @@ export async function mergeJob(work: string): Promise<string> {
     await writeLocaliseDir(result as never, job.out);
     (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "roi") {
-    const { writeRoiDir } = await import("../roi.ts");
+    const { writeRoiDir } = await import("../reductions/roi.ts");
     await writeRoiDir(result as never, job.out);
     (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "azint") {
-    const { writeAzintDir } = await import("../azint.ts");
+    const { writeAzintDir } = await import("../reductions/azint.ts");
     await writeAzintDir(result as never, job.out);
     (result as { dispose(): void }).dispose();
   } else if (job.algorithm === "xpcs") {
-    const { writeXpcsDir } = await import("../xpcs.ts");
+    const { writeXpcsDir } = await import("../reductions/xpcs.ts");
     await writeXpcsDir(result as never, job.out);
   } else {
-    const { writeAverageDir } = await import("../average.ts");
+    const { writeAverageDir } = await import("../average/average.ts");
     await writeAverageDir(result as never, job.out);
   }
   return job.out;
@@ -207,11 +207,11 @@ async function reductionOptions(
   if (o.geometry) o.geometry = path.resolve(path.dirname(file), o.geometry);
   if (o.from) o.from = path.resolve(path.dirname(file), o.from);
   if (algorithm === "roi") {
-    const { readRoiFile } = await import("../roi.ts");
+    const { readRoiFile } = await import("../reductions/roi.ts");
     return { backend: "cpu", ...o, rois: readRoiFile(file) };
   }
   if (algorithm === "azint") {
-    const { DEFAULT_AZINT, checkAzintOptions } = await import("../azint.ts");
+    const { DEFAULT_AZINT, checkAzintOptions } = await import("../reductions/azint.ts");
     const a = { ...DEFAULT_AZINT, backend: "cpu", ...o };
     checkAzintOptions(a as never);
     return a;

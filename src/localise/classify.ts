@@ -10,7 +10,7 @@
  *   (quantiles with linear interpolation, as numpy's default). The ASICs of a lit frame are lit when their own
  *   lit fraction exceeds the same threshold, or when they hold a peak.
  */
-import { asicOf, type Geometry } from "../detectors.ts";
+import { asicOf, type Geometry } from "../exdf/detectors.ts";
 import type { Peak } from "./stages.ts";
 
 export type ClassifierMode = "peaks" | "adaptive";

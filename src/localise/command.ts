@@ -7,11 +7,11 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
 import { summaryJson, writeRedu } from "./output.ts";
-import { buildDir, prepareOut, progressPrinter } from "../outdir.ts";
+import { buildDir, prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "report", help: "also write DIR/report.html, a page to judge the result (docs/report.md)" },
@@ -347,7 +347,7 @@ export async function writeLocaliseDir(
     await writeRedu(result, tmp, result.runFiles);
     fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
     if (reportRun) {
-      const { writeReport } = await import("../report.ts");
+      const { writeReport } = await import("../report/model.ts");
       await writeReport(result, reportRun, tmp, { onNote: (n) => console.error(`xfel-redu: report: ${n}`) });
     }
   });

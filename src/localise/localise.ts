@@ -12,21 +12,21 @@
  * aligned on (trainId, pulseId), and runs stages 5-7 over all modules.
  */
 import { InputError } from "../errors.ts";
-import { type Geometry, geometry } from "../detectors.ts";
-import type { FrameBatch } from "../frames.ts";
-import { bytesPerElement } from "../h5.ts";
-import { gpuHardwarePresent } from "../gpu.ts";
-import { Run } from "../run.ts";
-import type { OptionSpec } from "../cli.ts";
+import { type Geometry, geometry } from "../exdf/detectors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { bytesPerElement } from "../exdf/h5.ts";
+import { gpuHardwarePresent } from "../gpu/device.ts";
+import { Run } from "../exdf/run.ts";
+import type { OptionSpec } from "../cli/main.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
-import { loadLayout } from "../geometry.ts";
+import { loadLayout } from "../exdf/geometry.ts";
 import { moduleRadii, positioner } from "./position.ts";
 import { type Box, RoiSet } from "./rois.ts";
 import * as fs from "node:fs";
-import { Grow } from "../reductions.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../spill.ts";
-import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../litframes.ts";
+import { Grow } from "../reductions/common.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../beam/litframes.ts";
 import {
   type BatchResult,
   createCpuBackend,
@@ -220,7 +220,7 @@ export interface LocalisePart {
   /** Per module of the part: frames it recorded. */
   recorded: number[];
   /**
-   * Spill file (src/spill.ts) of the per-frame records, in the part's frame order (`frameRecord`): per
+   * Spill file (src/framework/spill.ts) of the per-frame records, in the part's frame order (`frameRecord`): per
    * module, the ASIC counters and the module's brightest maxPeaks peaks.
    */
   spill: string;
@@ -505,7 +505,7 @@ async function usesGpu(choice: BackendChoice): Promise<boolean> {
   if (choice === "cpu") return false;
   if (choice === "webgpu") return true;
   if (!gpuHardwarePresent()) return false;
-  const { getGpuDevice } = await import("../gpu.ts");
+  const { getGpuDevice } = await import("../gpu/device.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   return !!gpu && !gpu.software;
 }

@@ -7,8 +7,8 @@
  *   RUN section of the control source `<DET>/REDU/LOCALISE` (key `modules`).
  */
 import * as path from "node:path";
-import { type DataInput, openWriter } from "../writer.ts";
-import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../litframes.ts";
+import { type DataInput, openWriter } from "../exdf/writer/writer.ts";
+import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litframes.ts";
 import type { LocaliseResult } from "./localise.ts";
 
 /** Per train: frames and lit frames (hits), in train order. */

@@ -1,14 +1,14 @@
 /**
  * Peak positions on the detector: each peak's centroid (ss, fs, pixel-centre convention: pixel (i, j) has
- * its centre at ss = i, fs = j) through the detector layout (src/geometry.ts: a CrystFEL `.geom` file given
+ * its centre at ss = i, fs = j) through the detector layout (src/exdf/geometry.ts: a CrystFEL `.geom` file given
  * with `--geometry`, else the built-in layout of the detector type, beam centre at the origin):
  * x, y (metres, the layout's frame: the beam at the origin) and the radius from the beam in pixels of the
  * panel (sqrt(x^2 + y^2) * res). The panel is the one holding the pixel nearest the centroid; a peak on
  * no panel, or a module the layout does not have, gets NaN. Layout modules are numbered from 0; JUNGFRAU
  * modules (JNGFR01, ...) map to layout module number - 1.
  */
-import type { DetectorType } from "../detectors.ts";
-import type { DetectorLayout, Panel } from "../geometry.ts";
+import type { DetectorType } from "../exdf/detectors.ts";
+import type { DetectorLayout, Panel } from "../exdf/geometry.ts";
 
 export interface PeakPosition {
   /** Metres. */

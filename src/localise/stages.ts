@@ -40,7 +40,7 @@
  * in float64 and rounds to float32 at the end (centroids: the float64 quotient, rounded). The GPU sums in
  * float32 in a scheduling-dependent order, so floats agree within ~1e-5 relative; integers are exact.
  */
-import type { Geometry } from "../detectors.ts";
+import type { Geometry } from "../exdf/detectors.ts";
 
 export interface LocaliseParams {
   /**

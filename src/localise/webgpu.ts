@@ -32,7 +32,7 @@
  * buffer are double-buffered in two slots, so two calls can be in flight (a third waits for a slot); the
  * intermediate buffers are shared, which is safe because the queue runs submissions in order.
  */
-import type { Geometry } from "../detectors.ts";
+import type { Geometry } from "../exdf/detectors.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -46,7 +46,7 @@ import {
   shaderSource,
   ShaderStage,
   withErrorScope,
-} from "../gpu.ts";
+} from "../gpu/device.ts";
 import {
   type Background,
   type BatchResult,

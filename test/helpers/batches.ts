@@ -1,5 +1,5 @@
 /** Hand-made module batches for the stage tests (CPU reference and GPU). */
-import type { Geometry } from "../../src/detectors.ts";
+import type { Geometry } from "../../src/exdf/detectors.ts";
 import { DEFAULT_PARAMS, type ModuleBatch } from "../../src/localise/stages.ts";
 
 /**

@@ -15,7 +15,7 @@
  *
  * `validateExdf(path)` returns the problems found, `[]` for a valid file.
  */
-import { dsInfo, type H5Dataset, type H5File, type H5Group, openH5, readAll } from "../../src/h5.ts";
+import { dsInfo, type H5Dataset, type H5File, type H5Group, openH5, readAll } from "../../src/exdf/h5.ts";
 
 type Entity = H5Group | H5Dataset;
 

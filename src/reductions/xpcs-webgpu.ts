@@ -5,8 +5,8 @@
  * pixels into NaN, `pairs` reduces one workgroup per (bin, delay, train segment). Returns the sums per train
  * segment (all modules together); a train that spans batches gets sums from each.
  */
-import type { FrameBatch } from "./frames.ts";
-import { Unshared } from "./reductions.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { Unshared } from "./common.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -17,8 +17,8 @@ import {
   readBack,
   shaderSource,
   withErrorScope,
-} from "./gpu.ts";
-import { csr } from "./azint-gpu.ts";
+} from "../gpu/device.ts";
+import { csr } from "./azint-webgpu.ts";
 import type { TrainSums } from "./xpcs.ts";
 
 export interface XpcsGpu {

@@ -32,7 +32,7 @@
  * - `det.geom`: the detector layout (`--geometry FILE`, else the one localise used when summary.json
  *   `layout` is a file, else the built-in layout of the type) in the 2D layout of that array (`dim0 = %`,
  *   `dim1 = ss`, `dim2 = fs`, panels of the k-th module at min_ss + k x moduleSs), with `data` and
- *   `peak_list = /entry_1/result_1`, `peak_list_type = cxi`, `mask0_data` (src/geometry.ts `writeGeom` with
+ *   `peak_list = /entry_1/result_1`, `peak_list_type = cxi`, `mask0_data` (src/exdf/geometry.ts `writeGeom` with
  *   `stack`).
  * - `hits.lst`: one line per hit, `<absolute path of DIR/hits.cxi> //<index>`.
  * - `cxi.json`: run, localise output, detector, modules, layout, hits, peaks listed, seconds.
@@ -52,13 +52,22 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import { dsInfo, ensureGroup, firstLine, h5, type H5Dataset, type H5File, readAll, readSlab } from "./h5.ts";
-import { Run, type RunFile } from "./run.ts";
-import { FrameReader } from "./frames.ts";
-import { buildDir, checkOut, checkpoint, releaseOut } from "./outdir.ts";
-import { type DetectorLayout, loadLayout, writeGeom } from "./geometry.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
+import {
+  dsInfo,
+  ensureGroup,
+  firstLine,
+  h5,
+  type H5Dataset,
+  type H5File,
+  readAll,
+  readSlab,
+} from "../exdf/h5.ts";
+import { Run, type RunFile } from "../exdf/run.ts";
+import { FrameReader } from "../exdf/frames.ts";
+import { buildDir, checkOut, checkpoint, releaseOut } from "../app/outdir.ts";
+import { type DetectorLayout, loadLayout, writeGeom } from "../exdf/geometry.ts";
 
 export interface CxiOptions {
   /** A CrystFEL .geom file; default: the layout localise used (summary.json), else the built-in one. */

@@ -9,7 +9,7 @@
  * min_fs). `coffset` (metres) is the panel's z offset; `clen` (the detector distance) is NOT added to z here:
  * consumers add it (EXtra-geom does the same), so pyFAI's `dist` is `clen`.
  *
- * The data layout of a module is (ss, fs) with the module shape of src/detectors.ts; panels name slices of
+ * The data layout of a module is (ss, fs) with the module shape of src/exdf/detectors.ts; panels name slices of
  * it: `p<module>a<asic>/dim1 = <module>` (the 3D layout EXtra-geom writes, frame dim0 = %) or, without an
  * integer dim, modules stacked along slow scan (the 2D layout, module = floor(ss / module ss size)).
  *
@@ -24,7 +24,7 @@
  */
 import * as fs from "node:fs";
 import { type DetectorType, geometry as moduleGeometry } from "./detectors.ts";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 
 export type Vec3 = [number, number, number];
 
@@ -511,7 +511,7 @@ function fmtVec(v: Vec3): string {
  * dim2 = fs, the listed modules stacked along slow scan (module k of the list at ss offset k x module ss
  * size), only their panels written; `data` and `peakList` (a CXI peak-list group, `peak_list_type = cxi`)
  * name the HDF5 paths, `mask` a mask array shaped like the data (any bit set: bad). CrystFEL reads CXI peak
- * lists only through such a layout (src/cxi.ts).
+ * lists only through such a layout (src/localise/cxi.ts).
  */
 export function writeGeom(
   layout: DetectorLayout,

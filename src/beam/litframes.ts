@@ -31,12 +31,12 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError, OutputError } from "./errors.ts";
-import { openH5, readSlab } from "./h5.ts";
-import { addToDir, buildDir, checkOut } from "./outdir.ts";
-import { type Detector, readNumbers, Run, type RunFile } from "./run.ts";
-import { type DataInput, type FileWriter, openWriter, type WriterSchema } from "./writer.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError, OutputError } from "../errors.ts";
+import { openH5, readSlab } from "../exdf/h5.ts";
+import { addToDir, buildDir, checkOut } from "../app/outdir.ts";
+import { type Detector, readNumbers, Run, type RunFile } from "../exdf/run.ts";
+import { type DataInput, type FileWriter, openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 
 /** Frames the LITFRM arrays hold (AGIPD memory cells). */
 export const LITFRM_FRAMES = 352;

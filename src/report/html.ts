@@ -5,8 +5,8 @@
  * table and map) and an exact `data-value`, so tests and tools can check the page against summary.json.
  * The summary itself (hot-pixel lists left out) is embedded as JSON in `<script id="summary-data">`.
  */
-import type { Histogram, ReportModel, SampleFrame } from "./report.ts";
-import { HOT_COLOUR, INVALID_COLOUR, scaleGradient } from "./report-png.ts";
+import type { Histogram, ReportModel, SampleFrame } from "./model.ts";
+import { HOT_COLOUR, INVALID_COLOUR, scaleGradient } from "./png.ts";
 
 const LIT = "#ea580c";
 const DARK = "#64748b";

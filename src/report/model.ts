@@ -22,17 +22,17 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
 import process from "node:process";
-import type { Command, OptionSpec } from "./cli.ts";
-import { DETECTOR_TYPES, type DetectorType, type Geometry, geometry } from "./detectors.ts";
-import { EXIT, InputError } from "./errors.ts";
-import { FrameReader } from "./frames.ts";
-import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "./h5.ts";
-import { adaptiveThreshold } from "./localise/classify.ts";
-import type { FramePeak, LocaliseResult } from "./localise/localise.ts";
-import { summaryJson } from "./localise/output.ts";
-import { Run } from "./run.ts";
-import { absentImage, type ColourScale, encodePng, moduleImage } from "./report-png.ts";
-import { renderReport } from "./report-html.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { DETECTOR_TYPES, type DetectorType, type Geometry, geometry } from "../exdf/detectors.ts";
+import { EXIT, InputError } from "../errors.ts";
+import { FrameReader } from "../exdf/frames.ts";
+import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "../exdf/h5.ts";
+import { adaptiveThreshold } from "../localise/classify.ts";
+import type { FramePeak, LocaliseResult } from "../localise/localise.ts";
+import { summaryJson } from "../localise/output.ts";
+import { Run } from "../exdf/run.ts";
+import { absentImage, type ColourScale, encodePng, moduleImage } from "./png.ts";
+import { renderReport } from "./html.ts";
 
 export type ReportSummary = ReturnType<typeof summaryJson>;
 
@@ -764,7 +764,7 @@ export const reportCommand: Command = {
   async run(args, o) {
     const dir = args[0];
     if (!dir) throw new InputError(undefined, "missing argument LOCALISE_OUT");
-    // The output of roi, azint or xpcs: their own page (src/reductions-report.ts).
+    // The output of roi, azint or xpcs: their own page (src/reductions/report.ts).
     const sp = path.join(dir, "summary.json");
     const cmd = fs.existsSync(sp)
       ? (() => {
@@ -776,7 +776,7 @@ export const reportCommand: Command = {
       })()
       : undefined;
     if (["roi", "azint", "xpcs"].includes(cmd)) {
-      const { writeReductionReport } = await import("./reductions-report.ts");
+      const { writeReductionReport } = await import("../reductions/report.ts");
       const file = writeReductionReport(dir);
       console.log(o.json ? JSON.stringify({ path: file }, null, 2) : `written: ${file}`);
       return EXIT.ok;

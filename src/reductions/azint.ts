@@ -2,7 +2,7 @@
  * `azint RUN --geometry FILE --out DIR`: azimuthal integration per frame (powder diffraction, SAXS/WAXS).
  *
  * Spec (CPU reference `azintFrames`, GPU kernel shaders/azint.wgsl over the same pixel table):
- * - Pixel table (per module, from src/geometry.ts): the pixel centre (x, y, z), z += clen (the detector
+ * - Pixel table (per module, from src/exdf/geometry.ts): the pixel centre (x, y, z), z += clen (the detector
  *   distance); r = hypot(x, y); 2theta = atan2(r, z); chi = atan2(y, x). Radial value per unit:
  *   `q_nm^-1` = 4 pi / lambda sin(theta) (lambda = 12.398419843320026 keV A / E), `2th_deg` = 2theta in
  *   degrees, `r_mm` = 1000 r. Bin edges uniform over [A, B] (`--range`, default the detector's min and max
@@ -16,7 +16,7 @@
  *   when n = 0). The CPU sums in float64, the GPU in float32 (tree reduction); n equal, floats close.
  * - Per train and for the run: S and C summed over the frames, then S / C.
  * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
- * - Memory: each part appends its per-frame S, C, n to a spill file (src/spill.ts); the merge reads them
+ * - Memory: each part appends its per-frame S, C, n to a spill file (src/framework/spill.ts); the merge reads them
  *   back in blocks of trains (train means, run means, then the writer), so memory is bounded by the batch
  *   and block sizes plus 16 bytes (train and pulse ID) per frame.
  * Output: `DIR/<PREFIX>-R<run>-REDU04-S00000.h5`, instrument source `<DET>/REDU/AZINT:output`, per frame
@@ -28,13 +28,13 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import type { FrameBatch } from "./frames.ts";
-import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
-import { type DetectorLayout, loadLayout, pixelCentres } from "./geometry.ts";
-import { runNaming } from "./localise/output.ts";
-import { prepareOut, progressPrinter } from "./outdir.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
+import { type DetectorLayout, loadLayout, pixelCentres } from "../exdf/geometry.ts";
+import { runNaming } from "../localise/output.ts";
+import { prepareOut, progressPrinter } from "../app/outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
@@ -45,11 +45,11 @@ import {
   trainsOf,
   workersFor,
   writeReductionDir,
-} from "./reductions.ts";
-import { type Detector, Run } from "./run.ts";
-import { openWriter, type WriterSchema } from "./writer.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
-import { litLookup } from "./average.ts";
+} from "./common.ts";
+import { type Detector, Run } from "../exdf/run.ts";
+import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import { litLookup } from "../average/average.ts";
 
 export const UNITS = ["q_nm^-1", "2th_deg", "r_mm"] as const;
 export type RadialUnit = typeof UNITS[number];
@@ -235,7 +235,7 @@ export interface AzintPart {
   modules: number[];
   trainId: Float64Array;
   pulseId: Float64Array;
-  /** Spill file (src/spill.ts) of per-frame records: S (f64 x bins), C (f64 x bins), n (u32 x bins). */
+  /** Spill file (src/framework/spill.ts) of per-frame records: S (f64 x bins), C (f64 x bins), n (u32 x bins). */
   spill: string;
   backend: string;
 }
@@ -309,7 +309,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
       }
       const device = await pickDevice(this.o.backend, this.notes);
       if (device) {
-        const { createAzintGpu } = await import("./azint-gpu.ts");
+        const { createAzintGpu } = await import("./azint-webgpu.ts");
         this.backend = await createAzintGpu(device, this.table, this.o.bins);
       } else {
         const t = this.table, bins = this.o.bins;

@@ -3,8 +3,8 @@
  * the GPU once; per batch the frames of the part's modules are uploaded and one dispatch of bins x frames
  * workgroups reduces them. Buffers grow to the largest batch seen.
  */
-import type { FrameBatch } from "./frames.ts";
-import { Unshared } from "./reductions.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { Unshared } from "./common.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -15,7 +15,7 @@ import {
   readBack,
   shaderSource,
   withErrorScope,
-} from "./gpu.ts";
+} from "../gpu/device.ts";
 import { type AzintBackend, type AzintSums, NO_BIN, type PixelTable } from "./azint.ts";
 
 /** The CSR form of a pixel table: per bin its pixels (slot * pixels + p) and their corrections. */

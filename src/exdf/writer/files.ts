@@ -7,13 +7,13 @@
  * are closed and reopened in append mode. Every HDF5 status is checked.
  *
  * The process-level cleanup (exit, SIGINT/SIGTERM/SIGHUP, Deno's uncaught-error events) removes the
- * temporary files of writers still open. Used by src/writer.ts.
+ * temporary files of writers still open. Used by src/exdf/writer/writer.ts.
  */
 import * as fs from "node:fs";
 import * as nodePath from "node:path";
 import process from "node:process";
-import { ensureGroup, firstLine, type H5, type H5File, type H5Group, type NumericArray } from "./h5.ts";
-import { type Ds, formatTemplate, type Opts, type Src, WriterError } from "./writer-schema.ts";
+import { ensureGroup, firstLine, type H5, type H5File, type H5Group, type NumericArray } from "../h5.ts";
+import { type Ds, formatTemplate, type Opts, type Src, WriterError } from "./schema.ts";
 
 interface Stage {
   buf: NumericArray;

@@ -8,10 +8,10 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { InputError } from "./errors.ts";
-import { buildDir } from "./outdir.ts";
-import { writeReductionReport } from "./reductions-report.ts";
-import { Run } from "./run.ts";
+import { InputError } from "../errors.ts";
+import { buildDir } from "../app/outdir.ts";
+import { writeReductionReport } from "./report.ts";
+import { Run } from "../exdf/run.ts";
 
 export type BackendChoice = "auto" | "webgpu" | "cpu";
 
@@ -26,7 +26,7 @@ export function checkBackend(v: unknown): BackendChoice {
 /** The WebGPU device a backend choice uses, or undefined for the cpu reference. */
 export async function pickDevice(choice: BackendChoice, notes: string[]): Promise<GPUDevice | undefined> {
   if (choice === "cpu") return undefined;
-  const { getGpuDevice } = await import("./gpu.ts");
+  const { getGpuDevice } = await import("../gpu/device.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   if (!gpu) {
     if (choice === "webgpu") throw new InputError(undefined, "--backend webgpu: no WebGPU adapter found");
@@ -44,11 +44,11 @@ export async function pickDevice(choice: BackendChoice, notes: string[]): Promis
 export async function workersFor(choice: BackendChoice, asked?: number): Promise<number> {
   if (asked) return asked;
   if (choice !== "cpu") {
-    const { getGpuDevice } = await import("./gpu.ts");
+    const { getGpuDevice } = await import("../gpu/device.ts");
     const gpu = await getGpuDevice().catch(() => undefined);
     if (gpu && (choice === "webgpu" || !gpu.software)) return 1;
   }
-  const { defaultWorkers } = await import("./framework/threads.ts");
+  const { defaultWorkers } = await import("../framework/threads.ts");
   return await defaultWorkers();
 }
 

@@ -24,13 +24,13 @@
  * most `sliceBytes`; buffered rows are kept in staging arrays bounded by `bufferBytes` in total; at most
  * `maxOpenFiles` HDF5 files are open at once (others are closed and reopened when needed).
  *
- * Code: this file (the FileWriter API, trains and the checks), src/writer-schema.ts (types, templates,
- * schema resolution, data checks), src/writer-files.ts (sequence files, HDF5 writes, temporary names,
+ * Code: this file (the FileWriter API, trains and the checks), src/exdf/writer/schema.ts (types, templates,
+ * schema resolution, data checks), src/exdf/writer/files.ts (sequence files, HDF5 writes, temporary names,
  * process cleanup). User guide: docs/writer.md.
  */
 import * as fs from "node:fs";
-import { firstLine, h5, type NumericArray } from "./h5.ts";
-import { type Run, SeqFiles, track, type Wasm } from "./writer-files.ts";
+import { firstLine, h5, type NumericArray } from "../h5.ts";
+import { type Run, SeqFiles, track, type Wasm } from "./files.ts";
 import {
   type DataInput,
   type DatasetNames,
@@ -44,7 +44,7 @@ import {
   WriterError,
   type WriterOptions,
   type WriterSchema,
-} from "./writer-schema.ts";
+} from "./schema.ts";
 
 export {
   type DataInput,
@@ -58,7 +58,7 @@ export {
   WriterError,
   type WriterOptions,
   type WriterSchema,
-} from "./writer-schema.ts";
+} from "./schema.ts";
 
 interface TrainPlan {
   ids: bigint[];

@@ -31,8 +31,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
 import {
   type CompressionRecord,
   Compressor,
@@ -40,7 +40,7 @@ import {
   formatCompression,
   parseCompress,
   type RowsHook,
-} from "./compress/compressor.ts";
+} from "../compress/compressor.ts";
 import {
   ensureGroup,
   firstLine,
@@ -52,9 +52,9 @@ import {
   readAll,
   rowRuns,
   shapeSize,
-} from "./h5.ts";
-import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "./run.ts";
-import { buildDir, checkOut, checkpoint, copyFile, realPath, releaseOut } from "./outdir.ts";
+} from "../exdf/h5.ts";
+import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "../exdf/run.ts";
+import { buildDir, checkOut, checkpoint, copyFile, realPath, releaseOut } from "../app/outdir.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */

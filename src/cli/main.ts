@@ -5,20 +5,20 @@
  * Exit codes: 0 done, 2 bad input (one line on stderr naming the file and the problem), 1 internal error.
  * Stack traces only with --debug. Results on stdout (--json for machines), messages on stderr.
  */
-import { EXIT, InputError } from "./errors.ts";
-import { formatSummary, summarise } from "./inspect.ts";
-import { Run } from "./run.ts";
-import { localiseCommand } from "./localise/command.ts";
-import { litframesCommand } from "./litframes.ts";
-import { reduceCommand } from "./reduce.ts";
-import { cxiCommand } from "./cxi.ts";
-import { decompressCommand } from "./compress/decompress.ts";
-import { averageCommand } from "./average.ts";
-import { roiCommand } from "./roi.ts";
-import { azintCommand } from "./azint.ts";
-import { xpcsCommand } from "./xpcs.ts";
-import { reportCommand } from "./report.ts";
-import { mergePartsCommand, runPartCommand, submitCommand } from "./framework/slurm.ts";
+import { EXIT, InputError } from "../errors.ts";
+import { formatSummary, summarise } from "../exdf/inspect.ts";
+import { Run } from "../exdf/run.ts";
+import { localiseCommand } from "../localise/command.ts";
+import { litframesCommand } from "../beam/litframes.ts";
+import { reduceCommand } from "../reduce/reduce.ts";
+import { cxiCommand } from "../localise/cxi.ts";
+import { decompressCommand } from "../compress/decompress.ts";
+import { averageCommand } from "../average/average.ts";
+import { roiCommand } from "../reductions/roi.ts";
+import { azintCommand } from "../reductions/azint.ts";
+import { xpcsCommand } from "../reductions/xpcs.ts";
+import { reportCommand } from "../report/model.ts";
+import { mergePartsCommand, runPartCommand, submitCommand } from "../framework/slurm.ts";
 
 export interface OptionSpec {
   name: string;
@@ -195,7 +195,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-// Run when executed directly under Deno (`deno run src/cli.ts ...`); Node goes through bin/xfel-redu.js.
+// Run when executed directly under Deno (`deno run src/cli/main.ts ...`); Node goes through bin/xfel-redu.js.
 const g = globalThis as { Deno?: { args: string[]; exit(code: number): never } };
 if (g.Deno && (import.meta as { main?: boolean }).main) {
   const code = await main(g.Deno.args);

@@ -12,7 +12,7 @@
  *   the frame), `sum` = the float64 sum of colSum over fs, `count` = the sum of colCount, `mean` = sum /
  *   count (NaN when count is 0).
  * - `--lit-only`: only frames the beam annotation (or `--from` localise output) says are lit.
- * - Memory: each part appends its per-frame values to a spill file (src/spill.ts); the merge reads them back
+ * - Memory: each part appends its per-frame values to a spill file (src/framework/spill.ts); the merge reads them back
  *   in blocks (summary, writer): memory bounded by batch and block sizes plus 16 bytes per frame.
  * Output: `DIR/<PREFIX>-R<run>-REDU03-S00000.h5`, instrument source `<DET>/REDU/ROI:output` with per frame
  * `data.trainId`, `data.pulseId`, `data.<NAME>.sum` (f64), `.count` (u32), `.mean` (f64), `.spectrum`
@@ -22,12 +22,12 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import type { FrameBatch } from "./frames.ts";
-import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
-import { runNaming } from "./localise/output.ts";
-import { prepareOut, progressPrinter } from "./outdir.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
+import { runNaming } from "../localise/output.ts";
+import { prepareOut, progressPrinter } from "../app/outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
@@ -37,11 +37,11 @@ import {
   trainsOf,
   workersFor,
   writeReductionDir,
-} from "./reductions.ts";
-import { Run } from "./run.ts";
-import { litLookup } from "./average.ts";
-import { openWriter, type WriterSchema } from "./writer.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "./spill.ts";
+} from "./common.ts";
+import { Run } from "../exdf/run.ts";
+import { litLookup } from "../average/average.ts";
+import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 
 export interface RoiSpec {
   name: string;
@@ -210,7 +210,7 @@ export interface RoiPart {
   regions: number[];
   trainId: Float64Array;
   pulseId: Float64Array;
-  /** Spill file (src/spill.ts) of per-frame records (`recordLayout` of the part's regions). */
+  /** Spill file (src/framework/spill.ts) of per-frame records (`recordLayout` of the part's regions). */
   spill: string;
   backend: string;
 }
@@ -312,7 +312,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
       if (this.litOnly) this.lit = (await litLookup(info.run, this.from)).lit;
       const device = await pickDevice(this.backendChoice, this.notes);
       if (device) {
-        const { createRoiGpu } = await import("./roi-gpu.ts");
+        const { createRoiGpu } = await import("./roi-webgpu.ts");
         this.backend = await createRoiGpu(device, this.mine, det.imageShape);
       } else {
         const rois = this.mine, fsz = this.moduleFs, px = this.pixels;

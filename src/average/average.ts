@@ -12,16 +12,16 @@
  * `<DET>/REDU/AVERAGE` key `modules` (the module order).
  */
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import type { FrameBatch } from "./frames.ts";
-import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
-import { defaultWorkers } from "./framework/threads.ts";
-import { annotateBeam } from "./litframes.ts";
-import { runNaming } from "./localise/output.ts";
-import { Run } from "./run.ts";
-import { openWriter } from "./writer.ts";
-import { buildDir, prepareOut, progressPrinter } from "./outdir.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
+import { defaultWorkers } from "../framework/threads.ts";
+import { annotateBeam } from "../beam/litframes.ts";
+import { runNaming } from "../localise/output.ts";
+import { Run } from "../exdf/run.ts";
+import { openWriter } from "../exdf/writer/writer.ts";
+import { buildDir, prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export interface AveragePart {
   modules: number[];
@@ -57,7 +57,7 @@ export async function litLookup(
 ): Promise<{ lit: LitLookup; source: AverageResult["litFrom"] }> {
   if (from) {
     // The same reader as reduce's: frames the selection does not list count as dark.
-    const { readLocaliseOutput } = await import("./reduce.ts");
+    const { readLocaliseOutput } = await import("../reduce/reduce.ts");
     const { selection } = await readLocaliseOutput(path.resolve(from));
     return { lit: (t, p) => selection.lookup(t, p) === 1, source: "localise" };
   }

@@ -2,8 +2,8 @@
  * The WebGPU backend of `roi` (shaders/roi.wgsl): uploads the frames of the regions' modules, one dispatch
  * per batch, reads back column sums and counts. Buffers grow to the largest batch seen.
  */
-import type { FrameBatch } from "./frames.ts";
-import { Unshared } from "./reductions.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { Unshared } from "./common.ts";
 import {
   bindGroup,
   bindGroupLayout,
@@ -14,7 +14,7 @@ import {
   readBack,
   shaderSource,
   withErrorScope,
-} from "./gpu.ts";
+} from "../gpu/device.ts";
 import { columnLayout, type RoiBackend, type RoiColumns, type RoiSpec } from "./roi.ts";
 
 export async function createRoiGpu(

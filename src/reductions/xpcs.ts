@@ -3,7 +3,7 @@
  * the intensity autocorrelation g2(q, tau) within each train.
  *
  * Spec (CPU reference `XpcsAccumulator`; GPU kernel shaders/xpcs.wgsl, float32 sums, P equal, floats close):
- * - q of each pixel centre as `azint` computes it (src/azint.ts, unit q_nm^-1, geometry from `--geometry`,
+ * - q of each pixel centre as `azint` computes it (src/reductions/azint.ts, unit q_nm^-1, geometry from `--geometry`,
  *   energy and distance from the file or `--energy` / `--distance`); `--q-bins` bins uniform over `--range`
  *   (default: the detector's).
  * - The frames of a train, in pulse order, are t = 0 .. T-1 (their index among the train's frames). A pixel
@@ -24,13 +24,13 @@
  * Memory: the last D frames of each module, whatever the train length.
  */
 import * as path from "node:path";
-import type { Command, OptionSpec } from "./cli.ts";
-import { EXIT, InputError } from "./errors.ts";
-import type { FrameBatch } from "./frames.ts";
-import { type Algorithm, runAlgorithm, type RunInfo } from "./framework/algorithm.ts";
+import type { Command, OptionSpec } from "../cli/main.ts";
+import { EXIT, InputError } from "../errors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
-import { runNaming } from "./localise/output.ts";
-import { prepareOut, progressPrinter } from "./outdir.ts";
+import { runNaming } from "../localise/output.ts";
+import { prepareOut, progressPrinter } from "../app/outdir.ts";
 import {
   type BackendChoice,
   checkBackend,
@@ -38,11 +38,11 @@ import {
   pickDevice,
   workersFor,
   writeReductionDir,
-} from "./reductions.ts";
-import type { XpcsGpu } from "./xpcs-gpu.ts";
-import { type Detector, Run } from "./run.ts";
-import { FrameReader } from "./frames.ts";
-import { openWriter, type WriterSchema } from "./writer.ts";
+} from "./common.ts";
+import type { XpcsGpu } from "./xpcs-webgpu.ts";
+import { type Detector, Run } from "../exdf/run.ts";
+import { FrameReader } from "../exdf/frames.ts";
+import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 
 export interface XpcsOptions {
   geometry?: string;
@@ -300,7 +300,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
       this.frame = new Float32Array(this.pixels);
       const device = await pickDevice(checkBackend(this.o.backend), this.notes);
       if (device) {
-        const { createXpcsGpu } = await import("./xpcs-gpu.ts");
+        const { createXpcsGpu } = await import("./xpcs-webgpu.ts");
         const bins = info.modules.map((m) => this.acc.get(m)!.bin);
         this.gpu = await createXpcsGpu(device, info.modules, bins, this.pixels, this.o.qBins, this.delays);
       }

@@ -5,13 +5,13 @@
  *
  * Where: `$XFEL_REDU_SPILL_DIR` (the SLURM task scripts set it to the job's work directory, which the merge
  * job sees too), else the system's temporary directory. A file being written is removed by the process
- * cleanup on error or signal (src/writer-files.ts); once closed it belongs to whoever merges it, which
+ * cleanup on error or signal (src/exdf/writer/files.ts); once closed it belongs to whoever merges it, which
  * removes it after writing (`removeSpill`) and tracks it meanwhile.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { track } from "./writer-files.ts";
+import { track } from "../exdf/writer/files.ts";
 
 let counter = 0;
 

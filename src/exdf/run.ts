@@ -15,7 +15,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 import {
   dsInfo,
   firstLine,

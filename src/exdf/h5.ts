@@ -9,7 +9,7 @@
  */
 import h5wasm from "h5wasm/node";
 import * as fs from "node:fs";
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 
 export type H5 = typeof h5wasm;
 export type H5File = InstanceType<H5["File"]>;

@@ -14,7 +14,7 @@
  *   requested keys), read by hyperslab into buffers reused between batches (two sets, alternating, so the
  *   consumer may hold one batch while the next is read).
  */
-import { InputError } from "./errors.ts";
+import { InputError } from "../errors.ts";
 import { arrayFor, dsInfo, type H5Dataset, type NumericArray, readAll, readSlab } from "./h5.ts";
 import type { Detector, DetectorModule, ModuleFile } from "./run.ts";
 

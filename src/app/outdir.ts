@@ -19,8 +19,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
-import { InputError, OutputError } from "./errors.ts";
-import { track } from "./writer-files.ts";
+import { InputError, OutputError } from "../errors.ts";
+import { track } from "../exdf/writer/files.ts";
 
 /** The marker file in every directory this tool writes. */
 export const MARKER = ".xfel-redu";

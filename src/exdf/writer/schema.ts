@@ -1,10 +1,10 @@
 /**
  * The writer's schema side: public types (schema, options, data input, errors), file name templates, the
  * resolution of a schema against parameters into sources and datasets, and the checks of data against
- * the declaration (dtype, entry shape, whole entries). Used by src/writer.ts; import from there.
+ * the declaration (dtype, entry shape, whole entries). Used by src/exdf/writer/writer.ts; import from there.
  */
 import * as nodePath from "node:path";
-import type { NumericArray } from "./h5.ts";
+import type { NumericArray } from "../h5.ts";
 
 /** Element types a dataset can be declared with. */
 export type DType =
