@@ -5,6 +5,7 @@
  * generated rings (truth); GPU kernel against the CPU reference; any worker count; CLI under Node and Deno;
  * output valid in extra-data-validate and readable by extra_data.RunDirectory.
  */
+import { algorithm } from "../src/cli/algorithms.ts";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -301,7 +302,7 @@ describe("azint", () => {
     const { prepareJob, runJobPart, mergeJob } = await import("../src/framework/slurm.ts");
     const out = path.join(tmp, "out-slurm");
     const options = { ...DEFAULT_AZINT, geometry: geom, bins: BINS, range: RANGE, backend: "cpu" };
-    const { work, todo } = await prepareJob("azint", run, out, options, 3, false);
+    const { work, todo } = await prepareJob(algorithm("azint"), run, out, options, 3, false);
     expect(todo).toEqual([0, 1, 2]);
     for (const i of todo) expect(await runJobPart(work, i)).toBe(true);
     await mergeJob(work);

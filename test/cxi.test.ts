@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type Truth } from "../fixtures/synth.ts";
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
-import { writeLocaliseDir } from "../src/localise/command.ts";
+import { writeLocaliseDir } from "../src/localise/output.ts";
 import { type CxiRecord, writeCxi } from "../src/localise/cxi.ts";
 import { readGeom } from "../src/exdf/geometry.ts";
 import { InputError } from "../src/errors.ts";

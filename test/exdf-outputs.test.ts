@@ -9,6 +9,7 @@
  *
  * Needs python3-extra-data (test/helpers/tools.ts): skipped with one line without it, required on CI.
  */
+import { algorithm } from "../src/cli/algorithms.ts";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -181,7 +182,7 @@ describe.skipIf(!ED)("EXtra-data judges every output (inputs from its mock write
   test("SLURM parts merged (localise, average): the merged outputs validate and open", async () => {
     for (const alg of ["localise", "average"] as const) {
       const out = path.join(tmp, `agipd-slurm-${alg}`);
-      const { work } = await prepareJob(alg, run, out, { backend: "cpu" }, 2, false);
+      const { work } = await prepareJob(algorithm(alg), run, out, { backend: "cpu" }, 2, false);
       await runJobPart(work, 0);
       await runJobPart(work, 1);
       await mergeJob(work);

@@ -4,6 +4,7 @@
  * (truth), GPU kernel against the CPU reference, any worker count, CLI under Node and Deno, output valid in
  * extra-data-validate and readable by extra_data.RunDirectory.
  */
+import { algorithm } from "../src/cli/algorithms.ts";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -200,7 +201,14 @@ describe("roi", () => {
     async () => {
       const { prepareJob, runJobPart, mergeJob } = await import("../src/framework/slurm.ts");
       const out = path.join(tmp, "out-slurm");
-      const { work, todo } = await prepareJob("roi", run, out, { rois: ROIS, backend: "cpu" }, 2, false);
+      const { work, todo } = await prepareJob(
+        algorithm("roi"),
+        run,
+        out,
+        { rois: ROIS, backend: "cpu" },
+        2,
+        false,
+      );
       const before = process.env.XFEL_REDU_SPILL_DIR;
       process.env.XFEL_REDU_SPILL_DIR = work; // as task.sh sets it
       try {

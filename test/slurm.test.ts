@@ -3,6 +3,7 @@
  * finished parts. The in-process test always runs; the real-SLURM test runs where `sbatch` answers
  * (.ci/run starts a one-host SLURM with scripts/slurm-local.sh) and must not be skipped in CI.
  */
+import { algorithm } from "../src/cli/algorithms.ts";
 import { afterAll, describe, expect, test } from "vitest";
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -64,12 +65,12 @@ describe("SLURM job parts", () => {
     const ref = path.join(tmp, "single");
     single(ref);
     const out = path.join(tmp, "parts");
-    const { work, todo } = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 3, false);
+    const { work, todo } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 3, false);
     expect(todo).toEqual([0, 1, 2]);
     expect(readJob(work).groups).toEqual([[0], [1], [2]]);
     for (const i of todo) expect(await runJobPart(work, i)).toBe(true);
     expect(await runJobPart(work, 1)).toBe(false); // finished: skipped
-    const again = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 3, false);
+    const again = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 3, false);
     expect(again.todo).toEqual([]);
     await mergeJob(work);
     expect(summary(out)).toEqual(summary(ref));
@@ -78,7 +79,7 @@ describe("SLURM job parts", () => {
 
   test("a merge with unfinished parts is refused with one line", async () => {
     const out = path.join(tmp, "unfinished");
-    const { work } = await prepareJob("localise", SAMPLE, out, { backend: "cpu" }, 2, false);
+    const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
     await runJobPart(work, 0);
     await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
   });

@@ -12,7 +12,7 @@
  * `<DET>/REDU/AVERAGE` key `modules` (the module order).
  */
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -76,6 +76,11 @@ export async function litLookup(
 
 export class AverageAlgorithm implements Algorithm<AveragePart, AverageResult> {
   readonly id = "average";
+  readonly source = { module: import.meta.url, name: "AverageAlgorithm" };
+
+  async writeOutput(result: AverageResult, dir: string): Promise<void> {
+    await writeAverageDir(result, dir);
+  }
   readonly help = "frame-averaged image per module, lit and dark frames apart";
   readonly options: OptionSpec[] = [
     { name: "from", value: "string", help: "localise output directory whose frameLit decides lit/dark" },
@@ -168,7 +173,9 @@ export async function average(
   options: { from?: string; workers?: number } = {},
   progress?: (done: number, total: number) => void,
 ): Promise<AverageResult> {
-  return await runAlgorithm<AveragePart, AverageResult>("average", runPath, { from: options.from }, {
+  return await runAlgorithm<AveragePart, AverageResult>(new AverageAlgorithm(), runPath, {
+    from: options.from,
+  }, {
     workers: options.workers ?? (await defaultWorkers()),
     progress,
   });

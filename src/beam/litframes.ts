@@ -31,7 +31,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError, OutputError } from "../errors.ts";
 import { openH5, readSlab } from "../exdf/h5.ts";
 import { addToDir, buildDir, checkOut } from "../app/outdir.ts";

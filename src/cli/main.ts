@@ -6,6 +6,7 @@
  * Stack traces only with --debug. Results on stdout (--json for machines), messages on stderr.
  */
 import { EXIT, InputError } from "../errors.ts";
+import { type Command, commandHelp, COMMON, parseArgs, requireArg } from "./command.ts";
 import { formatSummary, summarise } from "../exdf/inspect.ts";
 import { Run } from "../exdf/run.ts";
 import { localiseCommand } from "../localise/command.ts";
@@ -18,38 +19,7 @@ import { roiCommand } from "../reductions/roi.ts";
 import { azintCommand } from "../reductions/azint.ts";
 import { xpcsCommand } from "../reductions/xpcs.ts";
 import { reportCommand } from "../report/model.ts";
-import { mergePartsCommand, runPartCommand, submitCommand } from "../framework/slurm.ts";
-
-export interface OptionSpec {
-  name: string;
-  help: string;
-  /** Absent for flags. */
-  value?: "number" | "string";
-  /** The option may be given several times: its value is then the list of values. */
-  repeat?: boolean;
-  default?: number | string | boolean;
-  /** The values a string option takes. */
-  choices?: readonly string[];
-  /** A number option that must be an integer. */
-  integer?: boolean;
-  /** Bounds of a number option (inclusive). */
-  min?: number;
-  max?: number;
-}
-
-export interface Command {
-  name: string;
-  usage: string;
-  help: string;
-  options: OptionSpec[];
-  run(args: string[], options: Record<string, any>): Promise<number>;
-}
-
-const COMMON: OptionSpec[] = [
-  { name: "json", help: "print a JSON object on stdout instead of text" },
-  { name: "debug", help: "print stack traces on errors" },
-  { name: "help", help: "show this help" },
-];
+import { mergePartsCommand, runPartCommand, submitCommand } from "./submit.ts";
 
 const commands: Command[] = [
   {
@@ -90,80 +60,10 @@ export function addCommand(c: Command): void {
   commands.push(c);
 }
 
-function requireArg(args: string[], i: number, name: string): string {
-  if (args[i] === undefined) throw new InputError(undefined, `missing argument ${name}`);
-  return args[i];
-}
-
-export function parseArgs(
-  argv: string[],
-  specs: OptionSpec[],
-): { args: string[]; options: Record<string, any> } {
-  const options: Record<string, any> = {};
-  for (const s of specs) if (s.default !== undefined) options[camel(s.name)] = s.default;
-  const args: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith("--")) {
-      args.push(a);
-      continue;
-    }
-    const [name, inline] = a.slice(2).split(/=(.*)/s, 2);
-    const spec = specs.find((s) => s.name === name);
-    if (!spec) throw new InputError(undefined, `unknown option --${name}`);
-    if (!spec.value) {
-      options[camel(name)] = true;
-      continue;
-    }
-    const v = inline ?? argv[++i];
-    if (v === undefined) throw new InputError(undefined, `option --${name} needs a value`);
-    const checked = checkValue(spec, v);
-    if (spec.repeat) (options[camel(name)] ??= []).push(checked);
-    else options[camel(name)] = checked;
-  }
-  return { args, options };
-}
-
-/** A declared option's value, checked against its declaration (type, choices, integer, bounds). */
-function checkValue(spec: OptionSpec, v: string): number | string {
-  const bad = (why: string) => new InputError(undefined, `option --${spec.name}: must be ${why}, not ${v}`);
-  if (spec.value !== "number") {
-    if (spec.choices && !spec.choices.includes(v)) throw bad(`one of ${spec.choices.join(", ")}`);
-    return v;
-  }
-  const n = v.trim() === "" ? NaN : Number(v);
-  if (!Number.isFinite(n)) throw new InputError(undefined, `option --${spec.name}: not a number: ${v}`);
-  const range = spec.min !== undefined && spec.max !== undefined
-    ? ` in ${spec.min}..${spec.max}`
-    : spec.min !== undefined
-    ? ` >= ${spec.min}`
-    : spec.max !== undefined
-    ? ` <= ${spec.max}`
-    : "";
-  const what = `${spec.integer ? "an integer" : "a number"}${range}`;
-  if (spec.integer && !Number.isInteger(n)) throw bad(what);
-  if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) throw bad(what);
-  return n;
-}
-
-function camel(s: string): string {
-  return s.replace(/-([a-z])/g, (_, c) => c.toUpperCase());
-}
-
 function usage(): string {
   const lines = ["usage: xfel-redu <command> [arguments] [options]", "", "commands:"];
   for (const c of commands) lines.push(`  ${c.usage.padEnd(40)} ${c.help}`);
   lines.push("", "`xfel-redu <command> --help` lists a command's options.");
-  return lines.join("\n");
-}
-
-function commandHelp(c: Command): string {
-  const lines = [`usage: xfel-redu ${c.usage}`, "", c.help, "", "options:"];
-  for (const o of [...c.options, ...COMMON]) {
-    const flag = `--${o.name}${o.choices ? ` <${o.choices.join("|")}>` : o.value ? ` <${o.value}>` : ""}`;
-    const def = o.default !== undefined && o.value ? ` [${o.default}]` : "";
-    lines.push(`  ${flag.padEnd(28)} ${o.help}${def}`);
-  }
   return lines.join("\n");
 }
 

@@ -17,7 +17,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../exdf/h5.ts";
 import { rewriteFile } from "../reduce/reduce.ts";

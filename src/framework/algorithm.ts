@@ -14,13 +14,13 @@
  *   results are the same for any number of workers.
  * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
  */
-import type { OptionSpec } from "../cli/main.ts";
+import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
 import { type Detector, Run } from "../exdf/run.ts";
 import { PrefetchReader } from "./prefetch.ts";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
-import { nextMessage, startWorker } from "./threads.ts";
+import { loadableUrl, nextMessage, startWorker } from "./threads.ts";
 
 export interface RunInfo {
   runPath: string;
@@ -42,8 +42,16 @@ export interface Needs {
   batchBytes?: number;
 }
 
+/** Where a worker thread finds an algorithm: its module (import.meta.url) and the exported class. */
+export interface AlgorithmSource {
+  module: string;
+  name: string;
+}
+
 export interface Algorithm<Part = unknown, Result = unknown> {
   readonly id: string;
+  /** The module and class that build this algorithm in a worker thread (`new (import(module))[name]()`). */
+  readonly source: AlgorithmSource;
   readonly help: string;
   readonly options: OptionSpec[];
   configure(options: Record<string, unknown>): void;
@@ -56,22 +64,16 @@ export interface Algorithm<Part = unknown, Result = unknown> {
   finalize(parts: Part[]): Result | Promise<Result>;
   /** Release resources (GPU devices); called once per instance. */
   dispose?(): void;
+  /** Write the result's outputs (EuXFEL files, summary.json) into the new directory `dir`. */
+  writeOutput(result: Result, dir: string): Promise<void>;
 }
 
-export type AlgorithmFactory<P = unknown, R = unknown> = () => Algorithm<P, R>;
-
-/** Algorithms by id: worker threads and SLURM tasks build their instance from here. */
-const registry = new Map<string, () => Promise<AlgorithmFactory>>();
-
-export function registerAlgorithm(id: string, load: () => Promise<AlgorithmFactory>): void {
-  registry.set(id, load);
-}
-
-export async function algorithmFactory(id: string): Promise<AlgorithmFactory> {
-  await import("./algorithms.ts");
-  const load = registry.get(id);
-  if (!load) throw new Error(`unknown algorithm ${id}`);
-  return load();
+/** A new instance of the algorithm at `source` (in a worker thread: its compiled twin under Node). */
+export async function createAlgorithm(source: AlgorithmSource): Promise<Algorithm> {
+  const m = await import(loadableUrl(source.module).href);
+  const Class = m[source.name];
+  if (typeof Class !== "function") throw new Error(`${source.module} exports no algorithm ${source.name}`);
+  return new Class() as Algorithm;
 }
 
 /** Where the time of the parts went (seconds, summed over parts) and what they read. */
@@ -226,13 +228,11 @@ export async function runPart<P>(
 
 /** Run an algorithm over a run: in this thread, or over worker threads; returns the merged result. */
 export async function runAlgorithm<P, R>(
-  id: string,
+  algo: Algorithm<P, R>,
   runPath: string,
   options: Record<string, unknown>,
   driver: DriverOptions = {},
 ): Promise<R> {
-  const factory = (await algorithmFactory(id)) as AlgorithmFactory<P, R>;
-  const algo = factory();
   algo.configure(options);
   try {
     const { run, mine } = await prepare(algo as Algorithm, runPath, driver.modules);
@@ -245,7 +245,12 @@ export async function runAlgorithm<P, R>(
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);
       parts = await Promise.all(groups.map(async (g, i) => {
-        const w = startWorker("part-worker", import.meta.url, { id, runPath, options, modules: g });
+        const w = startWorker("part-worker", import.meta.url, {
+          source: algo.source,
+          runPath,
+          options,
+          modules: g,
+        });
         try {
           for (;;) {
             const m = await nextMessage<PartMessage<P>>(w);

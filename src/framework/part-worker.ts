@@ -1,17 +1,17 @@
 /** A worker thread running one part (a module group) of an algorithm; posts the partial result. */
 import { parentPort, workerData } from "node:worker_threads";
 import { toWire } from "../errors.ts";
-import { algorithmFactory, emptyStats, type PartMessage, runPart } from "./algorithm.ts";
+import { type AlgorithmSource, createAlgorithm, emptyStats, type PartMessage, runPart } from "./algorithm.ts";
 
 const port = parentPort!;
-const { id, runPath, options, modules } = workerData as {
-  id: string;
+const { source, runPath, options, modules } = workerData as {
+  source: AlgorithmSource;
   runPath: string;
   options: Record<string, unknown>;
   modules: number[];
 };
 
-const algo = (await algorithmFactory(id))();
+const algo = await createAlgorithm(source);
 try {
   algo.configure(options);
   const stats = emptyStats();

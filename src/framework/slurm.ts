@@ -16,21 +16,26 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { deserialize, serialize } from "node:v8";
-import type { Command } from "../cli/main.ts";
-import { EXIT, InputError } from "../errors.ts";
+import { InputError } from "../errors.ts";
 import { Run } from "../exdf/run.ts";
-import { prepareOut } from "../app/outdir.ts";
-import { algorithmFactory, checkModules, moduleGroups, runPart } from "./algorithm.ts";
+import {
+  type Algorithm,
+  type AlgorithmSource,
+  checkModules,
+  createAlgorithm,
+  moduleGroups,
+  runPart,
+} from "./algorithm.ts";
 
 export interface Job {
   algorithm: string;
+  /** Where run-part and merge-parts find the algorithm (framework/algorithm.ts createAlgorithm). */
+  source: AlgorithmSource;
   run: string;
   out: string;
   options: Record<string, unknown>;
   groups: number[][];
 }
-
-const ALGORITHMS = ["localise", "average", "roi", "azint", "xpcs"];
 
 function jobPath(work: string): string {
   return path.join(work, "job.json");
@@ -62,16 +67,13 @@ const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 /** Write the work directory (job.json and scripts); returns the parts still to run. */
 export async function prepareJob(
-  algorithm: string,
+  algo: Algorithm,
   runPath: string,
   out: string,
   options: Record<string, unknown>,
   parts: number,
   force: boolean,
 ): Promise<{ work: string; todo: number[]; job: Job }> {
-  if (!ALGORITHMS.includes(algorithm)) {
-    throw new InputError(undefined, `--algorithm: one of ${ALGORITHMS.join(", ")}`);
-  }
   const run = await Run.open(runPath);
   let modules: number[];
   try {
@@ -84,7 +86,8 @@ export async function prepareJob(
   }
   const work = `${out}.slurm`;
   const job: Job = {
-    algorithm,
+    algorithm: algo.id,
+    source: algo.source,
     run: path.resolve(runPath),
     out,
     options,
@@ -92,7 +95,9 @@ export async function prepareJob(
   };
   if (fs.existsSync(jobPath(work))) {
     const old = readJob(work);
-    if (JSON.stringify(old) !== JSON.stringify(job)) {
+    // The same job whatever runtime wrote it (the algorithm's module is a .ts or a compiled .js).
+    const same = (j: Job) => JSON.stringify({ ...j, source: undefined });
+    if (same(old) !== same(job)) {
       if (!force) throw new InputError(work, "holds another job; use --force to start over");
       fs.rmSync(work, { recursive: true, force: true });
     }
@@ -104,7 +109,7 @@ export async function prepareJob(
   fs.writeFileSync(
     path.join(work, "task.sh"),
     `#!/bin/bash
-#SBATCH --job-name=xfel-redu-${algorithm}
+#SBATCH --job-name=xfel-redu-${algo.id}
 #SBATCH --output=${work}/logs/part-%a.log
 #SBATCH --ntasks=1
 # One part of the run (a module group) per array task. Spill files (per-frame results) go to the work
@@ -133,7 +138,7 @@ export async function runJobPart(work: string, i: number): Promise<boolean> {
   }
   const file = partPath(work, i);
   if (fs.existsSync(file)) return false;
-  const algo = (await algorithmFactory(job.algorithm))();
+  const algo = await createAlgorithm(job.source);
   try {
     algo.configure(job.options);
     const part = await runPart(algo, job.run, job.groups[i]);
@@ -152,7 +157,7 @@ export async function mergeJob(work: string): Promise<string> {
   const missing = job.groups.map((_, i) => i).filter((i) => !fs.existsSync(partPath(work, i)));
   if (missing.length) throw new InputError(work, `parts not finished: ${missing.join(", ")}`);
   const parts = job.groups.map((_, i) => deserialize(fs.readFileSync(partPath(work, i))));
-  const algo = (await algorithmFactory(job.algorithm))();
+  const algo = await createAlgorithm(job.source);
   algo.configure(job.options);
   // initialize with no modules only records the run (finalize reopens it).
   const run = await Run.open(job.run);
@@ -167,59 +172,15 @@ export async function mergeJob(work: string): Promise<string> {
     run.close();
   }
   const result = await algo.finalize(parts);
-  if (job.algorithm === "localise") {
-    const { writeLocaliseDir } = await import("../localise/command.ts");
-    await writeLocaliseDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "roi") {
-    const { writeRoiDir } = await import("../reductions/roi.ts");
-    await writeRoiDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "azint") {
-    const { writeAzintDir } = await import("../reductions/azint.ts");
-    await writeAzintDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "xpcs") {
-    const { writeXpcsDir } = await import("../reductions/xpcs.ts");
-    await writeXpcsDir(result as never, job.out);
-  } else {
-    const { writeAverageDir } = await import("../average/average.ts");
-    await writeAverageDir(result as never, job.out);
+  try {
+    await algo.writeOutput(result, job.out);
+  } finally {
+    (result as { dispose?(): void }).dispose?.();
   }
   return job.out;
 }
 
-/** The options of roi / azint / xpcs from a JSON file, as their APIs take them (paths made absolute). */
-async function reductionOptions(
-  algorithm: string,
-  file: string | undefined,
-): Promise<Record<string, unknown>> {
-  if (!file) throw new InputError(undefined, `--algorithm ${algorithm} needs --options FILE (JSON)`);
-  let o: Record<string, any>;
-  try {
-    o = JSON.parse(fs.readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new InputError(
-      file,
-      `not a JSON options file (${e instanceof Error ? e.message.split("\n")[0] : e})`,
-    );
-  }
-  if (o.geometry) o.geometry = path.resolve(path.dirname(file), o.geometry);
-  if (o.from) o.from = path.resolve(path.dirname(file), o.from);
-  if (algorithm === "roi") {
-    const { readRoiFile } = await import("../reductions/roi.ts");
-    return { backend: "cpu", ...o, rois: readRoiFile(file) };
-  }
-  if (algorithm === "azint") {
-    const { DEFAULT_AZINT, checkAzintOptions } = await import("../reductions/azint.ts");
-    const a = { ...DEFAULT_AZINT, backend: "cpu", ...o };
-    checkAzintOptions(a as never);
-    return a;
-  }
-  return o;
-}
-
-function sbatch(args: string[]): string {
+export function sbatch(args: string[]): string {
   try {
     return execFileSync("sbatch", ["--parsable", ...args], { encoding: "utf8" }).trim().split(";")[0];
   } catch (e) {
@@ -238,112 +199,3 @@ function sbatch(args: string[]): string {
     throw new InputError(undefined, `sbatch failed: ${msg}`);
   }
 }
-
-export const submitCommand: Command = {
-  name: "submit",
-  usage: "submit --slurm RUN --algorithm A --out DIR [--parts N]",
-  help: "Run an algorithm as a SLURM job array (one task per module group) and a dependent merge job.",
-  options: [
-    { name: "slurm", help: "submit to SLURM (the only scheduler so far)" },
-    {
-      name: "algorithm",
-      value: "string",
-      default: "localise",
-      choices: ["localise", "average", "roi", "azint", "xpcs"],
-      help: "the algorithm to run",
-    },
-    { name: "out", value: "string", help: "output directory (default ./<algorithm>-<run name>)" },
-    {
-      name: "parts",
-      value: "number",
-      integer: true,
-      min: 1,
-      default: 4,
-      help: "array tasks (module groups)",
-    },
-    { name: "force", help: "replace an existing output directory or job" },
-    { name: "no-submit", help: "write the scripts only" },
-    {
-      name: "backend",
-      value: "string",
-      default: "cpu",
-      choices: ["auto", "webgpu", "cpu"],
-      help: "localise backend on the nodes",
-    },
-    { name: "modules", value: "string", help: "modules to use, e.g. 0-3,8 (default all)" },
-    { name: "from", value: "string", help: "average: localise output whose frameLit decides lit/dark" },
-    {
-      name: "options",
-      value: "string",
-      help:
-        'roi, azint, xpcs: JSON file of the algorithm\'s options (e.g. {"geometry": "a.geom", "bins": 500})',
-    },
-  ],
-  async run(args, o) {
-    const runPath = args[0];
-    if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    if (!o.slurm) throw new InputError(undefined, "submit needs --slurm (the scheduler to use)");
-    const out = prepareOut(runPath, o.out, o.algorithm, !!o.force);
-    const options: Record<string, unknown> = o.algorithm === "localise"
-      ? {
-        backend: o.backend,
-        ...(o.modules ? { modules: (await import("../localise/command.ts")).parseModules(o.modules) } : {}),
-      }
-      : ["roi", "azint", "xpcs"].includes(o.algorithm)
-      ? await reductionOptions(o.algorithm, o.options)
-      : { from: o.from ? path.resolve(o.from) : undefined };
-    const fresh = !fs.existsSync(`${out}.slurm`);
-    const { work, todo, job } = await prepareJob(o.algorithm, runPath, out, options, o.parts, !!o.force);
-    const info: Record<string, unknown> = { work, parts: job.groups.length, todo, out };
-    if (!o.noSubmit) {
-      try {
-        let dependency: string[] = [];
-        if (todo.length) {
-          const array = sbatch([`--array=${todo.join(",")}`, path.join(work, "task.sh")]);
-          info.arrayJob = array;
-          dependency = [`--dependency=afterok:${array}`];
-        }
-        info.mergeJob = sbatch([...dependency, path.join(work, "merge.sh")]);
-      } catch (e) {
-        // Nothing submitted: leave nothing behind (a work directory of an earlier submit stays).
-        if (fresh && !info.arrayJob) fs.rmSync(work, { recursive: true, force: true });
-        throw e;
-      }
-    }
-    if (o.json) console.log(JSON.stringify(info, null, 2));
-    else {
-      console.log(
-        `${job.algorithm} on ${job.run}: ${job.groups.length} parts, ${todo.length} to run; work ${work}`,
-      );
-      if (info.arrayJob) console.log(`array job ${info.arrayJob}`);
-      if (info.mergeJob) console.log(`merge job ${info.mergeJob} -> ${out}`);
-    }
-    return EXIT.ok;
-  },
-};
-
-export const runPartCommand: Command = {
-  name: "run-part",
-  usage: "run-part WORK I",
-  help: "Run part I of a submitted job (what an array task runs).",
-  options: [],
-  async run(args) {
-    const [work, i] = args;
-    if (!work || i === undefined) throw new InputError(undefined, "usage: run-part WORK I");
-    const ran = await runJobPart(path.resolve(work), Number(i));
-    console.error(`xfel-redu: part ${i} ${ran ? "done" : "already done: skipped"}`);
-    return EXIT.ok;
-  },
-};
-
-export const mergePartsCommand: Command = {
-  name: "merge-parts",
-  usage: "merge-parts WORK",
-  help: "Join the parts of a submitted job into its outputs (what the merge job runs).",
-  options: [],
-  async run(args) {
-    if (!args[0]) throw new InputError(undefined, "usage: merge-parts WORK");
-    console.log(`written: ${await mergeJob(path.resolve(args[0]))}`);
-    return EXIT.ok;
-  },
-};

@@ -13,9 +13,16 @@ const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
 /** The URL of a worker module `name` (without extension) beside the module at `base` (import.meta.url). */
 export function workerUrl(name: string, base: string): URL {
   if (base.endsWith(".js") || !base.endsWith(".ts")) return new URL(`${name}.js`, base);
-  if (isDeno) return new URL(`${name}.ts`, base);
-  // Node running TypeScript sources: the compiled file of the same path under dist/.
-  const src = fileURLToPath(new URL(`${name}.ts`, base));
+  return loadableUrl(new URL(`${name}.ts`, base).href);
+}
+
+/**
+ * A URL of one of our modules (an import.meta.url) that this runtime can import in a worker: itself, except
+ * under Node running the TypeScript sources (vitest), where it is the compiled twin under dist/.
+ */
+export function loadableUrl(module: string): URL {
+  if (isDeno || !module.endsWith(".ts")) return new URL(module);
+  const src = fileURLToPath(module);
   let root = path.dirname(src);
   while (!fs.existsSync(path.join(root, "package.json"))) {
     const up = path.dirname(root);

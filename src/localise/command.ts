@@ -5,13 +5,11 @@
  * an existing DIR without --force; never writes into RUN. The directory is built under a temporary name
  * beside DIR and renamed when complete.
  */
-import * as fs from "node:fs";
-import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
-import { summaryJson, writeRedu } from "./output.ts";
-import { buildDir, prepareOut, progressPrinter } from "../app/outdir.ts";
+import { summaryJson, writeLocaliseDir } from "./output.ts";
+import { prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
   { name: "report", help: "also write DIR/report.html, a page to judge the result (docs/report.md)" },
@@ -328,7 +326,18 @@ export const localiseCommand: Command = {
       throw new InputError(runPath, `no detector frames${range}: nothing to localise, nothing written`);
     }
     try {
-      await writeLocaliseDir(result, dir, o.report ? runPath : undefined);
+      await writeLocaliseDir(
+        result,
+        dir,
+        o.report
+          ? async (tmp) => {
+            const { writeReport } = await import("../report/model.ts");
+            await writeReport(result, runPath, tmp, {
+              onNote: (n) => console.error(`xfel-redu: report: ${n}`),
+            });
+          }
+          : undefined,
+      );
     } finally {
       result.dispose();
     }
@@ -338,17 +347,3 @@ export const localiseCommand: Command = {
 };
 
 /** The output directory of localise: the REDU file(s) and summary.json, built under a temporary name. */
-export async function writeLocaliseDir(
-  result: LocaliseResult,
-  dir: string,
-  reportRun?: string,
-): Promise<void> {
-  await buildDir(dir, async (tmp) => {
-    await writeRedu(result, tmp, result.runFiles);
-    fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
-    if (reportRun) {
-      const { writeReport } = await import("../report/model.ts");
-      await writeReport(result, reportRun, tmp, { onNote: (n) => console.error(`xfel-redu: report: ${n}`) });
-    }
-  });
-}

@@ -52,7 +52,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import {
   dsInfo,

@@ -17,7 +17,7 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { bytesPerElement } from "../exdf/h5.ts";
 import { gpuHardwarePresent } from "../gpu/device.ts";
 import { Run } from "../exdf/run.ts";
-import type { OptionSpec } from "../cli/main.ts";
+import type { OptionSpec } from "../framework/options.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { adaptiveThreshold, asicOfPeak, type ClassifierMode } from "./classify.ts";
 import { loadLayout } from "../exdf/geometry.ts";
@@ -325,6 +325,12 @@ class SpillStream {
 
 export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult> {
   readonly id = "localise";
+  readonly source = { module: import.meta.url, name: "LocaliseAlgorithm" };
+
+  async writeOutput(result: LocaliseResult, dir: string): Promise<void> {
+    const { writeLocaliseDir } = await import("./output.ts");
+    await writeLocaliseDir(result, dir);
+  }
   readonly help = "signal localisation: lit pixels, hot pixels, peaks, lit frames, ROIs, module files";
   readonly options: OptionSpec[] = [];
   opt: LocaliseOptions = { ...DEFAULT_OPTIONS };
@@ -493,7 +499,7 @@ export async function localise(
   // One worker drives a GPU; the cpu backend (also auto's fallback without a hardware adapter) uses the cores.
   const workers = opt.workers ?? (await usesGpu(opt.backend) ? 1 : await cpuCount());
   return await runAlgorithm<LocalisePart, LocaliseResult>(
-    "localise",
+    new LocaliseAlgorithm(),
     runPath,
     opt as unknown as Record<string, unknown>,
     { workers, progress, stats },

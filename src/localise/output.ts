@@ -6,7 +6,9 @@
  *   aligned across modules, sorted by trainId then pulseId), and the module order of the nModules axes in the
  *   RUN section of the control source `<DET>/REDU/LOCALISE` (key `modules`).
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
+import { buildDir } from "../app/outdir.ts";
 import { type DataInput, openWriter } from "../exdf/writer/writer.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litframes.ts";
 import type { LocaliseResult } from "./localise.ts";
@@ -220,4 +222,20 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
     w.abort(String(e));
     throw e;
   }
+}
+
+/**
+ * Write localise's output directory: the REDU file and summary.json, plus what `extra` adds (the report),
+ * built under a temporary name and renamed when complete.
+ */
+export async function writeLocaliseDir(
+  result: LocaliseResult,
+  dir: string,
+  extra?: (tmp: string) => Promise<void>,
+): Promise<void> {
+  await buildDir(dir, async (tmp) => {
+    await writeRedu(result, tmp, result.runFiles);
+    fs.writeFileSync(path.join(tmp, "summary.json"), JSON.stringify(summaryJson(result), null, 2) + "\n");
+    if (extra) await extra(tmp);
+  });
 }

@@ -31,7 +31,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import {
   type CompressionRecord,

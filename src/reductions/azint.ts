@@ -28,7 +28,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -277,6 +277,11 @@ export interface AzintResult {
 
 export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   readonly id = "azint";
+  readonly source = { module: import.meta.url, name: "AzintAlgorithm" };
+
+  async writeOutput(result: AzintResult, dir: string): Promise<void> {
+    await writeAzintDir(result, dir);
+  }
   readonly help = "azimuthal integration per frame";
   readonly options: OptionSpec[] = [];
   private o: AzintOptions = { ...DEFAULT_AZINT };
@@ -504,7 +509,7 @@ export async function azint(
     r.close();
   }
   return await runAlgorithm<AzintPart, AzintResult>(
-    "azint",
+    new AzintAlgorithm(),
     runPath,
     o as unknown as Record<string, unknown>,
     {

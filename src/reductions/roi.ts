@@ -22,7 +22,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -271,6 +271,11 @@ export interface RoiOptions {
 
 export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   readonly id = "roi";
+  readonly source = { module: import.meta.url, name: "RoiAlgorithm" };
+
+  async writeOutput(result: RoiResult, dir: string): Promise<void> {
+    await writeRoiDir(result, dir);
+  }
   readonly help = "sums, counts, means and spectra of fixed regions per frame";
   readonly options: OptionSpec[] = [];
   private rois: RoiSpec[] = [];
@@ -479,7 +484,7 @@ export async function roi(
     r.close();
   }
   const algoOptions = { rois: options.rois, backend, litOnly: !!options.litOnly, from: options.from };
-  return await runAlgorithm<RoiPart, RoiResult>("roi", runPath, algoOptions, {
+  return await runAlgorithm<RoiPart, RoiResult>(new RoiAlgorithm(), runPath, algoOptions, {
     workers: await workersFor(backend, options.workers),
     progress,
   });

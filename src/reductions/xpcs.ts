@@ -24,7 +24,7 @@
  * Memory: the last D frames of each module, whatever the train length.
  */
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -255,6 +255,11 @@ export interface XpcsResult {
 
 export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   readonly id = "xpcs";
+  readonly source = { module: import.meta.url, name: "XpcsAlgorithm" };
+
+  async writeOutput(result: XpcsResult, dir: string): Promise<void> {
+    await writeXpcsDir(result, dir);
+  }
   readonly help = "g2(q, tau) within trains";
   readonly options: OptionSpec[] = [];
   private o: XpcsOptions = { ...DEFAULT_XPCS };
@@ -515,10 +520,15 @@ export async function xpcs(
     r.close();
   }
   const backend = checkBackend(o.backend);
-  return await runAlgorithm<XpcsPart, XpcsResult>("xpcs", runPath, o as unknown as Record<string, unknown>, {
-    workers: await workersFor(backend, o.workers),
-    progress,
-  });
+  return await runAlgorithm<XpcsPart, XpcsResult>(
+    new XpcsAlgorithm(),
+    runPath,
+    o as unknown as Record<string, unknown>,
+    {
+      workers: await workersFor(backend, o.workers),
+      progress,
+    },
+  );
 }
 
 export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]): Promise<string[]> {

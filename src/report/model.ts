@@ -22,7 +22,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
 import process from "node:process";
-import type { Command, OptionSpec } from "../cli/main.ts";
+import type { Command, OptionSpec } from "../cli/command.ts";
 import { DETECTOR_TYPES, type DetectorType, type Geometry, geometry } from "../exdf/detectors.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { FrameReader } from "../exdf/frames.ts";
