@@ -58,7 +58,7 @@ describe("inspect", () => {
 
 describe("localise options", () => {
   test("every library parameter has a CLI option with the library default", async () => {
-    const { LOCALISE_OPTIONS, toLocaliseOptions } = await import("../src/localise/command.ts");
+    const { LOCALISE_OPTIONS, toLocaliseOptions } = await import("../src/cli/localise.ts");
     const { DEFAULT_OPTIONS } = await import("../src/localise/localise.ts");
     const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
     const byName = new Map(LOCALISE_OPTIONS.map((o) => [camel(o.name), o]));

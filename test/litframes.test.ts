@@ -18,7 +18,6 @@ import {
   type BeamOptions,
   combineLit,
   decodeBunchPattern,
-  litframesCommand,
   litframesCounts,
   litframesData,
   litframesSchema,
@@ -26,6 +25,7 @@ import {
   strideForRate,
   writeLitframes,
 } from "../src/beam/litframes.ts";
+import { litframesCommand } from "../src/cli/litframes.ts";
 import { Run } from "../src/exdf/run.ts";
 import { type FileWriter, openWriter } from "../src/exdf/writer/writer.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";

@@ -12,8 +12,7 @@
  * `<DET>/REDU/AVERAGE` key `modules` (the module order).
  */
 import * as path from "node:path";
-import type { Command, OptionSpec } from "../cli/command.ts";
-import { EXIT, InputError } from "../errors.ts";
+import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { defaultWorkers } from "../framework/threads.ts";
@@ -21,7 +20,7 @@ import { annotateBeam } from "../beam/litframes.ts";
 import { runNaming } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
 import { openWriter } from "../exdf/writer/writer.ts";
-import { buildDir, prepareOut, progressPrinter } from "../app/outdir.ts";
+import { buildDir } from "../app/outdir.ts";
 
 export interface AveragePart {
   modules: number[];
@@ -233,45 +232,3 @@ export async function writeAverageDir(r: AverageResult, dir: string): Promise<vo
     await writeAverage(r, tmp, names);
   });
 }
-
-export const averageCommand: Command = {
-  name: "average",
-  usage: "average RUN --out DIR",
-  help: "Frame-averaged image per module, lit and dark frames apart (an EuXFEL file).",
-  options: [
-    { name: "out", value: "string", help: "output directory (default ./average-<run name>)" },
-    { name: "force", help: "replace an existing output directory" },
-    {
-      name: "from",
-      value: "string",
-      help: "localise output whose frameLit decides lit/dark (default: the beam)",
-    },
-    { name: "workers", value: "number", integer: true, min: 1, help: "worker threads (default: the cores)" },
-  ],
-  async run(args, o) {
-    const runPath = args[0];
-    if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    const from = o.from ? [{ path: o.from as string, what: "localise output" }] : [];
-    const dir = prepareOut(runPath, o.out, "average", !!o.force, from);
-    const r = await average(runPath, { from: o.from, workers: o.workers }, progressPrinter("average"));
-    await writeAverageDir(r, dir);
-    const summary = {
-      run: r.run,
-      detector: r.detector,
-      modules: r.modules,
-      litFrom: r.litFrom,
-      litFrames: r.litFrames,
-      darkFrames: r.darkFrames,
-      out: dir,
-    };
-    if (o.json) console.log(JSON.stringify(summary, null, 2));
-    else {
-      console.log(`${r.run}: ${r.detector}, lit/dark from ${r.litFrom}`);
-      r.modules.forEach((m, i) =>
-        console.log(`module ${m}: ${r.litFrames[i]} lit, ${r.darkFrames[i]} dark frames`)
-      );
-      console.log(`written: ${dir}`);
-    }
-    return EXIT.ok;
-  },
-};

@@ -9,16 +9,16 @@ import { EXIT, InputError } from "../errors.ts";
 import { type Command, commandHelp, COMMON, parseArgs, requireArg } from "./command.ts";
 import { formatSummary, summarise } from "../exdf/inspect.ts";
 import { Run } from "../exdf/run.ts";
-import { localiseCommand } from "../localise/command.ts";
-import { litframesCommand } from "../beam/litframes.ts";
-import { reduceCommand } from "../reduce/reduce.ts";
-import { cxiCommand } from "../localise/cxi.ts";
-import { decompressCommand } from "../compress/decompress.ts";
-import { averageCommand } from "../average/average.ts";
-import { roiCommand } from "../reductions/roi.ts";
-import { azintCommand } from "../reductions/azint.ts";
-import { xpcsCommand } from "../reductions/xpcs.ts";
-import { reportCommand } from "../report/model.ts";
+import { localiseCommand } from "./localise.ts";
+import { litframesCommand } from "./litframes.ts";
+import { reduceCommand } from "./reduce.ts";
+import { cxiCommand } from "./cxi.ts";
+import { decompressCommand } from "./decompress.ts";
+import { averageCommand } from "./average.ts";
+import { roiCommand } from "./roi.ts";
+import { azintCommand } from "./azint.ts";
+import { xpcsCommand } from "./xpcs.ts";
+import { reportCommand } from "./report.ts";
 import { mergePartsCommand, runPartCommand, submitCommand } from "./submit.ts";
 
 const commands: Command[] = [

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { EXIT, InputError } from "../errors.ts";
 import { prepareOut } from "../app/outdir.ts";
 import { mergeJob, prepareJob, runJobPart, sbatch } from "../framework/slurm.ts";
-import { parseModules } from "../localise/command.ts";
+import { parseModules } from "./localise.ts";
 import { readRoiFile } from "../reductions/roi.ts";
 import { checkAzintOptions, DEFAULT_AZINT } from "../reductions/azint.ts";
 import { algorithm, ALGORITHM_IDS } from "./algorithms.ts";

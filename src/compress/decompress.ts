@@ -17,8 +17,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import type { Command, OptionSpec } from "../cli/command.ts";
-import { EXIT, InputError } from "../errors.ts";
+import { InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../exdf/h5.ts";
 import { rewriteFile } from "../reduce/reduce.ts";
 import { buildDir, checkOut, checkpoint, copyFile } from "../app/outdir.ts";
@@ -280,24 +279,3 @@ export function formatDecompression(r: DecompressRecord): string {
   lines.push(`written: ${r.out} (decompression.json)`);
   return lines.join("\n");
 }
-
-export const DECOMPRESS_OPTIONS: OptionSpec[] = [
-  { name: "out", value: "string", help: "output directory (a run of the same file names)" },
-  { name: "force", help: "replace an existing output directory" },
-];
-
-export const decompressCommand: Command = {
-  name: "decompress",
-  usage: "decompress RUN --out DIR",
-  help:
-    "Turn a run written by reduce --compress back into plain EuXFEL files (SZ decoded, no plugin filters).",
-  options: DECOMPRESS_OPTIONS,
-  async run(args, o) {
-    const runPath = args[0];
-    if (!runPath) throw new InputError(undefined, "missing argument RUN");
-    if (!o.out) throw new InputError(undefined, "missing option --out DIR");
-    const r = await decompress(runPath, o.out, { force: !!o.force });
-    console.log(o.json ? JSON.stringify(r, null, 2) : formatDecompression(r));
-    return EXIT.ok;
-  },
-};

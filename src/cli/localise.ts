@@ -5,10 +5,15 @@
  * an existing DIR without --force; never writes into RUN. The directory is built under a temporary name
  * beside DIR and renamed when complete.
  */
-import type { Command, OptionSpec } from "../cli/command.ts";
+import type { Command, OptionSpec } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
-import { DEFAULT_OPTIONS, localise, type LocaliseOptions, type LocaliseResult } from "./localise.ts";
-import { summaryJson, writeLocaliseDir } from "./output.ts";
+import {
+  DEFAULT_OPTIONS,
+  localise,
+  type LocaliseOptions,
+  type LocaliseResult,
+} from "../localise/localise.ts";
+import { summaryJson, writeLocaliseDir } from "../localise/output.ts";
 import { prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
