@@ -56,7 +56,7 @@ export async function litLookup(
 ): Promise<{ lit: LitLookup; source: AverageResult["litFrom"] }> {
   if (from) {
     // The same reader as reduce's: frames the selection does not list count as dark.
-    const { readLocaliseOutput } = await import("../reduce/reduce.ts");
+    const { readLocaliseOutput } = await import("../reduce/selection.ts");
     const { selection } = await readLocaliseOutput(path.resolve(from));
     return { lit: (t, p) => selection.lookup(t, p) === 1, source: "localise" };
   }

@@ -17,6 +17,7 @@
  * per module file (evenly spaced), read back from the finished output file: decompress throughput (sample
  * bytes / seconds reading and decoding) and quality (src/compress/quality.ts) against the source frames.
  */
+import type { Box } from "../exdf/detectors.ts";
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../gpu/device.ts";
@@ -121,8 +122,6 @@ export interface DatasetMeta {
   /** Shape, frame axis first. */
   shape: number[];
 }
-
-type Box = [number, number, number, number];
 
 /** One dataset the compressor handled in the current file. */
 export interface DatasetEntry {

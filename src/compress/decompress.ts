@@ -19,7 +19,7 @@ import * as path from "node:path";
 import process from "node:process";
 import { InputError } from "../errors.ts";
 import { type H5Dataset, type H5File, type H5Group, openH5 } from "../exdf/h5.ts";
-import { rewriteFile } from "../reduce/reduce.ts";
+import { rewriteFile } from "../exdf/walk.ts";
 import { buildDir, checkOut, checkpoint, copyFile } from "../app/outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";

@@ -11,6 +11,9 @@
  * | DSSC     | 128 x 512        | 64 x 64        | 2 x 8              | 16     | 800 |
  * | JUNGFRAU | 512 x 1024       | 256 x 256      | 2 x 4              | 1..32  | 16 memory cells |
  */
+/** A box of module pixels [ss0, fs0, ss1, fs1): rows ss0..ss1-1, columns fs0..fs1-1. */
+export type Box = [number, number, number, number];
+
 export type DetectorType = "AGIPD" | "LPD" | "DSSC" | "JUNGFRAU";
 
 export interface Geometry {

@@ -11,7 +11,9 @@
  * run, the closest pairs are merged down to that bound at once (the result then depends on the order of the
  * frames, which is fixed: sorted by train and pulse).
  */
-export type Box = [number, number, number, number];
+import type { Box } from "../exdf/detectors.ts";
+
+export type { Box };
 
 export function overlaps(a: Box, b: Box): boolean {
   return a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];

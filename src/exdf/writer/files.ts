@@ -9,6 +9,7 @@
  * The process-level cleanup (exit, SIGINT/SIGTERM/SIGHUP, Deno's uncaught-error events) removes the
  * temporary files of writers still open. Used by src/exdf/writer/writer.ts.
  */
+import type { Wasm } from "../wasm.ts";
 import * as fs from "node:fs";
 import * as nodePath from "node:path";
 import process from "node:process";
@@ -43,21 +44,6 @@ export interface Seg {
   per: Map<Ds, FileDs>;
 }
 
-/** The h5wasm module calls used for data: they return HDF5 status codes, checked here. */
-export interface Wasm {
-  HEAPU8: Uint8Array;
-  _malloc(n: number): number;
-  _free(p: number): void;
-  set_dataset_data(
-    fid: bigint,
-    path: string,
-    count: bigint[],
-    offset: bigint[],
-    strides: bigint[],
-    ptr: bigint,
-  ): number;
-  resize_dataset(fid: bigint, path: string, shape: bigint[]): number;
-}
 /** What the cleanup needs of a writer. */
 export interface Abortable {
   abort(reason: string): void;
