@@ -21,7 +21,7 @@ import { localise, type LocaliseResult } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { mapLayout } from "../src/report-html.ts";
 import { crc32, encodePng, HOT, INVALID, moduleImage, palette } from "../src/report-png.ts";
-import { reportCommand, reportFromOutput, writeReport } from "../src/report.ts";
+import { poolFor, reportCommand, reportFromOutput, writeReport } from "../src/report.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
 import { CHROMIUM, have } from "./helpers/tools.ts";
 
