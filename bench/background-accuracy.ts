@@ -22,10 +22,12 @@ for (const [name, o] of [["water", SFX_WATER], ["low", SFX_LOW]] as [string, Sfx
   const g = run.geometry;
   // The low run's background is ~0.01-0.1 photon: lower floors for its relative errors.
   const [minLambda, minMean] = name === "low" ? [0.01, 0.02] : [0.1, 0.3];
-  for (const [est, params] of [
-    ["radius bins 4 px", { ...DEFAULT_PARAMS, bgBinWidth: 4 }],
-    ["16x16 tiles", { ...DEFAULT_PARAMS, bgBinWidth: 0 }],
-  ] as const) {
+  for (
+    const [est, params] of [
+      ["radius bins 4 px", { ...DEFAULT_PARAMS, bgBinWidth: 4 }],
+      ["16x16 tiles", { ...DEFAULT_PARAMS, bgBinWidth: 0 }],
+    ] as const
+  ) {
     const relMu: number[] = [], absMu: number[] = [], relSigma: number[] = [];
     run.o.modules.forEach((_, mi) => {
       const b = {
@@ -60,7 +62,9 @@ for (const [name, o] of [["water", SFX_WATER], ["low", SFX_LOW]] as [string, Sfx
       }
     });
     console.log(
-      `${name}, ${est}: mu rel. error median ${q(relMu, 0.5).toFixed(3)} (90 % ${q(relMu, 0.9).toFixed(3)}), ` +
+      `${name}, ${est}: mu rel. error median ${q(relMu, 0.5).toFixed(3)} (90 % ${
+        q(relMu, 0.9).toFixed(3)
+      }), ` +
         `|mu - lambda| median ${q(absMu, 0.5).toFixed(3)} photon; sigma rel. error median ` +
         `${q(relSigma, 0.5).toFixed(3)} (90 % ${q(relSigma, 0.9).toFixed(3)}, ${relSigma.length} cells)`,
     );

@@ -86,7 +86,8 @@ export function placeModule(a: Assembly, canvas: ModuleImage, module: number, im
   for (let p = 0; p < img.pixels.length; p++) {
     const x = c[3 * p];
     if (!Number.isFinite(x)) continue;
-    const col = Math.floor((a.maxX - x) / a.cell + 0.5), row = Math.floor((a.maxY - c[3 * p + 1]) / a.cell + 0.5);
+    const col = Math.floor((a.maxX - x) / a.cell + 0.5),
+      row = Math.floor((a.maxY - c[3 * p + 1]) / a.cell + 0.5);
     if (col < 0 || col >= a.width || row < 0 || row >= a.height) continue;
     const o = row * a.width + col;
     const v = Math.min(img.pixels[p], 254);
@@ -100,7 +101,14 @@ export function boxPolygon(a: Assembly, module: number, box: readonly number[]):
   const [s0, f0, s1, f1] = box;
   const corners: [number, number][] = [];
   // Outer corners: from the corner pixels' centres half a pixel outwards.
-  for (const [ss, fs, ds, df] of [[s0, f0, -1, -1], [s0, f1 - 1, -1, 1], [s1 - 1, f1 - 1, 1, 1], [s1 - 1, f0, 1, -1]]) {
+  for (
+    const [ss, fs, ds, df] of [[s0, f0, -1, -1], [s0, f1 - 1, -1, 1], [s1 - 1, f1 - 1, 1, 1], [
+      s1 - 1,
+      f0,
+      1,
+      -1,
+    ]]
+  ) {
     const c = at(module, ss, fs);
     const e = at(module, ss + 0.49 * ds, fs + 0.49 * df);
     if (!Number.isFinite(c.x) || !Number.isFinite(e.x)) return null;
@@ -122,7 +130,8 @@ export function modulePanels(a: Assembly, module: number): string[] {
   return a.layout.panels.filter((p) => p.module === lm).map((p) => {
     const nS = p.maxSs - p.minSs + 1, nF = p.maxFs - p.minFs + 1;
     return [[0, 0], [0, nF], [nS, nF], [nS, 0]].map(([u, v]) => {
-      const x = (p.cornerX + u * p.ss[0] + v * p.fs[0]) / p.res, y = (p.cornerY + u * p.ss[1] + v * p.fs[1]) / p.res;
+      const x = (p.cornerX + u * p.ss[0] + v * p.fs[0]) / p.res,
+        y = (p.cornerY + u * p.ss[1] + v * p.fs[1]) / p.res;
       const [cx, cy] = toCanvas(a, x, y);
       return `${cx.toFixed(1)},${cy.toFixed(1)}`;
     }).join(" ");

@@ -307,9 +307,10 @@ function moduleMap(m: ReportModel): string {
     );
   }
   const legendY = H + 18;
-  const legend = `<defs><linearGradient id="litgrad">${
-    [0, 0.25, 0.5, 0.75, 1].map((u) => `<stop offset="${u}" stop-color="${litColour(u * u)}"/>`).join("")
-  }</linearGradient></defs>` +
+  const legend =
+    `<defs><linearGradient id="litgrad">${
+      [0, 0.25, 0.5, 0.75, 1].map((u) => `<stop offset="${u}" stop-color="${litColour(u * u)}"/>`).join("")
+    }</linearGradient></defs>` +
     `<rect x="0" y="${legendY}" width="120" height="10" fill="url(#litgrad)" stroke="#cbd5e1"/>` +
     `<text class="small" x="0" y="${legendY + 22}">0</text><text class="small" x="30" y="${
       legendY + 22

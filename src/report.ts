@@ -437,7 +437,9 @@ async function sampleImages(
         placeModule(asm, canvas, mods[mi], img);
         return "present";
       });
-      samples[i].assembled = `data:image/png;base64,${Buffer.from(encodePng(canvas, GAP)).toString("base64")}`;
+      samples[i].assembled = `data:image/png;base64,${
+        Buffer.from(encodePng(canvas, GAP)).toString("base64")
+      }`;
     }
   } catch (e) {
     notes.push(`cannot read the sample frames from the run (${firstLine(e)})`);

@@ -58,7 +58,10 @@ async function run(name: string, cli: Record<string, unknown>) {
   } finally {
     r.dispose();
   }
-  return { t: await peakTable(dir), summary: JSON.parse(fs.readFileSync(path.join(dir, "summary.json"), "utf8")) };
+  return {
+    t: await peakTable(dir),
+    summary: JSON.parse(fs.readFileSync(path.join(dir, "summary.json"), "utf8")),
+  };
 }
 
 describe("REDU peakResolution", () => {

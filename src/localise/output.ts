@@ -52,7 +52,9 @@ export function resolutionSource(r: LocaliseResult): ResolutionSource {
  * The background estimate of stage 0 the run used, as summary.json states it: per radius bin (bgBinWidth
  * > 0; radii from the layout) or per 16 x 16 tile (bgBinWidth 0, no geometry).
  */
-export function backgroundEstimate(r: LocaliseResult): { method: string; binWidth: number; layout: string | null } {
+export function backgroundEstimate(
+  r: LocaliseResult,
+): { method: string; binWidth: number; layout: string | null } {
   const w = r.params.bgBinWidth;
   return w > 0
     ? { method: `radius bins of width ${w} px from geometry ${r.layout}`, binWidth: w, layout: r.layout }
