@@ -229,31 +229,6 @@ function trainPlot(m: ReportModel): string {
   }</svg><div id="train-tip" class="tip" hidden></div></div>${jsonScript("train-data", data)}</section>`;
 }
 
-/** AGIPD 1M: quadrants Q1 (modules 0-3) top left, Q2 (4-7) bottom left, Q3 (8-11) bottom right, Q4 (12-15)
- * top right, modules of a quadrant stacked top to bottom. Other detectors: a grid in module order. */
-export function mapLayout(
-  type: string,
-  name: string,
-  modules: number[],
-): { slots: { module: number; col: number; row: number; quadrant?: number }[]; quadrants: boolean } {
-  if (type === "AGIPD" && !/500K/i.test(name) && modules.every((x) => x >= 0 && x < 16)) {
-    const qpos = [[0, 0], [0, 1], [1, 1], [1, 0]];
-    return {
-      quadrants: true,
-      slots: Array.from({ length: 16 }, (_, mod) => {
-        const q = Math.floor(mod / 4);
-        return { module: mod, col: qpos[q][0], row: qpos[q][1] * 4 + (mod % 4), quadrant: q + 1 };
-      }),
-    };
-  }
-  const sorted = [...modules].sort((a, b) => a - b);
-  const cols = Math.min(sorted.length, type === "JUNGFRAU" ? 2 : 4);
-  return {
-    quadrants: false,
-    slots: sorted.map((mod, i) => ({ module: mod, col: i % cols, row: Math.floor(i / cols) })),
-  };
-}
-
 function litColour(frac: number): string {
   const t = Math.sqrt(Math.max(0, Math.min(1, frac)));
   const a = [255, 255, 255], b = [234, 88, 12];
