@@ -126,6 +126,6 @@ describe("reduce on a realistic SFX run on disk", () => {
       expect(rec.framesKept).toBe(MODULES.length * (tp + fp));
       expect(imgIn / imgOut).toBeGreaterThanOrEqual(8);
     },
-    60_000,
+    180_000,
   );
 });
