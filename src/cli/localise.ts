@@ -13,7 +13,7 @@ import {
   type LocaliseOptions,
   type LocaliseResult,
 } from "../localise/localise.ts";
-import { summaryJson, writeLocaliseDir } from "../localise/output.ts";
+import { type OutputOptions, summaryJson, writeLocaliseDir } from "../localise/output.ts";
 import { prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [
@@ -54,6 +54,18 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     name: "geometry",
     value: "string",
     help: "CrystFEL .geom file for peak positions (default: the built-in layout, beam at the origin)",
+  },
+  {
+    name: "photon-energy",
+    value: "number",
+    min: 0,
+    help: "photon energy in eV for the peak resolution (default: the .geom file's photon_energy, else NaN)",
+  },
+  {
+    name: "clen",
+    value: "number",
+    min: 0,
+    help: "detector distance in metres for the peak resolution (default: the .geom file's clen, else NaN)",
   },
   { name: "force", help: "replace an existing output directory" },
   {
@@ -245,14 +257,14 @@ export function parseModules(spec: string): number[] {
 }
 
 /** Options of the command line as LocaliseOptions. */
-export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptions> {
+export function toLocaliseOptions(o: Record<string, any>): Partial<LocaliseOptions & OutputOptions> {
   const opts = fromCli(o);
   // An option left out keeps the library default.
-  for (const k of Object.keys(opts) as (keyof LocaliseOptions)[]) if (opts[k] === undefined) delete opts[k];
+  for (const k of Object.keys(opts) as (keyof typeof opts)[]) if (opts[k] === undefined) delete opts[k];
   return opts;
 }
 
-function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
+function fromCli(o: Record<string, any>): Partial<LocaliseOptions & OutputOptions> {
   return {
     backend: o.backend,
     workers: o.workers,
@@ -288,6 +300,8 @@ function fromCli(o: Record<string, any>): Partial<LocaliseOptions> {
     minLitFraction: o.minLitFraction,
     batchBytes: Math.round(o.batchMb * 2 ** 20),
     geometry: o.geometry,
+    photonEnergy: o.photonEnergy,
+    clen: o.clen,
   };
 }
 

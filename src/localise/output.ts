@@ -11,7 +11,57 @@ import * as path from "node:path";
 import { buildDir } from "../app/outdir.ts";
 import { type DataInput, openWriter } from "../exdf/writer/writer.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litframes.ts";
-import type { LocaliseResult } from "./localise.ts";
+import type { LocaliseOptions, LocaliseResult } from "./localise.ts";
+import { loadLayout } from "../exdf/geometry.ts";
+import type { DetectorType } from "../exdf/detectors.ts";
+import { resolutionAngstrom } from "./position.ts";
+
+/**
+ * Options of the outputs only (command.ts `--photon-energy`, `--clen`): they pass through localise in
+ * `params` untouched. They override the `.geom` file's `photon_energy` / `clen`.
+ */
+export interface OutputOptions {
+  /** Photon energy (eV). */
+  photonEnergy?: number;
+  /** Detector distance, sample to detector plane (metres). */
+  clen?: number;
+}
+
+/** Where the peak resolution's photon energy and clen come from, and the values (undefined: unknown). */
+export interface ResolutionSource {
+  photonEnergy?: number;
+  clen?: number;
+  photonEnergyFrom: "option" | "geometry" | "unknown";
+  clenFrom: "option" | "geometry" | "unknown";
+}
+
+export function resolutionSource(r: LocaliseResult): ResolutionSource {
+  const p = r.params as LocaliseOptions & OutputOptions;
+  let layout: { photonEnergy?: number; clen?: number } = {};
+  if (p.geometry) layout = loadLayout(p.geometry, r.detector.type as DetectorType);
+  const pick = (opt?: number, geom?: number) =>
+    opt !== undefined
+      ? { v: opt, from: "option" as const }
+      : geom !== undefined
+      ? { v: geom, from: "geometry" as const }
+      : { v: undefined, from: "unknown" as const };
+  const e = pick(p.photonEnergy, layout.photonEnergy);
+  const c = pick(p.clen, layout.clen);
+  return { photonEnergy: e.v, clen: c.v, photonEnergyFrom: e.from, clenFrom: c.from };
+}
+
+/**
+ * The background estimate of stage 0 the run used, as summary.json states it: per radius bin (bgBinWidth
+ * > 0; radii from the layout) or per 16 x 16 tile (bgBinWidth 0, no geometry).
+ */
+export function backgroundEstimate(
+  r: LocaliseResult,
+): { method: string; binWidth: number; layout: string | null } {
+  const w = r.params.bgBinWidth;
+  return w > 0
+    ? { method: `radius bins of width ${w} px from geometry ${r.layout}`, binWidth: w, layout: r.layout }
+    : { method: "16x16 tiles, no geometry", binWidth: 0, layout: null };
+}
 
 /** Per train: frames and lit frames (hits), in train order. */
 function perTrain(r: LocaliseResult): { trainId: number[]; frames: number[]; litFrames: number[] } {
@@ -43,6 +93,10 @@ export function summaryJson(r: LocaliseResult) {
     /** Lit frames / frames: the hit rate of an SFX run. */
     hitRate: r.frames ? r.litFrames / r.frames : 0,
     perTrain: perTrain(r),
+    /** Stage 0's background estimate (docs/localise.md gives its measured accuracy). */
+    background: backgroundEstimate(r),
+    /** Photon energy (eV) and clen (m) of the peak resolution (REDU peakResolution), and where they came from. */
+    resolution: resolutionSource(r),
     modules: r.modules,
     selectedFiles: r.selectedFiles,
     timing: r.timing,
@@ -75,6 +129,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
   const nMod = r.detector.modules.length;
   const nA = r.nAsics;
   const maxPeaks = r.params.maxPeaks;
+  const { photonEnergy, clen } = resolutionSource(r);
   const perFrame = [nMod, nA];
   // Per-frame tables are small and mostly zeros (peak tables): modest chunks, fast gzip.
   const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
@@ -141,6 +196,13 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         dtype: "float32",
         ...packed,
       },
+      peakResolution: {
+        source: "@out",
+        key: "data.peakResolution",
+        shape: ["maxpeaks"],
+        dtype: "float32",
+        ...packed,
+      },
       modules: { source: "@ctl", key: "modules", shape: ["nmod"], dtype: "uint16", ...packed },
     },
   } as const;
@@ -178,6 +240,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       const peakX = new Float32Array(n * maxPeaks);
       const peakY = new Float32Array(n * maxPeaks);
       const peakRadius = new Float32Array(n * maxPeaks);
+      const peakResolution = new Float32Array(n * maxPeaks);
       for (let i = 0; i < n; i++) {
         pf.peaks[i].forEach((p, j) => {
           const k = i * maxPeaks + j;
@@ -192,6 +255,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
           peakX[k] = p.x ?? NaN;
           peakY[k] = p.y ?? NaN;
           peakRadius[k] = p.radius ?? NaN;
+          peakResolution[k] = resolutionAngstrom(Math.hypot(p.x ?? NaN, p.y ?? NaN), photonEnergy, clen);
         });
       }
       w.addData({
@@ -215,6 +279,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         peakX: { data: peakX, shape: [n, maxPeaks] },
         peakY: { data: peakY, shape: [n, maxPeaks] },
         peakRadius: { data: peakRadius, shape: [n, maxPeaks] },
+        peakResolution: { data: peakResolution, shape: [n, maxPeaks] },
       });
     }
     return w.close();

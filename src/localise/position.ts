@@ -55,3 +55,18 @@ export function moduleRadii(layout: DetectorLayout, type: DetectorType, module: 
   }
   return out;
 }
+
+/** hc in eV x Angstrom (CODATA 2018): the wavelength in Angstrom is HC_EV_ANGSTROM / photon energy (eV). */
+export const HC_EV_ANGSTROM = 12398.419843320026;
+
+/**
+ * The resolution (Angstrom) of a point at distance `rMetres` from the beam on a flat detector `clen` metres
+ * from the sample, for photons of `photonEnergy` eV: d = lambda / (2 sin(theta)), 2 theta = atan(r / clen).
+ * NaN when the energy, clen or r is not known (not a finite positive number; r may be 0: d = Infinity).
+ */
+export function resolutionAngstrom(rMetres: number, photonEnergy?: number, clen?: number): number {
+  if (!(photonEnergy! > 0) || !(clen! > 0) || !(rMetres >= 0) || !Number.isFinite(rMetres)) return NaN;
+  const lambda = HC_EV_ANGSTROM / photonEnergy!;
+  const theta = Math.atan(rMetres / clen!) / 2;
+  return lambda / (2 * Math.sin(theta));
+}

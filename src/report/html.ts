@@ -7,6 +7,7 @@
  */
 import type { Histogram, ReportModel, SampleFrame } from "./model.ts";
 import { HOT_COLOUR, INVALID_COLOUR, scaleGradient } from "./png.ts";
+import { boxPolygon, layoutModule, modulePanels, pointAt } from "./assembly.ts";
 
 const LIT = "#ea580c";
 const DARK = "#64748b";
@@ -228,111 +229,79 @@ function trainPlot(m: ReportModel): string {
   }</svg><div id="train-tip" class="tip" hidden></div></div>${jsonScript("train-data", data)}</section>`;
 }
 
-/** AGIPD 1M: quadrants Q1 (modules 0-3) top left, Q2 (4-7) bottom left, Q3 (8-11) bottom right, Q4 (12-15)
- * top right, modules of a quadrant stacked top to bottom. Other detectors: a grid in module order. */
-export function mapLayout(
-  type: string,
-  name: string,
-  modules: number[],
-): { slots: { module: number; col: number; row: number; quadrant?: number }[]; quadrants: boolean } {
-  if (type === "AGIPD" && !/500K/i.test(name) && modules.every((x) => x >= 0 && x < 16)) {
-    const qpos = [[0, 0], [0, 1], [1, 1], [1, 0]];
-    return {
-      quadrants: true,
-      slots: Array.from({ length: 16 }, (_, mod) => {
-        const q = Math.floor(mod / 4);
-        return { module: mod, col: qpos[q][0], row: qpos[q][1] * 4 + (mod % 4), quadrant: q + 1 };
-      }),
-    };
-  }
-  const sorted = [...modules].sort((a, b) => a - b);
-  const cols = Math.min(sorted.length, type === "JUNGFRAU" ? 2 : 4);
-  return {
-    quadrants: false,
-    slots: sorted.map((mod, i) => ({ module: mod, col: i % cols, row: Math.floor(i / cols) })),
-  };
-}
-
 function litColour(frac: number): string {
   const t = Math.sqrt(Math.max(0, Math.min(1, frac)));
   const a = [255, 255, 255], b = [234, 88, 12];
   return `rgb(${a.map((c, i) => Math.round(c + (b[i] - c) * t)).join(",")})`;
 }
 
+/**
+ * The module map: every module of the layout drawn as its panels at their assembled positions (the view of
+ * the sample frames), filled by the module's lit-frame fraction; modules of the layout not in this run grey.
+ */
 function moduleMap(m: ReportModel): string {
   const s = m.summary;
-  const lay = mapLayout(s.detector.type, s.detector.name, s.detector.modules);
-  // Quadrants: one line per module; a grid: two lines in a narrower cell.
-  const q = lay.quadrants;
-  const CW = q ? 190 : 120, CH = q ? 30 : 40, G = 4, QG = 26, LB = 16;
+  const a = m.assembly;
+  const type = a.type;
   const byModule = new Map(s.modules.map((x) => [x.module, x]));
-  const pos = (col: number, row: number) => {
-    if (!q) return { x: col * (CW + G * 2), y: row * (CH + G * 2) };
-    const qr = Math.floor(row / 4), r = row % 4;
-    return { x: col * (CW + QG), y: qr * (LB + 4 * CH + 3 * G + QG) + LB + r * (CH + G) };
-  };
+  // Data module numbers of every layout module (JUNGFRAU: layout module + 1).
+  const all = Array.from({ length: a.layout.nModules }, (_, lm) => (type === "JUNGFRAU" ? lm + 1 : lm));
+  for (const mod of s.detector.modules) if (!all.includes(mod)) all.push(mod);
+  const scale = Math.min(1, 460 / Math.max(a.width, a.height));
+  const W = Math.ceil(a.width * scale), H = Math.ceil(a.height * scale);
   const parts: string[] = [];
-  let W = 0, H = 0;
-  if (q) {
-    for (let k = 0; k < 4; k++) {
-      const slot = lay.slots[k * 4];
-      const p = pos(slot.col, slot.row);
-      parts.push(`<text class="qlabel" x="${p.x}" y="${p.y - 4}">Q${k + 1}</text>`);
-    }
-  }
-  for (const sl of lay.slots) {
-    const { x, y } = pos(sl.col, sl.row);
-    W = Math.max(W, x + CW);
-    H = Math.max(H, y + CH);
-    const r = byModule.get(sl.module);
-    const y1 = q ? y + 19 : y + 16, y2 = q ? y + 19 : y + 32;
-    const x2 = q ? x + CW - 8 : x + 8, a2 = q ? "end" : "start";
+  for (const mod of all) {
+    const r = byModule.get(mod);
+    const lm = layoutModule(type, mod);
+    const panels = lm >= 0 && lm < a.layout.nModules ? modulePanels(a, mod) : [];
+    // Label at the module's centre pixel.
+    const c = pointAt(a, mod, (a.layout.moduleSs - 1) / 2, (a.layout.moduleFs - 1) / 2) ??
+      pointAt(a, mod, 0, 0);
+    const polys = (fill: string) => panels.map((pts) => `<polygon points="${pts}"${fill}/>`).join("");
+    const label = c
+      ? `<text class="mod" x="${c[0].toFixed(1)}" y="${c[1].toFixed(1)}" text-anchor="middle" ` +
+        `dominant-baseline="middle" style="font-size:${(12 / scale).toFixed(0)}px">M${mod}</text>`
+      : "";
     if (!r) {
       parts.push(
-        `<g class="cell absent" data-module="${sl.module}" data-key="map">` +
-          `<rect x="${x}" y="${y}" width="${CW}" height="${CH}" rx="3"/><text x="${x + 8}" y="${y1}">` +
-          `M${sl.module}</text><text class="small" x="${x2}" y="${y2}" text-anchor="${a2}">not in this run</text></g>`,
+        `<g class="cell absent" data-module="${mod}" data-key="map"><title>module ${mod}: not in this run</title>` +
+          `${polys("")}${label}</g>`,
       );
       continue;
     }
     const frac = r.frames > 0 ? r.litFrames / r.frames : 0;
     const textCls = Math.sqrt(frac) > 0.6 ? " inv" : "";
+    const rois = r.rois.map((b) => boxPolygon(a, mod, b)).filter((x) => x !== null)
+      .map((pts) => `<polygon class="roi" points="${pts}"/>`).join("");
     parts.push(
       `<g class="cell ${r.selected ? "selected" : "unselected"}${textCls}" data-module="${r.module}" ` +
         `data-key="map" data-value="${frac}"><title>module ${r.module}: ${r.litFrames} of ${r.frames} frames ` +
         `lit, ${r.rois.length} ROIs, ${r.hotPixels.length} hot pixels, ${
           r.selected ? "selected" : "not selected"
-        }</title>` +
-        `<rect x="${x}" y="${y}" width="${CW}" height="${CH}" rx="3" fill="${litColour(frac)}"/>` +
-        `<text class="mod" x="${x + 8}" y="${y1}">M${r.module}</text>` +
-        `<text x="${q ? x + 84 : x + CW - 8}" y="${y1}" text-anchor="end">${pct(frac, 0)}</text>` +
-        `<text class="small" x="${x2}" y="${y2}" text-anchor="${a2}">${r.rois.length} ROI · ` +
-        `${r.hotPixels.length} hot${r.selected ? " ✓" : ""}</text></g>`,
+        }</title>${polys(` fill="${litColour(frac)}"`)}${rois}${label}</g>`,
     );
   }
-  W = Math.max(W, 310); // the legend
   const legendY = H + 18;
-  parts.push(
+  const legend =
     `<defs><linearGradient id="litgrad">${
       [0, 0.25, 0.5, 0.75, 1].map((u) => `<stop offset="${u}" stop-color="${litColour(u * u)}"/>`).join("")
     }</linearGradient></defs>` +
-      `<rect x="0" y="${legendY}" width="120" height="10" fill="url(#litgrad)" stroke="#cbd5e1"/>` +
-      `<text class="small" x="0" y="${legendY + 22}">0</text><text class="small" x="30" y="${
-        legendY + 22
-      }" text-anchor="middle">6 %</text><text class="small" x="60" y="${
-        legendY + 22
-      }" text-anchor="middle">25 %</text>` +
-      `<text class="small" x="120" y="${legendY + 22}" text-anchor="end">100 %</text>` +
-      `<text class="small" x="128" y="${legendY + 9}">lit frames of the module</text>` +
-      `<rect x="0" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-sel"/>` +
-      `<text class="small" x="28" y="${legendY + 40}">selected (✓): its files are kept</text>` +
-      `<rect x="200" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-unsel"/>` +
-      `<text class="small" x="228" y="${legendY + 40}">not selected</text>`,
-  );
-  H = legendY + 46;
-  return `<svg id="module-map" class="map" viewBox="-1 -1 ${W + 2} ${H + 2}" width="${W + 2}" height="${
-    H + 2
-  }">${parts.join("")}</svg>`;
+    `<rect x="0" y="${legendY}" width="120" height="10" fill="url(#litgrad)" stroke="#cbd5e1"/>` +
+    `<text class="small" x="0" y="${legendY + 22}">0</text><text class="small" x="30" y="${
+      legendY + 22
+    }" text-anchor="middle">6 %</text><text class="small" x="60" y="${
+      legendY + 22
+    }" text-anchor="middle">25 %</text>` +
+    `<text class="small" x="120" y="${legendY + 22}" text-anchor="end">100 %</text>` +
+    `<text class="small" x="128" y="${legendY + 9}">lit frames of the module</text>` +
+    `<rect x="0" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-sel"/>` +
+    `<text class="small" x="28" y="${legendY + 40}">selected: its files are kept</text>` +
+    `<rect x="200" y="${legendY + 30}" width="22" height="12" rx="2" class="legend-unsel"/>` +
+    `<text class="small" x="228" y="${legendY + 40}">not selected</text>`;
+  const Wt = Math.max(W, 330), Ht = legendY + 46;
+  return `<svg id="module-map" class="map" viewBox="-1 -1 ${Wt + 2} ${Ht + 2}" width="${Wt + 2}" height="${
+    Ht + 2
+  }"><g transform="scale(${scale})">${parts.join("")}</g>${legend}</svg>`;
 }
 
 function moduleTable(m: ReportModel): string {
@@ -365,11 +334,9 @@ function modulesSection(m: ReportModel): string {
 <p class="caption">A module is selected when at least ${
     pct(p.minLitFraction, 0)
   } of its frames are lit or it holds an ROI.
-ROI area: the module's pixels inside its ROI boxes. ${
-    mapLayout(m.summary.detector.type, m.summary.detector.name, m.summary.detector.modules).quadrants
-      ? "Map: AGIPD 1M quadrants, schematic (not the calibrated geometry)."
-      : "Map: modules in order (schematic)."
-  }</p>
+ROI area: the module's pixels inside its ROI boxes. Map: the modules at their places in the layout ${
+    esc(m.assembly.layout.source)
+  }, looking along the beam (x to the left, y up), ROIs outlined.</p>
 <div class="two">${moduleMap(m)}${moduleTable(m)}</div></section>`;
 }
 
@@ -517,52 +484,52 @@ left of the threshold and the lit ones spread to the right.</p></div></div></sec
 
 function frameCard(m: ReportModel, s: SampleFrame): string {
   const g = m.geometry;
+  const a = m.assembly;
   const mods = m.summary.detector.modules;
   const nA = g.nAsics;
-  const w = Math.ceil(g.moduleFs / m.pool), h = Math.ceil(g.moduleSs / m.pool);
-  const litAsics = s.asicLit.reduce((a, x) => a + x, 0);
-  const figures = mods.map((mod, mi) => {
-    const img = s.images[mi];
-    const peaks = s.peaks.filter((p) => p.module === mod);
-    const rois = m.summary.modules[mi]?.rois ?? [];
-    const svg: string[] = [];
-    for (const b of rois) {
-      svg.push(`<rect class="roi" x="${b[1]}" y="${b[0]}" width="${b[3] - b[1]}" height="${b[2] - b[0]}"/>`);
+  const litAsics = s.asicLit.reduce((x, y) => x + y, 0);
+  const svg: string[] = [];
+  mods.forEach((mod, mi) => {
+    for (const b of m.summary.modules[mi]?.rois ?? []) {
+      const poly = boxPolygon(a, mod, b);
+      if (poly) svg.push(`<polygon class="roi" data-module="${mod}" points="${poly}"/>`);
     }
-    for (let a = 0; a < nA; a++) {
-      if (!s.asicLit[mi * nA + a]) continue;
-      const r = Math.floor(a / g.asicCols), c = a % g.asicCols;
-      svg.push(
-        `<rect class="asic" x="${c * g.asicFs + 1}" y="${r * g.asicSs + 1}" width="${g.asicFs - 2}" height="${
-          g.asicSs - 2
-        }"/>`,
-      );
+    for (let k = 0; k < nA; k++) {
+      if (!s.asicLit[mi * nA + k]) continue;
+      const r = Math.floor(k / g.asicCols), c = k % g.asicCols;
+      const box = [r * g.asicSs, c * g.asicFs, (r + 1) * g.asicSs, (c + 1) * g.asicFs];
+      const poly = boxPolygon(a, mod, box);
+      if (poly) svg.push(`<polygon class="asic" points="${poly}"/>`);
     }
-    for (const p of peaks) {
-      const [s0, f0, s1, f1_] = p.box;
-      svg.push(
-        `<rect class="peak" x="${f0 - 1}" y="${s0 - 1}" width="${f1_ - f0 + 2}" height="${s1 - s0 + 2}">` +
-          `<title>peak: ${p.area} px, ${p.intensity.toPrecision(3)} integrated, max ${
-            p.max.toPrecision(3)
-          } at (${p.ss.toFixed(1)}, ${p.fs.toFixed(1)})</title></rect>`,
-      );
-    }
-    const size = `style="width:calc(var(--z) * ${w}px);height:calc(var(--z) * ${h}px)"`;
-    const content = img === null
-      ? `<div class="noimg" ${size}>no image</div>`
-      : img === "absent"
-      ? `<div class="noimg" ${size}>not recorded</div>`
-      : `<div class="img" ${size}><img src="${img}" width="${w}" height="${h}" alt="module ${mod}, train ${s.trainId}, pulse ${s.pulseId}">` +
-        `<svg viewBox="0 0 ${g.moduleFs} ${g.moduleSs}" preserveAspectRatio="none">${
-          svg.join("")
-        }</svg></div>`;
-    return `<div class="mod" data-module="${mod}" data-peaks="${peaks.length}"><div class="mlabel">M${mod}</div>${content}</div>`;
   });
+  // Peaks: a circle around the centroid at its assembled position, radius from the box (at least 3 px).
+  let drawn = 0;
+  for (const p of s.peaks) {
+    const at = pointAt(a, p.module, p.ss, p.fs);
+    if (!at) continue;
+    const size = Math.max(p.box[2] - p.box[0], p.box[3] - p.box[1]) * (1 / a.layout.panels[0].res) / a.cell;
+    svg.push(
+      `<circle class="peak" data-module="${p.module}" cx="${at[0].toFixed(1)}" cy="${at[1].toFixed(1)}" r="${
+        Math.max(3, size / 2 + 2).toFixed(1)
+      }"><title>peak, module ${p.module}: ${p.area} px, ${p.intensity.toPrecision(3)} integrated, max ${
+        p.max.toPrecision(3)
+      } at (ss ${p.ss.toFixed(1)}, fs ${p.fs.toFixed(1)})</title></circle>`,
+    );
+    drawn++;
+  }
+  const absent = mods.filter((_, mi) => s.images[mi] === "absent");
+  const W = a.width, H = a.height;
+  const size = `style="width:calc(var(--z) * ${W}px);height:calc(var(--z) * ${H}px)"`;
+  const content = s.assembled === null
+    ? `<div class="noimg" ${size}>no image</div>`
+    : `<div class="img" ${size}><img src="${s.assembled}" width="${W}" height="${H}" alt="assembled detector, train ${s.trainId}, pulse ${s.pulseId}">` +
+      `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${svg.join("")}</svg></div>`;
   const shown = s.peaks.length < s.nPeaks ? ` (${s.peaks.length} in the table)` : "";
+  const missing = absent.length ? ` · not recorded: M${absent.join(", M")}` : "";
   return `<figure class="frame ${s.kind}" id="sample-${s.label}" data-sample="${s.label}" data-train="${s.trainId}" ` +
-    `data-pulse="${s.pulseId}" data-frame="${s.frame}"><figcaption><b class="${s.kind}">${s.label}</b> train ${s.trainId} · pulse ${s.pulseId}` +
-    `<br><span class="muted">frame ${s.frame} · ${s.nPeaks} peaks${shown} · ${litAsics} lit ASICs</span></figcaption>` +
-    `<div class="mods">${figures.join("")}</div></figure>`;
+    `data-pulse="${s.pulseId}" data-frame="${s.frame}" data-peaks="${drawn}"><figcaption><b class="${s.kind}">${s.label}</b> train ${s.trainId} · pulse ${s.pulseId}` +
+    `<br><span class="muted">frame ${s.frame} · ${s.nPeaks} peaks${shown} · ${litAsics} lit ASICs${missing}</span></figcaption>` +
+    `<div class="mods">${content}</div></figure>`;
 }
 
 function framesSection(m: ReportModel): string {
@@ -579,7 +546,7 @@ function framesSection(m: ReportModel): string {
     } ${unit}</span></span>` +
     `<span><i class="sw" style="background:${INVALID_COLOUR}"></i>masked / NaN</span>` +
     `<span><i class="sw" style="background:${HOT_COLOUR}"></i>hot pixel</span>` +
-    `<span><i class="sw box peak"></i>peak box</span><span><i class="sw box asic"></i>lit ASIC</span>` +
+    `<span><i class="sw box peak"></i>peak</span><span><i class="sw box asic"></i>lit ASIC</span>` +
     `<span><i class="sw box roi"></i>module ROI</span>` +
     `<label><input type="checkbox" id="zoom"> zoom ×2</label></div>`;
   const row = (title: string, list: SampleFrame[]) =>
@@ -589,10 +556,11 @@ function framesSection(m: ReportModel): string {
         : `<p class="muted">None.</p>`
     }`;
   return `<section id="frames"><h2>Sample frames</h2>
-<p class="caption">Evenly spaced over the run's lit and dark frames. Module images as stored (slow scan down, fast
-scan across), log colour scale from the lit-pixel threshold to the 99.9th percentile of the lit sample frames${
-    m.pool > 1 ? `; ${m.pool} × ${m.pool} pixels per image pixel (largest value kept)` : ""
-  }. Peak boxes are drawn one pixel outside the box.</p>${legend}
+<p class="caption">Evenly spaced over the run's lit and dark frames. The assembled detector, pixels placed by the
+layout ${esc(m.assembly.layout.source)}, looking along the beam (x to the left, y up); one image pixel is ${
+    (m.assembly.cell * 1e6).toFixed(0)
+  } µm (largest value of the pixels landing in it). Log colour scale from the lit-pixel threshold to the 99.9th
+percentile of the lit sample frames. Peaks are circled at their assembled positions.</p>${legend}
 <div id="frame-views" class="frameviews">${row("Lit frames", lit)}${
     row("Dark frames", dark)
   }</div></section>`;
@@ -638,7 +606,9 @@ svg.plot text,svg.map text{font:11px system-ui,sans-serif;fill:#374151}
 .tip{position:absolute;pointer-events:none;background:#111827;color:#fff;padding:3px 7px;border-radius:4px;font-size:11.5px;white-space:nowrap}
 .cell rect{stroke:#9ca3af}.cell.selected rect{stroke:#15803d;stroke-width:2}.cell.unselected{opacity:.6}
 .cell.absent rect{fill:#f9fafb;stroke:#d1d5db;stroke-dasharray:3 3}.cell.absent text{fill:#9ca3af}
-.cell .mod{font-weight:700}.cell.inv text{fill:#fff}
+.cell .mod{font-weight:700}
+.cell polygon{stroke:#9ca3af;vector-effect:non-scaling-stroke}.cell.selected polygon{stroke:#15803d;stroke-width:1.5}
+.cell.absent polygon{fill:#f9fafb;stroke:#d1d5db;stroke-dasharray:3 3}.cell polygon.roi{fill:none;stroke:#1d4ed8;stroke-width:1}.cell.inv text{fill:#fff}
 .qlabel{font-weight:700;fill:#6b7280!important}
 .legend-sel{fill:#fff;stroke:#15803d;stroke-width:2}.legend-unsel{fill:#fff;stroke:#9ca3af;opacity:.6}
 .lit{color:var(--lit)}.dark{color:var(--dark)}
@@ -653,10 +623,10 @@ svg.plot text,svg.map text{font:11px system-ui,sans-serif;fill:#374151}
 .frame figcaption{font-size:11.5px;margin-bottom:3px;font-variant-numeric:tabular-nums}
 .mods{display:flex;gap:3px;flex-wrap:wrap;max-width:1130px}
 .mlabel{font-size:10px;color:var(--muted);text-align:center}
-.img{position:relative;background:#000}
+.img{position:relative;background:#fff;outline:1px solid var(--line)}
 .img img{display:block;width:100%;height:100%;image-rendering:pixelated}
 .img svg{position:absolute;inset:0;width:100%;height:100%;overflow:visible}
-.img rect{fill:none;vector-effect:non-scaling-stroke}
+.img rect,.img polygon,.img circle{fill:none;vector-effect:non-scaling-stroke}
 .img .peak{stroke:#39ff14;stroke-width:1.2}.img .asic{stroke:#ff9f1c;stroke-width:1;stroke-dasharray:2 2}
 .img .roi{stroke:#fff;stroke-opacity:.6;stroke-width:1;stroke-dasharray:4 3}
 .noimg{background:#e5e7eb;color:var(--muted);font-size:10px;display:flex;align-items:center;justify-content:center;writing-mode:vertical-rl}

@@ -30,7 +30,9 @@ import { adaptiveThreshold } from "../localise/classify.ts";
 import type { FramePeak, LocaliseResult } from "../localise/localise.ts";
 import { summaryJson } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
-import { absentImage, type ColourScale, encodePng, moduleImage } from "./png.ts";
+import { type ColourScale, encodePng, moduleImage } from "./png.ts";
+import { type Assembly, assembly, GAP, newCanvas, placeModule } from "./assembly.ts";
+import { defaultLayout, loadLayout } from "../exdf/geometry.ts";
 import { renderReport } from "./html.ts";
 
 export type ReportSummary = ReturnType<typeof summaryJson>;
@@ -113,8 +115,10 @@ export interface SampleFrame {
   peaks: FramePeak[];
   /** modules x ASICs */
   asicLit: Uint8Array;
-  /** Per module (summary.detector.modules order): a PNG data URI, "absent" (not recorded), or null (no image). */
-  images: (string | "absent" | null)[];
+  /** Per module (summary.detector.modules order): "present", "absent" (not recorded), or null (no image). */
+  images: ("present" | "absent" | null)[];
+  /** The assembled detector image (report-geometry.ts) as a PNG data URI; null without images. */
+  assembled: string | null;
 }
 
 export interface ReportModel {
@@ -130,8 +134,8 @@ export interface ReportModel {
   scoreHist?: Histogram;
   samples: SampleFrame[];
   scale: ColourScale;
-  /** Image pixels per stored pixel along each axis (max-pooling). */
-  pool: number;
+  /** The assembled view: canvas size and transform of the layout (report-geometry.ts). */
+  assembly: Assembly;
   /** Things the reader should know about the report itself (run not found, ...). */
   notes: string[];
   generated: string;
@@ -359,7 +363,7 @@ async function sampleImages(
   summary: ReportSummary,
   g: Geometry,
   samples: SampleFrame[],
-  pool: number,
+  asm: Assembly,
   notes: string[],
 ): Promise<ColourScale> {
   const threshold = summary.params.threshold;
@@ -425,13 +429,16 @@ async function sampleImages(
     for (let i = 0; i < samples.length; i++) {
       if (at[i] < 0) continue;
       const b = reader.read(at[i], 1);
+      const canvas = newCanvas(asm);
       samples[i].images = b.modules.map((m, mi) => {
-        const img = m.present[0]
-          ? moduleImage(m.data, g.moduleSs, g.moduleFs, scale, pool, m.mask, hot[mi])
-          : absentImage(g.moduleSs, g.moduleFs, pool);
         if (!m.present[0]) return "absent";
-        return `data:image/png;base64,${Buffer.from(encodePng(img)).toString("base64")}`;
+        const img = moduleImage(m.data, g.moduleSs, g.moduleFs, scale, 1, m.mask, hot[mi]);
+        placeModule(asm, canvas, mods[mi], img);
+        return "present";
       });
+      samples[i].assembled = `data:image/png;base64,${
+        Buffer.from(encodePng(canvas, GAP)).toString("base64")
+      }`;
     }
   } catch (e) {
     notes.push(`cannot read the sample frames from the run (${firstLine(e)})`);
@@ -443,6 +450,23 @@ async function sampleImages(
 
 // ---------------------------------------------------------------------------------------------------------
 // Building and writing
+
+/**
+ * The layout of the report: the `.geom` file localise used (summary.json params.geometry), else the built-in
+ * layout of the detector type; a file that cannot be read now falls back to the built-in one, with a note.
+ */
+function reportLayout(summary: ReportSummary, notes: string[]) {
+  const type = summary.detector.type as DetectorType;
+  const file = (summary.params as { geometry?: string }).geometry;
+  if (file) {
+    try {
+      return loadLayout(file, type);
+    } catch (e) {
+      notes.push(`geometry ${file} not readable (${firstLine(e)}): the built-in layout drawn instead`);
+    }
+  }
+  return defaultLayout(type);
+}
 
 async function buildModel(
   src: PerFrameSource,
@@ -470,9 +494,10 @@ async function buildModel(
     peaks: src.peaks(f),
     asicLit: src.asicLit(f),
     images: summary.detector.modules.map(() => null),
+    assembled: null,
   }));
-  const pool = poolFor(g, nMod, o.framePixels);
-  const scale = await sampleImages(runPath, summary, g, samples, pool, notes);
+  const asm = assembly(reportLayout(summary, notes), o.framePixels);
+  const scale = await sampleImages(runPath, summary, g, samples, asm, notes);
   return {
     summary,
     geometry: g,
@@ -483,7 +508,7 @@ async function buildModel(
     scoreHist,
     samples,
     scale,
-    pool,
+    assembly: asm,
     notes,
     generated: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
   };

@@ -161,8 +161,8 @@ function chunk(type: string, data: Uint8Array): Uint8Array {
 
 let PALETTE: Uint8Array | undefined;
 
-/** An 8-bit indexed-colour PNG of the image with the report palette. */
-export function encodePng(img: ModuleImage): Uint8Array {
+/** An 8-bit indexed-colour PNG of the image with the report palette; `transparent`: an index drawn transparent. */
+export function encodePng(img: ModuleImage, transparent?: number): Uint8Array {
   const { width: w, height: h, pixels } = img;
   const ihdr = new Uint8Array(13);
   const dv = new DataView(ihdr.buffer);
@@ -178,11 +178,15 @@ export function encodePng(img: ModuleImage): Uint8Array {
   for (let i = 0; i < pixels.length; i++) if (pixels[i] > top) top = pixels[i];
   PALETTE ??= palette();
   const pal = PALETTE.subarray(0, (top + 1) * 3); // PLTE may stop at the highest index used
+  const trns = transparent !== undefined && transparent <= top
+    ? [chunk("tRNS", Uint8Array.from({ length: transparent + 1 }, (_, i) => (i === transparent ? 0 : 255)))]
+    : [];
   const sig = Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a);
   const parts = [
     sig,
     chunk("IHDR", ihdr),
     chunk("PLTE", pal),
+    ...trns,
     chunk("IDAT", idat),
     chunk("IEND", new Uint8Array()),
   ];
