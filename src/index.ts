@@ -5,7 +5,7 @@ export { localise } from "./localise/localise.ts";
 export type { LocaliseOptions, LocaliseResult } from "./localise/localise.ts";
 export { Run } from "./exdf/run.ts";
 export { FrameReader } from "./exdf/frames.ts";
-export { reportFromOutput, writeReport } from "./report/model.ts";
+export { reportFromOutput, writeReport } from "./report/report.ts";
 export type { ReportInfo, ReportOptions } from "./report/model.ts";
 export { reduce } from "./reduce/reduce.ts";
 export { annotateBeam } from "./beam/litframes.ts";

@@ -20,7 +20,8 @@ import { assembly, GAP, newCanvas, placeModule, pointAt } from "../src/report/as
 import { localise, type LocaliseResult } from "../src/localise/localise.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { crc32, encodePng, HOT, INVALID, moduleImage, palette } from "../src/report/png.ts";
-import { poolFor, reportFromOutput, writeReport } from "../src/report/model.ts";
+import { poolFor } from "../src/report/model.ts";
+import { reportFromOutput, writeReport } from "../src/report/report.ts";
 import { reportCommand } from "../src/cli/report.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
 import { CHROMIUM, have } from "./helpers/tools.ts";

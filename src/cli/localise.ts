@@ -350,7 +350,7 @@ export const localiseCommand: Command = {
         dir,
         o.report
           ? async (tmp) => {
-            const { writeReport } = await import("../report/model.ts");
+            const { writeReport } = await import("../report/report.ts");
             await writeReport(result, runPath, tmp, {
               onNote: (n) => console.error(`xfel-redu: report: ${n}`),
             });

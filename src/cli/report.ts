@@ -3,7 +3,9 @@ import type { Command } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DEFAULTS, kB, reportFromOutput } from "../report/model.ts";
+import { DEFAULTS } from "../report/model.ts";
+import { reportFromOutput } from "../report/report.ts";
+import { kB } from "../app/format.ts";
 import type { OptionSpec } from "./command.ts";
 
 const REPORT_OPTIONS: OptionSpec[] = [

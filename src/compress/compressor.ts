@@ -18,7 +18,6 @@
  * bytes / seconds reading and decoding) and quality (src/compress/quality.ts) against the source frames.
  */
 import type { Box } from "../exdf/detectors.ts";
-import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../gpu/device.ts";
 import {
@@ -38,6 +37,7 @@ import { checkRoundParams, roundBits, type RoundParams } from "./round.ts";
 import { szCodesCpu, type SzConstants, szConstants, SzFrameEncoder } from "./sz.ts";
 import { createSzKernel, type SzKernel } from "./webgpu.ts";
 import { checkpoint } from "../app/outdir.ts";
+import { fileSize, MB } from "../app/format.ts";
 
 export type CompressMethod =
   | { kind: "lossless"; filter: FilterSpec }
@@ -620,16 +620,6 @@ function cropOf(buf: Uint8Array, entry: number[], box: Box, E: number): Uint8Arr
   }
   return out;
 }
-
-function fileSize(p: string): number {
-  try {
-    return fs.statSync(p).size;
-  } catch {
-    return 0;
-  }
-}
-
-const MB = 1e6;
 
 function fmt(x: number | null, digits: number): string {
   if (x === null) return "-";

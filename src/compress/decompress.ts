@@ -23,6 +23,7 @@ import { rewriteFile } from "../exdf/walk.ts";
 import { buildDir, checkOut, checkpoint, copyFile } from "../app/outdir.ts";
 import { registerPlugins } from "./filters.ts";
 import { frameShapeOf, isSzDataset, SZ_ATTRS, SzDatasetReader, szNames } from "./layout.ts";
+import { fileSize, MB } from "../app/format.ts";
 
 /** Filters built into HDF5 (deflate, shuffle, fletcher32, szip, nbit, scaleoffset). */
 const BUILTIN_FILTERS = new Set([1, 2, 3, 4, 5, 6]);
@@ -55,14 +56,6 @@ export interface DecompressRecord {
   /** Decoded float32 bytes per second (the SZ datasets). */
   decodeMBps: number;
   notes: string[];
-}
-
-function fileSize(p: string): number {
-  try {
-    return fs.statSync(p).size;
-  } catch {
-    return 0;
-  }
 }
 
 /** Every dataset reachable through hard links, with the filter ids it uses. */
@@ -257,8 +250,6 @@ export async function decompress(
     return record;
   });
 }
-
-const MB = 1e6;
 
 export function formatDecompression(r: DecompressRecord): string {
   const lines = [

@@ -47,6 +47,7 @@ import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } fro
 import type { Box } from "../exdf/detectors.ts";
 import { type LocaliseSummary, readLocaliseOutput, Selection } from "./selection.ts";
 import type { Wasm } from "../exdf/wasm.ts";
+import { fileSize, MB } from "../app/format.ts";
 
 export interface ReduceOptions {
   /** "selected": leave out the module files of modules localise did not select. */
@@ -402,14 +403,6 @@ function checkSameRun(runAbs: string, fromAbs: string, summary: LocaliseSummary,
   }
 }
 
-function fileSize(p: string): number {
-  try {
-    return fs.statSync(p).size;
-  } catch {
-    return 0;
-  }
-}
-
 /** Delete the dark frames of RUN as the localise output in fromDir says; write the reduced run into outDir. */
 export async function reduce(
   runPath: string,
@@ -641,8 +634,6 @@ export async function reduce(
 
 // -----------------------------------------------------------------------------------------------------
 // Command
-
-const MB = 1e6;
 
 export function formatReduction(r: ReductionRecord): string {
   const lines = [
