@@ -238,6 +238,7 @@ export function cellList(cells: Cells): Uint32Array {
 const cellListCache = new WeakMap<Cells, Uint32Array>();
 
 let radialScratch = new Float64Array(0);
+let radialFill = new Int32Array(0);
 
 function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
   if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
@@ -283,30 +284,34 @@ export function radialBackgroundFrameCpu(
     return;
   }
   const { data, mask } = batch;
-  const base = f * g.pixels;
-  // The valid values of each bin, contiguous (the bins' pixel lists in order), then the clip per bin.
+  const P = g.pixels;
+  const base = f * P;
+  // The valid values of each bin, contiguous and in raster order within the bin: one raster pass that
+  // appends each value to its bin's segment (bins start at the cellList offsets), then the clip per bin.
   const list = cellList(cells);
-  const vals = radialScratch.length >= g.pixels
-    ? radialScratch
-    : (radialScratch = new Float64Array(g.pixels));
-  const mu = new Float64Array(N), sigma = new Float64Array(N);
-  for (let c = 0; c < N; c++) {
-    let n0 = 0;
-    const k0 = N + 1 + list[c], k1 = N + 1 + list[c + 1];
-    for (let k = k0; k < k1; k++) {
-      const i = base + list[k];
-      const v = data[i];
-      if (v - v === 0 && (!mask || mask[i] === 0)) vals[n0++] = v;
+  if (radialScratch.length < P) radialScratch = new Float64Array(P);
+  if (radialFill.length < N) radialFill = new Int32Array(N);
+  const vals = radialScratch, fill = radialFill, cell = cells.cell;
+  for (let c = 0; c < N; c++) fill[c] = list[c];
+  if (mask) {
+    for (let p = 0; p < P; p++) {
+      const v = data[base + p];
+      if (v - v === 0 && mask[base + p] === 0) vals[fill[cell[p]]++] = v;
     }
-    clipStats(vals, n0, params, clipped);
-    mu[c] = clipped[0];
-    sigma[c] = clipped[1];
+  } else {
+    for (let p = 0; p < P; p++) {
+      const v = data[base + p];
+      if (v - v === 0) vals[fill[cell[p]]++] = v;
+    }
+  }
+  const mu = out.mu, sigma = out.sigma;
+  for (let c = 0; c < N; c++) {
+    const k0 = list[c];
+    clipStats(vals, k0, fill[c], params, clipped);
+    mu[o + c] = clipped[0];
+    sigma[o + c] = clipped[1];
   }
   const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
-  for (let c = 0; c < N; c++) {
-    out.mu[o + c] = mu[c];
-    out.sigma[o + c] = sigma[c];
-  }
   for (let c = 0; c < N; c++) {
     const a = out.sigma[o + c];
     let s = a;
@@ -324,17 +329,18 @@ export function radialBackgroundFrameCpu(
 const clipped = new Float64Array(2);
 
 /**
- * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[0, n0): limit =
+ * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[k0, k1): limit =
  * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
  * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
  * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
  * [mu, sigma] into out (0, 0 without values).
  */
-function clipStats(vals: Float64Array, n0: number, params: LocaliseParams, out: Float64Array): void {
+function clipStats(vals: Float64Array, k0: number, k1: number, params: LocaliseParams, out: Float64Array): void {
   let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
-  for (let it = 0; it < params.bgIterations; it++) {
+  const iterations = params.bgIterations, clip = params.bgClip;
+  for (let it = 0; it < iterations; it++) {
     let n = 0, S = 0, Q = 0;
-    for (let k = 0; k < n0; k++) {
+    for (let k = k0; k < k1; k++) {
       const v = vals[k];
       if (v < limit) {
         n++;
@@ -346,7 +352,7 @@ function clipStats(vals: Float64Array, n0: number, params: LocaliseParams, out: 
     prevN = n;
     mu = S / n;
     sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
-    limit = mu + params.bgClip * sigma;
+    limit = mu + clip * sigma;
   }
   out[0] = mu;
   out[1] = sigma;
@@ -396,7 +402,7 @@ export function backgroundFrameCpu(
         if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
       }
     }
-    clipStats(vals, n0, params, clipped);
+    clipStats(vals, 0, n0, params, clipped);
     out.mu[o + t] = clipped[0];
     out.sigma[o + t] = clipped[1];
   }
@@ -505,6 +511,9 @@ interface Scratch {
   /** Pixels with L (stage-3 input) and the survivors, in raster order. */
   litList: Int32Array;
   survivors: Int32Array;
+  /** All zero: the mask and hot map of a batch without them. */
+  zeros32: Uint32Array;
+  zeros8: Uint8Array;
 }
 
 /**
@@ -521,6 +530,8 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     litList: new Int32Array(pixels),
+    zeros32: new Uint32Array(pixels),
+    zeros8: new Uint8Array(pixels),
     survivors: new Int32Array(pixels),
     parent: new Int32Array(pixels).fill(-1),
     comp: new Int32Array(pixels),
@@ -608,6 +619,9 @@ function cpuFrame(
   const aSum = new Float64Array(nAsics);
   const litList = s.litList;
   let nLit = 0;
+  // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
+  const m = mask ?? s.zeros32, mb = mask ? base : 0;
+  const h = hot ?? s.zeros8;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
     // One ASIC's segment of the row at a time: the counters stay in locals.
@@ -615,17 +629,18 @@ function cpuFrame(
       const a = rowAsic + col;
       let valid = 0, lit = 0, sumA = 0;
       const p0 = ss * nfs + col * asicFs;
-      for (let p = p0; p < p0 + asicFs; p++) {
+      const p1 = p0 + asicFs;
+      for (let p = p0; p < p1; p++) {
         const v = data[base + p];
         // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
-        if (v - v === 0 && (!mask || mask[base + p] === 0)) {
+        if (v - v === 0 && m[mb + p] === 0) {
           valid++;
-          if (v > threshold) {
-            lit++;
-            sumA += v;
-          }
+          // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
+          const isLit = v > threshold;
+          lit += isLit ? 1 : 0;
+          sumA += isLit ? v : 0;
           const t = bo + cell[p];
-          if (Math.fround(v - bgMu[t]) > bgThr[t] && !(hot && hot[p])) {
+          if (Math.fround(v - bgMu[t]) > bgThr[t] && h[p] === 0) {
             l[p] = 1;
             litList[nLit++] = p;
           }
