@@ -239,6 +239,13 @@ const cellListCache = new WeakMap<Cells, Uint32Array>();
 
 let radialScratch = new Float64Array(0);
 let radialFill = new Int32Array(0);
+let zeros = new Uint32Array(0);
+
+/** An all-zero mask of at least n pixels (the stand-in for an absent mask: no per-pixel presence test). */
+function zeroMask(n: number): Uint32Array {
+  if (zeros.length < n) zeros = new Uint32Array(n);
+  return zeros;
+}
 
 function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
   if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
@@ -293,17 +300,20 @@ export function radialBackgroundFrameCpu(
   if (radialFill.length < N) radialFill = new Int32Array(N);
   const vals = radialScratch, fill = radialFill, cell = cells.cell;
   for (let c = 0; c < N; c++) fill[c] = list[c];
-  if (mask) {
-    for (let p = 0; p < P; p++) {
-      const v = data[base + p];
-      if (v - v === 0 && mask[base + p] === 0) vals[fill[cell[p]]++] = v;
+  // Neighbouring pixels mostly share a bin: the current bin's write position stays in a local.
+  const m = mask ?? zeroMask(P), mb = mask ? base : 0;
+  let cur = 0, k = fill[0];
+  for (let p = 0; p < P; p++) {
+    const c = cell[p];
+    if (c !== cur) {
+      fill[cur] = k;
+      cur = c;
+      k = fill[c];
     }
-  } else {
-    for (let p = 0; p < P; p++) {
-      const v = data[base + p];
-      if (v - v === 0) vals[fill[cell[p]]++] = v;
-    }
+    const v = data[base + p];
+    if (v - v === 0 && m[mb + p] === 0) vals[k++] = v;
   }
+  fill[cur] = k;
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
     const k0 = list[c];
