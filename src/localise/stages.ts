@@ -240,6 +240,7 @@ const cellListCache = new WeakMap<Cells, Uint32Array>();
 let radialScratch = new Float64Array(0);
 let radialFill = new Int32Array(0);
 let zeros = new Uint32Array(0);
+let radialSum = new Float64Array(0), radialSq = new Float64Array(0), radialMax = new Float64Array(0);
 
 /** An all-zero mask of at least n pixels (the stand-in for an absent mask: no per-pixel presence test). */
 function zeroMask(n: number): Uint32Array {
@@ -300,24 +301,48 @@ export function radialBackgroundFrameCpu(
   if (radialFill.length < N) radialFill = new Int32Array(N);
   const vals = radialScratch, fill = radialFill, cell = cells.cell;
   for (let c = 0; c < N; c++) fill[c] = list[c];
-  // Neighbouring pixels mostly share a bin: the current bin's write position stays in a local.
+  // The same pass makes the clip's first iteration (limit +Infinity: every value, in the same order) and
+  // each bin's largest value. Neighbouring pixels mostly share a bin: the current bin's write position,
+  // sums and maximum stay in locals and go to the bin's slots when the pass enters another bin.
+  if (radialSum.length < N) {
+    radialSum = new Float64Array(N);
+    radialSq = new Float64Array(N);
+    radialMax = new Float64Array(N);
+  }
+  const S1 = radialSum, Q1 = radialSq, M1 = radialMax;
+  S1.fill(0, 0, N);
+  Q1.fill(0, 0, N);
+  M1.fill(-Infinity, 0, N);
   const m = mask ?? zeroMask(P), mb = mask ? base : 0;
-  let cur = 0, k = fill[0];
+  let cur = 0, k = fill[0], S = 0, Q = 0, mx = -Infinity;
   for (let p = 0; p < P; p++) {
     const c = cell[p];
     if (c !== cur) {
       fill[cur] = k;
+      S1[cur] = S;
+      Q1[cur] = Q;
+      M1[cur] = mx;
       cur = c;
       k = fill[c];
+      S = S1[c];
+      Q = Q1[c];
+      mx = M1[c];
     }
     const v = data[base + p];
-    if (v - v === 0 && m[mb + p] === 0) vals[k++] = v;
+    if (v - v === 0 && m[mb + p] === 0) {
+      vals[k++] = v;
+      S += v;
+      Q += v * v;
+      if (v > mx) mx = v;
+    }
   }
   fill[cur] = k;
+  S1[cur] = S;
+  Q1[cur] = Q;
+  M1[cur] = mx;
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
-    const k0 = list[c];
-    clipStats(vals, k0, fill[c], params, clipped);
+    clipStatsAfterFirst(vals, list[c], fill[c], S1[c], Q1[c], M1[c], params, clipped);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
   }
@@ -335,6 +360,18 @@ export function radialBackgroundFrameCpu(
   }
 }
 
+/** The state of clipStats before its first iteration. */
+const CLIP_START: ClipState = Object.freeze({ it: 0, mu: 0, sigma: 0, limit: Infinity, prevN: -1 });
+
+/** clipStats resumed at iteration `it` after an iteration that gave mu, sigma, limit from prevN values. */
+interface ClipState {
+  it: number;
+  mu: number;
+  sigma: number;
+  limit: number;
+  prevN: number;
+}
+
 /** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
 const clipped = new Float64Array(2);
 
@@ -345,10 +382,17 @@ const clipped = new Float64Array(2);
  * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
  * [mu, sigma] into out (0, 0 without values).
  */
-function clipStats(vals: Float64Array, k0: number, k1: number, params: LocaliseParams, out: Float64Array): void {
-  let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
+function clipStats(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  params: LocaliseParams,
+  out: Float64Array,
+  from: ClipState = CLIP_START,
+): void {
+  let mu = from.mu, sigma = from.sigma, limit = from.limit, prevN = from.prevN;
   const iterations = params.bgIterations, clip = params.bgClip;
-  for (let it = 0; it < iterations; it++) {
+  for (let it = from.it; it < iterations; it++) {
     let n = 0, S = 0, Q = 0;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
@@ -366,6 +410,38 @@ function clipStats(vals: Float64Array, k0: number, k1: number, params: LocaliseP
   }
   out[0] = mu;
   out[1] = sigma;
+}
+
+/**
+ * clipStats over vals[k0, k1) given its first iteration (S, Q: the float64 sums of v and v^2 over all the
+ * values in order; mx: the largest value): the same result. When mx < the first limit the second
+ * iteration would keep every value (n = the previous n: stop), so it is skipped.
+ */
+function clipStatsAfterFirst(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  S: number,
+  Q: number,
+  mx: number,
+  params: LocaliseParams,
+  out: Float64Array,
+): void {
+  const n = k1 - k0;
+  if (!(params.bgIterations >= 1) || n === 0) {
+    out[0] = 0;
+    out[1] = 0;
+    return;
+  }
+  const mu = S / n;
+  const sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+  const limit = mu + params.bgClip * sigma;
+  if (params.bgIterations < 2 || mx < limit) {
+    out[0] = mu;
+    out[1] = sigma;
+    return;
+  }
+  clipStats(vals, k0, k1, params, out, { it: 1, mu, sigma, limit, prevN: n });
 }
 
 /**
@@ -858,16 +934,30 @@ export function accumulateLitCountsCpu(
   const P = g.pixels;
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
-  const bg = background ?? backgroundCpu(batch, params);
-  const { cell, n: nT } = cellsOf(batch, params);
+  const cells = cellsOf(batch, params);
+  const { cell, n: nT } = cells;
+  // Stage 0 frame by frame into scratch (no frames x cells allocation) unless `background` is given.
+  const sc = (sharedScratch = scratchFor(g, sharedScratch));
+  if (!background && sc.bg.mu.length < nT) sc.bg = newBackground(g, 1, nT);
+  const m = mask ?? zeroMask(P);
   for (let f = 0; f < batch.nFrames; f++) {
-    const base = f * P;
+    const base = f * P, mb = mask ? base : 0;
+    let bg: Background, o: number;
+    if (background) {
+      bg = background;
+      o = f * nT;
+    } else {
+      bg = sc.bg;
+      o = 0;
+      if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
+      else backgroundFrameCpu(batch, f, params, bg, 0, sc.vals);
+    }
+    const mu = bg.mu, thr = bg.thr;
     for (let p = 0; p < P; p++) {
       const v = data[base + p];
-      const t = f * nT + cell[p];
-      if (Number.isFinite(v) && Math.fround(v - bg.mu[t]) > bg.thr[t] && (!mask || mask[base + p] === 0)) {
-        counts[p]++;
-      }
+      const t = o + cell[p];
+      // A NaN v fails the compare; an infinite one is not finite (v - v is NaN).
+      if (v - v === 0 && Math.fround(v - mu[t]) > thr[t] && m[mb + p] === 0) counts[p]++;
     }
   }
 }
