@@ -237,6 +237,45 @@ export function cellList(cells: Cells): Uint32Array {
 }
 const cellListCache = new WeakMap<Cells, Uint32Array>();
 
+/**
+ * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
+ * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
+ * starts where run r - 1 ends, or at 0) and has cell cell[r]; the runs of ASIC row segment i
+ * (ss * asicCols + col) are seg[i] .. seg[i + 1].
+ */
+interface Runs {
+  end: Int32Array;
+  cell: Int32Array;
+  seg: Int32Array;
+}
+
+export function runsOf(cells: Cells, g: Geometry): Runs {
+  const cached = runsCache.get(cells);
+  if (cached) return cached;
+  const { moduleSs: nss, moduleFs: nfs, asicFs } = g;
+  const cols = nfs / asicFs;
+  const end: number[] = [], cell: number[] = [];
+  const seg = new Int32Array(nss * cols + 1);
+  for (let ss = 0; ss < nss; ss++) {
+    for (let col = 0; col < cols; col++) {
+      seg[ss * cols + col] = end.length;
+      const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
+      for (let p = p0; p < p1; p++) {
+        if (p === p0 || cells.cell[p] !== cell[cell.length - 1]) {
+          if (p !== p0) end.push(p);
+          cell.push(cells.cell[p]);
+        }
+      }
+      end.push(p1);
+    }
+  }
+  seg[nss * cols] = end.length;
+  const r = { end: Int32Array.from(end), cell: Int32Array.from(cell), seg };
+  runsCache.set(cells, r);
+  return r;
+}
+const runsCache = new WeakMap<Cells, Runs>();
+
 let radialScratch = new Float64Array(0);
 let radialFill = new Int32Array(0);
 let zeros = new Uint32Array(0);
@@ -299,7 +338,7 @@ export function radialBackgroundFrameCpu(
   const list = cellList(cells);
   if (radialScratch.length < P) radialScratch = new Float64Array(P);
   if (radialFill.length < N) radialFill = new Int32Array(N);
-  const vals = radialScratch, fill = radialFill, cell = cells.cell;
+  const vals = radialScratch, fill = radialFill;
   for (let c = 0; c < N; c++) fill[c] = list[c];
   // The same pass makes the clip's first iteration (limit +Infinity: every value, in the same order) and
   // each bin's largest value. Neighbouring pixels mostly share a bin: the current bin's write position,
@@ -314,32 +353,25 @@ export function radialBackgroundFrameCpu(
   Q1.fill(0, 0, N);
   M1.fill(-Infinity, 0, N);
   const m = mask ?? zeroMask(P), mb = mask ? base : 0;
-  let cur = 0, k = fill[0], S = 0, Q = 0, mx = -Infinity;
-  for (let p = 0; p < P; p++) {
-    const c = cell[p];
-    if (c !== cur) {
-      fill[cur] = k;
-      S1[cur] = S;
-      Q1[cur] = Q;
-      M1[cur] = mx;
-      cur = c;
-      k = fill[c];
-      S = S1[c];
-      Q = Q1[c];
-      mx = M1[c];
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
+  let p = 0;
+  for (let r = 0; r < nRuns; r++) {
+    const c = runCell[r], pe = runEnd[r];
+    let k = fill[c], S = S1[c], Q = Q1[c], mx = M1[c];
+    for (; p < pe; p++) {
+      const v = data[base + p];
+      if (v - v === 0 && m[mb + p] === 0) {
+        vals[k++] = v;
+        S += v;
+        Q += v * v;
+        if (v > mx) mx = v;
+      }
     }
-    const v = data[base + p];
-    if (v - v === 0 && m[mb + p] === 0) {
-      vals[k++] = v;
-      S += v;
-      Q += v * v;
-      if (v > mx) mx = v;
-    }
+    fill[c] = k;
+    S1[c] = S;
+    Q1[c] = Q;
+    M1[c] = mx;
   }
-  fill[cur] = k;
-  S1[cur] = S;
-  Q1[cur] = Q;
-  M1[cur] = mx;
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
     clipStatsAfterFirst(vals, list[c], fill[c], S1[c], Q1[c], M1[c], params, clipped);
@@ -708,27 +740,33 @@ function cpuFrame(
   // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
   const m = mask ?? s.zeros32, mb = mask ? base : 0;
   const h = hot ?? s.zeros8;
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
+  const segCols = nfs / asicFs;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    // One ASIC's segment of the row at a time: the counters stay in locals.
+    // One ASIC's segment of the row at a time: the counters stay in locals; within it, one run of
+    // pixels of the same cell at a time: its mu and thr too.
     for (let col = 0; col < asicCols; col++) {
       const a = rowAsic + col;
       let valid = 0, lit = 0, sumA = 0;
-      const p0 = ss * nfs + col * asicFs;
-      const p1 = p0 + asicFs;
-      for (let p = p0; p < p1; p++) {
-        const v = data[base + p];
-        // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
-        if (v - v === 0 && m[mb + p] === 0) {
-          valid++;
-          // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
-          const isLit = v > threshold;
-          lit += isLit ? 1 : 0;
-          sumA += isLit ? v : 0;
-          const t = bo + cell[p];
-          if (Math.fround(v - bgMu[t]) > bgThr[t] && h[p] === 0) {
-            l[p] = 1;
-            litList[nLit++] = p;
+      let p = ss * nfs + col * asicFs;
+      const si = ss * segCols + col;
+      for (let r = seg[si]; r < seg[si + 1]; r++) {
+        const pe = runEnd[r], t = bo + runCell[r];
+        const mu = bgMu[t], thr = bgThr[t];
+        for (; p < pe; p++) {
+          const v = data[base + p];
+          // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
+          if (v - v === 0 && m[mb + p] === 0) {
+            valid++;
+            // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
+            const isLit = v > threshold;
+            lit += isLit ? 1 : 0;
+            sumA += isLit ? v : 0;
+            if (Math.fround(v - mu) > thr && h[p] === 0) {
+              l[p] = 1;
+              litList[nLit++] = p;
+            }
           }
         }
       }
