@@ -237,7 +237,55 @@ export function cellList(cells: Cells): Uint32Array {
 }
 const cellListCache = new WeakMap<Cells, Uint32Array>();
 
+/**
+ * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
+ * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
+ * starts where run r - 1 ends, or at 0) and has cell cell[r]; the runs of ASIC row segment i
+ * (ss * asicCols + col) are seg[i] .. seg[i + 1].
+ */
+interface Runs {
+  end: Int32Array;
+  cell: Int32Array;
+  seg: Int32Array;
+}
+
+export function runsOf(cells: Cells, g: Geometry): Runs {
+  const cached = runsCache.get(cells);
+  if (cached) return cached;
+  const { moduleSs: nss, moduleFs: nfs, asicFs } = g;
+  const cols = nfs / asicFs;
+  const end: number[] = [], cell: number[] = [];
+  const seg = new Int32Array(nss * cols + 1);
+  for (let ss = 0; ss < nss; ss++) {
+    for (let col = 0; col < cols; col++) {
+      seg[ss * cols + col] = end.length;
+      const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
+      for (let p = p0; p < p1; p++) {
+        if (p === p0 || cells.cell[p] !== cell[cell.length - 1]) {
+          if (p !== p0) end.push(p);
+          cell.push(cells.cell[p]);
+        }
+      }
+      end.push(p1);
+    }
+  }
+  seg[nss * cols] = end.length;
+  const r = { end: Int32Array.from(end), cell: Int32Array.from(cell), seg };
+  runsCache.set(cells, r);
+  return r;
+}
+const runsCache = new WeakMap<Cells, Runs>();
+
 let radialScratch = new Float64Array(0);
+let radialFill = new Int32Array(0);
+let zeros = new Uint32Array(0);
+let radialSum = new Float64Array(0), radialSq = new Float64Array(0), radialMax = new Float64Array(0);
+
+/** An all-zero mask of at least n pixels (the stand-in for an absent mask: no per-pixel presence test). */
+function zeroMask(n: number): Uint32Array {
+  if (zeros.length < n) zeros = new Uint32Array(n);
+  return zeros;
+}
 
 function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
   if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
@@ -283,30 +331,54 @@ export function radialBackgroundFrameCpu(
     return;
   }
   const { data, mask } = batch;
-  const base = f * g.pixels;
-  // The valid values of each bin, contiguous (the bins' pixel lists in order), then the clip per bin.
+  const P = g.pixels;
+  const base = f * P;
+  // The valid values of each bin, contiguous and in raster order within the bin: one raster pass that
+  // appends each value to its bin's segment (bins start at the cellList offsets), then the clip per bin.
   const list = cellList(cells);
-  const vals = radialScratch.length >= g.pixels
-    ? radialScratch
-    : (radialScratch = new Float64Array(g.pixels));
-  const mu = new Float64Array(N), sigma = new Float64Array(N);
-  for (let c = 0; c < N; c++) {
-    let n0 = 0;
-    const k0 = N + 1 + list[c], k1 = N + 1 + list[c + 1];
-    for (let k = k0; k < k1; k++) {
-      const i = base + list[k];
-      const v = data[i];
-      if (v - v === 0 && (!mask || mask[i] === 0)) vals[n0++] = v;
+  if (radialScratch.length < P) radialScratch = new Float64Array(P);
+  if (radialFill.length < N) radialFill = new Int32Array(N);
+  const vals = radialScratch, fill = radialFill;
+  for (let c = 0; c < N; c++) fill[c] = list[c];
+  // The same pass makes the clip's first iteration (limit +Infinity: every value, in the same order) and
+  // each bin's largest value. Neighbouring pixels mostly share a bin: the current bin's write position,
+  // sums and maximum stay in locals and go to the bin's slots when the pass enters another bin.
+  if (radialSum.length < N) {
+    radialSum = new Float64Array(N);
+    radialSq = new Float64Array(N);
+    radialMax = new Float64Array(N);
+  }
+  const S1 = radialSum, Q1 = radialSq, M1 = radialMax;
+  S1.fill(0, 0, N);
+  Q1.fill(0, 0, N);
+  M1.fill(-Infinity, 0, N);
+  const m = mask ?? zeroMask(P), mb = mask ? base : 0;
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
+  let p = 0;
+  for (let r = 0; r < nRuns; r++) {
+    const c = runCell[r], pe = runEnd[r];
+    let k = fill[c], S = S1[c], Q = Q1[c], mx = M1[c];
+    for (; p < pe; p++) {
+      const v = data[base + p];
+      if (v - v === 0 && m[mb + p] === 0) {
+        vals[k++] = v;
+        S += v;
+        Q += v * v;
+        if (v > mx) mx = v;
+      }
     }
-    clipStats(vals, n0, params, clipped);
-    mu[c] = clipped[0];
-    sigma[c] = clipped[1];
+    fill[c] = k;
+    S1[c] = S;
+    Q1[c] = Q;
+    M1[c] = mx;
+  }
+  const mu = out.mu, sigma = out.sigma;
+  for (let c = 0; c < N; c++) {
+    clipStatsAfterFirst(vals, list[c], fill[c], S1[c], Q1[c], M1[c], params, clipped);
+    mu[o + c] = clipped[0];
+    sigma[o + c] = clipped[1];
   }
   const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
-  for (let c = 0; c < N; c++) {
-    out.mu[o + c] = mu[c];
-    out.sigma[o + c] = sigma[c];
-  }
   for (let c = 0; c < N; c++) {
     const a = out.sigma[o + c];
     let s = a;
@@ -320,21 +392,41 @@ export function radialBackgroundFrameCpu(
   }
 }
 
+/** The state of clipStats before its first iteration. */
+const CLIP_START: ClipState = Object.freeze({ it: 0, mu: 0, sigma: 0, limit: Infinity, prevN: -1 });
+
+/** clipStats resumed at iteration `it` after an iteration that gave mu, sigma, limit from prevN values. */
+interface ClipState {
+  it: number;
+  mu: number;
+  sigma: number;
+  limit: number;
+  prevN: number;
+}
+
 /** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
 const clipped = new Float64Array(2);
 
 /**
- * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[0, n0): limit =
+ * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[k0, k1): limit =
  * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
  * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
  * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
  * [mu, sigma] into out (0, 0 without values).
  */
-function clipStats(vals: Float64Array, n0: number, params: LocaliseParams, out: Float64Array): void {
-  let mu = 0, sigma = 0, limit = Infinity, prevN = -1;
-  for (let it = 0; it < params.bgIterations; it++) {
+function clipStats(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  params: LocaliseParams,
+  out: Float64Array,
+  from: ClipState = CLIP_START,
+): void {
+  let mu = from.mu, sigma = from.sigma, limit = from.limit, prevN = from.prevN;
+  const iterations = params.bgIterations, clip = params.bgClip;
+  for (let it = from.it; it < iterations; it++) {
     let n = 0, S = 0, Q = 0;
-    for (let k = 0; k < n0; k++) {
+    for (let k = k0; k < k1; k++) {
       const v = vals[k];
       if (v < limit) {
         n++;
@@ -346,10 +438,42 @@ function clipStats(vals: Float64Array, n0: number, params: LocaliseParams, out: 
     prevN = n;
     mu = S / n;
     sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
-    limit = mu + params.bgClip * sigma;
+    limit = mu + clip * sigma;
   }
   out[0] = mu;
   out[1] = sigma;
+}
+
+/**
+ * clipStats over vals[k0, k1) given its first iteration (S, Q: the float64 sums of v and v^2 over all the
+ * values in order; mx: the largest value): the same result. When mx < the first limit the second
+ * iteration would keep every value (n = the previous n: stop), so it is skipped.
+ */
+function clipStatsAfterFirst(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  S: number,
+  Q: number,
+  mx: number,
+  params: LocaliseParams,
+  out: Float64Array,
+): void {
+  const n = k1 - k0;
+  if (!(params.bgIterations >= 1) || n === 0) {
+    out[0] = 0;
+    out[1] = 0;
+    return;
+  }
+  const mu = S / n;
+  const sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+  const limit = mu + params.bgClip * sigma;
+  if (params.bgIterations < 2 || mx < limit) {
+    out[0] = mu;
+    out[1] = sigma;
+    return;
+  }
+  clipStats(vals, k0, k1, params, out, { it: 1, mu, sigma, limit, prevN: n });
 }
 
 /**
@@ -396,7 +520,7 @@ export function backgroundFrameCpu(
         if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
       }
     }
-    clipStats(vals, n0, params, clipped);
+    clipStats(vals, 0, n0, params, clipped);
     out.mu[o + t] = clipped[0];
     out.sigma[o + t] = clipped[1];
   }
@@ -505,6 +629,9 @@ interface Scratch {
   /** Pixels with L (stage-3 input) and the survivors, in raster order. */
   litList: Int32Array;
   survivors: Int32Array;
+  /** All zero: the mask and hot map of a batch without them. */
+  zeros32: Uint32Array;
+  zeros8: Uint8Array;
 }
 
 /**
@@ -521,6 +648,8 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     litList: new Int32Array(pixels),
+    zeros32: new Uint32Array(pixels),
+    zeros8: new Uint8Array(pixels),
     survivors: new Int32Array(pixels),
     parent: new Int32Array(pixels).fill(-1),
     comp: new Int32Array(pixels),
@@ -608,26 +737,36 @@ function cpuFrame(
   const aSum = new Float64Array(nAsics);
   const litList = s.litList;
   let nLit = 0;
+  // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
+  const m = mask ?? s.zeros32, mb = mask ? base : 0;
+  const h = hot ?? s.zeros8;
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
+  const segCols = nfs / asicFs;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    // One ASIC's segment of the row at a time: the counters stay in locals.
+    // One ASIC's segment of the row at a time: the counters stay in locals; within it, one run of
+    // pixels of the same cell at a time: its mu and thr too.
     for (let col = 0; col < asicCols; col++) {
       const a = rowAsic + col;
       let valid = 0, lit = 0, sumA = 0;
-      const p0 = ss * nfs + col * asicFs;
-      for (let p = p0; p < p0 + asicFs; p++) {
-        const v = data[base + p];
-        // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
-        if (v - v === 0 && (!mask || mask[base + p] === 0)) {
-          valid++;
-          if (v > threshold) {
-            lit++;
-            sumA += v;
-          }
-          const t = bo + cell[p];
-          if (Math.fround(v - bgMu[t]) > bgThr[t] && !(hot && hot[p])) {
-            l[p] = 1;
-            litList[nLit++] = p;
+      let p = ss * nfs + col * asicFs;
+      const si = ss * segCols + col;
+      for (let r = seg[si]; r < seg[si + 1]; r++) {
+        const pe = runEnd[r], t = bo + runCell[r];
+        const mu = bgMu[t], thr = bgThr[t];
+        for (; p < pe; p++) {
+          const v = data[base + p];
+          // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
+          if (v - v === 0 && m[mb + p] === 0) {
+            valid++;
+            // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
+            const isLit = v > threshold;
+            lit += isLit ? 1 : 0;
+            sumA += isLit ? v : 0;
+            if (Math.fround(v - mu) > thr && h[p] === 0) {
+              l[p] = 1;
+              litList[nLit++] = p;
+            }
           }
         }
       }
@@ -833,16 +972,30 @@ export function accumulateLitCountsCpu(
   const P = g.pixels;
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
-  const bg = background ?? backgroundCpu(batch, params);
-  const { cell, n: nT } = cellsOf(batch, params);
+  const cells = cellsOf(batch, params);
+  const { cell, n: nT } = cells;
+  // Stage 0 frame by frame into scratch (no frames x cells allocation) unless `background` is given.
+  const sc = (sharedScratch = scratchFor(g, sharedScratch));
+  if (!background && sc.bg.mu.length < nT) sc.bg = newBackground(g, 1, nT);
+  const m = mask ?? zeroMask(P);
   for (let f = 0; f < batch.nFrames; f++) {
-    const base = f * P;
+    const base = f * P, mb = mask ? base : 0;
+    let bg: Background, o: number;
+    if (background) {
+      bg = background;
+      o = f * nT;
+    } else {
+      bg = sc.bg;
+      o = 0;
+      if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
+      else backgroundFrameCpu(batch, f, params, bg, 0, sc.vals);
+    }
+    const mu = bg.mu, thr = bg.thr;
     for (let p = 0; p < P; p++) {
       const v = data[base + p];
-      const t = f * nT + cell[p];
-      if (Number.isFinite(v) && Math.fround(v - bg.mu[t]) > bg.thr[t] && (!mask || mask[base + p] === 0)) {
-        counts[p]++;
-      }
+      const t = o + cell[p];
+      // A NaN v fails the compare; an infinite one is not finite (v - v is NaN).
+      if (v - v === 0 && Math.fround(v - mu[t]) > thr[t] && m[mb + p] === 0) counts[p]++;
     }
   }
 }
