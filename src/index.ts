@@ -8,6 +8,6 @@ export { FrameReader } from "./exdf/frames.ts";
 export { reportFromOutput, writeReport } from "./report/report.ts";
 export type { ReportInfo, ReportOptions } from "./report/model.ts";
 export { reduce } from "./reduce/reduce.ts";
-export { annotateBeam } from "./beam/litframes.ts";
+export { annotateBeam } from "./beam/annotate.ts";
 export { average } from "./average/average.ts";
 export { decompress } from "./compress/decompress.ts";

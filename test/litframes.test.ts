@@ -1,5 +1,5 @@
 /**
- * Beam annotation (src/beam/litframes.ts) against the synthetic runs' truth: bunch-pattern decoding, every
+ * Beam annotation (src/beam/annotate.ts) against the synthetic runs' truth: bunch-pattern decoding, every
  * repetition rate, missing time-server trains, more pulses than frames, the 352-frame limit, no XGM, the
  * alignment modes, the LITFRM file (writer library, validity helper, read back with h5py), the schema piece
  * inside another writer (as the localise REDU writer uses it), the combination with the images, and the
@@ -13,18 +13,13 @@ import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
 import { InputError } from "../src/errors.ts";
 import {
   addLitframes,
-  annotateBeam,
-  type BeamAnnotation,
-  type BeamOptions,
-  combineLit,
-  decodeBunchPattern,
   litframesCounts,
   litframesData,
   litframesSchema,
-  saseForInstrument,
-  strideForRate,
   writeLitframes,
-} from "../src/beam/litframes.ts";
+} from "../src/beam/litfrm.ts";
+import { annotateBeam, type BeamAnnotation, type BeamOptions, combineLit } from "../src/beam/annotate.ts";
+import { decodeBunchPattern, saseForInstrument, strideForRate } from "../src/beam/bunch.ts";
 import { litframesCommand } from "../src/cli/litframes.ts";
 import { Run } from "../src/exdf/run.ts";
 import { type FileWriter, openWriter } from "../src/exdf/writer/writer.ts";

@@ -16,7 +16,7 @@ import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { defaultWorkers } from "../framework/threads.ts";
-import { annotateBeam } from "../beam/litframes.ts";
+import { annotateBeam } from "../beam/annotate.ts";
 import { runNaming } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
 import { openWriter } from "../exdf/writer/writer.ts";

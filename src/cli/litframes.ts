@@ -1,19 +1,19 @@
-/** The `litframes` command: options and the command line of beam/litframes.ts. */
+/** The `litframes` command: options and the command line of beam/annotate.ts and beam/litfrm.ts. */
 import type { Command, OptionSpec } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { addToDir, buildDir, checkOut } from "../app/outdir.ts";
 import { Run } from "../exdf/run.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { annotateBeam } from "../beam/annotate.ts";
 import {
-  annotateBeam,
   checkLitframesTarget,
   formatLitframes,
   litframesDevice,
   runNaming,
   summariseLitframes,
   writeLitframes,
-} from "../beam/litframes.ts";
+} from "../beam/litfrm.ts";
 
 export const LITFRAMES_OPTIONS: OptionSpec[] = [
   { name: "out", value: "string", help: "output directory (may be an xfel-redu output without LITFRM)" },

@@ -26,7 +26,8 @@ import { type Box, RoiSet } from "./rois.ts";
 import * as fs from "node:fs";
 import { Grow } from "../reductions/common.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
-import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom, type Sase } from "../beam/litframes.ts";
+import { annotateBeam, type BeamAnnotation, combineLit, type LitFrom } from "../beam/annotate.ts";
+import { type Sase } from "../beam/bunch.ts";
 import {
   type BatchResult,
   createCpuBackend,

@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildDir } from "../app/outdir.ts";
 import { type DataInput, openWriter } from "../exdf/writer/writer.ts";
-import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litframes.ts";
+import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litfrm.ts";
 import type { LocaliseOptions, LocaliseResult } from "./localise.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import type { DetectorType } from "../exdf/detectors.ts";

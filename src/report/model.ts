@@ -2,8 +2,6 @@
  * The model of the localise report (src/report/report.ts writes the page): what the page shows, built from a
  * localise result or output directory (see the spec there).
  */
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { Buffer } from "node:buffer";
 import { type DetectorType, type Geometry, geometry } from "../exdf/detectors.ts";
 import { FrameReader } from "../exdf/frames.ts";
