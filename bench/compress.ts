@@ -26,7 +26,7 @@ import { roundInPlace } from "../src/compress/round.ts";
 import { szCodesCpu, szConstants, SzFrameDecoder, SzFrameEncoder } from "../src/compress/sz.ts";
 import { createRoundKernel, createSzKernel } from "../src/compress/webgpu.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { reduce } from "../src/reduce/reduce.ts";
 import { uniform } from "../fixtures/synth.ts";

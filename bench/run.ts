@@ -36,7 +36,7 @@ import { FrameReader } from "../src/exdf/frames.ts";
 import { emptyStats, moduleGroups } from "../src/framework/algorithm.ts";
 import { PrefetchReader } from "../src/framework/prefetch.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { writeRedu } from "../src/localise/output.ts";
 import { Run } from "../src/exdf/run.ts";
 

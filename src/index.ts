@@ -1,8 +1,8 @@
 /** Library entry of xfel-redu: `import { ... } from "xfel-redu"`. */
 export { InputError } from "./errors.ts";
 export * from "./exdf/writer/writer.ts";
-export { localise } from "./localise/localise.ts";
-export type { LocaliseOptions, LocaliseResult } from "./localise/localise.ts";
+export { localise } from "./localise/algorithm.ts";
+export type { LocaliseOptions, LocaliseResult } from "./localise/result.ts";
 export { Run } from "./exdf/run.ts";
 export { FrameReader } from "./exdf/frames.ts";
 export { reportFromOutput, writeReport } from "./report/report.ts";

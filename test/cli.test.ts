@@ -59,7 +59,7 @@ describe("inspect", () => {
 describe("localise options", () => {
   test("every library parameter has a CLI option with the library default", async () => {
     const { LOCALISE_OPTIONS, toLocaliseOptions } = await import("../src/cli/localise.ts");
-    const { DEFAULT_OPTIONS } = await import("../src/localise/localise.ts");
+    const { DEFAULT_OPTIONS } = await import("../src/localise/result.ts");
     const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
     const byName = new Map(LOCALISE_OPTIONS.map((o) => [camel(o.name), o]));
     for (const [k, v] of Object.entries(DEFAULT_OPTIONS)) {

@@ -18,7 +18,7 @@ import { roundFloats } from "../src/compress/round.ts";
 import { InputError } from "../src/errors.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
 import { h5, type H5Dataset, readAll } from "../src/exdf/h5.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { reduce, type ReductionRecord } from "../src/reduce/reduce.ts";
 import { reduceCommand } from "../src/cli/reduce.ts";

@@ -9,7 +9,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
-import { blockBounds, localise, type LocaliseResult } from "../src/localise/localise.ts";
+import { blockBounds } from "../src/localise/merge.ts";
+import { localise } from "../src/localise/algorithm.ts";
+import { type LocaliseResult } from "../src/localise/result.ts";
 import { geometry } from "../src/exdf/detectors.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-localise-memory-"));

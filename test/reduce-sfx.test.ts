@@ -15,7 +15,7 @@ import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 import { h5 } from "../src/exdf/h5.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { writeLocaliseDir } from "../src/localise/output.ts";
 import { reduce } from "../src/reduce/reduce.ts";
 

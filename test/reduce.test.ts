@@ -14,7 +14,7 @@ import * as path from "node:path";
 import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
 import { InputError } from "../src/errors.ts";
 import { dsInfo, h5, type H5Dataset, readAll } from "../src/exdf/h5.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { summaryJson, writeRedu } from "../src/localise/output.ts";
 import { reduce, type ReductionRecord } from "../src/reduce/reduce.ts";
 import { copyDatasetRows } from "../src/exdf/copy.ts";

@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { defaultLayout, writeGeom } from "../src/exdf/geometry.ts";
 import { h5, readAll } from "../src/exdf/h5.ts";
-import { localise } from "../src/localise/localise.ts";
+import { localise } from "../src/localise/algorithm.ts";
 import { writeLocaliseDir } from "../src/localise/output.ts";
 import { toLocaliseOptions } from "../src/cli/localise.ts";
 import { resolutionAngstrom } from "../src/localise/position.ts";

@@ -3,7 +3,7 @@
  * `submit --algorithm ID` and the tests build an instance here.
  */
 import type { Algorithm } from "../framework/algorithm.ts";
-import { LocaliseAlgorithm } from "../localise/localise.ts";
+import { LocaliseAlgorithm } from "../localise/algorithm.ts";
 import { AverageAlgorithm } from "../average/average.ts";
 import { RoiAlgorithm } from "../reductions/roi.ts";
 import { AzintAlgorithm } from "../reductions/azint.ts";

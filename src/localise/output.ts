@@ -11,7 +11,7 @@ import * as path from "node:path";
 import { buildDir } from "../app/outdir.ts";
 import { type DataInput, openWriter } from "../exdf/writer/writer.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litfrm.ts";
-import type { LocaliseOptions, LocaliseResult } from "./localise.ts";
+import type { LocaliseOptions, LocaliseResult } from "./result.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import type { DetectorType } from "../exdf/detectors.ts";
 import { resolutionAngstrom } from "./position.ts";

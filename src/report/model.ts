@@ -7,7 +7,7 @@ import { type DetectorType, type Geometry, geometry } from "../exdf/detectors.ts
 import { FrameReader } from "../exdf/frames.ts";
 import { firstLine } from "../exdf/h5.ts";
 import { adaptiveThreshold } from "../localise/classify.ts";
-import type { FramePeak, LocaliseResult } from "../localise/localise.ts";
+import type { FramePeak, LocaliseResult } from "../localise/result.ts";
 import { summaryJson } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
 import { type ColourScale, encodePng, moduleImage } from "./png.ts";

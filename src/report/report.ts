@@ -25,7 +25,7 @@ import process from "node:process";
 import { DETECTOR_TYPES, type DetectorType, geometry } from "../exdf/detectors.ts";
 import { InputError } from "../errors.ts";
 import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "../exdf/h5.ts";
-import type { FramePeak, LocaliseResult } from "../localise/localise.ts";
+import type { FramePeak, LocaliseResult } from "../localise/result.ts";
 import { summaryJson } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
 import { renderReport } from "./html.ts";

@@ -1,0 +1,274 @@
+/**
+ * `localise`: signal localisation over a run, the library API behind `xfel-redu localise`.
+ *
+ * Flow: run reader -> frame batches (all modules aligned) -> backend stages 1, 3, 4 per module batch
+ * (webgpu or cpu, same spec) -> per-frame results -> classifier (stage 5) -> ROIs (stage 6) -> module-file
+ * selection (stage 7). Stage 2 (hot pixels) is a pre-pass over a sample of each module's frames
+ * (`hotSample` frames spread evenly over the run; all frames when the run has fewer): a pixel lit in more
+ * than `hotFraction` of them is hot.
+ *
+ * localise is an algorithm of the processing framework (src/framework/algorithm.ts): stages 1-4 run per
+ * module group (a part: this thread, a worker thread, or a SLURM task), and `finalize` merges the parts,
+ * aligned on (trainId, pulseId), and runs stages 5-7 over all modules.
+ */
+import type { BackendChoice } from "./result.ts";
+import { writeLocaliseDir } from "./output.ts";
+import { InputError } from "../errors.ts";
+import { type Geometry, geometry } from "../exdf/detectors.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { bytesPerElement } from "../exdf/h5.ts";
+import { gpuHardwarePresent } from "../gpu/device.ts";
+import { Run } from "../exdf/run.ts";
+import type { OptionSpec } from "../framework/options.ts";
+import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
+import { loadLayout } from "../exdf/geometry.ts";
+import { moduleRadii } from "./position.ts";
+import { Grow } from "../reductions/common.ts";
+import { SpillWriter } from "../framework/spill.ts";
+import {
+  type BatchResult,
+  createCpuBackend,
+  hotPixels,
+  type LocaliseBackend,
+  type LocaliseParams,
+} from "./stages.ts";
+import { DEFAULT_OPTIONS } from "./result.ts";
+import type { LocaliseOptions } from "./result.ts";
+import type { LocalisePart } from "./result.ts";
+import type { LocaliseResult } from "./result.ts";
+import type { Progress } from "./result.ts";
+import { combine } from "./merge.ts";
+import { frameRecords } from "./records.ts";
+
+/** Consecutive frames per block of the hot-pixel sample. */
+const HOT_BLOCK = 16;
+
+/**
+ * The backend: `cpu`; `webgpu` (an error without an adapter); `auto`: webgpu on a hardware adapter, else
+ * cpu. A software adapter (llvmpipe, lavapipe) runs the shaders several times slower than the cpu backend
+ * runs the same spec, so auto does not take it; `--backend webgpu` does.
+ */
+async function makeBackend(
+  choice: BackendChoice,
+  params: LocaliseParams,
+  g: Geometry,
+  framesPerBatch: number,
+  notes: string[],
+): Promise<LocaliseBackend> {
+  if (choice === "cpu") return createCpuBackend(params);
+  if (choice === "auto" && !gpuHardwarePresent()) {
+    notes.push("no GPU on this machine: using the cpu backend");
+    return createCpuBackend(params);
+  }
+  const { createWebgpuBackend } = await import("./webgpu.ts");
+  const gpu = await createWebgpuBackend(params, g, framesPerBatch).catch((e: unknown) => {
+    notes.push(`webgpu failed: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+    return undefined;
+  });
+  if (gpu && (choice === "webgpu" || !gpu.software)) return gpu;
+  if (choice === "webgpu") throw new InputError(undefined, "--backend webgpu: no WebGPU adapter found");
+  if (gpu) {
+    notes.push(`software WebGPU adapter (${gpu.adapter}) is slower than the cpu backend: using cpu`);
+    gpu.dispose();
+  } else {
+    notes.push("no WebGPU adapter found: using the cpu backend");
+  }
+  return createCpuBackend(params);
+}
+
+export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult> {
+  readonly id = "localise";
+  readonly source = { module: import.meta.url, name: "LocaliseAlgorithm" };
+
+  async writeOutput(result: LocaliseResult, dir: string): Promise<void> {
+    await writeLocaliseDir(result, dir);
+  }
+  readonly help = "signal localisation: lit pixels, hot pixels, peaks, lit frames, ROIs, module files";
+  readonly options: OptionSpec[] = [];
+  opt: LocaliseOptions = { ...DEFAULT_OPTIONS };
+  private t0 = performance.now();
+  private runPath = "";
+  private g?: Geometry;
+  private modules: number[] = [];
+  private files: string[][] = [];
+  private frameBytes = 0;
+  private backend?: LocaliseBackend;
+  private notes: string[] = [];
+  private counts: Uint32Array[] = [];
+  private recorded: Uint32Array = new Uint32Array(0);
+  private hot?: Uint8Array[];
+  /** Per module: each pixel's radius from the layout (stage 0 per radius bin), when bgBinWidth > 0. */
+  private radius: (Float32Array | undefined)[] = [];
+  private bytesRead = 0;
+  /** The part's frames; the per-frame results go to the spill file as batches finish. */
+  private trainId = new Grow((n) => new Float64Array(n));
+  private pulseId = new Grow((n) => new Float64Array(n));
+  private framesRecorded: number[] = [];
+  private spill?: SpillWriter;
+
+  configure(options: Record<string, unknown>): void {
+    this.opt = { ...DEFAULT_OPTIONS, ...(options as Partial<LocaliseOptions>) };
+    this.t0 = performance.now();
+  }
+
+  initialize(info: RunInfo) {
+    this.runPath = info.runPath;
+    const det = info.detector;
+    // A bad --geometry fails before the run is read (finalize uses it for the peak positions).
+    const layout = loadLayout(this.opt.geometry, det.type);
+    if (info.modules.length) {
+      if (this.opt.bgBinWidth > 0) this.radius = info.modules.map((n) => moduleRadii(layout, det.type, n));
+      this.g = geometry(det.type);
+      this.modules = info.modules;
+      const mods = info.modules.map((n) => det.modules.find((m) => m.module === n)!);
+      this.files = mods.map((m) => m.files.map((f) => f.file.name));
+      const hasMask = mods.some((m) => m.files.some((f) => f.file.h5.get(`${f.groupPath}/mask`) !== null));
+      this.frameBytes = this.g.pixels * (bytesPerElement(det.dtype) + (hasMask ? 4 : 0));
+      this.counts = mods.map(() => new Uint32Array(this.g!.pixels));
+      this.recorded = new Uint32Array(mods.length);
+      this.framesRecorded = mods.map(() => 0);
+      if (det.raw) {
+        this.notes.push(
+          "RAW data: thresholds apply to ADU values (localise is meant for CORR data in photons)",
+        );
+      }
+    }
+    return {
+      detector: this.opt.detector,
+      modules: this.opt.modules,
+      mask: true,
+      firstTrain: this.opt.firstTrain,
+      lastTrain: this.opt.lastTrain,
+      batchBytes: this.opt.batchBytes,
+    };
+  }
+
+  private async ensureBackend(framesPerBatch: number): Promise<LocaliseBackend> {
+    this.backend ??= await makeBackend(this.opt.backend, this.opt, this.g!, framesPerBatch, this.notes);
+    return this.backend;
+  }
+
+  /** Stage 2 sample: blocks of consecutive frames spread evenly over the run. */
+  prepassRanges(nFrames: number, framesPerBatch: number): [number, number][] {
+    const sampleN = Math.min(nFrames, this.opt.hotSample);
+    const block = Math.min(HOT_BLOCK, framesPerBatch);
+    const nBlocks = Math.ceil(sampleN / block);
+    const out: [number, number][] = [];
+    for (let k = 0; k < nBlocks; k++) {
+      const start = Math.max(0, Math.min(nFrames - block, Math.floor((k * nFrames) / nBlocks)));
+      out.push([start, Math.min(block, sampleN - k * block, nFrames - start)]);
+    }
+    return out;
+  }
+
+  async prepassBatch(b: FrameBatch): Promise<void> {
+    const backend = await this.ensureBackend(b.nFrames);
+    const g = this.g!;
+    this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
+    for (let m = 0; m < b.modules.length; m++) {
+      const mf = b.modules[m];
+      this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
+      await backend.accumulateLitCounts(
+        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask, radius: this.radius[m] },
+        this.counts[m],
+      );
+    }
+  }
+
+  async processBatch(b: FrameBatch): Promise<void> {
+    const g = this.g!;
+    const nA = g.nAsics;
+    const nMod = b.modules.length;
+    const backend = await this.ensureBackend(b.nFrames);
+    this.hot ??= this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction));
+    this.bytesRead += b.nFrames * nMod * this.frameBytes;
+    const n = b.nFrames;
+    const results: (BatchResult | undefined)[] = new Array(nMod);
+    // Two module batches in flight: the next module's upload overlaps the current one's compute.
+    let inFlight: Promise<BatchResult> | undefined;
+    for (let m = 0; m <= nMod; m++) {
+      const next = m < nMod
+        ? backend.process({
+          geometry: g,
+          nFrames: n,
+          data: b.modules[m].data,
+          mask: b.modules[m].mask,
+          hot: this.hot[m],
+          radius: this.radius[m],
+        })
+        : undefined;
+      if (inFlight) results[m - 1] = await inFlight;
+      inFlight = next;
+    }
+    this.trainId.push(b.trainId);
+    this.pulseId.push(b.pulseId);
+    b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
+    this.spill ??= new SpillWriter(1, "localise");
+    this.spill.append(frameRecords(n, nMod, nA, results, b.modules.map((mf) => mf.present)));
+  }
+
+  finalizeChunk(): LocalisePart {
+    this.spill ??= new SpillWriter(1, "localise");
+    return {
+      modules: this.modules,
+      files: this.files,
+      trainId: this.trainId.toArray(),
+      pulseId: this.pulseId.toArray(),
+      recorded: this.framesRecorded,
+      spill: this.spill.close(),
+      hot: this.hot ?? this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction)),
+      bytesRead: this.bytesRead,
+      backend: this.backend
+        ? { name: this.backend.name, adapter: this.backend.adapter }
+        : { name: "none", adapter: "no frames" },
+      notes: this.notes,
+    };
+  }
+
+  async finalize(parts: LocalisePart[]): Promise<LocaliseResult> {
+    const run = await Run.open(this.runPath);
+    try {
+      return combine(run, parts, this.opt, this.t0);
+    } finally {
+      run.close();
+    }
+  }
+
+  dispose(): void {
+    this.backend?.dispose();
+    this.backend = undefined;
+  }
+}
+
+/** Run localisation on a run (directory or file). */
+export async function localise(
+  runPath: string,
+  options: Partial<LocaliseOptions> = {},
+  progress?: Progress,
+  stats?: PartStats,
+): Promise<LocaliseResult> {
+  const opt: LocaliseOptions = { ...DEFAULT_OPTIONS, ...options };
+  // One worker drives a GPU; the cpu backend (also auto's fallback without a hardware adapter) uses the cores.
+  const workers = opt.workers ?? (await usesGpu(opt.backend) ? 1 : await cpuCount());
+  return await runAlgorithm<LocalisePart, LocaliseResult>(
+    new LocaliseAlgorithm(),
+    runPath,
+    opt as unknown as Record<string, unknown>,
+    { workers, progress, stats },
+  );
+}
+
+/** Whether a backend choice will run on a GPU: webgpu, or auto with a hardware adapter. */
+async function usesGpu(choice: BackendChoice): Promise<boolean> {
+  if (choice === "cpu") return false;
+  if (choice === "webgpu") return true;
+  if (!gpuHardwarePresent()) return false;
+  const { getGpuDevice } = await import("../gpu/device.ts");
+  const gpu = await getGpuDevice().catch(() => undefined);
+  return !!gpu && !gpu.software;
+}
+
+async function cpuCount(): Promise<number> {
+  const os = await import("node:os");
+  return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+}

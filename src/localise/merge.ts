@@ -1,0 +1,446 @@
+/**
+ * The merge of localise's parts and stages 5-7 over all modules: parts' frames aligned on (trainId, pulseId),
+ * their spill records streamed back block by block (bounded memory), the classifier (stage 5, spec in
+ * classify.ts), ROIs (stage 6) and the module selection (stage 7).
+ */
+import { InputError } from "../errors.ts";
+import { type Geometry, geometry } from "../exdf/detectors.ts";
+import { Run } from "../exdf/run.ts";
+import { adaptiveThreshold, asicOfPeak } from "./classify.ts";
+import { loadLayout } from "../exdf/geometry.ts";
+import { positioner } from "./position.ts";
+import { RoiSet } from "./rois.ts";
+import { Grow } from "../reductions/common.ts";
+import { ownSpill, removeSpill } from "../framework/spill.ts";
+import { annotateBeam, type BeamAnnotation, combineLit } from "../beam/annotate.ts";
+import type { FramePeak } from "./result.ts";
+import type { LocaliseOptions } from "./result.ts";
+import type { LocalisePart } from "./result.ts";
+import type { LocaliseResult } from "./result.ts";
+import type { ModuleResult } from "./result.ts";
+import { SpillStream } from "./records.ts";
+import { headerBytes } from "./records.ts";
+import { PEAK_BYTES } from "./records.ts";
+import type { FrameTables } from "./result.ts";
+
+/** Module frames (frames x modules) per block of the streaming passes over the spill files. */
+const BLOCK_MODULE_FRAMES = 4096;
+/** At most this many trains per block (one REDU writer call each). */
+const BLOCK_TRAINS = 512;
+
+/**
+ * Block bounds [f0, f1) over frames sorted by train: whole trains, up to BLOCK_TRAINS trains and about
+ * BLOCK_MODULE_FRAMES module frames (at least one train).
+ */
+export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] {
+  const maxFrames = Math.max(1, Math.floor(BLOCK_MODULE_FRAMES / Math.max(1, nMod)));
+  const bounds = [0];
+  let f0 = 0, trains = 0;
+  for (let f = 0; f < trainId.length; f++) {
+    if (f > f0 && trainId[f] !== trainId[f - 1]) {
+      // A new train starts at f: close the block before it when it is full.
+      if (trains >= BLOCK_TRAINS || f - f0 >= maxFrames) {
+        bounds.push(f);
+        f0 = f;
+        trains = 0;
+      }
+      trains++;
+    } else if (f === f0) trains = 1;
+  }
+  if (trainId.length > f0) bounds.push(trainId.length);
+  return bounds;
+}
+
+/** The union of the parts' frames (each sorted by trainId, pulseId), and each part row's merged index. */
+function mergeParts(
+  parts: LocalisePart[],
+): { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] } {
+  const index = parts.map((p) => new Uint32Array(p.trainId.length));
+  const at = parts.map(() => 0);
+  const t = new Grow((n) => new Float64Array(n));
+  const pu = new Grow((n) => new Float64Array(n));
+  for (let n = 0;; n++) {
+    let bt = Infinity, bp = Infinity;
+    parts.forEach((p, i) => {
+      const k = at[i];
+      if (k < p.trainId.length && (p.trainId[k] < bt || (p.trainId[k] === bt && p.pulseId[k] < bp))) {
+        bt = p.trainId[k];
+        bp = p.pulseId[k];
+      }
+    });
+    if (bt === Infinity) break;
+    t.push([bt]);
+    pu.push([bp]);
+    parts.forEach((p, i) => {
+      while (at[i] < p.trainId.length && p.trainId[at[i]] === bt && p.pulseId[at[i]] === bp) {
+        index[i][at[i]++] = n;
+      }
+    });
+  }
+  return { trainId: t.toArray(), pulseId: pu.toArray(), index };
+}
+
+/** Per-frame tables of frames [f0, f1) and every peak of each frame (all modules). */
+interface FrameBlock {
+  f0: number;
+  f1: number;
+  per: FrameTables;
+  allPeaks: FramePeak[][];
+  anomalies: { trainId: number; pulseId: number }[];
+}
+
+/** Stage 5 (and the beam) over the merged per-frame records, read block by block from the parts' spill files. */
+class FrameStream {
+  readonly nMod: number;
+  threshold = NaN;
+  beam?: BeamAnnotation;
+  constructor(
+    readonly parts: LocalisePart[],
+    readonly merged: { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] },
+    readonly moduleList: number[],
+    readonly g: Geometry,
+    readonly opt: LocaliseOptions,
+    readonly where: ReturnType<typeof positioner>,
+  ) {
+    this.nMod = moduleList.length;
+  }
+
+  /** The records of frames in the bounds' blocks, as stages 1-4 left them. */
+  *raw(bounds: number[]): Generator<FrameBlock> {
+    const { parts, merged, nMod, moduleList } = this;
+    const nA = this.g.nAsics;
+    const hb = headerBytes(nA);
+    const streams = parts.map((p) => new SpillStream(p.spill));
+    const cursor = parts.map(() => 0);
+    try {
+      for (let b = 0; b + 1 < bounds.length; b++) {
+        const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
+        const per: FrameTables = {
+          trainId: merged.trainId.slice(f0, f1),
+          pulseId: merged.pulseId.slice(f0, f1),
+          frameLit: new Uint8Array(n),
+          litPixels: new Uint32Array(n * nMod * nA),
+          litIntensity: new Float32Array(n * nMod * nA),
+          unmaskedPixels: new Uint32Array(n * nMod * nA),
+          filteredLit: new Uint32Array(n * nMod * nA),
+          asicLit: new Uint8Array(n * nMod * nA),
+          score: new Float32Array(n),
+          nPeaks: new Uint32Array(n),
+          peaks: Array.from({ length: n }, () => [] as FramePeak[]),
+        };
+        const allPeaks: FramePeak[][] = Array.from({ length: n }, () => []);
+        let m0 = 0;
+        parts.forEach((p, pi) => {
+          const ix = merged.index[pi], pm = p.modules.length;
+          for (; cursor[pi] < ix.length && ix[cursor[pi]] < f1; cursor[pi]++) {
+            const f = ix[cursor[pi]] - f0;
+            for (let j = 0; j < pm; j++) {
+              const h = streams[pi].take(hb);
+              const u = new Uint32Array(h.buffer, 0, 2 + 4 * nA);
+              const dst = (f * nMod + m0 + j) * nA;
+              per.litPixels.set(u.subarray(2, 2 + nA), dst);
+              per.litIntensity.set(new Float32Array(h.buffer, (2 + nA) * 4, nA), dst);
+              per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
+              per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
+              per.nPeaks[f] += u[0];
+              if (u[1] === 0) continue;
+              const d = new Float64Array(streams[pi].take(u[1] * PEAK_BYTES).buffer);
+              for (let k = 0; k < u[1]; k++) {
+                const o = k * (PEAK_BYTES / 8);
+                allPeaks[f].push({
+                  box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
+                  area: d[o + 4],
+                  intensity: d[o + 5],
+                  ss: d[o + 6],
+                  fs: d[o + 7],
+                  max: d[o + 8],
+                  snr: d[o + 9],
+                  module: moduleList[m0 + j],
+                });
+              }
+            }
+          }
+          m0 += pm;
+        });
+        yield { f0, f1, per, allPeaks, anomalies: [] };
+      }
+    } finally {
+      for (const s of streams) s.close();
+    }
+  }
+
+  /** Classified blocks: scores, ASIC and frame lit flags, peak tables with positions, the beam decision. */
+  *classified(bounds: number[]): Generator<FrameBlock> {
+    for (const blk of this.raw(bounds)) {
+      const per = blk.per;
+      frameScores(per, this.nMod, this.g.nAsics);
+      classifyFrames(per, blk.allPeaks, this.moduleList, this.g, this.opt, this.threshold);
+      for (const list of per.peaks) {
+        for (const p of list) Object.assign(p, this.where(p.module, p.ss, p.fs));
+      }
+      if (this.beam) {
+        const c = combineLit(this.beam, per, this.opt.litFrom);
+        per.frameLit.set(c.frameLit);
+        blk.anomalies = c.anomalies.map((a) => ({ trainId: a.trainId, pulseId: a.pulseId }));
+      }
+      yield blk;
+    }
+  }
+}
+
+/**
+ * Stages 5-7 over the merged parts, streaming: the parts' spill files are read block by block (bounded by
+ * BLOCK_MODULE_FRAMES), once for the adaptive classifier's scores (adaptive mode only), once for stages 6-7;
+ * the REDU writer reads them once more (`frameBlocks`). In memory per frame: trainId, pulseId, score,
+ * frameLit (21 bytes); per module: the ROI persistence counts (4 bytes per pixel) and hot pixels.
+ */
+export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: number): LocaliseResult {
+  const det = run.detector(opt.detector);
+  const g = geometry(det.type);
+  const nA = g.nAsics;
+  const moduleList = parts.flatMap((p) => p.modules);
+  const nMod = moduleList.length;
+  const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
+  for (const p of parts) ownSpill(p.spill);
+  const merged = mergeParts(parts);
+  const nF = merged.trainId.length;
+  const recorded = parts.flatMap((p) => p.recorded);
+  const hot = parts.flatMap((p) => p.hot);
+  const files = parts.flatMap((p) => p.files);
+  const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
+  const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
+  const layout = loadLayout(opt.geometry, det.type);
+  const stream = new FrameStream(parts, merged, moduleList, g, opt, positioner(layout, det.type));
+  const bounds = blockBounds(merged.trainId, nMod);
+
+  // Stage 5, adaptive mode: the threshold from every frame's score (a first pass over the records).
+  const score = new Float32Array(nF);
+  if (opt.mode === "adaptive") {
+    for (const blk of stream.raw(bounds)) {
+      frameScores(blk.per, nMod, nA);
+      score.set(blk.per.score, blk.f0);
+    }
+    stream.threshold = adaptiveThreshold(score, opt.snr);
+  }
+
+  // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
+  let beam: BeamAnnotation | undefined;
+  if (opt.litFrom !== "images") {
+    const ann = annotateBeam(run, {
+      detector: det.name,
+      sase: opt.sase,
+      repRate: opt.repRate,
+      referenceFrame: opt.referenceFrame,
+    });
+    if (ann.trains.some((t) => t.hasBunchPattern)) {
+      beam = ann;
+      stream.beam = ann;
+    } else if (opt.litFrom === "beam") {
+      throw new InputError(run.path, "--lit-from beam: the run has no bunch pattern");
+    } else {
+      notes.push("no bunch pattern in the run: lit frames from the images alone");
+    }
+  }
+
+  // Stage 6: ROIs from signal persistence (or, with roiFraction 0, the union of the peak boxes of lit
+  // frames); stage 7: module selection.
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
+  const rois = moduleList.map(() => new RoiSet(g.moduleSs, g.moduleFs, opt.margin, opt.maxRois));
+  const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
+  const moduleLit = new Uint32Array(nMod);
+  const valid = new Uint8Array(nMod);
+  const frameLit = new Uint8Array(nF);
+  const anomalies: { trainId: number; pulseId: number }[] = [];
+  let litCount = 0;
+  for (const blk of stream.classified(bounds)) {
+    const per = blk.per;
+    frameLit.set(per.frameLit, blk.f0);
+    score.set(per.score, blk.f0);
+    for (const a of blk.anomalies) anomalies.push(a);
+    for (let f = 0; f < blk.f1 - blk.f0; f++) {
+      for (let m = 0; m < nMod; m++) {
+        const base = (f * nMod + m) * nA;
+        for (let a = 0; a < nA && !valid[m]; a++) if (per.unmaskedPixels[base + a]) valid[m] = 1;
+      }
+      if (!per.frameLit[f]) continue;
+      litCount++;
+      for (const p of blk.allPeaks[f]) {
+        const m = moduleIndex.get(p.module)!;
+        if (!persist) {
+          rois[m].add(p.box);
+          continue;
+        }
+        const c = persist[m];
+        for (let ss = p.box[0]; ss < p.box[2]; ss++) {
+          for (let fs = p.box[1]; fs < p.box[3]; fs++) c[ss * g.moduleFs + fs]++;
+        }
+      }
+      for (let m = 0; m < nMod; m++) {
+        const base = (f * nMod + m) * nA;
+        if (per.asicLit.subarray(base, base + nA).some((x) => x)) moduleLit[m]++;
+      }
+    }
+  }
+  if (anomalies.length) {
+    notes.push(`${anomalies.length} frames with signal in the images but no X-ray pulse: kept (anomalies)`);
+  }
+  for (const w of beam?.warnings ?? []) notes.push(`beam: ${w}`);
+  if (persist) {
+    const need = Math.max(2, Math.ceil(opt.roiFraction * litCount));
+    persist.forEach((c, m) => {
+      for (let p = 0; p < c.length; p++) {
+        if (c[p] >= need) {
+          const ss = Math.floor(p / g.moduleFs), fs = p % g.moduleFs;
+          rois[m].add([ss, fs, ss + 1, fs + 1]);
+        }
+      }
+    });
+  }
+  const modules: ModuleResult[] = moduleList.map((m, i) => {
+    const frames = recorded[i];
+    const boxes = rois[i].result();
+    const hotList: [number, number][] = [];
+    hot[i].forEach((h, p) => {
+      if (h) hotList.push([Math.floor(p / g.moduleFs), p % g.moduleFs]);
+    });
+    return {
+      module: m,
+      frames,
+      litFrames: moduleLit[i],
+      selected: (frames > 0 && moduleLit[i] / frames >= opt.minLitFraction) || boxes.length > 0,
+      files: files[i],
+      rois: boxes,
+      hotPixels: hotList,
+    };
+  });
+  modules.forEach((m, i) => {
+    if (m.frames > 0 && !valid[i]) {
+      notes.push(
+        `warning: module ${m.module}: no valid pixel in any of its ${m.frames} frames (all NaN or masked)`,
+      );
+    }
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const litFrames = frameLit.reduce((a, x) => a + x, 0);
+  // Trains as inspect counts them: every train of the run's index in the range, empty ones included.
+  const trains = run.trainIds.filter((t) =>
+    (opt.firstTrain === undefined || t >= opt.firstTrain) &&
+    (opt.lastTrain === undefined || t <= opt.lastTrain)
+  ).length;
+  let all: FrameTables | undefined;
+  let disposed = false;
+  const frameBlocks = function* (b: number[]): Generator<FrameBlock> {
+    if (disposed) throw new Error("localise result: per-frame records already removed (dispose)");
+    yield* stream.classified(b);
+  };
+  return {
+    run: run.path,
+    runFiles: run.files.map((f) => f.name),
+    detector: { name: det.name, type: det.type, modules: moduleList },
+    backend: { name: backend.name, adapter: backend.adapter },
+    notes,
+    params: opt,
+    trains,
+    frames: nF,
+    litFrames,
+    modules,
+    selectedFiles: modules.filter((m) => m.selected).flatMap((m) => m.files),
+    timing: {
+      seconds,
+      bytesRead,
+      gbPerSecond: bytesRead / seconds / 1e9,
+      framesPerSecond: nF / seconds,
+    },
+    trainId: merged.trainId,
+    pulseId: merged.pulseId,
+    frameLit,
+    score,
+    blockBounds: () => bounds,
+    frameBlocks,
+    get perFrame() {
+      if (!all) { for (const blk of frameBlocks([0, nF])) all = blk.per; }
+      return all!;
+    },
+    dispose() {
+      disposed = true;
+      for (const p of parts) removeSpill(p.spill);
+    },
+    memory: {
+      frameBytes: nF * (8 + 8 + 4 + 1) + merged.index.reduce((a, ix) => a + ix.byteLength, 0),
+      accumulatorBytes: (persist?.reduce((a, c) => a + c.byteLength, 0) ?? 0) +
+        hot.reduce((a, h) => a + h.byteLength, 0),
+      blockModuleFrames: Math.max(...bounds.slice(1).map((b, i) => (b - bounds[i]) * nMod), 0),
+      spillFiles: parts.map((p) => p.spill),
+    },
+    nAsics: nA,
+    geometry: g,
+    layout: layout.source,
+    beam,
+    anomalies,
+  };
+}
+
+/**
+ * Stage 5 (classify.ts has the spec): per-frame score, ASIC and frame lit flags, and each frame's peak table
+ * (`per.peaks`, brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place).
+ */
+/** Stage 5 score of each frame: its lit fraction (stage-1 lit pixels over valid pixels, all modules). */
+export function frameScores(per: FrameTables, nMod: number, nA: number): void {
+  const nF = per.frameLit.length;
+  for (let f = 0; f < nF; f++) {
+    let lit = 0, valid = 0;
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      lit += per.litPixels[k];
+      valid += per.unmaskedPixels[k];
+    }
+    per.score[f] = valid > 0 ? lit / valid : NaN;
+  }
+}
+
+/**
+ * Stage 5 (classify.ts has the spec): ASIC and frame lit flags, and each frame's peak table (`per.peaks`,
+ * brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place), given the scores
+ * (frameScores) and the adaptive mode's threshold over the run (adaptiveThreshold; unused in peaks mode);
+ * without a threshold, per holds every frame of the run and both are computed here.
+ */
+export function classifyFrames(
+  per: FrameTables,
+  allPeaks: FramePeak[][],
+  moduleList: number[],
+  g: Geometry,
+  opt: LocaliseOptions,
+  threshold?: number,
+): void {
+  const nF = per.frameLit.length;
+  const nMod = moduleList.length;
+  const nA = g.nAsics;
+  if (threshold === undefined) {
+    // All the run's frames in per: the scores and the threshold from them.
+    frameScores(per, nMod, nA);
+    threshold = opt.mode === "adaptive" ? adaptiveThreshold(per.score, opt.snr) : NaN;
+  }
+  const moduleIndex = new Map(moduleList.map((m, i) => [m, i]));
+  for (let f = 0; f < nF; f++) {
+    // Peaks mode: peaks light their ASICs when the frame holds at least minPeaks of them.
+    if (opt.mode !== "peaks" || per.nPeaks[f] >= Math.max(1, opt.minPeaks)) {
+      for (const p of allPeaks[f]) {
+        per.asicLit[(f * nMod + moduleIndex.get(p.module)!) * nA + asicOfPeak(g, p)] = 1;
+      }
+    }
+    for (let k = f * nMod * nA; k < (f + 1) * nMod * nA; k++) {
+      if (opt.mode === "peaks") {
+        if (opt.minLit > 0 && per.filteredLit[k] >= opt.minLit) per.asicLit[k] = 1;
+      } else if (per.score[f] > threshold) {
+        const frac = per.unmaskedPixels[k] > 0 ? per.litPixels[k] / per.unmaskedPixels[k] : 0;
+        if (frac > threshold) per.asicLit[k] = 1;
+      }
+      if (per.asicLit[k]) per.frameLit[f] = 1;
+    }
+    if (opt.mode === "adaptive") per.frameLit[f] = per.score[f] > threshold ? 1 : 0;
+    // The per-frame peak table: brightest first, ties by module then box.
+    allPeaks[f].sort((a, b) =>
+      b.intensity - a.intensity || a.module - b.module || a.box[0] - b.box[0] || a.box[1] - b.box[1]
+    );
+    per.peaks[f] = allPeaks[f].slice(0, opt.maxPeaks);
+  }
+}
