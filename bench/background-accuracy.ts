@@ -11,7 +11,8 @@
  *   npx deno run -A bench/background-accuracy.ts [frames, default 24]
  */
 import process from "node:process";
-import { backgroundCpu, cellsOf, DEFAULT_PARAMS } from "../src/localise/stages.ts";
+import { backgroundCpu, cellsOf } from "../src/localise/background.ts";
+import { DEFAULT_PARAMS } from "../src/localise/spec.ts";
 import { SFX_LOW, SFX_WATER, type SfxOptions, SfxRun } from "../fixtures/sfx.ts";
 
 const frames = Number(process.argv[2] ?? 24);

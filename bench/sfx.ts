@@ -18,7 +18,9 @@
  * of one core for a 0.7 GB run (plus the hot-pixel sample's stage 0); see bench/RESULTS.md end to end.
  */
 import process from "node:process";
-import { backgroundCpu, DEFAULT_PARAMS, processBatchCpu } from "../src/localise/stages.ts";
+import { backgroundCpu } from "../src/localise/background.ts";
+import { DEFAULT_PARAMS } from "../src/localise/spec.ts";
+import { processBatchCpu } from "../src/localise/stages.ts";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 
 const n = Number(process.argv[2] ?? 32);

@@ -24,12 +24,8 @@
  */
 import process from "node:process";
 import { type DetectorType, geometry } from "../src/exdf/detectors.ts";
-import {
-  createCpuBackend,
-  DEFAULT_PARAMS,
-  type LocaliseBackend,
-  type ModuleBatch,
-} from "../src/localise/stages.ts";
+import { createCpuBackend } from "../src/localise/stages.ts";
+import { DEFAULT_PARAMS, type LocaliseBackend, type ModuleBatch } from "../src/localise/spec.ts";
 import { createWebgpuBackend } from "../src/localise/webgpu.ts";
 
 function arg(name: string, def: string): string {

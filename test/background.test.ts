@@ -7,14 +7,9 @@
 import { describe, expect, it } from "vitest";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
-import {
-  accumulateLitCountsCpu,
-  backgroundCpu,
-  DEFAULT_PARAMS,
-  processBatchCpu,
-  TILE,
-  tilesOf,
-} from "../src/localise/stages.ts";
+import { accumulateLitCountsCpu, processBatchCpu } from "../src/localise/stages.ts";
+import { backgroundCpu, TILE, tilesOf } from "../src/localise/background.ts";
+import { DEFAULT_PARAMS } from "../src/localise/spec.ts";
 import { createWebgpuBackend } from "../src/localise/webgpu.ts";
 
 const run = new SfxRun({ ...SFX_WATER, modules: [0, 9], frames: 24, hitRate: 0.5 });

@@ -6,15 +6,14 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { type DetectorType, type Geometry, geometry } from "../src/exdf/detectors.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
+import { accumulateLitCountsCpu, processBatchCpu } from "../src/localise/stages.ts";
 import {
-  accumulateLitCountsCpu,
   type BatchResult,
   DEFAULT_PARAMS,
   type LocaliseParams,
   type ModuleBatch,
   type Peak,
-  processBatchCpu,
-} from "../src/localise/stages.ts";
+} from "../src/localise/spec.ts";
 import {
   createWebgpuBackend,
   framesPerBatch,

@@ -7,15 +7,9 @@
 import { describe, expect, it } from "vitest";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
-import {
-  accumulateLitCountsCpu,
-  backgroundCpu,
-  cellList,
-  cellsOf,
-  DEFAULT_PARAMS,
-  type ModuleBatch,
-  processBatchCpu,
-} from "../src/localise/stages.ts";
+import { accumulateLitCountsCpu, processBatchCpu } from "../src/localise/stages.ts";
+import { backgroundCpu, cellList, cellsOf } from "../src/localise/background.ts";
+import { DEFAULT_PARAMS, type ModuleBatch } from "../src/localise/spec.ts";
 import { createWebgpuBackend } from "../src/localise/webgpu.ts";
 import { defaultLayout } from "../src/exdf/geometry.ts";
 import { moduleRadii } from "../src/localise/position.ts";

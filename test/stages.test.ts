@@ -4,14 +4,12 @@ import { asicOf, DETECTOR_TYPES, type Geometry, geometry } from "../src/exdf/det
 import {
   accumulateLitCountsCpu,
   createCpuBackend,
-  DEFAULT_PARAMS,
   hotPixels,
   labelsCpu,
-  type LocaliseParams,
-  type ModuleBatch,
   NO_LABEL,
   processBatchCpu,
 } from "../src/localise/stages.ts";
+import { DEFAULT_PARAMS, type LocaliseParams, type ModuleBatch } from "../src/localise/spec.ts";
 import { batchOf, P, put } from "./helpers/batches.ts";
 
 const AGIPD = geometry("AGIPD");

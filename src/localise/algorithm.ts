@@ -25,13 +25,8 @@ import { loadLayout } from "../exdf/geometry.ts";
 import { moduleRadii } from "./position.ts";
 import { Grow } from "../reductions/common.ts";
 import { SpillWriter } from "../framework/spill.ts";
-import {
-  type BatchResult,
-  createCpuBackend,
-  hotPixels,
-  type LocaliseBackend,
-  type LocaliseParams,
-} from "./stages.ts";
+import { type BatchResult, type LocaliseBackend, type LocaliseParams } from "./spec.ts";
+import { createCpuBackend, hotPixels } from "./stages.ts";
 import { DEFAULT_OPTIONS } from "./result.ts";
 import type { LocaliseOptions } from "./result.ts";
 import type { LocalisePart } from "./result.ts";

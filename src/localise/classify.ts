@@ -11,7 +11,7 @@
  *   lit fraction exceeds the same threshold, or when they hold a peak.
  */
 import { asicOf, type Geometry } from "../exdf/detectors.ts";
-import type { Peak } from "./stages.ts";
+import type { Peak } from "./spec.ts";
 
 export type ClassifierMode = "peaks" | "adaptive";
 

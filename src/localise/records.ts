@@ -1,7 +1,7 @@
 /** The spill record of a module frame (ASIC counters and peaks) that parts write and the merge reads back. */
 import * as fs from "node:fs";
 import { SpillReader } from "../framework/spill.ts";
-import { type BatchResult } from "./stages.ts";
+import { type BatchResult } from "./spec.ts";
 
 /** Bytes of one peak in a spill record: box (4), area, intensity, ss, fs, max, snr as float64. */
 export const PEAK_BYTES = 80;

@@ -4,7 +4,7 @@ import { type ClassifierMode } from "./classify.ts";
 import { type Box } from "./rois.ts";
 import { type BeamAnnotation, type LitFrom } from "../beam/annotate.ts";
 import { type Sase } from "../beam/bunch.ts";
-import { DEFAULT_PARAMS, type LocaliseParams, type Peak } from "./stages.ts";
+import { DEFAULT_PARAMS, type LocaliseParams, type Peak } from "./spec.ts";
 
 export type BackendChoice = "auto" | "webgpu" | "cpu";
 

@@ -49,23 +49,22 @@ import {
 } from "../gpu/device.ts";
 import {
   type Background,
-  type BatchResult,
   cellList,
   type Cells,
   cellsOf,
-  checkBatch,
-  emptyResult,
-  framePeaksCpu,
+  newBackground,
+  TILE,
+  tilesOf,
+} from "./background.ts";
+import {
+  type BatchResult,
   type LocaliseBackend,
   type LocaliseParams,
   type ModuleBatch,
-  newBackground,
-  NO_LABEL,
   type Peak,
-  sortAndCut,
-  TILE,
-  tilesOf,
-} from "./stages.ts";
+} from "./spec.ts";
+import { emptyResult, framePeaksCpu, NO_LABEL, sortAndCut } from "./stages.ts";
+import { checkBatch } from "./spec.ts";
 
 /** Words per peak-table entry (shaders/common.wgsl ENTRY). */
 const ENTRY = 11;

@@ -1,6 +1,6 @@
 /** Hand-made module batches for the stage tests (CPU reference and GPU). */
 import type { Geometry } from "../../src/exdf/detectors.ts";
-import { DEFAULT_PARAMS, type ModuleBatch } from "../../src/localise/stages.ts";
+import { DEFAULT_PARAMS, type ModuleBatch } from "../../src/localise/spec.ts";
 
 /**
  * Hand-made scenes use photon-level values on a zero background: the fixed-threshold mode (minSnr 0: no

@@ -1,0 +1,409 @@
+/** Stage 0 of localise (spec in spec.ts): background mu, noise sigma and candidate threshold per frame and cell (radius bin or tile), CPU reference. */
+import type { Geometry } from "../exdf/detectors.ts";
+import type { LocaliseParams } from "./spec.ts";
+import type { ModuleBatch } from "./spec.ts";
+import { checkBatch } from "./spec.ts";
+
+/** Side of the square background tiles of stage 0 (pixels); every ASIC side is a multiple of it. */
+export const TILE = 16;
+const TILE_SHIFT = Math.log2(TILE);
+
+/** Background tiles per module image: (moduleSs / TILE) x (moduleFs / TILE), row-major. */
+export function tilesOf(g: Geometry): number {
+  return (g.moduleSs / TILE) * (g.moduleFs / TILE);
+}
+
+/** Stage-0 output for frames x tiles: background mu, noise sigma, candidate threshold t (float32). */
+export interface Background {
+  mu: Float32Array;
+  sigma: Float32Array;
+  thr: Float32Array;
+}
+
+/** Stage-0 output for nFrames x `cells` (tiles by default). */
+export function newBackground(g: Geometry, nFrames: number, cells = tilesOf(g)): Background {
+  const n = nFrames * cells;
+  return { mu: new Float32Array(n), sigma: new Float32Array(n), thr: new Float32Array(n) };
+}
+
+/**
+ * The cells of stage 0: each pixel's cell, and the number of cells. Tiles: cell = tile of the pixel
+ * ((ss / 16) * (moduleFs / 16) + fs / 16). Radius bins (batch.radius given and params.bgBinWidth > 0):
+ * cell = floor(radius / bgBinWidth) - floor(rmin / bgBinWidth), rmin the smallest finite radius of the
+ * module; pixels with a non-finite radius share one extra last cell.
+ */
+export interface Cells {
+  cell: Uint32Array;
+  n: number;
+  radial: boolean;
+}
+
+const tileCellCache = new Map<string, Cells>();
+const radialCellCache = new WeakMap<Float32Array, Map<number, Cells>>();
+
+export function cellsOf(batch: ModuleBatch, params: LocaliseParams): Cells {
+  const g = batch.geometry;
+  const w = params.bgBinWidth;
+  if (batch.radius && w > 0) {
+    let m = radialCellCache.get(batch.radius);
+    if (!m) radialCellCache.set(batch.radius, m = new Map());
+    let c = m.get(w);
+    if (!c) m.set(w, c = radialCells(batch.radius, w, g.pixels));
+    return c;
+  }
+  const key = `${g.moduleSs}x${g.moduleFs}`;
+  let c = tileCellCache.get(key);
+  if (!c) {
+    const cell = new Uint32Array(g.pixels);
+    const tFs = g.moduleFs / TILE;
+    for (let p = 0; p < g.pixels; p++) {
+      const ss = Math.floor(p / g.moduleFs), fs = p - ss * g.moduleFs;
+      cell[p] = (ss >> TILE_SHIFT) * tFs + (fs >> TILE_SHIFT);
+    }
+    tileCellCache.set(key, c = { cell, n: tilesOf(g), radial: false });
+  }
+  return c;
+}
+
+/**
+ * The pixels of each cell as one array (the GPU's segmented reduction over radius bins): n + 1 starts,
+ * then the pixels of cell 0, 1, ... in raster order (cell c: entries n + 1 + start[c] .. n + 1 +
+ * start[c + 1]).
+ */
+export function cellList(cells: Cells): Uint32Array {
+  const cached = cellListCache.get(cells);
+  if (cached) return cached;
+  const N = cells.n, P = cells.cell.length;
+  const out = new Uint32Array(N + 1 + P);
+  for (let p = 0; p < P; p++) out[cells.cell[p] + 1]++;
+  for (let c = 0; c < N; c++) out[c + 1] += out[c];
+  const fill = out.slice(0, N);
+  for (let p = 0; p < P; p++) out[N + 1 + fill[cells.cell[p]]++] = p;
+  cellListCache.set(cells, out);
+  return out;
+}
+const cellListCache = new WeakMap<Cells, Uint32Array>();
+
+/**
+ * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
+ * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
+ * starts where run r - 1 ends, or at 0) and has cell cell[r]; the runs of ASIC row segment i
+ * (ss * asicCols + col) are seg[i] .. seg[i + 1].
+ */
+interface Runs {
+  end: Int32Array;
+  cell: Int32Array;
+  seg: Int32Array;
+}
+
+export function runsOf(cells: Cells, g: Geometry): Runs {
+  const cached = runsCache.get(cells);
+  if (cached) return cached;
+  const { moduleSs: nss, moduleFs: nfs, asicFs } = g;
+  const cols = nfs / asicFs;
+  const end: number[] = [], cell: number[] = [];
+  const seg = new Int32Array(nss * cols + 1);
+  for (let ss = 0; ss < nss; ss++) {
+    for (let col = 0; col < cols; col++) {
+      seg[ss * cols + col] = end.length;
+      const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
+      for (let p = p0; p < p1; p++) {
+        if (p === p0 || cells.cell[p] !== cell[cell.length - 1]) {
+          if (p !== p0) end.push(p);
+          cell.push(cells.cell[p]);
+        }
+      }
+      end.push(p1);
+    }
+  }
+  seg[nss * cols] = end.length;
+  const r = { end: Int32Array.from(end), cell: Int32Array.from(cell), seg };
+  runsCache.set(cells, r);
+  return r;
+}
+const runsCache = new WeakMap<Cells, Runs>();
+
+let radialScratch = new Float64Array(0);
+let radialFill = new Int32Array(0);
+let zeros = new Uint32Array(0);
+let radialSum = new Float64Array(0), radialSq = new Float64Array(0), radialMax = new Float64Array(0);
+
+/** An all-zero mask of at least n pixels (the stand-in for an absent mask: no per-pixel presence test). */
+export function zeroMask(n: number): Uint32Array {
+  if (zeros.length < n) zeros = new Uint32Array(n);
+  return zeros;
+}
+
+function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
+  if (radius.length !== pixels) throw new RangeError(`radius has ${radius.length} values, need ${pixels}`);
+  let lo = Infinity, hi = -Infinity, anyNaN = false;
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    if (Number.isFinite(r)) {
+      const b = Math.floor(r / w);
+      if (b < lo) lo = b;
+      if (b > hi) hi = b;
+    } else anyNaN = true;
+  }
+  const nBins = hi >= lo ? hi - lo + 1 : 0;
+  const cell = new Uint32Array(pixels);
+  for (let p = 0; p < pixels; p++) {
+    const r = radius[p];
+    cell[p] = Number.isFinite(r) ? Math.floor(r / w) - lo : nBins;
+  }
+  return { cell, n: nBins + (anyNaN ? 1 : 0), radial: true };
+}
+
+/**
+ * Stage 0 per radius bin on frame f (peakfinder8's background; cells from cellsOf, radial): the same
+ * one-sided iterative clip as a tile's (backgroundFrameCpu), over the valid pixels of each bin of the
+ * module, every bin iterating independently (a bin stops when it has no value left or the same count as
+ * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
+ * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
+ */
+export function radialBackgroundFrameCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  cells: Cells,
+  out: Background,
+  o: number,
+): void {
+  const g = batch.geometry;
+  const N = cells.n;
+  if (!(params.minSnr > 0)) {
+    out.mu.fill(0, o, o + N);
+    out.sigma.fill(0, o, o + N);
+    out.thr.fill(Math.fround(params.threshold), o, o + N);
+    return;
+  }
+  const { data, mask } = batch;
+  const P = g.pixels;
+  const base = f * P;
+  // The valid values of each bin, contiguous and in raster order within the bin: one raster pass that
+  // appends each value to its bin's segment (bins start at the cellList offsets), then the clip per bin.
+  const list = cellList(cells);
+  if (radialScratch.length < P) radialScratch = new Float64Array(P);
+  if (radialFill.length < N) radialFill = new Int32Array(N);
+  const vals = radialScratch, fill = radialFill;
+  for (let c = 0; c < N; c++) fill[c] = list[c];
+  // The same pass makes the clip's first iteration (limit +Infinity: every value, in the same order) and
+  // each bin's largest value. Neighbouring pixels mostly share a bin: the current bin's write position,
+  // sums and maximum stay in locals and go to the bin's slots when the pass enters another bin.
+  if (radialSum.length < N) {
+    radialSum = new Float64Array(N);
+    radialSq = new Float64Array(N);
+    radialMax = new Float64Array(N);
+  }
+  const S1 = radialSum, Q1 = radialSq, M1 = radialMax;
+  S1.fill(0, 0, N);
+  Q1.fill(0, 0, N);
+  M1.fill(-Infinity, 0, N);
+  const m = mask ?? zeroMask(P), mb = mask ? base : 0;
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
+  let p = 0;
+  for (let r = 0; r < nRuns; r++) {
+    const c = runCell[r], pe = runEnd[r];
+    let k = fill[c], S = S1[c], Q = Q1[c], mx = M1[c];
+    for (; p < pe; p++) {
+      const v = data[base + p];
+      if (v - v === 0 && m[mb + p] === 0) {
+        vals[k++] = v;
+        S += v;
+        Q += v * v;
+        if (v > mx) mx = v;
+      }
+    }
+    fill[c] = k;
+    S1[c] = S;
+    Q1[c] = Q;
+    M1[c] = mx;
+  }
+  const mu = out.mu, sigma = out.sigma;
+  for (let c = 0; c < N; c++) {
+    clipStatsAfterFirst(vals, list[c], fill[c], S1[c], Q1[c], M1[c], params, clipped);
+    mu[o + c] = clipped[0];
+    sigma[o + c] = clipped[1];
+  }
+  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  for (let c = 0; c < N; c++) {
+    const a = out.sigma[o + c];
+    let s = a;
+    if (c > 0 && c + 1 < N) {
+      const x = out.sigma[o + c - 1], y = out.sigma[o + c + 1];
+      s = Math.max(Math.min(a, x), Math.min(Math.max(a, x), y)); // the median of three
+    } else if (N > 1) {
+      s = Math.min(a, out.sigma[o + (c > 0 ? c - 1 : c + 1)]); // the lower of two
+    }
+    out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
+  }
+}
+
+/** The state of clipStats before its first iteration. */
+const CLIP_START: ClipState = Object.freeze({ it: 0, mu: 0, sigma: 0, limit: Infinity, prevN: -1 });
+
+/** clipStats resumed at iteration `it` after an iteration that gave mu, sigma, limit from prevN values. */
+interface ClipState {
+  it: number;
+  mu: number;
+  sigma: number;
+  limit: number;
+  prevN: number;
+}
+
+/** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
+const clipped = new Float64Array(2);
+
+/**
+ * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[k0, k1): limit =
+ * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
+ * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
+ * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
+ * [mu, sigma] into out (0, 0 without values).
+ */
+function clipStats(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  params: LocaliseParams,
+  out: Float64Array,
+  from: ClipState = CLIP_START,
+): void {
+  let mu = from.mu, sigma = from.sigma, limit = from.limit, prevN = from.prevN;
+  const iterations = params.bgIterations, clip = params.bgClip;
+  for (let it = from.it; it < iterations; it++) {
+    let n = 0, S = 0, Q = 0;
+    for (let k = k0; k < k1; k++) {
+      const v = vals[k];
+      if (v < limit) {
+        n++;
+        S += v;
+        Q += v * v;
+      }
+    }
+    if (n === 0 || n === prevN) break;
+    prevN = n;
+    mu = S / n;
+    sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+    limit = mu + clip * sigma;
+  }
+  out[0] = mu;
+  out[1] = sigma;
+}
+
+/**
+ * clipStats over vals[k0, k1) given its first iteration (S, Q: the float64 sums of v and v^2 over all the
+ * values in order; mx: the largest value): the same result. When mx < the first limit the second
+ * iteration would keep every value (n = the previous n: stop), so it is skipped.
+ */
+function clipStatsAfterFirst(
+  vals: Float64Array,
+  k0: number,
+  k1: number,
+  S: number,
+  Q: number,
+  mx: number,
+  params: LocaliseParams,
+  out: Float64Array,
+): void {
+  const n = k1 - k0;
+  if (!(params.bgIterations >= 1) || n === 0) {
+    out[0] = 0;
+    out[1] = 0;
+    return;
+  }
+  const mu = S / n;
+  const sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+  const limit = mu + params.bgClip * sigma;
+  if (params.bgIterations < 2 || mx < limit) {
+    out[0] = mu;
+    out[1] = sigma;
+    return;
+  }
+  clipStats(vals, k0, k1, params, out, { it: 1, mu, sigma, limit, prevN: n });
+}
+
+/**
+ * Stage 0 on frame f of a batch: each tile's mu, sigma, thr (written at `o` + tile). The valid pixels of
+ * the tile (finite, mask 0; hot pixels included: the clipping drops them like spots) enter a one-sided
+ * iterative clip: limit = +Infinity; bgIterations times, over the valid values v < limit: n = their
+ * count; if n = 0 stop; mu = sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (float64 here, float32 in two
+ * passes on the GPU), limit = mu + bgClip * sigma. (An iteration over the same values as the previous
+ * one changes nothing: both stop there.) A tile without valid pixels has mu = sigma = 0.
+ * Then (float32) mu = fround(mu), sigma = fround(sigma), and thr = max(fround(threshold),
+ * fround(minSnr * s)) with s the lower median (element floor((k - 1) / 2) in ascending order) of the k
+ * sigmas of the tile and its neighbours within the module (k = 4, 6 or 9): a spot spread over many
+ * pixels raises the sigma of its own tile, not the median of its neighbourhood, while the noise of the
+ * background varies smoothly.
+ * With minSnr <= 0 there is no background: mu = sigma = 0, thr = fround(threshold).
+ */
+export function backgroundFrameCpu(
+  batch: ModuleBatch,
+  f: number,
+  params: LocaliseParams,
+  out: Background,
+  o: number,
+  scratch: Float64Array = new Float64Array(TILE * TILE),
+): void {
+  const g = batch.geometry;
+  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
+  const threshold = Math.fround(params.threshold);
+  if (!(params.minSnr > 0)) {
+    out.mu.fill(0, o, o + nT);
+    out.sigma.fill(0, o, o + nT);
+    out.thr.fill(threshold, o, o + nT);
+    return;
+  }
+  const { data, mask } = batch;
+  const base = f * g.pixels;
+  const vals = scratch;
+  for (let t = 0; t < nT; t++) {
+    const ss0 = Math.floor(t / tFs) * TILE, fs0 = (t % tFs) * TILE;
+    let n0 = 0;
+    for (let ss = ss0; ss < ss0 + TILE; ss++) {
+      const row = base + ss * nfs;
+      for (let fs = fs0; fs < fs0 + TILE; fs++) {
+        const v = data[row + fs];
+        if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
+      }
+    }
+    clipStats(vals, 0, n0, params, clipped);
+    out.mu[o + t] = clipped[0];
+    out.sigma[o + t] = clipped[1];
+  }
+  // thr from the lower median of the sigmas of the tile and its (up to 8) neighbours in the module.
+  const tSs = g.moduleSs / TILE;
+  const nb = new Float32Array(9);
+  const minSnr = Math.fround(params.minSnr);
+  for (let t = 0; t < nT; t++) {
+    const ts = Math.floor(t / tFs), tf = t % tFs;
+    let k = 0;
+    for (let y = Math.max(0, ts - 1); y <= Math.min(tSs - 1, ts + 1); y++) {
+      for (let x = Math.max(0, tf - 1); x <= Math.min(tFs - 1, tf + 1); x++) {
+        // Insertion into the sorted prefix.
+        const v = out.sigma[o + y * tFs + x];
+        let j = k++;
+        while (j > 0 && nb[j - 1] > v) {
+          nb[j] = nb[j - 1];
+          j--;
+        }
+        nb[j] = v;
+      }
+    }
+    out.thr[o + t] = Math.max(threshold, Math.fround(minSnr * nb[(k - 1) >> 1]));
+  }
+}
+
+/** Stage 0 on every frame of a batch: frames x cells (cellsOf: tiles, or radius bins). */
+export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Background {
+  checkBatch(batch);
+  const cells = cellsOf(batch, params);
+  const nT = cells.n;
+  const out = newBackground(batch.geometry, batch.nFrames, nT);
+  const scratch = new Float64Array(TILE * TILE);
+  for (let f = 0; f < batch.nFrames; f++) {
+    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, out, f * nT);
+    else backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
+  }
+  return out;
+}
