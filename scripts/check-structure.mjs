@@ -4,15 +4,23 @@
  * - an import cycle among src/ files (static, type-only and dynamic imports all count),
  * - a file outside src/cli/ that imports from src/cli/ (the command line is the top layer),
  * - a source file over 800 lines.
- * Usage: node scripts/check-structure.mjs [--report]   (--report also prints the longest files)
+ * Usage: node scripts/check-structure.mjs [--report] [--root DIR]   (--report also prints the longest files;
+ * --root checks DIR/src instead of this repository's)
  */
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const rootArg = process.argv.indexOf("--root");
+const root = rootArg > 0
+  ? path.resolve(process.argv[rootArg + 1])
+  : path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const srcDir = path.join(root, "src");
 const MAX_LINES = 800;
+if (!fs.existsSync(srcDir)) {
+  console.error(`check-structure: ${srcDir}: no such directory`);
+  process.exit(2);
+}
 
 function walk(d, out = []) {
   for (const e of fs.readdirSync(d, { withFileTypes: true })) {
