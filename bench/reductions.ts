@@ -143,8 +143,19 @@ async function main(): Promise<void> {
   }
   const backends: ["cpu" | "webgpu", number][] = [["cpu", 1], ["cpu", cores]];
   if (process.argv.includes("--gpu")) backends.push(["webgpu", 1]);
+  // `--only xpcs`: the read ceiling and xpcs only, printed, RESULTS-reductions.md left as it is.
+  const only = arg("only", "");
   for (const [backend, workers] of backends) {
     const tag = `${backend}, ${workers} worker${workers > 1 ? "s" : ""}`;
+    if (only === "xpcs") {
+      const [x, sx] = await time(async () => {
+        const r = await xpcs(dir, { geometry: geom, qBins: 20, maxDelay: 8, backend, workers });
+        const sum = await writeXpcsDir(r, path.join(out, `xpcs-${backend}-${workers}`));
+        return { r, sum };
+      });
+      rows.push(row(`xpcs ${tag}`, sx, x.r.trainIds.length * FRAMES, { note: x.r.backend }));
+      continue;
+    }
     const [a, sa] = await time(async () => {
       const r = await azint(dir, { geometry: geom, bins: 500, backend, workers });
       const sum = await writeAzintDir(r, path.join(out, `azint-${backend}-${workers}`));
@@ -182,6 +193,16 @@ async function main(): Promise<void> {
   }
   fs.rmSync(out, { recursive: true, force: true });
 
+  if (only) {
+    for (const r of rows) {
+      console.log(
+        `${r.config}: ${r.seconds.toFixed(2)} s, ${r.framesPerSecond.toFixed(0)} frames/s, ${
+          (r.gbPerSecond / rows[0].gbPerSecond).toFixed(2)
+        }x the read ceiling`,
+      );
+    }
+    return;
+  }
   // pyFAI over h5py, the same frames.
   const corners = new Float64Array(MODULES.length * 512 * 128 * 12);
   const L = defaultLayout("AGIPD");

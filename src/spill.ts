@@ -6,7 +6,10 @@
  * Where: `$XFEL_REDU_SPILL_DIR` (the SLURM task scripts set it to the job's work directory, which the merge
  * job sees too), else the system's temporary directory. A file being written is removed by the process
  * cleanup on error or signal (src/writer-files.ts); once closed it belongs to whoever merges it, which
- * removes it after writing (`removeSpill`) and tracks it meanwhile.
+ * removes it after writing (`removeSpill`) and tracks it meanwhile. The SLURM merge (`merge-parts`) runs
+ * inside `keepSpills`: there the spill files are outputs of the part tasks, kept with the part files in the
+ * job's work directory, neither removed after writing nor on error, so that the merge can be rerun and gives
+ * the same output.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -75,14 +78,27 @@ export class SpillReader {
 /** Track closed spill files (removed on error or signal) until `removeSpill`. */
 const owned = new Map<string, { abort: () => void }>();
 
+/** Inside `keepSpills`: spill files are left where they are (the parts' outputs). */
+let keeping = 0;
+
+export async function keepSpills<T>(f: () => Promise<T>): Promise<T> {
+  keeping++;
+  try {
+    return await f();
+  } finally {
+    keeping--;
+  }
+}
+
 export function ownSpill(p: string): void {
-  if (owned.has(p)) return;
+  if (keeping || owned.has(p)) return;
   const c = { abort: () => fs.rmSync(p, { force: true }) };
   owned.set(p, c);
   track(c, true);
 }
 
 export function removeSpill(p: string): void {
+  if (keeping) return;
   fs.rmSync(p, { force: true });
   const c = owned.get(p);
   if (c) {
