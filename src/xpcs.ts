@@ -13,7 +13,8 @@
  *   g2 = A P / (L R): the pixel-ensemble estimator mean(n(t) n(t+tau)) / (mean n(t) * mean n(t+tau)) over
  *   the same pairs. NaN where P = 0 or L R = 0. Sums in float64.
  * - The run's g2: the mean over trains of the trains' g2 (trains where it is NaN left out).
- * - `--two-time TRAIN` (CPU, memory: that train's frames): per q bin and frame pair (t1, t2) of the train, the
+ * - `--two-time TRAIN` (memory: that train's frames; GPU kernel shaders/xpcs-twotime.wgsl with the webgpu
+ *   backend, float32 sums, P equal, floats close): per q bin and frame pair (t1, t2) of the train, the
  *   same estimator over the pixels valid in both: C = A P / (L R), A = sum n(t1) n(t2), L = sum n(t1),
  *   R = sum n(t2); frames ordered by pulse ID. Source `<DET>/REDU/XPCS:twoTime`, one entry at that train:
  *   `data.c` (f32, qbins x T x T), `data.pulseId` (T); summary.json `xpcs.twoTime: {train, pulseIds, c}`.
@@ -372,6 +373,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private modules: number[] = [];
   private pixels = 0;
   private gpu?: XpcsGpu;
+  private device?: GPUDevice;
   private notes: string[] = [];
   /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
   private ttFrames = new Map<number, Float32Array[]>();
@@ -405,6 +407,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
       }
       const device = await pickDevice(checkBackend(this.o.backend), this.notes);
       if (device) {
+        this.device = device;
         const { createXpcsGpu } = await import("./xpcs-gpu.ts");
         const bins = info.modules.map((m) => this.acc.get(m)!.bin);
         this.gpu = await createXpcsGpu(device, info.modules, bins, this.pixels, this.o.qBins, this.delays);
@@ -466,18 +469,22 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     }
   }
 
-  finalizeChunk(): XpcsPart {
+  async finalizeChunk(): Promise<XpcsPart> {
     if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
     let twoTime: TwoTimeSums | undefined;
     if (this.o.twoTime !== undefined && this.ttPulses.length) {
       const mods = this.modules.filter((m) => this.ttFrames.has(m));
-      twoTime = twoTimeSums(
+      const args = [
         this.o.twoTime,
         this.ttPulses,
         mods.map((m) => this.ttFrames.get(m)!),
         mods.map((m) => this.acc.get(m)!.bin),
         this.o.qBins,
-      );
+      ] as const;
+      if (this.device) {
+        const { twoTimeSumsGpu } = await import("./xpcs-gpu.ts");
+        twoTime = await twoTimeSumsGpu(this.device, ...args);
+      } else twoTime = twoTimeSums(...args);
       this.ttFrames.clear();
     }
     return {
