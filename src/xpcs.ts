@@ -173,9 +173,9 @@ export class XpcsAccumulator {
       if (!present[i]) {
         for (let p = p0; p < p1; p++) x[p * stride + col] = NaN;
       } else if (mask) {
-        for (let p = p0; p < p1; p++) {
+        for (let p = p0, q = p0 * stride + col; p < p1; p++, q += stride) {
           const v = data[o + p];
-          x[p * stride + col] = mask[o + p] !== 0 || v - v !== 0 ? NaN : v;
+          x[q] = mask[o + p] !== 0 || v - v !== 0 ? NaN : v;
         }
       } else {
         for (let p = p0; p < p1; p++) {
@@ -196,8 +196,14 @@ export class XpcsAccumulator {
       if (k === NO_BIN) continue;
       const b = (p - p0) * stride + D, e = b + W, jk = k * D - 1;
       // Prefix sums; NaN anywhere makes c[W] NaN.
-      c[0] = 0;
-      for (let u = 0; u < W; u++) c[u + 1] = c[u] + x[b + u];
+      // Two values a step (half the dependent adds).
+      let run = 0, u = 0;
+      for (; u + 1 < W; u += 2) {
+        const x0 = x[b + u], x01 = x0 + x[b + u + 1];
+        c[u + 1] = run + x0;
+        c[u + 2] = run += x01;
+      }
+      if (u < W) c[u + 1] = run + x[b + u];
       if (c[W] === c[W]) {
         let tau = 1;
         for (; tau + 3 <= D; tau += 4) {
