@@ -167,8 +167,8 @@ export async function mergeJob(work: string): Promise<string> {
   } finally {
     run.close();
   }
-  // The spill files the parts refer to stay (kept with the parts): the merge can be rerun.
-  await keepSpills(async () => {
+  // The spill files in the work directory stay (kept with the parts): the merge can be rerun.
+  await keepSpills(work, async () => {
     const result = await algo.finalize(parts);
     if (job.algorithm === "localise") {
       const { writeLocaliseDir } = await import("../localise/command.ts");
