@@ -20,6 +20,7 @@ import type { Command } from "../cli.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { Run } from "../run.ts";
 import { prepareOut } from "../outdir.ts";
+import { keepSpills } from "../spill.ts";
 import { algorithmFactory, checkModules, moduleGroups, runPart } from "./algorithm.ts";
 
 export interface Job {
@@ -166,26 +167,29 @@ export async function mergeJob(work: string): Promise<string> {
   } finally {
     run.close();
   }
-  const result = await algo.finalize(parts);
-  if (job.algorithm === "localise") {
-    const { writeLocaliseDir } = await import("../localise/command.ts");
-    await writeLocaliseDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "roi") {
-    const { writeRoiDir } = await import("../roi.ts");
-    await writeRoiDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "azint") {
-    const { writeAzintDir } = await import("../azint.ts");
-    await writeAzintDir(result as never, job.out);
-    (result as { dispose(): void }).dispose();
-  } else if (job.algorithm === "xpcs") {
-    const { writeXpcsDir } = await import("../xpcs.ts");
-    await writeXpcsDir(result as never, job.out);
-  } else {
-    const { writeAverageDir } = await import("../average.ts");
-    await writeAverageDir(result as never, job.out);
-  }
+  // The spill files in the work directory stay (kept with the parts): the merge can be rerun.
+  await keepSpills(work, async () => {
+    const result = await algo.finalize(parts);
+    if (job.algorithm === "localise") {
+      const { writeLocaliseDir } = await import("../localise/command.ts");
+      await writeLocaliseDir(result as never, job.out);
+      (result as { dispose(): void }).dispose();
+    } else if (job.algorithm === "roi") {
+      const { writeRoiDir } = await import("../roi.ts");
+      await writeRoiDir(result as never, job.out);
+      (result as { dispose(): void }).dispose();
+    } else if (job.algorithm === "azint") {
+      const { writeAzintDir } = await import("../azint.ts");
+      await writeAzintDir(result as never, job.out);
+      (result as { dispose(): void }).dispose();
+    } else if (job.algorithm === "xpcs") {
+      const { writeXpcsDir } = await import("../xpcs.ts");
+      await writeXpcsDir(result as never, job.out);
+    } else {
+      const { writeAverageDir } = await import("../average.ts");
+      await writeAverageDir(result as never, job.out);
+    }
+  });
   return job.out;
 }
 
