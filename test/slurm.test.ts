@@ -77,6 +77,30 @@ describe("SLURM job parts", () => {
     expect(await reduData(out)).toEqual(await reduData(ref));
   });
 
+  test("a finished merge can be rerun: the parts' spill files stay, the output is the same", async () => {
+    const out = path.join(tmp, "rerun");
+    const { work, todo } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
+    // Spill files into the work directory, as the task script does.
+    const before = process.env.XFEL_REDU_SPILL_DIR;
+    process.env.XFEL_REDU_SPILL_DIR = work;
+    try {
+      for (const i of todo) await runJobPart(work, i);
+    } finally {
+      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+      else process.env.XFEL_REDU_SPILL_DIR = before;
+    }
+    const spills = () => fs.readdirSync(work).filter((f) => f.endsWith(".spill")).sort();
+    const written = spills();
+    expect(written.length).toBeGreaterThan(0);
+    await mergeJob(work);
+    const first = { summary: summary(out), data: await reduData(out) };
+    expect(spills()).toEqual(written);
+    await mergeJob(work);
+    expect(spills()).toEqual(written);
+    expect(summary(out)).toEqual(first.summary);
+    expect(await reduData(out)).toEqual(first.data);
+  });
+
   test("a merge with unfinished parts is refused with one line", async () => {
     const out = path.join(tmp, "unfinished");
     const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);

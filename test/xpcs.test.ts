@@ -261,6 +261,37 @@ describe("xpcs", () => {
   );
 
   test(
+    "--two-time on WebGPU equals the CPU reference (C close, both triangles)",
+    async (ctx) => {
+      if (!(await getGpuDevice())) {
+        console.warn("xpcs two-time GPU test SKIPPED: no WebGPU adapter");
+        return ctx.skip();
+      }
+      const train = 1000000002;
+      const cpu = await xpcs(run, { ...OPTS, workers: 1, backend: "cpu", twoTime: train });
+      const gpu = await xpcs(run, { ...OPTS, workers: 1, backend: "webgpu", twoTime: train });
+      expect(gpu.backend).toBe("webgpu");
+      expect(gpu.twoTime!.pulseIds).toEqual(cpu.twoTime!.pulseIds);
+      const c = cpu.twoTime!.c, g = gpu.twoTime!.c;
+      expect(g.length).toBe(c.length);
+      let worst = 0, finite = 0;
+      c.forEach((v, j) => {
+        if (Number.isNaN(v)) expect(g[j]).toBeNaN();
+        else {
+          finite++;
+          worst = Math.max(worst, Math.abs(g[j] - v) / v);
+        }
+      });
+      expect(finite).toBeGreaterThan(c.length / 2);
+      console.info(
+        `xpcs two-time GPU vs CPU: ${finite} values, worst relative difference ${worst.toExponential(2)}`,
+      );
+      expect(worst).toBeLessThan(1e-4);
+    },
+    300_000,
+  );
+
+  test(
     "writes a valid EuXFEL file and summary.json; CLI under Node and Deno; bad input exits 2",
     async () => {
       const r = await xpcs(run, { ...OPTS, workers: 1, twoTime: 1000000001 });

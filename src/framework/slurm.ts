@@ -26,6 +26,7 @@ import {
   moduleGroups,
   runPart,
 } from "./algorithm.ts";
+import { keepSpills } from "./spill.ts";
 
 export interface Job {
   algorithm: string;
@@ -171,12 +172,15 @@ export async function mergeJob(work: string): Promise<string> {
   } finally {
     run.close();
   }
-  const result = await algo.finalize(parts);
-  try {
-    await algo.writeOutput(result, job.out);
-  } finally {
-    (result as { dispose?(): void }).dispose?.();
-  }
+  // The spill files in the work directory stay (kept with the parts): the merge can be rerun.
+  await keepSpills(work, async () => {
+    const result = await algo.finalize(parts);
+    try {
+      await algo.writeOutput(result, job.out);
+    } finally {
+      (result as { dispose?(): void }).dispose?.();
+    }
+  });
   return job.out;
 }
 

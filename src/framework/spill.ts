@@ -6,7 +6,10 @@
  * Where: `$XFEL_REDU_SPILL_DIR` (the SLURM task scripts set it to the job's work directory, which the merge
  * job sees too), else the system's temporary directory. A file being written is removed by the process
  * cleanup on error or signal (src/exdf/writer/files.ts); once closed it belongs to whoever merges it, which
- * removes it after writing (`removeSpill`) and tracks it meanwhile.
+ * removes it after writing (`removeSpill`) and tracks it meanwhile. The SLURM merge (`merge-parts`) runs
+ * inside `keepSpills(WORK)`: the spill files in the job's work directory (where the task scripts put them)
+ * are outputs of the part tasks, kept with the part files, neither removed after writing nor on error, so
+ * that the merge can be rerun and gives the same output.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -75,14 +78,33 @@ export class SpillReader {
 /** Track closed spill files (removed on error or signal) until `removeSpill`. */
 const owned = new Map<string, { abort: () => void }>();
 
+/** Inside `keepSpills(dir, ...)`: spill files in these directories are left where they are. */
+const kept: string[] = [];
+const isKept = (p: string) => kept.some((d) => path.dirname(path.resolve(p)) === d);
+
+/**
+ * Run f with the spill files in `dir` kept: neither removed after writing nor on error (they are the
+ * outputs of the SLURM part tasks, in the job's work directory). Spill files elsewhere behave as usual.
+ */
+export async function keepSpills<T>(dir: string, f: () => Promise<T>): Promise<T> {
+  const d = path.resolve(dir);
+  kept.push(d);
+  try {
+    return await f();
+  } finally {
+    kept.splice(kept.lastIndexOf(d), 1);
+  }
+}
+
 export function ownSpill(p: string): void {
-  if (owned.has(p)) return;
+  if (isKept(p) || owned.has(p)) return;
   const c = { abort: () => fs.rmSync(p, { force: true }) };
   owned.set(p, c);
   track(c, true);
 }
 
 export function removeSpill(p: string): void {
+  if (isKept(p)) return;
   fs.rmSync(p, { force: true });
   const c = owned.get(p);
   if (c) {

@@ -19,7 +19,7 @@ import {
   withErrorScope,
 } from "../gpu/device.ts";
 import { csr } from "./azint-webgpu.ts";
-import type { TrainSums } from "./xpcs.ts";
+import type { TrainSums, TwoTimeSums } from "./xpcs.ts";
 
 export interface XpcsGpu {
   name: string;
@@ -206,4 +206,91 @@ export async function createXpcsGpu(
       for (const x of [params, off, ent]) x.destroy();
     },
   };
+}
+
+/**
+ * The two-time sums of one train on the GPU (shaders/xpcs-twotime.wgsl; the same spec and arguments as
+ * `twoTimeSums` of src/xpcs.ts, float32 sums): one dispatch per module, the module's frames of the train
+ * uploaded as they are (invalid pixels NaN), its q-bin table as a CSR matrix; the lower triangle mirrored
+ * here as on the CPU.
+ */
+export async function twoTimeSumsGpu(
+  device: GPUDevice,
+  trainId: number,
+  pulseIds: number[],
+  frames: Float32Array[][],
+  bins: Uint32Array[],
+  nBins: number,
+): Promise<TwoTimeSums> {
+  const T = pulseIds.length;
+  const module = await compileShader(device, shaderSource("xpcs-twotime.wgsl"), "xpcs-twotime");
+  const layout = bindGroupLayout(device, [
+    "uniform",
+    "read-only-storage",
+    "read-only-storage",
+    "read-only-storage",
+    "storage",
+  ]);
+  const pipes = await computePipelines(device, module, layout, ["twoTime"] as const, "xpcs-twotime");
+  const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
+  const n = nBins * T * T;
+  const made: GPUBuffer[] = [];
+  const buf = (size: number, usage: number, label: string) => {
+    const b = createBuffer(device, size, usage, label);
+    made.push(b);
+    return b;
+  };
+  try {
+    const out = buf(n * 16, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "xpcs2t.out");
+    const read = buf(n * 16, BufferUsage.MAP_READ | BufferUsage.COPY_DST, "xpcs2t.read");
+    const pixels = bins[0]?.length ?? 0;
+    const data = buf(T * pixels * 4, S, "xpcs2t.frames");
+    await withErrorScope(device, "xpcs two-time dispatch", async () => {
+      for (let m = 0; m < frames.length; m++) {
+        const table = csr({ modules: [0], pixels, bin: [bins[m]], corr: [new Float32Array(pixels)] }, nBins);
+        const off = buf(table.offsets.byteLength, S, "xpcs2t.offsets");
+        const ent = buf(table.entries.byteLength, S, "xpcs2t.entries");
+        const params = buf(16, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "xpcs2t.params");
+        device.queue.writeBuffer(off, 0, table.offsets);
+        if (table.entries.length) device.queue.writeBuffer(ent, 0, table.entries);
+        device.queue.writeBuffer(params, 0, Uint32Array.of(pixels, T, nBins, m === 0 ? 1 : 0));
+        for (let t = 0; t < T; t++) device.queue.writeBuffer(data, t * pixels * 4, frames[m][t]);
+        const enc = device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        pass.setBindGroup(0, bindGroup(device, layout, [params, data, off, ent, out]));
+        pass.setPipeline(pipes.twoTime);
+        pass.dispatchWorkgroups(T, T, nBins);
+        pass.end();
+        if (m === frames.length - 1) enc.copyBufferToBuffer(out, 0, read, 0, n * 16);
+        device.queue.submit([enc.finish()]);
+        // One module's frames in flight at a time (the next upload overwrites them).
+        await device.queue.onSubmittedWorkDone();
+      }
+    });
+    const s: TwoTimeSums = {
+      trainId,
+      pulseIds,
+      a: new Float64Array(n),
+      l: new Float64Array(n),
+      r: new Float64Array(n),
+      p: new Float64Array(n),
+    };
+    if (!frames.length) return s;
+    const back = await readBack(read, n * 16);
+    const f = new Float32Array(back), u = new Uint32Array(back);
+    for (let k = 0; k < nBins; k++) {
+      for (let t1 = 0; t1 < T; t1++) {
+        for (let t2 = t1; t2 < T; t2++) {
+          const j = (k * T + t1) * T + t2, i = (k * T + t2) * T + t1;
+          s.a[j] = s.a[i] = f[j * 4];
+          s.l[j] = s.r[i] = f[j * 4 + 1];
+          s.r[j] = s.l[i] = f[j * 4 + 2];
+          s.p[j] = s.p[i] = u[j * 4 + 3];
+        }
+      }
+    }
+    return s;
+  } finally {
+    for (const b of made) b.destroy();
+  }
 }

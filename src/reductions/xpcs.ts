@@ -13,7 +13,8 @@
  *   g2 = A P / (L R): the pixel-ensemble estimator mean(n(t) n(t+tau)) / (mean n(t) * mean n(t+tau)) over
  *   the same pairs. NaN where P = 0 or L R = 0. Sums in float64.
  * - The run's g2: the mean over trains of the trains' g2 (trains where it is NaN left out).
- * - `--two-time TRAIN` (CPU, memory: that train's frames): per q bin and frame pair (t1, t2) of the train, the
+ * - `--two-time TRAIN` (memory: that train's frames; GPU kernel shaders/xpcs-twotime.wgsl with the webgpu
+ *   backend, float32 sums, P equal, floats close): per q bin and frame pair (t1, t2) of the train, the
  *   same estimator over the pixels valid in both: C = A P / (L R), A = sum n(t1) n(t2), L = sum n(t1),
  *   R = sum n(t2); frames ordered by pulse ID. Source `<DET>/REDU/XPCS:twoTime`, one entry at that train:
  *   `data.c` (f32, qbins x T x T), `data.pulseId` (T); summary.json `xpcs.twoTime: {train, pulseIds, c}`.
@@ -78,25 +79,43 @@ export interface TrainSums {
 }
 
 /**
- * The CPU reference: feeds frames of one module in run order, keeps the last D frames, accumulates the
- * train's sums; `flush()` returns the finished train.
+ * The CPU reference: feeds the frames of one module batch by batch in run order, keeps the current train's
+ * last D frames, accumulates the train's sums; a train ends when a frame of another train arrives or at
+ * `flush()`. Works on blocks of pixels: the block's timeline (the history, then the batch's frames of the
+ * train) is transposed to pixel-major once; per pixel, L and R come from prefix sums and A from products
+ * over t, four delays at a time (the timeline behind D zeros, so pairs before the train's start add 0), in
+ * float64 (products of float32 values are exact); pixels invalid in some frame of the timeline take a loop
+ * that tests each pair. The pixel's sums are then added to its bin.
  */
 export class XpcsAccumulator {
-  private ring: Float32Array;
-  private next = 0;
-  private seen = 0;
+  /** The history, pixel-major: hist[p * D + h], h = 0 .. histLen - 1 oldest first. */
+  private hist: Float64Array;
+  private histLen = 0;
   private cur?: TrainSums;
+  private x = new Float64Array(0);
+  private c = new Float64Array(0);
+  private static readonly BLOCK = 256;
   constructor(
     readonly bin: Uint32Array,
     readonly bins: number,
     readonly delays: number,
     readonly pixels: number,
   ) {
-    this.ring = new Float32Array(delays * pixels);
+    this.hist = new Float64Array(delays * pixels);
   }
 
-  /** Add one frame (values with invalid pixels as NaN); returns the previous train when this one starts. */
-  add(trainId: number, frame: Float32Array): TrainSums | undefined {
+  /**
+   * Add the frames [i0, i1) of a batch of this module (data, mask and present as in `ModuleFrames`), all of
+   * train `trainId`; returns the previous train when this one starts.
+   */
+  add(
+    trainId: number,
+    data: Float32Array,
+    mask: Uint32Array | undefined,
+    present: Uint8Array,
+    i0: number,
+    i1: number,
+  ): TrainSums | undefined {
     let done: TrainSums | undefined;
     if (this.cur && this.cur.trainId !== trainId) done = this.flush();
     if (!this.cur) {
@@ -108,36 +127,131 @@ export class XpcsAccumulator {
         r: new Float64Array(n),
         p: new Float64Array(n),
       };
-      this.seen = 0;
+      this.histLen = 0;
     }
-    const { a, l, r, p } = this.cur;
-    const D = this.delays, px = this.pixels, bin = this.bin;
-    for (let tau = 1; tau <= Math.min(D, this.seen); tau++) {
-      const slot = (this.next - tau + D) % D;
-      const prev = this.ring.subarray(slot * px, (slot + 1) * px);
-      const d = tau - 1;
-      for (let q = 0; q < px; q++) {
-        const k = bin[q];
-        if (k === NO_BIN) continue;
-        const x = prev[q], y = frame[q];
-        if (x !== x || y !== y) continue; // NaN: invalid in either frame
-        const j = k * D + d;
-        a[j] += x * y;
-        l[j] += x;
-        r[j] += y;
-        p[j]++;
+    const D = this.delays, H = this.histLen, W = H + i1 - i0, stride = D + W;
+    const BLOCK = XpcsAccumulator.BLOCK;
+    if (this.x.length < BLOCK * stride) this.x = new Float64Array(BLOCK * stride);
+    if (this.c.length < W + 1) this.c = new Float64Array(W + 1);
+    for (let p0 = 0; p0 < this.pixels; p0 += BLOCK) {
+      const p1 = Math.min(this.pixels, p0 + BLOCK);
+      this.timeline(data, mask, present, i0, i1, p0, p1, H, stride);
+      this.sums(p0, p1, H, W, stride, this.cur);
+    }
+    this.histLen = Math.min(D, W);
+    return done;
+  }
+
+  /** x[(p - p0) * stride + u]: D zeros, the history, the frames [i0, i1) (invalid values NaN). */
+  private timeline(
+    data: Float32Array,
+    mask: Uint32Array | undefined,
+    present: Uint8Array,
+    i0: number,
+    i1: number,
+    p0: number,
+    p1: number,
+    H: number,
+    stride: number,
+  ): void {
+    const x = this.x, hist = this.hist, D = this.delays, px = this.pixels;
+    for (let p = p0; p < p1; p++) {
+      const b = (p - p0) * stride, h = p * D;
+      for (let u = 0; u < D; u++) x[b + u] = 0;
+      for (let u = 0; u < H; u++) x[b + D + u] = hist[h + u];
+    }
+    for (let i = i0; i < i1; i++) {
+      const o = i * px, col = D + H + i - i0 - p0 * stride;
+      if (!present[i]) {
+        for (let p = p0; p < p1; p++) x[p * stride + col] = NaN;
+      } else if (mask) {
+        for (let p = p0, q = p0 * stride + col; p < p1; p++, q += stride) {
+          const v = data[o + p];
+          x[q] = mask[o + p] !== 0 || v - v !== 0 ? NaN : v;
+        }
+      } else {
+        for (let p = p0; p < p1; p++) {
+          const v = data[o + p];
+          x[p * stride + col] = v - v !== 0 ? NaN : v;
+        }
       }
     }
-    this.ring.set(frame, this.next * px);
-    this.next = (this.next + 1) % D;
-    this.seen++;
-    return done;
+  }
+
+  /** The block's pairs into the train's sums; the block's new history. */
+  private sums(p0: number, p1: number, H: number, W: number, stride: number, s: TrainSums): void {
+    const x = this.x, c = this.c, hist = this.hist, bin = this.bin, D = this.delays;
+    const { a: A, l: L, r: R, p: P } = s;
+    const H2 = Math.min(D, W);
+    for (let p = p0; p < p1; p++) {
+      const k = bin[p];
+      if (k === NO_BIN) continue;
+      const b = (p - p0) * stride + D, e = b + W, jk = k * D - 1;
+      // Prefix sums; NaN anywhere makes c[W] NaN.
+      // Two values a step (half the dependent adds).
+      let run = 0, u = 0;
+      for (; u + 1 < W; u += 2) {
+        const x0 = x[b + u], x01 = x0 + x[b + u + 1];
+        c[u + 1] = run + x0;
+        c[u + 2] = run += x01;
+      }
+      if (u < W) c[u + 1] = run + x[b + u];
+      if (c[W] === c[W]) {
+        let tau = 1;
+        for (; tau + 3 <= D; tau += 4) {
+          let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+          for (let q = b + H; q < e; q++) {
+            const y = x[q];
+            s1 += x[q - tau] * y;
+            s2 += x[q - tau - 1] * y;
+            s3 += x[q - tau - 2] * y;
+            s4 += x[q - tau - 3] * y;
+          }
+          A[jk + tau] += s1;
+          A[jk + tau + 1] += s2;
+          A[jk + tau + 2] += s3;
+          A[jk + tau + 3] += s4;
+        }
+        for (; tau <= D; tau++) {
+          let s1 = 0;
+          for (let q = b + H; q < e; q++) s1 += x[q - tau] * x[q];
+          A[jk + tau] += s1;
+        }
+        for (tau = 1; tau <= D; tau++) {
+          const u0 = H > tau ? H : tau;
+          if (u0 >= W) break;
+          L[jk + tau] += c[W - tau] - c[u0 - tau];
+          R[jk + tau] += c[W] - c[u0];
+          P[jk + tau] += W - u0;
+        }
+      } else {
+        for (let tau = 1; tau <= D; tau++) {
+          const u0 = H > tau ? H : tau;
+          if (u0 >= W) break;
+          let sa = 0, sl = 0, sr = 0, n = 0;
+          for (let q = b + u0; q < e; q++) {
+            const xv = x[q - tau], yv = x[q];
+            if (xv !== xv || yv !== yv) continue;
+            sa += xv * yv;
+            sl += xv;
+            sr += yv;
+            n++;
+          }
+          A[jk + tau] += sa;
+          L[jk + tau] += sl;
+          R[jk + tau] += sr;
+          P[jk + tau] += n;
+        }
+      }
+      const h = p * D;
+      for (let u = 0; u < H2; u++) hist[h + u] = x[e - H2 + u];
+    }
   }
 
   flush(): TrainSums | undefined {
     const c = this.cur;
     this.cur = undefined;
-    this.seen = 0;
+    this.histLen = 0;
     return c;
   }
 }
@@ -261,8 +375,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private trains = new Map<number, TrainSums>();
   private modules: number[] = [];
   private pixels = 0;
-  private frame = new Float32Array(0);
   private gpu?: XpcsGpu;
+  private device?: GPUDevice;
   private notes: string[] = [];
   /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
   private ttFrames = new Map<number, Float32Array[]>();
@@ -294,9 +408,9 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         const bin = Uint32Array.from(value, (v) => binOf(v, setup.range[0], setup.range[1], this.o.qBins));
         this.acc.set(m, new XpcsAccumulator(bin, this.o.qBins, this.delays, this.pixels));
       }
-      this.frame = new Float32Array(this.pixels);
       const device = await pickDevice(checkBackend(this.o.backend), this.notes);
       if (device) {
+        this.device = device;
         const { createXpcsGpu } = await import("./xpcs-webgpu.ts");
         const bins = info.modules.map((m) => this.acc.get(m)!.bin);
         this.gpu = await createXpcsGpu(device, info.modules, bins, this.pixels, this.o.qBins, this.delays);
@@ -346,37 +460,34 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
       for (const s of await this.gpu.batch(b)) this.keep(s);
       return;
     }
-    const px = this.pixels;
     for (const mf of b.modules) {
       const acc = this.acc.get(mf.module)!;
-      for (let i = 0; i < b.nFrames; i++) {
-        const f = this.frame;
-        const o = i * px;
-        if (!mf.present[i]) f.fill(NaN);
-        else {
-          for (let q = 0; q < px; q++) {
-            f[q] = mf.mask && mf.mask[o + q] !== 0 ? NaN : mf.data[o + q];
-          }
-          // Infinite values are invalid too.
-          for (let q = 0; q < px; q++) if (f[q] === Infinity || f[q] === -Infinity) f[q] = NaN;
-        }
-        this.keep(acc.add(b.trainId[i], f));
+      // Runs of frames of one train.
+      for (let i0 = 0; i0 < b.nFrames;) {
+        let i1 = i0 + 1;
+        while (i1 < b.nFrames && b.trainId[i1] === b.trainId[i0]) i1++;
+        this.keep(acc.add(b.trainId[i0], mf.data, mf.mask, mf.present, i0, i1));
+        i0 = i1;
       }
     }
   }
 
-  finalizeChunk(): XpcsPart {
+  async finalizeChunk(): Promise<XpcsPart> {
     if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
     let twoTime: TwoTimeSums | undefined;
     if (this.o.twoTime !== undefined && this.ttPulses.length) {
       const mods = this.modules.filter((m) => this.ttFrames.has(m));
-      twoTime = twoTimeSums(
+      const args = [
         this.o.twoTime,
         this.ttPulses,
         mods.map((m) => this.ttFrames.get(m)!),
         mods.map((m) => this.acc.get(m)!.bin),
         this.o.qBins,
-      );
+      ] as const;
+      if (this.device) {
+        const { twoTimeSumsGpu } = await import("./xpcs-webgpu.ts");
+        twoTime = await twoTimeSumsGpu(this.device, ...args);
+      } else twoTime = twoTimeSums(...args);
       this.ttFrames.clear();
     }
     return {
