@@ -20,10 +20,10 @@ import {
   binOf,
   DEFAULT_AZINT,
   modulePixels,
-  NO_BIN,
   pixelTable,
   writeAzintDir,
 } from "../src/reductions/azint.ts";
+import { NO_BIN } from "../src/reductions/azint-spec.ts";
 import { defaultLayout, pixelCorners, writeGeom } from "../src/exdf/geometry.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
 import { Run } from "../src/exdf/run.ts";

@@ -11,15 +11,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeSpectrometerRun, type SpectrometerTruth } from "../fixtures/experiments.ts";
 import type { Truth } from "../fixtures/synth.ts";
-import {
-  parseRoi,
-  readRoiFile,
-  roi,
-  roiColumns,
-  type RoiSpec,
-  roiSummary,
-  writeRoiDir,
-} from "../src/reductions/roi.ts";
+import { parseRoi, readRoiFile, roi, roiColumns, roiSummary, writeRoiDir } from "../src/reductions/roi.ts";
+import { type RoiSpec } from "../src/reductions/roi-spec.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
 import { Run } from "../src/exdf/run.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";

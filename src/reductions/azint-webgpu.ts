@@ -16,7 +16,7 @@ import {
   shaderSource,
   withErrorScope,
 } from "../gpu/device.ts";
-import { type AzintBackend, type AzintSums, NO_BIN, type PixelTable } from "./azint.ts";
+import { type AzintBackend, type AzintSums, NO_BIN, type PixelTable } from "./azint-spec.ts";
 
 /** The CSR form of a pixel table: per bin its pixels (slot * pixels + p) and their corrections. */
 export function csr(

@@ -47,13 +47,15 @@ import { type Detector, Run } from "../exdf/run.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 import { litLookup } from "../average/average.ts";
+import type { AzintBackend } from "./azint-spec.ts";
+import type { AzintSums } from "./azint-spec.ts";
+import { NO_BIN } from "./azint-spec.ts";
+import type { PixelTable } from "./azint-spec.ts";
 
 export const UNITS = ["q_nm^-1", "2th_deg", "r_mm"] as const;
 export type RadialUnit = typeof UNITS[number];
 /** keV * Angstrom (pyFAI's value). */
 export const HC_KEV_A = 12.398419843320026;
-/** Marks a pixel outside every bin. */
-export const NO_BIN = 0xffffffff;
 
 export interface AzintOptions {
   geometry?: string;
@@ -169,14 +171,6 @@ export function azintSetup(det: Detector, o: AzintOptions): AzintSetup {
   return { layout, energy: energy ?? NaN, distance, range, layoutModule };
 }
 
-/** Pixel table of a part: per module slot, bin per pixel and correction (float32, as the GPU gets it). */
-export interface PixelTable {
-  modules: number[];
-  pixels: number;
-  bin: Uint32Array[];
-  corr: Float32Array[];
-}
-
 export function pixelTable(setup: AzintSetup, modules: number[], o: AzintOptions): PixelTable {
   const bin: Uint32Array[] = [], corr: Float32Array[] = [];
   let pixels = 0;
@@ -187,13 +181,6 @@ export function pixelTable(setup: AzintSetup, modules: number[], o: AzintOptions
     corr.push(Float32Array.from(p.corr));
   }
   return { modules, pixels, bin, corr };
-}
-
-/** Per frame and bin: S, C, n of one batch. */
-export interface AzintSums {
-  sum: Float64Array;
-  norm: Float64Array;
-  count: Uint32Array;
 }
 
 /** The CPU reference: S, C (float64) and n per frame and bin over the batch's modules. */
@@ -220,12 +207,6 @@ export function azintFrames(b: FrameBatch, t: PixelTable, bins: number): AzintSu
     }
   });
   return { sum, norm, count };
-}
-
-export interface AzintBackend {
-  name: string;
-  frames(b: FrameBatch): AzintSums | Promise<AzintSums>;
-  dispose(): void;
 }
 
 export interface AzintPart {

@@ -15,7 +15,7 @@ import {
   shaderSource,
   withErrorScope,
 } from "../gpu/device.ts";
-import { columnLayout, type RoiBackend, type RoiColumns, type RoiSpec } from "./roi.ts";
+import { columnLayout, type RoiBackend, type RoiColumns, type RoiSpec } from "./roi-spec.ts";
 
 export async function createRoiGpu(
   device: GPUDevice,

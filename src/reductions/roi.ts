@@ -41,15 +41,10 @@ import { Run } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
-
-export interface RoiSpec {
-  name: string;
-  module: number;
-  ss0: number;
-  ss1: number;
-  fs0: number;
-  fs1: number;
-}
+import type { RoiBackend } from "./roi-spec.ts";
+import type { RoiColumns } from "./roi-spec.ts";
+import type { RoiSpec } from "./roi-spec.ts";
+import { columnLayout } from "./roi-spec.ts";
 
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_]*$/;
 
@@ -137,26 +132,6 @@ export function checkRegions(rois: RoiSpec[], modules: number[], shape: [number,
   }
 }
 
-/** Column sums and counts of one batch: per frame, region and column (regions' columns concatenated). */
-export interface RoiColumns {
-  /** Per frame: all regions' columns, region by region (offsets `colOffset`). */
-  colSum: Float32Array;
-  colCount: Uint32Array;
-  /** 1 where the region's module recorded the frame, per frame and region. */
-  present: Uint8Array;
-}
-
-/** Column offsets of the regions (and the total). */
-export function columnLayout(rois: RoiSpec[]): { offsets: number[]; total: number } {
-  const offsets: number[] = [];
-  let total = 0;
-  for (const r of rois) {
-    offsets.push(total);
-    total += r.fs1 - r.fs0;
-  }
-  return { offsets, total };
-}
-
 /** The CPU reference: column sums (float64, stored float32) and counts of a batch. */
 export function roiColumns(b: FrameBatch, rois: RoiSpec[], moduleFs: number, pixels: number): RoiColumns {
   const { offsets, total } = columnLayout(rois);
@@ -194,13 +169,6 @@ export function roiColumns(b: FrameBatch, rois: RoiSpec[], moduleFs: number, pix
     }
   });
   return { colSum, colCount, present };
-}
-
-/** A backend computing `RoiColumns` of a batch. */
-export interface RoiBackend {
-  name: string;
-  columns(b: FrameBatch): RoiColumns | Promise<RoiColumns>;
-  dispose(): void;
 }
 
 export interface RoiPart {

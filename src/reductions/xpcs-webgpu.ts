@@ -19,13 +19,8 @@ import {
   withErrorScope,
 } from "../gpu/device.ts";
 import { csr } from "./azint-webgpu.ts";
-import type { TrainSums, TwoTimeSums } from "./xpcs.ts";
-
-export interface XpcsGpu {
-  name: string;
-  batch(b: FrameBatch): Promise<TrainSums[]>;
-  dispose(): void;
-}
+import type { TrainSums, TwoTimeSums } from "./xpcs-spec.ts";
+import type { XpcsGpu } from "./xpcs-spec.ts";
 
 export async function createXpcsGpu(
   device: GPUDevice,

@@ -29,13 +29,16 @@ import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
-import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
+import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels } from "./azint.ts";
+import { NO_BIN } from "./azint-spec.ts";
 import { runNaming } from "../localise/output.ts";
 import { type BackendChoice, checkBackend, pickDevice, workersFor, writeReductionDir } from "./common.ts";
-import type { XpcsGpu } from "./xpcs-webgpu.ts";
+import type { XpcsGpu } from "./xpcs-spec.ts";
 import { type Detector, Run } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import type { TrainSums } from "./xpcs-spec.ts";
+import type { TwoTimeSums } from "./xpcs-spec.ts";
 
 export interface XpcsOptions {
   geometry?: string;
@@ -67,15 +70,6 @@ function azintOptions(o: XpcsOptions): AzintOptions {
     distance: o.distance,
     backend: "cpu",
   };
-}
-
-/** Per train: A, L, R, P per (q bin, delay) (delay index d = tau - 1). */
-export interface TrainSums {
-  trainId: number;
-  a: Float64Array;
-  l: Float64Array;
-  r: Float64Array;
-  p: Float64Array;
 }
 
 /**
@@ -262,20 +256,6 @@ export function g2Of(s: Pick<TrainSums, "a" | "l" | "r" | "p">): Float64Array {
     const lr = s.l[j] * s.r[j];
     return s.p[j] > 0 && lr > 0 ? (a * s.p[j]) / lr : NaN;
   });
-}
-
-/**
- * Two-time sums of one train: frames kept (invalid pixels NaN) per module, then per q bin and frame pair
- * (t1, t2) over the pixels valid in both: A, L, R, P; C = A P / (L R). Memory: one train's frames.
- */
-export interface TwoTimeSums {
-  trainId: number;
-  pulseIds: number[];
-  /** (bins, T, T) each. */
-  a: Float64Array;
-  l: Float64Array;
-  r: Float64Array;
-  p: Float64Array;
 }
 
 export function twoTimeSums(
