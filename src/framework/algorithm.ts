@@ -68,9 +68,17 @@ export interface Algorithm<Part = unknown, Result = unknown> {
   writeOutput(result: Result, dir: string): Promise<void>;
 }
 
-/** A new instance of the algorithm at `source` (in a worker thread: its compiled twin under Node). */
+/** A new instance of the algorithm at `source`. */
 export async function createAlgorithm(source: AlgorithmSource): Promise<Algorithm> {
-  const m = await import(loadableUrl(source.module).href);
+  // The module itself where this runtime imports it (Node on dist/, Deno, vitest's main thread: one module
+  // instance with the caller's), else its compiled twin (a worker thread under Node given a .ts module).
+  let m;
+  try {
+    m = await import(source.module);
+  } catch (e) {
+    if ((e as { code?: string }).code !== "ERR_UNKNOWN_FILE_EXTENSION") throw e;
+    m = await import(loadableUrl(source.module).href);
+  }
   const Class = m[source.name];
   if (typeof Class !== "function") throw new Error(`${source.module} exports no algorithm ${source.name}`);
   return new Class() as Algorithm;
