@@ -12,6 +12,8 @@
 import type { Worker } from "node:worker_threads";
 import type { FrameBatch, FrameOptions, ModuleFrames } from "../frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
+import type { H5 } from "../h5.ts";
+import type { DetectorModule, RunFile } from "../run.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 
 export interface PrefetchInit {
@@ -156,5 +158,38 @@ export class PrefetchReader {
 
   async close(): Promise<void> {
     await this.worker.terminate();
+  }
+}
+
+/** Module frames read from one file before it is closed and reopened (its metadata cache emptied). */
+export const REOPEN_FRAMES = 1024;
+
+/** Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it. */
+export class FileRecycler {
+  /** Frames read since the last (re)open, per file. */
+  readonly sinceOpen = new Map<RunFile, number>();
+  reopened = 0;
+  constructor(private lib: H5, private modules: DetectorModule[], private limit = REOPEN_FRAMES) {}
+
+  /** After a batch: count its frames per file (by train ID), reopen the files past the limit. */
+  afterBatch(trainId: Float64Array, present: Uint8Array[]): void {
+    this.modules.forEach((m, mi) => {
+      for (const mf of m.files) {
+        const ids = mf.file.trainIds;
+        if (!ids.length) continue;
+        let lo = Infinity, hi = -Infinity;
+        for (const t of ids) (lo = Math.min(lo, t)), (hi = Math.max(hi, t));
+        let n = 0;
+        for (let i = 0; i < trainId.length; i++) if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
+        if (n) this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+      }
+    });
+    for (const [f, n] of this.sinceOpen) {
+      if (n < this.limit) continue;
+      f.h5.close();
+      f.h5 = new this.lib.File(f.path, "r");
+      this.sinceOpen.set(f, 0);
+      this.reopened++;
+    }
   }
 }
