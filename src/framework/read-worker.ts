@@ -37,7 +37,10 @@ try {
   const mask = !!init.options.mask;
   const modules = reader.modules.map((m) => m.module);
   const layout = bufferLayout(modules.length, reader.framesPerBatch, reader.pixels, mask);
-  const buffers = [new SharedArrayBuffer(layout.total), new SharedArrayBuffer(layout.total)];
+  // Buffers of a fan-in reader's ring are shared by all its readers (given); else this reader's own.
+  const buffers = init.buffers ??
+    Array.from({ length: init.depth ?? 2 }, () => new SharedArrayBuffer(layout.total));
+  if (buffers.some((b) => b.byteLength < layout.total)) throw new Error("reader worker: shared buffer too small");
   const views = buffers.map((b) => moduleViews(b, modules, reader.framesPerBatch, reader.pixels, mask));
   const ids = reader.frameIds;
   const recycler = new FileRecycler(lib, reader.modules);
@@ -54,9 +57,18 @@ try {
     buffers,
   };
   port.postMessage(open);
-  port.on("message", (m: { type: "read"; buffer: number; start: number; count: number }) => {
+  const px = reader.pixels;
+  port.on("message", (m: { type: "read"; buffer: number; start: number; count: number; at?: number }) => {
     try {
-      const b = reader.readInto(m.start, m.count, views[m.buffer]);
+      // `at`: the first frame slot of the buffer to fill (a fan-in reader's share of one batch).
+      const at = m.at ?? 0;
+      const into = at === 0 ? views[m.buffer] : views[m.buffer].map((v) => ({
+        module: v.module,
+        present: v.present.subarray(at),
+        data: v.data.subarray(at * px),
+        mask: v.mask?.subarray(at * px),
+      }));
+      const b = reader.readInto(m.start, m.count, into);
       recycler.afterBatch(b.trainId, b.modules.map((mf) => mf.present));
       port.postMessage(
         { type: "read", buffer: m.buffer, start: m.start, count: b.nFrames } satisfies ReaderReply,
