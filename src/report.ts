@@ -195,7 +195,10 @@ function resultSource(r: LocaliseResult): PerFrameSource {
       for (const { f0, f1, per } of r.frameBlocks(bounds)) {
         for (let f = f0; f < f1; f++) {
           if (!want.has(f)) continue;
-          kept.set(f, { peaks: per.peaks[f - f0], asicLit: per.asicLit.slice((f - f0) * k, (f - f0 + 1) * k) });
+          kept.set(f, {
+            peaks: per.peaks[f - f0],
+            asicLit: per.asicLit.slice((f - f0) * k, (f - f0 + 1) * k),
+          });
         }
       }
     },

@@ -109,7 +109,9 @@ describe.skipIf(!gpu)("localise: one device fed by 2 readers equals the cpu back
     expect(stats.parts).toBe(1); // one instance (one device), not one per worker
     expect(wg.frames).toBe(cpu.frames);
     const a = cpu.perFrame, b = wg.perFrame;
-    for (const k of ["litPixels", "unmaskedPixels", "filteredLit", "asicLit", "nPeaks", "frameLit"] as const) {
+    for (
+      const k of ["litPixels", "unmaskedPixels", "filteredLit", "asicLit", "nPeaks", "frameLit"] as const
+    ) {
       expect(Array.from(b[k]), k).toEqual(Array.from(a[k]));
     }
     for (let i = 0; i < a.litIntensity.length; i++) {

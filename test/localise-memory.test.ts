@@ -110,7 +110,9 @@ describe("the reader's open files", () => {
         const rec = new FileRecycler(lib, r.modules, limit);
         let sum = 0, most = 0;
         for (const b of r.batches()) {
-          for (const m of b.modules) for (let i = 0; i < m.data.length; i += 97) sum += m.mask![i] + (m.data[i] || 0);
+          for (const m of b.modules) {
+            for (let i = 0; i < m.data.length; i += 97) sum += m.mask![i] + (m.data[i] || 0);
+          }
           rec.afterBatch(b.trainId, b.modules.map((m) => m.present));
           most = Math.max(most, ...rec.sinceOpen.values());
         }

@@ -298,7 +298,9 @@ export class FileRecycler {
         let lo = Infinity, hi = -Infinity;
         for (const t of ids) (lo = Math.min(lo, t)), (hi = Math.max(hi, t));
         let n = 0;
-        for (let i = 0; i < trainId.length; i++) if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
+        for (let i = 0; i < trainId.length; i++) {
+          if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
+        }
         if (n) this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
       }
     });

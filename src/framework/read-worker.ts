@@ -13,13 +13,7 @@ import { toWire } from "../errors.ts";
 import { h5 } from "../h5.ts";
 import { FrameReader } from "../frames.ts";
 import { Run } from "../run.ts";
-import {
-  bufferLayout,
-  FileRecycler,
-  moduleViews,
-  type PrefetchInit,
-  type ReaderReply,
-} from "./prefetch.ts";
+import { bufferLayout, FileRecycler, moduleViews, type PrefetchInit, type ReaderReply } from "./prefetch.ts";
 
 const port = parentPort!;
 // Load h5wasm while the parent prepares; the run to read comes with the first message.
@@ -40,7 +34,9 @@ try {
   // Buffers of a fan-in reader's ring are shared by all its readers (given); else this reader's own.
   const buffers = init.buffers ??
     Array.from({ length: init.depth ?? 2 }, () => new SharedArrayBuffer(layout.total));
-  if (buffers.some((b) => b.byteLength < layout.total)) throw new Error("reader worker: shared buffer too small");
+  if (buffers.some((b) => b.byteLength < layout.total)) {
+    throw new Error("reader worker: shared buffer too small");
+  }
   const views = buffers.map((b) => moduleViews(b, modules, reader.framesPerBatch, reader.pixels, mask));
   const ids = reader.frameIds;
   const recycler = new FileRecycler(lib, reader.modules);
