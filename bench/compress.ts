@@ -163,6 +163,7 @@ async function methods(): Promise<void> {
       fs.mkdirSync(from);
       await writeRedu(r, from, r.runFiles);
       fs.writeFileSync(path.join(from, "summary.json"), JSON.stringify(summaryJson(r), null, 2));
+      r.dispose(); // the spill files
     }
     const list = arg("methods", DEFAULT_METHODS.join(";")).split(";").filter(Boolean);
     const backend = arg("backend", "auto") as "auto" | "cpu" | "webgpu";

@@ -139,6 +139,7 @@ async function one(config: string, dir: string): Promise<Row> {
     const first = run.trainIds[0];
     run.close();
     const r = await localise(dir, { firstTrain: first, lastTrain: first });
+    r.dispose();
     const s = (performance.now() - t0) / 1000;
     const mf = r.modules.reduce((a, m) => a + m.frames, 0);
     return {
@@ -189,7 +190,12 @@ async function one(config: string, dir: string): Promise<Row> {
   const write = (performance.now() - tw) / 1000;
   const s = (performance.now() - t0) / 1000;
   const truth = path.join(dir, "truth.json");
-  const e = fs.existsSync(truth) ? evaluate(r, truth) : null;
+  let e;
+  try {
+    e = fs.existsSync(truth) ? evaluate(r, truth) : null;
+  } finally {
+    r.dispose(); // the spill files
+  }
   const moduleFrames = r.modules.reduce((a, m) => a + m.frames, 0);
   const per = (x: number) => x / Math.max(1, stats.parts); // per part: parts run side by side
   return {

@@ -13,6 +13,10 @@ import { blockBounds } from "../src/localise/merge.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { type LocaliseResult } from "../src/localise/result.ts";
 import { geometry } from "../src/exdf/detectors.ts";
+import { FileRecycler } from "../src/framework/prefetch.ts";
+import { FrameReader } from "../src/exdf/frames.ts";
+import { h5 } from "../src/exdf/h5.ts";
+import { Run } from "../src/exdf/run.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-localise-memory-"));
 const spillDir = path.join(tmp, "spill");
@@ -92,6 +96,42 @@ describe("localise memory, 2 vs 8 trains", () => {
     r.dispose();
     expect(files.some((f) => fs.existsSync(f))).toBe(false);
     expect(() => [...r.frameBlocks([0, 1])]).toThrow(/dispose/);
+  });
+});
+
+describe("the reader's open files", () => {
+  // HDF5 keeps the chunk-index nodes it visited in each open file's metadata cache (wasm heap, which never
+  // shrinks): the reader worker reopens a file every `limit` module frames read from it, so what a file
+  // holds is bounded by `limit`, not by the run. Reopened files must read the same frames.
+  test("frames read since a file was opened stay below limit + one batch; the data are unchanged", async () => {
+    const lib = await h5();
+    const read = async (trains: number, limit: number) => {
+      const run = await Run.open(path.join(tmp, `t${trains}`));
+      try {
+        const r = new FrameReader(run.detector(), { mask: true, batchBytes: 4 * 2 ** 20 });
+        const rec = new FileRecycler(lib, r.modules, limit);
+        let sum = 0, most = 0;
+        for (const b of r.batches()) {
+          for (const m of b.modules) {
+            for (let i = 0; i < m.data.length; i += 97) sum += m.mask![i] + (m.data[i] || 0);
+          }
+          rec.afterBatch(b.trainId, b.modules.map((m) => m.present));
+          most = Math.max(most, ...rec.sinceOpen.values());
+        }
+        return { sum, most, reopened: rec.reopened, perBatch: r.framesPerBatch, frames: r.nFrames };
+      } finally {
+        run.close();
+      }
+    };
+    const plain = await read(8, Infinity);
+    expect(plain.reopened).toBe(0);
+    for (const trains of [2, 8]) {
+      const x = await read(trains, 40);
+      // 2 modules x 32 frames x trains, reopened every 40 frames of a file: the bound does not grow.
+      expect(x.most).toBeLessThan(40 + x.perBatch);
+      expect(x.reopened).toBeGreaterThanOrEqual(Math.floor((x.frames * 2) / (40 + x.perBatch)));
+      if (trains === 8) expect(x.sum).toBe(plain.sum);
+    }
   });
 });
 

@@ -430,6 +430,29 @@ describe("size stays bounded", () => {
       },
     };
     long.litFrames = long.perFrame.frameLit.reduce((a, x) => a + x, 0);
+    // The report streams the result's blocks (frameBlocks), as it does the spill files of a real one.
+    const lp = long.perFrame;
+    Object.assign(long, {
+      trainId: lp.trainId,
+      pulseId: lp.pulseId,
+      frameLit: lp.frameLit,
+      blockBounds: () => [0, 30_000, 60_000, nF],
+      frameBlocks: function* (b: number[]) {
+        for (let i = 0; i + 1 < b.length; i++) {
+          const f0 = b[i], f1 = b[i + 1];
+          const per = Object.fromEntries(
+            Object.entries(lp).map(([key, v]) => {
+              const w = key === "trainId" || key === "pulseId" || key === "frameLit" || key === "nPeaks" ||
+                  key === "score" || key === "peaks"
+                ? 1
+                : k;
+              return [key, (v as Uint8Array).slice(f0 * w, f1 * w)];
+            }),
+          );
+          yield { f0, f1, per };
+        }
+      },
+    });
     const dir = path.join(tmp, "long");
     fs.mkdirSync(dir);
     const notes: string[] = [];

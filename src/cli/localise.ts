@@ -19,7 +19,8 @@ export const LOCALISE_OPTIONS: OptionSpec[] = [
     value: "number",
     integer: true,
     min: 1,
-    help: "worker threads (default: the cores for cpu, 1 for webgpu)",
+    help:
+      "worker threads: cpu, module groups (default: the cores); webgpu, readers feeding one device (default: cores - 1)",
   },
   {
     name: "lit-from",

@@ -12,13 +12,16 @@
  * - Parallelism: the selected modules are split into `workers` contiguous groups, one worker thread each
  *   (each with its own reader). A module is always processed whole by one worker, frames in run order, so
  *   results are the same for any number of workers.
+ * - Fan-in (`readers` > 1, one worker): one algorithm instance in this thread (one GPU device) over all
+ *   the modules, fed by `readers` reader workers that fill each batch together (FanInReader: a ring of
+ *   three shared buffers, batches in run order), so results are the same as with one reader.
  * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
  */
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
 import { type Detector, Run } from "../exdf/run.ts";
-import { PrefetchReader } from "./prefetch.ts";
+import { FanInReader, PrefetchReader } from "./prefetch.ts";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
 import { loadableUrl, nextMessage, startWorker } from "./threads.ts";
 
@@ -116,6 +119,8 @@ export interface DriverOptions {
   progress?: (done: number, total: number) => void;
   /** Filled with the parts' timing. */
   stats?: PartStats;
+  /** Reader workers feeding the one instance (workers = 1 only; default 1: PrefetchReader). */
+  readers?: number;
 }
 
 /** Split modules into n contiguous groups of near-equal size (empty groups dropped). */
@@ -181,6 +186,7 @@ export async function runPart<P>(
   modules: number[] | undefined,
   progress?: (done: number, total: number) => void,
   stats?: PartStats,
+  readers = 1,
 ): Promise<P> {
   const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
   let prepared;
@@ -191,10 +197,10 @@ export async function runPart<P>(
     throw e;
   }
   const { run, det, mine, needs } = prepared;
-  let reader: PrefetchReader | undefined;
+  let reader: PrefetchReader | FanInReader | undefined;
   try {
     const perModule = Math.max(1, Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length)));
-    reader = await PrefetchReader.open({
+    const init = {
       runPath,
       detector: det.name,
       options: {
@@ -204,7 +210,11 @@ export async function runPart<P>(
         lastTrain: needs.lastTrain,
         batchBytes: Math.min(perModule, 96 * 2 ** 20),
       },
-    }, boot);
+    };
+    if (readers > 1) {
+      await boot.terminate();
+      reader = await FanInReader.open(init, readers);
+    } else reader = await PrefetchReader.open(init, boot);
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
     const st = emptyStats();
     st.parts = 1;
@@ -229,7 +239,7 @@ export async function runPart<P>(
     return await algo.finalizeChunk();
   } finally {
     if (reader) await reader.close();
-    else await boot.terminate();
+    else await boot.terminate().catch(() => undefined);
     run.close();
   }
 }
@@ -245,10 +255,11 @@ export async function runAlgorithm<P, R>(
   try {
     const { run, mine } = await prepare(algo as Algorithm, runPath, driver.modules);
     run.close();
-    const groups = moduleGroups(mine, driver.workers ?? 1);
+    const readers = driver.readers ?? 1;
+    const groups = moduleGroups(mine, readers > 1 ? 1 : driver.workers ?? 1);
     let parts: P[];
     if (groups.length <= 1) {
-      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats)];
+      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats, readers)];
     } else {
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);

@@ -12,12 +12,18 @@
 import type { Worker } from "node:worker_threads";
 import type { FrameBatch, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
+import type { H5 } from "../exdf/h5.ts";
+import type { DetectorModule, RunFile } from "../exdf/run.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 
 export interface PrefetchInit {
   runPath: string;
   detector?: string;
   options: FrameOptions;
+  /** Shared buffers to read into (a fan-in reader's ring, allocated by its first reader); default: own. */
+  buffers?: SharedArrayBuffer[];
+  /** How many buffers to allocate when none are given (default 2). */
+  depth?: number;
 }
 
 /** What the reader worker reports after opening the run. */
@@ -156,5 +162,154 @@ export class PrefetchReader {
 
   async close(): Promise<void> {
     await this.worker.terminate();
+  }
+}
+
+/**
+ * N readers feeding one consumer (one GPU device): every reader worker aligns the frames of all the
+ * selected modules (the same alignment), and each batch is read by all of them at once, reader r filling
+ * frames [r * F / N, (r + 1) * F / N) of the batch into one ring of `depth` shared buffers. Batches come in
+ * run order, `depth` of them in flight (being read, or held by the consumer): memory is depth x the batch
+ * whatever N. Batch k + depth is read into the buffer of batch k once the consumer asks for batch k + 1.
+ */
+export class FanInReader {
+  private views: ModuleFrames[][];
+  /** Per worker: the last request (one at a time per worker; its replies come in order). */
+  private chains: Promise<unknown>[];
+
+  private constructor(private workers: Worker[], readonly info: ReaderInfo, readonly mask: boolean) {
+    this.views = info.buffers.map((b) =>
+      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask)
+    );
+    this.chains = workers.map(() => Promise.resolve());
+  }
+
+  static async open(init: PrefetchInit, readers: number, depth = 3): Promise<FanInReader> {
+    const workers = Array.from({ length: Math.max(1, readers) }, () => PrefetchReader.boot());
+    const openOne = async (w: Worker, i: PrefetchInit): Promise<ReaderInfo> => {
+      const replied = nextMessage<ReaderReply>(w);
+      w.postMessage(i);
+      const reply = await replied;
+      if (reply.type === "error") throw fromWire(reply);
+      if (reply.type !== "open") throw new Error(`reader worker: unexpected ${reply.type}`);
+      return reply;
+    };
+    try {
+      const first = await openOne(workers[0], { ...init, depth });
+      await Promise.all(workers.slice(1).map((w) => openOne(w, { ...init, buffers: first.buffers })));
+      return new FanInReader(workers, first, !!init.options.mask);
+    } catch (e) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw e;
+    }
+  }
+
+  get nFrames(): number {
+    return this.info.nFrames;
+  }
+
+  get framesPerBatch(): number {
+    return this.info.framesPerBatch;
+  }
+
+  get readers(): number {
+    return this.workers.length;
+  }
+
+  /** Read frames [start, start + count) into buffer `buffer`: every reader its share. */
+  private request(buffer: number, start: number, count: number): Promise<void> {
+    const n = this.workers.length;
+    return Promise.all(this.workers.map((w, r) => {
+      const a = Math.floor((r * count) / n), b = Math.floor(((r + 1) * count) / n);
+      if (b === a) return Promise.resolve();
+      const p = this.chains[r].then(async () => {
+        const replied = nextMessage<ReaderReply>(w);
+        w.postMessage({ type: "read", buffer, start: start + a, count: b - a, at: a });
+        const reply = await replied;
+        if (reply.type === "error") throw fromWire(reply);
+        if (reply.type !== "read") throw new Error(`reader worker: unexpected ${reply.type}`);
+      });
+      this.chains[r] = p.catch(() => undefined);
+      return p;
+    })).then(() => undefined);
+  }
+
+  /** The batches of the given frame ranges ([start, count], count <= framesPerBatch), in order. */
+  async *batches(ranges: [number, number][]): AsyncGenerator<FrameBatch> {
+    const depth = this.info.buffers.length;
+    const pending: Promise<void>[] = [];
+    const ask = (k: number) => {
+      pending[k % depth] = this.request(k % depth, ranges[k][0], ranges[k][1]);
+      pending[k % depth].catch(() => undefined); // awaited below; no unhandled rejection meanwhile
+    };
+    for (let k = 0; k < Math.min(depth, ranges.length); k++) ask(k);
+    for (let k = 0; k < ranges.length; k++) {
+      await pending[k % depth];
+      const [start, count] = ranges[k];
+      const px = this.info.pixels;
+      yield {
+        start,
+        nFrames: count,
+        trainId: this.info.trainId.subarray(start, start + count),
+        pulseId: this.info.pulseId.subarray(start, start + count),
+        cellId: this.info.cellId.subarray(start, start + count),
+        modules: this.views[k % depth].map((v) => ({
+          module: v.module,
+          present: v.present.subarray(0, count),
+          data: v.data.subarray(0, count * px),
+          mask: v.mask?.subarray(0, count * px),
+        })),
+      };
+      // The consumer is done with batch k: its buffer takes batch k + depth.
+      if (k + depth < ranges.length) ask(k + depth);
+    }
+  }
+
+  /** Consecutive batches over all frames. */
+  all(): AsyncGenerator<FrameBatch> {
+    const ranges: [number, number][] = [];
+    for (let s = 0; s < this.nFrames; s += this.framesPerBatch) {
+      ranges.push([s, Math.min(this.framesPerBatch, this.nFrames - s)]);
+    }
+    return this.batches(ranges);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** Module frames read from one file before it is closed and reopened (its metadata cache emptied). */
+export const REOPEN_FRAMES = 1024;
+
+/** Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it. */
+export class FileRecycler {
+  /** Frames read since the last (re)open, per file. */
+  readonly sinceOpen = new Map<RunFile, number>();
+  reopened = 0;
+  constructor(private lib: H5, private modules: DetectorModule[], private limit = REOPEN_FRAMES) {}
+
+  /** After a batch: count its frames per file (by train ID), reopen the files past the limit. */
+  afterBatch(trainId: Float64Array, present: Uint8Array[]): void {
+    this.modules.forEach((m, mi) => {
+      for (const mf of m.files) {
+        const ids = mf.file.trainIds;
+        if (!ids.length) continue;
+        let lo = Infinity, hi = -Infinity;
+        for (const t of ids) (lo = Math.min(lo, t)), (hi = Math.max(hi, t));
+        let n = 0;
+        for (let i = 0; i < trainId.length; i++) {
+          if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
+        }
+        if (n) this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+      }
+    });
+    for (const [f, n] of this.sinceOpen) {
+      if (n < this.limit) continue;
+      f.h5.close();
+      f.h5 = new this.lib.File(f.path, "r");
+      this.sinceOpen.set(f, 0);
+      this.reopened++;
+    }
   }
 }

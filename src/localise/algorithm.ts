@@ -243,13 +243,16 @@ export async function localise(
   stats?: PartStats,
 ): Promise<LocaliseResult> {
   const opt: LocaliseOptions = { ...DEFAULT_OPTIONS, ...options };
-  // One worker drives a GPU; the cpu backend (also auto's fallback without a hardware adapter) uses the cores.
-  const workers = opt.workers ?? (await usesGpu(opt.backend) ? 1 : await cpuCount());
+  // A GPU: one device in this thread, fed by `workers` reader workers (default cores - 1: FanInReader).
+  // The cpu backend (also auto's fallback without a hardware adapter): module groups on the cores.
+  const gpu = await usesGpu(opt.backend);
+  const workers = gpu ? 1 : opt.workers ?? await cpuCount();
+  const readers = gpu ? opt.workers ?? Math.max(1, (await cpuCount()) - 1) : 1;
   return await runAlgorithm<LocalisePart, LocaliseResult>(
     new LocaliseAlgorithm(),
     runPath,
     opt as unknown as Record<string, unknown>,
-    { workers, progress, stats },
+    { workers, readers, progress, stats },
   );
 }
 

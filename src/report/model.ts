@@ -131,31 +131,61 @@ export interface PerFrameSource {
   blocks(): Iterable<
     { start: number; n: number; litPixels: Uint32Array; unmasked: Uint32Array; filtered: Uint32Array }
   >;
+  /** Called with the frames whose peaks and ASIC flags will be asked for (one pass over a stream). */
+  prepare?(frames: number[]): void;
   peaks(frame: number): FramePeak[];
   asicLit(frame: number): Uint8Array;
   close(): void;
 }
 
+/**
+ * A localise result as a source, streamed from its spill files in blocks of whole trains (blockBounds):
+ * in memory per frame only what the result already holds plus nPeaks (4 bytes), and the sample frames'
+ * peaks and ASIC flags (`prepare`), never the whole per-frame table.
+ */
 export function resultSource(r: LocaliseResult): PerFrameSource {
-  const p = r.perFrame;
   const k = r.detector.modules.length * r.nAsics;
+  const bounds = r.blockBounds();
+  const nPeaks = new Uint32Array(r.frames);
+  for (const { f0, per } of r.frameBlocks(bounds)) nPeaks.set(per.nPeaks, f0);
+  const kept = new Map<number, { peaks: FramePeak[]; asicLit: Uint8Array }>();
+  const kept1 = (f: number) => {
+    const x = kept.get(f);
+    if (!x) throw new Error(`report: frame ${f} was not prepared`);
+    return x;
+  };
   return {
     nFrames: r.frames,
-    trainId: p.trainId,
-    pulseId: p.pulseId,
-    frameLit: p.frameLit,
-    nPeaks: p.nPeaks,
+    trainId: r.trainId,
+    pulseId: r.pulseId,
+    frameLit: r.frameLit,
+    nPeaks,
     *blocks() {
-      yield {
-        start: 0,
-        n: r.frames,
-        litPixels: p.litPixels,
-        unmasked: p.unmaskedPixels,
-        filtered: p.filteredLit,
-      };
+      for (const { f0, f1, per } of r.frameBlocks(bounds)) {
+        yield {
+          start: f0,
+          n: f1 - f0,
+          litPixels: per.litPixels,
+          unmasked: per.unmaskedPixels,
+          filtered: per.filteredLit,
+        };
+      }
     },
-    peaks: (f) => p.peaks[f],
-    asicLit: (f) => p.asicLit.slice(f * k, (f + 1) * k),
+    prepare(frames) {
+      const want = new Set(frames.filter((f) => !kept.has(f)));
+      if (!want.size) return;
+      for (const { f0, f1, per } of r.frameBlocks(bounds)) {
+        for (let f = f0; f < f1; f++) {
+          if (!want.has(f)) continue;
+          kept.set(f, {
+            peaks: per.peaks[f - f0],
+            asicLit: per.asicLit.slice((f - f0) * k, (f - f0 + 1) * k),
+          });
+        }
+      }
+    },
+    peaks: (f) => kept1(f).peaks,
+    asicLit: (f) => kept1(f).asicLit,
     close() {},
   };
 }
@@ -460,6 +490,7 @@ export async function buildModel(
   const { hist, scoreHist } = histograms(src, summary, g, nMod);
   const lit = spread(src.nFrames, (f) => src.frameLit[f] === 1, o.litFrames);
   const dark = spread(src.nFrames, (f) => src.frameLit[f] !== 1, o.darkFrames);
+  src.prepare?.([...lit, ...dark]);
   const samples: SampleFrame[] = [
     ...lit.map((f, i) => ({ f, kind: "lit" as const, label: `L${i + 1}` })),
     ...dark.map((f, i) => ({ f, kind: "dark" as const, label: `D${i + 1}` })),
