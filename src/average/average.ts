@@ -17,8 +17,7 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { defaultWorkers } from "../framework/threads.ts";
 import { annotateBeam } from "../beam/annotate.ts";
-import { runNaming } from "../localise/output.ts";
-import { Run } from "../exdf/run.ts";
+import { Run, runNaming } from "../exdf/run.ts";
 import { openWriter } from "../exdf/writer/writer.ts";
 import { buildDir } from "../app/outdir.ts";
 

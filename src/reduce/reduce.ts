@@ -40,7 +40,7 @@ import {
   parseCompress,
 } from "../compress/compressor.ts";
 import { h5, readAll } from "../exdf/h5.ts";
-import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "../exdf/run.ts";
+import { type Detector, type ModuleFile, readNumbers, Run, runFileName, type RunFile } from "../exdf/run.ts";
 import { buildDir, checkOut, copyFile, realPath, releaseOut } from "../app/outdir.ts";
 import { Copier } from "../exdf/copy.ts";
 import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } from "../exdf/walk.ts";
@@ -367,10 +367,10 @@ function namingOf(p: string): { runs: Set<number>; levels: Set<string> } {
   }
   const runs = new Set<number>(), levels = new Set<string>();
   for (const n of names) {
-    const m = /^([A-Za-z]+)-R(\d+)-.*\.h5$/.exec(n);
-    if (!m || Number(m[2]) === 0) continue;
-    levels.add(m[1].toUpperCase());
-    runs.add(Number(m[2]));
+    const r = n.endsWith(".h5") ? runFileName(n) : null;
+    if (!r || r.run === 0) continue;
+    levels.add(r.prefix.toUpperCase());
+    runs.add(r.run);
   }
   return { runs, levels };
 }

@@ -29,10 +29,9 @@ import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels, NO_BIN } from "./azint.ts";
-import { runNaming } from "../localise/output.ts";
 import { type BackendChoice, checkBackend, pickDevice, workersFor, writeReductionDir } from "./common.ts";
 import type { XpcsGpu } from "./xpcs-webgpu.ts";
-import { type Detector, Run } from "../exdf/run.ts";
+import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 

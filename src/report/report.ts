@@ -21,7 +21,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
-import process from "node:process";
+import { tmpName } from "../app/outdir.ts";
 import { DETECTOR_TYPES, type DetectorType, geometry } from "../exdf/detectors.ts";
 import { InputError } from "../errors.ts";
 import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "../exdf/h5.ts";
@@ -53,7 +53,7 @@ async function writeFrom(
   for (const n of model.notes) opts.onNote?.(n);
   const html = renderReport(model);
   const out = path.join(dir, o.fileName);
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = tmpName(out);
   try {
     fs.writeFileSync(tmp, html);
     fs.renameSync(tmp, out);
