@@ -66,4 +66,3 @@ export function track(w: Abortable, live: boolean): void {
     if (!liveWriters.size) uninstallCleanup();
   }
 }
-

@@ -261,7 +261,10 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     const table = new Uint32Array(PULSE_SLOTS);
     for (const [t, r] of rows) {
       const p = `INSTRUMENT/${timeServer}/data/bunchPatternTable`;
-      const width = Math.min(PULSE_SLOTS, (r.part.file.h5.get(p) as { shape: number[] }).shape[1] ?? PULSE_SLOTS);
+      const width = Math.min(
+        PULSE_SLOTS,
+        (r.part.file.h5.get(p) as { shape: number[] }).shape[1] ?? PULSE_SLOTS,
+      );
       table.fill(0);
       readSlab(r.part.file.h5, p, [r.row, 0], [1, width], table);
       pulses.set(t, decodeBunchPattern(table, sase));
@@ -339,13 +342,16 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   }
 
   // XGM rows.
-  const xgmRows = xgm ? fastRows(run, xgm, "data.intensityTD") : new Map<number, { part: KeyFile; row: number }>();
+  const xgmRows = xgm
+    ? fastRows(run, xgm, "data.intensityTD")
+    : new Map<number, { part: KeyFile; row: number }>();
   let xgmWidth = 0;
   let xBuf = new Float32Array(0), sBuf = new Float32Array(0);
   let hasSigma = false;
   if (xgm && xgmRows.size) {
     const r0 = xgmRows.values().next().value!;
-    xgmWidth = (r0.part.file.h5.get(`INSTRUMENT/${xgm}/data/intensityTD`) as { shape: number[] }).shape[1] ?? 1;
+    xgmWidth = (r0.part.file.h5.get(`INSTRUMENT/${xgm}/data/intensityTD`) as { shape: number[] }).shape[1] ??
+      1;
     hasSigma = hasKey(run, xgm, `INSTRUMENT/${xgm}/data/intensitySigmaTD`);
     xBuf = new Float32Array(xgmWidth);
     sBuf = new Float32Array(xgmWidth);

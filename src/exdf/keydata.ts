@@ -107,7 +107,9 @@ export class KeyData {
   /** The first row of each train (from the first file holding it). */
   firstRows(): Map<number, { part: KeyFile; row: number }> {
     const out = new Map<number, { part: KeyFile; row: number }>();
-    for (const t of this.trains()) if (!out.has(t.trainId)) out.set(t.trainId, { part: t.part, row: t.first });
+    for (const t of this.trains()) {
+      if (!out.has(t.trainId)) out.set(t.trainId, { part: t.part, row: t.first });
+    }
     return out;
   }
 
@@ -121,7 +123,12 @@ export class KeyData {
     const e = Math.max(0, Math.min(element, per - 1));
     for (const part of this.parts) {
       const whole = part.rows * per <= 2 ** 20 ? arrayFor(part.dtype, part.rows * per) : null;
-      if (whole) readSlab(part.file.h5, part.path, [0, ...part.entryShape.map(() => 0)], [part.rows, ...part.entryShape], whole);
+      if (whole) {
+        readSlab(part.file.h5, part.path, [0, ...part.entryShape.map(() => 0)], [
+          part.rows,
+          ...part.entryShape,
+        ], whole);
+      }
       const row = whole ? null : arrayFor(part.dtype, per);
       const { first, count } = part.index;
       const ids = part.file.trainIds;
@@ -129,7 +136,10 @@ export class KeyData {
         if (count[i] < 1 || first[i] >= part.rows || out.has(ids[i])) continue;
         if (whole) out.set(ids[i], Number(whole[first[i] * per + e]));
         else {
-          readSlab(part.file.h5, part.path, [first[i], ...part.entryShape.map(() => 0)], [1, ...part.entryShape], row!);
+          readSlab(part.file.h5, part.path, [first[i], ...part.entryShape.map(() => 0)], [
+            1,
+            ...part.entryShape,
+          ], row!);
           out.set(ids[i], Number(row![e]));
         }
       }
@@ -155,7 +165,14 @@ export class KeyData {
 }
 
 /** Read rows [row, row + n) of dataset `p` of a file into `out` at element `at`, converting to its type. */
-export function readRowsInto(part: { file: RunFile }, p: string, row: number, n: number, out: RowBuffer, at = 0): void {
+export function readRowsInto(
+  part: { file: RunFile },
+  p: string,
+  row: number,
+  n: number,
+  out: RowBuffer,
+  at = 0,
+): void {
   const info = dsInfo(part.file.h5.get(p) as H5Dataset);
   const rest = info.shape.slice(1);
   const per = rest.reduce((a, b) => a * b, 1);

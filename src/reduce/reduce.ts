@@ -40,7 +40,7 @@ import {
   parseCompress,
 } from "../compress/compressor.ts";
 import { h5, readAll } from "../exdf/h5.ts";
-import { type Detector, type ModuleFile, readNumbers, Run, runFileName, type RunFile } from "../exdf/run.ts";
+import { type Detector, type ModuleFile, readNumbers, Run, type RunFile, runFileName } from "../exdf/run.ts";
 import { buildDir, checkOut, copyFile, realPath, releaseOut } from "../app/outdir.ts";
 import { Copier } from "../exdf/copy.ts";
 import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } from "../exdf/walk.ts";

@@ -2,8 +2,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
-import { firstLine, readAll } from "../exdf/h5.ts";
-import { Run } from "../exdf/run.ts";
+import { firstLine } from "../exdf/h5.ts";
+import { ReduReader } from "../localise/redu.ts";
 
 import type { Box } from "../exdf/detectors.ts";
 
@@ -39,8 +39,6 @@ export class Selection {
   }
 }
 
-const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
-
 /** Read the localise output directory: the frame selection and summary.json. */
 export async function readLocaliseOutput(
   dir: string,
@@ -57,33 +55,13 @@ export async function readLocaliseOutput(
       throw new InputError(sp, `cannot read: ${firstLine(e)}`);
     }
   }
-  const run = await Run.open(dir);
+  const redu = await ReduReader.open(dir);
   try {
     const sel = new Selection();
-    let source: string | null = null;
-    const files = [...run.files].sort((a, b) => (a.trainIds[0] ?? 0) - (b.trainIds[0] ?? 0));
-    for (const f of files) {
-      for (const s of f.sources.values()) {
-        if (!LOCALISE_RE.test(s.name)) continue;
-        source = s.name;
-        const ix = s.index.get("data");
-        if (!ix) continue;
-        const base = `INSTRUMENT/${s.name}/data`;
-        const tid = readAll(f.h5, `${base}/trainId`);
-        const pid = readAll(f.h5, `${base}/pulseId`);
-        const lit = readAll(f.h5, `${base}/frameLit`);
-        f.trainIds.forEach((t, i) => {
-          for (let r = ix.first[i]; r < ix.first[i] + ix.count[i] && r < lit.length; r++) {
-            const rt = Number(tid[r]);
-            sel.add(rt === 0 ? t : rt, Number(pid[r]), Number(lit[r]));
-          }
-        });
-      }
-    }
-    if (!source) throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
-    const detector = summary.detector?.name ?? source.replace(LOCALISE_RE, "");
-    return { selection: sel, summary, detector };
+    const { trainId, pulseId, frameLit } = redu.frames();
+    for (let f = 0; f < redu.nFrames; f++) sel.add(trainId[f], pulseId[f], frameLit[f]);
+    return { selection: sel, summary, detector: summary.detector?.name ?? redu.detector };
   } finally {
-    run.close();
+    redu.close();
   }
 }

@@ -16,7 +16,6 @@ import { ensureGroup, firstLine, type H5, type H5File, type H5Group, type Numeri
 import { type Ds, formatTemplate, type Opts, type Src, WriterError } from "./schema.ts";
 import { tmpName } from "../../app/outdir.ts";
 
-
 interface Stage {
   buf: NumericArray;
   n: number;
