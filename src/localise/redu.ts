@@ -14,6 +14,7 @@
  *   every frame (a stored trainId 0 is the INDEX's train); `read()` any per-frame table for a range of
  *   frames, into a caller buffer; `blocks()` the frame ranges to read large tables in bounded memory.
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import { dsInfo, type H5Dataset, readAll } from "../exdf/h5.ts";
@@ -398,5 +399,46 @@ export class ReduReader {
 
   close(): void {
     this.run.close();
+  }
+}
+
+// -----------------------------------------------------------------------------------------------------
+// The selection: frameLit per frame
+
+/** frameLit per (trainId, pulseId), from the localise REDU file(s). */
+export class Selection {
+  private readonly byTrain = new Map<number, Map<number, number>>();
+  frames = 0;
+  lit = 0;
+
+  add(trainId: number, pulseId: number, lit: number): void {
+    let m = this.byTrain.get(trainId);
+    if (!m) this.byTrain.set(trainId, m = new Map());
+    if (!m.has(pulseId)) {
+      this.frames++;
+      if (lit) this.lit++;
+    }
+    m.set(pulseId, lit ? 1 : 0);
+  }
+
+  /** 1 lit, 0 dark, -1 not listed. */
+  lookup(trainId: number, pulseId: number): number {
+    return this.byTrain.get(trainId)?.get(pulseId) ?? -1;
+  }
+}
+
+/** The frame selection of a localise output directory: frameLit of every frame of its REDU file(s). */
+export async function readSelection(dir: string): Promise<{ selection: Selection; detector: string }> {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new InputError(dir, "localise output directory not found");
+  }
+  const redu = await ReduReader.open(dir);
+  try {
+    const selection = new Selection();
+    const { trainId, pulseId, frameLit } = redu.frames();
+    for (let f = 0; f < redu.nFrames; f++) selection.add(trainId[f], pulseId[f], frameLit[f]);
+    return { selection, detector: redu.detector };
+  } finally {
+    redu.close();
   }
 }

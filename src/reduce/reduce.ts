@@ -45,7 +45,8 @@ import { buildDir, checkOut, copyFile, realPath, releaseOut } from "../app/outdi
 import { Copier } from "../exdf/copy.ts";
 import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } from "../exdf/walk.ts";
 import type { Box } from "../exdf/detectors.ts";
-import { type LocaliseSummary, readLocaliseOutput, Selection } from "./selection.ts";
+import { type LocaliseSummary, readLocaliseOutput } from "./selection.ts";
+import type { Selection } from "../localise/redu.ts";
 import type { Wasm } from "../exdf/wasm.ts";
 import { fileSize, MB } from "../app/format.ts";
 
