@@ -32,7 +32,7 @@
 import { InputError } from "../errors.ts";
 import { readSlab } from "../exdf/h5.ts";
 import { type Detector, readNumbers, type Run } from "../exdf/run.ts";
-import { KeyData, type KeyFile } from "../exdf/keydata.ts";
+import { indexRows, KeyData, type KeyFile } from "../exdf/keydata.ts";
 
 /** Frames the LITFRM arrays hold (AGIPD memory cells). */
 import {
@@ -204,18 +204,17 @@ function detectorFrames(det: Detector): Map<number, { frames: number; pulseIds: 
           pids = undefined;
         }
       }
-      mf.file.trainIds.forEach((t, i) => {
-        const cnt = mf.index.count[i];
-        if (!cnt) return;
+      for (const { trainId: t, first, count: cnt } of indexRows(mf.file, mf.index, mf.rows)) {
+        if (!cnt) continue;
         const frames = cnt * det.cellsPerEntry;
         const cur = out.get(t);
-        if (cur && cur.frames >= frames) return;
+        if (cur && cur.frames >= frames) continue;
         let ids: number[];
         if (jf) ids = Array.from({ length: frames }, (_, c) => c);
-        else if (pids) ids = pids.slice(mf.index.first[i], mf.index.first[i] + cnt).sort((a, b) => a - b);
+        else if (pids) ids = pids.slice(first, first + cnt).sort((a, b) => a - b);
         else ids = [];
         out.set(t, { frames, pulseIds: ids });
-      });
+      }
     }
   }
   return out;

@@ -95,11 +95,8 @@ export class KeyData {
   /** The rows of every train that has some, in file order, then INDEX order. */
   *trains(): Generator<TrainRows> {
     for (const part of this.parts) {
-      const { first, count } = part.index;
-      const ids = part.file.trainIds;
-      for (let i = 0; i < ids.length && i < first.length; i++) {
-        const n = Math.min(count[i], part.rows - first[i]);
-        if (n > 0) yield { part, trainId: ids[i], first: first[i], count: n };
+      for (const t of indexRows(part.file, part.index, part.rows)) {
+        if (t.count > 0) yield { part, trainId: t.trainId, first: t.first, count: t.count };
       }
     }
   }
@@ -161,6 +158,24 @@ export class KeyData {
       at += t.count;
     }
     return out;
+  }
+}
+
+/**
+ * Every train of a file with the rows an index (run.ts's parse of one source group's INDEX) gives it:
+ * `i` the train's position in the file, count 0 for a train without rows (or past the end of a short index), rows past `rows` (the dataset's
+ * length) left out. The walk of INDEX that KeyData and the per-module readers (reduce, the annotation)
+ * share.
+ */
+export function* indexRows(
+  file: RunFile,
+  index: SourceIndex,
+  rows: number,
+): Generator<{ i: number; trainId: number; first: number; count: number }> {
+  const ids = file.trainIds;
+  for (let i = 0; i < ids.length; i++) {
+    const first = index.first[i] ?? 0;
+    yield { i, trainId: ids[i], first, count: Math.max(0, Math.min(index.count[i] ?? 0, rows - first)) };
   }
 }
 

@@ -41,6 +41,7 @@ import {
 } from "../compress/compressor.ts";
 import { h5, readAll } from "../exdf/h5.ts";
 import { type Detector, type ModuleFile, readNumbers, Run, type RunFile, runFileName } from "../exdf/run.ts";
+import { indexRows } from "../exdf/keydata.ts";
 import { buildDir, checkOut, copyFile, realPath, releaseOut } from "../app/outdir.ts";
 import { Copier } from "../exdf/copy.ts";
 import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } from "../exdf/walk.ts";
@@ -171,12 +172,9 @@ function planModule(
   const kept: number[] = [];
   const counts: number[] = [];
   let inIndex = 0;
-  for (let i = 0; i < f.trainIds.length; i++) {
-    const t = f.trainIds[i];
-    const a = mf.index.first[i];
-    const c = mf.index.count[i];
+  for (const { trainId: t, first: a, count: c } of indexRows(f, mf.index, N)) {
     let n = 0;
-    for (let r = a; r < a + c && r < N; r++) {
+    for (let r = a; r < a + c; r++) {
       inIndex++;
       // JUNGFRAU: one entry holds every memory cell (frames = cells); the entry is kept when a cell is lit.
       let lit: number;
