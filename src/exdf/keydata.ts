@@ -144,6 +144,21 @@ export class KeyData {
     return out;
   }
 
+  /** The entries of one train (every row INDEX gives it, first file holding it) into `out`; returns the rows read. */
+  readTrain(trainId: number, out: RowBuffer, at = 0): number {
+    for (const t of this.trains()) {
+      if (t.trainId !== trainId) continue;
+      this.readRows(t.part, t.first, t.count, out, at);
+      return t.count;
+    }
+    return 0;
+  }
+
+  /** Rows [row, row + n) of the key in one of its files into `out` (at element `at`). */
+  readRows(part: KeyFile, row: number, n: number, out: RowBuffer, at = 0): void {
+    readRowsInto(part, part.path, row, n, out, at);
+  }
+
   /**
    * Rows of the key in its files, in file order, then INDEX order, adjacent rows of a file merged into one
    * range; `at` counts the rows before the range (its position in the concatenation).
