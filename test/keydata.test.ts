@@ -2,14 +2,22 @@
  * exdf/keydata.ts against EXtra-data (an independent reader of the same INDEX): per-train values of a control
  * key, every row of a fast key per train, and the rows of a train read into a caller buffer.
  */
-import { describe, expect, test } from "vitest";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { Run } from "../src/exdf/run.ts";
 import { KeyData } from "../src/exdf/keydata.ts";
 import { have, PYTHON } from "./helpers/tools.ts";
 
-const SAMPLE = path.resolve(__dirname, "../fixtures/sample");
+// A copy: EXtra-data writes its file map (karabo_data_map.json) into a run directory it may write.
+let SAMPLE = "";
+beforeAll(() => {
+  SAMPLE = fs.mkdtempSync(path.join(os.tmpdir(), "keydata-"));
+  fs.cpSync(path.resolve(__dirname, "../fixtures/sample"), SAMPLE, { recursive: true });
+});
+afterAll(() => fs.rmSync(SAMPLE, { recursive: true, force: true }));
 const XGM = "SA1_XTD2_XGM/XGM/DOOCS:output";
 const CTL = "SPB_DET_AGIPD1M-1/MDL/FPGA_COMP";
 
