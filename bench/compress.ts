@@ -27,7 +27,8 @@ import { szCodesCpu, szConstants, SzFrameDecoder, SzFrameEncoder } from "../src/
 import { createRoundKernel, createSzKernel } from "../src/compress/webgpu.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
-import { summaryJson, writeRedu } from "../src/localise/output.ts";
+import { summaryJson } from "../src/localise/output.ts";
+import { writeRedu } from "../src/localise/redu.ts";
 import { reduce } from "../src/reduce/reduce.ts";
 import { uniform } from "../fixtures/synth.ts";
 

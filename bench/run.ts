@@ -37,7 +37,7 @@ import { emptyStats, moduleGroups } from "../src/framework/algorithm.ts";
 import { PrefetchReader } from "../src/framework/prefetch.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
-import { writeRedu } from "../src/localise/output.ts";
+import { writeRedu } from "../src/localise/redu.ts";
 import { Run } from "../src/exdf/run.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -20,7 +20,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { InputError, OutputError } from "../errors.ts";
-import { track } from "../exdf/writer/files.ts";
+import { track } from "./cleanup.ts";
 
 /** The marker file in every directory this tool writes. */
 export const MARKER = ".xfel-redu";
@@ -92,7 +92,18 @@ function isInside(child: string, parent: string): boolean {
 }
 
 const lockPath = (dir: string) => path.join(path.dirname(dir), `.${path.basename(dir)}.lock`);
-const tmpPath = (dir: string) => path.join(path.dirname(dir), `.${path.basename(dir)}.tmp-${process.pid}`);
+/**
+ * The temporary name of `final` (a directory or a file) while it is written: `.<name>.tmp-<pid>` beside it,
+ * `.<name>.tmp-<pid>-<n>` when one process writes several at once. Hidden, and recognisable by
+ * `sweepStale` (which removes such directories of processes that are gone). The one scheme of every
+ * output: directories (buildDir), sequence files (the writer), Slurm part files, report.html.
+ */
+export function tmpName(final: string, n?: number): string {
+  const name = `.${path.basename(final)}.tmp-${process.pid}${n === undefined ? "" : `-${n}`}`;
+  return path.join(path.dirname(final), name);
+}
+
+const tmpPath = (dir: string) => tmpName(dir);
 const oldPath = (dir: string) => path.join(path.dirname(dir), `.${path.basename(dir)}.old-${process.pid}`);
 
 /** The lock's holder when it is a live process (or of another host, which cannot be checked). */

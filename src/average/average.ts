@@ -17,8 +17,8 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { defaultWorkers } from "../framework/threads.ts";
 import { annotateBeam } from "../beam/annotate.ts";
-import { runNaming } from "../localise/output.ts";
-import { Run } from "../exdf/run.ts";
+import { Run, runNaming } from "../exdf/run.ts";
+import { readSelection } from "../localise/redu.ts";
 import { openWriter } from "../exdf/writer/writer.ts";
 import { buildDir } from "../app/outdir.ts";
 
@@ -56,8 +56,7 @@ export async function litLookup(
 ): Promise<{ lit: LitLookup; source: AverageResult["litFrom"] }> {
   if (from) {
     // The same reader as reduce's: frames the selection does not list count as dark.
-    const { readLocaliseOutput } = await import("../reduce/selection.ts");
-    const { selection } = await readLocaliseOutput(path.resolve(from));
+    const { selection } = await readSelection(path.resolve(from));
     return { lit: (t, p) => selection.lookup(t, p) === 1, source: "localise" };
   }
   const ann = annotateBeam(run, {});

@@ -31,7 +31,8 @@
  */
 import { InputError } from "../errors.ts";
 import { readSlab } from "../exdf/h5.ts";
-import { type Detector, readNumbers, Run, type RunFile } from "../exdf/run.ts";
+import { type Detector, readNumbers, type Run } from "../exdf/run.ts";
+import { indexRows, KeyData, type KeyFile } from "../exdf/keydata.ts";
 
 /** Frames the LITFRM arrays hold (AGIPD memory cells). */
 import {
@@ -130,43 +131,14 @@ export interface BeamAnnotation {
   frameOfPulse(trainId: number, pulseId: number): number;
 }
 
-interface FastRow {
-  file: RunFile;
-  row: number;
-}
-
-/** First entry per train of a fast source's group. */
-function fastRows(run: Run, source: string, group: string): Map<number, FastRow> {
-  const out = new Map<number, FastRow>();
-  for (const f of run.files) {
-    const ix = f.sources.get(source)?.index.get(group);
-    if (!ix) continue;
-    f.trainIds.forEach((t, i) => {
-      if (ix.count[i] > 0 && !out.has(t)) out.set(t, { file: f, row: ix.first[i] });
-    });
-  }
-  return out;
+/** The first row per train of a fast source's key. */
+function fastRows(run: Run, source: string, key: string): Map<number, { part: KeyFile; row: number }> {
+  return new KeyData(run, source, key).firstRows();
 }
 
 /** Per-train values of a control key (`a.b` -> CONTROL/<src>/a/b/value). */
 function controlValues(run: Run, source: string, key: string): Map<number, number> {
-  const out = new Map<number, number>();
-  const p = `CONTROL/${source}/${key.split(".").join("/")}/value`;
-  for (const f of run.files) {
-    const ix = f.sources.get(source)?.index.get("");
-    if (!ix) continue;
-    let vals: number[];
-    try {
-      if (!f.h5.get(p)) continue;
-      vals = readNumbers(f, p);
-    } catch {
-      continue;
-    }
-    f.trainIds.forEach((t, i) => {
-      if (ix.count[i] > 0 && ix.first[i] < vals.length && !out.has(t)) out.set(t, vals[ix.first[i]]);
-    });
-  }
-  return out;
+  return new KeyData(run, source, key).trainValues();
 }
 
 function hasKey(run: Run, source: string, p: string): boolean {
@@ -232,18 +204,17 @@ function detectorFrames(det: Detector): Map<number, { frames: number; pulseIds: 
           pids = undefined;
         }
       }
-      mf.file.trainIds.forEach((t, i) => {
-        const cnt = mf.index.count[i];
-        if (!cnt) return;
+      for (const { trainId: t, first, count: cnt } of indexRows(mf.file, mf.index, mf.rows)) {
+        if (!cnt) continue;
         const frames = cnt * det.cellsPerEntry;
         const cur = out.get(t);
-        if (cur && cur.frames >= frames) return;
+        if (cur && cur.frames >= frames) continue;
         let ids: number[];
         if (jf) ids = Array.from({ length: frames }, (_, c) => c);
-        else if (pids) ids = pids.slice(mf.index.first[i], mf.index.first[i] + cnt).sort((a, b) => a - b);
+        else if (pids) ids = pids.slice(first, first + cnt).sort((a, b) => a - b);
         else ids = [];
         out.set(t, { frames, pulseIds: ids });
-      });
+      }
     }
   }
   return out;
@@ -285,13 +256,16 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   // Bunch patterns: SASE pulses per train.
   const pulses = new Map<number, number[]>();
   if (timeServer) {
-    const rows = fastRows(run, timeServer, "data");
+    const rows = fastRows(run, timeServer, "data.bunchPatternTable");
     const table = new Uint32Array(PULSE_SLOTS);
     for (const [t, r] of rows) {
       const p = `INSTRUMENT/${timeServer}/data/bunchPatternTable`;
-      const width = Math.min(PULSE_SLOTS, (r.file.h5.get(p) as { shape: number[] }).shape[1] ?? PULSE_SLOTS);
+      const width = Math.min(
+        PULSE_SLOTS,
+        (r.part.file.h5.get(p) as { shape: number[] }).shape[1] ?? PULSE_SLOTS,
+      );
       table.fill(0);
-      readSlab(r.file.h5, p, [r.row, 0], [1, width], table);
+      readSlab(r.part.file.h5, p, [r.row, 0], [1, width], table);
       pulses.set(t, decodeBunchPattern(table, sase));
     }
   }
@@ -367,13 +341,16 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   }
 
   // XGM rows.
-  const xgmRows = xgm ? fastRows(run, xgm, "data") : new Map<number, FastRow>();
+  const xgmRows = xgm
+    ? fastRows(run, xgm, "data.intensityTD")
+    : new Map<number, { part: KeyFile; row: number }>();
   let xgmWidth = 0;
   let xBuf = new Float32Array(0), sBuf = new Float32Array(0);
   let hasSigma = false;
   if (xgm && xgmRows.size) {
     const r0 = xgmRows.values().next().value!;
-    xgmWidth = (r0.file.h5.get(`INSTRUMENT/${xgm}/data/intensityTD`) as { shape: number[] }).shape[1] ?? 1;
+    xgmWidth = (r0.part.file.h5.get(`INSTRUMENT/${xgm}/data/intensityTD`) as { shape: number[] }).shape[1] ??
+      1;
     hasSigma = hasKey(run, xgm, `INSTRUMENT/${xgm}/data/intensitySigmaTD`);
     xBuf = new Float32Array(xgmWidth);
     sBuf = new Float32Array(xgmWidth);
@@ -381,9 +358,9 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
   const readXgm = (t: number): boolean => {
     const r = xgmRows.get(t);
     if (!r) return false;
-    readSlab(r.file.h5, `INSTRUMENT/${xgm}/data/intensityTD`, [r.row, 0], [1, xgmWidth], xBuf);
+    readSlab(r.part.file.h5, `INSTRUMENT/${xgm}/data/intensityTD`, [r.row, 0], [1, xgmWidth], xBuf);
     if (hasSigma) {
-      readSlab(r.file.h5, `INSTRUMENT/${xgm}/data/intensitySigmaTD`, [r.row, 0], [1, xgmWidth], sBuf);
+      readSlab(r.part.file.h5, `INSTRUMENT/${xgm}/data/intensitySigmaTD`, [r.row, 0], [1, xgmWidth], sBuf);
     } else sBuf.fill(0);
     return true;
   };

@@ -220,15 +220,6 @@ export async function writeLitframes(
   }
 }
 
-/** File prefix and run number from EuXFEL file names (RAW-R0012-DA01-S00000.h5). */
-export function runNaming(files: string[]): { prefix: string; run: number } {
-  for (const f of files) {
-    const m = /^([A-Za-z]+)-R(\d+)-/.exec(path.basename(f));
-    if (m) return { prefix: m[1], run: Number(m[2]) };
-  }
-  return { prefix: "REDU", run: 0 };
-}
-
 // -----------------------------------------------------------------------------------------------------
 // Command
 

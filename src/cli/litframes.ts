@@ -2,7 +2,7 @@
 import type { Command, OptionSpec } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { addToDir, buildDir, checkOut } from "../app/outdir.ts";
-import { Run } from "../exdf/run.ts";
+import { Run, runNaming } from "../exdf/run.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { annotateBeam } from "../beam/annotate.ts";
@@ -10,7 +10,6 @@ import {
   checkLitframesTarget,
   formatLitframes,
   litframesDevice,
-  runNaming,
   summariseLitframes,
   writeLitframes,
 } from "../beam/litfrm.ts";
@@ -79,7 +78,7 @@ export const litframesCommand: Command = {
         instrument: o.instrument,
         detector: o.detector,
       });
-      const naming = runNaming(run.files.map((f) => f.name));
+      const naming = runNaming(run.files.map((f) => f.name), "REDU");
       await checkLitframesTarget(dir, litframesDevice(ann.instrument), naming, !!o.force);
       const write = (d: string) => writeLitframes(ann, d, { ...naming, overwrite: !!o.force });
       const written = into ? await addToDir(dir, write) : await buildDir(dir, write);

@@ -9,7 +9,8 @@ import type { Command, OptionSpec } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import { DEFAULT_OPTIONS, type LocaliseOptions, type LocaliseResult } from "../localise/result.ts";
 import { localise } from "../localise/algorithm.ts";
-import { type OutputOptions, summaryJson, writeLocaliseDir } from "../localise/output.ts";
+import { summaryJson, writeLocaliseDir } from "../localise/output.ts";
+import type { OutputOptions } from "../localise/redu.ts";
 import { prepareOut, progressPrinter } from "../app/outdir.ts";
 
 export const LOCALISE_OPTIONS: OptionSpec[] = [

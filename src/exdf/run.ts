@@ -162,9 +162,9 @@ export class Run {
     const out = this.indexProblems();
     const runs = new Map<string, string[]>();
     for (const f of this.files) {
-      const m = /-R(\d+)-/.exec(f.name);
-      if (!m) continue;
-      const r = String(Number(m[1]));
+      const n = runFileName(f.name);
+      if (!n) continue;
+      const r = String(n.run);
       if (!runs.has(r)) runs.set(r, []);
       runs.get(r)!.push(f.name);
     }
@@ -505,6 +505,29 @@ function findDetectors(files: RunFile[]): Detector[] {
     out.push(det);
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * The data level (prefix) and run number of an EuXFEL file name, `<PREFIX>-R<run>-<aggregator>-S<seq>.h5`
+ * (RAW-R0012-AGIPD00-S00000.h5: RAW, 12); a path's base name is used. Null when the name does not follow it.
+ * The one parser of run numbers: Run.warnings, runNaming (outputs) and reduce's same-run check use it.
+ */
+export function runFileName(name: string): { prefix: string; run: number } | null {
+  const m = /^([A-Za-z]+)-R(\d+)-/.exec(path.basename(name));
+  return m ? { prefix: m[1], run: Number(m[2]) } : null;
+}
+
+/**
+ * The prefix and run number an output of a run is named with: those of the first file named as EuXFEL
+ * names files (runFileName). Defaults when none is: the prefix `fallbackPrefix` ("CORR", the data level
+ * localise, average, roi, azint and xpcs usually read; litframes passes "REDU") and run 0.
+ */
+export function runNaming(files: string[], fallbackPrefix = "CORR"): { prefix: string; run: number } {
+  for (const f of files) {
+    const n = runFileName(f);
+    if (n) return n;
+  }
+  return { prefix: fallbackPrefix, run: 0 };
 }
 
 /** Read a whole small dataset of a file as numbers (IDs, indices). */

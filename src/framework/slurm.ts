@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { deserialize, serialize } from "node:v8";
 import { InputError } from "../errors.ts";
 import { Run } from "../exdf/run.ts";
+import { tmpName } from "../app/outdir.ts";
 import {
   type Algorithm,
   type AlgorithmSource,
@@ -143,7 +144,7 @@ export async function runJobPart(work: string, i: number): Promise<boolean> {
   try {
     algo.configure(job.options);
     const part = await runPart(algo, job.run, job.groups[i]);
-    const tmp = `${file}.tmp-${process.pid}`;
+    const tmp = tmpName(file);
     fs.writeFileSync(tmp, serialize(part));
     fs.renameSync(tmp, file);
   } finally {

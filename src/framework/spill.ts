@@ -14,7 +14,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { track } from "../exdf/writer/files.ts";
+import { track } from "../app/cleanup.ts";
 
 let counter = 0;
 

@@ -53,17 +53,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
-import {
-  dsInfo,
-  ensureGroup,
-  firstLine,
-  h5,
-  type H5Dataset,
-  type H5File,
-  readAll,
-  readSlab,
-} from "../exdf/h5.ts";
-import { Run, type RunFile } from "../exdf/run.ts";
+import { ensureGroup, firstLine, h5, type H5Dataset, type H5File } from "../exdf/h5.ts";
+import { Run } from "../exdf/run.ts";
+import { ReduReader } from "./redu.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { buildDir, checkOut, checkpoint, releaseOut } from "../app/outdir.ts";
 import { type DetectorLayout, loadLayout, writeGeom } from "../exdf/geometry.ts";
@@ -96,8 +88,6 @@ export interface CxiRecord {
   seconds: number;
 }
 
-const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
-
 /** Where the REDU rows of the hits are, and what the frames need. */
 interface Hits {
   detector: string;
@@ -106,10 +96,9 @@ interface Hits {
   trainId: number[];
   pulseId: number[];
   nPeaks: number[];
-  /** REDU file and row of each hit. */
-  file: RunFile[];
-  row: number[];
-  base: string[];
+  /** Frame of each hit in the REDU file(s), read through `redu`. */
+  frame: number[];
+  redu: ReduReader;
   layout?: string;
 }
 
@@ -119,68 +108,52 @@ interface Summary {
 }
 
 /** The hits of a localise output directory (its REDU files), in (trainId, pulseId) order. */
-function readHits(run: Run, dir: string, summary: Summary): Hits {
-  const rows: { t: number; p: number; n: number; file: RunFile; row: number; base: string }[] = [];
-  let source: string | null = null;
-  let maxPeaks = -1;
-  let modules: number[] | null = null;
-  for (const f of run.files) {
-    for (const s of f.sources.values()) {
-      if (!LOCALISE_RE.test(s.name)) continue;
-      source = s.name;
-      const base = `INSTRUMENT/${s.name}/data`;
-      const ctl = `RUN/${s.name.replace(/:output$/, "")}/modules/value`;
-      if (!modules && f.h5.get(ctl)) modules = Array.from(readAll(f.h5, ctl) as ArrayLike<number>, Number);
-      for (
-        const k of [
-          "trainId",
-          "pulseId",
-          "frameLit",
-          "nPeaks",
-          "peakModule",
-          "peakSs",
-          "peakFs",
-          "peakIntensity",
-          "peakSnr",
-        ]
-      ) {
-        if (!f.h5.get(`${base}/${k}`)) {
-          throw new InputError(
-            f.path,
-            `localise REDU file without data.${k} (an older localise?): rerun localise`,
-          );
-        }
-      }
-      const shape = dsInfo(f.h5.get(`${base}/peakFs`) as H5Dataset).shape;
-      if (maxPeaks >= 0 && shape[1] !== maxPeaks) {
-        throw new InputError(f.path, `peak table width ${shape[1]} differs from ${maxPeaks} in other files`);
-      }
-      maxPeaks = shape[1];
-      const tid = readAll(f.h5, `${base}/trainId`);
-      const pid = readAll(f.h5, `${base}/pulseId`);
-      const lit = readAll(f.h5, `${base}/frameLit`);
-      const np = readAll(f.h5, `${base}/nPeaks`);
-      for (let r = 0; r < lit.length; r++) {
-        if (Number(lit[r])) {
-          rows.push({ t: Number(tid[r]), p: Number(pid[r]), n: Number(np[r]), file: f, row: r, base });
-        }
-      }
+function readHits(redu: ReduReader, dir: string, summary: Summary): Hits {
+  for (
+    const k of [
+      "trainId",
+      "pulseId",
+      "frameLit",
+      "nPeaks",
+      "peakModule",
+      "peakSs",
+      "peakFs",
+      "peakIntensity",
+      "peakSnr",
+    ]
+  ) {
+    const f = redu.missing(k);
+    if (f) {
+      throw new InputError(
+        f.path,
+        `localise REDU file without data.${k} (an older localise?): rerun localise`,
+      );
     }
   }
-  if (!source) throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
-  modules = summary.detector?.modules ?? modules;
+  let maxPeaks = -1;
+  for (const { file, shape } of redu.entryShapes("peakFs")) {
+    if (maxPeaks >= 0 && shape[0] !== maxPeaks) {
+      throw new InputError(file.path, `peak table width ${shape[0]} differs from ${maxPeaks} in other files`);
+    }
+    maxPeaks = shape[0];
+  }
+  const modules = summary.detector?.modules ?? redu.modules();
   if (!modules) throw new InputError(dir, "no module list (summary.json detector.modules, or REDU modules)");
-  rows.sort((a, b) => a.t - b.t || a.p - b.p);
+  const { trainId, pulseId, frameLit } = redu.frames();
+  const nPeaks = new Uint32Array(redu.nFrames);
+  redu.read("nPeaks", 0, redu.nFrames, nPeaks);
+  const rows: number[] = [];
+  for (let f = 0; f < redu.nFrames; f++) if (frameLit[f]) rows.push(f);
+  rows.sort((a, b) => trainId[a] - trainId[b] || pulseId[a] - pulseId[b]);
   return {
-    detector: summary.detector?.name ?? source.replace(LOCALISE_RE, ""),
+    detector: summary.detector?.name ?? redu.detector,
     modules,
     maxPeaks,
-    trainId: rows.map((r) => r.t),
-    pulseId: rows.map((r) => r.p),
-    nPeaks: rows.map((r) => r.n),
-    file: rows.map((r) => r.file),
-    row: rows.map((r) => r.row),
-    base: rows.map((r) => r.base),
+    trainId: rows.map((f) => trainId[f]),
+    pulseId: rows.map((f) => pulseId[f]),
+    nPeaks: rows.map((f) => nPeaks[f]),
+    frame: rows,
+    redu,
     layout: summary.layout,
   };
 }
@@ -210,7 +183,7 @@ export async function writeCxi(
         throw new InputError(sp, `cannot read: ${firstLine(e)}`);
       }
     }
-    const redu = await Run.open(from);
+    const redu = await ReduReader.open(from);
     try {
       const hits = readHits(redu, from, summary);
       const run = await Run.open(runPath);
@@ -424,9 +397,8 @@ async function writeFile(
       const out = [0, 1, 2, 3].map(() => new Float32Array(nb * maxPeaks));
       for (let i = 0; i < nb; i++) {
         const j = h0 + i;
-        const rf = hits.file[j].h5;
         const at = (key: string, arr: Float32Array | Uint16Array) =>
-          readSlab(rf, `${hits.base[j]}/${key}`, [hits.row[j], 0], [1, hits.maxPeaks], arr, 0);
+          hits.redu.read(key, hits.frame[j], 1, arr);
         at("peakModule", mod);
         at("peakSs", ss);
         at("peakFs", fsC);
@@ -436,7 +408,10 @@ async function writeFile(
         for (let p = 0; p < np; p++) {
           const k = hits.modules.indexOf(mod[p]);
           if (k < 0) {
-            throw new InputError(hits.file[j].path, `peak on module ${mod[p]}, not in the module list`);
+            throw new InputError(
+              hits.redu.fileOf(hits.frame[j]).path,
+              `peak on module ${mod[p]}, not in the module list`,
+            );
           }
           out[0][i * maxPeaks + p] = fsC[p];
           out[1][i * maxPeaks + p] = k * ssM + ss[p];

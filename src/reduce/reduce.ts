@@ -40,12 +40,14 @@ import {
   parseCompress,
 } from "../compress/compressor.ts";
 import { h5, readAll } from "../exdf/h5.ts";
-import { type Detector, type ModuleFile, readNumbers, Run, type RunFile } from "../exdf/run.ts";
+import { type Detector, type ModuleFile, readNumbers, Run, type RunFile, runFileName } from "../exdf/run.ts";
+import { indexRows } from "../exdf/keydata.ts";
 import { buildDir, checkOut, copyFile, realPath, releaseOut } from "../app/outdir.ts";
 import { Copier } from "../exdf/copy.ts";
 import { type CopyProgress, datasetsUnder, dsShape, type Special, walkCopy } from "../exdf/walk.ts";
 import type { Box } from "../exdf/detectors.ts";
-import { type LocaliseSummary, readLocaliseOutput, Selection } from "./selection.ts";
+import { type LocaliseSummary, readLocaliseOutput } from "./selection.ts";
+import type { Selection } from "../localise/redu.ts";
 import type { Wasm } from "../exdf/wasm.ts";
 import { fileSize, MB } from "../app/format.ts";
 
@@ -170,12 +172,9 @@ function planModule(
   const kept: number[] = [];
   const counts: number[] = [];
   let inIndex = 0;
-  for (let i = 0; i < f.trainIds.length; i++) {
-    const t = f.trainIds[i];
-    const a = mf.index.first[i];
-    const c = mf.index.count[i];
+  for (const { trainId: t, first: a, count: c } of indexRows(f, mf.index, N)) {
     let n = 0;
-    for (let r = a; r < a + c && r < N; r++) {
+    for (let r = a; r < a + c; r++) {
       inIndex++;
       // JUNGFRAU: one entry holds every memory cell (frames = cells); the entry is kept when a cell is lit.
       let lit: number;
@@ -367,10 +366,10 @@ function namingOf(p: string): { runs: Set<number>; levels: Set<string> } {
   }
   const runs = new Set<number>(), levels = new Set<string>();
   for (const n of names) {
-    const m = /^([A-Za-z]+)-R(\d+)-.*\.h5$/.exec(n);
-    if (!m || Number(m[2]) === 0) continue;
-    levels.add(m[1].toUpperCase());
-    runs.add(Number(m[2]));
+    const r = n.endsWith(".h5") ? runFileName(n) : null;
+    if (!r || r.run === 0) continue;
+    levels.add(r.prefix.toUpperCase());
+    runs.add(r.run);
   }
   return { runs, levels };
 }

@@ -1,9 +1,9 @@
-/** The frame selection of a localise output (its REDU file's frameLit and its summary.json), as reduce reads it. */
+/** The frame selection of a localise output (localise/redu.ts readSelection) and its summary.json, as reduce reads them. */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
-import { firstLine, readAll } from "../exdf/h5.ts";
-import { Run } from "../exdf/run.ts";
+import { firstLine } from "../exdf/h5.ts";
+import { readSelection, type Selection } from "../localise/redu.ts";
 
 import type { Box } from "../exdf/detectors.ts";
 
@@ -13,33 +13,6 @@ export interface LocaliseSummary {
   detector?: { name?: string; modules?: number[] };
   modules?: { module: number; selected: boolean; rois?: Box[]; files?: string[] }[];
 }
-
-// -----------------------------------------------------------------------------------------------------
-// The selection (localise output)
-
-/** frameLit per (trainId, pulseId), from the localise REDU file(s). */
-export class Selection {
-  private readonly byTrain = new Map<number, Map<number, number>>();
-  frames = 0;
-  lit = 0;
-
-  add(trainId: number, pulseId: number, lit: number): void {
-    let m = this.byTrain.get(trainId);
-    if (!m) this.byTrain.set(trainId, m = new Map());
-    if (!m.has(pulseId)) {
-      this.frames++;
-      if (lit) this.lit++;
-    }
-    m.set(pulseId, lit ? 1 : 0);
-  }
-
-  /** 1 lit, 0 dark, -1 not listed. */
-  lookup(trainId: number, pulseId: number): number {
-    return this.byTrain.get(trainId)?.get(pulseId) ?? -1;
-  }
-}
-
-const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
 
 /** Read the localise output directory: the frame selection and summary.json. */
 export async function readLocaliseOutput(
@@ -57,33 +30,6 @@ export async function readLocaliseOutput(
       throw new InputError(sp, `cannot read: ${firstLine(e)}`);
     }
   }
-  const run = await Run.open(dir);
-  try {
-    const sel = new Selection();
-    let source: string | null = null;
-    const files = [...run.files].sort((a, b) => (a.trainIds[0] ?? 0) - (b.trainIds[0] ?? 0));
-    for (const f of files) {
-      for (const s of f.sources.values()) {
-        if (!LOCALISE_RE.test(s.name)) continue;
-        source = s.name;
-        const ix = s.index.get("data");
-        if (!ix) continue;
-        const base = `INSTRUMENT/${s.name}/data`;
-        const tid = readAll(f.h5, `${base}/trainId`);
-        const pid = readAll(f.h5, `${base}/pulseId`);
-        const lit = readAll(f.h5, `${base}/frameLit`);
-        f.trainIds.forEach((t, i) => {
-          for (let r = ix.first[i]; r < ix.first[i] + ix.count[i] && r < lit.length; r++) {
-            const rt = Number(tid[r]);
-            sel.add(rt === 0 ? t : rt, Number(pid[r]), Number(lit[r]));
-          }
-        });
-      }
-    }
-    if (!source) throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
-    const detector = summary.detector?.name ?? source.replace(LOCALISE_RE, "");
-    return { selection: sel, summary, detector };
-  } finally {
-    run.close();
-  }
+  const { selection, detector } = await readSelection(dir);
+  return { selection, summary, detector: summary.detector?.name ?? detector };
 }

@@ -32,7 +32,6 @@ import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { type DetectorLayout, loadLayout, pixelCentres } from "../exdf/geometry.ts";
-import { runNaming } from "../localise/output.ts";
 import {
   type BackendChoice,
   checkBackend,
@@ -43,7 +42,7 @@ import {
   workersFor,
   writeReductionDir,
 } from "./common.ts";
-import { type Detector, Run } from "../exdf/run.ts";
+import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 import { litLookup } from "../average/average.ts";

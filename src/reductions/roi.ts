@@ -26,7 +26,6 @@ import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
-import { runNaming } from "../localise/output.ts";
 import {
   type BackendChoice,
   checkBackend,
@@ -37,7 +36,7 @@ import {
   workersFor,
   writeReductionDir,
 } from "./common.ts";
-import { Run } from "../exdf/run.ts";
+import { Run, runNaming } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";

@@ -21,13 +21,13 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
-import process from "node:process";
+import { tmpName } from "../app/outdir.ts";
 import { DETECTOR_TYPES, type DetectorType, geometry } from "../exdf/detectors.ts";
 import { InputError } from "../errors.ts";
-import { arrayFor, dsInfo, firstLine, type H5Dataset, type H5File, readSlab } from "../exdf/h5.ts";
+import { firstLine } from "../exdf/h5.ts";
 import type { FramePeak, LocaliseResult } from "../localise/result.ts";
 import { summaryJson } from "../localise/output.ts";
-import { Run } from "../exdf/run.ts";
+import { NoReduFile, ReduReader } from "../localise/redu.ts";
 import { renderReport } from "./html.ts";
 
 import {
@@ -53,7 +53,7 @@ async function writeFrom(
   for (const n of model.notes) opts.onNote?.(n);
   const html = renderReport(model);
   const out = path.join(dir, o.fileName);
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = tmpName(out);
   try {
     fs.writeFileSync(tmp, html);
     fs.renameSync(tmp, out);
@@ -90,85 +90,26 @@ export async function writeReport(
 // ---------------------------------------------------------------------------------------------------------
 // From a localise output directory
 
-const LOCALISE_RE = /\/REDU\/LOCALISE:output$/;
 /** Frames per block when reading the per-ASIC tables. */
 const BLOCK_FRAMES = 4096;
 
-interface Segment {
-  file: H5File;
-  base: string;
-  /** First row in the file and the frame it holds. */
-  row: number;
-  frame: number;
-  n: number;
-}
-
-/** Read rows [row, row+n) of a dataset as numbers into out (at element offset `at`). */
-function readRowsAs(
-  file: H5File,
-  p: string,
-  row: number,
-  n: number,
-  out: Float64Array | Uint32Array | Uint8Array,
-  at: number,
-) {
-  const info = dsInfo(file.get(p) as H5Dataset);
-  const per = info.shape.slice(1).reduce((a, b) => a * b, 1);
-  const tmp = arrayFor(info.dtype, n * per);
-  readSlab(file, p, [row, ...info.shape.slice(1).map(() => 0)], [n, ...info.shape.slice(1)], tmp, 0);
-  if (tmp instanceof BigUint64Array || tmp instanceof BigInt64Array) {
-    for (let i = 0; i < tmp.length; i++) out[at + i] = Number(tmp[i]);
-  } else if (tmp.constructor === out.constructor) {
-    out.set(tmp as any, at);
-  } else {
-    for (let i = 0; i < tmp.length; i++) out[at + i] = tmp[i] as number;
-  }
-}
-
 /** The per-frame tables of a localise output directory (REDU files), read lazily in blocks. */
 async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFrameSource> {
-  let run: Run;
+  let redu: ReduReader;
   try {
-    run = await Run.open(dir);
+    redu = await ReduReader.open(dir);
   } catch (e) {
-    if (e instanceof InputError) throw new InputError(dir, "no localise REDU file found");
+    if (e instanceof InputError && !(e instanceof NoReduFile)) {
+      throw new InputError(dir, "no localise REDU file found");
+    }
     throw e;
   }
   try {
-    const segs: Segment[] = [];
-    let nFrames = 0;
-    const files = [...run.files].sort((a, b) => (a.trainIds[0] ?? 0) - (b.trainIds[0] ?? 0));
-    for (const f of files) {
-      for (const s of f.sources.values()) {
-        if (!LOCALISE_RE.test(s.name)) continue;
-        const ix = s.index.get("data");
-        if (!ix) continue;
-        const base = `INSTRUMENT/${s.name}/data`;
-        for (let i = 0; i < ix.first.length; i++) {
-          const c = ix.count[i];
-          if (!c) continue;
-          const last = segs[segs.length - 1];
-          if (last && last.file === f.h5 && last.row + last.n === ix.first[i]) last.n += c;
-          else segs.push({ file: f.h5, base, row: ix.first[i], frame: nFrames, n: c });
-          nFrames += c;
-        }
-      }
-    }
-    if (segs.length === 0) {
-      throw new InputError(dir, "no localise REDU file (source <DET>/REDU/LOCALISE:output) found");
-    }
-    const trainId = new Float64Array(nFrames), pulseId = new Float64Array(nFrames);
-    const frameLit = new Uint8Array(nFrames), nPeaks = new Uint32Array(nFrames);
-    for (const s of segs) {
-      readRowsAs(s.file, `${s.base}/trainId`, s.row, s.n, trainId, s.frame);
-      readRowsAs(s.file, `${s.base}/pulseId`, s.row, s.n, pulseId, s.frame);
-      readRowsAs(s.file, `${s.base}/frameLit`, s.row, s.n, frameLit, s.frame);
-      readRowsAs(s.file, `${s.base}/nPeaks`, s.row, s.n, nPeaks, s.frame);
-    }
-    const locate = (f: number): { s: Segment; row: number } => {
-      const s = segs.find((x) => f >= x.frame && f < x.frame + x.n)!;
-      return { s, row: s.row + f - s.frame };
-    };
+    const nFrames = redu.nFrames;
+    if (nFrames === 0) throw new NoReduFile(dir);
+    const { trainId, pulseId, frameLit } = redu.frames();
+    const nPeaks = new Uint32Array(nFrames);
+    redu.read("nPeaks", 0, nFrames, nPeaks);
     const k = nMod * nA;
     return {
       nFrames,
@@ -180,29 +121,25 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
         const litPixels = new Uint32Array(BLOCK_FRAMES * k);
         const unmasked = new Uint32Array(BLOCK_FRAMES * k);
         const filtered = new Uint32Array(BLOCK_FRAMES * k);
-        for (const s of segs) {
-          for (let r = 0; r < s.n; r += BLOCK_FRAMES) {
-            const n = Math.min(BLOCK_FRAMES, s.n - r);
-            readRowsAs(s.file, `${s.base}/litPixels`, s.row + r, n, litPixels, 0);
-            readRowsAs(s.file, `${s.base}/unmaskedPixels`, s.row + r, n, unmasked, 0);
-            readRowsAs(s.file, `${s.base}/filteredLit`, s.row + r, n, filtered, 0);
-            yield { start: s.frame + r, n, litPixels, unmasked, filtered };
-          }
+        for (const { start, n } of redu.blocks(BLOCK_FRAMES)) {
+          redu.read("litPixels", start, n, litPixels);
+          redu.read("unmaskedPixels", start, n, unmasked);
+          redu.read("filteredLit", start, n, filtered);
+          yield { start, n, litPixels, unmasked, filtered };
         }
       },
       peaks(f) {
-        const { s, row } = locate(f);
-        const nP = dsInfo(s.file.get(`${s.base}/peakModule`) as H5Dataset).shape[1] ?? 0;
+        const nP = redu.entryShape("peakModule", f)[0] ?? 0;
         const mod = new Uint32Array(nP), box = new Uint32Array(nP * 4), area = new Uint32Array(nP);
         const inten = new Float64Array(nP), pss = new Float64Array(nP), pfs = new Float64Array(nP);
         const pmax = new Float64Array(nP);
-        readRowsAs(s.file, `${s.base}/peakModule`, row, 1, mod, 0);
-        readRowsAs(s.file, `${s.base}/peakBox`, row, 1, box, 0);
-        readRowsAs(s.file, `${s.base}/peakArea`, row, 1, area, 0);
-        readRowsAs(s.file, `${s.base}/peakIntensity`, row, 1, inten, 0);
-        readRowsAs(s.file, `${s.base}/peakSs`, row, 1, pss, 0);
-        readRowsAs(s.file, `${s.base}/peakFs`, row, 1, pfs, 0);
-        readRowsAs(s.file, `${s.base}/peakMax`, row, 1, pmax, 0);
+        redu.read("peakModule", f, 1, mod);
+        redu.read("peakBox", f, 1, box);
+        redu.read("peakArea", f, 1, area);
+        redu.read("peakIntensity", f, 1, inten);
+        redu.read("peakSs", f, 1, pss);
+        redu.read("peakFs", f, 1, pfs);
+        redu.read("peakMax", f, 1, pmax);
         const out: FramePeak[] = [];
         for (let j = 0; j < Math.min(nP, nPeaks[f]); j++) {
           if (area[j] === 0) continue; // unused rows are zero
@@ -220,15 +157,14 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
         return out;
       },
       asicLit(f) {
-        const { s, row } = locate(f);
         const out = new Uint8Array(k);
-        readRowsAs(s.file, `${s.base}/asicLit`, row, 1, out, 0);
+        redu.read("asicLit", f, 1, out);
         return out;
       },
-      close: () => run.close(),
+      close: () => redu.close(),
     };
   } catch (e) {
-    run.close();
+    redu.close();
     throw e;
   }
 }

@@ -6,15 +6,15 @@
  * and renamed to its final name once it is complete. At most `maxOpenFiles` HDF5 files are open; others
  * are closed and reopened in append mode. Every HDF5 status is checked.
  *
- * The process-level cleanup (exit, SIGINT/SIGTERM/SIGHUP, Deno's uncaught-error events) removes the
- * temporary files of writers still open. Used by src/exdf/writer/writer.ts.
+ * The process-level cleanup (src/app/cleanup.ts) removes the temporary files of writers still open. Used by
+ * src/exdf/writer/writer.ts.
  */
 import type { Wasm } from "../wasm.ts";
 import * as fs from "node:fs";
 import * as nodePath from "node:path";
-import process from "node:process";
 import { ensureGroup, firstLine, type H5, type H5File, type H5Group, type NumericArray } from "../h5.ts";
 import { type Ds, formatTemplate, type Opts, type Src, WriterError } from "./schema.ts";
+import { tmpName } from "../../app/outdir.ts";
 
 interface Stage {
   buf: NumericArray;
@@ -42,68 +42,6 @@ export interface Seg {
   creationDate: string;
   file?: H5File;
   per: Map<Ds, FileDs>;
-}
-
-/** What the cleanup needs of a writer. */
-export interface Abortable {
-  abort(reason: string): void;
-}
-
-const liveWriters = new Set<Abortable>();
-const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-const signalHandlers = new Map<string, () => void>();
-
-function onExit(): void {
-  for (const w of liveWriters) w.abort("process exit");
-  liveWriters.clear();
-}
-
-// Deno does not emit process "exit" when an uncaught error ends the process; it dispatches these events
-// on globalThis instead (Node has no globalThis.addEventListener).
-const UNCAUGHT = ["error", "unhandledrejection"] as const;
-const onUncaught = (e: Event) => {
-  if (!e.defaultPrevented) onExit();
-};
-const eventTarget = globalThis as unknown as Partial<EventTarget>;
-
-function installCleanup(): void {
-  if (signalHandlers.size) return;
-  process.on("exit", onExit);
-  if (typeof eventTarget.addEventListener === "function") {
-    for (const ev of UNCAUGHT) eventTarget.addEventListener(ev, onUncaught);
-  }
-  for (const sig of SIGNALS) {
-    const handler = () => {
-      for (const w of liveWriters) w.abort(sig);
-      liveWriters.clear();
-      uninstallCleanup();
-      // Nobody else handles this signal: die of it, as without our handler.
-      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-    };
-    signalHandlers.set(sig, handler);
-    process.on(sig, handler);
-  }
-}
-
-function uninstallCleanup(): void {
-  if (!signalHandlers.size) return;
-  process.off("exit", onExit);
-  if (typeof eventTarget.removeEventListener === "function") {
-    for (const ev of UNCAUGHT) eventTarget.removeEventListener(ev, onUncaught);
-  }
-  for (const [sig, handler] of signalHandlers) process.off(sig, handler);
-  signalHandlers.clear();
-}
-
-/** Register (live) or unregister a writer whose temporary files the process cleanup removes. */
-export function track(w: Abortable, live: boolean): void {
-  if (live) {
-    liveWriters.add(w);
-    installCleanup();
-  } else {
-    liveWriters.delete(w);
-    if (!liveWriters.size) uninstallCleanup();
-  }
 }
 
 function utcStamp(d: Date): string {
@@ -148,10 +86,7 @@ export class SeqFiles {
   private newSeg(start: number): Seg {
     const seq = this.segs.length;
     const final = this.finalName(seq);
-    const tmp = nodePath.join(
-      nodePath.dirname(final),
-      `.${nodePath.basename(final)}.tmp-${process.pid}-${++tmpCounter}`,
-    );
+    const tmp = tmpName(final, ++tmpCounter);
     return {
       seq,
       start,

@@ -30,7 +30,8 @@
  */
 import * as fs from "node:fs";
 import { firstLine, h5, type NumericArray } from "../h5.ts";
-import { type Run, SeqFiles, track } from "./files.ts";
+import { type Run, SeqFiles } from "./files.ts";
+import { track } from "../../app/cleanup.ts";
 import type { Wasm } from "../wasm.ts";
 import {
   type DataInput,
