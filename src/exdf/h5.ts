@@ -10,6 +10,7 @@
 import h5wasm from "h5wasm/node";
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
+import type { Wasm } from "./wasm.ts";
 
 export type H5 = typeof h5wasm;
 export type H5File = InstanceType<H5["File"]>;
@@ -17,7 +18,7 @@ export type H5Group = InstanceType<H5["Group"]>;
 export type H5Dataset = InstanceType<H5["Dataset"]>;
 
 let ready: Promise<H5> | undefined;
-let wasm: any;
+let wasm: Wasm | undefined;
 
 /** h5wasm, initialised once per process (or worker). */
 export function h5(): Promise<H5> {

@@ -4,8 +4,6 @@
  * and the variable-length string memory. Every call returns an HDF5 status (< 0 is an error), checked by
  * the caller. Views of HEAPU8 die when the heap grows: take them after any allocation.
  */
-import { h5 } from "./h5.ts";
-
 /** Dataset metadata as `get_dataset_metadata` gives it (and `create_dataset` takes it). */
 export interface WasmMeta {
   type: number;
@@ -57,8 +55,3 @@ export interface Wasm {
 
 /** H5S_UNLIMITED as h5wasm's metadata reports it. */
 export const UNLIMITED = 18446744073709551615n;
-
-/** h5wasm's low-level module (initialised once per process or worker). */
-export async function wasmModule(): Promise<Wasm> {
-  return (await (await h5()).ready) as unknown as Wasm;
-}
