@@ -42,6 +42,7 @@
  * float32 in a scheduling-dependent order, so floats agree within ~1e-5 relative; integers are exact.
  */
 import type { Geometry } from "../exdf/detectors.ts";
+import type { Background } from "./background.ts";
 
 export interface LocaliseParams {
   /**
@@ -112,6 +113,13 @@ export interface ModuleBatch {
    * layout; with params.bgBinWidth > 0 stage 0 works per radius bin instead of per tile.
    */
   radius?: Float32Array;
+  /**
+   * Per frame of the batch: stage 0 of that frame (one frame's cells), or undefined. The cpu backend's
+   * pre-pass fills the undefined entries with the stage 0 it computes; its `process` uses the defined
+   * ones instead of computing stage 0 again (same values: stage 0 depends on the frame only). Other
+   * backends may ignore it.
+   */
+  backgrounds?: (Background | undefined)[];
 }
 
 export interface Peak {
