@@ -150,6 +150,8 @@ export function checkModules(runPath: string, det: Detector, wanted: readonly nu
 }
 
 /** Open the run and ask the algorithm what it needs (for a part's modules, or all). */
+type Prepared = Awaited<ReturnType<typeof prepare>>;
+
 async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
   const run = await Run.open(runPath);
   try {
@@ -173,11 +175,13 @@ export async function runPart<P>(
   modules: number[] | undefined,
   progress?: (done: number, total: number) => void,
   stats?: PartStats,
+  preparedRun?: Prepared,
 ): Promise<P> {
   const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
   let prepared;
   try {
-    prepared = await prepare(algo, runPath, modules);
+    // The caller's prepared run (opened and initialised for these modules) saves opening it again.
+    prepared = preparedRun ?? await prepare(algo, runPath, modules);
   } catch (e) {
     await boot.terminate();
     throw e;
@@ -200,15 +204,25 @@ export async function runPart<P>(
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
     const st = emptyStats();
     st.parts = 1;
-    let t = performance.now();
-    if (algo.prepassRanges && algo.prepassBatch) {
-      const ranges = algo.prepassRanges(reader.nFrames, reader.framesPerBatch);
-      for await (const b of reader.batches(ranges)) await algo.prepassBatch(b);
-    }
     const now = () => performance.now();
-    st.prepass = (now() - t) / 1000;
-    t = now();
-    for await (const b of reader.all()) {
+    let t = now();
+    // The pre-pass ranges and the main pass in one stream of reads: the first main-pass batches are read
+    // while the algorithm works on the last pre-pass ones.
+    const pre = algo.prepassRanges && algo.prepassBatch ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch) : [];
+    const ranges: [number, number][] = [...pre];
+    for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
+      ranges.push([s, Math.min(reader.framesPerBatch, reader.nFrames - s)]);
+    }
+    let k = 0;
+    for await (const b of reader.batches(ranges)) {
+      if (k++ < pre.length) {
+        await algo.prepassBatch!(b);
+        if (k === pre.length) {
+          st.prepass = (now() - t) / 1000;
+          t = now();
+        }
+        continue;
+      }
       const t1 = now();
       st.readWait += (t1 - t) / 1000;
       await algo.processBatch(b, side ? alignSide(side, b.trainId) : {});
@@ -235,13 +249,15 @@ export async function runAlgorithm<P, R>(
 ): Promise<R> {
   algo.configure(options);
   try {
-    const { run, mine } = await prepare(algo as Algorithm, runPath, driver.modules);
-    run.close();
+    const prepared = await prepare(algo as Algorithm, runPath, driver.modules);
+    const { run, mine } = prepared;
     const groups = moduleGroups(mine, driver.workers ?? 1);
     let parts: P[];
     if (groups.length <= 1) {
-      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats)];
+      // This thread runs the only part: the run stays open and initialised for it (runPart closes it).
+      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats, prepared)];
     } else {
+      run.close();
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);
       parts = await Promise.all(groups.map(async (g, i) => {
