@@ -38,7 +38,7 @@ export interface Needs {
   lastTrain?: number;
   /** Per-train side data, aligned on each frame's train (NaN where the source lacks the train). */
   side?: SideKey[];
-  /** Bytes of image data per batch, all modules together. */
+  /** Bytes of image data per batch, all modules together (worker threads of one process share it). */
   batchBytes?: number;
 }
 
@@ -176,6 +176,7 @@ export async function runPart<P>(
   progress?: (done: number, total: number) => void,
   stats?: PartStats,
   preparedRun?: Prepared,
+  sharedBy?: number,
 ): Promise<P> {
   const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
   let prepared;
@@ -189,7 +190,11 @@ export async function runPart<P>(
   const { run, det, mine, needs } = prepared;
   let reader: PrefetchReader | undefined;
   try {
-    const perModule = Math.max(1, Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length)));
+    // The batch budget is the process's: worker threads share it (sharedBy: the modules of all of them).
+    const perModule = Math.max(
+      1,
+      Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length, sharedBy ?? 0)),
+    );
     reader = await PrefetchReader.open({
       runPath,
       detector: det.name,
@@ -266,6 +271,7 @@ export async function runAlgorithm<P, R>(
           runPath,
           options,
           modules: g,
+          sharedBy: mine.length,
         });
         try {
           for (;;) {
