@@ -338,7 +338,9 @@ export class FrameReader {
     let known = this.auxInfo.get(mf);
     if (!known) this.auxInfo.set(mf, known = new Map());
     let info = known.get(key);
-    if (info === undefined) known.set(key, info = has(mf, key) ? dsInfo(mf.file.h5.get(p) as H5Dataset) : null);
+    if (info === undefined) {
+      known.set(key, info = has(mf, key) ? dsInfo(mf.file.h5.get(p) as H5Dataset) : null);
+    }
     if (!info) {
       out.fill(0, at, at + count.reduce((a, b) => a * b, 1));
       return;

@@ -12,7 +12,8 @@
  * - Parallelism: the selected modules are split into `workers` contiguous groups, one worker thread each
  *   (each with its own reader). A module is always processed whole by one worker, frames in run order, so
  *   results are the same for any number of workers.
- * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
+ * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels);
+ *   one stream of reads serves both, so the main pass's first batches are read during the last pre-pass ones.
  */
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
@@ -213,7 +214,9 @@ export async function runPart<P>(
     let t = now();
     // The pre-pass ranges and the main pass in one stream of reads: the first main-pass batches are read
     // while the algorithm works on the last pre-pass ones.
-    const pre = algo.prepassRanges && algo.prepassBatch ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch) : [];
+    const pre = algo.prepassRanges && algo.prepassBatch
+      ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch)
+      : [];
     const ranges: [number, number][] = [...pre];
     for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
       ranges.push([s, Math.min(reader.framesPerBatch, reader.nFrames - s)]);

@@ -17,9 +17,17 @@ const algo = await createAlgorithm(source);
 try {
   algo.configure(options);
   const stats = emptyStats();
-  const part = await runPart(algo, runPath, modules, (done, total) => {
-    port.postMessage({ type: "progress", done, total } satisfies PartMessage<unknown>);
-  }, stats, undefined, sharedBy);
+  const part = await runPart(
+    algo,
+    runPath,
+    modules,
+    (done, total) => {
+      port.postMessage({ type: "progress", done, total } satisfies PartMessage<unknown>);
+    },
+    stats,
+    undefined,
+    sharedBy,
+  );
   port.postMessage({ type: "part", part, stats } satisfies PartMessage<unknown>);
 } catch (e) {
   port.postMessage({ type: "error", ...toWire(e) } satisfies PartMessage<unknown>);

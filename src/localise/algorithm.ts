@@ -172,7 +172,14 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
       const backgrounds: (Background | undefined)[] | undefined = keep ? new Array(b.nFrames) : undefined;
       await backend.accumulateLitCounts(
-        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask, radius: this.radius[m], backgrounds },
+        {
+          geometry: g,
+          nFrames: b.nFrames,
+          data: mf.data,
+          mask: mf.mask,
+          radius: this.radius[m],
+          backgrounds,
+        },
         this.counts[m],
       );
       if (backgrounds) {
