@@ -15,7 +15,8 @@
  * - Fan-in (`readers` > 1, one worker): one algorithm instance in this thread (one GPU device) over all
  *   the modules, fed by `readers` reader workers that fill each batch together (FanInReader: a ring of
  *   three shared buffers, batches in run order), so results are the same as with one reader.
- * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels).
+ * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels);
+ *   one stream of reads serves both, so the main pass's first batches are read during the last pre-pass ones.
  */
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
@@ -41,7 +42,7 @@ export interface Needs {
   lastTrain?: number;
   /** Per-train side data, aligned on each frame's train (NaN where the source lacks the train). */
   side?: SideKey[];
-  /** Bytes of image data per batch, all modules together. */
+  /** Bytes of image data per batch, all modules together (worker threads of one process share it). */
   batchBytes?: number;
 }
 
@@ -163,6 +164,8 @@ export function checkModules(runPath: string, det: Detector, wanted: readonly nu
 }
 
 /** Open the run and ask the algorithm what it needs (for a part's modules, or all). */
+type Prepared = Awaited<ReturnType<typeof prepare>>;
+
 async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
   const run = await Run.open(runPath);
   try {
@@ -186,12 +189,15 @@ export async function runPart<P>(
   modules: number[] | undefined,
   progress?: (done: number, total: number) => void,
   stats?: PartStats,
+  preparedRun?: Prepared,
+  sharedBy?: number,
   readers = 1,
 ): Promise<P> {
   const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
   let prepared;
   try {
-    prepared = await prepare(algo, runPath, modules);
+    // The caller's prepared run (opened and initialised for these modules) saves opening it again.
+    prepared = preparedRun ?? await prepare(algo, runPath, modules);
   } catch (e) {
     await boot.terminate();
     throw e;
@@ -199,7 +205,11 @@ export async function runPart<P>(
   const { run, det, mine, needs } = prepared;
   let reader: PrefetchReader | FanInReader | undefined;
   try {
-    const perModule = Math.max(1, Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length)));
+    // The batch budget is the process's: worker threads share it (sharedBy: the modules of all of them).
+    const perModule = Math.max(
+      1,
+      Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length, sharedBy ?? 0)),
+    );
     const init = {
       runPath,
       detector: det.name,
@@ -218,15 +228,27 @@ export async function runPart<P>(
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
     const st = emptyStats();
     st.parts = 1;
-    let t = performance.now();
-    if (algo.prepassRanges && algo.prepassBatch) {
-      const ranges = algo.prepassRanges(reader.nFrames, reader.framesPerBatch);
-      for await (const b of reader.batches(ranges)) await algo.prepassBatch(b);
-    }
     const now = () => performance.now();
-    st.prepass = (now() - t) / 1000;
-    t = now();
-    for await (const b of reader.all()) {
+    let t = now();
+    // The pre-pass ranges and the main pass in one stream of reads: the first main-pass batches are read
+    // while the algorithm works on the last pre-pass ones.
+    const pre = algo.prepassRanges && algo.prepassBatch
+      ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch)
+      : [];
+    const ranges: [number, number][] = [...pre];
+    for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
+      ranges.push([s, Math.min(reader.framesPerBatch, reader.nFrames - s)]);
+    }
+    let k = 0;
+    for await (const b of reader.batches(ranges)) {
+      if (k++ < pre.length) {
+        await algo.prepassBatch!(b);
+        if (k === pre.length) {
+          st.prepass = (now() - t) / 1000;
+          t = now();
+        }
+        continue;
+      }
       const t1 = now();
       st.readWait += (t1 - t) / 1000;
       await algo.processBatch(b, side ? alignSide(side, b.trainId) : {});
@@ -253,14 +275,18 @@ export async function runAlgorithm<P, R>(
 ): Promise<R> {
   algo.configure(options);
   try {
-    const { run, mine } = await prepare(algo as Algorithm, runPath, driver.modules);
-    run.close();
+    const prepared = await prepare(algo as Algorithm, runPath, driver.modules);
+    const { run, mine } = prepared;
     const readers = driver.readers ?? 1;
     const groups = moduleGroups(mine, readers > 1 ? 1 : driver.workers ?? 1);
     let parts: P[];
     if (groups.length <= 1) {
-      parts = [await runPart(algo, runPath, mine, driver.progress, driver.stats, readers)];
+      // This thread runs the only part: the run stays open and initialised for it (runPart closes it).
+      parts = [
+        await runPart(algo, runPath, mine, driver.progress, driver.stats, prepared, undefined, readers),
+      ];
     } else {
+      run.close();
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);
       parts = await Promise.all(groups.map(async (g, i) => {
@@ -269,6 +295,7 @@ export async function runAlgorithm<P, R>(
           runPath,
           options,
           modules: g,
+          sharedBy: mine.length,
         });
         try {
           for (;;) {

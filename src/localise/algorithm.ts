@@ -26,6 +26,7 @@ import { moduleRadii } from "./position.ts";
 import { Grow } from "../reductions/common.ts";
 import { SpillWriter } from "../framework/spill.ts";
 import { type BatchResult, type LocaliseBackend, type LocaliseParams } from "./spec.ts";
+import type { Background } from "./spec.ts";
 import { createCpuBackend, hotPixels } from "./stages.ts";
 import { DEFAULT_OPTIONS } from "./result.ts";
 import type { LocaliseOptions } from "./result.ts";
@@ -100,6 +101,11 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   private pulseId = new Grow((n) => new Float64Array(n));
   private framesRecorded: number[] = [];
   private spill?: SpillWriter;
+  /**
+   * Per module: stage 0 of the pre-pass's frames (by frame index), kept by the cpu backend so that the
+   * main pass does not compute it again; each entry is dropped when the main pass has used it.
+   */
+  private sampleBg: Map<number, Background>[] = [];
 
   configure(options: Record<string, unknown>): void {
     this.opt = { ...DEFAULT_OPTIONS, ...(options as Partial<LocaliseOptions>) };
@@ -160,13 +166,26 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     const backend = await this.ensureBackend(b.nFrames);
     const g = this.g!;
     this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
+    const keep = backend.name === "cpu";
     for (let m = 0; m < b.modules.length; m++) {
       const mf = b.modules[m];
       this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
+      const backgrounds: (Background | undefined)[] | undefined = keep ? new Array(b.nFrames) : undefined;
       await backend.accumulateLitCounts(
-        { geometry: g, nFrames: b.nFrames, data: mf.data, mask: mf.mask, radius: this.radius[m] },
+        {
+          geometry: g,
+          nFrames: b.nFrames,
+          data: mf.data,
+          mask: mf.mask,
+          radius: this.radius[m],
+          backgrounds,
+        },
         this.counts[m],
       );
+      if (backgrounds) {
+        const map = (this.sampleBg[m] ??= new Map());
+        backgrounds.forEach((bg, f) => bg && map.set(b.start + f, bg));
+      }
     }
   }
 
@@ -184,6 +203,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     for (let m = 0; m <= nMod; m++) {
       const next = m < nMod
         ? backend.process({
+          backgrounds: this.takeSampleBackgrounds(m, b.start, n),
           geometry: g,
           nFrames: n,
           data: b.modules[m].data,
@@ -200,6 +220,18 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
     this.spill ??= new SpillWriter(1, "localise");
     this.spill.append(frameRecords(n, nMod, nA, results, b.modules.map((mf) => mf.present)));
+  }
+
+  /** The pre-pass's stage 0 of frames [start, start + n) of module m (undefined where none), dropped. */
+  private takeSampleBackgrounds(m: number, start: number, n: number): (Background | undefined)[] | undefined {
+    const map = this.sampleBg[m];
+    if (!map?.size) return undefined;
+    const out: (Background | undefined)[] = new Array(n);
+    for (let f = 0; f < n; f++) {
+      out[f] = map.get(start + f);
+      map.delete(start + f);
+    }
+    return out;
   }
 
   finalizeChunk(): LocalisePart {

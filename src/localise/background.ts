@@ -3,6 +3,7 @@ import type { Geometry } from "../exdf/detectors.ts";
 import type { LocaliseParams } from "./spec.ts";
 import type { ModuleBatch } from "./spec.ts";
 import { checkBatch } from "./spec.ts";
+import type { Background } from "./spec.ts";
 
 /** Side of the square background tiles of stage 0 (pixels); every ASIC side is a multiple of it. */
 export const TILE = 16;
@@ -11,13 +12,6 @@ const TILE_SHIFT = Math.log2(TILE);
 /** Background tiles per module image: (moduleSs / TILE) x (moduleFs / TILE), row-major. */
 export function tilesOf(g: Geometry): number {
   return (g.moduleSs / TILE) * (g.moduleFs / TILE);
-}
-
-/** Stage-0 output for frames x tiles: background mu, noise sigma, candidate threshold t (float32). */
-export interface Background {
-  mu: Float32Array;
-  sigma: Float32Array;
-  thr: Float32Array;
 }
 
 /** Stage-0 output for nFrames x `cells` (tiles by default). */

@@ -47,11 +47,24 @@ export function positioner(
  * (ss * moduleFs + fs): the radius bins of stage 0 (stages.ts cellsOf).
  */
 export function moduleRadii(layout: DetectorLayout, type: DetectorType, module: number): Float32Array {
-  const at = positioner(layout, type);
   const { moduleSs, moduleFs } = layout;
-  const out = new Float32Array(moduleSs * moduleFs);
-  for (let ss = 0; ss < moduleSs; ss++) {
-    for (let fs = 0; fs < moduleFs; fs++) out[ss * moduleFs + fs] = at(module, ss, fs).radius;
+  const out = new Float32Array(moduleSs * moduleFs).fill(NaN);
+  const m = type === "JUNGFRAU" ? module - 1 : module;
+  const panels = layout.panels.filter((q) => q.module === m);
+  // positioner's values, panel by panel instead of a panel search per pixel: the first panel holding a
+  // pixel gives its radius, so the panels go in reverse order, each overwriting the ones after it.
+  for (let k = panels.length - 1; k >= 0; k--) {
+    const p = panels[k];
+    const ss1 = Math.min(moduleSs - 1, Math.floor(p.maxSs)),
+      fs1 = Math.min(moduleFs - 1, Math.floor(p.maxFs));
+    for (let ss = Math.max(0, Math.ceil(p.minSs)); ss <= ss1; ss++) {
+      for (let fs = Math.max(0, Math.ceil(p.minFs)); fs <= fs1; fs++) {
+        const a = ss - p.minSs + 0.5, b = fs - p.minFs + 0.5;
+        const x = (p.cornerX + a * p.ss[0] + b * p.fs[0]) / p.res;
+        const y = (p.cornerY + a * p.ss[1] + b * p.fs[1]) / p.res;
+        out[ss * moduleFs + fs] = Math.hypot(x, y) * p.res;
+      }
+    }
   }
   return out;
 }

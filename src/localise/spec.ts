@@ -112,6 +112,13 @@ export interface ModuleBatch {
    * layout; with params.bgBinWidth > 0 stage 0 works per radius bin instead of per tile.
    */
   radius?: Float32Array;
+  /**
+   * Per frame of the batch: stage 0 of that frame (one frame's cells), or undefined. The cpu backend's
+   * pre-pass fills the undefined entries with the stage 0 it computes; its `process` uses the defined
+   * ones instead of computing stage 0 again (same values: stage 0 depends on the frame only). Other
+   * backends may ignore it.
+   */
+  backgrounds?: (Background | undefined)[];
 }
 
 export interface Peak {
@@ -172,4 +179,11 @@ export function checkBatch(batch: ModuleBatch): void {
   if (batch.hot && batch.hot.length !== g.pixels) {
     throw new RangeError(`hot has ${batch.hot.length} values, need ${g.pixels}`);
   }
+}
+
+/** Stage-0 output for frames x tiles: background mu, noise sigma, candidate threshold t (float32). */
+export interface Background {
+  mu: Float32Array;
+  sigma: Float32Array;
+  thr: Float32Array;
 }

@@ -1,6 +1,6 @@
 /** Stages 1-4 of localise (spec in spec.ts): lit pixels, hot pixels, noise filter, connected components; the CPU reference and the cpu backend. */
 import type { Geometry } from "../exdf/detectors.ts";
-import type { Background } from "./background.ts";
+import type { Background } from "./spec.ts";
 import type { BatchResult } from "./spec.ts";
 import type { LocaliseBackend } from "./spec.ts";
 import type { LocaliseParams } from "./spec.ts";
@@ -368,8 +368,9 @@ export function processBatchCpu(
       filteredLit: res.filteredLit,
       asicOffset: f * g.nAsics,
       labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
-      bg: opts.background,
-      bgOffset: f * cellsOf(batch, params).n,
+      ...(opts.background
+        ? { bg: opts.background, bgOffset: f * cellsOf(batch, params).n }
+        : { bg: batch.backgrounds?.[f], bgOffset: 0 }),
     });
     res.nPeaks[f] = r.nPeaks;
     res.peaks[f] = r.peaks;
@@ -419,14 +420,22 @@ export function accumulateLitCountsCpu(
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P, mb = mask ? base : 0;
     let bg: Background, o: number;
+    const keep = batch.backgrounds;
     if (background) {
       bg = background;
       o = f * nT;
+    } else if (keep?.[f]) {
+      bg = keep[f]!;
+      o = 0;
     } else {
       bg = sc.bg;
       o = 0;
       if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
       else backgroundFrameCpu(batch, f, params, bg, 0, sc.vals);
+      // Keep this frame's stage 0 for the main pass (batch.backgrounds).
+      if (keep) {
+        keep[f] = { mu: bg.mu.slice(0, nT), sigma: bg.sigma.slice(0, nT), thr: bg.thr.slice(0, nT) };
+      }
     }
     const mu = bg.mu, thr = bg.thr;
     for (let p = 0; p < P; p++) {

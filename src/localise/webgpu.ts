@@ -47,15 +47,8 @@ import {
   ShaderStage,
   withErrorScope,
 } from "../gpu/device.ts";
-import {
-  type Background,
-  cellList,
-  type Cells,
-  cellsOf,
-  newBackground,
-  TILE,
-  tilesOf,
-} from "./background.ts";
+import { cellList, type Cells, cellsOf, newBackground, TILE, tilesOf } from "./background.ts";
+import type { Background } from "./spec.ts";
 import {
   type BatchResult,
   type LocaliseBackend,
