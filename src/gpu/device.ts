@@ -158,4 +158,3 @@ async function openDevice(
   });
   return { device, adapterName, software, implementation };
 }
-

@@ -195,12 +195,15 @@ export function parseWgsl(source: string, label = "shader"): WgslInfo {
     structs.set(m[1], fields);
   }
   const bindings: WgslBinding[] = [];
-  const varRe = /((?:@\w+\s*\([^)]*\)\s*)+)var\s*<\s*(uniform|storage)\s*(?:,\s*(read|read_write)\s*)?>\s*(\w+)\s*:\s*([^;]+);/g;
+  const varRe =
+    /((?:@\w+\s*\([^)]*\)\s*)+)var\s*<\s*(uniform|storage)\s*(?:,\s*(read|read_write)\s*)?>\s*(\w+)\s*:\s*([^;]+);/g;
   for (const m of s.matchAll(varRe)) {
     const attr = (a: string) => m[1].match(new RegExp(`@${a}\\s*\\(\\s*(\\d+)\\s*\\)`))?.[1];
     const group = Number(attr("group") ?? NaN), binding = Number(attr("binding") ?? NaN);
     if (group !== 0) throw new Error(`${label}: ${m[4]}: only @group(0) is supported, not ${attr("group")}`);
-    if (bindings.some((b) => b.binding === binding)) throw new Error(`${label}: binding ${binding} declared twice`);
+    if (bindings.some((b) => b.binding === binding)) {
+      throw new Error(`${label}: binding ${binding} declared twice`);
+    }
     const kind: BindingKind = m[2] === "uniform"
       ? "uniform"
       : m[3] === "read_write"
@@ -217,7 +220,9 @@ export function parseWgsl(source: string, label = "shader"): WgslInfo {
     const size = [1, 1, 1] as [number, number, number];
     args.forEach((a, i) => {
       const v = numberOf(a) ?? constants.get(a);
-      if (v === undefined) throw new Error(`${label}: ${m[2]}: cannot evaluate @workgroup_size argument ${a}`);
+      if (v === undefined) {
+        throw new Error(`${label}: ${m[2]}: cannot evaluate @workgroup_size argument ${a}`);
+      }
       size[i] = v;
     });
     entries.set(m[2], size);
@@ -226,7 +231,11 @@ export function parseWgsl(source: string, label = "shader"): WgslInfo {
 }
 
 /** `source` with the values of its `const NAME[: T] = ...;` declarations replaced (each must exist). */
-export function injectConstants(source: string, values: Readonly<Record<string, number>>, label = "shader"): string {
+export function injectConstants(
+  source: string,
+  values: Readonly<Record<string, number>>,
+  label = "shader",
+): string {
   let out = source;
   for (const [name, v] of Object.entries(values)) {
     const re = new RegExp(`(\\bconst\\s+${name}\\s*(?::\\s*(\\w+)\\s*)?=\\s*)[^;]+;`);
@@ -251,13 +260,20 @@ export interface UniformLayout {
 const isPad = (name: string) => /^_?pad\w*$/i.test(name);
 
 /** The layout of WGSL struct `struct`, checked against the TS declaration `decl` (names, types, order). */
-export function uniformLayout(info: WgslInfo, struct: string, decl: UniformDecl, label = "shader"): UniformLayout {
+export function uniformLayout(
+  info: WgslInfo,
+  struct: string,
+  decl: UniformDecl,
+  label = "shader",
+): UniformLayout {
   const fields = info.structs.get(struct);
   if (!fields) throw new Error(`${label}: no struct ${struct}`);
   const out: UniformLayout["fields"] = [];
   fields.forEach((f, i) => {
     if (f.type !== "u32" && f.type !== "i32" && f.type !== "f32") {
-      throw new Error(`${label}: struct ${struct}.${f.name}: ${f.type} (only u32, i32, f32 fields are packed)`);
+      throw new Error(
+        `${label}: struct ${struct}.${f.name}: ${f.type} (only u32, i32, f32 fields are packed)`,
+      );
     }
     out.push({ name: f.name, type: f.type, offset: 4 * i });
   });
@@ -314,7 +330,9 @@ const programs = new WeakMap<GPUDevice, Map<string, Promise<Program>>>();
 
 async function program(device: GPUDevice, label: string, source: string, entries: readonly string[]) {
   const info = parseWgsl(source, label);
-  for (const e of entries) if (!info.entries.has(e)) throw new Error(`${label}: no @compute entry point ${e}`);
+  for (const e of entries) {
+    if (!info.entries.has(e)) throw new Error(`${label}: no @compute entry point ${e}`);
+  }
   const module = await compileShader(device, source, label);
   const layout = device.createBindGroupLayout({
     label,
@@ -363,8 +381,12 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
     const uniforms = prog.info.bindings.filter((b) => b.kind === "uniform");
     if (uniforms.length > 1) throw new Error(`${label}: more than one uniform binding`);
     this.uniform = uniforms[0];
-    if (this.uniform && !decl) throw new Error(`${label}: the shader has uniform ${this.uniform.name}: declare it`);
-    if (!this.uniform && decl) throw new Error(`${label}: uniforms declared but the shader has no uniform binding`);
+    if (this.uniform && !decl) {
+      throw new Error(`${label}: the shader has uniform ${this.uniform.name}: declare it`);
+    }
+    if (!this.uniform && decl) {
+      throw new Error(`${label}: uniforms declared but the shader has no uniform binding`);
+    }
     if (this.uniform && decl) {
       this.uniformLayout = uniformLayout(prog.info, this.uniform.type, decl, label);
       this.uniformBuffer = createBuffer(

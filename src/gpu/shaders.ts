@@ -30,4 +30,3 @@ export function shaderSource(name: string): string {
   }
   return s;
 }
-

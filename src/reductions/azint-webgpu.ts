@@ -34,11 +34,21 @@ export function csr(
 }
 
 /** The uniform struct Params of shaders/azint.wgsl. */
-const AZINT_PARAMS = { pixels: "u32", nFrames: "u32", maxFrames: "u32", bins: "u32", hasMask: "u32" } as const;
+const AZINT_PARAMS = {
+  pixels: "u32",
+  nFrames: "u32",
+  maxFrames: "u32",
+  bins: "u32",
+  hasMask: "u32",
+} as const;
 
 export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: number): Promise<AzintBackend> {
   const { offsets, entries, corr } = csr(t, bins);
-  const kernel = await Kernel.create(device, { shader: "azint.wgsl", entries: ["azint"], uniforms: AZINT_PARAMS });
+  const kernel = await Kernel.create(device, {
+    shader: "azint.wgsl",
+    entries: ["azint"],
+    uniforms: AZINT_PARAMS,
+  });
   const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
   const table = {
     offsets: createBuffer(device, offsets.byteLength, S, "azint.offsets"),
@@ -55,7 +65,7 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
   let maxFrames = 0;
   let bufs: Record<"data" | "mask" | "out", GPUBuffer> | undefined;
   const destroy = () => {
-    if (bufs) for (const b of Object.values(bufs)) b.destroy();
+    if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
   };
   const grow = (frames: number) => {
     if (bufs && frames <= maxFrames) return bufs;
@@ -77,17 +87,22 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
       const bf = grow(F);
       const mods = t.modules.map((m) => b.modules.find((x) => x.module === m)!);
       const hasMask = mods.every((m) => m.mask) ? 1 : 0;
-      const [back] = await readBuffers(device, "azint dispatch", [{ buffer: bf.out, size: F * bins * 12 }], (enc) => {
-        mods.forEach((mf, s) => {
-          const at = s * maxFrames * pixels * 4;
-          device.queue.writeBuffer(bf.data, at, staging.f32(mf.data, F * pixels));
-          if (hasMask) {
-            device.queue.writeBuffer(bf.mask, at, staging.u32(mf.mask!, F * pixels));
-          }
-        });
-        kernel.setUniforms({ pixels, nFrames: F, maxFrames, bins, hasMask });
-        kernel.dispatch("azint", { ...bf, ...table }, [bins, F], enc);
-      });
+      const [back] = await readBuffers(
+        device,
+        "azint dispatch",
+        [{ buffer: bf.out, size: F * bins * 12 }],
+        (enc) => {
+          mods.forEach((mf, s) => {
+            const at = s * maxFrames * pixels * 4;
+            device.queue.writeBuffer(bf.data, at, staging.f32(mf.data, F * pixels));
+            if (hasMask) {
+              device.queue.writeBuffer(bf.mask, at, staging.u32(mf.mask!, F * pixels));
+            }
+          });
+          kernel.setUniforms({ pixels, nFrames: F, maxFrames, bins, hasMask });
+          kernel.dispatch("azint", { ...bf, ...table }, [bins, F], enc);
+        },
+      );
       const u = new Uint32Array(back);
       const f = new Float32Array(back);
       const sum = new Float64Array(F * bins),

@@ -40,7 +40,7 @@ export async function createRoiGpu(
   let bufs: Record<"data" | "mask" | "present" | "colSum" | "colCount", GPUBuffer> | undefined;
   const grow = (frames: number) => {
     if (bufs && frames <= maxFrames) return bufs;
-    if (bufs) for (const b of Object.values(bufs)) b.destroy();
+    if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
     maxFrames = frames;
     const n = slots.length * frames * pixels * 4;
     const out = frames * total * 4;
@@ -99,7 +99,7 @@ export async function createRoiGpu(
       };
     },
     dispose() {
-      if (bufs) for (const b of Object.values(bufs)) b.destroy();
+      if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
       kernel.dispose();
       cols.destroy();
     },
