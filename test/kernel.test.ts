@@ -141,6 +141,44 @@ describe.skipIf(!gpu)("Kernel on a device", () => {
     expect(new Int32Array(bytes, (n + 1) * 4, 1)[0]).toBe(-3);
   });
 
+  test("a uniform buffer of the caller's, shared by two kernels, is bound by name", async () => {
+    const device = gpu!.device;
+    const opts = {
+      shader: "s.wgsl",
+      source: SHUFFLED,
+      entries: ["main"],
+      uniforms: DECL,
+      callerUniformBuffer: true,
+    };
+    const [k1, k2] = [await Kernel.create(device, opts), await Kernel.create(device, opts)];
+    expect(k1.uniformBuffer).toBeUndefined();
+    const n = 8;
+    const params = upload(
+      device,
+      new Uint32Array(k1.packUniforms({ n, scale: 2, shift: 5 })),
+      BufferUsage.UNIFORM | BufferUsage.COPY_DST,
+    );
+    const a = upload(device, Uint32Array.from({ length: n }, (_, i) => i));
+    const out1 = createBuffer(device, (n + 2) * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC);
+    const out2 = createBuffer(device, (n + 2) * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC);
+    made.push(out1, out2);
+    expect(() => k1.bindGroup({ a, b: a, out: out1 })).toThrow("s.wgsl: no buffer given for binding params");
+    const size = (n + 2) * 4;
+    const [r1, r2] = await readBuffers(
+      device,
+      "t",
+      [{ buffer: out1, size }, { buffer: out2, size }],
+      (enc) => {
+        k1.dispatch("main", { params, a, b: a, out: out1 }, 1, enc);
+        k2.dispatch("main", { params, a, b: a, out: out2 }, 1, enc);
+      },
+    );
+    for (const r of [r1, r2]) {
+      expect([...new Uint32Array(r, 0, n)]).toEqual(Array.from({ length: n }, (_, i) => 1001 * i));
+      expect(new Float32Array(r, n * 4, 1)[0]).toBe(2);
+    }
+  });
+
   test("a missing or unknown buffer name, a wrong declaration or entry point: clear errors", async () => {
     const device = gpu!.device;
     const k = await Kernel.create(device, {

@@ -313,6 +313,11 @@ export interface KernelOptions<E extends string, U extends UniformDecl> {
   uniforms?: U;
   /** Values for `const` declarations of the shader (replacing the file's). */
   constants?: Readonly<Record<string, number>>;
+  /**
+   * The caller's uniform buffer, bound by the uniform's name like the other buffers (to share one among
+   * kernels; `packUniforms` gives its bytes); by default the kernel owns one (`setUniforms`).
+   */
+  callerUniformBuffer?: boolean;
 }
 
 /** Buffers by binding name (the uniform binding is the kernel's own and is not named). */
@@ -368,6 +373,7 @@ const idOf = (b: GPUBuffer) => {
 export class Kernel<E extends string = string, U extends UniformDecl = UniformDecl> {
   /** The uniform buffer (undefined when the shader has no uniform binding). */
   readonly uniformBuffer: GPUBuffer | undefined;
+  /** The uniform binding when the kernel owns its buffer. */
   private readonly uniform: WgslBinding | undefined;
   private readonly uniformLayout: UniformLayout | undefined;
   private readonly groupsCache = new Map<string, GPUBindGroup>();
@@ -377,6 +383,7 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
     readonly label: string,
     private readonly prog: Program,
     decl: U | undefined,
+    callerUniform: boolean,
   ) {
     const uniforms = prog.info.bindings.filter((b) => b.kind === "uniform");
     if (uniforms.length > 1) throw new Error(`${label}: more than one uniform binding`);
@@ -389,6 +396,10 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
     }
     if (this.uniform && decl) {
       this.uniformLayout = uniformLayout(prog.info, this.uniform.type, decl, label);
+      if (callerUniform) {
+        this.uniform = undefined;
+        return;
+      }
       this.uniformBuffer = createBuffer(
         device,
         this.uniformLayout.size,
@@ -415,7 +426,7 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
       cache.set(key, p);
       p.catch(() => cache.delete(key));
     }
-    return new Kernel<E, U>(device, label, await p, opts.uniforms);
+    return new Kernel<E, U>(device, label, await p, opts.uniforms, Boolean(opts.callerUniformBuffer));
   }
 
   /** The shader's bindings (by binding number). */
@@ -445,10 +456,16 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
     return [x, Math.max(1, Math.ceil(groups / x))];
   }
 
+  /** The bytes of the uniform struct. */
+  packUniforms(values: UniformValues<U>): ArrayBuffer {
+    if (!this.uniformLayout) throw new Error(`${this.label}: no uniforms`);
+    return packUniforms(this.uniformLayout, values);
+  }
+
   /** Write the uniform struct (queue-ordered: dispatches submitted before keep the values they had). */
   setUniforms(values: UniformValues<U>): void {
-    if (!this.uniformLayout || !this.uniformBuffer) throw new Error(`${this.label}: no uniforms`);
-    this.device.queue.writeBuffer(this.uniformBuffer, 0, packUniforms(this.uniformLayout, values));
+    if (!this.uniformBuffer) throw new Error(`${this.label}: no uniform buffer of its own`);
+    this.device.queue.writeBuffer(this.uniformBuffer, 0, this.packUniforms(values));
   }
 
   /** The bind group of `buffers` by binding name (cached); every non-uniform binding, and no other name. */
