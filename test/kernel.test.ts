@@ -59,6 +59,9 @@ describe("WGSL declarations", () => {
       [3, "out", "storage"],
     ]);
     expect(info.constants.get("WG")).toBe(64);
+    const c =
+      parseWgsl("const A = 0xff; const B: u32 = 0xffffffffu; const C = 2.5f; const D: i32 = -3i;").constants;
+    expect([c.get("A"), c.get("B"), c.get("C"), c.get("D")]).toEqual([255, 0xffffffff, 2.5, -3]);
     expect(info.entries.get("main")).toEqual([64, 1, 1]);
     const wg = parseWgsl(injectConstants(SHUFFLED, { WG: 128 }), "x").entries.get("main");
     expect(wg).toEqual([128, 1, 1]);

@@ -173,8 +173,10 @@ export interface WgslInfo {
 
 const stripComments = (s: string) => s.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/\/\/[^\n]*/g, "");
 const numberOf = (s: string) => {
-  const t = s.trim().replace(/^(?:u32|i32|f32)\((.*)\)$/, "$1").replace(/[uif]$/, "");
-  return /^-?(?:0x[0-9a-f]+|\d+(?:\.\d*)?(?:e-?\d+)?)$/i.test(t) ? Number(t) : undefined;
+  const t = s.trim().replace(/^(?:u32|i32|f32)\((.*)\)$/, "$1");
+  if (/^0x[0-9a-f]+[ui]?$/i.test(t)) return Number(t.replace(/[ui]$/i, ""));
+  const d = t.replace(/[uif]$/, "");
+  return /^-?\d+(?:\.\d*)?(?:e-?\d+)?$/i.test(d) ? Number(d) : undefined;
 };
 
 /** The bindings, structs, constants and compute entry points that a WGSL text declares. */
