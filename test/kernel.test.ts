@@ -227,6 +227,9 @@ describe.skipIf(!gpu)("Kernel on a device", () => {
     }]);
     expect([...new Uint32Array(r1)]).toEqual([1, 2, 3]);
     expect([...new Uint32Array(r2)]).toEqual([50, 51]);
+    const into = new Uint16Array(5);
+    const [r3] = await readBuffers(device, "t", [{ buffer: src, size: 12, offset: 8, into }]);
+    expect([r3.byteLength, ...into]).toEqual([0, 2, 0, 3, 0, 4]);
     const s = new Serial();
     const order: number[] = [];
     const slow = s.run(async () => {

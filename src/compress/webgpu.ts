@@ -85,21 +85,22 @@ class Stream<U extends UniformDecl & { xGroups: "u32" }> {
     });
   }
 
-  /** Upload `input`, dispatch `n` invocations with `uniforms`, read back `outWords` u32 of the output. */
-  run(
+  /** Upload `input`, dispatch `n` invocations with `uniforms`, read `outWords` u32 of the output into `into`. */
+  async run(
     what: string,
     n: number,
     uniforms: Omit<UniformValues<U>, "xGroups">,
     input: Uint32Array<ArrayBuffer>,
     outWords: number,
-  ): Promise<ArrayBuffer> {
+    into: ArrayBufferView,
+  ): Promise<void> {
     const [gx, gy] = this.kernel.grid(this.entry, n);
     const device = this.kernel.device;
-    return readBuffers(device, what, [{ buffer: this.output, size: outWords * 4 }], (enc) => {
+    await readBuffers(device, what, [{ buffer: this.output, size: outWords * 4, into }], (enc) => {
       this.kernel.setUniforms({ ...uniforms, xGroups: gx } as UniformValues<U>);
       device.queue.writeBuffer(this.input, 0, input);
       this.kernel.dispatch(this.entry, this.buffers, [gx, gy], enc);
-    }).then(([out]) => out);
+    });
   }
 
   dispose(): void {
@@ -137,18 +138,8 @@ export async function createRoundKernel(
         for (let o = 0; o < u.length; o += cap) {
           const n = Math.min(cap, u.length - o);
           const uniforms = { n, m, hasP: p === null ? 0 : 1, p: p ?? 0 };
-          u.set(
-            new Uint32Array(
-              await stream.run(
-                "round kernel",
-                n,
-                uniforms,
-                u.subarray(o, o + n) as Uint32Array<ArrayBuffer>,
-                n,
-              ),
-            ),
-            o,
-          );
+          const chunk = u.subarray(o, o + n) as Uint32Array<ArrayBuffer>;
+          await stream.run("round kernel", n, uniforms, chunk, n, chunk);
         }
         return values;
       });
@@ -205,8 +196,8 @@ export async function createSzKernel(
             inv: c.inv,
             eb32: c.eb32,
           };
-          const out = await stream.run("sz kernel", pairs, uniforms, bits as Uint32Array<ArrayBuffer>, pairs);
-          codes.set(new Uint16Array(out, 0, total), f0 * P);
+          const into = codes.subarray(f0 * P, f0 * P + total);
+          await stream.run("sz kernel", pairs, uniforms, bits as Uint32Array<ArrayBuffer>, pairs, into);
         }
       });
     },

@@ -105,8 +105,14 @@ export async function readBack(buffer: GPUBuffer, size: number, offset = 0): Pro
   return (await mapRead(buffer, [[offset, size]]))[0];
 }
 
-/** The one map-read-unmap: copies of the byte ranges [offset, offset + size) of a MAP_READ buffer. */
-async function mapRead(buffer: GPUBuffer, ranges: [number, number][]): Promise<ArrayBuffer[]> {
+/**
+ * The one map-read-unmap: copies of the byte ranges [offset, offset + size) of a MAP_READ buffer (into
+ * the range's view when it has one, giving an empty ArrayBuffer for it).
+ */
+async function mapRead(
+  buffer: GPUBuffer,
+  ranges: [number, number, ArrayBufferView?][],
+): Promise<ArrayBuffer[]> {
   const end = Math.max(0, ...ranges.map(([o, n]) => o + n));
   const start = Math.min(end, ...ranges.map(([o]) => o));
   const start8 = start - (start % 8);
@@ -114,7 +120,12 @@ async function mapRead(buffer: GPUBuffer, ranges: [number, number][]): Promise<A
   await buffer.mapAsync(MapMode.READ, start8, len);
   try {
     const mapped = buffer.getMappedRange(start8, len);
-    return ranges.map(([o, n]) => mapped.slice(o - start8, o - start8 + n));
+    return ranges.map(([o, n, into]) => {
+      if (!into) return mapped.slice(o - start8, o - start8 + n);
+      const m = Math.min(n, into.byteLength);
+      new Uint8Array(into.buffer, into.byteOffset, m).set(new Uint8Array(mapped, o - start8, m));
+      return new ArrayBuffer(0);
+    });
   } finally {
     buffer.unmap();
   }
@@ -535,6 +546,8 @@ export interface ReadRange {
   /** Bytes (a multiple of 4). */
   size: number;
   offset?: number;
+  /** Copy the bytes straight into this view (up to its length) instead of returning them. */
+  into?: ArrayBufferView;
 }
 
 const MAX_POOLED = 4;
@@ -586,7 +599,7 @@ export async function readBuffers(
       device.queue.submit([enc.finish()]);
     });
     const out = staging
-      ? await mapRead(staging, ranges.map((r, i) => [at[i], r.size]))
+      ? await mapRead(staging, ranges.map((r, i) => [at[i], r.size, r.into]))
       : ranges.map(() => new ArrayBuffer(0));
     ok = true;
     return out;
