@@ -2,8 +2,8 @@
 // Keep m mantissa bits and an absolute precision of 2^p, half to even, on the integer bits only, so no
 // float arithmetic (and no subnormal flushing) is involved. NaN and Inf are unchanged.
 //
-// One invocation per value: values[i] (float32 bits) rounded in place. Dispatch (ceil(n / 256), 1, 1),
-// or a 2-D grid of such rows when n / 256 exceeds the per-dimension limit (index = y * xGroups * 256 + x).
+// One invocation per value: values[i] (float32 bits) rounded in place. Dispatch (ceil(n / WG), 1, 1),
+// or a 2-D grid of such rows when n / WG exceeds the per-dimension limit (index = y * xGroups * WG + x).
 
 struct RoundParams {
   n: u32,
@@ -18,6 +18,8 @@ struct RoundParams {
 
 @group(0) @binding(0) var<uniform> params: RoundParams;
 @group(0) @binding(1) var<storage, read_write> values: array<u32>;
+
+const WG: u32 = 256u;
 
 fn pow2Bits(p: i32) -> u32 {
   if (p >= -126) {
@@ -70,9 +72,9 @@ fn roundBits(b: u32, m: u32, hasP: bool, p: i32) -> u32 {
   return s | r;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn round_values(@builtin(global_invocation_id) gid: vec3u) {
-  let i = gid.y * params.xGroups * 256u + gid.x;
+  let i = gid.y * params.xGroups * WG + gid.x;
   if (i >= params.n) {
     return;
   }

@@ -10,7 +10,7 @@
 //
 // Layout: `values` holds nFrames frames of height x width pixels (frame-major, row-major); `codes` two codes
 // per u32 (pixel 2k in the low half, 2k + 1 in the high half). One invocation per pair;
-// dispatch (min(pairs / 256, xGroups), ceil(pairs / 256 / xGroups)).
+// dispatch (min(pairs / WG, xGroups), ceil(pairs / WG / xGroups)).
 
 struct SzParams {
   pixels: u32,
@@ -31,6 +31,7 @@ struct SzParams {
 @group(0) @binding(1) var<storage, read> values: array<u32>;
 @group(0) @binding(2) var<storage, read_write> codes: array<u32>;
 
+const WG: u32 = 256u;
 const QMAX: f32 = 65535.0;
 const RADIUS: i32 = 32768;
 
@@ -85,9 +86,9 @@ fn codeOf(i: u32) -> u32 {
   return u32(delta + RADIUS);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sz_codes(@builtin(global_invocation_id) gid: vec3u) {
-  let k = gid.y * params.xGroups * 256u + gid.x;
+  let k = gid.y * params.xGroups * WG + gid.x;
   if (k >= params.pairs) {
     return;
   }

@@ -6,34 +6,108 @@
  * A kernel owns its buffers (sized for `maxValues` values per submission, within the device's storage
  * binding limit; larger inputs are split) and runs one upload, one dispatch and one readback per chunk.
  */
+import { getGpuDevice, type GpuDevice } from "../gpu/device.ts";
 import {
-  bindGroup,
-  bindGroupLayout,
   BufferUsage,
-  compileShader,
-  computePipelines,
   createBuffer,
-  getGpuDevice,
-  type GpuDevice,
-  MapMode,
-  shaderSource,
+  Kernel,
+  readBuffers,
+  Serial,
+  type UniformDecl,
+  type UniformValues,
   withErrorScope,
-} from "../gpu/device.ts";
+} from "../gpu/kernel.ts";
 import { checkRoundParams, type RoundParams } from "./round.ts";
 import type { SzConstants } from "./sz.ts";
 
-const WG = 256;
+/** The uniform struct RoundParams of shaders/round.wgsl. */
+const ROUND_PARAMS = { n: "u32", m: "u32", hasP: "u32", p: "i32", xGroups: "u32" } as const;
 
-function grid(groups: number, maxPerDim: number): [number, number] {
-  const x = Math.min(groups, maxPerDim);
-  return [Math.max(1, x), Math.max(1, Math.ceil(groups / Math.max(1, x)))];
-}
+/** The uniform struct SzParams of shaders/sz.wgsl. */
+const SZ_PARAMS = {
+  pixels: "u32",
+  width: "u32",
+  height: "u32",
+  total: "u32",
+  pairs: "u32",
+  xGroups: "u32",
+  limBits: "u32",
+  binWidth: "f32",
+  inv: "f32",
+  eb32: "f32",
+} as const;
 
 /** Values that fit one submission: the storage binding limit, in whole frames of `frameValues`. */
 function chunkValues(gpu: GpuDevice, frameValues: number, want: number): number {
   const lim = Math.min(gpu.device.limits.maxStorageBufferBindingSize, gpu.device.limits.maxBufferSize);
   const fit = Math.floor(lim / 4 / Math.max(1, frameValues)) * frameValues;
   return Math.max(frameValues, Math.min(fit, Math.ceil(want / frameValues) * frameValues));
+}
+
+/**
+ * What the two kernels share: one entry point over a 1-D range of invocations (a 2-D grid of rows of
+ * `xGroups` workgroups past the per-dimension limit), an input buffer of `inWords` u32 and an output one
+ * (the same buffer when `output` names the input's binding), calls run one at a time.
+ */
+class Stream<U extends UniformDecl & { xGroups: "u32" }> {
+  private constructor(
+    private readonly kernel: Kernel<string, U>,
+    private readonly entry: string,
+    private readonly buffers: Record<string, GPUBuffer>,
+    private readonly input: GPUBuffer,
+    private readonly output: GPUBuffer,
+  ) {}
+  readonly serial = new Serial();
+
+  static async create<U extends UniformDecl & { xGroups: "u32" }>(
+    device: GPUDevice,
+    shader: string,
+    entry: string,
+    uniforms: U,
+    io: { input: string; inWords: number; output: string; outWords: number },
+  ): Promise<Stream<U>> {
+    return await withErrorScope(device, `${shader} setup`, async () => {
+      const kernel = await Kernel.create(device, { shader, entries: [entry], uniforms });
+      const inPlace = io.input === io.output;
+      const input = createBuffer(
+        device,
+        io.inWords * 4,
+        BufferUsage.STORAGE | BufferUsage.COPY_DST | (inPlace ? BufferUsage.COPY_SRC : 0),
+        `${shader}.${io.input}`,
+      );
+      const output = inPlace ? input : createBuffer(
+        device,
+        io.outWords * 4,
+        BufferUsage.STORAGE | BufferUsage.COPY_SRC,
+        `${shader}.${io.output}`,
+      );
+      return new Stream(kernel, entry, { [io.input]: input, [io.output]: output }, input, output);
+    });
+  }
+
+  /** Upload `input`, dispatch `n` invocations with `uniforms`, read `outWords` u32 of the output into `into`. */
+  async run(
+    what: string,
+    n: number,
+    uniforms: Omit<UniformValues<U>, "xGroups">,
+    input: Uint32Array<ArrayBuffer>,
+    outWords: number,
+    into: ArrayBufferView,
+  ): Promise<void> {
+    const [gx, gy] = this.kernel.grid(this.entry, n);
+    const device = this.kernel.device;
+    await readBuffers(device, what, [{ buffer: this.output, size: outWords * 4, into }], (enc) => {
+      this.kernel.setUniforms({ ...uniforms, xGroups: gx } as UniformValues<U>);
+      device.queue.writeBuffer(this.input, 0, input);
+      this.kernel.dispatch(this.entry, this.buffers, [gx, gy], enc);
+    });
+  }
+
+  dispose(): void {
+    this.input.destroy();
+    if (this.output !== this.input) this.output.destroy();
+    this.kernel.dispose();
+  }
 }
 
 export interface RoundKernel {
@@ -52,68 +126,26 @@ export async function createRoundKernel(
   const { mantissaBits: m, absPower: p } = checkRoundParams(params);
   const gpu = await getGpuDevice();
   if (!gpu) return undefined;
-  const { device } = gpu;
   const cap = chunkValues(gpu, 1, maxValues);
-  return await withErrorScope(device, "round kernel setup", async () => {
-    const module = await compileShader(device, shaderSource("round.wgsl"), "round.wgsl");
-    const layout = bindGroupLayout(device, ["uniform", "storage"], "round");
-    const pl = await computePipelines(device, module, layout, ["round_values"] as const, "round");
-    const uniform = createBuffer(device, 32, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "round params");
-    const buf = createBuffer(
-      device,
-      cap * 4,
-      BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
-      "round values",
-    );
-    const staging = createBuffer(
-      device,
-      cap * 4,
-      BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-      "round staging",
-    );
-    const group = bindGroup(device, layout, [uniform, buf]);
-    const maxDim = device.limits.maxComputeWorkgroupsPerDimension;
-    let busy: Promise<unknown> = Promise.resolve();
-    const kernel: RoundKernel = {
-      adapter: gpu.adapterName,
-      software: gpu.software,
-      round(values) {
-        const run = busy.then(async () => {
-          const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
-          for (let o = 0; o < u.length; o += cap) {
-            const n = Math.min(cap, u.length - o);
-            const [gx, gy] = grid(Math.ceil(n / WG), maxDim);
-            await withErrorScope(device, "round kernel", () => {
-              const hdr = new Int32Array([n, m, p === null ? 0 : 1, p ?? 0, gx, 0, 0, 0]);
-              device.queue.writeBuffer(uniform, 0, hdr);
-              device.queue.writeBuffer(buf, 0, u as Uint32Array<ArrayBuffer>, o, n);
-              const enc = device.createCommandEncoder();
-              const pass = enc.beginComputePass();
-              pass.setPipeline(pl.round_values);
-              pass.setBindGroup(0, group);
-              pass.dispatchWorkgroups(gx, gy);
-              pass.end();
-              enc.copyBufferToBuffer(buf, 0, staging, 0, n * 4);
-              device.queue.submit([enc.finish()]);
-            });
-            await staging.mapAsync(MapMode.READ, 0, n * 4);
-            try {
-              u.set(new Uint32Array(staging.getMappedRange(0, n * 4)), o);
-            } finally {
-              staging.unmap();
-            }
-          }
-          return values;
-        });
-        busy = run.catch(() => undefined);
-        return run;
-      },
-      dispose() {
-        for (const b of [uniform, buf, staging]) b.destroy();
-      },
-    };
-    return kernel;
-  });
+  const io = { input: "values", inWords: cap, output: "values", outWords: cap };
+  const stream = await Stream.create(gpu.device, "round.wgsl", "round_values", ROUND_PARAMS, io);
+  return {
+    adapter: gpu.adapterName,
+    software: gpu.software,
+    round(values) {
+      return stream.serial.run(async () => {
+        const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
+        for (let o = 0; o < u.length; o += cap) {
+          const n = Math.min(cap, u.length - o);
+          const uniforms = { n, m, hasP: p === null ? 0 : 1, p: p ?? 0 };
+          const chunk = u.subarray(o, o + n) as Uint32Array<ArrayBuffer>;
+          await stream.run("round kernel", n, uniforms, chunk, n, chunk);
+        }
+        return values;
+      });
+    },
+    dispose: () => stream.dispose(),
+  };
 }
 
 export interface SzKernel {
@@ -133,74 +165,42 @@ export async function createSzKernel(
 ): Promise<SzKernel | undefined> {
   const gpu = await getGpuDevice();
   if (!gpu) return undefined;
-  const { device } = gpu;
   const P = H * W;
   const cap = chunkValues(gpu, Math.max(1, P), Math.max(1, P) * maxFrames);
   const framesPer = Math.max(1, Math.floor(cap / Math.max(1, P)));
-  return await withErrorScope(device, "sz kernel setup", async () => {
-    const module = await compileShader(device, shaderSource("sz.wgsl"), "sz.wgsl");
-    const layout = bindGroupLayout(device, ["uniform", "read-only-storage", "storage"], "sz");
-    const pl = await computePipelines(device, module, layout, ["sz_codes"] as const, "sz");
-    const uniform = createBuffer(device, 48, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "sz params");
-    const input = createBuffer(device, cap * 4, BufferUsage.STORAGE | BufferUsage.COPY_DST, "sz values");
-    const pairsCap = Math.ceil(cap / 2);
-    const output = createBuffer(device, pairsCap * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "sz codes");
-    const staging = createBuffer(
-      device,
-      pairsCap * 4,
-      BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-      "sz staging",
-    );
-    const group = bindGroup(device, layout, [uniform, input, output]);
-    const maxDim = device.limits.maxComputeWorkgroupsPerDimension;
-    let busy: Promise<unknown> = Promise.resolve();
-    const kernel: SzKernel = {
-      adapter: gpu.adapterName,
-      software: gpu.software,
-      codes(data, nFrames, h, w, codes) {
-        if (h !== H || w !== W) throw new Error(`sz kernel: made for ${H} x ${W} frames, given ${h} x ${w}`);
-        if (data.length < nFrames * P || codes.length < nFrames * P) {
-          throw new RangeError("sz kernel: arrays too short");
+  const io = { input: "values", inWords: cap, output: "codes", outWords: Math.ceil(cap / 2) };
+  const stream = await Stream.create(gpu.device, "sz.wgsl", "sz_codes", SZ_PARAMS, io);
+  return {
+    adapter: gpu.adapterName,
+    software: gpu.software,
+    codes(data, nFrames, h, w, codes) {
+      if (h !== H || w !== W) throw new Error(`sz kernel: made for ${H} x ${W} frames, given ${h} x ${w}`);
+      if (data.length < nFrames * P || codes.length < nFrames * P) {
+        throw new RangeError("sz kernel: arrays too short");
+      }
+      return stream.serial.run(async () => {
+        for (let f0 = 0; f0 < nFrames; f0 += framesPer) {
+          const m = Math.min(framesPer, nFrames - f0);
+          const total = m * P;
+          if (total === 0) continue;
+          const pairs = Math.ceil(total / 2);
+          const bits = new Uint32Array(data.buffer, data.byteOffset + f0 * P * 4, total);
+          const uniforms = {
+            pixels: P,
+            width: W,
+            height: H,
+            total,
+            pairs,
+            limBits: c.limBits,
+            binWidth: c.binWidth,
+            inv: c.inv,
+            eb32: c.eb32,
+          };
+          const into = codes.subarray(f0 * P, f0 * P + total);
+          await stream.run("sz kernel", pairs, uniforms, bits as Uint32Array<ArrayBuffer>, pairs, into);
         }
-        const run = busy.then(async () => {
-          for (let f0 = 0; f0 < nFrames; f0 += framesPer) {
-            const m = Math.min(framesPer, nFrames - f0);
-            const total = m * P;
-            if (total === 0) continue;
-            const pairs = Math.ceil(total / 2);
-            const [gx, gy] = grid(Math.ceil(pairs / WG), maxDim);
-            await withErrorScope(device, "sz kernel", () => {
-              const u = new ArrayBuffer(48);
-              new Uint32Array(u, 0, 8).set([P, W, H, total, pairs, gx, c.limBits, 0]);
-              new Float32Array(u, 32, 4).set([c.binWidth, c.inv, c.eb32, 0]);
-              device.queue.writeBuffer(uniform, 0, u);
-              const bits = new Uint32Array(data.buffer, data.byteOffset + f0 * P * 4, total);
-              device.queue.writeBuffer(input, 0, bits as Uint32Array<ArrayBuffer>, 0, total);
-              const enc = device.createCommandEncoder();
-              const pass = enc.beginComputePass();
-              pass.setPipeline(pl.sz_codes);
-              pass.setBindGroup(0, group);
-              pass.dispatchWorkgroups(gx, gy);
-              pass.end();
-              enc.copyBufferToBuffer(output, 0, staging, 0, pairs * 4);
-              device.queue.submit([enc.finish()]);
-            });
-            await staging.mapAsync(MapMode.READ, 0, pairs * 4);
-            try {
-              const got = new Uint16Array(staging.getMappedRange(0, pairs * 4), 0, total);
-              codes.set(got, f0 * P);
-            } finally {
-              staging.unmap();
-            }
-          }
-        });
-        busy = run.catch(() => undefined);
-        return run;
-      },
-      dispose() {
-        for (const b of [uniform, input, output, staging]) b.destroy();
-      },
-    };
-    return kernel;
-  });
+      });
+    },
+    dispose: () => stream.dispose(),
+  };
 }

@@ -1,6 +1,6 @@
 /**
- * WebGPU device access for Node and Deno, plus the small buffer/pipeline/readback helpers the
- * localisation backend uses.
+ * WebGPU device access for Node and Deno. Shader text is in shaders.ts, pipelines, bindings, dispatch and
+ * readback in kernel.ts (both re-exported here for the callers that still import them from this module).
  *
  * Which adapter (first that gives one):
  * - Deno: the built-in `navigator.gpu` (deno.json has `"unstable": ["webgpu"]`), then as under Node.
@@ -15,25 +15,23 @@
  * on stderr from native code while it looks for adapters; these are harmless and not suppressible from JS.
  */
 import * as fs from "node:fs";
-import * as path from "node:path";
 import process from "node:process";
-import { fileURLToPath } from "node:url";
 
-/** WebGPU flag values (numeric, so nothing depends on the GPU* globals being installed). */
-export const BufferUsage = {
-  MAP_READ: 0x0001,
-  MAP_WRITE: 0x0002,
-  COPY_SRC: 0x0004,
-  COPY_DST: 0x0008,
-  INDEX: 0x0010,
-  VERTEX: 0x0020,
-  UNIFORM: 0x0040,
-  STORAGE: 0x0080,
-  INDIRECT: 0x0100,
-  QUERY_RESOLVE: 0x0200,
-} as const;
-export const MapMode = { READ: 0x0001, WRITE: 0x0002 } as const;
-export const ShaderStage = { VERTEX: 0x1, FRAGMENT: 0x2, COMPUTE: 0x4 } as const;
+export { packageRoot, shaderSource } from "./shaders.ts";
+// The low-level helpers, for src/localise/webgpu.ts until it uses Kernel (kernel.ts).
+export {
+  bindGroup,
+  bindGroupLayout,
+  type BindingKind,
+  BufferUsage,
+  compileShader,
+  computePipelines,
+  createBuffer,
+  MapMode,
+  readBack,
+  ShaderStage,
+  withErrorScope,
+} from "./kernel.ts";
 
 export interface GpuDevice {
   device: GPUDevice;
@@ -159,134 +157,4 @@ async function openDevice(
     }
   });
   return { device, adapterName, software, implementation };
-}
-
-/** The package root: the nearest directory upwards of this module whose package.json is "xfel-redu". */
-export function packageRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pj = path.join(dir, "package.json");
-    if (fs.existsSync(pj)) {
-      try {
-        if (JSON.parse(fs.readFileSync(pj, "utf8")).name === "xfel-redu") return dir;
-      } catch { /* not ours */ }
-    }
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error("cannot find the xfel-redu package root (for shaders/)");
-    dir = up;
-  }
-}
-
-const shaderCache = new Map<string, string>();
-
-/** The text of shaders/<name>, read once. */
-export function shaderSource(name: string): string {
-  let s = shaderCache.get(name);
-  if (s === undefined) {
-    s = fs.readFileSync(path.join(packageRoot(), "shaders", name), "utf8");
-    shaderCache.set(name, s);
-  }
-  return s;
-}
-
-/** A buffer of at least `size` bytes (rounded up to 4, at least 4). */
-export function createBuffer(device: GPUDevice, size: number, usage: number, label?: string): GPUBuffer {
-  return device.createBuffer({ size: Math.max(4, Math.ceil(size / 4) * 4), usage, label });
-}
-
-/** A compute shader module; throws with the compiler's messages when it does not compile. */
-export async function compileShader(
-  device: GPUDevice,
-  code: string,
-  label: string,
-): Promise<GPUShaderModule> {
-  const module = device.createShaderModule({ code, label });
-  const info = await module.getCompilationInfo();
-  const errors = info.messages.filter((m) => m.type === "error");
-  if (errors.length) {
-    throw new Error(
-      `${label}: WGSL compile error:\n` +
-        errors.map((m) => `  ${m.lineNum}:${m.linePos} ${m.message}`).join("\n"),
-    );
-  }
-  return module;
-}
-
-export type BindingKind = "uniform" | "storage" | "read-only-storage";
-
-/** A bind group layout of buffer bindings 0..n-1, visible to compute shaders. */
-export function bindGroupLayout(device: GPUDevice, kinds: BindingKind[], label?: string): GPUBindGroupLayout {
-  return device.createBindGroupLayout({
-    label,
-    entries: kinds.map((type, binding) => ({ binding, visibility: ShaderStage.COMPUTE, buffer: { type } })),
-  });
-}
-
-/** A bind group of whole buffers at bindings 0..n-1. */
-export function bindGroup(
-  device: GPUDevice,
-  layout: GPUBindGroupLayout,
-  buffers: GPUBuffer[],
-  label?: string,
-): GPUBindGroup {
-  return device.createBindGroup({
-    label,
-    layout,
-    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
-  });
-}
-
-/** Compute pipelines for entry points of one module sharing one bind group layout; errors thrown. */
-export async function computePipelines<E extends string>(
-  device: GPUDevice,
-  module: GPUShaderModule,
-  layout: GPUBindGroupLayout,
-  entries: readonly E[],
-  label: string,
-): Promise<Record<E, GPUComputePipeline>> {
-  const pipelineLayout = device.createPipelineLayout({ bindGroupLayouts: [layout], label });
-  const out = {} as Record<E, GPUComputePipeline>;
-  for (const entryPoint of entries) {
-    out[entryPoint] = await device.createComputePipelineAsync({
-      label: `${label}.${entryPoint}`,
-      layout: pipelineLayout,
-      compute: { module, entryPoint },
-    });
-  }
-  return out;
-}
-
-/** Read `size` bytes of a MAP_READ buffer into a fresh ArrayBuffer (the buffer is unmapped again). */
-export async function readBack(buffer: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
-  await buffer.mapAsync(MapMode.READ, offset, size);
-  try {
-    return buffer.getMappedRange(offset, size).slice(0);
-  } finally {
-    buffer.unmap();
-  }
-}
-
-/** Run `f` inside validation and out-of-memory error scopes; throws the first error. */
-export async function withErrorScope<T>(
-  device: GPUDevice,
-  what: string,
-  f: () => T | Promise<T>,
-): Promise<T> {
-  device.pushErrorScope("out-of-memory");
-  device.pushErrorScope("validation");
-  let value: T | undefined;
-  let failure: { error: unknown } | undefined;
-  try {
-    // Synchronous work stays synchronous, so that concurrent callers do not interleave scopes.
-    const r = f();
-    value = r instanceof Promise ? await r : r;
-  } catch (error) {
-    failure = { error };
-  }
-  const scopes = [device.popErrorScope(), device.popErrorScope()];
-  const [validation, oom] = await Promise.all(scopes);
-  if (failure) throw failure.error;
-  const err = validation ?? oom;
-  if (err) throw new Error(`${what}: ${err.message}`);
-  return value as T;
 }

@@ -5,17 +5,7 @@
  */
 import type { FrameBatch } from "../exdf/frames.ts";
 import { Unshared } from "./common.ts";
-import {
-  bindGroup,
-  bindGroupLayout,
-  BufferUsage,
-  compileShader,
-  computePipelines,
-  createBuffer,
-  readBack,
-  shaderSource,
-  withErrorScope,
-} from "../gpu/device.ts";
+import { BufferUsage, createBuffer, Kernel, readBuffers } from "../gpu/kernel.ts";
 import { type AzintBackend, type AzintSums, NO_BIN, type PixelTable } from "./azint-spec.ts";
 
 /** The CSR form of a pixel table: per bin its pixels (slot * pixels + p) and their corrections. */
@@ -43,59 +33,50 @@ export function csr(
   return { offsets, entries, corr };
 }
 
+/** The uniform struct Params of shaders/azint.wgsl. */
+const AZINT_PARAMS = {
+  pixels: "u32",
+  nFrames: "u32",
+  maxFrames: "u32",
+  bins: "u32",
+  hasMask: "u32",
+} as const;
+
 export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: number): Promise<AzintBackend> {
   const { offsets, entries, corr } = csr(t, bins);
-  const module = await compileShader(device, shaderSource("azint.wgsl"), "azint");
-  const layout = bindGroupLayout(device, [
-    "uniform",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-  ]);
-  const { azint: pipeline } = await computePipelines(device, module, layout, ["azint"] as const, "azint");
+  const kernel = await Kernel.create(device, {
+    shader: "azint.wgsl",
+    entries: ["azint"],
+    uniforms: AZINT_PARAMS,
+  });
   const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
-  const params = createBuffer(device, 32, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "azint.params");
-  const off = createBuffer(device, offsets.byteLength, S, "azint.offsets");
-  const ent = createBuffer(device, entries.byteLength, S, "azint.entries");
-  const cor = createBuffer(device, corr.byteLength, S, "azint.corr");
-  device.queue.writeBuffer(off, 0, offsets);
+  const table = {
+    offsets: createBuffer(device, offsets.byteLength, S, "azint.offsets"),
+    entries: createBuffer(device, entries.byteLength, S, "azint.entries"),
+    corr: createBuffer(device, corr.byteLength, S, "azint.corr"),
+  };
+  device.queue.writeBuffer(table.offsets, 0, offsets);
   if (entries.length) {
-    device.queue.writeBuffer(ent, 0, entries);
-    device.queue.writeBuffer(cor, 0, corr);
+    device.queue.writeBuffer(table.entries, 0, entries);
+    device.queue.writeBuffer(table.corr, 0, corr);
   }
   const nSlots = t.modules.length;
   const pixels = t.pixels;
   let maxFrames = 0;
-  let bufs:
-    | { data: GPUBuffer; mask: GPUBuffer; out: GPUBuffer; read: GPUBuffer; group: GPUBindGroup }
-    | undefined;
+  let bufs: Record<"data" | "mask" | "out", GPUBuffer> | undefined;
   const destroy = () => {
-    if (bufs) { for (const b of [bufs.data, bufs.mask, bufs.out, bufs.read]) b.destroy(); }
+    if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
   };
   const grow = (frames: number) => {
     if (bufs && frames <= maxFrames) return bufs;
     destroy();
     maxFrames = frames;
     const n = nSlots * frames * pixels * 4;
-    const data = createBuffer(device, n, S, "azint.data");
-    const mask = createBuffer(device, n, S, "azint.mask");
-    const out = createBuffer(
-      device,
-      frames * bins * 12,
-      BufferUsage.STORAGE | BufferUsage.COPY_SRC,
-      "azint.out",
-    );
-    const read = createBuffer(
-      device,
-      frames * bins * 12,
-      BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-      "azint.read",
-    );
-    const group = bindGroup(device, layout, [params, data, mask, off, ent, cor, out]);
-    bufs = { data, mask, out, read, group };
+    bufs = {
+      data: createBuffer(device, n, S, "azint.data"),
+      mask: createBuffer(device, n, S, "azint.mask"),
+      out: createBuffer(device, frames * bins * 12, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "azint.out"),
+    };
     return bufs;
   };
   const staging = new Unshared();
@@ -106,25 +87,22 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
       const bf = grow(F);
       const mods = t.modules.map((m) => b.modules.find((x) => x.module === m)!);
       const hasMask = mods.every((m) => m.mask) ? 1 : 0;
-      await withErrorScope(device, "azint dispatch", () => {
-        mods.forEach((mf, s) => {
-          const at = s * maxFrames * pixels * 4;
-          device.queue.writeBuffer(bf.data, at, staging.f32(mf.data, F * pixels));
-          if (hasMask) {
-            device.queue.writeBuffer(bf.mask, at, staging.u32(mf.mask!, F * pixels));
-          }
-        });
-        device.queue.writeBuffer(params, 0, Uint32Array.of(pixels, F, maxFrames, bins, hasMask, 0, 0, 0));
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        pass.setPipeline(pipeline);
-        pass.setBindGroup(0, bf.group);
-        pass.dispatchWorkgroups(bins, F);
-        pass.end();
-        enc.copyBufferToBuffer(bf.out, 0, bf.read, 0, F * bins * 12);
-        device.queue.submit([enc.finish()]);
-      });
-      const back = await readBack(bf.read, F * bins * 12);
+      const [back] = await readBuffers(
+        device,
+        "azint dispatch",
+        [{ buffer: bf.out, size: F * bins * 12 }],
+        (enc) => {
+          mods.forEach((mf, s) => {
+            const at = s * maxFrames * pixels * 4;
+            device.queue.writeBuffer(bf.data, at, staging.f32(mf.data, F * pixels));
+            if (hasMask) {
+              device.queue.writeBuffer(bf.mask, at, staging.u32(mf.mask!, F * pixels));
+            }
+          });
+          kernel.setUniforms({ pixels, nFrames: F, maxFrames, bins, hasMask });
+          kernel.dispatch("azint", { ...bf, ...table }, [bins, F], enc);
+        },
+      );
       const u = new Uint32Array(back);
       const f = new Float32Array(back);
       const sum = new Float64Array(F * bins),
@@ -139,7 +117,8 @@ export async function createAzintGpu(device: GPUDevice, t: PixelTable, bins: num
     },
     dispose() {
       destroy();
-      for (const b of [params, off, ent, cor]) b.destroy();
+      kernel.dispose();
+      for (const b of Object.values(table)) b.destroy();
     },
   };
 }

@@ -4,18 +4,18 @@
  */
 import type { FrameBatch } from "../exdf/frames.ts";
 import { Unshared } from "./common.ts";
-import {
-  bindGroup,
-  bindGroupLayout,
-  BufferUsage,
-  compileShader,
-  computePipelines,
-  createBuffer,
-  readBack,
-  shaderSource,
-  withErrorScope,
-} from "../gpu/device.ts";
+import { BufferUsage, createBuffer, Kernel, readBuffers } from "../gpu/kernel.ts";
 import { columnLayout, type RoiBackend, type RoiColumns, type RoiSpec } from "./roi-spec.ts";
+
+/** The uniform struct Params of shaders/roi.wgsl. */
+const ROI_PARAMS = {
+  pixels: "u32",
+  moduleFs: "u32",
+  nFrames: "u32",
+  maxFrames: "u32",
+  total: "u32",
+  hasMask: "u32",
+} as const;
 
 export async function createRoiGpu(
   device: GPUDevice,
@@ -32,47 +32,26 @@ export async function createRoiGpu(
       colTable.set([slots.indexOf(r.module), r.ss0, r.ss1, r.fs0 + c], (offsets[k] + c) * 4);
     }
   });
-  const module = await compileShader(device, shaderSource("roi.wgsl"), "roi");
-  const layout = bindGroupLayout(device, [
-    "uniform",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-    "storage",
-  ]);
-  const { roi: pipeline } = await computePipelines(device, module, layout, ["roi"] as const, "roi");
+  const kernel = await Kernel.create(device, { shader: "roi.wgsl", entries: ["roi"], uniforms: ROI_PARAMS });
   const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
-  const params = createBuffer(device, 32, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "roi.params");
   const cols = createBuffer(device, colTable.byteLength, S, "roi.cols");
   device.queue.writeBuffer(cols, 0, colTable);
   let maxFrames = 0;
-  let bufs: {
-    data: GPUBuffer;
-    mask: GPUBuffer;
-    present: GPUBuffer;
-    sum: GPUBuffer;
-    count: GPUBuffer;
-    read: GPUBuffer;
-    group: GPUBindGroup;
-  } | undefined;
+  let bufs: Record<"data" | "mask" | "present" | "colSum" | "colCount", GPUBuffer> | undefined;
   const grow = (frames: number) => {
     if (bufs && frames <= maxFrames) return bufs;
-    if (bufs) {
-      for (const b of [bufs.data, bufs.mask, bufs.present, bufs.sum, bufs.count, bufs.read]) b.destroy();
-    }
+    if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
     maxFrames = frames;
     const n = slots.length * frames * pixels * 4;
-    const data = createBuffer(device, n, S, "roi.data");
-    const mask = createBuffer(device, n, S, "roi.mask");
-    const present = createBuffer(device, slots.length * frames * 4, S, "roi.present");
     const out = frames * total * 4;
-    const sum = createBuffer(device, out, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "roi.sum");
-    const count = createBuffer(device, out, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "roi.count");
-    const read = createBuffer(device, 2 * out, BufferUsage.MAP_READ | BufferUsage.COPY_DST, "roi.read");
-    const group = bindGroup(device, layout, [params, data, mask, cols, present, sum, count]);
-    bufs = { data, mask, present, sum, count, read, group };
+    const R = BufferUsage.STORAGE | BufferUsage.COPY_SRC;
+    bufs = {
+      data: createBuffer(device, n, S, "roi.data"),
+      mask: createBuffer(device, n, S, "roi.mask"),
+      present: createBuffer(device, slots.length * frames * 4, S, "roi.present"),
+      colSum: createBuffer(device, out, R, "roi.sum"),
+      colCount: createBuffer(device, out, R, "roi.count"),
+    };
     return bufs;
   };
   const staging = new Unshared();
@@ -84,7 +63,11 @@ export async function createRoiGpu(
       const mods = slots.map((m) => b.modules.find((x) => x.module === m)!);
       const hasMask = mods.every((m) => m.mask) ? 1 : 0;
       const presentFlags = new Uint32Array(slots.length * maxFrames);
-      await withErrorScope(device, "roi upload", () => {
+      const out = { size: F * total * 4 };
+      const [sum, count] = await readBuffers(device, "roi", [
+        { buffer: bf.colSum, ...out },
+        { buffer: bf.colCount, ...out },
+      ], (enc) => {
         mods.forEach((mf, s) => {
           device.queue.writeBuffer(
             bf.data,
@@ -101,38 +84,23 @@ export async function createRoiGpu(
           for (let i = 0; i < F; i++) presentFlags[s * maxFrames + i] = mf.present[i];
         });
         device.queue.writeBuffer(bf.present, 0, presentFlags);
-        device.queue.writeBuffer(
-          params,
-          0,
-          Uint32Array.of(pixels, moduleFs, F, maxFrames, total, hasMask, 0, 0),
-        );
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        pass.setPipeline(pipeline);
-        pass.setBindGroup(0, bf.group);
-        pass.dispatchWorkgroups(Math.ceil(total / 64), F);
-        pass.end();
-        enc.copyBufferToBuffer(bf.sum, 0, bf.read, 0, F * total * 4);
-        enc.copyBufferToBuffer(bf.count, 0, bf.read, F * total * 4, F * total * 4);
-        device.queue.submit([enc.finish()]);
+        kernel.setUniforms({ pixels, moduleFs, nFrames: F, maxFrames, total, hasMask });
+        kernel.dispatch("roi", { ...bf, cols }, [Math.ceil(total / kernel.workgroupSize("roi")[0]), F], enc);
       });
-      const back = await readBack(bf.read, 2 * F * total * 4);
       const present = new Uint8Array(F * rois.length);
       rois.forEach((r, k) => {
         const mf = mods[slots.indexOf(r.module)];
         for (let i = 0; i < F; i++) present[i * rois.length + k] = mf.present[i];
       });
       return {
-        colSum: new Float32Array(back, 0, F * total),
-        colCount: new Uint32Array(back, F * total * 4, F * total),
+        colSum: new Float32Array(sum),
+        colCount: new Uint32Array(count),
         present,
       };
     },
     dispose() {
-      if (bufs) {
-        for (const b of [bufs.data, bufs.mask, bufs.present, bufs.sum, bufs.count, bufs.read]) b.destroy();
-      }
-      params.destroy();
+      if (bufs) { for (const b of Object.values(bufs)) b.destroy(); }
+      kernel.dispose();
       cols.destroy();
     },
   };

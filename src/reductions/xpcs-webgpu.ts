@@ -7,20 +7,25 @@
  */
 import type { FrameBatch } from "../exdf/frames.ts";
 import { Unshared } from "./common.ts";
-import {
-  bindGroup,
-  bindGroupLayout,
-  BufferUsage,
-  compileShader,
-  computePipelines,
-  createBuffer,
-  readBack,
-  shaderSource,
-  withErrorScope,
-} from "../gpu/device.ts";
+import { BufferUsage, createBuffer, Kernel, readBuffers, withErrorScope } from "../gpu/kernel.ts";
 import { csr } from "./azint-webgpu.ts";
 import type { TrainSums, TwoTimeSums } from "./xpcs-spec.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
+
+/** The uniform struct Params of shaders/xpcs.wgsl. */
+const XPCS_PARAMS = {
+  pixels: "u32",
+  stride: "u32",
+  hist: "u32",
+  nFrames: "u32",
+  bins: "u32",
+  delays: "u32",
+  slots: "u32",
+  hasMask: "u32",
+} as const;
+
+/** The uniform struct Params of shaders/xpcs-twotime.wgsl. */
+const TWO_TIME_PARAMS = { pixels: "u32", frames: "u32", bins: "u32", first: "u32" } as const;
 
 export async function createXpcsGpu(
   device: GPUDevice,
@@ -31,23 +36,18 @@ export async function createXpcsGpu(
   delays: number,
 ): Promise<XpcsGpu> {
   const table = csr({ modules, pixels, bin: bins, corr: bins.map((b) => new Float32Array(b.length)) }, nBins);
-  const module = await compileShader(device, shaderSource("xpcs.wgsl"), "xpcs");
-  const layout = bindGroupLayout(device, [
-    "uniform",
-    "storage",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-  ]);
-  const pipes = await computePipelines(device, module, layout, ["prep", "pairs"] as const, "xpcs");
+  const kernel = await Kernel.create(device, {
+    shader: "xpcs.wgsl",
+    entries: ["prep", "pairs"],
+    uniforms: XPCS_PARAMS,
+  });
   const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
-  const params = createBuffer(device, 32, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "xpcs.params");
-  const off = createBuffer(device, table.offsets.byteLength, S, "xpcs.offsets");
-  const ent = createBuffer(device, table.entries.byteLength, S, "xpcs.entries");
-  device.queue.writeBuffer(off, 0, table.offsets);
-  if (table.entries.length) device.queue.writeBuffer(ent, 0, table.entries);
+  const csrBufs = {
+    offsets: createBuffer(device, table.offsets.byteLength, S, "xpcs.offsets"),
+    entries: createBuffer(device, table.entries.byteLength, S, "xpcs.entries"),
+  };
+  device.queue.writeBuffer(csrBufs.offsets, 0, table.offsets);
+  if (table.entries.length) device.queue.writeBuffer(csrBufs.entries, 0, table.entries);
   const slots = modules.length;
   let fMax = 0;
   let stride = 0;
@@ -58,11 +58,10 @@ export async function createXpcsGpu(
     mask: GPUBuffer;
     segs: GPUBuffer;
     out: GPUBuffer;
-    read: GPUBuffer;
     segMax: number;
   } | undefined;
   const destroy = () => {
-    if (b) { for (const x of [...b.data, b.mask, b.segs, b.out, b.read]) x.destroy(); }
+    if (b) { for (const x of [...b.data, b.mask, b.segs, b.out]) x.destroy(); }
   };
   const copyHistory = (
     enc: GPUCommandEncoder,
@@ -101,7 +100,6 @@ export async function createXpcsGpu(
       mask: createBuffer(device, slots * fMax * pixels * 4, S, "xpcs.mask"),
       segs: createBuffer(device, segMax * 8, S, "xpcs.segs"),
       out: createBuffer(device, outBytes, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "xpcs.out"),
-      read: createBuffer(device, outBytes, BufferUsage.MAP_READ | BufferUsage.COPY_DST, "xpcs.read"),
       segMax,
     };
     if (old && histTrains.length) {
@@ -110,7 +108,7 @@ export async function createXpcsGpu(
       device.queue.submit([enc.finish()]);
     }
     cur = 0;
-    if (old) { for (const x of [...old.data, old.mask, old.segs, old.out, old.read]) x.destroy(); }
+    if (old) { for (const x of [...old.data, old.mask, old.segs, old.out]) x.destroy(); }
     return b;
   };
   const staging = new Unshared();
@@ -136,7 +134,8 @@ export async function createXpcsGpu(
       const mods = modules.map((m) => batch.modules.find((x) => x.module === m)!);
       const hasMask = mods.every((m) => m.mask) ? 1 : 0;
       const outWords = segs.length * nBins * delays * 4;
-      await withErrorScope(device, "xpcs dispatch", () => {
+      const read = segs.length ? [{ buffer: bf.out, size: outWords * 4 }] : [];
+      const [back] = await readBuffers(device, "xpcs dispatch", read, (enc) => {
         mods.forEach((mf, s) => {
           device.queue.writeBuffer(
             data,
@@ -152,30 +151,17 @@ export async function createXpcsGpu(
           }
         });
         device.queue.writeBuffer(bf.segs, 0, Uint32Array.from(segs.flatMap(([s, e]) => [s, e])));
-        device.queue.writeBuffer(
-          params,
-          0,
-          Uint32Array.of(pixels, stride, H, F, nBins, delays, slots, hasMask),
-        );
-        const group = bindGroup(device, layout, [params, data, bf.mask, off, ent, bf.segs, bf.out]);
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        pass.setBindGroup(0, group);
-        pass.setPipeline(pipes.prep);
-        pass.dispatchWorkgroups(Math.ceil(pixels / 256), F);
-        pass.setPipeline(pipes.pairs);
-        if (segs.length) pass.dispatchWorkgroups(nBins, delays, segs.length);
-        pass.end();
-        if (segs.length) enc.copyBufferToBuffer(bf.out, 0, bf.read, 0, outWords * 4);
+        kernel.setUniforms({ pixels, stride, hist: H, nFrames: F, bins: nBins, delays, slots, hasMask });
+        const buffers = { data, mask: bf.mask, ...csrBufs, segs: bf.segs, out: bf.out };
+        kernel.dispatch("prep", buffers, [Math.ceil(pixels / kernel.workgroupSize("prep")[0]), F], enc);
+        kernel.dispatch("pairs", buffers, [nBins, delays, segs.length], enc);
         // The next history: the timeline's last `delays` frames, into the other buffer.
         const keep = Math.min(delays, timeline.length);
         copyHistory(enc, data, stride, timeline.length - keep, keep, bf.data[1 - cur]);
-        device.queue.submit([enc.finish()]);
         histTrains = timeline.slice(timeline.length - keep);
         cur = 1 - cur;
       });
       if (!segs.length) return [];
-      const back = await readBack(bf.read, outWords * 4);
       const f = new Float32Array(back), u = new Uint32Array(back);
       const n = nBins * delays;
       return segs.map(([, , trainId], g) => {
@@ -198,7 +184,8 @@ export async function createXpcsGpu(
     },
     dispose() {
       destroy();
-      for (const x of [params, off, ent]) x.destroy();
+      kernel.dispose();
+      for (const x of Object.values(csrBufs)) x.destroy();
     },
   };
 }
@@ -218,15 +205,11 @@ export async function twoTimeSumsGpu(
   nBins: number,
 ): Promise<TwoTimeSums> {
   const T = pulseIds.length;
-  const module = await compileShader(device, shaderSource("xpcs-twotime.wgsl"), "xpcs-twotime");
-  const layout = bindGroupLayout(device, [
-    "uniform",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-  ]);
-  const pipes = await computePipelines(device, module, layout, ["twoTime"] as const, "xpcs-twotime");
+  const kernel = await Kernel.create(device, {
+    shader: "xpcs-twotime.wgsl",
+    entries: ["twoTime"],
+    uniforms: TWO_TIME_PARAMS,
+  });
   const S = BufferUsage.STORAGE | BufferUsage.COPY_DST;
   const n = nBins * T * T;
   const made: GPUBuffer[] = [];
@@ -237,7 +220,6 @@ export async function twoTimeSumsGpu(
   };
   try {
     const out = buf(n * 16, BufferUsage.STORAGE | BufferUsage.COPY_SRC, "xpcs2t.out");
-    const read = buf(n * 16, BufferUsage.MAP_READ | BufferUsage.COPY_DST, "xpcs2t.read");
     const pixels = bins[0]?.length ?? 0;
     const data = buf(T * pixels * 4, S, "xpcs2t.frames");
     await withErrorScope(device, "xpcs two-time dispatch", async () => {
@@ -245,19 +227,11 @@ export async function twoTimeSumsGpu(
         const table = csr({ modules: [0], pixels, bin: [bins[m]], corr: [new Float32Array(pixels)] }, nBins);
         const off = buf(table.offsets.byteLength, S, "xpcs2t.offsets");
         const ent = buf(table.entries.byteLength, S, "xpcs2t.entries");
-        const params = buf(16, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "xpcs2t.params");
         device.queue.writeBuffer(off, 0, table.offsets);
         if (table.entries.length) device.queue.writeBuffer(ent, 0, table.entries);
-        device.queue.writeBuffer(params, 0, Uint32Array.of(pixels, T, nBins, m === 0 ? 1 : 0));
+        kernel.setUniforms({ pixels, frames: T, bins: nBins, first: m === 0 ? 1 : 0 });
         for (let t = 0; t < T; t++) device.queue.writeBuffer(data, t * pixels * 4, frames[m][t]);
-        const enc = device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        pass.setBindGroup(0, bindGroup(device, layout, [params, data, off, ent, out]));
-        pass.setPipeline(pipes.twoTime);
-        pass.dispatchWorkgroups(T, T, nBins);
-        pass.end();
-        if (m === frames.length - 1) enc.copyBufferToBuffer(out, 0, read, 0, n * 16);
-        device.queue.submit([enc.finish()]);
+        kernel.dispatch("twoTime", { frames: data, offsets: off, entries: ent, out }, [T, T, nBins]);
         // One module's frames in flight at a time (the next upload overwrites them).
         await device.queue.onSubmittedWorkDone();
       }
@@ -271,7 +245,7 @@ export async function twoTimeSumsGpu(
       p: new Float64Array(n),
     };
     if (!frames.length) return s;
-    const back = await readBack(read, n * 16);
+    const [back] = await readBuffers(device, "xpcs two-time readback", [{ buffer: out, size: n * 16 }]);
     const f = new Float32Array(back), u = new Uint32Array(back);
     for (let k = 0; k < nBins; k++) {
       for (let t1 = 0; t1 < T; t1++) {
@@ -286,6 +260,7 @@ export async function twoTimeSumsGpu(
     }
     return s;
   } finally {
+    kernel.dispose();
     for (const b of made) b.destroy();
   }
 }
