@@ -192,7 +192,7 @@ export async function createXpcsGpu(
 
 /**
  * The two-time sums of one train on the GPU (shaders/xpcs-twotime.wgsl; the same spec and arguments as
- * `twoTimeSums` of src/xpcs.ts, float32 sums): one dispatch per module, the module's frames of the train
+ * `twoTimeSums` of src/reductions/xpcs.ts, float32 sums): one dispatch per module, the module's frames of the train
  * uploaded as they are (invalid pixels NaN), its q-bin table as a CSR matrix; the lower triangle mirrored
  * here as on the CPU.
  */

@@ -1,5 +1,5 @@
 /**
- * The assembled detector of the localise report: module pixels placed by the detector layout (src/geometry.ts:
+ * The assembled detector of the localise report: module pixels placed by the detector layout (src/exdf/geometry.ts:
  * the `--geometry` file localise used, else the built-in layout of the type).
  *
  * Spec:
