@@ -182,6 +182,48 @@ describe.skipIf(!gpu)("Kernel on a device", () => {
     }
   });
 
+  test("dispatchInPass: dispatches of two kernels in one compute pass, each seeing the writes before", async () => {
+    const device = gpu!.device;
+    const k = await Kernel.create(device, {
+      shader: "shuffled.wgsl",
+      source: SHUFFLED,
+      entries: ["main"],
+      uniforms: DECL,
+    });
+    made.push(k.uniformBuffer!);
+    const twice = await Kernel.create(device, {
+      shader: "twice.wgsl",
+      source: `@group(0) @binding(0) var<storage, read_write> x: array<u32>;
+@compute @workgroup_size(32)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x < arrayLength(&x)) {
+    x[gid.x] = 2u * x[gid.x] + 1u;
+  }
+}`,
+      entries: ["main"],
+    });
+    const n = 100;
+    const a = upload(device, Uint32Array.from({ length: n }, (_, i) => i));
+    const b = upload(device, Uint32Array.from({ length: n }, (_, i) => 7 * i));
+    const out = createBuffer(device, (n + 2) * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC);
+    made.push(out);
+    const tg = Math.ceil((n + 2) / twice.workgroupSize("main")[0]);
+    const [bytes] = await readBuffers(device, "kernel test", [{ buffer: out, size: n * 4 }], (enc) => {
+      k.setUniforms({ n, scale: 1, shift: 0 });
+      const pass = enc.beginComputePass();
+      k.dispatchInPass(pass, "main", { a, b, out }, Math.ceil(n / k.workgroupSize("main")[0]));
+      twice.dispatchInPass(pass, "main", { x: out }, tg);
+      twice.dispatchInPass(pass, "main", { x: out }, [0, 1]); // nothing dispatched
+      twice.dispatchInPass(pass, "main", { x: out }, [tg, 1, 1]);
+      expect(() => twice.dispatchInPass(pass, "main", { y: out }, 1)).toThrow(
+        /twice\.wgsl: no buffer binding named y/,
+      );
+      pass.end();
+    });
+    // ((1000 a + b) * 2 + 1) * 2 + 1, with b = 7 a
+    expect([...new Uint32Array(bytes)]).toEqual(Array.from({ length: n }, (_, i) => 4 * 1007 * i + 3));
+  });
+
   test("a missing or unknown buffer name, a wrong declaration or entry point: clear errors", async () => {
     const device = gpu!.device;
     const k = await Kernel.create(device, {

@@ -1,6 +1,6 @@
 /**
  * WebGPU device access for Node and Deno. Shader text is in shaders.ts, pipelines, bindings, dispatch and
- * readback in kernel.ts (both re-exported here for the callers that still import them from this module).
+ * readback in kernel.ts.
  *
  * Which adapter (first that gives one):
  * - Deno: the built-in `navigator.gpu` (deno.json has `"unstable": ["webgpu"]`), then as under Node.
@@ -16,22 +16,6 @@
  */
 import * as fs from "node:fs";
 import process from "node:process";
-
-export { packageRoot, shaderSource } from "./shaders.ts";
-// The low-level helpers, for src/localise/webgpu.ts until it uses Kernel (kernel.ts).
-export {
-  bindGroup,
-  bindGroupLayout,
-  type BindingKind,
-  BufferUsage,
-  compileShader,
-  computePipelines,
-  createBuffer,
-  MapMode,
-  readBack,
-  ShaderStage,
-  withErrorScope,
-} from "./kernel.ts";
 
 export interface GpuDevice {
   device: GPUDevice;

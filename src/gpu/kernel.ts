@@ -58,53 +58,6 @@ export async function compileShader(
 
 export type BindingKind = "uniform" | "storage" | "read-only-storage";
 
-/** A bind group layout of buffer bindings 0..n-1, visible to compute shaders. */
-export function bindGroupLayout(device: GPUDevice, kinds: BindingKind[], label?: string): GPUBindGroupLayout {
-  return device.createBindGroupLayout({
-    label,
-    entries: kinds.map((type, binding) => ({ binding, visibility: ShaderStage.COMPUTE, buffer: { type } })),
-  });
-}
-
-/** A bind group of whole buffers at bindings 0..n-1. */
-export function bindGroup(
-  device: GPUDevice,
-  layout: GPUBindGroupLayout,
-  buffers: GPUBuffer[],
-  label?: string,
-): GPUBindGroup {
-  return device.createBindGroup({
-    label,
-    layout,
-    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
-  });
-}
-
-/** Compute pipelines for entry points of one module sharing one bind group layout; errors thrown. */
-export async function computePipelines<E extends string>(
-  device: GPUDevice,
-  module: GPUShaderModule,
-  layout: GPUBindGroupLayout,
-  entries: readonly E[],
-  label: string,
-): Promise<Record<E, GPUComputePipeline>> {
-  const pipelineLayout = device.createPipelineLayout({ bindGroupLayouts: [layout], label });
-  const out = {} as Record<E, GPUComputePipeline>;
-  for (const entryPoint of entries) {
-    out[entryPoint] = await device.createComputePipelineAsync({
-      label: `${label}.${entryPoint}`,
-      layout: pipelineLayout,
-      compute: { module, entryPoint },
-    });
-  }
-  return out;
-}
-
-/** Read `size` bytes of a MAP_READ buffer into a fresh ArrayBuffer (the buffer is unmapped again). */
-export async function readBack(buffer: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
-  return (await mapRead(buffer, [[offset, size]]))[0];
-}
-
 /**
  * The one map-read-unmap: copies of the byte ranges [offset, offset + size) of a MAP_READ buffer (into
  * the range's view when it has one, giving an empty ArrayBuffer for it).
@@ -517,18 +470,36 @@ export class Kernel<E extends string = string, U extends UniformDecl = UniformDe
    * given, else submitted on its own. Nothing is dispatched when a count is 0.
    */
   dispatch(entry: E, buffers: Buffers, groups: Groups, encoder?: GPUCommandEncoder): void {
-    const pipeline = this.prog.pipelines.get(entry);
-    if (!pipeline) throw new Error(`${this.label}: entry point ${entry} not made`);
     const [x, y = 1, z = 1] = typeof groups === "number" ? [groups] : groups;
-    const group = this.bindGroup(buffers);
+    this.pipeline(entry);
+    this.bindGroup(buffers);
     if (!(x > 0 && y > 0 && z > 0)) return;
     const enc = encoder ?? this.device.createCommandEncoder();
     const pass = enc.beginComputePass({ label: `${this.label}.${entry}` });
+    this.dispatchInPass(pass, entry, buffers, groups);
+    pass.end();
+    if (!encoder) this.device.queue.submit([enc.finish()]);
+  }
+
+  /**
+   * Dispatch `entry` over `groups` workgroups with `buffers` bound by name, into an open compute pass
+   * (several dispatches, of this and other kernels, in one pass; each sees the writes of those before).
+   * Nothing is dispatched when a count is 0.
+   */
+  dispatchInPass(pass: GPUComputePassEncoder, entry: E, buffers: Buffers, groups: Groups): void {
+    const pipeline = this.pipeline(entry);
+    const [x, y = 1, z = 1] = typeof groups === "number" ? [groups] : groups;
+    const group = this.bindGroup(buffers);
+    if (!(x > 0 && y > 0 && z > 0)) return;
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
-    pass.end();
-    if (!encoder) this.device.queue.submit([enc.finish()]);
+  }
+
+  private pipeline(entry: E): GPUComputePipeline {
+    const pipeline = this.prog.pipelines.get(entry);
+    if (!pipeline) throw new Error(`${this.label}: entry point ${entry} not made`);
+    return pipeline;
   }
 
   dispose(): void {

@@ -1,4 +1,4 @@
-/** The shader text of shaders/*.wgsl, found from the package root (re-exported by device.ts). */
+/** The shader text of shaders/*.wgsl, found from the package root. */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";

@@ -1,11 +1,13 @@
 /**
  * The WebGPU backend of the localisation stages (spec: src/localise/stages.ts; one WGSL file per stage in
- * shaders/, each starting with its stage's spec; shaders/common.wgsl is put in front of each).
+ * shaders/, each starting with its stage's spec; shaders/common.wgsl is put in front of each). Each stage
+ * is a `Kernel` (src/gpu/kernel.ts): bindings by the shaders' names, common.wgsl's Params struct declared
+ * once (PARAMS) and checked against the WGSL, workgroup sizes and the tile side read from the shaders.
  *
  * Per batch of frames (at most `maxFrames` per GPU submission; larger batches are split): one upload
- * (data, mask if any, hot bytes if any, a 80-byte uniform; on Dawn, frames go through a persistent mapped
- * staging buffer per slot, then a GPU copy), one command encoder with every stage, one
- * readback of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
+ * (data, mask if any, hot bytes if any, a 96-byte uniform; on Dawn, frames go through a persistent mapped
+ * staging buffer per slot, then a GPU copy), one command encoder with every stage in one compute pass,
+ * one readback (readBuffers) of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
  * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
  * table and keeps the brightest maxPeaks.
  *
@@ -28,25 +30,22 @@
  * recomputes that frame's peak list with the CPU reference (stages 3-4 of that frame only), so the
  * result is the same as without overflow; `stats.overflowFrames` counts these frames.
  *
- * Buffers and pipelines are created once per backend. Inputs (data, mask, hot, uniform) and the readback
- * buffer are double-buffered in two slots, so two calls can be in flight (a third waits for a slot); the
+ * Buffers and kernels are created once per backend. Inputs (data, mask, hot, uniform) are double-buffered
+ * in two slots (readbacks use readBuffers' pooled staging buffers), so two calls can be in flight (a third waits for a slot); the
  * intermediate buffers are shared, which is safe because the queue runs submissions in order.
  */
 import type { Geometry } from "../exdf/detectors.ts";
+import { getGpuDevice } from "../gpu/device.ts";
 import {
-  bindGroup,
-  bindGroupLayout,
-  type BindingKind,
+  type Buffers,
   BufferUsage,
-  compileShader,
-  computePipelines,
   createBuffer,
-  getGpuDevice,
+  Kernel,
   MapMode,
-  shaderSource,
-  ShaderStage,
+  readBuffers,
   withErrorScope,
-} from "../gpu/device.ts";
+} from "../gpu/kernel.ts";
+import { shaderSource } from "../gpu/shaders.ts";
 import { cellList, type Cells, cellsOf, newBackground, TILE, tilesOf } from "./background.ts";
 import type { Background } from "./spec.ts";
 import {
@@ -63,11 +62,6 @@ import { checkBatch } from "./spec.ts";
 const ENTRY = 11;
 /** Pixels per row segment of the run passes (shaders/common.wgsl SEG). */
 const SEG = 16;
-const WG = 256;
-const PARAMS_BYTES = 96;
-/** The binding of the stage-0 cells (shaders/common.wgsl `cells`) in the stages that read the background. */
-const CELLS_BINDING = 15;
-const CELLS_STAGES = new Set(["hotcount", "filter", "peaks"]);
 
 export interface WebgpuOptions {
   /** Peak-table entries per frame on the GPU (default max(1024, 4 * maxPeaks)). */
@@ -146,46 +140,13 @@ interface Slot {
   cellList: GPUBuffer;
   /** The Cells last written to `cells` / `cellList`. */
   cellsOf?: Cells;
-  staging: GPUBuffer;
-  labelsStaging?: GPUBuffer;
   /** Upload staging (MAP_WRITE): data at 0, mask at maxFrames * pixels * 4; absent with writeBuffer uploads. */
   upload?: GPUBuffer;
   /** The pending re-map of `upload` after its last use (false: it failed). */
   mapping?: Promise<boolean>;
-  groups: {
-    background: GPUBindGroup;
-    litpixels: GPUBindGroup;
-    hotcount: GPUBindGroup;
-    filter: GPUBindGroup;
-    components: GPUBindGroup;
-    peaks: GPUBindGroup;
-  };
+  /** Each stage's buffers by binding name (the shaders' names; `cells` is common.wgsl's). */
+  groups: Record<Stage, Buffers>;
 }
-
-const LAYOUTS = {
-  background: ["uniform", "read-only-storage", "read-only-storage", "storage", "read-only-storage"],
-  litpixels: ["uniform", "read-only-storage", "read-only-storage", "storage"],
-  hotcount: ["uniform", "read-only-storage", "read-only-storage", "storage", "read-only-storage"],
-  filter: [
-    "uniform",
-    "read-only-storage",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-    "storage",
-    "read-only-storage",
-  ],
-  components: ["uniform", "storage", "storage"],
-  peaks: [
-    "uniform",
-    "read-only-storage",
-    "read-only-storage",
-    "storage",
-    "storage",
-    "storage",
-    "read-only-storage",
-  ],
-} satisfies Record<string, BindingKind[]>;
 
 const ENTRIES = {
   background: ["background", "bgthreshold", "radialbg", "radialthr"],
@@ -196,7 +157,40 @@ const ENTRIES = {
   peaks: ["areas", "allocate", "bounds", "accumulate"],
 } as const;
 
-type Stage = keyof typeof LAYOUTS;
+type Stage = keyof typeof ENTRIES;
+
+/** The uniform struct Params of shaders/common.wgsl. */
+const PARAMS = {
+  pixels: "u32",
+  moduleSs: "u32",
+  moduleFs: "u32",
+  asicSs: "u32",
+  asicFs: "u32",
+  asicCols: "u32",
+  nAsics: "u32",
+  nFrames: "u32",
+  hasMask: "u32",
+  hasHot: "u32",
+  neighbours: "u32",
+  minArea: "u32",
+  maxArea: "u32",
+  capacity: "u32",
+  stride: "u32",
+  segments: "u32",
+  threshold: "f32",
+  strong: "f32",
+  bgIterations: "u32",
+  tilesFs: "u32",
+  minSnr: "f32",
+  bgClip: "f32",
+  cellsN: "u32",
+  radial: "u32",
+} as const;
+
+/** Bytes of Params (24 scalars, no padding). */
+const PARAMS_BYTES = 16 * Math.ceil(Object.keys(PARAMS).length / 4);
+
+type StageKernels = { [S in Stage]: Kernel<(typeof ENTRIES)[S][number], typeof PARAMS> };
 
 function fromOrderedKey(k: number, scratch: DataView): number {
   scratch.setUint32(0, k & 0x80000000 ? k & 0x7fffffff : ~k >>> 0, true);
@@ -238,33 +232,20 @@ export async function createWebgpuBackend(
   const uploadMode = options.upload ?? (gpu.implementation === "deno" ? "writeBuffer" : "mapped");
 
   return await withErrorScope(device, "webgpu backend setup", async () => {
-    const pipelines = {} as { [S in Stage]: Record<(typeof ENTRIES)[S][number], GPUComputePipeline> };
-    const layouts = {} as Record<Stage, GPUBindGroupLayout>;
+    const k = {} as StageKernels;
     const common = shaderSource("common.wgsl");
-    for (const stage of Object.keys(LAYOUTS) as Stage[]) {
-      const module = await compileShader(
-        device,
-        common + "\n" + shaderSource(`${stage}.wgsl`),
-        `${stage}.wgsl`,
-      );
-      layouts[stage] = CELLS_STAGES.has(stage)
-        ? device.createBindGroupLayout({
-          label: stage,
-          entries: [...LAYOUTS[stage], "read-only-storage" as const].map((type, k) => ({
-            binding: k < LAYOUTS[stage].length ? k : CELLS_BINDING,
-            visibility: ShaderStage.COMPUTE,
-            buffer: { type },
-          })),
-        })
-        : bindGroupLayout(device, LAYOUTS[stage], stage);
-      (pipelines as any)[stage] = await computePipelines(
-        device,
-        module,
-        layouts[stage],
-        ENTRIES[stage],
-        stage,
-      );
+    for (const stage of Object.keys(ENTRIES) as Stage[]) {
+      (k as Record<Stage, Kernel<string, typeof PARAMS>>)[stage] = await Kernel.create(device, {
+        shader: `${stage}.wgsl`,
+        source: common + "\n" + shaderSource(`${stage}.wgsl`),
+        entries: ENTRIES[stage],
+        uniforms: PARAMS,
+        callerUniformBuffer: true,
+      });
     }
+    const WG = k.components.workgroupSize("merge")[0];
+    const T = k.filter.constant("T");
+    if (T !== TILE) throw new Error(`filter.wgsl: tile side ${T}, stage 0 has ${TILE}`);
 
     const S = BufferUsage.STORAGE;
     const frameBytes = 4 * P;
@@ -280,59 +261,36 @@ export async function createWebgpuBackend(
     const litCount = createBuffer(device, frameBytes, S | BufferUsage.COPY_SRC, "lit counts");
     const bgBytes = 16 * NC;
     const bg = createBuffer(device, F * bgBytes, S | BufferUsage.COPY_SRC, "background");
-    const resultBytes = F * W * 4 + F * C * ENTRY * 4 + F * bgBytes;
     const shared = [labels, area, counters, table, litCount, bg];
 
     const slots: Slot[] = [];
-    for (let k = 0; k < 2; k++) {
+    for (let i = 0; i < 2; i++) {
       const s = {
-        params: createBuffer(device, PARAMS_BYTES, BufferUsage.UNIFORM | BufferUsage.COPY_DST, `params ${k}`),
-        data: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `data ${k}`),
-        mask: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `mask ${k}`),
-        hot: createBuffer(device, P, S | BufferUsage.COPY_DST, `hot ${k}`),
-        cells: createBuffer(device, 4 * P, S | BufferUsage.COPY_DST, `cells ${k}`),
-        cellList: createBuffer(device, 4 * (NC + 1 + P), S | BufferUsage.COPY_DST, `cell list ${k}`),
-        staging: createBuffer(
-          device,
-          Math.max(resultBytes, frameBytes),
-          BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-          `staging ${k}`,
-        ),
-        labelsStaging: options.debugLabels
-          ? createBuffer(
-            device,
-            F * frameBytes,
-            BufferUsage.MAP_READ | BufferUsage.COPY_DST,
-            `labels staging ${k}`,
-          )
-          : undefined,
+        params: createBuffer(device, PARAMS_BYTES, BufferUsage.UNIFORM | BufferUsage.COPY_DST, `params ${i}`),
+        data: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `data ${i}`),
+        mask: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `mask ${i}`),
+        hot: createBuffer(device, P, S | BufferUsage.COPY_DST, `hot ${i}`),
+        cells: createBuffer(device, 4 * P, S | BufferUsage.COPY_DST, `cells ${i}`),
+        cellList: createBuffer(device, 4 * (NC + 1 + P), S | BufferUsage.COPY_DST, `cell list ${i}`),
         upload: uploadMode === "writeBuffer" ? undefined : device.createBuffer({
           size: 2 * F * frameBytes,
           usage: BufferUsage.MAP_WRITE | BufferUsage.COPY_SRC,
           mappedAtCreation: true,
-          label: `upload ${k}`,
+          label: `upload ${i}`,
         }),
       };
-      // The stages reading the background per pixel also get the cells at binding CELLS_BINDING.
-      const withCells = (layout: GPUBindGroupLayout, buffers: GPUBuffer[]) =>
-        device.createBindGroup({
-          layout,
-          entries: [...buffers, s.cells].map((buffer, k) => ({
-            binding: k < buffers.length ? k : CELLS_BINDING,
-            resource: { buffer },
-          })),
-        });
-      slots.push({
-        ...s,
-        groups: {
-          background: bindGroup(device, layouts.background, [s.params, s.data, s.mask, bg, s.cellList]),
-          litpixels: bindGroup(device, layouts.litpixels, [s.params, s.data, s.mask, counters]),
-          hotcount: withCells(layouts.hotcount, [s.params, s.data, s.mask, litCount, bg]),
-          filter: withCells(layouts.filter, [s.params, s.data, s.mask, s.hot, labels, counters, bg]),
-          components: bindGroup(device, layouts.components, [s.params, labels, area]),
-          peaks: withCells(layouts.peaks, [s.params, s.data, labels, area, counters, table, bg]),
-        },
-      });
+      const { params, data, mask, cells, cellList } = s;
+      const groups: Record<Stage, Buffers> = {
+        background: { params, data, mask, bg, cells, cellList },
+        litpixels: { params, data, mask, counters, cells },
+        hotcount: { params, data, mask, litCount, bg, cells },
+        filter: { params, data, mask, hotBytes: s.hot, labels, counters, bg, cells },
+        components: { params, labels, area, cells },
+        peaks: { params, data, labels, area, counters, table, bg, cells },
+      };
+      // Every name checked against the shaders now (and the bind groups made once, cached by the kernels).
+      for (const stage of Object.keys(groups) as Stage[]) k[stage].bindGroup(groups[stage]);
+      slots.push({ ...s, groups });
     }
 
     // Slot pool: two calls in flight; more wait in order.
@@ -399,36 +357,36 @@ export async function createWebgpuBackend(
         if (cells.radial) q.writeBuffer(slot.cellList, 0, cellList(cells) as Uint32Array<ArrayBuffer>);
         slot.cellsOf = cells;
       }
-      const u = new ArrayBuffer(PARAMS_BYTES);
-      const u32 = new Uint32Array(u);
-      const f32 = new Float32Array(u);
-      u32.set([
-        P,
-        g.moduleSs,
-        g.moduleFs,
-        g.asicSs,
-        g.asicFs,
-        g.asicCols,
-        A,
-        m,
-        batch.mask ? 1 : 0,
-        batch.hot ? 1 : 0,
-        Math.max(0, Math.ceil(p.neighbours)),
-        clampU32(Math.ceil(p.minArea)),
-        clampU32(Math.floor(p.maxArea)),
-        C,
-        W,
-        segments,
-      ]);
-      f32[16] = p.threshold;
-      f32[17] = p.strong;
-      u32[18] = Math.max(0, Math.floor(p.bgIterations));
-      u32[19] = g.moduleFs / TILE;
-      f32[20] = p.minSnr;
-      f32[21] = p.bgClip;
-      u32[22] = cells.n;
-      u32[23] = cells.radial ? 1 : 0;
-      q.writeBuffer(slot.params, 0, u);
+      q.writeBuffer(
+        slot.params,
+        0,
+        k.litpixels.packUniforms({
+          pixels: P,
+          moduleSs: g.moduleSs,
+          moduleFs: g.moduleFs,
+          asicSs: g.asicSs,
+          asicFs: g.asicFs,
+          asicCols: g.asicCols,
+          nAsics: A,
+          nFrames: m,
+          hasMask: batch.mask ? 1 : 0,
+          hasHot: batch.hot ? 1 : 0,
+          neighbours: Math.max(0, Math.ceil(p.neighbours)),
+          minArea: clampU32(Math.ceil(p.minArea)),
+          maxArea: clampU32(Math.floor(p.maxArea)),
+          capacity: C,
+          stride: W,
+          segments,
+          threshold: p.threshold,
+          strong: p.strong,
+          bgIterations: Math.max(0, Math.floor(p.bgIterations)),
+          tilesFs: g.moduleFs / T,
+          minSnr: p.minSnr,
+          bgClip: p.bgClip,
+          cellsN: cells.n,
+          radial: cells.radial ? 1 : 0,
+        }),
+      );
       return cells;
     }
 
@@ -448,69 +406,54 @@ export async function createWebgpuBackend(
       try {
         const countersBytes = m * W * 4;
         const tableBytes = m * C * ENTRY * 4;
-        let nc = NT, radial = false;
+        const px = Math.ceil(P / WG);
+        const sx = Math.ceil(segments / WG);
+        const G = slot.groups;
+        let recorded = false;
         await uploadReady(slot);
-        await withErrorScope(device, "webgpu process", () => {
-          const enc = device.createCommandEncoder();
+        const lab = res.labels?.subarray(f0 * P, (f0 + m) * P);
+        const nc = cellsOf(batch, p).n;
+        const reading = readBuffers(device, "webgpu process", [
+          { buffer: counters, size: countersBytes },
+          { buffer: table, size: tableBytes },
+          { buffer: bg, size: m * 16 * nc },
+          ...(lab ? [{ buffer: labels, size: m * frameBytes, into: lab }] : []),
+        ], (enc) => {
           const cells = upload(slot, batch, f0, m, enc);
-          nc = cells.n;
-          radial = cells.radial;
           enc.clearBuffer(counters, 0, countersBytes);
           const pass = enc.beginComputePass();
-          const run = (pl: GPUComputePipeline, bg: GPUBindGroup, x: number, y: number, z = 1) => {
-            pass.setPipeline(pl);
-            pass.setBindGroup(0, bg);
-            pass.dispatchWorkgroups(x, y, z);
-          };
-          const px = Math.ceil(P / WG);
-          const sx = Math.ceil(segments / WG);
-          stage0(pass, slot, !radial, nc, m);
-          run(pipelines.litpixels.litpixels, slot.groups.litpixels, A, m);
-          run(pipelines.filter.noisefilter, slot.groups.filter, g.moduleFs / TILE, g.moduleSs / TILE, m);
-          run(pipelines.components.merge, slot.groups.components, px, m);
-          run(pipelines.components.compress, slot.groups.components, px, m);
-          run(pipelines.peaks.areas, slot.groups.peaks, sx, m);
-          run(pipelines.peaks.allocate, slot.groups.peaks, px, m);
-          run(pipelines.peaks.bounds, slot.groups.peaks, sx, m);
-          run(pipelines.peaks.accumulate, slot.groups.peaks, sx, m);
+          stage0(pass, slot, !cells.radial, nc, m);
+          k.litpixels.dispatchInPass(pass, "litpixels", G.litpixels, [A, m]);
+          k.filter.dispatchInPass(pass, "noisefilter", G.filter, [g.moduleFs / T, g.moduleSs / T, m]);
+          k.components.dispatchInPass(pass, "merge", G.components, [px, m]);
+          k.components.dispatchInPass(pass, "compress", G.components, [px, m]);
+          k.peaks.dispatchInPass(pass, "areas", G.peaks, [sx, m]);
+          k.peaks.dispatchInPass(pass, "allocate", G.peaks, [px, m]);
+          k.peaks.dispatchInPass(pass, "bounds", G.peaks, [sx, m]);
+          k.peaks.dispatchInPass(pass, "accumulate", G.peaks, [sx, m]);
           pass.end();
-          enc.copyBufferToBuffer(counters, 0, slot.staging, 0, countersBytes);
-          enc.copyBufferToBuffer(table, 0, slot.staging, countersBytes, tableBytes);
-          enc.copyBufferToBuffer(bg, 0, slot.staging, countersBytes + tableBytes, m * 16 * nc);
-          if (slot.labelsStaging) enc.copyBufferToBuffer(labels, 0, slot.labelsStaging, 0, m * frameBytes);
-          device.queue.submit([enc.finish()]);
-          remap(slot);
+          recorded = true;
         });
-
-        const bgRead = m * 16 * nc;
-        await slot.staging.mapAsync(MapMode.READ, 0, countersBytes + tableBytes + bgRead);
-        try {
-          const buf = slot.staging.getMappedRange(0, countersBytes + tableBytes + bgRead);
-          const b = new Float32Array(buf, countersBytes + tableBytes, bgRead / 4);
-          for (let k = 0; k < m * nc; k++) {
-            const o = f0 * nc + k;
-            res.background.mu[o] = b[4 * k];
-            res.background.sigma[o] = b[4 * k + 1];
-            res.background.thr[o] = b[4 * k + 2];
-          }
-          parse(new Uint32Array(buf), new Float32Array(buf), batch, f0, m, res);
-        } finally {
-          slot.staging.unmap();
+        // readBuffers submits synchronously (inside its error scope) before it first waits: the upload
+        // buffer, used by that submission, can be mapped again for the next batch now.
+        if (recorded) remap(slot);
+        const [cnt, tab, bgBytes] = await reading;
+        const b = new Float32Array(bgBytes);
+        for (let q = 0; q < m * nc; q++) {
+          const o = f0 * nc + q;
+          res.background.mu[o] = b[4 * q];
+          res.background.sigma[o] = b[4 * q + 1];
+          res.background.thr[o] = b[4 * q + 2];
         }
-        if (slot.labelsStaging && res.labels) {
-          await slot.labelsStaging.mapAsync(MapMode.READ, 0, m * frameBytes);
-          try {
-            const l = new Uint32Array(slot.labelsStaging.getMappedRange(0, m * frameBytes));
-            for (let f = 0; f < m; f++) {
-              const out = res.labels.subarray((f0 + f) * P, (f0 + f + 1) * P);
-              const base = f * P;
-              for (let q = 0; q < P; q++) {
-                const v = l[base + q];
-                out[q] = v === NO_LABEL ? NO_LABEL : v - base;
-              }
+        parse(cnt, tab, batch, f0, m, res);
+        if (lab) {
+          for (let f = 0; f < m; f++) {
+            const out = lab.subarray(f * P, (f + 1) * P);
+            const base = f * P;
+            for (let q = 0; q < P; q++) {
+              const v = out[q];
+              out[q] = v === NO_LABEL ? NO_LABEL : v - base;
             }
-          } finally {
-            slot.labelsStaging.unmap();
           }
         }
       } finally {
@@ -520,26 +463,30 @@ export async function createWebgpuBackend(
 
     const keyView = new DataView(new ArrayBuffer(4));
 
+    /** A chunk's results from its counters and peak table (as read back). */
     function parse(
-      u32: Uint32Array,
-      f32: Float32Array,
+      counterBytes: ArrayBuffer,
+      tableBytes: ArrayBuffer,
       batch: ModuleBatch,
       f0: number,
       m: number,
       res: WebgpuBatchResult,
     ) {
-      const tableBase = m * W;
+      const cu32 = new Uint32Array(counterBytes);
+      const cf32 = new Float32Array(counterBytes);
+      const u32 = new Uint32Array(tableBytes);
+      const f32 = new Float32Array(tableBytes);
       const minIntensity = Math.fround(p.minIntensity);
       for (let f = 0; f < m; f++) {
         const o = f * W;
         const r = (f0 + f) * A;
         for (let a = 0; a < A; a++) {
-          res.litPixels[r + a] = u32[o + a];
-          res.litIntensity[r + a] = f32[o + A + a];
-          res.unmaskedPixels[r + a] = u32[o + 2 * A + a];
-          res.filteredLit[r + a] = u32[o + 3 * A + a];
+          res.litPixels[r + a] = cu32[o + a];
+          res.litIntensity[r + a] = cf32[o + A + a];
+          res.unmaskedPixels[r + a] = cu32[o + 2 * A + a];
+          res.filteredLit[r + a] = cu32[o + 3 * A + a];
         }
-        const count = u32[o + 4 * A];
+        const count = cu32[o + 4 * A];
         if (count > C) {
           // The GPU table holds only C of this frame's peaks: recompute its peak list on the CPU.
           const cpu = framePeaksCpu(batch, f0 + f, p, res.background);
@@ -552,7 +499,7 @@ export async function createWebgpuBackend(
         // complete table, so nPeaks stays exact.
         const items: { peak: Peak; first: number }[] = [];
         for (let s = 0; s < count; s++) {
-          const t = tableBase + (f * C + s) * ENTRY;
+          const t = (f * C + s) * ENTRY;
           const intensity = f32[t + 5];
           if (!(intensity >= minIntensity)) continue;
           const var2 = f32[t + 10];
@@ -587,26 +534,26 @@ export async function createWebgpuBackend(
       const slot = got instanceof Promise ? await got : got;
       try {
         await uploadReady(slot);
-        await withErrorScope(device, "webgpu accumulateLitCounts", () => {
-          const enc = device.createCommandEncoder();
+        let recorded = false;
+        const reading = readBuffers(device, "webgpu accumulateLitCounts", [
+          { buffer: litCount, size: frameBytes },
+        ], (enc) => {
           const cells = upload(slot, batch, f0, m, enc);
           const pass = enc.beginComputePass();
           stage0(pass, slot, !cells.radial, cells.n, m);
-          pass.setPipeline(pipelines.hotcount.hotcount);
-          pass.setBindGroup(0, slot.groups.hotcount);
-          pass.dispatchWorkgroups(Math.ceil(P / WG));
+          const hot = k.hotcount;
+          hot.dispatchInPass(
+            pass,
+            "hotcount",
+            slot.groups.hotcount,
+            Math.ceil(P / hot.workgroupSize("hotcount")[0]),
+          );
           pass.end();
-          enc.copyBufferToBuffer(litCount, 0, slot.staging, 0, frameBytes);
-          device.queue.submit([enc.finish()]);
-          remap(slot);
+          recorded = true;
         });
-        await slot.staging.mapAsync(MapMode.READ, 0, frameBytes);
-        try {
-          const n = new Uint32Array(slot.staging.getMappedRange(0, frameBytes));
-          for (let q = 0; q < P; q++) counts[q] += n[q];
-        } finally {
-          slot.staging.unmap();
-        }
+        if (recorded) remap(slot); // (submitted: see runChunk)
+        const n = new Uint32Array((await reading)[0]);
+        for (let q = 0; q < P; q++) counts[q] += n[q];
       } finally {
         release(slot);
       }
@@ -614,17 +561,14 @@ export async function createWebgpuBackend(
 
     /** Stage 0 of m frames into `bg`: tiles, or nc radius bins. */
     function stage0(pass: GPUComputePassEncoder, slot: Slot, tiles: boolean, nc: number, m: number) {
-      pass.setBindGroup(0, slot.groups.background);
+      const b = k.background;
+      const G = slot.groups.background;
       if (tiles) {
-        pass.setPipeline(pipelines.background.background);
-        pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
-        pass.setPipeline(pipelines.background.bgthreshold);
-        pass.dispatchWorkgroups(Math.ceil(NT / 64), m);
+        b.dispatchInPass(pass, "background", G, [Math.ceil(NT / b.workgroupSize("background")[0]), m]);
+        b.dispatchInPass(pass, "bgthreshold", G, [Math.ceil(NT / b.workgroupSize("bgthreshold")[0]), m]);
       } else {
-        pass.setPipeline(pipelines.background.radialbg);
-        pass.dispatchWorkgroups(nc, m);
-        pass.setPipeline(pipelines.background.radialthr);
-        pass.dispatchWorkgroups(Math.ceil(nc / 64), m);
+        b.dispatchInPass(pass, "radialbg", G, [nc, m]);
+        b.dispatchInPass(pass, "radialthr", G, [Math.ceil(nc / b.workgroupSize("radialthr")[0]), m]);
       }
     }
 
@@ -654,7 +598,7 @@ export async function createWebgpuBackend(
           background: newBackground(g, batch.nFrames, cellsOf(batch, p).n),
           overflowFrames: [],
         };
-        if (slots[0].labelsStaging) res.labels = new Uint32Array(batch.nFrames * P);
+        if (options.debugLabels) res.labels = new Uint32Array(batch.nFrames * P);
         await Promise.all(chunks(batch.nFrames).map(([f0, m]) => runChunk(batch, f0, m, res)));
         res.overflowFrames.sort((a, b) => a - b);
         stats.batches++;
@@ -675,8 +619,6 @@ export async function createWebgpuBackend(
               s.hot,
               s.cells,
               s.cellList,
-              s.staging,
-              s.labelsStaging,
               s.upload,
             ]
           ) {
