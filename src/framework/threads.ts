@@ -36,32 +36,64 @@ export function loadableUrl(module: string): URL {
 
 /** Start a worker thread on a module of ours. */
 export function startWorker(name: string, base: string, workerData: unknown): Worker {
-  return new Worker(workerUrl(name, base), { workerData });
+  return keepMessages(new Worker(workerUrl(name, base), { workerData }));
 }
 
-/** Wait for the next message of a worker; a worker error or exit rejects. */
+/**
+ * A worker's messages, in order, from listeners attached once for its whole life: a message or the exit that
+ * comes while nobody waits is kept for the next `nextMessage` (attaching and removing listeners per message
+ * could drop one that arrives in between, and leave the caller waiting for ever).
+ */
+interface Inbox {
+  messages: unknown[];
+  waiter?: { resolve(m: unknown): void; reject(e: Error): void };
+  end?: Error;
+}
+
+const inboxes = new WeakMap<Worker, Inbox>();
+
+function inboxOf(w: Worker): Inbox {
+  let box = inboxes.get(w);
+  if (box) return box;
+  const inbox: Inbox = { messages: [] };
+  box = inbox;
+  inboxes.set(w, inbox);
+  const finish = (e: Error) => {
+    inbox.end ??= e;
+    const waiter = inbox.waiter;
+    inbox.waiter = undefined;
+    waiter?.reject(inbox.end);
+  };
+  w.on("message", (m: unknown) => {
+    const waiter = inbox.waiter;
+    if (waiter) {
+      inbox.waiter = undefined;
+      waiter.resolve(m);
+    } else inbox.messages.push(m);
+  });
+  w.on("error", (e: Error) => finish(e));
+  w.on("exit", (code: number) => finish(new Error(`worker exited with code ${code}`)));
+  // A worker that exited before its inbox was made (its exit event already gone).
+  if (w.threadId === -1) finish(new Error("worker exited"));
+  return inbox;
+}
+
+/** Start keeping a worker's messages now (startWorker does): none is lost before the first nextMessage. */
+export function keepMessages(w: Worker): Worker {
+  inboxOf(w);
+  return w;
+}
+
+/** Wait for the next message of a worker; a worker error or exit rejects (after its earlier messages). */
 export function nextMessage<T>(w: Worker): Promise<T> {
+  const inbox = inboxOf(w);
+  if (inbox.messages.length) return Promise.resolve(inbox.messages.shift() as T);
+  if (inbox.end) return Promise.reject(inbox.end);
+  if (inbox.waiter) {
+    return Promise.reject(new Error("nextMessage: a message of this worker is already awaited"));
+  }
   return new Promise<T>((resolve, reject) => {
-    const onMessage = (m: T) => {
-      cleanup();
-      resolve(m);
-    };
-    const onError = (e: Error) => {
-      cleanup();
-      reject(e);
-    };
-    const onExit = (code: number) => {
-      cleanup();
-      reject(new Error(`worker exited with code ${code}`));
-    };
-    const cleanup = () => {
-      w.off("message", onMessage);
-      w.off("error", onError);
-      w.off("exit", onExit);
-    };
-    w.on("message", onMessage);
-    w.on("error", onError);
-    w.on("exit", onExit);
+    inbox.waiter = { resolve: resolve as (m: unknown) => void, reject };
   });
 }
 
