@@ -1,4 +1,4 @@
-/** The `report` command: options and the command line of report/model.ts. */
+/** The `report` command: options and the command line of report/report.ts. */
 import type { Command } from "./command.ts";
 import { EXIT, InputError } from "../errors.ts";
 import * as fs from "node:fs";

@@ -17,6 +17,9 @@
 import * as fs from "node:fs";
 import process from "node:process";
 
+/** What a command asks for: a GPU when one works (auto), the GPU or an error (webgpu), or the CPU. */
+export type BackendChoice = "auto" | "webgpu" | "cpu";
+
 export interface GpuDevice {
   device: GPUDevice;
   /** Where the adapter came from and what it says it is, e.g. "OpenGL: llvmpipe-... (OpenGL version 4.5 ...)". */

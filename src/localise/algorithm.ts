@@ -12,6 +12,7 @@
  * aligned on (trainId, pulseId), and runs stages 5-7 over all modules.
  */
 import type { BackendChoice } from "./result.ts";
+import { defaultWorkers } from "../framework/threads.ts";
 import { writeLocaliseDir } from "./output.ts";
 import { InputError } from "../errors.ts";
 import { type Geometry, geometry } from "../exdf/detectors.ts";
@@ -278,8 +279,8 @@ export async function localise(
   // A GPU: one device in this thread, fed by `workers` reader workers (default cores - 1: FanInReader).
   // The cpu backend (also auto's fallback without a hardware adapter): module groups on the cores.
   const gpu = await usesGpu(opt.backend);
-  const workers = gpu ? 1 : opt.workers ?? await cpuCount();
-  const readers = gpu ? opt.workers ?? Math.max(1, (await cpuCount()) - 1) : 1;
+  const workers = gpu ? 1 : opt.workers ?? await defaultWorkers();
+  const readers = gpu ? opt.workers ?? Math.max(1, (await defaultWorkers()) - 1) : 1;
   return await runAlgorithm<LocalisePart, LocaliseResult>(
     new LocaliseAlgorithm(),
     runPath,
@@ -296,9 +297,4 @@ async function usesGpu(choice: BackendChoice): Promise<boolean> {
   const { getGpuDevice } = await import("../gpu/device.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   return !!gpu && !gpu.software;
-}
-
-async function cpuCount(): Promise<number> {
-  const os = await import("node:os");
-  return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
 }

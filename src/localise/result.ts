@@ -6,7 +6,9 @@ import { type BeamAnnotation, type LitFrom } from "../beam/annotate.ts";
 import { type Sase } from "../beam/bunch.ts";
 import { DEFAULT_PARAMS, type LocaliseParams, type Peak } from "./spec.ts";
 
-export type BackendChoice = "auto" | "webgpu" | "cpu";
+import type { BackendChoice } from "../gpu/device.ts";
+
+export type { BackendChoice };
 
 export interface LocaliseOptions extends LocaliseParams {
   /** Classifier (peaks mode): a frame is lit with at least this many peaks, all modules together ... */

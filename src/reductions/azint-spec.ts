@@ -1,5 +1,5 @@
-import type { FrameBatch } from "../exdf/frames.ts";
 /** What the CPU reference of `azint` (azint.ts, which holds the spec) and its CSR kernel (azint-webgpu.ts) share. */
+import type { FrameBatch } from "../exdf/frames.ts";
 
 /** Marks a pixel outside every bin. */
 export const NO_BIN = 0xffffffff;

@@ -6,6 +6,7 @@
  * Backend (as localise): `cpu`; `webgpu` (an error without an adapter); `auto`: webgpu on a hardware
  * adapter, else cpu (a software adapter runs the shaders slower than the cpu reference runs the spec).
  */
+import type { BackendChoice } from "../gpu/device.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
@@ -13,7 +14,7 @@ import { buildDir } from "../app/outdir.ts";
 import { writeReductionReport } from "./report.ts";
 import { Run } from "../exdf/run.ts";
 
-export type BackendChoice = "auto" | "webgpu" | "cpu";
+export type { BackendChoice };
 
 export function checkBackend(v: unknown): BackendChoice {
   const b = (v ?? "auto") as string;

@@ -1,5 +1,5 @@
-import type { FrameBatch } from "../exdf/frames.ts";
 /** What the CPU reference of `roi` (roi.ts, which holds the spec) and its WGSL kernel (roi-webgpu.ts) share. */
+import type { FrameBatch } from "../exdf/frames.ts";
 
 export interface RoiSpec {
   name: string;

@@ -1,5 +1,5 @@
-import type { FrameBatch } from "../exdf/frames.ts";
 /** What the CPU reference of `xpcs` (xpcs.ts, which holds the spec) and its kernels (xpcs-webgpu.ts) share. */
+import type { FrameBatch } from "../exdf/frames.ts";
 
 /** Per train: A, L, R, P per (q bin, delay) (delay index d = tau - 1). */
 export interface TrainSums {
