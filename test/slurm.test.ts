@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { mergeJob, prepareJob, readJob, runJobPart } from "../src/framework/slurm.ts";
+import { InputError } from "../src/errors.ts";
 import { openH5, readAll } from "../src/exdf/h5.ts";
 import { ROOT, runNode } from "./helpers/cli.ts";
 import { have } from "./helpers/tools.ts";
@@ -106,6 +107,17 @@ describe("SLURM job parts", () => {
     const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
     await runJobPart(work, 0);
     await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
+  });
+
+  test("a job.json without the algorithm's module (an older version's) is one line, not a crash", async () => {
+    const out = path.join(tmp, "old-job");
+    const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
+    const job = JSON.parse(fs.readFileSync(path.join(work, "job.json"), "utf8"));
+    delete job.source;
+    fs.writeFileSync(path.join(work, "job.json"), JSON.stringify(job));
+    await expect(runJobPart(work, 0)).rejects.toThrow(InputError);
+    await expect(runJobPart(work, 0)).rejects.toThrow(/names no algorithm module .*: submit again/);
+    await expect(mergeJob(work)).rejects.toThrow(/parts not finished/);
   });
 });
 

@@ -55,6 +55,17 @@ export function readJob(work: string): Job {
   }
 }
 
+/** The job's algorithm, built from the source job.json records (one written before it did: one line). */
+function algorithmOf(work: string, job: Job): Promise<Algorithm> {
+  if (!job.source?.module) {
+    throw new InputError(
+      work,
+      "job.json names no algorithm module (an older xfel-redu wrote it): submit again",
+    );
+  }
+  return createAlgorithm(job.source);
+}
+
 /** The command line that runs this CLI on a node: node + bin, or deno + src/cli/main.ts. */
 function cliCommand(): string[] {
   const here = fileURLToPath(import.meta.url);
@@ -140,7 +151,7 @@ export async function runJobPart(work: string, i: number): Promise<boolean> {
   }
   const file = partPath(work, i);
   if (fs.existsSync(file)) return false;
-  const algo = await createAlgorithm(job.source);
+  const algo = await algorithmOf(work, job);
   try {
     algo.configure(job.options);
     const part = await runPart(algo, job.run, job.groups[i]);
@@ -159,7 +170,7 @@ export async function mergeJob(work: string): Promise<string> {
   const missing = job.groups.map((_, i) => i).filter((i) => !fs.existsSync(partPath(work, i)));
   if (missing.length) throw new InputError(work, `parts not finished: ${missing.join(", ")}`);
   const parts = job.groups.map((_, i) => deserialize(fs.readFileSync(partPath(work, i))));
-  const algo = await createAlgorithm(job.source);
+  const algo = await algorithmOf(work, job);
   algo.configure(job.options);
   // initialize with no modules only records the run (finalize reopens it).
   const run = await Run.open(job.run);
