@@ -23,6 +23,8 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
 import { type Detector, Run } from "../exdf/run.ts";
 import { FanInReader, PrefetchReader } from "./prefetch.ts";
+import { LocalReader } from "./local-reader.ts";
+import type { Worker } from "node:worker_threads";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
 import { loadableUrl, nextMessage, startWorker } from "./threads.ts";
 
@@ -163,18 +165,34 @@ export function checkModules(runPath: string, det: Detector, wanted: readonly nu
   }
 }
 
-/** Open the run and ask the algorithm what it needs (for a part's modules, or all). */
-type Prepared = Awaited<ReturnType<typeof prepare>>;
+/** The run opened for an instance, and what the algorithm needs for its modules (`mine`). */
+export interface Prepared {
+  run: Run;
+  det: Detector;
+  all: number[];
+  mine: number[];
+  needs: Needs;
+}
 
-async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
-  const run = await Run.open(runPath);
+/**
+ * Open the run (or take the one opened) and ask the algorithm what it needs for a part's modules (or all).
+ * `probeOnly`: the probe only (initialize with no modules, as for the merge of SLURM parts).
+ */
+async function prepare(
+  algo: Algorithm,
+  runPath: string,
+  modules?: number[],
+  probeOnly = false,
+  opened?: Promise<Run>,
+): Promise<Prepared> {
+  const run = await (opened ?? Run.open(runPath));
   try {
     const probe = await algo.initialize({ runPath, run, detector: run.detector(), modules: [] });
     const det = run.detector(probe.detector);
     const all = probe.modules ?? det.modules.map((m) => m.module);
     const mine = modules ?? all;
     checkModules(run.path, det, [...all, ...mine]);
-    const needs = await algo.initialize({ runPath, run, detector: det, modules: mine });
+    const needs = probeOnly ? probe : await algo.initialize({ runPath, run, detector: det, modules: mine });
     return { run, det, all, mine, needs };
   } catch (e) {
     run.close();
@@ -182,33 +200,53 @@ async function prepare(algo: Algorithm, runPath: string, modules?: number[]) {
   }
 }
 
+/** How a part runs (runPart); every field optional. */
+export interface PartOptions {
+  /** The part's modules (default: what the algorithm needs). */
+  modules?: number[];
+  progress?: (done: number, total: number) => void;
+  /** Filled with the part's timing. */
+  stats?: PartStats;
+  /** The run this thread already opened and initialised for the part's modules (closed by runPart). */
+  prepared?: Prepared;
+  /** The run, being opened by this thread (a worker thread opens it while it waits for its modules). */
+  opened?: Promise<Run>;
+  /** Modules of all the parts of this process, which share the batch budget (default: the part's). */
+  sharedBy?: number;
+  /** Reader workers feeding the instance (FanInReader when > 1). */
+  readers?: number;
+  /** Read in this thread (LocalReader) instead of a reader worker. */
+  local?: boolean;
+  /** A reader worker booted earlier (PrefetchReader.boot): used, or terminated. */
+  boot?: Worker;
+  /** Set when another part failed: this one stops at its next batch. */
+  abort?: { aborted: boolean };
+}
+
 /** Run an algorithm instance over its modules in this thread: pre-pass, main pass, partial result. */
-export async function runPart<P>(
-  algo: Algorithm<P>,
-  runPath: string,
-  modules: number[] | undefined,
-  progress?: (done: number, total: number) => void,
-  stats?: PartStats,
-  preparedRun?: Prepared,
-  sharedBy?: number,
-  readers = 1,
-): Promise<P> {
-  const boot = PrefetchReader.boot(); // the reader worker starts while the algorithm prepares
+export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOptions = {}): Promise<P> {
+  const readers = o.readers ?? 1;
+  // A reader worker starts (loads h5wasm) while the algorithm prepares.
+  let boot = o.boot;
+  if (boot && (o.local || readers > 1)) {
+    await boot.terminate();
+    boot = undefined;
+  }
+  if (!boot && !o.local && readers <= 1) boot = PrefetchReader.boot();
   let prepared;
   try {
-    // The caller's prepared run (opened and initialised for these modules) saves opening it again.
-    prepared = preparedRun ?? await prepare(algo, runPath, modules);
+    prepared = o.prepared ?? await prepare(algo, runPath, o.modules, false, o.opened);
   } catch (e) {
-    await boot.terminate();
+    await boot?.terminate();
     throw e;
   }
   const { run, det, mine, needs } = prepared;
-  let reader: PrefetchReader | FanInReader | undefined;
+  let reader: PrefetchReader | FanInReader | LocalReader | undefined;
   try {
-    // The batch budget is the process's: worker threads share it (sharedBy: the modules of all of them).
+    // The batch budget is the process's: the parts of one process share it (sharedBy: all their modules).
     const perModule = Math.max(
       1,
-      Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length, sharedBy ?? 0)),
+      Math.floor((needs.batchBytes ?? 256 * 2 ** 20) / Math.max(1, mine.length, o.sharedBy ?? 0)),
     );
     const init = {
       runPath,
@@ -221,10 +259,9 @@ export async function runPart<P>(
         batchBytes: Math.min(perModule, 96 * 2 ** 20),
       },
     };
-    if (readers > 1) {
-      await boot.terminate();
-      reader = await FanInReader.open(init, readers);
-    } else reader = await PrefetchReader.open(init, boot);
+    if (o.local) reader = await LocalReader.open(det, init.options);
+    else if (readers > 1) reader = await FanInReader.open(init, readers);
+    else reader = await PrefetchReader.open(init, boot);
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;
     const st = emptyStats();
     st.parts = 1;
@@ -241,6 +278,7 @@ export async function runPart<P>(
     }
     let k = 0;
     for await (const b of reader.batches(ranges)) {
+      if (o.abort?.aborted) throw new Error("stopped: another part failed");
       if (k++ < pre.length) {
         await algo.prepassBatch!(b);
         if (k === pre.length) {
@@ -255,18 +293,33 @@ export async function runPart<P>(
       t = now();
       st.process += (t - t1) / 1000;
       st.frames += b.nFrames;
-      progress?.(b.start + b.nFrames, reader.nFrames);
+      o.progress?.(b.start + b.nFrames, reader.nFrames);
     }
-    if (stats) addStats(stats, st);
+    if (o.stats) addStats(o.stats, st);
     return await algo.finalizeChunk();
   } finally {
     if (reader) await reader.close();
-    else await boot.terminate().catch(() => undefined);
+    else await boot?.terminate().catch(() => undefined);
     run.close();
   }
 }
 
-/** Run an algorithm over a run: in this thread, or over worker threads; returns the merged result. */
+/** What a part worker gets once this thread knows the module groups (its workerData: the rest). */
+export interface PartTask {
+  modules: number[];
+  sharedBy: number;
+}
+
+/**
+ * Run an algorithm over a run: in this thread, or over worker threads; returns the merged result.
+ *
+ * One module group: this thread runs it, with a reader worker reading beside the compute (PrefetchReader),
+ * or `readers` of them (FanInReader). Several groups: group 0 runs in this thread, groups 1.. in part
+ * workers, each group reading in its own thread (LocalReader): the groups' threads keep the cores busy, and
+ * a reader worker per group would cost a thread, an h5wasm instance and an open of the run each. The part
+ * workers start first (loading the algorithm and h5wasm and opening the run while this thread prepares);
+ * the instance of this thread is initialised once, for group 0, and merges.
+ */
 export async function runAlgorithm<P, R>(
   algo: Algorithm<P, R>,
   runPath: string,
@@ -274,49 +327,95 @@ export async function runAlgorithm<P, R>(
   driver: DriverOptions = {},
 ): Promise<R> {
   algo.configure(options);
+  const readers = driver.readers ?? 1;
+  const nGroups = readers > 1 ? 1 : Math.max(1, driver.workers ?? 1);
+  const workers = Array.from(
+    { length: nGroups - 1 },
+    () => startWorker("part-worker", import.meta.url, { source: algo.source, runPath, options }),
+  );
+  const boot = nGroups === 1 && readers <= 1 ? PrefetchReader.boot() : undefined;
+  const stopAll = () => Promise.all([...workers, ...(boot ? [boot] : [])].map((w) => w.terminate()));
   try {
-    const prepared = await prepare(algo as Algorithm, runPath, driver.modules);
-    const { run, mine } = prepared;
-    const readers = driver.readers ?? 1;
-    const groups = moduleGroups(mine, readers > 1 ? 1 : driver.workers ?? 1);
+    let probed: Prepared;
+    try {
+      probed = await prepare(algo as Algorithm, runPath, driver.modules, true);
+    } catch (e) {
+      await stopAll();
+      throw e;
+    }
+    const { run, det, all, mine } = probed;
+    const groups = moduleGroups(mine, nGroups);
+    // Workers beyond the groups (fewer modules than workers) are not needed.
+    for (const w of workers.splice(Math.max(0, groups.length - 1))) await w.terminate();
+    let prepared: Prepared;
+    try {
+      const needs = await algo.initialize({ runPath, run, detector: det, modules: groups[0] ?? [] });
+      prepared = { run, det, all, mine: groups[0] ?? [], needs };
+    } catch (e) {
+      run.close();
+      await stopAll();
+      throw e;
+    }
     let parts: P[];
     if (groups.length <= 1) {
-      // This thread runs the only part: the run stays open and initialised for it (runPart closes it).
       parts = [
-        await runPart(algo, runPath, mine, driver.progress, driver.stats, prepared, undefined, readers),
+        await runPart(algo, runPath, {
+          progress: driver.progress,
+          stats: driver.stats,
+          prepared,
+          boot,
+          readers,
+        }),
       ];
     } else {
-      run.close();
       const done = new Array(groups.length).fill(0);
       const total = new Array(groups.length).fill(0);
-      parts = await Promise.all(groups.map(async (g, i) => {
-        const w = startWorker("part-worker", import.meta.url, {
-          source: algo.source,
-          runPath,
-          options,
-          modules: g,
-          sharedBy: mine.length,
-        });
-        try {
-          for (;;) {
-            const m = await nextMessage<PartMessage<P>>(w);
-            if (m.type === "progress") {
-              done[i] = m.done;
-              total[i] = m.total;
-              // In frames of the run: the groups' summed fraction times the largest group's frame count.
-              const all = total.reduce((a, b) => a + b, 0);
-              const frames = Math.max(...total);
-              const fraction = all > 0 ? done.reduce((a, b) => a + b, 0) / all : 0;
-              driver.progress?.(Math.round(fraction * frames), frames);
-            } else if (m.type === "part") {
-              if (driver.stats) addStats(driver.stats, m.stats);
-              return m.part;
-            } else throw fromWire(m);
-          }
-        } finally {
-          await w.terminate();
-        }
-      }));
+      const report = (i: number, d: number, t: number) => {
+        done[i] = d;
+        total[i] = t;
+        // In frames of the run: the groups' summed fraction times the largest group's frame count.
+        const sum = total.reduce((a, b) => a + b, 0);
+        const frames = Math.max(...total);
+        const fraction = sum > 0 ? done.reduce((a, b) => a + b, 0) / sum : 0;
+        driver.progress?.(Math.round(fraction * frames), frames);
+      };
+      workers.forEach((w, j) =>
+        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length } satisfies PartTask)
+      );
+      const abort = { aborted: false };
+      const here = runPart(algo, runPath, {
+        progress: (d, t) => report(0, d, t),
+        stats: driver.stats,
+        prepared,
+        sharedBy: mine.length,
+        local: true,
+        abort,
+      });
+      try {
+        parts = await Promise.all([
+          here,
+          ...workers.map(async (w, j) => {
+            try {
+              for (;;) {
+                const m = await nextMessage<PartMessage<P>>(w);
+                if (m.type === "progress") report(j + 1, m.done, m.total);
+                else if (m.type === "part") {
+                  if (driver.stats) addStats(driver.stats, m.stats);
+                  return m.part;
+                } else throw fromWire(m);
+              }
+            } catch (e) {
+              abort.aborted = true;
+              throw e;
+            }
+          }),
+        ]);
+      } catch (e) {
+        await stopAll();
+        await here.catch(() => undefined);
+        throw e;
+      }
+      await stopAll();
     }
     return await algo.finalize(parts);
   } finally {

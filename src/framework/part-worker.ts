@@ -1,36 +1,48 @@
-/** A worker thread running one part (a module group) of an algorithm; posts the partial result. */
+/**
+ * A worker thread running one part (a module group) of an algorithm; posts the partial result. It loads
+ * the algorithm and h5wasm and opens the run as soon as it starts, then waits for its modules (PartTask).
+ */
 import { parentPort, workerData } from "node:worker_threads";
 import { toWire } from "../errors.ts";
-import { type AlgorithmSource, createAlgorithm, emptyStats, type PartMessage, runPart } from "./algorithm.ts";
+import { Run } from "../exdf/run.ts";
+import {
+  type AlgorithmSource,
+  createAlgorithm,
+  emptyStats,
+  type PartMessage,
+  type PartTask,
+  runPart,
+} from "./algorithm.ts";
 
 const port = parentPort!;
-const { source, runPath, options, modules, sharedBy } = workerData as {
+const { source, runPath, options } = workerData as {
   source: AlgorithmSource;
   runPath: string;
   options: Record<string, unknown>;
-  modules: number[];
-  /** The modules of all worker threads of the process, which share the batch budget. */
-  sharedBy?: number;
 };
 
-const algo = await createAlgorithm(source);
+const task = new Promise<PartTask>((resolve) => port.once("message", resolve));
+const opened = Run.open(runPath);
+opened.catch(() => undefined); // reported through runPart
+let algo;
 try {
+  algo = await createAlgorithm(source);
   algo.configure(options);
+  const { modules, sharedBy } = await task;
   const stats = emptyStats();
-  const part = await runPart(
-    algo,
-    runPath,
+  const part = await runPart(algo, runPath, {
     modules,
-    (done, total) => {
+    progress: (done, total) => {
       port.postMessage({ type: "progress", done, total } satisfies PartMessage<unknown>);
     },
     stats,
-    undefined,
+    opened,
     sharedBy,
-  );
+    local: true,
+  });
   port.postMessage({ type: "part", part, stats } satisfies PartMessage<unknown>);
 } catch (e) {
   port.postMessage({ type: "error", ...toWire(e) } satisfies PartMessage<unknown>);
 } finally {
-  algo.dispose?.();
+  algo?.dispose?.();
 }

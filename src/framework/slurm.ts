@@ -154,7 +154,7 @@ export async function runJobPart(work: string, i: number): Promise<boolean> {
   const algo = await algorithmOf(work, job);
   try {
     algo.configure(job.options);
-    const part = await runPart(algo, job.run, job.groups[i]);
+    const part = await runPart(algo, job.run, { modules: job.groups[i] });
     const tmp = tmpName(file);
     fs.writeFileSync(tmp, serialize(part));
     fs.renameSync(tmp, file);

@@ -1,0 +1,48 @@
+/**
+ * Reading in the consumer's own thread: the batches of a FrameReader over the run the consumer already has
+ * open, no reader worker. The module groups of `workers` > 1 read this way (src/framework/algorithm.ts):
+ * their threads already keep the cores busy, one reading while another computes, and a reader worker per
+ * group would cost a thread, a second h5wasm instance and a second open of the run each, for no gain when
+ * reading is CPU-bound (files in the page cache). HDF5 decodes straight into two batch buffers on this
+ * thread's wasm heap (FrameReader.readInPlace): no copy. A batch's arrays are valid until the next batch is
+ * read. Same batches and the same memory bound as PrefetchReader; files are reopened as the reader worker
+ * does (FileRecycler), so the rest of the wasm heap stays bounded.
+ */
+import type { FrameBatch, FrameOptions } from "../exdf/frames.ts";
+import { FrameReader } from "../exdf/frames.ts";
+import { h5 } from "../exdf/h5.ts";
+import type { Detector } from "../exdf/run.ts";
+import { FileRecycler } from "./prefetch.ts";
+
+export class LocalReader {
+  private constructor(private reader: FrameReader, private recycler: FileRecycler) {}
+
+  static async open(det: Detector, options: FrameOptions): Promise<LocalReader> {
+    const reader = new FrameReader(det, options);
+    return new LocalReader(reader, new FileRecycler(await h5(), reader.modules));
+  }
+
+  get nFrames(): number {
+    return this.reader.nFrames;
+  }
+
+  get framesPerBatch(): number {
+    return this.reader.framesPerBatch;
+  }
+
+  /** The batches of the given frame ranges ([start, count], count <= framesPerBatch), in order. */
+  async *batches(ranges: [number, number][]): AsyncGenerator<FrameBatch> {
+    for (const [start, count] of ranges) {
+      const b = this.reader.readInPlace(start, count);
+      // This thread's event loop runs between batches (the messages of the other groups' workers).
+      await new Promise((r) => setImmediate(r));
+      yield b;
+      // The consumer is done with the batch: files may be reopened now (h5wasm calls detach its views).
+      this.recycler.afterBatch(b.trainId, b.modules.map((mf) => mf.present));
+    }
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
