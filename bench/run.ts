@@ -3,8 +3,8 @@
  *
  * Generates (or reuses) a synthetic AGIPD CORR run of about `--size-gb` GB of image data (bench/data/),
  * then measures, each configuration in a child process of its own (so that peak memory is its own):
- * - the raw read ceiling: every frame's data and mask read into buffers, no compute (1 reader; and one
- *   reader per core over module groups, in parallel);
+ * - the raw read ceiling: every frame's data and mask decoded in place on the wasm heap, no compute (1
+ *   reader; and one module group per core through localise's own driver and threads, bench/read-only.ts);
  * - localise end to end with each backend and worker count: frames/s and GB/s, time per stage (hot-pixel
  *   pre-pass, waiting for reads, compute, classify/ROIs, write), peak RSS.
  * Writes bench/RESULTS.md with the machine (CPU model, cores, adapter) and the table.
@@ -33,8 +33,8 @@ import { fileURLToPath } from "node:url";
 import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
 import { evaluate } from "../fixtures/evaluate.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
-import { emptyStats, moduleGroups } from "../src/framework/algorithm.ts";
-import { PrefetchReader } from "../src/framework/prefetch.ts";
+import { emptyStats, moduleGroups, runAlgorithm } from "../src/framework/algorithm.ts";
+import { ReadOnlyAlgorithm } from "./read-only.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { writeRedu } from "../src/localise/redu.ts";
@@ -123,9 +123,11 @@ async function one(config: string, dir: string): Promise<Row> {
   const withMask = lay.maskBytes > 0;
   if (config === "read1") {
     const run = await Run.open(dir);
+    // The fastest read in one thread: HDF5 decoding in place on the wasm heap, as localise's groups read.
     const reader = new FrameReader(run.detector(), { mask: withMask, batchBytes: 32 * 2 ** 20 });
     let frames = 0, mf = 0;
-    for (const b of reader.batches()) {
+    for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
+      const b = reader.readInPlace(s, reader.framesPerBatch);
       frames += b.nFrames;
       mf += b.nFrames * b.modules.length;
     }
@@ -156,23 +158,17 @@ async function one(config: string, dir: string): Promise<Row> {
     };
   }
   if (config === "readN") {
+    // localise's driver and threads (one module group per core, each reading its own frames), no compute.
     const groups = moduleGroups(lay.modules, os.availableParallelism());
-    const counts = await Promise.all(groups.map(async (g) => {
-      const pf = await PrefetchReader.open({
-        runPath: dir,
-        options: { modules: g, mask: withMask, batchBytes: 32 * 2 ** 20 },
-      });
-      let n = 0;
-      for await (const b of pf.all()) n += b.nFrames * g.length;
-      await pf.close();
-      return [pf.nFrames, n];
-    }));
+    const r = await runAlgorithm(new ReadOnlyAlgorithm(), dir, { mask: withMask }, {
+      workers: groups.length,
+    });
     const s = (performance.now() - t0) / 1000;
-    const mf = counts.reduce((a, c) => a + c[1], 0);
+    const mf = r.moduleFrames;
     return row(
       `read, ${groups.length} readers`,
       s,
-      counts[0][0],
+      Math.round(mf / lay.modules.length),
       mf,
       mf * FRAME_BYTES,
       rss(),
