@@ -123,6 +123,17 @@ function newAsicSums(nAsics: number): AsicSums {
  */
 type KeptBackground = Background & { asic?: AsicSums };
 
+/**
+ * A value at or below candidateCut(mu, thr) is no candidate: fround(v - mu) > thr implies v > the cut (for
+ * finite mu, thr: cut <= mu + thr - slack, the slack far above the rounding of v - mu, of the cut and of
+ * fround; otherwise -Infinity, no cut). The loops test v > cut first (one compare for most pixels), then
+ * the exact rule.
+ */
+export function candidateCut(mu: number, thr: number): number {
+  const cut = mu + thr - ((Math.abs(mu) + Math.abs(thr)) * 1e-5 + 1e-30);
+  return cut - cut === 0 ? cut : -Infinity;
+}
+
 function find(parent: Int32Array, x: number): number {
   // Path halving.
   while (parent[x] !== x) {
@@ -213,10 +224,10 @@ function cpuFrame(
     let p = 0;
     for (let r = 0; r < runEnd.length; r++) {
       const pe = runEnd[r], t = bo + runCell[r];
-      const mu = bgMu[t], thr = bgThr[t];
+      const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
       for (; p < pe; p++) {
         const v = data[base + p];
-        if (Math.fround(v - mu) > thr && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
+        if (v > cut && Math.fround(v - mu) > thr && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
           l[p] = 1;
           litList[nLit++] = p;
         }
@@ -234,7 +245,7 @@ function cpuFrame(
         const si = ss * segCols + col;
         for (let r = seg[si]; r < seg[si + 1]; r++) {
           const pe = runEnd[r], t = bo + runCell[r];
-          const mu = bgMu[t], thr = bgThr[t];
+          const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
           for (; p < pe; p++) {
             const v = data[base + p];
             // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
@@ -244,7 +255,7 @@ function cpuFrame(
               const isLit = v > threshold;
               lit += isLit ? 1 : 0;
               sumA += isLit ? v : 0;
-              if (Math.fround(v - mu) > thr && h[p] === 0) {
+              if (v > cut && Math.fround(v - mu) > thr && h[p] === 0) {
                 l[p] = 1;
                 litList[nLit++] = p;
               }
@@ -271,6 +282,7 @@ function cpuFrame(
   const survivors = s.survivors;
   let nSurv = 0;
   const need = params.neighbours;
+  const everyL = need <= 0; // n >= need for every pixel: no neighbours to count
   const strong = Math.fround(params.strong);
   const aFilt = s.aFilt;
   aFilt.fill(0);
@@ -278,6 +290,12 @@ function cpuFrame(
     const p = litList[k];
     const ss = Math.floor(p / nfs);
     const fs = p - ss * nfs;
+    if (everyL) {
+      parent[p] = p;
+      survivors[nSurv++] = p;
+      aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
+      continue;
+    }
     let n = 0;
     for (let dy = -1; dy <= 1; dy++) {
       const y = ss + dy;
@@ -474,18 +492,18 @@ export function accumulateLitCountsCpu(
       bg = keep[f]!;
       o = 0;
     } else {
-      bg = sc.bg;
+      // Keep this frame's stage 0 for the main pass (batch.backgrounds): written there directly; the
+      // stage-0 pass of radius bins makes stage 1's per-ASIC sums too, kept with it.
+      const kept: KeptBackground | undefined = keep ? newBackground(g, 1, nT) : undefined;
+      bg = kept ?? sc.bg;
       o = 0;
-      // The stage-0 pass of radius bins makes stage 1's per-ASIC sums too: kept with stage 0.
-      const asic = keep ? newAsicSums(g.nAsics) : undefined;
+      const asic = kept ? newAsicSums(g.nAsics) : undefined;
       const counted = cells.radial
         ? radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, asic)
         : (backgroundFrameCpu(batch, f, params, bg, 0, sc.vals), false);
-      // Keep this frame's stage 0 for the main pass (batch.backgrounds).
-      if (keep) {
-        const kept: KeptBackground = { mu: bg.mu.slice(0, nT), sigma: bg.sigma.slice(0, nT), thr: bg.thr.slice(0, nT) };
+      if (kept) {
         if (counted) kept.asic = asic;
-        keep[f] = kept;
+        keep![f] = kept;
       }
     }
     const mu = bg.mu, thr = bg.thr;
@@ -494,10 +512,10 @@ export function accumulateLitCountsCpu(
     let p = 0;
     for (let r = 0; r < nRuns; r++) {
       const pe = runEnd[r], t = o + runCell[r];
-      const muT = mu[t], thrT = thr[t];
+      const muT = mu[t], thrT = thr[t], cut = candidateCut(muT, thrT);
       for (; p < pe; p++) {
         const v = data[base + p];
-        if (Math.fround(v - muT) > thrT && v - v === 0 && m[mb + p] === 0) counts[p]++;
+        if (v > cut && Math.fround(v - muT) > thrT && v - v === 0 && m[mb + p] === 0) counts[p]++;
       }
     }
   }
