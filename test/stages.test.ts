@@ -429,7 +429,9 @@ describe("shortcuts of the CPU loops", () => {
     expect(kept).toEqual(fresh);
     // Stage 1 counted independently: every frame x ASIC.
     for (let f = 0; f < 6; f++) {
-      const valid = new Array(g.nAsics).fill(0), lit = new Array(g.nAsics).fill(0), sum = new Array(g.nAsics).fill(0);
+      const valid = new Array(g.nAsics).fill(0),
+        lit = new Array(g.nAsics).fill(0),
+        sum = new Array(g.nAsics).fill(0);
       for (let p = 0; p < g.pixels; p++) {
         const v = batch.data[f * g.pixels + p];
         if (!Number.isFinite(v) || batch.mask![f * g.pixels + p] !== 0) continue;
