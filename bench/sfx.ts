@@ -13,6 +13,10 @@
  *   defaults (radius bins, minSnr 3.5): 0.89 -> 0.76 (stage 0 alone: 0.55 -> 0.36)
  *   tiles (bgBinWidth 0):               0.76 -> 0.74 (stage 0 alone: 0.41 -> 0.41)
  *   fixed threshold (minSnr 0):         0.51 -> 0.51
+ * Branch h9stage (stage 1's sums made in stage 0's gather pass, candidate-only stage-1 pass with a per-cell
+ * cut, branch-free clip passes; outputs bit-identical), same VM at load 11, base and new interleaved, best
+ * of 3 runs: defaults 0.75 -> 0.63, stage 0 alone 0.36 -> 0.39 (it now makes stage 1's sums too), tiles
+ * 0.72 -> 0.71, fixed threshold 0.53 -> 0.52.
  * A single pass over a module frame (valid test, float64 sum and sum of squares) costs 0.09 ms here: stage
  * 0 is ~4 such passes (gather + clip iterations), stages 1-4 ~4 more. 0.76 ms x 2816 module frames = 2.1 s
  * of one core for a 0.7 GB run (plus the hot-pixel sample's stage 0); see bench/RESULTS.md end to end.

@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { asicOf, DETECTOR_TYPES, type Geometry, geometry } from "../src/exdf/detectors.ts";
 import {
   accumulateLitCountsCpu,
+  candidateCut,
   createCpuBackend,
   hotPixels,
   labelsCpu,
@@ -11,6 +12,7 @@ import {
 } from "../src/localise/stages.ts";
 import { DEFAULT_PARAMS, type LocaliseParams, type ModuleBatch } from "../src/localise/spec.ts";
 import { batchOf, P, put } from "./helpers/batches.ts";
+import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 
 const AGIPD = geometry("AGIPD");
 const LPD = geometry("LPD");
@@ -370,5 +372,82 @@ describe("stage 2 and the backend", () => {
     expect(counts.reduce((a, x) => a + x, 0)).toBe(3);
     await expect(cpu.process({ ...b, data: new Float32Array(5) })).rejects.toThrow(RangeError);
     cpu.dispose();
+  });
+});
+
+describe("shortcuts of the CPU loops", () => {
+  it("candidateCut: every candidate value lies above the cut, and the cut is near mu + thr", () => {
+    // Float32 mu, thr over many magnitudes; v: float32 values stepping across mu + thr one ulp at a time.
+    const f32 = new Float32Array(1), u32 = new Uint32Array(f32.buffer);
+    const next = (x: number, d: number) => {
+      f32[0] = x;
+      if (x === 0) return d > 0 ? 1.4e-45 : -1.4e-45;
+      u32[0] += (x > 0) === (d > 0) ? 1 : -1;
+      return f32[0];
+    };
+    let seed = 12345;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    let checked = 0;
+    for (let k = 0; k < 2000; k++) {
+      const mu = Math.fround((rnd() - 0.3) * 10 ** (rnd() * 8 - 3));
+      const thr = Math.fround(rnd() * 10 ** (rnd() * 8 - 3));
+      const cut = candidateCut(mu, thr);
+      expect(cut).toBeGreaterThan(mu + thr - 1e-4 * (Math.abs(mu) + Math.abs(thr)) - 1e-29);
+      let v = Math.fround(mu + thr);
+      for (let j = 0; j < 40; j++) v = next(v, -1);
+      for (let j = 0; j < 80; j++, v = next(v, 1)) {
+        if (Math.fround(v - mu) > thr) {
+          checked++;
+          expect(v).toBeGreaterThan(cut);
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(50000);
+    // Non-finite stage 0: no cut (every value goes through the exact rule).
+    expect(candidateCut(NaN, 1)).toBe(-Infinity);
+    expect(candidateCut(0, Infinity)).toBe(-Infinity);
+    expect(candidateCut(-Infinity, 1)).toBe(-Infinity);
+  });
+
+  it("the pre-pass's kept stage 0 and stage-1 sums give the results of a fresh pass; stage 1 as counted here", () => {
+    const run = new SfxRun({ ...SFX_WATER, modules: [0], frames: 6, hitRate: 0.5 });
+    const g = run.geometry;
+    const params = { ...DEFAULT_PARAMS, bgBinWidth: 4 };
+    const batch: ModuleBatch = {
+      geometry: g,
+      nFrames: 6,
+      data: run.batch(0, 0, 6),
+      mask: run.batchMask(0, 6),
+      radius: run.radius[0],
+      hot: new Uint8Array(g.pixels),
+    };
+    const fresh = processBatchCpu(batch, params);
+    const backgrounds: ModuleBatch["backgrounds"] = new Array(6);
+    accumulateLitCountsCpu({ ...batch, backgrounds }, new Uint32Array(g.pixels), params);
+    expect(backgrounds.every((b) => b !== undefined)).toBe(true);
+    const kept = processBatchCpu({ ...batch, backgrounds }, params);
+    expect(kept).toEqual(fresh);
+    // Stage 1 counted independently: every frame x ASIC.
+    for (let f = 0; f < 6; f++) {
+      const valid = new Array(g.nAsics).fill(0),
+        lit = new Array(g.nAsics).fill(0),
+        sum = new Array(g.nAsics).fill(0);
+      for (let p = 0; p < g.pixels; p++) {
+        const v = batch.data[f * g.pixels + p];
+        if (!Number.isFinite(v) || batch.mask![f * g.pixels + p] !== 0) continue;
+        const a = asicOf(g, Math.floor(p / g.moduleFs), p % g.moduleFs);
+        valid[a]++;
+        if (v > Math.fround(params.threshold)) {
+          lit[a]++;
+          sum[a] += v;
+        }
+      }
+      expect(Array.from(kept.unmaskedPixels.subarray(f * g.nAsics, (f + 1) * g.nAsics))).toEqual(valid);
+      expect(Array.from(kept.litPixels.subarray(f * g.nAsics, (f + 1) * g.nAsics))).toEqual(lit);
+      expect(lit.reduce((a, x) => a + x, 0)).toBeGreaterThan(1000);
+      for (let a = 0; a < g.nAsics; a++) {
+        expect(Math.abs(kept.litIntensity[f * g.nAsics + a] - sum[a])).toBeLessThanOrEqual(1e-6 * sum[a]);
+      }
+    }
   });
 });

@@ -117,10 +117,21 @@ export function runsOf(cells: Cells, g: Geometry): Runs {
 }
 const runsCache = new WeakMap<Cells, Runs>();
 
-let radialScratch = new Float64Array(0);
+let radialScratch = new Float32Array(0);
 let radialFill = new Int32Array(0);
 let zeros = new Uint32Array(0);
 let radialSum = new Float64Array(0), radialSq = new Float64Array(0), radialMax = new Float64Array(0);
+
+/**
+ * Stage 1's per-ASIC sums of one module frame (the loop of radialBackgroundFrameCpu adds them): valid and
+ * lit pixel counts, and the float64 sum of the lit values (each ASIC row segment summed in raster order,
+ * then added to the ASIC's total: the order of stages.ts).
+ */
+export interface AsicSums {
+  valid: Uint32Array;
+  lit: Uint32Array;
+  sum: Float64Array;
+}
 
 /** An all-zero mask of at least n pixels (the stand-in for an absent mask: no per-pixel presence test). */
 export function zeroMask(n: number): Uint32Array {
@@ -154,6 +165,8 @@ function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
  * module, every bin iterating independently (a bin stops when it has no value left or the same count as
  * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
  * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
+ * The same pass over the frame adds stage 1's per-ASIC sums of the frame to `asic` when given (it tests
+ * every pixel's validity anyway); returns whether it did (not with minSnr <= 0: no pass).
  */
 export function radialBackgroundFrameCpu(
   batch: ModuleBatch,
@@ -162,22 +175,24 @@ export function radialBackgroundFrameCpu(
   cells: Cells,
   out: Background,
   o: number,
-): void {
+  asic?: AsicSums,
+): boolean {
   const g = batch.geometry;
   const N = cells.n;
   if (!(params.minSnr > 0)) {
     out.mu.fill(0, o, o + N);
     out.sigma.fill(0, o, o + N);
     out.thr.fill(Math.fround(params.threshold), o, o + N);
-    return;
+    return false;
   }
   const { data, mask } = batch;
   const P = g.pixels;
   const base = f * P;
   // The valid values of each bin, contiguous and in raster order within the bin: one raster pass that
   // appends each value to its bin's segment (bins start at the cellList offsets), then the clip per bin.
+  // The values are float32 (exactly: they are the data's), the sums float64.
   const list = cellList(cells);
-  if (radialScratch.length < P) radialScratch = new Float64Array(P);
+  if (radialScratch.length < P) radialScratch = new Float32Array(P);
   if (radialFill.length < N) radialFill = new Int32Array(N);
   const vals = radialScratch, fill = radialFill;
   for (let c = 0; c < N; c++) fill[c] = list[c];
@@ -194,24 +209,45 @@ export function radialBackgroundFrameCpu(
   Q1.fill(0, 0, N);
   M1.fill(-Infinity, 0, N);
   const m = mask ?? zeroMask(P), mb = mask ? base : 0;
-  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
-  let p = 0;
-  for (let r = 0; r < nRuns; r++) {
-    const c = runCell[r], pe = runEnd[r];
-    let k = fill[c], S = S1[c], Q = Q1[c], mx = M1[c];
-    for (; p < pe; p++) {
-      const v = data[base + p];
-      if (v - v === 0 && m[mb + p] === 0) {
-        vals[k++] = v;
-        S += v;
-        Q += v * v;
-        if (v > mx) mx = v;
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
+  // Stage 1 as in stages.ts: per ASIC row segment, local counters added to the ASIC's at its end.
+  const threshold = Math.fround(params.threshold);
+  const { moduleSs: nss, asicSs, asicFs } = g, cols = g.moduleFs / asicFs;
+  const aValid = asic?.valid, aLit = asic?.lit, aSum = asic?.sum;
+  let p = 0, r = 0;
+  for (let ss = 0; ss < nss; ss++) {
+    const rowAsic = Math.floor(ss / asicSs) * cols;
+    for (let col = 0; col < cols; col++) {
+      let valid = 0, lit = 0, sumA = 0;
+      for (const rEnd = seg[ss * cols + col + 1]; r < rEnd; r++) {
+        const c = runCell[r], pe = runEnd[r], k0 = fill[c];
+        let k = k0, S = S1[c], Q = Q1[c], mx = M1[c];
+        for (; p < pe; p++) {
+          const v = data[base + p];
+          if (v - v === 0 && m[mb + p] === 0) {
+            vals[k++] = v;
+            S += v;
+            Q += v * v;
+            if (v > mx) mx = v;
+            // Branch-free (lit or not is noise-driven; a select compiles to a branch): v * 0 is +-0 (v is
+            // finite), and adding +-0 leaves the float64 sum unchanged (it starts at +0, never -0).
+            const isLit = +(v > threshold);
+            lit += isLit;
+            sumA += v * isLit;
+          }
+        }
+        valid += k - k0;
+        fill[c] = k;
+        S1[c] = S;
+        Q1[c] = Q;
+        M1[c] = mx;
+      }
+      if (aValid) {
+        aValid[rowAsic + col] += valid;
+        aLit![rowAsic + col] += lit;
+        aSum![rowAsic + col] += sumA;
       }
     }
-    fill[c] = k;
-    S1[c] = S;
-    Q1[c] = Q;
-    M1[c] = mx;
   }
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
@@ -219,7 +255,7 @@ export function radialBackgroundFrameCpu(
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
   }
-  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  const minSnr = Math.fround(params.minSnr);
   for (let c = 0; c < N; c++) {
     const a = out.sigma[o + c];
     let s = a;
@@ -231,18 +267,7 @@ export function radialBackgroundFrameCpu(
     }
     out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
   }
-}
-
-/** The state of clipStats before its first iteration. */
-const CLIP_START: ClipState = Object.freeze({ it: 0, mu: 0, sigma: 0, limit: Infinity, prevN: -1 });
-
-/** clipStats resumed at iteration `it` after an iteration that gave mu, sigma, limit from prevN values. */
-interface ClipState {
-  it: number;
-  mu: number;
-  sigma: number;
-  limit: number;
-  prevN: number;
+  return !!asic;
 }
 
 /** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
@@ -253,27 +278,33 @@ const clipped = new Float64Array(2);
  * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
  * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
  * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
- * [mu, sigma] into out (0, 0 without values).
+ * [mu, sigma] into out (0, 0 without values). Resumed at iteration `it` after an iteration that gave mu,
+ * sigma, limit from prevN values when those are given.
+ * The pass is branch-free (whether a value is below the limit is noise-driven): a value at or above the
+ * limit adds +-0 to the sums (v * 0, v finite), which leaves them unchanged (they start at +0, never -0).
  */
 function clipStats(
-  vals: Float64Array,
+  vals: Float32Array,
   k0: number,
   k1: number,
   params: LocaliseParams,
   out: Float64Array,
-  from: ClipState = CLIP_START,
+  it = 0,
+  mu = 0,
+  sigma = 0,
+  limit = Infinity,
+  prevN = -1,
 ): void {
-  let mu = from.mu, sigma = from.sigma, limit = from.limit, prevN = from.prevN;
   const iterations = params.bgIterations, clip = params.bgClip;
-  for (let it = from.it; it < iterations; it++) {
+  for (; it < iterations; it++) {
     let n = 0, S = 0, Q = 0;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
-      if (v < limit) {
-        n++;
-        S += v;
-        Q += v * v;
-      }
+      const w = +(v < limit);
+      const x = v * w;
+      n += w;
+      S += x;
+      Q += x * x;
     }
     if (n === 0 || n === prevN) break;
     prevN = n;
@@ -291,7 +322,7 @@ function clipStats(
  * iteration would keep every value (n = the previous n: stop), so it is skipped.
  */
 function clipStatsAfterFirst(
-  vals: Float64Array,
+  vals: Float32Array,
   k0: number,
   k1: number,
   S: number,
@@ -314,7 +345,7 @@ function clipStatsAfterFirst(
     out[1] = sigma;
     return;
   }
-  clipStats(vals, k0, k1, params, out, { it: 1, mu, sigma, limit, prevN: n });
+  clipStats(vals, k0, k1, params, out, 1, mu, sigma, limit, n);
 }
 
 /**
@@ -337,7 +368,7 @@ export function backgroundFrameCpu(
   params: LocaliseParams,
   out: Background,
   o: number,
-  scratch: Float64Array = new Float64Array(TILE * TILE),
+  scratch: Float32Array = new Float32Array(TILE * TILE),
 ): void {
   const g = batch.geometry;
   const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
@@ -394,7 +425,7 @@ export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Backg
   const cells = cellsOf(batch, params);
   const nT = cells.n;
   const out = newBackground(batch.geometry, batch.nFrames, nT);
-  const scratch = new Float64Array(TILE * TILE);
+  const scratch = new Float32Array(TILE * TILE);
   for (let f = 0; f < batch.nFrames; f++) {
     if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, out, f * nT);
     else backgroundFrameCpu(batch, f, params, out, f * nT, scratch);

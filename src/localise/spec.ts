@@ -115,8 +115,8 @@ export interface ModuleBatch {
   /**
    * Per frame of the batch: stage 0 of that frame (one frame's cells), or undefined. The cpu backend's
    * pre-pass fills the undefined entries with the stage 0 it computes; its `process` uses the defined
-   * ones instead of computing stage 0 again (same values: stage 0 depends on the frame only). Other
-   * backends may ignore it.
+   * ones instead of computing stage 0 again (same values: stage 0 depends on the frame only); an entry may
+   * also carry stage 1's per-ASIC sums of the frame (stages.ts KeptBackground). Other backends may ignore it.
    */
   backgrounds?: (Background | undefined)[];
 }

@@ -6,6 +6,7 @@ import type { LocaliseBackend } from "./spec.ts";
 import type { LocaliseParams } from "./spec.ts";
 import type { ModuleBatch } from "./spec.ts";
 import type { Peak } from "./spec.ts";
+import type { AsicSums } from "./background.ts";
 import { TILE } from "./background.ts";
 import { backgroundFrameCpu } from "./background.ts";
 import { cellsOf } from "./background.ts";
@@ -44,6 +45,10 @@ export function sortAndCut<T extends { peak: Peak; first: number }>(items: T[], 
 /** Per-process scratch space of the CPU reference, reused between frames (sized per geometry). */
 interface Scratch {
   pixels: number;
+  nAsics: number;
+  /** Stage 1's per-ASIC sums of the current frame, and its survivors per ASIC (stage 3). */
+  asic: AsicSums;
+  aFilt: Uint32Array;
   /** Stage 3 input: lit && !hot. */
   l: Uint8Array;
   /** Union-find parent (module-frame index), -1 for pixels that do not survive. */
@@ -63,7 +68,7 @@ interface Scratch {
   var2: Float64Array;
   /** Stage 0 of the current frame, and the clip's value list. */
   bg: Background;
-  vals: Float64Array;
+  vals: Float32Array;
   /** Pixels with L (stage-3 input) and the survivors, in raster order. */
   litList: Int32Array;
   survivors: Int32Array;
@@ -77,12 +82,15 @@ interface Scratch {
  * resets only the pixels it set), so the passes after stage 1 visit the lit pixels only.
  */
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
-  const pixels = g.pixels;
-  if (old && old.pixels === pixels) return old;
+  const pixels = g.pixels, nAsics = g.nAsics;
+  if (old && old.pixels === pixels && old.nAsics === nAsics) return old;
   return {
     pixels,
+    nAsics,
+    asic: newAsicSums(nAsics),
+    aFilt: new Uint32Array(nAsics),
     bg: newBackground(g, 1),
-    vals: new Float64Array(TILE * TILE),
+    vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     litList: new Int32Array(pixels),
@@ -102,6 +110,28 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     sumFs: new Float64Array(pixels),
     max: new Float64Array(pixels),
   };
+}
+
+function newAsicSums(nAsics: number): AsicSums {
+  return { valid: new Uint32Array(nAsics), lit: new Uint32Array(nAsics), sum: new Float64Array(nAsics) };
+}
+
+/**
+ * An entry of ModuleBatch.backgrounds as the cpu backend's pre-pass keeps it: stage 0 of the frame and,
+ * when its stage-0 pass made them (radius bins), stage 1's per-ASIC sums of the frame (the main pass then
+ * only looks for candidates).
+ */
+type KeptBackground = Background & { asic?: AsicSums };
+
+/**
+ * A value at or below candidateCut(mu, thr) is no candidate: fround(v - mu) > thr implies v > the cut (for
+ * finite mu, thr: cut <= mu + thr - slack, the slack far above the rounding of v - mu, of the cut and of
+ * fround; otherwise -Infinity, no cut). The loops test v > cut first (one compare for most pixels), then
+ * the exact rule.
+ */
+export function candidateCut(mu: number, thr: number): number {
+  const cut = mu + thr - ((Math.abs(mu) + Math.abs(thr)) * 1e-5 + 1e-30);
+  return cut - cut === 0 ? cut : -Infinity;
 }
 
 function find(parent: Int32Array, x: number): number {
@@ -156,23 +186,32 @@ function cpuFrame(
   const hot = batch.hot;
   const threshold = Math.fround(params.threshold);
   const l = s.l;
-  let bg = out.bg, bo = out.bgOffset ?? 0;
+  let bg: KeptBackground | undefined = out.bg, bo = out.bgOffset ?? 0;
   const cells = cellsOf(batch, params);
   const cell = cells.cell;
+  // Stage 1's per-ASIC sums: made by the stage-0 pass (radius bins), kept from the pre-pass's, or below.
+  const A = s.asic;
+  A.valid.fill(0);
+  A.lit.fill(0);
+  A.sum.fill(0);
+  let counted = false;
   if (!bg) {
     bo = 0;
     if (s.bg.mu.length < cells.n) s.bg = newBackground(g, 1, cells.n);
     bg = s.bg;
-    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
+    if (cells.radial) counted = radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, A);
     else backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
+  } else if (bg.asic) {
+    A.valid.set(bg.asic.valid);
+    A.lit.set(bg.asic.lit);
+    A.sum.set(bg.asic.sum);
+    counted = true;
   }
   const bgMu = bg.mu, bgThr = bg.thr;
   const minSnr = params.minSnr > 0 ? params.minSnr : Infinity; // no background: var2 = 0, snr = 0
 
   // Stage 1, and the stage-3 input L (listed in raster order).
-  const aLit = new Uint32Array(nAsics);
-  const aValid = new Uint32Array(nAsics);
-  const aSum = new Float64Array(nAsics);
+  const aLit = A.lit, aValid = A.valid, aSum = A.sum;
   const litList = s.litList;
   let nLit = 0;
   // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
@@ -180,37 +219,53 @@ function cpuFrame(
   const h = hot ?? s.zeros8;
   const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
   const segCols = nfs / asicFs;
-  for (let ss = 0; ss < nss; ss++) {
-    const rowAsic = Math.floor(ss / asicSs) * asicCols;
-    // One ASIC's segment of the row at a time: the counters stay in locals; within it, one run of
-    // pixels of the same cell at a time: its mu and thr too.
-    for (let col = 0; col < asicCols; col++) {
-      const a = rowAsic + col;
-      let valid = 0, lit = 0, sumA = 0;
-      let p = ss * nfs + col * asicFs;
-      const si = ss * segCols + col;
-      for (let r = seg[si]; r < seg[si + 1]; r++) {
-        const pe = runEnd[r], t = bo + runCell[r];
-        const mu = bgMu[t], thr = bgThr[t];
-        for (; p < pe; p++) {
-          const v = data[base + p];
-          // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
-          if (v - v === 0 && m[mb + p] === 0) {
-            valid++;
-            // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
-            const isLit = v > threshold;
-            lit += isLit ? 1 : 0;
-            sumA += isLit ? v : 0;
-            if (Math.fround(v - mu) > thr && h[p] === 0) {
-              l[p] = 1;
-              litList[nLit++] = p;
+  if (counted) {
+    // Only L: most pixels fail the first test (v - mu > thr; NaN fails it too), so most skip the rest.
+    let p = 0;
+    for (let r = 0; r < runEnd.length; r++) {
+      const pe = runEnd[r], t = bo + runCell[r];
+      const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
+      for (; p < pe; p++) {
+        const v = data[base + p];
+        if (v > cut && Math.fround(v - mu) > thr && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
+          l[p] = 1;
+          litList[nLit++] = p;
+        }
+      }
+    }
+  } else {
+    for (let ss = 0; ss < nss; ss++) {
+      const rowAsic = Math.floor(ss / asicSs) * asicCols;
+      // One ASIC's segment of the row at a time: the counters stay in locals; within it, one run of
+      // pixels of the same cell at a time: its mu and thr too.
+      for (let col = 0; col < asicCols; col++) {
+        const a = rowAsic + col;
+        let valid = 0, lit = 0, sumA = 0;
+        let p = ss * nfs + col * asicFs;
+        const si = ss * segCols + col;
+        for (let r = seg[si]; r < seg[si + 1]; r++) {
+          const pe = runEnd[r], t = bo + runCell[r];
+          const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
+          for (; p < pe; p++) {
+            const v = data[base + p];
+            // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
+            if (v - v === 0 && m[mb + p] === 0) {
+              valid++;
+              // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
+              const isLit = v > threshold;
+              lit += isLit ? 1 : 0;
+              sumA += isLit ? v : 0;
+              if (v > cut && Math.fround(v - mu) > thr && h[p] === 0) {
+                l[p] = 1;
+                litList[nLit++] = p;
+              }
             }
           }
         }
+        aValid[a] += valid;
+        aLit[a] += lit;
+        aSum[a] += sumA;
       }
-      aValid[a] += valid;
-      aLit[a] += lit;
-      aSum[a] += sumA;
     }
   }
   const o = out.asicOffset;
@@ -227,12 +282,20 @@ function cpuFrame(
   const survivors = s.survivors;
   let nSurv = 0;
   const need = params.neighbours;
+  const everyL = need <= 0; // n >= need for every pixel: no neighbours to count
   const strong = Math.fround(params.strong);
-  const aFilt = new Uint32Array(nAsics);
+  const aFilt = s.aFilt;
+  aFilt.fill(0);
   for (let k = 0; k < nLit; k++) {
     const p = litList[k];
     const ss = Math.floor(p / nfs);
     const fs = p - ss * nfs;
+    if (everyL) {
+      parent[p] = p;
+      survivors[nSurv++] = p;
+      aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
+      continue;
+    }
     let n = 0;
     for (let dy = -1; dy <= 1; dy++) {
       const y = ss + dy;
@@ -412,11 +475,12 @@ export function accumulateLitCountsCpu(
   if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
   const { data, mask } = batch;
   const cells = cellsOf(batch, params);
-  const { cell, n: nT } = cells;
+  const nT = cells.n;
   // Stage 0 frame by frame into scratch (no frames x cells allocation) unless `background` is given.
   const sc = (sharedScratch = scratchFor(g, sharedScratch));
   if (!background && sc.bg.mu.length < nT) sc.bg = newBackground(g, 1, nT);
   const m = mask ?? zeroMask(P);
+  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P, mb = mask ? base : 0;
     let bg: Background, o: number;
@@ -428,21 +492,31 @@ export function accumulateLitCountsCpu(
       bg = keep[f]!;
       o = 0;
     } else {
-      bg = sc.bg;
+      // Keep this frame's stage 0 for the main pass (batch.backgrounds): written there directly; the
+      // stage-0 pass of radius bins makes stage 1's per-ASIC sums too, kept with it.
+      const kept: KeptBackground | undefined = keep ? newBackground(g, 1, nT) : undefined;
+      bg = kept ?? sc.bg;
       o = 0;
-      if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, bg, 0);
-      else backgroundFrameCpu(batch, f, params, bg, 0, sc.vals);
-      // Keep this frame's stage 0 for the main pass (batch.backgrounds).
-      if (keep) {
-        keep[f] = { mu: bg.mu.slice(0, nT), sigma: bg.sigma.slice(0, nT), thr: bg.thr.slice(0, nT) };
+      const asic = kept ? newAsicSums(g.nAsics) : undefined;
+      const counted = cells.radial
+        ? radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, asic)
+        : (backgroundFrameCpu(batch, f, params, bg, 0, sc.vals), false);
+      if (kept) {
+        if (counted) kept.asic = asic;
+        keep![f] = kept;
       }
     }
     const mu = bg.mu, thr = bg.thr;
-    for (let p = 0; p < P; p++) {
-      const v = data[base + p];
-      const t = o + cell[p];
-      // A NaN v fails the compare; an infinite one is not finite (v - v is NaN).
-      if (v - v === 0 && Math.fround(v - mu[t]) > thr[t] && m[mb + p] === 0) counts[p]++;
+    // One run of pixels of one cell at a time (its mu and thr in locals). A NaN v fails the first
+    // compare; an infinite one is not finite (v - v is NaN).
+    let p = 0;
+    for (let r = 0; r < nRuns; r++) {
+      const pe = runEnd[r], t = o + runCell[r];
+      const muT = mu[t], thrT = thr[t], cut = candidateCut(muT, thrT);
+      for (; p < pe; p++) {
+        const v = data[base + p];
+        if (v > cut && Math.fround(v - muT) > thrT && v - v === 0 && m[mb + p] === 0) counts[p]++;
+      }
     }
   }
 }
