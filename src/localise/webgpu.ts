@@ -78,7 +78,8 @@ export interface WebgpuOptions {
   upload?: "mapped" | "writeBuffer";
   /**
    * The largest storage binding to use, in bytes (default: the device's limit; 128 MiB on software
-   * adapters). Submissions are sized to fit it; tests set a small one to split batches.
+   * adapters). Submissions are sized to fit it; tests set a small one to split batches (also
+   * $XFEL_REDU_GPU_MAX_BINDING, bytes).
    */
   maxBindingBytes?: number;
 }
@@ -296,7 +297,7 @@ export async function createWebgpuBackend(
   const binding = Math.min(
     device.limits.maxStorageBufferBindingSize,
     device.limits.maxBufferSize,
-    options.maxBindingBytes ?? Infinity,
+    options.maxBindingBytes ?? (Number(process.env.XFEL_REDU_GPU_MAX_BINDING) || Infinity),
   );
   const limits = {
     maxStorageBufferBindingSize: binding,
