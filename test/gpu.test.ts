@@ -329,7 +329,11 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
         [4 * frame, 4 * 3, 8], // less than one module's frames: chunks of 4; overflowing peak tables
       ] as const
     ) {
-      const b = await backend("AGIPD", {}, 4, { debugLabels: true, maxBindingBytes: cap, peakCapacity: capacity });
+      const b = await backend("AGIPD", {}, 4, {
+        debugLabels: true,
+        maxBindingBytes: cap,
+        peakCapacity: capacity,
+      });
       const s0 = b.stats.submissions, d0 = b.stats.dispatches;
       const run = b.processModules(mods);
       await run.uploaded;

@@ -4,18 +4,25 @@
  * is a `Kernel` (src/gpu/kernel.ts): bindings by the shaders' names, common.wgsl's Params struct declared
  * once (PARAMS) and checked against the WGSL, workgroup sizes and the tile side read from the shaders.
  *
- * Per batch of frames (at most `maxFrames` per GPU submission; larger batches are split): one upload
- * (data, mask if any, hot bytes if any, a 96-byte uniform; on Dawn, frames go through a persistent mapped
- * staging buffer per slot, then a GPU copy), one command encoder with every stage in one compute pass,
- * one readback (readBuffers) of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
- * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
- * table and keeps the brightest maxPeaks.
+ * A call takes several modules' batches of the same frames (`processModules`, `accumulateModules`;
+ * `process` and `accumulateLitCounts` are calls of one module). Each submission holds the frames of a group
+ * of modules, module after module: module-frame j = module * m + f (m frames per module), and every stage is
+ * dispatched once over all J = modules x m module frames ("frames" below); the shaders index per-module
+ * inputs (hot bytes, stage-0 cells, radius-bin lists and counts) by the module of j (common.wgsl moduleOf).
+ * Per submission: one upload (data, mask if any module has one, hot bytes if any, stage-0 cells when they
+ * changed, a 96-byte uniform; on Dawn, frames go through persistent mapped staging buffers per slot, then
+ * GPU copies), one command encoder with every stage in one compute pass, one readback (readBuffers) of
+ * compact results: per module frame the per-ASIC counters and the peak count, and a peak table of
+ * `peakCapacity` entries per module frame (default max(1024, 4 * maxPeaks)). The host only sorts each
+ * frame's table and keeps the brightest maxPeaks. A call larger than the storage-binding cap is split
+ * (planParts): into the largest even groups of modules with all their frames, or, when one module's frames
+ * do not fit, into chunks of one module's frames; modules with radius bins and with tiles apart.
  *
  *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
  *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
  *   or, with radius bins (bgBinWidth > 0 and a batch radius; the bins' pixel lists uploaded per module):
- *   radialbg   (bins, frames) workgroups          stage 0: mu, sigma per bin (segmented reduction)
- *   radialthr  (bins/64, frames)                  stage 0: thr (median sigma of the bin and its neighbours)
+ *   radialbg   (maxBins, frames) workgroups       stage 0: mu, sigma per bin (segmented reduction)
+ *   radialthr  (maxBins/64, frames)               stage 0: thr (median sigma of the bin and its neighbours)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
  *   merge      (pixels/256, frames)               stage 4 union-find
@@ -24,15 +31,21 @@
  *   allocate   (pixels/256, frames)               peak count per frame (exact), table slots
  *   bounds     (pixels/16/256, frames)            table entries: area, box
  *   accumulate (pixels/16/256, frames)            table entries: sums (about the box centre), max
+ *   hotcount   (pixels/256, modules)              the pre-pass (after stage 0): candidate counts per module
  *
  * Overflow: a frame with more peaks than `peakCapacity` has only `peakCapacity` of them (whichever won
  * the allocation race) in the GPU table. Its nPeaks is still exact (counted on the GPU), and the backend
- * recomputes that frame's peak list with the CPU reference (stages 3-4 of that frame only), so the
- * result is the same as without overflow; `stats.overflowFrames` counts these frames.
+ * recomputes that frame's peak list with the CPU reference (stages 3-4 of that frame only, from its data and
+ * mask read back from the slot), so the result is the same as without overflow; `stats.overflowFrames`
+ * counts these frames.
  *
- * Buffers and kernels are created once per backend. Inputs (data, mask, hot, uniform) are double-buffered
- * in two slots (readbacks use readBuffers' pooled staging buffers), so two calls can be in flight (a third waits for a slot); the
- * intermediate buffers are shared, which is safe because the queue runs submissions in order.
+ * Kernels are created once per backend; buffers grow to the largest submission asked for (up to the cap).
+ * Inputs (data, mask, hot, cells, uniform) are double-buffered in two slots (readbacks use readBuffers'
+ * pooled staging buffers), so two submissions can be in flight (a third waits for a slot); the intermediate
+ * buffers are shared, which is safe because the queue runs submissions in order (replaced ones are destroyed
+ * after the work submitted before). `processModules` gives `uploaded` as soon as every submission of the
+ * call has taken its inputs (the caller may then reuse its arrays: localise returns from processBatch then,
+ * so the next batch is read and uploaded while this one computes) and `results` when they are read back.
  */
 import type { Geometry } from "../exdf/detectors.ts";
 import { getGpuDevice } from "../gpu/device.ts";
@@ -351,7 +364,9 @@ export async function createWebgpuBackend(
     /** Destroy buffers after the work submitted so far (another slot's may still use them). */
     const retire = (bs: (GPUBuffer | undefined)[]) => {
       const list = bs.filter((b): b is GPUBuffer => !!b);
-      if (list.length) device.queue.onSubmittedWorkDone().then(() => list.forEach((b) => b.destroy()), () => undefined);
+      if (list.length) {
+        device.queue.onSubmittedWorkDone().then(() => list.forEach((b) => b.destroy()), () => undefined);
+      }
     };
     function growShared(J: number, M: number) {
       if (J > shared.capJ) {
@@ -397,8 +412,18 @@ export async function createWebgpuBackend(
         const j = Math.min(fit, Math.max(J, 2 * s.capJ));
         for (const b of [s.data, s.mask, s.upload, s.uploadMask]) b?.destroy();
         s.mapping = undefined;
-        s.data = createBuffer(device, j * frameBytes, S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC, "data");
-        s.mask = createBuffer(device, j * frameBytes, S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC, "mask");
+        s.data = createBuffer(
+          device,
+          j * frameBytes,
+          S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
+          "data",
+        );
+        s.mask = createBuffer(
+          device,
+          j * frameBytes,
+          S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
+          "mask",
+        );
         if (uploadMode === "mapped") {
           const staging = (label: string) =>
             device.createBuffer({
@@ -798,7 +823,10 @@ export async function createWebgpuBackend(
           const { radial } = upload(slot, part, enc);
           const pass = enc.beginComputePass();
           stage0(pass, G, radial, M * part.m);
-          dispatch(pass, "hotcount", "hotcount", G, [Math.ceil(P / k.hotcount.workgroupSize("hotcount")[0]), M]);
+          dispatch(pass, "hotcount", "hotcount", G, [
+            Math.ceil(P / k.hotcount.workgroupSize("hotcount")[0]),
+            M,
+          ]);
           pass.end();
           recorded = true;
           stats.submissions++;
@@ -819,7 +847,10 @@ export async function createWebgpuBackend(
       const b = k.background;
       if (!radial) {
         dispatch(pass, "background", "background", G, [Math.ceil(NT / b.workgroupSize("background")[0]), J]);
-        dispatch(pass, "background", "bgthreshold", G, [Math.ceil(NT / b.workgroupSize("bgthreshold")[0]), J]);
+        dispatch(pass, "background", "bgthreshold", G, [
+          Math.ceil(NT / b.workgroupSize("bgthreshold")[0]),
+          J,
+        ]);
       } else {
         dispatch(pass, "background", "radialbg", G, [NC, J]);
         dispatch(pass, "background", "radialthr", G, [Math.ceil(NC / b.workgroupSize("radialthr")[0]), J]);
@@ -850,9 +881,7 @@ export async function createWebgpuBackend(
         let done!: () => void;
         return { p: new Promise<void>((r) => (done = r)), done };
       });
-      const runs = parts.map((part, i) =>
-        runPart(part, res, ups[i].done).finally(() => ups[i].done())
-      );
+      const runs = parts.map((part, i) => runPart(part, res, ups[i].done).finally(() => ups[i].done()));
       const results = Promise.all(runs).then(() => {
         for (const r of res) {
           r.overflowFrames.sort((a, b) => a - b);
@@ -893,12 +922,24 @@ export async function createWebgpuBackend(
       dispose() {
         if (disposed) return;
         disposed = true;
-        for (const b of [shared.labels, shared.area, shared.counters, shared.table, shared.bg, shared.litCount]) {
+        for (
+          const b of [shared.labels, shared.area, shared.counters, shared.table, shared.bg, shared.litCount]
+        ) {
           b?.destroy();
         }
         for (const s of slots) {
           for (
-            const b of [s.params, s.data, s.mask, s.hot, s.cells, s.cellList, s.cellCounts, s.upload, s.uploadMask]
+            const b of [
+              s.params,
+              s.data,
+              s.mask,
+              s.hot,
+              s.cells,
+              s.cellList,
+              s.cellCounts,
+              s.upload,
+              s.uploadMask,
+            ]
           ) {
             b?.destroy();
           }
