@@ -347,6 +347,33 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
     }
   });
 
+  it("two calls in flight: the second is uploaded before the first is read back", async () => {
+    const g = geometry("DSSC");
+    const all = scenes(g);
+    const part = (f0: number): ModuleBatch => ({
+      geometry: g,
+      nFrames: 2,
+      data: all.data.slice(f0 * g.pixels, (f0 + 2) * g.pixels),
+      mask: all.mask!.slice(f0 * g.pixels, (f0 + 2) * g.pixels),
+      hot: all.hot,
+    });
+    const calls = [[part(0), part(2)], [part(4), part(6)]];
+    const b = await backend("DSSC", {}, 2);
+    const events: string[] = [];
+    const runs = calls.map((mods, i) => {
+      const run = b.processModules(mods);
+      run.uploaded.then(() => events.push(`uploaded ${i}`));
+      run.results.then(() => events.push(`results ${i}`));
+      return run;
+    });
+    const results = await Promise.all(runs.map((r) => r.results));
+    expect(events.indexOf("uploaded 1")).toBeLessThan(events.indexOf("results 0"));
+    expect(events.indexOf("results 0")).toBeLessThan(events.indexOf("results 1"));
+    calls.forEach((mods, i) =>
+      mods.forEach((batch, m) => expectSame(results[i][m], processBatchCpu(batch, P)))
+    );
+  });
+
   it("uploads through queue.writeBuffer give the same results", async () => {
     const b = await backend("AGIPD", {}, 4, { upload: "writeBuffer", debugLabels: true });
     await compare(b, scenes(geometry("AGIPD")));
