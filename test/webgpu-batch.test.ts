@@ -14,6 +14,8 @@ import { geometry } from "../src/exdf/detectors.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { type LocaliseResult } from "../src/localise/result.ts";
+import type { ModuleBatch } from "../src/localise/spec.ts";
+import { planParts } from "../src/localise/webgpu-host.ts";
 
 const gpu = await getGpuDevice();
 if (!gpu) console.warn("test/webgpu-batch.test.ts: SKIPPED: no WebGPU adapter");
@@ -38,6 +40,37 @@ beforeAll(async () => {
 afterAll(() => {
   for (const r of results) r.dispose();
   fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe("planParts: a call cut into submissions under the binding cap", () => {
+  const g = geometry("AGIPD");
+  const mods = (n: number, radial: number[] = []) =>
+    Array.from({ length: n }, (_, i) => ({ geometry: g, nFrames: 0, data: new Float32Array(0), i, radial }));
+  const plan = (n: number, frames: number, perJ: number, perModules = 1000, radial: number[] = []) =>
+    planParts(
+      mods(n) as unknown as ModuleBatch[],
+      frames,
+      perJ,
+      perModules,
+      (b) => radial.includes((b as unknown as { i: number }).i),
+    ).map((p) => [p.index, p.f0, p.m]);
+  test("whole batches, even module groups, frame chunks, tiles and radius bins apart", () => {
+    expect(plan(8, 32, 512)).toEqual([[[0, 1, 2, 3, 4, 5, 6, 7], 0, 32]]);
+    expect(plan(8, 128, 512)).toEqual([[[0, 1, 2, 3], 0, 128], [[4, 5, 6, 7], 0, 128]]);
+    expect(plan(7, 10, 40)).toEqual([[[0, 1, 2, 3], 0, 10], [[4, 5, 6], 0, 10]]);
+    expect(plan(5, 6, 12)).toEqual([[[0, 1], 0, 6], [[2, 3], 0, 6], [[4], 0, 6]]);
+    expect(plan(4, 6, 1000, 3)).toEqual([[[0, 1], 0, 6], [[2, 3], 0, 6]]); // at most 3 modules: 2 + 2
+    expect(plan(2, 10, 4)).toEqual([
+      [[0], 0, 4],
+      [[0], 4, 4],
+      [[0], 8, 2],
+      [[1], 0, 4],
+      [[1], 4, 4],
+      [[1], 8, 2],
+    ]);
+    expect(plan(4, 8, 1000, 1000, [1, 3])).toEqual([[[0, 2], 0, 8], [[1, 3], 0, 8]]);
+    expect(plan(4, 0, 1000)).toEqual([]);
+  });
 });
 
 function expectSameResults(wg: LocaliseResult, cpu: LocaliseResult): void {
