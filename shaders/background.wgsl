@@ -114,14 +114,16 @@ fn bgthreshold(@builtin(global_invocation_id) gid: vec3u) {
 }
 
 // Stage 0 per radius bin (spec: radialBackgroundFrameCpu in src/localise/stages.ts). Cells c = 0 ..
-// cellsN - 1 (radius bins of the module; cells[p] is a pixel's bin). cellList: cellsN + 1 starts, then
-// the pixels of each cell (cellList in stages.ts). `radialbg`: one workgroup of 64 per (cell, frame), the
+// N - 1 (N = cellCounts[mi]: radius bins of the module; cells[module * pixels + p] is a pixel's bin).
+// cellList: per module a segment of cellsN + 1 + pixels words at module * (cellsN + 1 + pixels): N + 1
+// starts, then the pixels of each cell (cellList in stages.ts). Workgroups of cells c >= N return. `radialbg`: one workgroup of 64 per (cell, frame), the
 // same one-sided clip as a tile's, with count, sum and sum of squares (sigma = sqrt(max(0, Q / n -
 // mu^2)), as the CPU's) per invocation (strided over the cell's pixels), then a tree reduction in
 // workgroup memory (float32, deterministic). `radialthr`: one invocation per (cell, frame):
 // thr = max(threshold, minSnr * s), s the median of the sigmas of cells c - 1, c, c + 1 (the lower of
 // two at the ends; its own with one cell).
 @group(0) @binding(4) var<storage, read> cellList: array<u32>;
+@group(0) @binding(5) var<storage, read> cellCounts: array<u32>;
 
 var<workgroup> wn: array<f32, 64>;
 var<workgroup> ws: array<f32, 64>;
@@ -131,8 +133,12 @@ var<workgroup> wq: array<f32, 64>;
 fn radialbg(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
   let c = wid.x;
   let frame = wid.y;
-  let N = params.cellsN;
-  let o = (frame * N + c) * 4u;
+  let mi = moduleOf(frame);
+  let N = cellCounts[mi];
+  if (c >= N) {
+    return;
+  }
+  let o = (frame * params.cellsN + c) * 4u;
   if (!(params.minSnr > 0.0)) {
     if (li == 0u) {
       bg[o] = 0.0;
@@ -140,9 +146,10 @@ fn radialbg(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) 
     }
     return;
   }
-  let start = cellList[c];
-  let end = cellList[c + 1u];
-  let base = N + 1u;
+  let seg = mi * (params.cellsN + 1u + params.pixels);
+  let start = cellList[seg + c];
+  let end = cellList[seg + c + 1u];
+  let base = seg + N + 1u;
   var mu = 0.0;
   var sigma = 0.0;
   var limitSet = false;
@@ -195,13 +202,13 @@ fn radialbg(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) 
 
 @compute @workgroup_size(64)
 fn radialthr(@builtin(global_invocation_id) gid: vec3u) {
-  let N = params.cellsN;
   let c = gid.x;
+  let frame = gid.y;
+  let N = cellCounts[moduleOf(frame)];
   if (c >= N) {
     return;
   }
-  let frame = gid.y;
-  let o = (frame * N + c) * 4u;
+  let o = (frame * params.cellsN + c) * 4u;
   if (!(params.minSnr > 0.0)) {
     bg[o + 2u] = params.threshold;
     return;

@@ -1,7 +1,11 @@
 // Shared by every localisation shader: the loader (src/localise/webgpu.ts) puts this file in front of
 // each stage's file. Layouts match src/localise/webgpu.ts.
 //
-// Pixel indices: p = ss * moduleFs + fs within a module frame; i = frame * pixels + p within the batch.
+// A submission holds several modules' frames of one batch: `frame` is the module-frame index
+// j = module * nFrames + f (module: its place in the submission, nFrames: frames per module), so that
+// every stage runs once over (modules x frames); per-module inputs (hot pixels, stage-0 cells) are
+// indexed by moduleOf(j).
+// Pixel indices: p = ss * moduleFs + fs within a module frame; i = frame * pixels + p within the submission.
 // Per-frame counters (stride = 4 * nAsics + 1 words): [0, A) litPixels, [A, 2A) litIntensity (f32 bits),
 // [2A, 3A) unmaskedPixels, [3A, 4A) filteredLit, [4A] number of peaks (components in the area range).
 // Peak table: `capacity` entries of ENTRY words per frame: area, ss0, fs0, ss1, fs1 (u32), intensity
@@ -38,7 +42,10 @@ struct Params {
   radial: u32,
 }
 
-// Stage-0 cell of every module pixel: its 16 x 16 tile, or its radius bin (cellsOf in stages.ts).
+// Stage-0 cell of every module pixel, per module of the submission (cells[module * pixels + p]): its
+// 16 x 16 tile, or its radius bin (cellsOf in stages.ts). cellsN is the stride of bg per module frame
+// (the tiles, or the most radius bins a module can have); a module's own count of radius bins is in
+// cellCounts (background.wgsl).
 @group(0) @binding(15) var<storage, read> cells: array<u32>;
 
 const NONE: u32 = 0xffffffffu;
@@ -49,7 +56,12 @@ const ENTRY: u32 = 11u;
 // Background cell (tile or radius bin) of pixel (ss, fs) of a frame: its mu, sigma, thr at
 // bg[bgIndex(...) + 0, 1, 2].
 fn bgIndex(frame: u32, ss: u32, fs: u32) -> u32 {
-  return (frame * params.cellsN + cells[ss * params.moduleFs + fs]) * 4u;
+  return (frame * params.cellsN + cells[moduleOf(frame) * params.pixels + ss * params.moduleFs + fs]) * 4u;
+}
+
+// The module (its place in the submission) of module-frame `frame`.
+fn moduleOf(frame: u32) -> u32 {
+  return frame / params.nFrames;
 }
 
 // finite(v) from the bits: compilers may assume no NaN/Inf in float comparisons.

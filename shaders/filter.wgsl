@@ -22,8 +22,10 @@ const H: u32 = 18u; // T + 2
 var<workgroup> tileL: array<u32, 324>; // H * H
 var<workgroup> tileCount: atomic<u32>;
 
-fn isHot(p: u32) -> bool {
-  return params.hasHot != 0u && ((hotBytes[p >> 2u] >> ((p & 3u) * 8u)) & 0xffu) != 0u;
+// Hot bytes: one per pixel of each module of the submission (hotBytes[module * pixels + p], packed 4 a word).
+fn isHot(frame: u32, p: u32) -> bool {
+  let b = moduleOf(frame) * params.pixels + p;
+  return params.hasHot != 0u && ((hotBytes[b >> 2u] >> ((b & 3u) * 8u)) & 0xffu) != 0u;
 }
 
 // L at (ss, fs) of the frame starting at `base`; false outside the image.
@@ -41,7 +43,7 @@ fn litNotHot(frame: u32, base: u32, ss: i32, fs: i32) -> u32 {
   if (params.hasMask != 0u && mask[i] != 0u) {
     return 0u;
   }
-  if (isHot(p)) {
+  if (isHot(frame, p)) {
     return 0u;
   }
   return 1u;

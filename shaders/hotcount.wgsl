@@ -1,8 +1,9 @@
-// Stage 2 pre-pass (hot pixels): litCount[p] = number of frames of the batch where pixel p is a candidate
+// Stage 2 pre-pass (hot pixels): litCount[module * pixels + p] = number of the module's frames of the
+// submission where pixel p is a candidate
 // (valid && value - mu > thr of its background tile, stage 0). The host adds these to the module's running counts; a pixel
 // is hot when its count > hotFraction * frames (hotPixels() in src/localise/stages.ts).
 //
-// One invocation per module pixel, looping over the frames (coalesced across invocations).
+// One invocation per (pixel, module), looping over the module's frames (coalesced across invocations).
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> data: array<f32>;
@@ -16,10 +17,11 @@ fn hotcount(@builtin(global_invocation_id) gid: vec3u) {
   if (p >= params.pixels) {
     return;
   }
+  let mi = gid.y;
   var n = 0u;
   let ss = p / params.moduleFs;
   let fs = p % params.moduleFs;
-  for (var f = 0u; f < params.nFrames; f++) {
+  for (var f = mi * params.nFrames; f < (mi + 1u) * params.nFrames; f++) {
     let i = f * params.pixels + p;
     let v = data[i];
     let b = bgIndex(f, ss, fs);
@@ -27,5 +29,5 @@ fn hotcount(@builtin(global_invocation_id) gid: vec3u) {
       n += 1u;
     }
   }
-  litCount[p] = n;
+  litCount[mi * params.pixels + p] = n;
 }

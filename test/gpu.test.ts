@@ -260,7 +260,8 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
 
   it("splits batches larger than maxFrames, and runs several calls in flight", async () => {
     const g = geometry("DSSC");
-    const b = await backend("DSSC", {}, 2);
+    // A binding cap of two frames (the data binding; the peak table of a frame is smaller).
+    const b = await backend("DSSC", {}, 2, { debugLabels: true, maxBindingBytes: 2 * 4 * g.pixels });
     expect(b.maxFrames).toBe(2);
     const all = scenes(g);
     const parts = [0, 1, 2].map((k) => {
@@ -281,6 +282,96 @@ describe.skipIf(!gpu)("webgpu backend == cpu reference", () => {
       expect(results[k].labels).toEqual(labels);
     }
     await expect(b.process({ ...parts[0], geometry: geometry("AGIPD") })).rejects.toThrow();
+  });
+
+  it("several modules in one call: whole-batch dispatches, split by the binding cap", async () => {
+    const g = geometry("AGIPD");
+    const n = 9;
+    const base = scenes(g);
+    const shifted = (k: number): ModuleBatch => {
+      const b = batchOf(g, n, true);
+      for (let f = 0; f < n; f++) {
+        const src = ((f + k) % n) * g.pixels;
+        b.data.set(base.data.subarray(src, src + g.pixels), f * g.pixels);
+        b.mask!.set(base.mask!.subarray(src, src + g.pixels), f * g.pixels);
+      }
+      return b;
+    };
+    // Each module its own frames, mask (or none) and hot pixels (or none).
+    const mods: ModuleBatch[] = [
+      base,
+      { ...shifted(4), mask: undefined },
+      { ...shifted(2), hot: new Uint8Array(g.pixels).fill(1, 40 * g.moduleFs, 60 * g.moduleFs) },
+    ];
+    const frame = 4 * g.pixels;
+    const cpu = mods.map((batch) => {
+      const labels = new Uint32Array(n * g.pixels);
+      return { res: processBatchCpu(batch, P, { labels }), labels };
+    });
+    const expectedCounts = mods.map((batch) => {
+      const c = new Uint32Array(g.pixels).fill(3);
+      accumulateLitCountsCpu(batch, c, P);
+      return c;
+    });
+    for (
+      const [cap, parts, capacity, upload] of [
+        [undefined, 1, undefined, undefined], // all modules x frames in one submission
+        [2 * n * frame, 2, undefined, "writeBuffer"], // groups of two modules and one
+        [4 * frame, 3 * 3, 8, undefined], // less than one module's frames: chunks of 4; overflowing tables
+      ] as const
+    ) {
+      const b = await backend("AGIPD", {}, 4, {
+        debugLabels: true,
+        maxBindingBytes: cap,
+        peakCapacity: capacity,
+        upload,
+      });
+      const s0 = b.stats.submissions, d0 = b.stats.dispatches;
+      const run = b.processModules(mods);
+      await run.uploaded;
+      const res = await run.results;
+      expect(b.stats.submissions - s0, `cap ${cap}`).toBe(parts);
+      expect(b.stats.dispatches - d0).toBe(10 * parts);
+      expect(res.length).toBe(mods.length);
+      for (let m = 0; m < mods.length; m++) {
+        expectSame(res[m], cpu[m].res);
+        expect(res[m].labels).toEqual(cpu[m].labels);
+        if (capacity) expect(res[m].overflowFrames).toEqual([(8 - [0, 4, 2][m] + n) % n]);
+      }
+      // Stage 2 pre-pass of all modules at once.
+      const counts = mods.map(() => new Uint32Array(g.pixels).fill(3));
+      const s1 = b.stats.submissions;
+      await b.accumulateModules(mods, counts);
+      expect(b.stats.submissions - s1).toBe(parts);
+      for (let m = 0; m < mods.length; m++) expect(counts[m]).toEqual(expectedCounts[m]);
+    }
+  });
+
+  it("two calls in flight: the second is uploaded before the first is read back", async () => {
+    const g = geometry("DSSC");
+    const all = scenes(g);
+    const part = (f0: number): ModuleBatch => ({
+      geometry: g,
+      nFrames: 2,
+      data: all.data.slice(f0 * g.pixels, (f0 + 2) * g.pixels),
+      mask: all.mask!.slice(f0 * g.pixels, (f0 + 2) * g.pixels),
+      hot: all.hot,
+    });
+    const calls = [[part(0), part(2)], [part(4), part(6)]];
+    const b = await backend("DSSC", {}, 2);
+    const events: string[] = [];
+    const runs = calls.map((mods, i) => {
+      const run = b.processModules(mods);
+      run.uploaded.then(() => events.push(`uploaded ${i}`));
+      run.results.then(() => events.push(`results ${i}`));
+      return run;
+    });
+    const results = await Promise.all(runs.map((r) => r.results));
+    expect(events.indexOf("uploaded 1")).toBeLessThan(events.indexOf("results 0"));
+    expect(events.indexOf("results 0")).toBeLessThan(events.indexOf("results 1"));
+    calls.forEach((mods, i) =>
+      mods.forEach((batch, m) => expectSame(results[i][m], processBatchCpu(batch, P)))
+    );
   });
 
   it("uploads through queue.writeBuffer give the same results", async () => {

@@ -107,6 +107,9 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
    * main pass does not compute it again; each entry is dropped when the main pass has used it.
    */
   private sampleBg: Map<number, Background>[] = [];
+  /** The last batch's results going to the spill file (a GPU batch finishes during the next one). */
+  private appending: Promise<void> = Promise.resolve();
+  private failed?: { error: unknown };
 
   configure(options: Record<string, unknown>): void {
     this.opt = { ...DEFAULT_OPTIONS, ...(options as Partial<LocaliseOptions>) };
@@ -168,6 +171,19 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     const g = this.g!;
     this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
     const keep = backend.name === "cpu";
+    if (backend.accumulateModules) {
+      // All modules at once (whole-batch dispatches).
+      b.modules.forEach((mf, m) => (this.recorded[m] += mf.present.reduce((a, x) => a + x, 0)));
+      const batches = b.modules.map((mf, m) => ({
+        geometry: g,
+        nFrames: b.nFrames,
+        data: mf.data,
+        mask: mf.mask,
+        radius: this.radius[m],
+      }));
+      await backend.accumulateModules(batches, this.counts);
+      return;
+    }
     for (let m = 0; m < b.modules.length; m++) {
       const mf = b.modules[m];
       this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
@@ -198,29 +214,48 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     this.hot ??= this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction));
     this.bytesRead += b.nFrames * nMod * this.frameBytes;
     const n = b.nFrames;
-    const results: (BatchResult | undefined)[] = new Array(nMod);
-    // Two module batches in flight: the next module's upload overlaps the current one's compute.
-    let inFlight: Promise<BatchResult> | undefined;
-    for (let m = 0; m <= nMod; m++) {
-      const next = m < nMod
-        ? backend.process({
-          backgrounds: this.takeSampleBackgrounds(m, b.start, n),
-          geometry: g,
-          nFrames: n,
-          data: b.modules[m].data,
-          mask: b.modules[m].mask,
-          hot: this.hot[m],
-          radius: this.radius[m],
-        })
-        : undefined;
-      if (inFlight) results[m - 1] = await inFlight;
-      inFlight = next;
+    if (this.failed) throw this.failed.error;
+    const batches = b.modules.map((mf, m) => ({
+      backgrounds: this.takeSampleBackgrounds(m, b.start, n),
+      geometry: g,
+      nFrames: n,
+      data: mf.data,
+      mask: mf.mask,
+      hot: this.hot![m],
+      radius: this.radius[m],
+    }));
+    let results: Promise<(BatchResult | undefined)[]>;
+    if (backend.processModules) {
+      // All modules in whole-batch submissions. Once uploaded, the batch's arrays are free: this batch
+      // computes and reads back while the next one is read and uploaded (the backend's slots bound it).
+      const run = backend.processModules(batches);
+      await run.uploaded;
+      results = run.results;
+    } else {
+      const out: (BatchResult | undefined)[] = new Array(nMod);
+      // Two module batches in flight: the next module's upload overlaps the current one's compute.
+      let inFlight: Promise<BatchResult> | undefined;
+      for (let m = 0; m <= nMod; m++) {
+        const next = m < nMod ? backend.process(batches[m]) : undefined;
+        if (inFlight) out[m - 1] = await inFlight;
+        inFlight = next;
+      }
+      results = Promise.resolve(out);
     }
     this.trainId.push(b.trainId);
     this.pulseId.push(b.pulseId);
     b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
-    this.spill ??= new SpillWriter(1, "localise");
-    this.spill.append(frameRecords(n, nMod, nA, results, b.modules.map((mf) => mf.present)));
+    const present = b.modules.map((mf) => mf.present.slice());
+    // Records appended in batch order; a failure is thrown by the next batch or finalizeChunk.
+    const previous = this.appending;
+    this.appending = (async () => {
+      const r = await results;
+      await previous;
+      this.spill ??= new SpillWriter(1, "localise");
+      this.spill.append(frameRecords(n, nMod, nA, r, present));
+    })().catch((error: unknown) => {
+      this.failed ??= { error };
+    });
   }
 
   /** The pre-pass's stage 0 of frames [start, start + n) of module m (undefined where none), dropped. */
@@ -235,7 +270,9 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     return out;
   }
 
-  finalizeChunk(): LocalisePart {
+  async finalizeChunk(): Promise<LocalisePart> {
+    await this.appending;
+    if (this.failed) throw this.failed.error;
     this.spill ??= new SpillWriter(1, "localise");
     return {
       modules: this.modules,

@@ -162,6 +162,14 @@ export interface LocaliseBackend {
    * the next module's upload before awaiting the previous result).
    */
   process(batch: ModuleBatch): Promise<BatchResult>;
+  /**
+   * Optional (webgpu): stages 1, 3, 4 on several modules' batches of the same frames at once (each stage
+   * dispatched once over modules x frames). `uploaded` resolves when the batches' data and mask are no
+   * longer read (hot and radius may be, until `results`); `results` gives one result per batch.
+   */
+  processModules?(batches: ModuleBatch[]): { uploaded: Promise<void>; results: Promise<BatchResult[]> };
+  /** Optional (webgpu): the stage-2 pre-pass on several modules' batches at once (counts per batch). */
+  accumulateModules?(batches: ModuleBatch[], counts: Uint32Array[]): Promise<void>;
   dispose(): void;
 }
 

@@ -4,18 +4,25 @@
  * is a `Kernel` (src/gpu/kernel.ts): bindings by the shaders' names, common.wgsl's Params struct declared
  * once (PARAMS) and checked against the WGSL, workgroup sizes and the tile side read from the shaders.
  *
- * Per batch of frames (at most `maxFrames` per GPU submission; larger batches are split): one upload
- * (data, mask if any, hot bytes if any, a 96-byte uniform; on Dawn, frames go through a persistent mapped
- * staging buffer per slot, then a GPU copy), one command encoder with every stage in one compute pass,
- * one readback (readBuffers) of compact results: per frame the per-ASIC counters and the peak count, and a peak table of
- * `peakCapacity` entries per frame (default max(1024, 4 * maxPeaks)). The host only sorts each frame's
- * table and keeps the brightest maxPeaks.
+ * A call takes several modules' batches of the same frames (`processModules`, `accumulateModules`;
+ * `process` and `accumulateLitCounts` are calls of one module). Each submission holds the frames of a group
+ * of modules, module after module: module-frame j = module * m + f (m frames per module), and every stage is
+ * dispatched once over all J = modules x m module frames ("frames" below); the shaders index per-module
+ * inputs (hot bytes, stage-0 cells, radius-bin lists and counts) by the module of j (common.wgsl moduleOf).
+ * Per submission: one upload (data, mask if any module has one, hot bytes if any, stage-0 cells when they
+ * changed, a 96-byte uniform; on Dawn, frames go through persistent mapped staging buffers per slot, then
+ * GPU copies), one command encoder with every stage in one compute pass, one readback (readBuffers) of
+ * compact results: per module frame the per-ASIC counters and the peak count, and a peak table of
+ * `peakCapacity` entries per module frame (default max(1024, 4 * maxPeaks)). The host only sorts each
+ * frame's table and keeps the brightest maxPeaks. A call larger than the storage-binding cap is split
+ * (planParts): into the largest even groups of modules with all their frames, or, when one module's frames
+ * do not fit, into chunks of one module's frames; modules with radius bins and with tiles apart.
  *
  *   background (tiles/64, frames)                 stage 0: mu, sigma per 16 x 16 tile
  *   bgthreshold (tiles/64, frames)                stage 0: thr (the neighbourhood's median sigma)
  *   or, with radius bins (bgBinWidth > 0 and a batch radius; the bins' pixel lists uploaded per module):
- *   radialbg   (bins, frames) workgroups          stage 0: mu, sigma per bin (segmented reduction)
- *   radialthr  (bins/64, frames)                  stage 0: thr (median sigma of the bin and its neighbours)
+ *   radialbg   (maxBins, frames) workgroups       stage 0: mu, sigma per bin (segmented reduction)
+ *   radialthr  (maxBins/64, frames)               stage 0: thr (median sigma of the bin and its neighbours)
  *   litpixels  (nAsics, frames) workgroups        stage 1 counters
  *   filter     (fs/16, ss/16, frames)             stage 3: survivors -> labels[i] = i | NONE, filteredLit
  *   merge      (pixels/256, frames)               stage 4 union-find
@@ -24,15 +31,21 @@
  *   allocate   (pixels/256, frames)               peak count per frame (exact), table slots
  *   bounds     (pixels/16/256, frames)            table entries: area, box
  *   accumulate (pixels/16/256, frames)            table entries: sums (about the box centre), max
+ *   hotcount   (pixels/256, modules)              the pre-pass (after stage 0): candidate counts per module
  *
  * Overflow: a frame with more peaks than `peakCapacity` has only `peakCapacity` of them (whichever won
  * the allocation race) in the GPU table. Its nPeaks is still exact (counted on the GPU), and the backend
- * recomputes that frame's peak list with the CPU reference (stages 3-4 of that frame only), so the
- * result is the same as without overflow; `stats.overflowFrames` counts these frames.
+ * recomputes that frame's peak list with the CPU reference (stages 3-4 of that frame only, from its data and
+ * mask read back from the slot), so the result is the same as without overflow; `stats.overflowFrames`
+ * counts these frames.
  *
- * Buffers and kernels are created once per backend. Inputs (data, mask, hot, uniform) are double-buffered
- * in two slots (readbacks use readBuffers' pooled staging buffers), so two calls can be in flight (a third waits for a slot); the
- * intermediate buffers are shared, which is safe because the queue runs submissions in order.
+ * Kernels are created once per backend; buffers grow to the largest submission asked for (up to the cap).
+ * Inputs (data, mask, hot, cells, uniform) are double-buffered in two slots (readbacks use readBuffers'
+ * pooled staging buffers), so two submissions can be in flight (a third waits for a slot); the intermediate
+ * buffers are shared, which is safe because the queue runs submissions in order (replaced ones are destroyed
+ * after the work submitted before). `processModules` gives `uploaded` as soon as every submission of the
+ * call has taken its inputs (the caller may then reuse its arrays: localise returns from processBatch then,
+ * so the next batch is read and uploaded while this one computes) and `results` when they are read back.
  */
 import type { Geometry } from "../exdf/detectors.ts";
 import { getGpuDevice } from "../gpu/device.ts";
@@ -40,6 +53,7 @@ import {
   type Buffers,
   BufferUsage,
   createBuffer,
+  type Groups,
   Kernel,
   MapMode,
   readBuffers,
@@ -48,20 +62,24 @@ import {
 import { shaderSource } from "../gpu/shaders.ts";
 import { cellList, type Cells, cellsOf, newBackground, TILE, tilesOf } from "./background.ts";
 import type { Background } from "./spec.ts";
-import {
-  type BatchResult,
-  type LocaliseBackend,
-  type LocaliseParams,
-  type ModuleBatch,
-  type Peak,
-} from "./spec.ts";
-import { emptyResult, framePeaksCpu, NO_LABEL, sortAndCut } from "./stages.ts";
+import { type BatchResult, type LocaliseBackend, type LocaliseParams, type ModuleBatch } from "./spec.ts";
+import { emptyResult, framePeaksCpu, NO_LABEL } from "./stages.ts";
 import { checkBatch } from "./spec.ts";
+import {
+  clampU32,
+  counterStride,
+  defaultPeakCapacity,
+  ENTRY,
+  framesPerBatch,
+  PARAMS,
+  PARAMS_BYTES,
+  parseResults,
+  type Part,
+  planParts,
+  SEG,
+} from "./webgpu-host.ts";
 
-/** Words per peak-table entry (shaders/common.wgsl ENTRY). */
-const ENTRY = 11;
-/** Pixels per row segment of the run passes (shaders/common.wgsl SEG). */
-const SEG = 16;
+export { defaultPeakCapacity, framesPerBatch, planParts };
 
 export interface WebgpuOptions {
   /** Peak-table entries per frame on the GPU (default max(1024, 4 * maxPeaks)). */
@@ -75,6 +93,18 @@ export interface WebgpuOptions {
    * mapped writes are 60x slower there).
    */
   upload?: "mapped" | "writeBuffer";
+  /**
+   * The largest storage binding to use, in bytes (default: the device's limit; 128 MiB on software
+   * adapters). Submissions are sized to fit it; tests set a small one to split batches (also
+   * $XFEL_REDU_GPU_MAX_BINDING, bytes).
+   */
+  maxBindingBytes?: number;
+}
+
+/** A call on several modules: `uploaded` when their arrays are no longer read, `results` in call order. */
+export interface ModulesRun {
+  uploaded: Promise<void>;
+  results: Promise<WebgpuBatchResult[]>;
 }
 
 export interface WebgpuBatchResult extends BatchResult {
@@ -89,63 +119,46 @@ export interface WebgpuBatchResult extends BatchResult {
 export interface WebgpuBackend extends LocaliseBackend {
   readonly name: "webgpu";
   readonly software: boolean;
-  /** Frames per GPU submission. */
+  /** Module-frames (modules x frames) per GPU submission at most (the binding cap). */
   readonly maxFrames: number;
   readonly peakCapacity: number;
   readonly upload: "mapped" | "writeBuffer";
-  readonly stats: { batches: number; frames: number; overflowFrames: number };
+  /**
+   * Module batches and frames done, overflowing frames; GPU submissions and compute dispatches made
+   * (pre-pass included).
+   */
+  readonly stats: {
+    batches: number;
+    frames: number;
+    overflowFrames: number;
+    submissions: number;
+    dispatches: number;
+  };
   process(batch: ModuleBatch): Promise<WebgpuBatchResult>;
-}
-
-/** Per-frame counter words: litPixels, litIntensity, unmaskedPixels, filteredLit per ASIC, + peak count. */
-function counterStride(g: Geometry): number {
-  return 4 * g.nAsics + 1;
-}
-
-export function defaultPeakCapacity(params: LocaliseParams): number {
-  return Math.max(1024, 4 * params.maxPeaks);
-}
-
-/**
- * How many frames of this geometry fit one GPU submission under the device limits (the largest storage
- * binding is a frame-major f32 array of the batch, or the peak table).
- */
-export function framesPerBatch(
-  geometry: Geometry,
-  limits: {
-    maxStorageBufferBindingSize: number;
-    maxBufferSize: number;
-    maxComputeWorkgroupsPerDimension?: number;
-  },
-  peakCapacity = 1024,
-): number {
-  const binding = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
-  return Math.max(
-    0,
-    Math.min(
-      Math.floor(binding / (4 * geometry.pixels)),
-      Math.floor(binding / (4 * ENTRY * Math.max(1, peakCapacity))),
-      limits.maxComputeWorkgroupsPerDimension ?? 65535,
-    ),
-  );
+  processModules(batches: ModuleBatch[]): ModulesRun;
+  accumulateModules(batches: ModuleBatch[], counts: Uint32Array[]): Promise<void>;
 }
 
 interface Slot {
   params: GPUBuffer;
+  /** Module-frames and modules its buffers hold. */
+  capJ: number;
+  capM: number;
   data: GPUBuffer;
   mask: GPUBuffer;
+  /** Hot bytes per module (modules x pixels bytes). */
   hot: GPUBuffer;
-  /** Stage-0 cells of the module pixels (u32 each) and the cell list (stages.ts cellList). */
+  /** Per module: stage-0 cells of the pixels (u32 each), a cell-list segment, and its cell count. */
   cells: GPUBuffer;
   cellList: GPUBuffer;
-  /** The Cells last written to `cells` / `cellList`. */
-  cellsOf?: Cells;
-  /** Upload staging (MAP_WRITE): data at 0, mask at maxFrames * pixels * 4; absent with writeBuffer uploads. */
+  cellCounts: GPUBuffer;
+  /** Per module position: the Cells last written to `cells` / `cellList` there. */
+  cellsOf: (Cells | undefined)[];
+  /** Upload staging (MAP_WRITE) of data and mask; absent with writeBuffer uploads. */
   upload?: GPUBuffer;
-  /** The pending re-map of `upload` after its last use (false: it failed). */
+  uploadMask?: GPUBuffer;
+  /** The pending re-map of the staging buffers after their last use (false: it failed). */
   mapping?: Promise<boolean>;
-  /** Each stage's buffers by binding name (the shaders' names; `cells` is common.wgsl's). */
-  groups: Record<Stage, Buffers>;
 }
 
 const ENTRIES = {
@@ -159,52 +172,17 @@ const ENTRIES = {
 
 type Stage = keyof typeof ENTRIES;
 
-/** The uniform struct Params of shaders/common.wgsl. */
-const PARAMS = {
-  pixels: "u32",
-  moduleSs: "u32",
-  moduleFs: "u32",
-  asicSs: "u32",
-  asicFs: "u32",
-  asicCols: "u32",
-  nAsics: "u32",
-  nFrames: "u32",
-  hasMask: "u32",
-  hasHot: "u32",
-  neighbours: "u32",
-  minArea: "u32",
-  maxArea: "u32",
-  capacity: "u32",
-  stride: "u32",
-  segments: "u32",
-  threshold: "f32",
-  strong: "f32",
-  bgIterations: "u32",
-  tilesFs: "u32",
-  minSnr: "f32",
-  bgClip: "f32",
-  cellsN: "u32",
-  radial: "u32",
-} as const;
-
-/** Bytes of Params (24 scalars, no padding). */
-const PARAMS_BYTES = 16 * Math.ceil(Object.keys(PARAMS).length / 4);
-
 type StageKernels = { [S in Stage]: Kernel<(typeof ENTRIES)[S][number], typeof PARAMS> };
-
-function fromOrderedKey(k: number, scratch: DataView): number {
-  scratch.setUint32(0, k & 0x80000000 ? k & 0x7fffffff : ~k >>> 0, true);
-  return scratch.getFloat32(0, true);
-}
 
 /**
  * The WebGPU backend for one geometry, or undefined when there is no WebGPU adapter. Throws when the
- * device cannot build the pipelines or buffers.
+ * device cannot build the pipelines or buffers. `initialFrames`: module-frames the buffers are made for
+ * at first (they grow, up to the binding cap, to the largest submission asked for).
  */
 export async function createWebgpuBackend(
   params: LocaliseParams,
   geometry: Geometry,
-  maxFramesPerBatch: number,
+  initialFrames: number,
   options: WebgpuOptions = {},
 ): Promise<WebgpuBackend | undefined> {
   const gpu = await getGpuDevice();
@@ -219,9 +197,18 @@ export async function createWebgpuBackend(
     throw new Error(`webgpu backend: ${g.type} module/ASIC sides are not multiples of ${TILE}`);
   }
   const C = Math.max(1, Math.floor(options.peakCapacity ?? defaultPeakCapacity(p)));
-  const fit = framesPerBatch(g, device.limits, C);
+  const binding = Math.min(
+    device.limits.maxStorageBufferBindingSize,
+    device.limits.maxBufferSize,
+    options.maxBindingBytes ?? (Number(process.env.XFEL_REDU_GPU_MAX_BINDING) || Infinity),
+  );
+  const limits = {
+    maxStorageBufferBindingSize: binding,
+    maxBufferSize: binding,
+    maxComputeWorkgroupsPerDimension: device.limits.maxComputeWorkgroupsPerDimension,
+  };
+  const fit = framesPerBatch(g, limits, C);
   if (fit < 1) throw new Error(`webgpu backend: one ${g.type} frame does not fit the device's buffer limits`);
-  const F = Math.max(1, Math.min(Math.floor(maxFramesPerBatch) || 1, fit));
   const segments = P / SEG;
   const NT = tilesOf(g);
   // Stage-0 cells: tiles, or radius bins of at most NC of them (bins of bgBinWidth over a module's
@@ -229,7 +216,12 @@ export async function createWebgpuBackend(
   const NC = p.bgBinWidth > 0
     ? Math.max(NT, Math.ceil((2 * (g.moduleSs + g.moduleFs)) / p.bgBinWidth) + 2)
     : NT;
+  /** Words of a module's cell-list segment (the radial stride is NC). */
+  const L = NC + 1 + P;
+  // Modules per submission: the per-module bindings (cell lists) fit the cap too.
+  const perModules = Math.max(1, Math.min(fit, Math.floor(binding / (4 * L))));
   const uploadMode = options.upload ?? (gpu.implementation === "deno" ? "writeBuffer" : "mapped");
+  const frameBytes = 4 * P;
 
   return await withErrorScope(device, "webgpu backend setup", async () => {
     const k = {} as StageKernels;
@@ -248,78 +240,154 @@ export async function createWebgpuBackend(
     if (T !== TILE) throw new Error(`filter.wgsl: tile side ${T}, stage 0 has ${TILE}`);
 
     const S = BufferUsage.STORAGE;
-    const frameBytes = 4 * P;
-    const labels = createBuffer(device, F * frameBytes, S | BufferUsage.COPY_SRC, "labels");
-    const area = createBuffer(device, F * frameBytes, S, "area");
-    const counters = createBuffer(
-      device,
-      F * W * 4,
-      S | BufferUsage.COPY_SRC | BufferUsage.COPY_DST,
-      "counters",
-    );
-    const table = createBuffer(device, F * C * ENTRY * 4, S | BufferUsage.COPY_SRC, "peak table");
-    const litCount = createBuffer(device, frameBytes, S | BufferUsage.COPY_SRC, "lit counts");
-    const bgBytes = 16 * NC;
-    const bg = createBuffer(device, F * bgBytes, S | BufferUsage.COPY_SRC, "background");
-    const shared = [labels, area, counters, table, litCount, bg];
+    /** Buffers shared by the slots (the queue runs submissions in order), for capJ module-frames, capM modules. */
+    const shared = {
+      capJ: 0,
+      capM: 0,
+      labels: undefined as unknown as GPUBuffer,
+      area: undefined as unknown as GPUBuffer,
+      counters: undefined as unknown as GPUBuffer,
+      table: undefined as unknown as GPUBuffer,
+      bg: undefined as unknown as GPUBuffer,
+      litCount: undefined as unknown as GPUBuffer,
+    };
+    /** Destroy buffers after the work submitted so far (another slot's may still use them). */
+    const retire = (bs: (GPUBuffer | undefined)[]) => {
+      const list = bs.filter((b): b is GPUBuffer => !!b);
+      if (list.length) {
+        device.queue.onSubmittedWorkDone().then(() => list.forEach((b) => b.destroy()), () => undefined);
+      }
+    };
+    function growShared(J: number, M: number) {
+      if (J > shared.capJ) {
+        const j = Math.min(fit, Math.max(J, 2 * shared.capJ));
+        retire([shared.labels, shared.area, shared.counters, shared.table, shared.bg]);
+        shared.labels = createBuffer(device, j * frameBytes, S | BufferUsage.COPY_SRC, "labels");
+        shared.area = createBuffer(device, j * frameBytes, S, "area");
+        shared.counters = createBuffer(
+          device,
+          j * W * 4,
+          S | BufferUsage.COPY_SRC | BufferUsage.COPY_DST,
+          "counters",
+        );
+        shared.table = createBuffer(device, j * C * ENTRY * 4, S | BufferUsage.COPY_SRC, "peak table");
+        shared.bg = createBuffer(device, j * 16 * NC, S | BufferUsage.COPY_SRC, "background");
+        shared.capJ = j;
+      }
+      if (M > shared.capM) {
+        retire([shared.litCount]);
+        shared.litCount = createBuffer(device, M * frameBytes, S | BufferUsage.COPY_SRC, "lit counts");
+        shared.capM = M;
+      }
+    }
 
     const slots: Slot[] = [];
     for (let i = 0; i < 2; i++) {
-      const s = {
+      slots.push({
         params: createBuffer(device, PARAMS_BYTES, BufferUsage.UNIFORM | BufferUsage.COPY_DST, `params ${i}`),
-        data: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `data ${i}`),
-        mask: createBuffer(device, F * frameBytes, S | BufferUsage.COPY_DST, `mask ${i}`),
-        hot: createBuffer(device, P, S | BufferUsage.COPY_DST, `hot ${i}`),
-        cells: createBuffer(device, 4 * P, S | BufferUsage.COPY_DST, `cells ${i}`),
-        cellList: createBuffer(device, 4 * (NC + 1 + P), S | BufferUsage.COPY_DST, `cell list ${i}`),
-        upload: uploadMode === "writeBuffer" ? undefined : device.createBuffer({
-          size: 2 * F * frameBytes,
-          usage: BufferUsage.MAP_WRITE | BufferUsage.COPY_SRC,
-          mappedAtCreation: true,
-          label: `upload ${i}`,
-        }),
-      };
-      const { params, data, mask, cells, cellList } = s;
-      const groups: Record<Stage, Buffers> = {
-        background: { params, data, mask, bg, cells, cellList },
+        capJ: 0,
+        capM: 0,
+        data: undefined as unknown as GPUBuffer,
+        mask: undefined as unknown as GPUBuffer,
+        hot: undefined as unknown as GPUBuffer,
+        cells: undefined as unknown as GPUBuffer,
+        cellList: undefined as unknown as GPUBuffer,
+        cellCounts: undefined as unknown as GPUBuffer,
+        cellsOf: [],
+      });
+    }
+    /** A slot's buffers for J module-frames of M modules (its previous submission is complete). */
+    function growSlot(s: Slot, J: number, M: number) {
+      if (J > s.capJ) {
+        const j = Math.min(fit, Math.max(J, 2 * s.capJ));
+        for (const b of [s.data, s.mask, s.upload, s.uploadMask]) b?.destroy();
+        s.mapping = undefined;
+        s.data = createBuffer(
+          device,
+          j * frameBytes,
+          S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
+          "data",
+        );
+        s.mask = createBuffer(
+          device,
+          j * frameBytes,
+          S | BufferUsage.COPY_DST | BufferUsage.COPY_SRC,
+          "mask",
+        );
+        if (uploadMode === "mapped") {
+          const staging = (label: string) =>
+            device.createBuffer({
+              size: j * frameBytes,
+              usage: BufferUsage.MAP_WRITE | BufferUsage.COPY_SRC,
+              mappedAtCreation: true,
+              label,
+            });
+          s.upload = staging("upload data");
+          s.uploadMask = staging("upload mask");
+        }
+        s.capJ = j;
+      }
+      if (M > s.capM) {
+        const m = Math.min(perModules, Math.max(M, 2 * s.capM));
+        for (const b of [s.hot, s.cells, s.cellList, s.cellCounts]) b?.destroy();
+        s.hot = createBuffer(device, m * P, S | BufferUsage.COPY_DST, "hot");
+        s.cells = createBuffer(device, m * 4 * P, S | BufferUsage.COPY_DST, "cells");
+        s.cellList = createBuffer(device, m * 4 * L, S | BufferUsage.COPY_DST, "cell list");
+        s.cellCounts = createBuffer(device, m * 4, S | BufferUsage.COPY_DST, "cell counts");
+        s.cellsOf = [];
+        s.capM = m;
+      }
+    }
+    growShared(Math.max(1, Math.min(fit, Math.floor(initialFrames) || 1)), 1);
+
+    /** Each stage's buffers by binding name (the shaders' names; `cells` is common.wgsl's). */
+    function groups(s: Slot): Record<Stage, Buffers> {
+      const { params, data, mask, cells, cellList, cellCounts } = s;
+      const { labels, area, counters, table, bg, litCount } = shared;
+      return {
+        background: { params, data, mask, bg, cells, cellList, cellCounts },
         litpixels: { params, data, mask, counters, cells },
         hotcount: { params, data, mask, litCount, bg, cells },
         filter: { params, data, mask, hotBytes: s.hot, labels, counters, bg, cells },
         components: { params, labels, area, cells },
         peaks: { params, data, labels, area, counters, table, bg, cells },
       };
-      // Every name checked against the shaders now (and the bind groups made once, cached by the kernels).
-      for (const stage of Object.keys(groups) as Stage[]) k[stage].bindGroup(groups[stage]);
-      slots.push({ ...s, groups });
     }
 
-    // Slot pool: two calls in flight; more wait in order.
+    // Slot pool: two submissions in flight; more wait in order.
     const free = [...slots];
     const waiting: ((s: Slot) => void)[] = [];
     const acquire = (): Slot | Promise<Slot> => free.shift() ?? new Promise<Slot>((r) => waiting.push(r));
     const release = (s: Slot) => {
-      // After a failure between unmap and submit: map the upload buffer again.
+      // After a failure between unmap and submit: map the upload buffers again.
       if (s.upload && !s.mapping && s.upload.mapState === "unmapped" && !disposed) remap(s);
       const w = waiting.shift();
       if (w) w(s);
       else free.push(s);
     };
     let disposed = false;
-    const stats = { batches: 0, frames: 0, overflowFrames: 0 };
+    const stats = { batches: 0, frames: 0, overflowFrames: 0, submissions: 0, dispatches: 0 };
 
-    function checkGeometry(batch: ModuleBatch) {
+    function checkGeometry(batches: readonly ModuleBatch[]) {
       if (disposed) throw new Error("webgpu backend: used after dispose()");
-      checkBatch(batch);
-      const b = batch.geometry;
-      if (
-        b.moduleSs !== g.moduleSs || b.moduleFs !== g.moduleFs || b.asicSs !== g.asicSs ||
-        b.asicFs !== g.asicFs
-      ) {
-        throw new Error(`webgpu backend: made for ${g.type} modules, given ${b.type}`);
+      for (const batch of batches) {
+        checkBatch(batch);
+        const b = batch.geometry;
+        if (
+          b.moduleSs !== g.moduleSs || b.moduleFs !== g.moduleFs || b.asicSs !== g.asicSs ||
+          b.asicFs !== g.asicFs
+        ) {
+          throw new Error(`webgpu backend: made for ${g.type} modules, given ${b.type}`);
+        }
+        if (batch.nFrames !== batches[0].nFrames) {
+          throw new RangeError(
+            `webgpu backend: modules of one call have ${batches[0].nFrames} and ${batch.nFrames} frames`,
+          );
+        }
       }
     }
 
-    /** Wait until a slot's upload staging buffer is mapped again (after its previous batch). */
+    /** Wait until a slot's upload staging buffers are mapped again (after its previous submission). */
     async function uploadReady(slot: Slot): Promise<void> {
       if (!slot.mapping) return;
       const ok = await slot.mapping;
@@ -328,35 +396,58 @@ export async function createWebgpuBackend(
     }
 
     /**
-     * Upload frames [f0, f0 + m) of a batch and their uniform into a slot (with a mapped upload buffer:
-     * the copies are recorded in `enc`; call after uploadReady, and call remap after submitting).
+     * Upload a part's frames (module after module: module-frame j = g * m + f) and per-module inputs
+     * into a slot, and its uniform (with mapped staging buffers: the copies are recorded in `enc`; call
+     * after uploadReady, and call remap after submitting). Gives the bg stride (cells per module-frame).
      */
-    function upload(slot: Slot, batch: ModuleBatch, f0: number, m: number, enc: GPUCommandEncoder) {
+    function upload(slot: Slot, part: Part, enc: GPUCommandEncoder): { radial: boolean; stride: number } {
       const q = device.queue;
+      const { mods, f0, m } = part;
       const n = m * P;
-      if (slot.upload) {
+      const hasMask = mods.some((b) => b.mask);
+      const hasHot = mods.some((b) => b.hot);
+      const bytes = 4 * n * mods.length;
+      if (slot.upload && slot.uploadMask) {
         // Only the ranges used (some implementations copy a mapped range in and out).
-        new Float32Array(slot.upload.getMappedRange(0, 4 * n)).set(batch.data.subarray(f0 * P, f0 * P + n));
-        if (batch.mask) {
-          new Uint32Array(slot.upload.getMappedRange(F * frameBytes, 4 * n))
-            .set(batch.mask.subarray(f0 * P, f0 * P + n));
-        }
+        const d = new Float32Array(slot.upload.getMappedRange(0, bytes));
+        mods.forEach((b, i) => d.set(b.data.subarray(f0 * P, f0 * P + n), i * n));
         slot.upload.unmap();
-        enc.copyBufferToBuffer(slot.upload, 0, slot.data, 0, 4 * n);
-        if (batch.mask) enc.copyBufferToBuffer(slot.upload, F * frameBytes, slot.mask, 0, 4 * n);
+        enc.copyBufferToBuffer(slot.upload, 0, slot.data, 0, bytes);
+        if (hasMask) {
+          const k = new Uint32Array(slot.uploadMask.getMappedRange(0, bytes));
+          mods.forEach((b, i) => {
+            if (b.mask) k.set(b.mask.subarray(f0 * P, f0 * P + n), i * n);
+            else k.fill(0, i * n, (i + 1) * n);
+          });
+          enc.copyBufferToBuffer(slot.uploadMask, 0, slot.mask, 0, bytes);
+        }
+        slot.uploadMask.unmap();
       } else {
         // (The casts: typed arrays over a SharedArrayBuffer are fine for writeBuffer too.)
-        q.writeBuffer(slot.data, 0, batch.data as Float32Array<ArrayBuffer>, f0 * P, n);
-        if (batch.mask) q.writeBuffer(slot.mask, 0, batch.mask as Uint32Array<ArrayBuffer>, f0 * P, n);
+        mods.forEach((b, i) => {
+          q.writeBuffer(slot.data, 4 * i * n, b.data as Float32Array<ArrayBuffer>, f0 * P, n);
+          if (b.mask) q.writeBuffer(slot.mask, 4 * i * n, b.mask as Uint32Array<ArrayBuffer>, f0 * P, n);
+          else if (hasMask) enc.clearBuffer(slot.mask, 4 * i * n, 4 * n);
+        });
       }
-      if (batch.hot) q.writeBuffer(slot.hot, 0, batch.hot as Uint8Array<ArrayBuffer>, 0, P);
-      const cells = cellsOf(batch, p);
-      if (cells.n > NC) throw new Error(`webgpu backend: ${cells.n} radius bins, room for ${NC}`);
-      if (slot.cellsOf !== cells) {
-        q.writeBuffer(slot.cells, 0, cells.cell as Uint32Array<ArrayBuffer>);
-        if (cells.radial) q.writeBuffer(slot.cellList, 0, cellList(cells) as Uint32Array<ArrayBuffer>);
-        slot.cellsOf = cells;
-      }
+      mods.forEach((b, i) => {
+        if (b.hot) q.writeBuffer(slot.hot, i * P, b.hot as Uint8Array<ArrayBuffer>, 0, P);
+        else if (hasHot) enc.clearBuffer(slot.hot, i * P, P);
+      });
+      const cells = mods.map((b) => cellsOf(b, p));
+      const radial = cells[0].radial;
+      const counts = new Uint32Array(mods.length);
+      cells.forEach((c, i) => {
+        if (c.n > NC) throw new Error(`webgpu backend: ${c.n} radius bins, room for ${NC}`);
+        if (c.radial !== radial) throw new Error("webgpu backend: tiles and radius bins in one submission");
+        counts[i] = c.n;
+        if (slot.cellsOf[i] === c) return;
+        q.writeBuffer(slot.cells, 4 * i * P, c.cell as Uint32Array<ArrayBuffer>);
+        if (c.radial) q.writeBuffer(slot.cellList, 4 * i * L, cellList(c) as Uint32Array<ArrayBuffer>);
+        slot.cellsOf[i] = c;
+      });
+      q.writeBuffer(slot.cellCounts, 0, counts);
+      const stride = radial ? NC : NT;
       q.writeBuffer(
         slot.params,
         0,
@@ -369,8 +460,8 @@ export async function createWebgpuBackend(
           asicCols: g.asicCols,
           nAsics: A,
           nFrames: m,
-          hasMask: batch.mask ? 1 : 0,
-          hasHot: batch.hot ? 1 : 0,
+          hasMask: hasMask ? 1 : 0,
+          hasHot: hasHot ? 1 : 0,
           neighbours: Math.max(0, Math.ceil(p.neighbours)),
           minArea: clampU32(Math.ceil(p.minArea)),
           maxArea: clampU32(Math.floor(p.maxArea)),
@@ -383,233 +474,283 @@ export async function createWebgpuBackend(
           tilesFs: g.moduleFs / T,
           minSnr: p.minSnr,
           bgClip: p.bgClip,
-          cellsN: cells.n,
-          radial: cells.radial ? 1 : 0,
+          cellsN: stride,
+          radial: radial ? 1 : 0,
         }),
       );
-      return cells;
+      return { radial, stride };
     }
 
-    /** After submitting a slot's batch: map its upload buffer again for the next one. */
+    /** After submitting a slot's part: map its upload buffers again for the next one. */
     function remap(slot: Slot) {
-      if (slot.upload) slot.mapping = slot.upload.mapAsync(MapMode.WRITE).then(() => true, () => false);
+      if (slot.upload && slot.uploadMask) {
+        const maps = [slot.upload, slot.uploadMask].map((b) => b.mapAsync(MapMode.WRITE));
+        slot.mapping = Promise.all(maps).then(() => true, () => false);
+      }
     }
 
-    async function runChunk(
-      batch: ModuleBatch,
-      f0: number,
-      m: number,
-      res: WebgpuBatchResult,
-    ): Promise<void> {
+    /** A slot with buffers for a part, its staging buffers mapped. */
+    async function slotFor(J: number, M: number): Promise<Slot> {
       const got = acquire();
       const slot = got instanceof Promise ? await got : got;
       try {
-        const countersBytes = m * W * 4;
-        const tableBytes = m * C * ENTRY * 4;
+        await uploadReady(slot);
+        growSlot(slot, J, M);
+        growShared(J, M);
+        return slot;
+      } catch (e) {
+        release(slot);
+        throw e;
+      }
+    }
+
+    /** Dispatch counted (stats.dispatches): every dispatch of this backend goes through here. */
+    function dispatch<S extends Stage>(
+      pass: GPUComputePassEncoder,
+      stage: S,
+      entry: (typeof ENTRIES)[S][number],
+      G: Record<Stage, Buffers>,
+      n: Groups,
+    ) {
+      (k[stage] as Kernel<string, typeof PARAMS>).dispatchInPass(pass, entry, G[stage], n);
+      stats.dispatches++;
+    }
+
+    async function runPart(part: Part, res: WebgpuBatchResult[], uploaded: () => void): Promise<void> {
+      const { mods, f0, m } = part;
+      const M = mods.length;
+      const J = M * m;
+      const slot = await slotFor(J, M);
+      try {
+        const countersBytes = J * W * 4;
+        const tableBytes = J * C * ENTRY * 4;
         const px = Math.ceil(P / WG);
         const sx = Math.ceil(segments / WG);
-        const G = slot.groups;
+        const G = groups(slot);
         let recorded = false;
-        await uploadReady(slot);
-        const lab = res.labels?.subarray(f0 * P, (f0 + m) * P);
-        const nc = cellsOf(batch, p).n;
+        const radial = cellsOf(mods[0], p).radial;
+        const stride = radial ? NC : NT;
+        const labs = part.index.map((i) => res[i].labels?.subarray(f0 * P, (f0 + m) * P));
+        const debug = labs.some((l) => l);
         const reading = readBuffers(device, "webgpu process", [
-          { buffer: counters, size: countersBytes },
-          { buffer: table, size: tableBytes },
-          { buffer: bg, size: m * 16 * nc },
-          ...(lab ? [{ buffer: labels, size: m * frameBytes, into: lab }] : []),
+          { buffer: shared.counters, size: countersBytes },
+          { buffer: shared.table, size: tableBytes },
+          { buffer: shared.bg, size: J * 16 * stride },
+          ...(debug ? [{ buffer: shared.labels, size: J * frameBytes }] : []),
         ], (enc) => {
-          const cells = upload(slot, batch, f0, m, enc);
-          enc.clearBuffer(counters, 0, countersBytes);
+          upload(slot, part, enc);
+          enc.clearBuffer(shared.counters, 0, countersBytes);
           const pass = enc.beginComputePass();
-          stage0(pass, slot, !cells.radial, nc, m);
-          k.litpixels.dispatchInPass(pass, "litpixels", G.litpixels, [A, m]);
-          k.filter.dispatchInPass(pass, "noisefilter", G.filter, [g.moduleFs / T, g.moduleSs / T, m]);
-          k.components.dispatchInPass(pass, "merge", G.components, [px, m]);
-          k.components.dispatchInPass(pass, "compress", G.components, [px, m]);
-          k.peaks.dispatchInPass(pass, "areas", G.peaks, [sx, m]);
-          k.peaks.dispatchInPass(pass, "allocate", G.peaks, [px, m]);
-          k.peaks.dispatchInPass(pass, "bounds", G.peaks, [sx, m]);
-          k.peaks.dispatchInPass(pass, "accumulate", G.peaks, [sx, m]);
+          stage0(pass, G, radial, J);
+          dispatch(pass, "litpixels", "litpixels", G, [A, J]);
+          dispatch(pass, "filter", "noisefilter", G, [g.moduleFs / T, g.moduleSs / T, J]);
+          dispatch(pass, "components", "merge", G, [px, J]);
+          dispatch(pass, "components", "compress", G, [px, J]);
+          dispatch(pass, "peaks", "areas", G, [sx, J]);
+          dispatch(pass, "peaks", "allocate", G, [px, J]);
+          dispatch(pass, "peaks", "bounds", G, [sx, J]);
+          dispatch(pass, "peaks", "accumulate", G, [sx, J]);
           pass.end();
           recorded = true;
+          stats.submissions++;
         });
-        // readBuffers submits synchronously (inside its error scope) before it first waits: the upload
-        // buffer, used by that submission, can be mapped again for the next batch now.
-        if (recorded) remap(slot);
-        const [cnt, tab, bgBytes] = await reading;
-        const b = new Float32Array(bgBytes);
-        for (let q = 0; q < m * nc; q++) {
-          const o = f0 * nc + q;
-          res.background.mu[o] = b[4 * q];
-          res.background.sigma[o] = b[4 * q + 1];
-          res.background.thr[o] = b[4 * q + 2];
+        // readBuffers submits synchronously (inside its error scope) before it first waits: the inputs
+        // are in GPU buffers (or queued writes) and the staging buffers can be mapped again now.
+        if (recorded) {
+          remap(slot);
+          uploaded();
         }
-        parse(cnt, tab, batch, f0, m, res);
-        if (lab) {
+        const [cnt, tab, bgBytes, labBytes] = await reading;
+        const b = new Float32Array(bgBytes);
+        const overflow: { i: number; f: number; j: number }[] = [];
+        part.index.forEach((i, gi) => {
+          const r = res[i];
+          const nc = cellsOf(mods[gi], p).n;
           for (let f = 0; f < m; f++) {
-            const out = lab.subarray(f * P, (f + 1) * P);
-            const base = f * P;
-            for (let q = 0; q < P; q++) {
-              const v = out[q];
-              out[q] = v === NO_LABEL ? NO_LABEL : v - base;
+            const src = (gi * m + f) * stride;
+            const dst = (f0 + f) * nc;
+            for (let c = 0; c < nc; c++) {
+              r.background.mu[dst + c] = b[4 * (src + c)];
+              r.background.sigma[dst + c] = b[4 * (src + c) + 1];
+              r.background.thr[dst + c] = b[4 * (src + c) + 2];
             }
           }
-        }
+          const over = parseResults(cnt, tab, gi * m, f0, m, r, { A, W, C }, p);
+          for (const f of over) overflow.push({ i, f, j: gi * m + f - f0 });
+          const lab = labs[gi];
+          if (lab && labBytes) {
+            const all = new Uint32Array(labBytes, gi * m * frameBytes, m * P);
+            for (let f = 0; f < m; f++) {
+              const base = (gi * m + f) * P;
+              for (let q = f * P; q < (f + 1) * P; q++) {
+                const v = all[q];
+                lab[q] = v === NO_LABEL ? NO_LABEL : v - base;
+              }
+            }
+          }
+        });
+        if (overflow.length) await recomputeOverflow(slot, part, overflow, res);
       } finally {
         release(slot);
       }
     }
 
-    const keyView = new DataView(new ArrayBuffer(4));
-
-    /** A chunk's results from its counters and peak table (as read back). */
-    function parse(
-      counterBytes: ArrayBuffer,
-      tableBytes: ArrayBuffer,
-      batch: ModuleBatch,
-      f0: number,
-      m: number,
-      res: WebgpuBatchResult,
+    /**
+     * The frames whose peaks overflowed the GPU table: their peak lists by the CPU reference, from the
+     * frames as uploaded (read back from the slot: the caller's arrays may be reused once uploaded).
+     */
+    async function recomputeOverflow(
+      slot: Slot,
+      part: Part,
+      frames: { i: number; f: number; j: number }[],
+      res: WebgpuBatchResult[],
     ) {
-      const cu32 = new Uint32Array(counterBytes);
-      const cf32 = new Float32Array(counterBytes);
-      const u32 = new Uint32Array(tableBytes);
-      const f32 = new Float32Array(tableBytes);
-      const minIntensity = Math.fround(p.minIntensity);
-      for (let f = 0; f < m; f++) {
-        const o = f * W;
-        const r = (f0 + f) * A;
-        for (let a = 0; a < A; a++) {
-          res.litPixels[r + a] = cu32[o + a];
-          res.litIntensity[r + a] = cf32[o + A + a];
-          res.unmaskedPixels[r + a] = cu32[o + 2 * A + a];
-          res.filteredLit[r + a] = cu32[o + 3 * A + a];
-        }
-        const count = cu32[o + 4 * A];
-        if (count > C) {
-          // The GPU table holds only C of this frame's peaks: recompute its peak list on the CPU.
-          const cpu = framePeaksCpu(batch, f0 + f, p, res.background);
-          res.nPeaks[f0 + f] = cpu.nPeaks;
-          res.peaks[f0 + f] = cpu.peaks;
-          res.overflowFrames.push(f0 + f);
-          continue;
-        }
-        // The table holds every component in the area range; the intensity cut is made here, on the
-        // complete table, so nPeaks stays exact.
-        const items: { peak: Peak; first: number }[] = [];
-        for (let s = 0; s < count; s++) {
-          const t = (f * C + s) * ENTRY;
-          const intensity = f32[t + 5];
-          if (!(intensity >= minIntensity)) continue;
-          const var2 = f32[t + 10];
-          const snr = var2 > 0 ? Math.fround(intensity / Math.sqrt(var2)) : 0;
-          if (p.minSnr > 0 && !(snr >= p.minPeakSnr)) continue;
-          const box: Peak["box"] = [u32[t + 1], u32[t + 2], u32[t + 3], u32[t + 4]];
-          items.push({
-            peak: {
-              box,
-              area: u32[t],
-              intensity,
-              ss: Math.fround((box[0] + box[2] - 1) / 2 + f32[t + 6] / intensity),
-              fs: Math.fround((box[1] + box[3] - 1) / 2 + f32[t + 7] / intensity),
-              max: fromOrderedKey(u32[t + 8], keyView),
-              snr,
-            },
-            first: u32[t + 9],
-          });
-        }
-        res.nPeaks[f0 + f] = items.length;
-        res.peaks[f0 + f] = sortAndCut(items, p.maxPeaks);
-      }
+      const hasMask = part.mods.some((b) => b.mask);
+      const ranges = frames.flatMap(({ j }) => [
+        { buffer: slot.data, offset: j * frameBytes, size: frameBytes },
+        ...(hasMask ? [{ buffer: slot.mask, offset: j * frameBytes, size: frameBytes }] : []),
+      ]);
+      const got = await readBuffers(device, "webgpu overflow frames", ranges);
+      frames.forEach(({ i, f }, k) => {
+        const src = part.mods[part.index.indexOf(i)];
+        const r = res[i];
+        const nc = cellsOf(src, p).n;
+        const one: ModuleBatch = {
+          geometry: src.geometry,
+          nFrames: 1,
+          data: new Float32Array(got[hasMask ? 2 * k : k]),
+          mask: hasMask ? new Uint32Array(got[2 * k + 1]) : undefined,
+          hot: src.hot,
+          radius: src.radius,
+        };
+        const bg = {
+          mu: r.background.mu.subarray(f * nc, (f + 1) * nc),
+          sigma: r.background.sigma.subarray(f * nc, (f + 1) * nc),
+          thr: r.background.thr.subarray(f * nc, (f + 1) * nc),
+        };
+        const cpu = framePeaksCpu(one, 0, p, bg);
+        r.nPeaks[f] = cpu.nPeaks;
+        r.peaks[f] = cpu.peaks;
+        r.overflowFrames.push(f);
+      });
     }
 
-    async function accumulateChunk(
-      batch: ModuleBatch,
-      f0: number,
-      m: number,
-      counts: Uint32Array,
-    ): Promise<void> {
-      const got = acquire();
-      const slot = got instanceof Promise ? await got : got;
+    async function accumulatePart(part: Part, counts: Uint32Array[]): Promise<void> {
+      const M = part.mods.length;
+      const slot = await slotFor(M * part.m, M);
       try {
-        await uploadReady(slot);
         let recorded = false;
+        const G = groups(slot);
         const reading = readBuffers(device, "webgpu accumulateLitCounts", [
-          { buffer: litCount, size: frameBytes },
+          { buffer: shared.litCount, size: M * frameBytes },
         ], (enc) => {
-          const cells = upload(slot, batch, f0, m, enc);
+          const { radial } = upload(slot, part, enc);
           const pass = enc.beginComputePass();
-          stage0(pass, slot, !cells.radial, cells.n, m);
-          const hot = k.hotcount;
-          hot.dispatchInPass(
-            pass,
-            "hotcount",
-            slot.groups.hotcount,
-            Math.ceil(P / hot.workgroupSize("hotcount")[0]),
-          );
+          stage0(pass, G, radial, M * part.m);
+          dispatch(pass, "hotcount", "hotcount", G, [
+            Math.ceil(P / k.hotcount.workgroupSize("hotcount")[0]),
+            M,
+          ]);
           pass.end();
           recorded = true;
+          stats.submissions++;
         });
-        if (recorded) remap(slot); // (submitted: see runChunk)
+        if (recorded) remap(slot); // (submitted: see runPart)
         const n = new Uint32Array((await reading)[0]);
-        for (let q = 0; q < P; q++) counts[q] += n[q];
+        part.index.forEach((i, gi) => {
+          const c = counts[i];
+          for (let q = 0; q < P; q++) c[q] += n[gi * P + q];
+        });
       } finally {
         release(slot);
       }
     }
 
-    /** Stage 0 of m frames into `bg`: tiles, or nc radius bins. */
-    function stage0(pass: GPUComputePassEncoder, slot: Slot, tiles: boolean, nc: number, m: number) {
+    /** Stage 0 of J module-frames into `bg`: tiles, or radius bins (NC workgroups, those past a module's count idle). */
+    function stage0(pass: GPUComputePassEncoder, G: Record<Stage, Buffers>, radial: boolean, J: number) {
       const b = k.background;
-      const G = slot.groups.background;
-      if (tiles) {
-        b.dispatchInPass(pass, "background", G, [Math.ceil(NT / b.workgroupSize("background")[0]), m]);
-        b.dispatchInPass(pass, "bgthreshold", G, [Math.ceil(NT / b.workgroupSize("bgthreshold")[0]), m]);
+      if (!radial) {
+        dispatch(pass, "background", "background", G, [Math.ceil(NT / b.workgroupSize("background")[0]), J]);
+        dispatch(pass, "background", "bgthreshold", G, [
+          Math.ceil(NT / b.workgroupSize("bgthreshold")[0]),
+          J,
+        ]);
       } else {
-        b.dispatchInPass(pass, "radialbg", G, [nc, m]);
-        b.dispatchInPass(pass, "radialthr", G, [Math.ceil(nc / b.workgroupSize("radialthr")[0]), m]);
+        dispatch(pass, "background", "radialbg", G, [NC, J]);
+        dispatch(pass, "background", "radialthr", G, [Math.ceil(NC / b.workgroupSize("radialthr")[0]), J]);
       }
     }
 
-    function chunks(n: number): [number, number][] {
-      const out: [number, number][] = [];
-      for (let f0 = 0; f0 < n; f0 += F) out.push([f0, Math.min(F, n - f0)]);
-      return out;
+    const plan = (batches: readonly ModuleBatch[]) =>
+      planParts(batches, batches[0].nFrames, fit, perModules, (b) => cellsOf(b, p).radial);
+
+    function processModules(batches: ModuleBatch[]): ModulesRun {
+      let parts: Part[] = [];
+      let res: WebgpuBatchResult[] = [];
+      try {
+        checkGeometry(batches);
+        res = batches.map((batch) => ({
+          ...emptyResult(g, batch.nFrames),
+          background: newBackground(g, batch.nFrames, cellsOf(batch, p).n),
+          overflowFrames: [],
+          ...(options.debugLabels ? { labels: new Uint32Array(batch.nFrames * P) } : {}),
+        }));
+        parts = batches.length ? plan(batches) : [];
+      } catch (e) {
+        const results = Promise.reject(e);
+        results.catch(() => undefined); // (handled by the caller)
+        return { uploaded: Promise.resolve(), results };
+      }
+      const ups = parts.map(() => {
+        let done!: () => void;
+        return { p: new Promise<void>((r) => (done = r)), done };
+      });
+      const runs = parts.map((part, i) => runPart(part, res, ups[i].done).finally(() => ups[i].done()));
+      const results = Promise.all(runs).then(() => {
+        for (const r of res) {
+          r.overflowFrames.sort((a, b) => a - b);
+          stats.batches++;
+          stats.frames += r.litPixels.length / A;
+          stats.overflowFrames += r.overflowFrames.length;
+        }
+        return res;
+      });
+      results.catch(() => undefined); // (handled by the caller, maybe after `uploaded`)
+      return { uploaded: Promise.all(ups.map((u) => u.p)).then(() => undefined), results };
+    }
+
+    async function accumulateModules(batches: ModuleBatch[], counts: Uint32Array[]): Promise<void> {
+      checkGeometry(batches);
+      if (counts.length !== batches.length) {
+        throw new RangeError(`${counts.length} count arrays for ${batches.length} modules`);
+      }
+      for (const c of counts) {
+        if (c.length !== P) throw new RangeError(`counts has ${c.length} values, need ${P}`);
+      }
+      if (!batches.length) return;
+      await Promise.all(plan(batches).map((part) => accumulatePart(part, counts)));
     }
 
     const backend: WebgpuBackend = {
       name: "webgpu",
       adapter: gpu.adapterName,
       software: gpu.software,
-      maxFrames: F,
+      maxFrames: fit,
       peakCapacity: C,
       upload: uploadMode,
       stats,
-      async accumulateLitCounts(batch, counts) {
-        checkGeometry(batch);
-        if (counts.length !== P) throw new RangeError(`counts has ${counts.length} values, need ${P}`);
-        await Promise.all(chunks(batch.nFrames).map(([f0, m]) => accumulateChunk(batch, f0, m, counts)));
-      },
-      async process(batch) {
-        checkGeometry(batch);
-        const res: WebgpuBatchResult = {
-          ...emptyResult(g, batch.nFrames),
-          background: newBackground(g, batch.nFrames, cellsOf(batch, p).n),
-          overflowFrames: [],
-        };
-        if (options.debugLabels) res.labels = new Uint32Array(batch.nFrames * P);
-        await Promise.all(chunks(batch.nFrames).map(([f0, m]) => runChunk(batch, f0, m, res)));
-        res.overflowFrames.sort((a, b) => a - b);
-        stats.batches++;
-        stats.frames += batch.nFrames;
-        stats.overflowFrames += res.overflowFrames.length;
-        return res;
-      },
+      accumulateLitCounts: (batch, counts) => accumulateModules([batch], [counts]),
+      accumulateModules,
+      process: async (batch) => (await processModules([batch]).results)[0],
+      processModules,
       dispose() {
         if (disposed) return;
         disposed = true;
-        for (const b of shared) b.destroy();
+        for (
+          const b of [shared.labels, shared.area, shared.counters, shared.table, shared.bg, shared.litCount]
+        ) {
+          b?.destroy();
+        }
         for (const s of slots) {
           for (
             const b of [
@@ -619,7 +760,9 @@ export async function createWebgpuBackend(
               s.hot,
               s.cells,
               s.cellList,
+              s.cellCounts,
               s.upload,
+              s.uploadMask,
             ]
           ) {
             b?.destroy();
@@ -629,9 +772,4 @@ export async function createWebgpuBackend(
     };
     return backend;
   });
-}
-
-function clampU32(x: number): number {
-  if (!(x > 0)) return 0;
-  return Math.min(x, 0xffffffff);
 }
