@@ -7,10 +7,11 @@
 import { describe, expect, it } from "vitest";
 import { SFX_WATER, SfxRun } from "../fixtures/sfx.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
-import { accumulateLitCountsCpu, processBatchCpu } from "../src/localise/stages.ts";
+import { accumulateLitCountsCpu } from "../src/localise/stages.ts";
 import { backgroundCpu, TILE, tilesOf } from "../src/localise/background.ts";
 import { DEFAULT_PARAMS } from "../src/localise/spec.ts";
 import { createWebgpuBackend } from "../src/localise/webgpu.ts";
+import { expectCpu } from "./helpers/stage-compare.ts";
 
 const run = new SfxRun({ ...SFX_WATER, modules: [0, 9], frames: 24, hitRate: 0.5 });
 const g = run.geometry;
@@ -77,33 +78,7 @@ describe.skipIf(!gpu)("webgpu: the background mode equals the CPU reference", ()
         const b = { ...batch(mi, 4, 6), hot: new Uint8Array(g.pixels) };
         b.hot[1000] = 1;
         const res = await be.process(b);
-        const cpuBg = backgroundCpu(b, params);
-        for (const k of ["mu", "sigma", "thr"] as const) {
-          for (let i = 0; i < cpuBg[k].length; i++) {
-            const a = res.background[k][i], c = cpuBg[k][i];
-            if (!(Math.abs(a - c) <= 1e-5 * Math.max(1, Math.abs(c)))) {
-              expect.fail(`${k}[${i}]: ${a} vs ${c}`);
-            }
-          }
-        }
-        const cpu = processBatchCpu(b, params, { background: res.background });
-        expect(res.litPixels).toEqual(cpu.litPixels);
-        expect(res.unmaskedPixels).toEqual(cpu.unmaskedPixels);
-        expect(res.filteredLit).toEqual(cpu.filteredLit);
-        expect(res.nPeaks).toEqual(cpu.nPeaks);
-        expect(cpu.nPeaks.reduce((a, x) => a + x, 0)).toBeGreaterThan(5);
-        const key = (p: { box: number[] }) => p.box.join(",");
-        for (let f = 0; f < b.nFrames; f++) {
-          const gp = [...res.peaks[f]].sort((x, y) => key(x).localeCompare(key(y)));
-          const cp = [...cpu.peaks[f]].sort((x, y) => key(x).localeCompare(key(y)));
-          expect(gp.map((p) => [p.box, p.area])).toEqual(cp.map((p) => [p.box, p.area]));
-          for (let k = 0; k < cp.length; k++) {
-            for (const q of ["intensity", "ss", "fs", "max", "snr"] as const) {
-              const a = gp[k][q], c = cp[k][q];
-              if (!(Math.abs(a - c) <= 1e-4 * Math.max(1, Math.abs(c)))) expect.fail(`${q}: ${a} vs ${c}`);
-            }
-          }
-        }
+        expectCpu(b, res, params, "tiles");
         const counts = new Uint32Array(g.pixels), expected = new Uint32Array(g.pixels);
         await be.accumulateLitCounts(b, counts);
         accumulateLitCountsCpu(b, expected, params, res.background);
