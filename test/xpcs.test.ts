@@ -149,8 +149,8 @@ describe("xpcs", () => {
       const all = new Uint32Array(MODULES.length * 512 * 128);
       bins().forEach((b, i) => all.set(b, i * 512 * 128));
       fs.writeFileSync(bf, new Uint8Array(all.buffer));
-      // D = 6 (delays four and one at a time) and D = 13 (eight, four and one at a time), the latter also
-      // in batches of 7 frames (trains split across batches: the history carried over).
+      // D = 6 and D = 13 (delays four at a time, then one at a time), the latter also in batches of 7 frames
+      // (trains split across batches: the history carried over).
       const configs = [
         { D, one },
         { D: 13, one: await xpcs(run, { ...OPTS, maxDelay: 13, workers: 1 }) },

@@ -76,9 +76,10 @@ function azintOptions(o: XpcsOptions): AzintOptions {
  * last D frames, accumulates the train's sums; a train ends when a frame of another train arrives or at
  * `flush()`. Works on blocks of pixels: the block's timeline (the history, then the batch's frames of the
  * train) is transposed to pixel-major once; per pixel, L and R come from prefix sums and A from products
- * over t, four delays at a time (the timeline behind D zeros, so pairs before the train's start add 0), in
- * float64 (products of float32 values are exact); pixels invalid in some frame of the timeline take a loop
- * that tests each pair. The pixel's sums are then added to its bin.
+ * over t, four delays a pass with the lagged values in locals shifting by one each step (the timeline
+ * behind D zeros, so pairs before the train's start add 0), in float64 (products of float32 values are
+ * exact); pixels invalid in some frame of the timeline take a loop that tests each pair. The pixel's sums are
+ * then added to its bin.
  */
 export class XpcsAccumulator {
   /** The history, pixel-major: hist[p * D + h], h = 0 .. histLen - 1 oldest first. */
@@ -191,48 +192,21 @@ export class XpcsAccumulator {
       if (u < W) c[u + 1] = run + x[b + u];
       if (c[W] === c[W]) {
         let tau = 1;
-        // Eight delays a pass, the values x[q - tau - j] kept in locals that shift by one each step (one
-        // new load per step); each delay's products summed in q order as below.
-        for (; tau + 7 <= D; tau += 8) {
-          let s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+        // Four delays a pass, the values x[q - tau - j] kept in locals that shift by one each step (two
+        // loads a step); each delay's products summed in q order.
+        for (; tau + 3 <= D; tau += 4) {
+          let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
           let q = b + H;
-          let w2 = x[q - tau - 1], w3 = x[q - tau - 2], w4 = x[q - tau - 3], w5 = x[q - tau - 4];
-          let w6 = x[q - tau - 5], w7 = x[q - tau - 6], w8 = x[q - tau - 7];
+          let w2 = x[q - tau - 1], w3 = x[q - tau - 2], w4 = x[q - tau - 3];
           for (; q < e; q++) {
             const y = x[q], w1 = x[q - tau];
             s1 += w1 * y;
             s2 += w2 * y;
             s3 += w3 * y;
             s4 += w4 * y;
-            s5 += w5 * y;
-            s6 += w6 * y;
-            s7 += w7 * y;
-            s8 += w8 * y;
-            w8 = w7;
-            w7 = w6;
-            w6 = w5;
-            w5 = w4;
             w4 = w3;
             w3 = w2;
             w2 = w1;
-          }
-          A[jk + tau] += s1;
-          A[jk + tau + 1] += s2;
-          A[jk + tau + 2] += s3;
-          A[jk + tau + 3] += s4;
-          A[jk + tau + 4] += s5;
-          A[jk + tau + 5] += s6;
-          A[jk + tau + 6] += s7;
-          A[jk + tau + 7] += s8;
-        }
-        for (; tau + 3 <= D; tau += 4) {
-          let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-          for (let q = b + H; q < e; q++) {
-            const y = x[q];
-            s1 += x[q - tau] * y;
-            s2 += x[q - tau - 1] * y;
-            s3 += x[q - tau - 2] * y;
-            s4 += x[q - tau - 3] * y;
           }
           A[jk + tau] += s1;
           A[jk + tau + 1] += s2;
