@@ -38,6 +38,8 @@ import {
   Grow,
   mergeFrames,
   pickDevice,
+  type RunInput,
+  runInput,
   trainsOf,
   workersFor,
   writeReductionDir,
@@ -312,6 +314,8 @@ export interface AzintResult {
   backend: string;
   notes: string[];
   modulesRead: number[];
+  /** The run's file names and module files (for the output directory, without reopening the run). */
+  input?: RunInput;
 }
 
 export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
@@ -325,6 +329,9 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   readonly options: OptionSpec[] = [];
   private o: AzintOptions = { ...DEFAULT_AZINT };
   private runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  private run?: Run;
+  private det?: Detector;
   private setup?: AzintSetup;
   private table?: PixelTable;
   private backend?: AzintBackend;
@@ -342,6 +349,8 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
 
   async initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
     this.setup ??= azintSetup(info.detector, this.o);
     if (info.modules.length) {
       this.modules = info.modules;
@@ -396,9 +405,10 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   }
 
   async finalize(parts: AzintPart[]): Promise<AzintResult> {
-    const run = await Run.open(this.runPath);
+    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
+    const run = this.run ?? await Run.open(this.runPath);
     try {
-      const det = run.detector();
+      const det = this.det ?? run.detector();
       const setup = this.setup ?? azintSetup(det, this.o);
       const bins = this.o.bins;
       const merged = mergeFrames(parts);
@@ -508,18 +518,29 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
         trainMean,
         runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
         runCount: runN,
-        litFrom: this.litFrom ?? (this.o.litOnly ? (await litLookup(run, this.o.from)).source : undefined),
+        litFrom: this.litFrom ?? (this.o.litOnly ? await litSource(this.runPath, this.o.from) : undefined),
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: this.notes,
         modulesRead: parts.flatMap((p) => p.modules),
+        input: runInput(run, det.name),
       };
     } finally {
-      run.close();
+      if (run !== this.run) run.close();
     }
   }
 
   dispose(): void {
     this.backend?.dispose();
+  }
+}
+
+/** Where the lit frames come from (the run opened for the beam annotation). */
+async function litSource(runPath: string, from?: string): Promise<AzintResult["litFrom"]> {
+  const run = await Run.open(runPath);
+  try {
+    return (await litLookup(run, from)).source;
+  } finally {
+    run.close();
   }
 }
 

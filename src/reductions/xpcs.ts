@@ -31,7 +31,15 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels } from "./azint.ts";
 import { NO_BIN } from "./azint-spec.ts";
-import { type BackendChoice, checkBackend, pickDevice, workersFor, writeReductionDir } from "./common.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  pickDevice,
+  type RunInput,
+  runInput,
+  workersFor,
+  writeReductionDir,
+} from "./common.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
 import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
@@ -344,6 +352,8 @@ export interface XpcsResult {
   notes: string[];
   /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
   twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
+  /** The run's file names and module files (for the output directory, without reopening the run). */
+  input?: RunInput;
 }
 
 export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -357,6 +367,9 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   readonly options: OptionSpec[] = [];
   private o: XpcsOptions = { ...DEFAULT_XPCS };
   private runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  private run?: Run;
+  private det?: Detector;
   private delays = 1;
   private acc = new Map<number, XpcsAccumulator>();
   private trains = new Map<number, TrainSums>();
@@ -376,6 +389,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
 
   async initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
     if (this.o.maxDelay === undefined) {
       this.o.maxDelay = defaultMaxDelay(info.detector);
       this.delays = this.o.maxDelay;
@@ -491,9 +506,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
-    const run = await Run.open(this.runPath);
+    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
+    const run = this.run ?? await Run.open(this.runPath);
     try {
-      const det = run.detector();
+      const det = this.det ?? run.detector();
       const setup = azintSetup(det, azintOptions(this.o));
       const all = new Map<number, TrainSums>();
       for (const p of parts) {
@@ -571,9 +587,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         modulesRead: parts.flatMap((p) => p.modules),
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: [...new Set(parts.flatMap((p) => p.notes))],
+        input: runInput(run, det.name),
       };
     } finally {
-      run.close();
+      if (run !== this.run) run.close();
     }
   }
 }
