@@ -599,14 +599,15 @@ export function pixelCentres(layout: DetectorLayout, module: number): Float64Arr
   const { moduleSs, moduleFs } = layout;
   const out = new Float64Array(moduleSs * moduleFs * 3).fill(NaN);
   for (const p of panelsOf(layout, module)) {
+    const [ss0, ss1, ss2] = p.ss, [fs0, fs1, fs2] = p.fs, { cornerX, cornerY, coffset, res } = p;
     for (let s = p.minSs; s <= p.maxSs; s++) {
       const a = s - p.minSs + 0.5;
       for (let f = p.minFs; f <= p.maxFs; f++) {
         const b = f - p.minFs + 0.5;
         const k = (s * moduleFs + f) * 3;
-        out[k] = (p.cornerX + a * p.ss[0] + b * p.fs[0]) / p.res;
-        out[k + 1] = (p.cornerY + a * p.ss[1] + b * p.fs[1]) / p.res;
-        out[k + 2] = p.coffset + (a * p.ss[2] + b * p.fs[2]) / p.res;
+        out[k] = (cornerX + a * ss0 + b * fs0) / res;
+        out[k + 1] = (cornerY + a * ss1 + b * fs1) / res;
+        out[k + 2] = coffset + (a * ss2 + b * fs2) / res;
       }
     }
   }

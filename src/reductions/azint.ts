@@ -38,6 +38,8 @@ import {
   Grow,
   mergeFrames,
   pickDevice,
+  type RunInput,
+  runInput,
   trainsOf,
   workersFor,
   writeReductionDir,
@@ -104,22 +106,25 @@ export function modulePixels(
   const value = new Float64Array(n);
   const corr = new Float64Array(n);
   const lambdaNm = HC_KEV_A / (energy / 1000) / 10;
+  const unit = o.unit === "q_nm^-1" ? 0 : o.unit === "2th_deg" ? 1 : 2;
+  const qScale = 4 * Math.PI / lambdaNm, solid = o.solidAngle, pol = o.polarization;
   for (let i = 0; i < n; i++) {
     const x = c[3 * i], y = c[3 * i + 1], z = distance + c[3 * i + 2];
+    if (x !== x) {
+      value[i] = corr[i] = NaN; // no panel covers the pixel
+      continue;
+    }
     const r = Math.hypot(x, y);
     const tth = Math.atan2(r, z);
-    value[i] = o.unit === "q_nm^-1"
-      ? (4 * Math.PI / lambdaNm) * Math.sin(tth / 2)
-      : o.unit === "2th_deg"
-      ? tth * 180 / Math.PI
-      : r * 1000;
-    let k = o.solidAngle ? Math.cos(tth) ** 3 : 1;
-    if (o.polarization !== undefined) {
+    value[i] = unit === 0 ? qScale * Math.sin(tth / 2) : unit === 1 ? tth * 180 / Math.PI : r * 1000;
+    const ct = Math.cos(tth);
+    let k = solid ? ct * ct * ct : 1;
+    if (pol !== undefined) {
       const chi = Math.atan2(y, x);
       const s = Math.sin(tth);
-      k *= 0.5 * (1 + Math.cos(tth) ** 2 - o.polarization * Math.cos(2 * chi) * s * s);
+      k *= 0.5 * (1 + ct * ct - pol * Math.cos(2 * chi) * s * s);
     }
-    corr[i] = Number.isNaN(x) ? NaN : k;
+    corr[i] = k;
   }
   return { value, corr };
 }
@@ -182,26 +187,85 @@ export function pixelTable(setup: AzintSetup, modules: number[], o: AzintOptions
   return { modules, pixels, bin, corr };
 }
 
-/** The CPU reference: S, C (float64) and n per frame and bin over the batch's modules. */
+/**
+ * The pixel table of one module slot as runs of consecutive pixels of one bin (built once per table):
+ * run r covers pixels [start[r], end[r]) of bin `bin[r]`; `corr` the pixels' c in float64.
+ */
+interface BinRuns {
+  start: Uint32Array;
+  end: Uint32Array;
+  bin: Uint32Array;
+  corr: Float64Array;
+}
+
+const binRunsOf = new WeakMap<PixelTable, BinRuns[]>();
+
+function binRuns(t: PixelTable): BinRuns[] {
+  let runs = binRunsOf.get(t);
+  if (runs) return runs;
+  runs = t.bin.map((bin, s) => {
+    let n = 0;
+    for (let p = 0; p < t.pixels; p++) {
+      if (bin[p] !== NO_BIN && (p === 0 || bin[p - 1] !== bin[p])) n++;
+    }
+    const start = new Uint32Array(n), end = new Uint32Array(n), rb = new Uint32Array(n);
+    for (let p = 0, r = -1; p < t.pixels; p++) {
+      const k = bin[p];
+      if (k === NO_BIN) continue;
+      if (r < 0 || end[r] !== p || rb[r] !== k) {
+        r++;
+        start[r] = p;
+        rb[r] = k;
+      }
+      end[r] = p + 1;
+    }
+    return { start, end, bin: rb, corr: Float64Array.from(t.corr[s]) };
+  });
+  binRunsOf.set(t, runs);
+  return runs;
+}
+
+/**
+ * The CPU reference: S, C (float64) and n per frame and bin over the batch's modules. Per module frame, run
+ * by run of consecutive pixels of one bin (`binRuns`, built once per table), the run's sums in locals.
+ */
 export function azintFrames(b: FrameBatch, t: PixelTable, bins: number): AzintSums {
   const F = b.nFrames;
   const sum = new Float64Array(F * bins),
     norm = new Float64Array(F * bins),
     count = new Uint32Array(F * bins);
+  const runs = binRuns(t);
   t.modules.forEach((m, s) => {
     const mf = b.modules.find((x) => x.module === m)!;
-    const bin = t.bin[s], corr = t.corr[s];
+    const { start, end, bin, corr } = runs[s];
+    const data = mf.data, mask = mf.mask, nr = start.length;
     for (let i = 0; i < F; i++) {
       if (!mf.present[i]) continue;
       const o = i * t.pixels, ob = i * bins;
-      for (let p = 0; p < t.pixels; p++) {
-        const k = bin[p];
-        if (k === NO_BIN) continue;
-        const v = mf.data[o + p];
-        if (!Number.isFinite(v) || (mf.mask && mf.mask[o + p] !== 0)) continue;
-        sum[ob + k] += v;
-        norm[ob + k] += corr[p];
-        count[ob + k]++;
+      for (let r = 0; r < nr; r++) {
+        let sv = 0, sc = 0, n = 0;
+        const e = end[r] + o;
+        if (mask) {
+          for (let p = start[r] + o, q = start[r]; p < e; p++, q++) {
+            const v = data[p];
+            if (v - v !== 0 || mask[p] !== 0) continue; // NaN or infinite, or masked
+            sv += v;
+            sc += corr[q];
+            n++;
+          }
+        } else {
+          for (let p = start[r] + o, q = start[r]; p < e; p++, q++) {
+            const v = data[p];
+            if (v - v !== 0) continue;
+            sv += v;
+            sc += corr[q];
+            n++;
+          }
+        }
+        const k = ob + bin[r];
+        sum[k] += sv;
+        norm[k] += sc;
+        count[k] += n;
       }
     }
   });
@@ -250,6 +314,8 @@ export interface AzintResult {
   backend: string;
   notes: string[];
   modulesRead: number[];
+  /** The run's file names and module files (for the output directory, without reopening the run). */
+  input?: RunInput;
 }
 
 export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
@@ -263,6 +329,9 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   readonly options: OptionSpec[] = [];
   private o: AzintOptions = { ...DEFAULT_AZINT };
   private runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  private run?: Run;
+  private det?: Detector;
   private setup?: AzintSetup;
   private table?: PixelTable;
   private backend?: AzintBackend;
@@ -280,6 +349,8 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
 
   async initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
     this.setup ??= azintSetup(info.detector, this.o);
     if (info.modules.length) {
       this.modules = info.modules;
@@ -334,9 +405,10 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   }
 
   async finalize(parts: AzintPart[]): Promise<AzintResult> {
-    const run = await Run.open(this.runPath);
+    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
+    const run = this.run ?? await Run.open(this.runPath);
     try {
-      const det = run.detector();
+      const det = this.det ?? run.detector();
       const setup = this.setup ?? azintSetup(det, this.o);
       const bins = this.o.bins;
       const merged = mergeFrames(parts);
@@ -446,18 +518,29 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
         trainMean,
         runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
         runCount: runN,
-        litFrom: this.litFrom ?? (this.o.litOnly ? (await litLookup(run, this.o.from)).source : undefined),
+        litFrom: this.litFrom ?? (this.o.litOnly ? await litSource(this.runPath, this.o.from) : undefined),
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: this.notes,
         modulesRead: parts.flatMap((p) => p.modules),
+        input: runInput(run, det.name),
       };
     } finally {
-      run.close();
+      if (run !== this.run) run.close();
     }
   }
 
   dispose(): void {
     this.backend?.dispose();
+  }
+}
+
+/** Where the lit frames come from (the run opened for the beam annotation). */
+async function litSource(runPath: string, from?: string): Promise<AzintResult["litFrom"]> {
+  const run = await Run.open(runPath);
+  try {
+    return (await litLookup(run, from)).source;
+  } finally {
+    run.close();
   }
 }
 

@@ -133,16 +133,42 @@ export function trainsOf(trainId: ArrayLike<number>): { trains: number[]; counts
   return { trains, counts };
 }
 
-/** Bytes of the input files that hold the given modules of the detector (what the command had to read). */
-export function inputBytes(run: Run, detector: string, modules: number[]): number {
-  const det = run.detector(detector);
+/**
+ * What the output directory needs of the run: its file names (the output's naming) and, per module of the
+ * detector, the files holding it (the bytes in). From the run's metadata, which stays after `close()`: an
+ * algorithm takes it at initialize and its finalize and the writer need not open the run again.
+ */
+export interface RunInput {
+  names: string[];
+  moduleFiles: { module: number; files: string[] }[];
+}
+
+export function runInput(run: Run, detector: string): RunInput {
+  return {
+    names: run.files.map((f) => f.name),
+    moduleFiles: run.detector(detector).modules.map((m) => ({
+      module: m.module,
+      files: m.files.map((f) => f.file.path),
+    })),
+  };
+}
+
+/** Bytes of the input files that hold the given modules (what the command had to read). */
+export function inputBytesOf(input: RunInput, modules: number[]): number {
   const files = new Set<string>();
-  for (const m of det.modules) {
-    if (modules.includes(m.module)) { for (const f of m.files) files.add(f.file.path); }
+  for (const m of input.moduleFiles) {
+    if (modules.includes(m.module)) {
+      for (const f of m.files) files.add(f);
+    }
   }
   let n = 0;
   for (const f of files) n += fs.statSync(f).size;
   return n;
+}
+
+/** Bytes of the input files that hold the given modules of the detector (what the command had to read). */
+export function inputBytes(run: Run, detector: string, modules: number[]): number {
+  return inputBytesOf(runInput(run, detector), modules);
 }
 
 /** Bytes of the files in a directory (the output). */
@@ -201,6 +227,8 @@ export interface ReductionOutput {
   backend: unknown;
   notes: string[];
   modulesRead: number[];
+  /** The run's file names and module files (`runInput`); without it, the run is opened for them. */
+  input?: RunInput;
 }
 
 /**
@@ -217,14 +245,16 @@ export async function writeReductionDir(
   head: Record<string, unknown>,
   result: Record<string, unknown>,
 ): Promise<Record<string, unknown>> {
-  const run = await Run.open(r.run);
-  let names: string[], bytesIn: number;
-  try {
-    names = run.files.map((f) => f.name);
-    bytesIn = inputBytes(run, r.detector, r.modulesRead);
-  } finally {
-    run.close();
+  let input = r.input;
+  if (!input) {
+    const run = await Run.open(r.run);
+    try {
+      input = runInput(run, r.detector);
+    } finally {
+      run.close();
+    }
   }
+  const names = input.names, bytesIn = inputBytesOf(input, r.modulesRead);
   return await buildDir(dir, async (tmp) => {
     await write(tmp, names);
     const bytesOut = dirBytes(tmp);

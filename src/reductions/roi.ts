@@ -32,11 +32,13 @@ import {
   Grow,
   mergeFrames,
   pickDevice,
+  type RunInput,
+  runInput,
   trainsOf,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
-import { Run, runNaming } from "../exdf/run.ts";
+import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
@@ -224,6 +226,8 @@ export interface RoiResult {
   backend: string;
   notes: string[];
   modulesRead: number[];
+  /** The run's file names and module files (for the output directory, without reopening the run). */
+  input?: RunInput;
 }
 
 export interface RoiOptions {
@@ -247,6 +251,9 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   private rois: RoiSpec[] = [];
   private backendChoice: BackendChoice = "auto";
   private runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  private run?: Run;
+  private det?: Detector;
   private mine: RoiSpec[] = [];
   private mineIx: number[] = [];
   private backend?: RoiBackend;
@@ -270,6 +277,8 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
 
   async initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
     const det = info.detector;
     const all = det.modules.map((m) => m.module);
     checkRegions(this.rois, all, det.imageShape);
@@ -347,9 +356,10 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   }
 
   async finalize(parts: RoiPart[]): Promise<RoiResult> {
-    const run = await Run.open(this.runPath);
+    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
+    const run = this.run ?? await Run.open(this.runPath);
     try {
-      const det = run.detector();
+      const det = this.det ?? run.detector();
       const merged = mergeFrames(parts);
       const n = merged.trainId.length;
       const rois = this.rois;
@@ -424,9 +434,10 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: this.notes,
         modulesRead: parts.flatMap((p) => p.modules),
+        input: runInput(run, det.name),
       };
     } finally {
-      run.close();
+      if (run !== this.run) run.close();
     }
   }
 

@@ -31,7 +31,15 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { type AzintOptions, azintSetup, binOf, DEFAULT_AZINT, modulePixels } from "./azint.ts";
 import { NO_BIN } from "./azint-spec.ts";
-import { type BackendChoice, checkBackend, pickDevice, workersFor, writeReductionDir } from "./common.ts";
+import {
+  type BackendChoice,
+  checkBackend,
+  pickDevice,
+  type RunInput,
+  runInput,
+  workersFor,
+  writeReductionDir,
+} from "./common.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
 import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
@@ -76,9 +84,10 @@ function azintOptions(o: XpcsOptions): AzintOptions {
  * last D frames, accumulates the train's sums; a train ends when a frame of another train arrives or at
  * `flush()`. Works on blocks of pixels: the block's timeline (the history, then the batch's frames of the
  * train) is transposed to pixel-major once; per pixel, L and R come from prefix sums and A from products
- * over t, four delays at a time (the timeline behind D zeros, so pairs before the train's start add 0), in
- * float64 (products of float32 values are exact); pixels invalid in some frame of the timeline take a loop
- * that tests each pair. The pixel's sums are then added to its bin.
+ * over t, four delays a pass with the lagged values in locals shifting by one each step (the timeline
+ * behind D zeros, so pairs before the train's start add 0), in float64 (products of float32 values are
+ * exact); pixels invalid in some frame of the timeline take a loop that tests each pair. The pixel's sums are
+ * then added to its bin.
  */
 export class XpcsAccumulator {
   /** The history, pixel-major: hist[p * D + h], h = 0 .. histLen - 1 oldest first. */
@@ -191,14 +200,21 @@ export class XpcsAccumulator {
       if (u < W) c[u + 1] = run + x[b + u];
       if (c[W] === c[W]) {
         let tau = 1;
+        // Four delays a pass, the values x[q - tau - j] kept in locals that shift by one each step (two
+        // loads a step); each delay's products summed in q order.
         for (; tau + 3 <= D; tau += 4) {
           let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-          for (let q = b + H; q < e; q++) {
-            const y = x[q];
-            s1 += x[q - tau] * y;
-            s2 += x[q - tau - 1] * y;
-            s3 += x[q - tau - 2] * y;
-            s4 += x[q - tau - 3] * y;
+          let q = b + H;
+          let w2 = x[q - tau - 1], w3 = x[q - tau - 2], w4 = x[q - tau - 3];
+          for (; q < e; q++) {
+            const y = x[q], w1 = x[q - tau];
+            s1 += w1 * y;
+            s2 += w2 * y;
+            s3 += w3 * y;
+            s4 += w4 * y;
+            w4 = w3;
+            w3 = w2;
+            w2 = w1;
           }
           A[jk + tau] += s1;
           A[jk + tau + 1] += s2;
@@ -336,6 +352,8 @@ export interface XpcsResult {
   notes: string[];
   /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
   twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
+  /** The run's file names and module files (for the output directory, without reopening the run). */
+  input?: RunInput;
 }
 
 export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -349,6 +367,9 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   readonly options: OptionSpec[] = [];
   private o: XpcsOptions = { ...DEFAULT_XPCS };
   private runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  private run?: Run;
+  private det?: Detector;
   private delays = 1;
   private acc = new Map<number, XpcsAccumulator>();
   private trains = new Map<number, TrainSums>();
@@ -368,6 +389,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
 
   async initialize(info: RunInfo) {
     this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
     if (this.o.maxDelay === undefined) {
       this.o.maxDelay = defaultMaxDelay(info.detector);
       this.delays = this.o.maxDelay;
@@ -483,9 +506,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
-    const run = await Run.open(this.runPath);
+    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
+    const run = this.run ?? await Run.open(this.runPath);
     try {
-      const det = run.detector();
+      const det = this.det ?? run.detector();
       const setup = azintSetup(det, azintOptions(this.o));
       const all = new Map<number, TrainSums>();
       for (const p of parts) {
@@ -563,9 +587,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         modulesRead: parts.flatMap((p) => p.modules),
         backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: [...new Set(parts.flatMap((p) => p.notes))],
+        input: runInput(run, det.name),
       };
     } finally {
-      run.close();
+      if (run !== this.run) run.close();
     }
   }
 }
