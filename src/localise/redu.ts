@@ -150,6 +150,9 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
     run,
     aggregator: "REDU00",
     maxBytesPerFile: 4 * 2 ** 30,
+    // Staging of all 38 datasets together: their stages fill within the first few blocks of any run
+    // (blocks of 2,048 frames, ~4 kB per frame), so what they hold does not grow with the run length.
+    bufferBytes: 16 * 2 ** 20,
   });
   try {
     w.setConstant("modules", Uint16Array.from(r.detector.modules));
