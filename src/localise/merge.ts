@@ -136,15 +136,16 @@ class FrameStream {
             const f = ix[cursor[pi]] - f0;
             for (let j = 0; j < pm; j++) {
               const h = streams[pi].take(hb);
-              const u = new Uint32Array(h.buffer, 0, 2 + 4 * nA);
+              const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
               const dst = (f * nMod + m0 + j) * nA;
               per.litPixels.set(u.subarray(2, 2 + nA), dst);
-              per.litIntensity.set(new Float32Array(h.buffer, (2 + nA) * 4, nA), dst);
+              per.litIntensity.set(new Float32Array(h.buffer, h.byteOffset + (2 + nA) * 4, nA), dst);
               per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
               per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
               per.nPeaks[f] += u[0];
               if (u[1] === 0) continue;
-              const d = new Float64Array(streams[pi].take(u[1] * PEAK_BYTES).buffer);
+              const pk = streams[pi].take(u[1] * PEAK_BYTES);
+              const d = new Float64Array(pk.buffer, pk.byteOffset, (u[1] * PEAK_BYTES) / 8);
               for (let k = 0; k < u[1]; k++) {
                 const o = k * (PEAK_BYTES / 8);
                 allPeaks[f].push({
