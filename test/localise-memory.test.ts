@@ -150,9 +150,9 @@ describe("blockBounds", () => {
       for (let i = 1; i < b.length - 1; i++) expect(ids[b[i]]).not.toBe(ids[b[i] - 1]);
       return Math.max(...b.slice(1).map((x, i) => x - b[i]));
     };
-    // 2 modules x 64 frames: 2,048 frames (32 trains, 4,096 module frames) per block.
-    expect(largest(trainIds(125, 64), 2)).toBe(2048);
-    expect(largest(trainIds(1000, 64), 2)).toBe(2048);
+    // 2 modules x 64 frames: 512 frames (8 trains, 1,024 module frames) per block.
+    expect(largest(trainIds(125, 64), 2)).toBe(512);
+    expect(largest(trainIds(1000, 64), 2)).toBe(512);
     // A train larger than the bound is one block (AGIPD-1M: 16 modules x 352 frames).
     expect(largest(trainIds(20, 352), 16)).toBe(352);
     expect(blockBounds(new Float64Array(0), 2)).toEqual([0]);
