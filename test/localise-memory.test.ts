@@ -17,6 +17,8 @@ import { FileRecycler } from "../src/framework/prefetch.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
 import { h5 } from "../src/exdf/h5.ts";
 import { Run } from "../src/exdf/run.ts";
+import { openWriter } from "../src/exdf/writer/writer.ts";
+import { resolveSchema } from "../src/exdf/writer/schema.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-localise-memory-"));
 const spillDir = path.join(tmp, "spill");
@@ -148,11 +150,75 @@ describe("blockBounds", () => {
       for (let i = 1; i < b.length - 1; i++) expect(ids[b[i]]).not.toBe(ids[b[i] - 1]);
       return Math.max(...b.slice(1).map((x, i) => x - b[i]));
     };
-    // 2 modules x 64 frames: 2,048 frames (32 trains, 4,096 module frames) per block.
-    expect(largest(trainIds(125, 64), 2)).toBe(2048);
-    expect(largest(trainIds(1000, 64), 2)).toBe(2048);
+    // 2 modules x 64 frames: 512 frames (8 trains, 1,024 module frames) per block.
+    expect(largest(trainIds(125, 64), 2)).toBe(512);
+    expect(largest(trainIds(1000, 64), 2)).toBe(512);
     // A train larger than the bound is one block (AGIPD-1M: 16 modules x 352 frames).
     expect(largest(trainIds(20, 352), 16)).toBe(352);
     expect(blockBounds(new Float64Array(0), 2)).toEqual([0]);
+  });
+});
+
+describe("the REDU writer's staging buffers", () => {
+  // A schema shaped like localise's REDU file (src/localise/redu.ts): 38 datasets, per-frame scalars,
+  // (modules x ASICs) counters and maxPeaks-long peak columns, written in blocks of whole trains.
+  const N_DS = 38, MAX_PEAKS = 64;
+  const shapes: [string, number[], "uint32" | "float32" | "uint16"][] = [];
+  for (let i = 0; i < N_DS; i++) {
+    shapes.push(
+      i % 3 === 0
+        ? [`s${i}`, [], "uint32"]
+        : i % 3 === 1
+        ? [`m${i}`, [2, 16], "uint32"]
+        : [`p${i}`, [MAX_PEAKS], "float32"],
+    );
+  }
+  const schema = {
+    datasets: Object.fromEntries(
+      shapes.map(([name, shape, dtype]) => [
+        name,
+        { source: "DET/REDU/X:output", key: `data.${name}`, shape, dtype, chunks: 256 },
+      ]),
+    ),
+  };
+
+  test("all datasets' stages together fit in bufferBytes (one stage each, never dropped to make room)", () => {
+    for (const bufferBytes of [64 * 2 ** 20, 8 * 2 ** 20]) {
+      const { srcs } = resolveSchema(path.join(tmp, "w-{seq}.h5"), schema, { bufferBytes });
+      const ds = srcs.flatMap((s) => s.datasets);
+      expect(ds.length).toBe(N_DS);
+      const staged = ds.reduce((a, d) => a + d.stageRows * d.entryBytes, 0);
+      // Before: about 4 MiB each whatever the budget, 152 MiB for 38 datasets.
+      expect(staged).toBeLessThanOrEqual(bufferBytes);
+      expect(ds.every((d) => d.stageRows > 0)).toBe(true);
+    }
+  });
+
+  test("stage allocations do not grow with the number of blocks written", async () => {
+    const allocations = async (blocks: number) => {
+      const dir = fs.mkdtempSync(path.join(tmp, "w"));
+      const w = await openWriter(path.join(dir, "w-{seq}.h5"), schema, { bufferBytes: 16 * 2 ** 20 });
+      const files = (w as unknown as { files_: { allocStage: (...a: unknown[]) => unknown } }).files_;
+      const alloc = files.allocStage.bind(files);
+      let n = 0;
+      files.allocStage = (...a: unknown[]) => (n++, alloc(...a));
+      const frames = 640, perTrain = 64;
+      let train = 1;
+      for (let b = 0; b < blocks; b++) {
+        w.addTrains(Array.from({ length: frames / perTrain }, () => train++), {
+          "DET/REDU/X:output": perTrain,
+        });
+        w.addData(Object.fromEntries(shapes.map(([name, shape, dtype]) => {
+          const k = frames * shape.reduce((x, y) => x * y, 1);
+          return [name, dtype === "float32" ? new Float32Array(k).fill(b) : new Uint32Array(k).fill(b)];
+        })));
+      }
+      w.close();
+      return n;
+    };
+    const short = await allocations(4), long = await allocations(16);
+    // One stage per dataset per file at most (before: dropped and reallocated to make room, ~N_DS per block).
+    expect(short).toBeLessThanOrEqual(N_DS);
+    expect(long).toBe(short);
   });
 });

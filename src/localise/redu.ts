@@ -150,11 +150,34 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
     run,
     aggregator: "REDU00",
     maxBytesPerFile: 4 * 2 ** 30,
+    // Staging of all 38 datasets together: their stages fill within the first few blocks of any run
+    // (blocks of 2,048 frames, ~4 kB per frame), so what they hold does not grow with the run length.
+    bufferBytes: 16 * 2 ** 20,
   });
   try {
     w.setConstant("modules", Uint16Array.from(r.detector.modules));
     // Blocks of whole trains (frames are sorted by trainId, then pulseId), read back from the spill files.
-    for (const { f0, f1, per: pf } of r.frameBlocks(r.blockBounds())) {
+    // The peak columns are allocated once for the largest block and reused (the writer copies what it is
+    // given): memory per block, not per run, and no garbage of a block's size per block.
+    const bounds = r.blockBounds();
+    const cap = Math.max(0, ...bounds.slice(1).map((b, i) => b - bounds[i]));
+    const cols = {
+      trainId: new BigUint64Array(cap),
+      pulseId: new BigUint64Array(cap),
+      peakModule: new Uint16Array(cap * maxPeaks),
+      peakBox: new Uint16Array(cap * maxPeaks * 4),
+      peakArea: new Uint32Array(cap * maxPeaks),
+      peakIntensity: new Float32Array(cap * maxPeaks),
+      peakSs: new Float32Array(cap * maxPeaks),
+      peakFs: new Float32Array(cap * maxPeaks),
+      peakMax: new Float32Array(cap * maxPeaks),
+      peakSnr: new Float32Array(cap * maxPeaks),
+      peakX: new Float32Array(cap * maxPeaks),
+      peakY: new Float32Array(cap * maxPeaks),
+      peakRadius: new Float32Array(cap * maxPeaks),
+      peakResolution: new Float32Array(cap * maxPeaks),
+    };
+    for (const { f0, f1, per: pf } of r.frameBlocks(bounds)) {
       const n = f1 - f0;
       const ids: number[] = [];
       const c: number[] = [];
@@ -167,18 +190,24 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
       }
       w.addTrains(ids, { "@out": c, ...(r.beam ? litframesCounts(r.beam, ids) : {}) });
       if (r.beam) w.addData(litframesData(r.beam, ids) as Record<string, DataInput>);
-      const peakModule = new Uint16Array(n * maxPeaks);
-      const peakBox = new Uint16Array(n * maxPeaks * 4);
-      const peakArea = new Uint32Array(n * maxPeaks);
-      const peakIntensity = new Float32Array(n * maxPeaks);
-      const peakSs = new Float32Array(n * maxPeaks);
-      const peakFs = new Float32Array(n * maxPeaks);
-      const peakMax = new Float32Array(n * maxPeaks);
-      const peakSnr = new Float32Array(n * maxPeaks);
-      const peakX = new Float32Array(n * maxPeaks);
-      const peakY = new Float32Array(n * maxPeaks);
-      const peakRadius = new Float32Array(n * maxPeaks);
-      const peakResolution = new Float32Array(n * maxPeaks);
+      const np = n * maxPeaks;
+      const trainId = cols.trainId.subarray(0, n), pulseId = cols.pulseId.subarray(0, n);
+      for (let f = 0; f < n; f++) {
+        trainId[f] = BigInt(pf.trainId[f]);
+        pulseId[f] = BigInt(pf.pulseId[f]);
+      }
+      const peakModule = cols.peakModule.subarray(0, np).fill(0);
+      const peakBox = cols.peakBox.subarray(0, np * 4).fill(0);
+      const peakArea = cols.peakArea.subarray(0, np).fill(0);
+      const peakIntensity = cols.peakIntensity.subarray(0, np).fill(0);
+      const peakSs = cols.peakSs.subarray(0, np).fill(0);
+      const peakFs = cols.peakFs.subarray(0, np).fill(0);
+      const peakMax = cols.peakMax.subarray(0, np).fill(0);
+      const peakSnr = cols.peakSnr.subarray(0, np).fill(0);
+      const peakX = cols.peakX.subarray(0, np).fill(0);
+      const peakY = cols.peakY.subarray(0, np).fill(0);
+      const peakRadius = cols.peakRadius.subarray(0, np).fill(0);
+      const peakResolution = cols.peakResolution.subarray(0, np).fill(0);
       for (let i = 0; i < n; i++) {
         pf.peaks[i].forEach((p, j) => {
           const k = i * maxPeaks + j;
@@ -197,8 +226,8 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
         });
       }
       w.addData({
-        trainId: BigUint64Array.from(pf.trainId, BigInt),
-        pulseId: BigUint64Array.from(pf.pulseId, BigInt),
+        trainId,
+        pulseId,
         frameLit: pf.frameLit,
         litPixels: { data: pf.litPixels, shape: [n, ...perFrame] },
         litIntensity: { data: pf.litIntensity, shape: [n, ...perFrame] },

@@ -107,7 +107,8 @@ export interface LocaliseResult {
   blockBounds(): number[];
   /**
    * The per-frame tables of frames [f0, f1) for consecutive ranges (bounds), read back from the parts'
-   * spill files and classified: memory bounded by the range (the REDU writer uses blockBounds()).
+   * spill files and classified: memory bounded by the range (the REDU writer uses blockBounds()). A block's
+   * typed tables are reused for the next block of the same call: copy what must outlive the iteration.
    */
   frameBlocks(bounds: number[]): Generator<{ f0: number; f1: number; per: FrameTables }>;
   /** Remove the spill files (after writing); frameBlocks and a first perFrame fail after this. */

@@ -389,11 +389,14 @@ export function resolveSchema(
       : `INSTRUMENT/${srcName}/${keyPath}`;
     if (kind === "instrument" && !src.groups.includes(parts[0])) src.groups.push(parts[0]);
     src.rowBytes += entryBytes + (kind === "control" ? 8 : 0);
-    // Staging: a multiple of the chunk rows, about 4 MiB, within the buffer budget.
+    // Staging: a multiple of the chunk rows, about 4 MiB, within the dataset's share of the buffer budget
+    // (all datasets' stages together fit in bufferBytes: stages are reused, not dropped and reallocated
+    // to make room for another dataset's, which left garbage arrays of up to 4 MiB each awaiting the GC).
     let stageRows = 0;
-    if (opt.buffering && entryBytes <= opt.bufferBytes) {
+    const share = Math.floor(opt.bufferBytes / entries.length);
+    if (opt.buffering && entryBytes <= share) {
       const chunkBytes = chunks[0] * entryBytes;
-      const target = Math.min(4 * MiB, opt.bufferBytes);
+      const target = Math.min(4 * MiB, share);
       stageRows = chunkBytes <= target
         ? chunks[0] * Math.max(1, Math.floor(target / chunkBytes))
         : Math.max(1, Math.floor(target / entryBytes));
