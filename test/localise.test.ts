@@ -8,7 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type Truth } from "../fixtures/synth.ts";
 import { evaluate } from "../fixtures/evaluate.ts";
-import { localise } from "../src/localise/algorithm.ts";
+import { hotSampleSize, localise, LocaliseAlgorithm } from "../src/localise/algorithm.ts";
 import { type LocaliseResult } from "../src/localise/result.ts";
 import { getGpuDevice } from "../src/gpu/device.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
@@ -89,6 +89,22 @@ describe("against the ground truth (cpu backend)", () => {
     expect(m3.frames).toBe(truth.frames.filter((f) => f.modules.includes(3)).length);
     expect(cpu.modules.every((m) => m.selected)).toBe(true);
     expect(cpu.selectedFiles.length).toBe(8);
+  });
+});
+
+describe("hot-pixel sample", () => {
+  test("at most hotSample frames, an eighth of the run, at least 64; blocks of 16 spread over the run", () => {
+    expect(hotSampleSize(40, 128)).toBe(40); // a short run: all of it
+    expect(hotSampleSize(352, 128)).toBe(64); // 352 / 8 = 44 < 64
+    expect(hotSampleSize(800, 128)).toBe(100);
+    expect(hotSampleSize(100_000, 128)).toBe(128);
+    expect(hotSampleSize(100_000, 32)).toBe(32);
+    const a = new LocaliseAlgorithm();
+    a.configure({});
+    const ranges = a.prepassRanges(352, 32);
+    expect(ranges.reduce((n, r) => n + r[1], 0)).toBe(64);
+    expect(ranges.map((r) => r[1])).toEqual([16, 16, 16, 16]);
+    expect(ranges.map((r) => r[0])).toEqual([0, 88, 176, 264]);
   });
 });
 
