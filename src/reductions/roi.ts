@@ -29,19 +29,20 @@ import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorit
 import {
   type BackendChoice,
   checkBackend,
-  Grow,
-  mergeFrames,
+  FrameRecords,
+  mergeSpills,
+  partsSummary,
   pickDevice,
   type RunInput,
-  runInput,
+  trainBlocks,
   trainsOf,
+  withRun,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
 import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 import type { RoiBackend } from "./roi-spec.ts";
 import type { RoiColumns } from "./roi-spec.ts";
 import type { RoiSpec } from "./roi-spec.ts";
@@ -260,9 +261,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   private notes: string[] = [];
   private moduleFs = 0;
   private pixels = 0;
-  private trainId = new Grow((n) => new Float64Array(n));
-  private pulseId = new Grow((n) => new Float64Array(n));
-  private spill?: SpillWriter;
+  private records = new FrameRecords("roi");
   private modules: number[] = [];
   private litOnly = false;
   private from?: string;
@@ -307,13 +306,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
     const { offsets, total } = columnLayout(this.mine);
     const K = this.mine.length;
     const lay = recordLayout(this.mine.map((r) => r.fs1 - r.fs0));
-    const kept: number[] = [];
-    for (let i = 0; i < b.nFrames; i++) {
-      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
-      kept.push(i);
-      this.trainId.pushOne(b.trainId[i]);
-      this.pulseId.pushOne(b.pulseId[i]);
-    }
+    const kept = this.records.keep(b, this.lit);
     const buf = new ArrayBuffer(kept.length * lay.bytes);
     kept.forEach((i, j) => {
       const at = j * lay.bytes;
@@ -339,74 +332,55 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         counts[k] = n;
       });
     });
-    this.spill ??= new SpillWriter(lay.bytes, "roi");
-    this.spill.append(new Uint8Array(buf));
+    this.records.append(lay.bytes, new Uint8Array(buf));
   }
 
   finalizeChunk(): RoiPart {
-    this.spill ??= new SpillWriter(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes, "roi");
     return {
       modules: this.modules,
       regions: this.mineIx,
-      trainId: this.trainId.toArray(),
-      pulseId: this.pulseId.toArray(),
-      spill: this.spill.close(),
+      ...this.records.close(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes),
       backend: this.backend?.name ?? "cpu",
     };
   }
 
-  async finalize(parts: RoiPart[]): Promise<RoiResult> {
-    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
-    const run = this.run ?? await Run.open(this.runPath);
-    try {
+  finalize(parts: RoiPart[]): Promise<RoiResult> {
+    return withRun(this.run, this.runPath, async (run) => {
       const det = this.det ?? run.detector();
-      const merged = mergeFrames(parts);
-      const n = merged.trainId.length;
       const rois = this.rois;
-      for (const p of parts) ownSpill(p.spill);
       const lays = parts.map((p) => recordLayout(p.regions.map((g) => rois[g].fs1 - rois[g].fs0)));
-      const blocks = function* (bounds: number[]): Generator<RoiBlock> {
-        const readers = parts.map((p, pi) => new SpillReader(p.spill, lays[pi].bytes));
-        const cursor = parts.map(() => 0);
-        try {
-          for (let b = 0; b + 1 < bounds.length; b++) {
-            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
-            const sum = rois.map(() => new Float64Array(m).fill(NaN));
-            const count = rois.map(() => new Uint32Array(m));
-            const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
-            parts.forEach((p, pi) => {
-              const ix = merged.index[pi];
-              let c = cursor[pi];
-              const start = c;
-              while (c < ix.length && ix[c] < f1) c++;
-              if (c === start) return;
-              const bytes = readers[pi].read(c - start);
-              const lay = lays[pi], K = p.regions.length;
-              for (let r = 0; r < c - start; r++) {
-                const at = r * lay.bytes, f = ix[start + r] - f0;
-                const sums = new Float64Array(bytes.buffer, at, K);
-                const counts = new Uint32Array(bytes.buffer, at + lay.counts, K);
-                p.regions.forEach((g, k) => {
-                  const w = rois[g].fs1 - rois[g].fs0;
-                  sum[g][f] = sums[k];
-                  count[g][f] = counts[k];
-                  spectrum[g].set(new Float32Array(bytes.buffer, at + lay.spectra[k], w), f * w);
-                });
-              }
-              cursor[pi] = c;
+      const merged = mergeSpills(parts, (_p, pi) => lays[pi].bytes, (f0, f1): {
+        add(pi: number, buffer: ArrayBufferLike, at: number, f: number): void;
+        done(): RoiBlock;
+      } => {
+        const m = f1 - f0;
+        const sum = rois.map(() => new Float64Array(m).fill(NaN));
+        const count = rois.map(() => new Uint32Array(m));
+        const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
+        return {
+          add(pi, buffer, at, f) {
+            const lay = lays[pi], p = parts[pi], K = p.regions.length;
+            const sums = new Float64Array(buffer, at, K);
+            const counts = new Uint32Array(buffer, at + lay.counts, K);
+            p.regions.forEach((g, k) => {
+              const w = rois[g].fs1 - rois[g].fs0;
+              sum[g][f] = sums[k];
+              count[g][f] = counts[k];
+              spectrum[g].set(new Float32Array(buffer, at + lay.spectra[k], w), f * w);
             });
+          },
+          done() {
             const mean = sum.map((s, g) =>
               Float64Array.from(s, (v, i) => (count[g][i] ? v / count[g][i] : NaN))
             );
-            yield { f0, f1, sum, count, mean, spectrum };
-          }
-        } finally {
-          for (const r of readers) r.close();
-        }
-      };
+            return { f0, f1, sum, count, mean, spectrum };
+          },
+        };
+      });
+      const n = merged.trainId.length;
       let all: RoiBlock | undefined;
       const materialise = () => {
-        if (!all) { for (const blk of blocks([0, n])) all = blk; }
+        if (!all) { for (const blk of merged.blocks([0, n])) all = blk; }
         return all!;
       };
       return {
@@ -415,7 +389,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         rois: this.rois,
         trainId: merged.trainId,
         pulseId: merged.pulseId,
-        blocks: (b: number[]) => blocks(b),
+        blocks: (b: number[]) => merged.blocks(b),
         get sum() {
           return materialise().sum;
         },
@@ -428,17 +402,11 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         get spectrum() {
           return materialise().spectrum;
         },
-        dispose: () => {
-          for (const p of parts) removeSpill(p.spill);
-        },
-        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        dispose: merged.dispose,
         notes: this.notes,
-        modulesRead: parts.flatMap((p) => p.modules),
-        input: runInput(run, det.name),
+        ...partsSummary(parts, run, det.name),
       };
-    } finally {
-      if (run !== this.run) run.close();
-    }
+    });
   }
 
   dispose(): void {
@@ -515,12 +483,7 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
     }
     const { trains, counts } = trainsOf(r.trainId);
-    const bounds = [0], tb = [0];
-    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
-      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
-      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
-      tb.push(t1);
-    }
+    const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
     let blk = 0;
     for (const { f0, f1, sum, count, mean, spectrum } of r.blocks(bounds)) {
       const t0 = tb[blk], t1 = tb[blk + 1];

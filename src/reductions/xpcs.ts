@@ -34,9 +34,10 @@ import { NO_BIN } from "./azint-spec.ts";
 import {
   type BackendChoice,
   checkBackend,
+  partsSummary,
   pickDevice,
   type RunInput,
-  runInput,
+  withRun,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
@@ -505,10 +506,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     this.gpu?.dispose();
   }
 
-  async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
-    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
-    const run = this.run ?? await Run.open(this.runPath);
-    try {
+  finalize(parts: XpcsPart[]): Promise<XpcsResult> {
+    return withRun(this.run, this.runPath, async (run) => {
       const det = this.det ?? run.detector();
       const setup = azintSetup(det, azintOptions(this.o));
       const all = new Map<number, TrainSums>();
@@ -584,14 +583,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         g2,
         pairs: trains.map((t) => t.p),
         runG2: Float64Array.from(sum, (s, j) => (cnt[j] ? s / cnt[j] : NaN)),
-        modulesRead: parts.flatMap((p) => p.modules),
-        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: [...new Set(parts.flatMap((p) => p.notes))],
-        input: runInput(run, det.name),
+        ...partsSummary(parts, run, det.name),
       };
-    } finally {
-      if (run !== this.run) run.close();
-    }
+    });
   }
 }
 
