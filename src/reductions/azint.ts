@@ -27,7 +27,6 @@
  * geometry, frames, bytes in / out and their ratio.
  */
 import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -39,10 +38,10 @@ import {
   mergeSpills,
   partsSummary,
   pickDevice,
+  ReductionAlgorithm,
   type RunInput,
   trainBlocks,
   trainsOf,
-  withRun,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
@@ -319,7 +318,7 @@ export interface AzintResult {
   input?: RunInput;
 }
 
-export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
+export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<AzintPart, AzintResult> {
   readonly id = "azint";
   readonly source = { module: import.meta.url, name: "AzintAlgorithm" };
 
@@ -327,16 +326,10 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
     await writeAzintDir(result, dir);
   }
   readonly help = "azimuthal integration per frame";
-  readonly options: OptionSpec[] = [];
   private o: AzintOptions = { ...DEFAULT_AZINT };
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private setup?: AzintSetup;
   private table?: PixelTable;
   private backend?: AzintBackend;
-  private notes: string[] = [];
   private lit?: (t: number, p: number) => boolean;
   private litFrom?: string;
   private records = new FrameRecords("azint");
@@ -347,9 +340,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     this.setup ??= azintSetup(info.detector, this.o);
     if (info.modules.length) {
       this.modules = info.modules;
@@ -394,8 +385,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   }
 
   finalize(parts: AzintPart[]): Promise<AzintResult> {
-    return withRun(this.run, this.runPath, async (run) => {
-      const det = this.det ?? run.detector();
+    return this.withRun(async (run, det) => {
       const setup = this.setup ?? azintSetup(det, this.o);
       const bins = this.o.bins, rb = recordBytes(bins);
       const merged = mergeSpills(parts, () => rb, (f0, f1) => {

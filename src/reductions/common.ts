@@ -12,7 +12,9 @@ import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import { buildDir } from "../app/outdir.ts";
 import { writeReductionReport } from "./report.ts";
-import { Run } from "../exdf/run.ts";
+import { type Detector, Run } from "../exdf/run.ts";
+import type { RunInfo } from "../framework/algorithm.ts";
+import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 
@@ -206,19 +208,36 @@ export function trainBlocks(counts: number[], perBlock: number): { bounds: numbe
 }
 
 /**
- * `f` with the run the algorithm's initialize was given (its metadata, no reopening), or where finalize
- * comes without initialize, the run opened (and closed after).
+ * What the algorithm classes of roi, azint and xpcs share: no options of their own (the commands' options
+ * are configured), the run initialize was given (its metadata only: finalize does not reopen it) and the
+ * notes for summary.json.
  */
-export async function withRun<T>(
-  run: Run | undefined,
-  runPath: string,
-  f: (run: Run) => Promise<T>,
-): Promise<T> {
-  const r = run ?? await Run.open(runPath);
-  try {
-    return await f(r);
-  } finally {
-    if (r !== run) r.close();
+export abstract class ReductionAlgorithm {
+  readonly options: OptionSpec[] = [];
+  protected runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  protected run?: Run;
+  protected det?: Detector;
+  protected notes: string[] = [];
+
+  /** Keep initialize's run and detector. */
+  protected takeRun(info: RunInfo): void {
+    this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
+  }
+
+  /**
+   * `f` with the run and detector initialize was given, or where finalize comes without initialize, the
+   * run opened (and closed after).
+   */
+  protected async withRun<T>(f: (run: Run, det: Detector) => T | Promise<T>): Promise<T> {
+    const run = this.run ?? await Run.open(this.runPath);
+    try {
+      return await f(run, this.det ?? run.detector());
+    } finally {
+      if (run !== this.run) run.close();
+    }
   }
 }
 

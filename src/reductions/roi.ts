@@ -22,7 +22,6 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -33,14 +32,14 @@ import {
   mergeSpills,
   partsSummary,
   pickDevice,
+  ReductionAlgorithm,
   type RunInput,
   trainBlocks,
   trainsOf,
-  withRun,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { Run, runNaming } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import type { RoiBackend } from "./roi-spec.ts";
@@ -240,7 +239,7 @@ export interface RoiOptions {
   from?: string;
 }
 
-export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
+export class RoiAlgorithm extends ReductionAlgorithm implements Algorithm<RoiPart, RoiResult> {
   readonly id = "roi";
   readonly source = { module: import.meta.url, name: "RoiAlgorithm" };
 
@@ -248,17 +247,11 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
     await writeRoiDir(result, dir);
   }
   readonly help = "sums, counts, means and spectra of fixed regions per frame";
-  readonly options: OptionSpec[] = [];
   private rois: RoiSpec[] = [];
   private backendChoice: BackendChoice = "auto";
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private mine: RoiSpec[] = [];
   private mineIx: number[] = [];
   private backend?: RoiBackend;
-  private notes: string[] = [];
   private moduleFs = 0;
   private pixels = 0;
   private records = new FrameRecords("roi");
@@ -275,9 +268,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     const det = info.detector;
     const all = det.modules.map((m) => m.module);
     checkRegions(this.rois, all, det.imageShape);
@@ -345,8 +336,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   }
 
   finalize(parts: RoiPart[]): Promise<RoiResult> {
-    return withRun(this.run, this.runPath, async (run) => {
-      const det = this.det ?? run.detector();
+    return this.withRun((run, det) => {
       const rois = this.rois;
       const lays = parts.map((p) => recordLayout(p.regions.map((g) => rois[g].fs1 - rois[g].fs0)));
       const merged = mergeSpills(parts, (_p, pi) => lays[pi].bytes, (f0, f1): {

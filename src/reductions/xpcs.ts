@@ -25,7 +25,6 @@
  * Memory: the last D frames of each module, whatever the train length.
  */
 import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -36,8 +35,8 @@ import {
   checkBackend,
   partsSummary,
   pickDevice,
+  ReductionAlgorithm,
   type RunInput,
-  withRun,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
@@ -357,7 +356,7 @@ export interface XpcsResult {
   input?: RunInput;
 }
 
-export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
+export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   readonly id = "xpcs";
   readonly source = { module: import.meta.url, name: "XpcsAlgorithm" };
 
@@ -365,12 +364,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     await writeXpcsDir(result, dir);
   }
   readonly help = "g2(q, tau) within trains";
-  readonly options: OptionSpec[] = [];
   private o: XpcsOptions = { ...DEFAULT_XPCS };
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private delays = 1;
   private acc = new Map<number, XpcsAccumulator>();
   private trains = new Map<number, TrainSums>();
@@ -378,7 +372,6 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private pixels = 0;
   private gpu?: XpcsGpu;
   private device?: GPUDevice;
-  private notes: string[] = [];
   /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
   private ttFrames = new Map<number, Float32Array[]>();
   private ttPulses: number[] = [];
@@ -389,9 +382,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     if (this.o.maxDelay === undefined) {
       this.o.maxDelay = defaultMaxDelay(info.detector);
       this.delays = this.o.maxDelay;
@@ -507,8 +498,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   finalize(parts: XpcsPart[]): Promise<XpcsResult> {
-    return withRun(this.run, this.runPath, async (run) => {
-      const det = this.det ?? run.detector();
+    return this.withRun((run, det) => {
       const setup = azintSetup(det, azintOptions(this.o));
       const all = new Map<number, TrainSums>();
       for (const p of parts) {
