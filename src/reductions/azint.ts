@@ -39,7 +39,7 @@ import {
   partsSummary,
   pickDevice,
   ReductionAlgorithm,
-  type RunInput,
+  type ReductionResult,
   trainBlocks,
   trainsOf,
   workersFor,
@@ -284,9 +284,7 @@ export interface AzintPart {
 /** Bytes of one frame's record in a spill file. */
 const recordBytes = (bins: number) => 20 * bins;
 
-export interface AzintResult {
-  run: string;
-  detector: string;
+export interface AzintResult extends ReductionResult {
   options: AzintOptions;
   geometry: string;
   energy: number;
@@ -311,11 +309,6 @@ export interface AzintResult {
   runMean: Float64Array;
   runCount: Float64Array;
   litFrom?: string;
-  backend: string;
-  notes: string[];
-  modulesRead: number[];
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
 export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<AzintPart, AzintResult> {

@@ -391,6 +391,11 @@ export interface ReductionOutput {
   input?: RunInput;
 }
 
+/** What roi, azint and xpcs results share: the run, detector, backends used, notes, modules read. */
+export interface ReductionResult extends ReductionOutput {
+  backend: string;
+}
+
 /**
  * The output directory of a reduction (roi, azint, xpcs), built under a temporary name: the REDU file(s)
  * that `write` puts into it (given the run's file names, for the output's naming), summary.json and the

@@ -33,7 +33,7 @@ import {
   partsSummary,
   pickDevice,
   ReductionAlgorithm,
-  type RunInput,
+  type ReductionResult,
   trainBlocks,
   trainsOf,
   workersFor,
@@ -208,9 +208,7 @@ export interface RoiBlock {
   spectrum: Float32Array[];
 }
 
-export interface RoiResult {
-  run: string;
-  detector: string;
+export interface RoiResult extends ReductionResult {
   rois: RoiSpec[];
   trainId: Float64Array;
   pulseId: Float64Array;
@@ -223,11 +221,6 @@ export interface RoiResult {
   readonly spectrum: Float32Array[];
   /** Remove the spill files (after writing). */
   dispose(): void;
-  backend: string;
-  notes: string[];
-  modulesRead: number[];
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
 export interface RoiOptions {

@@ -36,7 +36,7 @@ import {
   partsSummary,
   pickDevice,
   ReductionAlgorithm,
-  type RunInput,
+  type ReductionResult,
   workersFor,
   writeReductionDir,
 } from "./common.ts";
@@ -44,7 +44,7 @@ import type { XpcsGpu } from "./xpcs-spec.ts";
 import { type Detector, Run, runNaming } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
-import type { TrainSums } from "./xpcs-spec.ts";
+import { addSums, type TrainSums, zeroSums } from "./xpcs-spec.ts";
 import type { TwoTimeSums } from "./xpcs-spec.ts";
 
 export interface XpcsOptions {
@@ -122,13 +122,7 @@ export class XpcsAccumulator {
     if (this.cur && this.cur.trainId !== trainId) done = this.flush();
     if (!this.cur) {
       const n = this.bins * this.delays;
-      this.cur = {
-        trainId,
-        a: new Float64Array(n),
-        l: new Float64Array(n),
-        r: new Float64Array(n),
-        p: new Float64Array(n),
-      };
+      this.cur = { trainId, ...zeroSums(n) };
       this.histLen = 0;
     }
     const D = this.delays, H = this.histLen, W = H + i1 - i0, stride = D + W;
@@ -282,14 +276,7 @@ export function twoTimeSums(
 ): TwoTimeSums {
   const T = pulseIds.length;
   const n = nBins * T * T;
-  const s: TwoTimeSums = {
-    trainId,
-    pulseIds,
-    a: new Float64Array(n),
-    l: new Float64Array(n),
-    r: new Float64Array(n),
-    p: new Float64Array(n),
-  };
+  const s: TwoTimeSums = { trainId, pulseIds, ...zeroSums(n) };
   frames.forEach((mod, m) => {
     const bin = bins[m];
     for (let t1 = 0; t1 < T; t1++) {
@@ -332,9 +319,7 @@ export interface XpcsPart {
   twoTime?: TwoTimeSums;
 }
 
-export interface XpcsResult {
-  run: string;
-  detector: string;
+export interface XpcsResult extends ReductionResult {
   options: XpcsOptions;
   geometry: string;
   energy: number;
@@ -347,13 +332,8 @@ export interface XpcsResult {
   pairs: Float64Array[];
   /** The run's g2 (mean over trains). */
   runG2: Float64Array;
-  modulesRead: number[];
-  backend: string;
-  notes: string[];
   /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
   twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
 export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -417,14 +397,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
     if (!s) return;
     const t = this.trains.get(s.trainId);
     if (!t) this.trains.set(s.trainId, s);
-    else {
-      for (let j = 0; j < s.a.length; j++) {
-        t.a[j] += s.a[j];
-        t.l[j] += s.l[j];
-        t.r[j] += s.r[j];
-        t.p[j] += s.p[j];
-      }
-    }
+    else addSums(t, s);
   }
 
   private captureTwoTime(b: FrameBatch): void {
@@ -506,14 +479,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
           const t = all.get(s.trainId);
           if (!t) {
             all.set(s.trainId, { ...s, a: s.a.slice(), l: s.l.slice(), r: s.r.slice(), p: s.p.slice() });
-          } else {
-            for (let j = 0; j < s.a.length; j++) {
-              t.a[j] += s.a[j];
-              t.l[j] += s.l[j];
-              t.r[j] += s.r[j];
-              t.p[j] += s.p[j];
-            }
-          }
+          } else addSums(t, s);
         }
       }
       const trains = [...all.values()].sort((a, b) => a.trainId - b.trainId);
@@ -535,12 +501,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
         // Frames by pulse ID: the union over parts (a part may lack frames of a module).
         const pulses = [...new Set(tts.flatMap((t) => t.pulseIds))].sort((x, y) => x - y);
         const T = pulses.length, B = this.o.qBins;
-        const acc = {
-          a: new Float64Array(B * T * T),
-          l: new Float64Array(B * T * T),
-          r: new Float64Array(B * T * T),
-          p: new Float64Array(B * T * T),
-        };
+        const acc = zeroSums(B * T * T);
         for (const t of tts) {
           const ix = t.pulseIds.map((q) => pulses.indexOf(q));
           const n = t.pulseIds.length;
