@@ -26,7 +26,6 @@
  * "mean" (the run's S / C per bin), "count" (valid pixel-frames per bin)}`, photon energy, distance,
  * geometry, frames, bytes in / out and their ratio.
  */
-import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -44,9 +43,10 @@ import {
   trainsOf,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import { type Detector, Run } from "../exdf/run.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
 import { litLookup } from "../average/average.ts";
 import type { AzintBackend } from "./azint-spec.ts";
 import type { AzintSums } from "./azint-spec.ts";
@@ -525,7 +525,6 @@ export async function azint(
 const TRAINS_PER_CALL = 256;
 
 export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const bins = r.options.bins;
   const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
   const schema = {
@@ -542,42 +541,39 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
       unitCode: { source: "@ctl", key: "unitCode", shape: [], dtype: "uint8", ...packed },
     },
   } as unknown as WriterSchema;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector, bins, edges: bins + 1 },
-    prefix,
-    run,
-    aggregator: "REDU04",
-  });
-  try {
-    w.setConstant(
-      "radialAxis",
-      Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2),
-    );
-    w.setConstant("radialEdges", r.edges);
-    w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
-    const { trains, counts } = trainsOf(r.trainId);
-    // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
-    const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
-    let blk = 0;
-    for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
-      const t0 = tb[blk], t1 = tb[blk + 1];
-      blk++;
-      const c = counts.slice(t0, t1);
-      const n = f1 - f0;
-      w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
-      w.addData({
-        trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
-        pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
-        intensity: { data: intensity, shape: [n, bins] },
-        count: { data: count, shape: [n, bins] },
-        trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
-      } as never);
-    }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  return await writeReduFile(
+    dir,
+    runFiles,
+    "REDU04",
+    schema,
+    { det: r.detector, bins, edges: bins + 1 },
+    (w) => {
+      w.setConstant(
+        "radialAxis",
+        Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2),
+      );
+      w.setConstant("radialEdges", r.edges);
+      w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
+      const { trains, counts } = trainsOf(r.trainId);
+      // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
+      const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
+      let blk = 0;
+      for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
+        const t0 = tb[blk], t1 = tb[blk + 1];
+        blk++;
+        const c = counts.slice(t0, t1);
+        const n = f1 - f0;
+        w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
+        w.addData({
+          trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
+          pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+          intensity: { data: intensity, shape: [n, bins] },
+          count: { data: count, shape: [n, bins] },
+          trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
+        } as never);
+      }
+    },
+  );
 }
 
 export function writeAzintDir(r: AzintResult, dir: string): Promise<Record<string, unknown>> {

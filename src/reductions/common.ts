@@ -12,7 +12,8 @@ import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import { buildDir } from "../app/outdir.ts";
 import { writeReductionReport } from "./report.ts";
-import { type Detector, Run } from "../exdf/run.ts";
+import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { type FileWriter, openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
 import type { RunInfo } from "../framework/algorithm.ts";
 import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
@@ -440,6 +441,35 @@ export async function writeReductionDir(
     writeReductionReport(tmp);
     return summary;
   });
+}
+
+/**
+ * A reduction's REDU file in `dir`, `<PREFIX>-R<run>-<aggregator>-S<seq>.h5` (prefix and run number from the
+ * run's file names): opened with the schema and its parameters, filled by `fill`, closed, or aborted on
+ * error; returns the file paths.
+ */
+export async function writeReduFile(
+  dir: string,
+  runFiles: string[],
+  aggregator: string,
+  schema: WriterSchema,
+  params: Record<string, string | number>,
+  fill: (w: FileWriter) => void,
+): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles);
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params,
+    prefix,
+    run,
+    aggregator,
+  });
+  try {
+    fill(w);
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
 }
 
 /** `--range A,B` of azint and xpcs. */

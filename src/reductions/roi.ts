@@ -21,7 +21,6 @@
  * counts and the mean spectrum; bytes in (the files of the modules read), bytes out, their ratio.
  */
 import * as fs from "node:fs";
-import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -38,10 +37,11 @@ import {
   trainsOf,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
-import { Run, runNaming } from "../exdf/run.ts";
+import { Run } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
 import type { RoiBackend } from "./roi-spec.ts";
 import type { RoiColumns } from "./roi-spec.ts";
 import type { RoiSpec } from "./roi-spec.ts";
@@ -422,7 +422,6 @@ const TRAINS_PER_CALL = 512;
 
 /** Write the REDU file with the writer library; returns the file paths. */
 export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const packed = { chunks: 1024, compression: "gzip", compressionOpts: 1 } as const;
   const datasets: Record<string, any> = {
     trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
@@ -454,13 +453,7 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
     aliases: { out: "{det}/REDU/ROI:output", ctl: "{det}/REDU/ROI" },
     datasets,
   } as unknown as WriterSchema;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector },
-    prefix,
-    run,
-    aggregator: "REDU03",
-  });
-  try {
+  return await writeReduFile(dir, runFiles, "REDU03", schema, { det: r.detector }, (w) => {
     for (const g of r.rois) {
       w.setConstant(`${g.name}.module`, Uint16Array.of(g.module));
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
@@ -485,11 +478,7 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       });
       w.addData(data as never);
     }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  });
 }
 
 /** The run summary of each region (NaN frames left out). */

@@ -24,7 +24,6 @@
  * "edges", "delays", "g2" (bins x delays, the run's)}`, bytes in / out and their ratio.
  * Memory: the last D frames of each module, whatever the train length.
  */
-import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -39,11 +38,12 @@ import {
   type ReductionResult,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { type Detector, Run } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
 import { addSums, type TrainSums, zeroSums } from "./xpcs-spec.ts";
 import type { TwoTimeSums } from "./xpcs-spec.ts";
 
@@ -585,7 +585,6 @@ export async function xpcs(
 }
 
 export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const packed = { chunks: 64, compression: "gzip", compressionOpts: 1 } as const;
   const schema = {
     parameters: ["det", "bins", "edges", "delays", "nt"],
@@ -611,13 +610,13 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
     },
   } as unknown as WriterSchema;
   const bins = r.options.qBins, D = r.delays.length;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector, bins, edges: bins + 1, delays: D, nt: r.twoTime?.pulseIds.length ?? 1 },
-    prefix,
-    run,
-    aggregator: "REDU05",
-  });
-  try {
+  return await writeReduFile(dir, runFiles, "REDU05", schema, {
+    det: r.detector,
+    bins,
+    edges: bins + 1,
+    delays: D,
+    nt: r.twoTime?.pulseIds.length ?? 1,
+  }, (w) => {
     w.setConstant("qAxis", Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2));
     w.setConstant("qEdges", r.edges);
     w.setConstant("delays", Uint32Array.from(r.delays));
@@ -646,11 +645,7 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
         pairs: { data: pairs, shape: [t1 - t0, bins, D] },
       } as never);
     }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  });
 }
 
 export function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<string, unknown>> {
