@@ -26,8 +26,6 @@
  * "mean" (the run's S / C per bin), "count" (valid pixel-frames per bin)}`, photon energy, distance,
  * geometry, frames, bytes in / out and their ratio.
  */
-import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -35,18 +33,20 @@ import { type DetectorLayout, loadLayout, pixelCentres } from "../exdf/geometry.
 import {
   type BackendChoice,
   checkBackend,
-  Grow,
-  mergeFrames,
+  FrameRecords,
+  mergeSpills,
+  partsSummary,
   pickDevice,
-  type RunInput,
-  runInput,
+  ReductionAlgorithm,
+  type ReductionResult,
+  trainBlocks,
   trainsOf,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import { type Detector, Run } from "../exdf/run.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
 import { litLookup } from "../average/average.ts";
 import type { AzintBackend } from "./azint-spec.ts";
 import type { AzintSums } from "./azint-spec.ts";
@@ -284,9 +284,7 @@ export interface AzintPart {
 /** Bytes of one frame's record in a spill file. */
 const recordBytes = (bins: number) => 20 * bins;
 
-export interface AzintResult {
-  run: string;
-  detector: string;
+export interface AzintResult extends ReductionResult {
   options: AzintOptions;
   geometry: string;
   energy: number;
@@ -311,14 +309,9 @@ export interface AzintResult {
   runMean: Float64Array;
   runCount: Float64Array;
   litFrom?: string;
-  backend: string;
-  notes: string[];
-  modulesRead: number[];
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
-export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
+export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<AzintPart, AzintResult> {
   readonly id = "azint";
   readonly source = { module: import.meta.url, name: "AzintAlgorithm" };
 
@@ -326,21 +319,13 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
     await writeAzintDir(result, dir);
   }
   readonly help = "azimuthal integration per frame";
-  readonly options: OptionSpec[] = [];
   private o: AzintOptions = { ...DEFAULT_AZINT };
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private setup?: AzintSetup;
   private table?: PixelTable;
   private backend?: AzintBackend;
-  private notes: string[] = [];
   private lit?: (t: number, p: number) => boolean;
   private litFrom?: string;
-  private trainId = new Grow((n) => new Float64Array(n));
-  private pulseId = new Grow((n) => new Float64Array(n));
-  private spill?: SpillWriter;
+  private records = new FrameRecords("azint");
   private modules: number[] = [];
 
   configure(options: Record<string, unknown>): void {
@@ -348,9 +333,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     this.setup ??= azintSetup(info.detector, this.o);
     if (info.modules.length) {
       this.modules = info.modules;
@@ -375,13 +358,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
   async processBatch(b: FrameBatch): Promise<void> {
     const r = await this.backend!.frames(b);
     const bins = this.o.bins;
-    const kept: number[] = [];
-    for (let i = 0; i < b.nFrames; i++) {
-      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
-      kept.push(i);
-      this.trainId.pushOne(b.trainId[i]);
-      this.pulseId.pushOne(b.pulseId[i]);
-    }
+    const kept = this.records.keep(b, this.lit);
     const rb = recordBytes(bins);
     const buf = new ArrayBuffer(kept.length * rb);
     kept.forEach((i, j) => {
@@ -389,83 +366,55 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
       new Float64Array(buf, j * rb + 8 * bins, bins).set(r.norm.subarray(i * bins, (i + 1) * bins));
       new Uint32Array(buf, j * rb + 16 * bins, bins).set(r.count.subarray(i * bins, (i + 1) * bins));
     });
-    this.spill ??= new SpillWriter(rb, "azint");
-    this.spill.append(new Uint8Array(buf));
+    this.records.append(rb, new Uint8Array(buf));
   }
 
   finalizeChunk(): AzintPart {
-    this.spill ??= new SpillWriter(recordBytes(this.o.bins), "azint");
     return {
       modules: this.modules,
-      trainId: this.trainId.toArray(),
-      pulseId: this.pulseId.toArray(),
-      spill: this.spill.close(),
+      ...this.records.close(recordBytes(this.o.bins)),
       backend: this.backend?.name ?? "cpu",
     };
   }
 
-  async finalize(parts: AzintPart[]): Promise<AzintResult> {
-    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
-    const run = this.run ?? await Run.open(this.runPath);
-    try {
-      const det = this.det ?? run.detector();
+  finalize(parts: AzintPart[]): Promise<AzintResult> {
+    return this.withRun(async (run, det) => {
       const setup = this.setup ?? azintSetup(det, this.o);
-      const bins = this.o.bins;
-      const merged = mergeFrames(parts);
+      const bins = this.o.bins, rb = recordBytes(bins);
+      const merged = mergeSpills(parts, () => rb, (f0, f1) => {
+        const m = f1 - f0;
+        const sum = new Float64Array(m * bins),
+          norm = new Float64Array(m * bins),
+          count = new Uint32Array(m * bins);
+        return {
+          add(_pi, buffer, at, f) {
+            const o = f * bins;
+            const s = new Float64Array(buffer, at, bins);
+            const w = new Float64Array(buffer, at + 8 * bins, bins);
+            const k = new Uint32Array(buffer, at + 16 * bins, bins);
+            for (let q = 0; q < bins; q++) {
+              sum[o + q] += s[q];
+              norm[o + q] += w[q];
+              count[o + q] += k[q];
+            }
+          },
+          done: () => ({
+            f0,
+            f1,
+            sum,
+            norm,
+            count,
+            intensity: Float32Array.from(sum, (v, j) => (count[j] ? v / norm[j] : NaN)),
+          }),
+        };
+      });
       const n = merged.trainId.length;
-      for (const p of parts) ownSpill(p.spill);
-      const rb = recordBytes(bins);
-      // Frames [f0, f1) of the merge: each part's frames in that range are the next ones of its file.
-      const blocks = function* (bounds: number[]) {
-        const readers = parts.map((p) => new SpillReader(p.spill, rb));
-        const cursor = parts.map(() => 0);
-        try {
-          for (let b = 0; b + 1 < bounds.length; b++) {
-            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
-            const sum = new Float64Array(m * bins),
-              norm = new Float64Array(m * bins),
-              count = new Uint32Array(m * bins);
-            parts.forEach((_p, pi) => {
-              const ix = merged.index[pi];
-              let c = cursor[pi];
-              const start = c;
-              while (c < ix.length && ix[c] < f1) c++;
-              if (c === start) return;
-              const bytes = readers[pi].read(c - start);
-              for (let r = 0; r < c - start; r++) {
-                const o = (ix[start + r] - f0) * bins;
-                const s = new Float64Array(bytes.buffer, r * rb, bins);
-                const w = new Float64Array(bytes.buffer, r * rb + 8 * bins, bins);
-                const k = new Uint32Array(bytes.buffer, r * rb + 16 * bins, bins);
-                for (let q = 0; q < bins; q++) {
-                  sum[o + q] += s[q];
-                  norm[o + q] += w[q];
-                  count[o + q] += k[q];
-                }
-              }
-              cursor[pi] = c;
-            });
-            yield {
-              f0,
-              f1,
-              sum,
-              norm,
-              count,
-              intensity: Float32Array.from(sum, (v, j) => (count[j] ? v / norm[j] : NaN)),
-            };
-          }
-        } finally {
-          for (const r of readers) r.close();
-        }
-      };
       const { counts } = trainsOf(merged.trainId);
-      const bounds = [0];
-      for (const c of counts) bounds.push(bounds[bounds.length - 1] + c);
       const trainMean = new Float32Array(counts.length * bins);
       const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
       let t = 0;
       // One train per block: the train means and the run's sums.
-      for (const blk of blocks(bounds)) {
+      for (const blk of merged.blocks(trainBlocks(counts, 1).bounds)) {
         const s = new Float64Array(bins), w = new Float64Array(bins), m = new Float64Array(bins);
         for (let i = 0; i < blk.f1 - blk.f0; i++) {
           for (let k = 0; k < bins; k++) {
@@ -486,7 +435,7 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
       const materialise = () => {
         if (!all) {
           const intensity = new Float32Array(n * bins), count = new Uint32Array(n * bins);
-          for (const blk of blocks([0, n])) {
+          for (const blk of merged.blocks([0, n])) {
             intensity.set(blk.intensity);
             count.set(blk.count);
           }
@@ -505,28 +454,22 @@ export class AzintAlgorithm implements Algorithm<AzintPart, AzintResult> {
         edges: Float64Array.from({ length: bins + 1 }, (_, k) => a + ((b - a) * k) / bins),
         trainId: merged.trainId,
         pulseId: merged.pulseId,
-        blocks: (b: number[]) => blocks(b),
+        blocks: (b: number[]) => merged.blocks(b),
         get intensity() {
           return materialise().intensity;
         },
         get count() {
           return materialise().count;
         },
-        dispose: () => {
-          for (const p of parts) removeSpill(p.spill);
-        },
+        dispose: merged.dispose,
         trainMean,
         runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
         runCount: runN,
         litFrom: this.litFrom ?? (this.o.litOnly ? await litSource(this.runPath, this.o.from) : undefined),
-        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: this.notes,
-        modulesRead: parts.flatMap((p) => p.modules),
-        input: runInput(run, det.name),
+        ...partsSummary(parts, run, det.name),
       };
-    } finally {
-      if (run !== this.run) run.close();
-    }
+    });
   }
 
   dispose(): void {
@@ -582,7 +525,6 @@ export async function azint(
 const TRAINS_PER_CALL = 256;
 
 export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const bins = r.options.bins;
   const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
   const schema = {
@@ -599,47 +541,39 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
       unitCode: { source: "@ctl", key: "unitCode", shape: [], dtype: "uint8", ...packed },
     },
   } as unknown as WriterSchema;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector, bins, edges: bins + 1 },
-    prefix,
-    run,
-    aggregator: "REDU04",
-  });
-  try {
-    w.setConstant(
-      "radialAxis",
-      Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2),
-    );
-    w.setConstant("radialEdges", r.edges);
-    w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
-    const { trains, counts } = trainsOf(r.trainId);
-    // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
-    const bounds = [0], tb = [0];
-    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
-      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
-      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
-      tb.push(t1);
-    }
-    let blk = 0;
-    for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
-      const t0 = tb[blk], t1 = tb[blk + 1];
-      blk++;
-      const c = counts.slice(t0, t1);
-      const n = f1 - f0;
-      w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
-      w.addData({
-        trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
-        pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
-        intensity: { data: intensity, shape: [n, bins] },
-        count: { data: count, shape: [n, bins] },
-        trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
-      } as never);
-    }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  return await writeReduFile(
+    dir,
+    runFiles,
+    "REDU04",
+    schema,
+    { det: r.detector, bins, edges: bins + 1 },
+    (w) => {
+      w.setConstant(
+        "radialAxis",
+        Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2),
+      );
+      w.setConstant("radialEdges", r.edges);
+      w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
+      const { trains, counts } = trainsOf(r.trainId);
+      // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
+      const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
+      let blk = 0;
+      for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
+        const t0 = tb[blk], t1 = tb[blk + 1];
+        blk++;
+        const c = counts.slice(t0, t1);
+        const n = f1 - f0;
+        w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
+        w.addData({
+          trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
+          pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+          intensity: { data: intensity, shape: [n, bins] },
+          count: { data: count, shape: [n, bins] },
+          trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
+        } as never);
+      }
+    },
+  );
 }
 
 export function writeAzintDir(r: AzintResult, dir: string): Promise<Record<string, unknown>> {

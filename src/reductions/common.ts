@@ -12,7 +12,12 @@ import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import { buildDir } from "../app/outdir.ts";
 import { writeReductionReport } from "./report.ts";
-import { Run } from "../exdf/run.ts";
+import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { type FileWriter, openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
+import type { RunInfo } from "../framework/algorithm.ts";
+import type { OptionSpec } from "../framework/options.ts";
+import type { FrameBatch } from "../exdf/frames.ts";
+import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 
 export type { BackendChoice };
 
@@ -92,6 +97,162 @@ export class Grow<T extends Float64Array | Float32Array | Uint32Array> {
     out.set(this.cur.subarray(0, this.used) as never, o);
     return out;
   }
+}
+
+/**
+ * A part's per-frame records (roi, azint): the kept frames' train and pulse IDs in memory, one record per
+ * frame appended to a spill file (src/framework/spill.ts) named after `label`.
+ */
+export class FrameRecords {
+  private trainId = new Grow((n) => new Float64Array(n));
+  private pulseId = new Grow((n) => new Float64Array(n));
+  private spill?: SpillWriter;
+  constructor(private label: string) {}
+
+  /** The frames of a batch kept (all, or those `lit` says are lit), their IDs recorded. */
+  keep(b: FrameBatch, lit?: (t: number, p: number) => boolean): number[] {
+    const kept: number[] = [];
+    for (let i = 0; i < b.nFrames; i++) {
+      if (lit && !lit(b.trainId[i], b.pulseId[i])) continue;
+      kept.push(i);
+      this.trainId.pushOne(b.trainId[i]);
+      this.pulseId.pushOne(b.pulseId[i]);
+    }
+    return kept;
+  }
+
+  /** Append the records of the kept frames (recordBytes each). */
+  append(recordBytes: number, bytes: Uint8Array): void {
+    this.spill ??= new SpillWriter(recordBytes, this.label);
+    this.spill.append(bytes);
+  }
+
+  /** The part's frames and its closed spill file (an empty one where no frame came). */
+  close(recordBytes: number): { trainId: Float64Array; pulseId: Float64Array; spill: string } {
+    this.spill ??= new SpillWriter(recordBytes, this.label);
+    return { trainId: this.trainId.toArray(), pulseId: this.pulseId.toArray(), spill: this.spill.close() };
+  }
+}
+
+/** A part with per-frame records in a spill file. */
+export interface SpillPart {
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  spill: string;
+}
+
+/**
+ * The parts' spill files merged: the frames of all parts (`mergeFrames`), blocks of merged frames
+ * [f0, f1) for consecutive ranges `bounds` (starting at 0 each time), read from the files in order (each
+ * part's frames in a range are the next records of its file: memory bounded by the range), and `dispose`
+ * to remove the files (after writing). Per block, `open(f0, f1)` gives what takes the records: `add(pi,
+ * buffer, at, f)`, the record of part pi at byte `at` of `buffer` is merged frame f0 + f; then `done()`.
+ */
+export function mergeSpills<P extends SpillPart, B>(
+  parts: P[],
+  recordBytes: (part: P, pi: number) => number,
+  open: (f0: number, f1: number) => {
+    add(pi: number, buffer: ArrayBufferLike, at: number, f: number): void;
+    done(): B;
+  },
+): { trainId: Float64Array; pulseId: Float64Array; blocks(bounds: number[]): Generator<B>; dispose(): void } {
+  const merged = mergeFrames(parts);
+  for (const p of parts) ownSpill(p.spill);
+  const rbs = parts.map(recordBytes);
+  const blocks = function* (bounds: number[]): Generator<B> {
+    const readers = parts.map((p, pi) => new SpillReader(p.spill, rbs[pi]));
+    const cursor = parts.map(() => 0);
+    try {
+      for (let b = 0; b + 1 < bounds.length; b++) {
+        const f0 = bounds[b], f1 = bounds[b + 1];
+        const blk = open(f0, f1);
+        parts.forEach((_p, pi) => {
+          const ix = merged.index[pi];
+          let c = cursor[pi];
+          const start = c;
+          while (c < ix.length && ix[c] < f1) c++;
+          if (c === start) return;
+          const bytes = readers[pi].read(c - start);
+          for (let r = 0; r < c - start; r++) {
+            blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], ix[start + r] - f0);
+          }
+          cursor[pi] = c;
+        });
+        yield blk.done();
+      }
+    } finally {
+      for (const r of readers) r.close();
+    }
+  };
+  return {
+    trainId: merged.trainId,
+    pulseId: merged.pulseId,
+    blocks,
+    dispose: () => {
+      for (const p of parts) removeSpill(p.spill);
+    },
+  };
+}
+
+/**
+ * Frame bounds of blocks of `perBlock` trains (counts: frames per train, `trainsOf`), and the train index
+ * each block starts at (`trainBounds`, one more entry: the end).
+ */
+export function trainBlocks(counts: number[], perBlock: number): { bounds: number[]; trainBounds: number[] } {
+  const bounds = [0], trainBounds = [0];
+  for (let t0 = 0; t0 < counts.length; t0 += perBlock) {
+    const t1 = Math.min(counts.length, t0 + perBlock);
+    bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
+    trainBounds.push(t1);
+  }
+  return { bounds, trainBounds };
+}
+
+/**
+ * What the algorithm classes of roi, azint and xpcs share: no options of their own (the commands' options
+ * are configured), the run initialize was given (its metadata only: finalize does not reopen it) and the
+ * notes for summary.json.
+ */
+export abstract class ReductionAlgorithm {
+  readonly options: OptionSpec[] = [];
+  protected runPath = "";
+  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
+  protected run?: Run;
+  protected det?: Detector;
+  protected notes: string[] = [];
+
+  /** Keep initialize's run and detector. */
+  protected takeRun(info: RunInfo): void {
+    this.runPath = info.runPath;
+    this.run = info.run;
+    this.det = info.detector;
+  }
+
+  /**
+   * `f` with the run and detector initialize was given, or where finalize comes without initialize, the
+   * run opened (and closed after).
+   */
+  protected async withRun<T>(f: (run: Run, det: Detector) => T | Promise<T>): Promise<T> {
+    const run = this.run ?? await Run.open(this.runPath);
+    try {
+      return await f(run, this.det ?? run.detector());
+    } finally {
+      if (run !== this.run) run.close();
+    }
+  }
+}
+
+/** What a result takes from its parts and the run: the backends used, the modules read, the run's files. */
+export function partsSummary(
+  parts: { backend: string; modules: number[] }[],
+  run: Run,
+  detector: string,
+): { backend: string; modulesRead: number[]; input: RunInput } {
+  return {
+    backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+    modulesRead: parts.flatMap((p) => p.modules),
+    input: runInput(run, detector),
+  };
 }
 
 /**
@@ -231,6 +392,11 @@ export interface ReductionOutput {
   input?: RunInput;
 }
 
+/** What roi, azint and xpcs results share: the run, detector, backends used, notes, modules read. */
+export interface ReductionResult extends ReductionOutput {
+  backend: string;
+}
+
 /**
  * The output directory of a reduction (roi, azint, xpcs), built under a temporary name: the REDU file(s)
  * that `write` puts into it (given the run's file names, for the output's naming), summary.json and the
@@ -275,6 +441,35 @@ export async function writeReductionDir(
     writeReductionReport(tmp);
     return summary;
   });
+}
+
+/**
+ * A reduction's REDU file in `dir`, `<PREFIX>-R<run>-<aggregator>-S<seq>.h5` (prefix and run number from the
+ * run's file names): opened with the schema and its parameters, filled by `fill`, closed, or aborted on
+ * error; returns the file paths.
+ */
+export async function writeReduFile(
+  dir: string,
+  runFiles: string[],
+  aggregator: string,
+  schema: WriterSchema,
+  params: Record<string, string | number>,
+  fill: (w: FileWriter) => void,
+): Promise<string[]> {
+  const { prefix, run } = runNaming(runFiles);
+  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
+    params,
+    prefix,
+    run,
+    aggregator,
+  });
+  try {
+    fill(w);
+    return w.close();
+  } catch (e) {
+    w.abort(String(e));
+    throw e;
+  }
 }
 
 /** `--range A,B` of azint and xpcs. */

@@ -21,27 +21,27 @@
  * counts and the mean spectrum; bytes in (the files of the modules read), bytes out, their ratio.
  */
 import * as fs from "node:fs";
-import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import {
   type BackendChoice,
   checkBackend,
-  Grow,
-  mergeFrames,
+  FrameRecords,
+  mergeSpills,
+  partsSummary,
   pickDevice,
-  type RunInput,
-  runInput,
+  ReductionAlgorithm,
+  type ReductionResult,
+  trainBlocks,
   trainsOf,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { Run } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
 import type { RoiBackend } from "./roi-spec.ts";
 import type { RoiColumns } from "./roi-spec.ts";
 import type { RoiSpec } from "./roi-spec.ts";
@@ -208,9 +208,7 @@ export interface RoiBlock {
   spectrum: Float32Array[];
 }
 
-export interface RoiResult {
-  run: string;
-  detector: string;
+export interface RoiResult extends ReductionResult {
   rois: RoiSpec[];
   trainId: Float64Array;
   pulseId: Float64Array;
@@ -223,11 +221,6 @@ export interface RoiResult {
   readonly spectrum: Float32Array[];
   /** Remove the spill files (after writing). */
   dispose(): void;
-  backend: string;
-  notes: string[];
-  modulesRead: number[];
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
 export interface RoiOptions {
@@ -239,7 +232,7 @@ export interface RoiOptions {
   from?: string;
 }
 
-export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
+export class RoiAlgorithm extends ReductionAlgorithm implements Algorithm<RoiPart, RoiResult> {
   readonly id = "roi";
   readonly source = { module: import.meta.url, name: "RoiAlgorithm" };
 
@@ -247,22 +240,14 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
     await writeRoiDir(result, dir);
   }
   readonly help = "sums, counts, means and spectra of fixed regions per frame";
-  readonly options: OptionSpec[] = [];
   private rois: RoiSpec[] = [];
   private backendChoice: BackendChoice = "auto";
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private mine: RoiSpec[] = [];
   private mineIx: number[] = [];
   private backend?: RoiBackend;
-  private notes: string[] = [];
   private moduleFs = 0;
   private pixels = 0;
-  private trainId = new Grow((n) => new Float64Array(n));
-  private pulseId = new Grow((n) => new Float64Array(n));
-  private spill?: SpillWriter;
+  private records = new FrameRecords("roi");
   private modules: number[] = [];
   private litOnly = false;
   private from?: string;
@@ -276,9 +261,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     const det = info.detector;
     const all = det.modules.map((m) => m.module);
     checkRegions(this.rois, all, det.imageShape);
@@ -307,13 +290,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
     const { offsets, total } = columnLayout(this.mine);
     const K = this.mine.length;
     const lay = recordLayout(this.mine.map((r) => r.fs1 - r.fs0));
-    const kept: number[] = [];
-    for (let i = 0; i < b.nFrames; i++) {
-      if (this.lit && !this.lit(b.trainId[i], b.pulseId[i])) continue;
-      kept.push(i);
-      this.trainId.pushOne(b.trainId[i]);
-      this.pulseId.pushOne(b.pulseId[i]);
-    }
+    const kept = this.records.keep(b, this.lit);
     const buf = new ArrayBuffer(kept.length * lay.bytes);
     kept.forEach((i, j) => {
       const at = j * lay.bytes;
@@ -339,74 +316,54 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         counts[k] = n;
       });
     });
-    this.spill ??= new SpillWriter(lay.bytes, "roi");
-    this.spill.append(new Uint8Array(buf));
+    this.records.append(lay.bytes, new Uint8Array(buf));
   }
 
   finalizeChunk(): RoiPart {
-    this.spill ??= new SpillWriter(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes, "roi");
     return {
       modules: this.modules,
       regions: this.mineIx,
-      trainId: this.trainId.toArray(),
-      pulseId: this.pulseId.toArray(),
-      spill: this.spill.close(),
+      ...this.records.close(recordLayout(this.mine.map((r) => r.fs1 - r.fs0)).bytes),
       backend: this.backend?.name ?? "cpu",
     };
   }
 
-  async finalize(parts: RoiPart[]): Promise<RoiResult> {
-    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
-    const run = this.run ?? await Run.open(this.runPath);
-    try {
-      const det = this.det ?? run.detector();
-      const merged = mergeFrames(parts);
-      const n = merged.trainId.length;
+  finalize(parts: RoiPart[]): Promise<RoiResult> {
+    return this.withRun((run, det) => {
       const rois = this.rois;
-      for (const p of parts) ownSpill(p.spill);
       const lays = parts.map((p) => recordLayout(p.regions.map((g) => rois[g].fs1 - rois[g].fs0)));
-      const blocks = function* (bounds: number[]): Generator<RoiBlock> {
-        const readers = parts.map((p, pi) => new SpillReader(p.spill, lays[pi].bytes));
-        const cursor = parts.map(() => 0);
-        try {
-          for (let b = 0; b + 1 < bounds.length; b++) {
-            const f0 = bounds[b], f1 = bounds[b + 1], m = f1 - f0;
-            const sum = rois.map(() => new Float64Array(m).fill(NaN));
-            const count = rois.map(() => new Uint32Array(m));
-            const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
-            parts.forEach((p, pi) => {
-              const ix = merged.index[pi];
-              let c = cursor[pi];
-              const start = c;
-              while (c < ix.length && ix[c] < f1) c++;
-              if (c === start) return;
-              const bytes = readers[pi].read(c - start);
-              const lay = lays[pi], K = p.regions.length;
-              for (let r = 0; r < c - start; r++) {
-                const at = r * lay.bytes, f = ix[start + r] - f0;
-                const sums = new Float64Array(bytes.buffer, at, K);
-                const counts = new Uint32Array(bytes.buffer, at + lay.counts, K);
-                p.regions.forEach((g, k) => {
-                  const w = rois[g].fs1 - rois[g].fs0;
-                  sum[g][f] = sums[k];
-                  count[g][f] = counts[k];
-                  spectrum[g].set(new Float32Array(bytes.buffer, at + lay.spectra[k], w), f * w);
-                });
-              }
-              cursor[pi] = c;
+      const merged = mergeSpills(parts, (_p, pi) => lays[pi].bytes, (f0, f1): {
+        add(pi: number, buffer: ArrayBufferLike, at: number, f: number): void;
+        done(): RoiBlock;
+      } => {
+        const m = f1 - f0;
+        const sum = rois.map(() => new Float64Array(m).fill(NaN));
+        const count = rois.map(() => new Uint32Array(m));
+        const spectrum = rois.map((r) => new Float32Array(m * (r.fs1 - r.fs0)).fill(NaN));
+        return {
+          add(pi, buffer, at, f) {
+            const lay = lays[pi], p = parts[pi], K = p.regions.length;
+            const sums = new Float64Array(buffer, at, K);
+            const counts = new Uint32Array(buffer, at + lay.counts, K);
+            p.regions.forEach((g, k) => {
+              const w = rois[g].fs1 - rois[g].fs0;
+              sum[g][f] = sums[k];
+              count[g][f] = counts[k];
+              spectrum[g].set(new Float32Array(buffer, at + lay.spectra[k], w), f * w);
             });
+          },
+          done() {
             const mean = sum.map((s, g) =>
               Float64Array.from(s, (v, i) => (count[g][i] ? v / count[g][i] : NaN))
             );
-            yield { f0, f1, sum, count, mean, spectrum };
-          }
-        } finally {
-          for (const r of readers) r.close();
-        }
-      };
+            return { f0, f1, sum, count, mean, spectrum };
+          },
+        };
+      });
+      const n = merged.trainId.length;
       let all: RoiBlock | undefined;
       const materialise = () => {
-        if (!all) { for (const blk of blocks([0, n])) all = blk; }
+        if (!all) { for (const blk of merged.blocks([0, n])) all = blk; }
         return all!;
       };
       return {
@@ -415,7 +372,7 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         rois: this.rois,
         trainId: merged.trainId,
         pulseId: merged.pulseId,
-        blocks: (b: number[]) => blocks(b),
+        blocks: (b: number[]) => merged.blocks(b),
         get sum() {
           return materialise().sum;
         },
@@ -428,17 +385,11 @@ export class RoiAlgorithm implements Algorithm<RoiPart, RoiResult> {
         get spectrum() {
           return materialise().spectrum;
         },
-        dispose: () => {
-          for (const p of parts) removeSpill(p.spill);
-        },
-        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
+        dispose: merged.dispose,
         notes: this.notes,
-        modulesRead: parts.flatMap((p) => p.modules),
-        input: runInput(run, det.name),
+        ...partsSummary(parts, run, det.name),
       };
-    } finally {
-      if (run !== this.run) run.close();
-    }
+    });
   }
 
   dispose(): void {
@@ -471,7 +422,6 @@ const TRAINS_PER_CALL = 512;
 
 /** Write the REDU file with the writer library; returns the file paths. */
 export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const packed = { chunks: 1024, compression: "gzip", compressionOpts: 1 } as const;
   const datasets: Record<string, any> = {
     trainId: { source: "@out", key: "data.trainId", shape: [], dtype: "uint64", ...packed },
@@ -503,24 +453,13 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
     aliases: { out: "{det}/REDU/ROI:output", ctl: "{det}/REDU/ROI" },
     datasets,
   } as unknown as WriterSchema;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector },
-    prefix,
-    run,
-    aggregator: "REDU03",
-  });
-  try {
+  return await writeReduFile(dir, runFiles, "REDU03", schema, { det: r.detector }, (w) => {
     for (const g of r.rois) {
       w.setConstant(`${g.name}.module`, Uint16Array.of(g.module));
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
     }
     const { trains, counts } = trainsOf(r.trainId);
-    const bounds = [0], tb = [0];
-    for (let t0 = 0; t0 < trains.length; t0 += TRAINS_PER_CALL) {
-      const t1 = Math.min(trains.length, t0 + TRAINS_PER_CALL);
-      bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
-      tb.push(t1);
-    }
+    const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
     let blk = 0;
     for (const { f0, f1, sum, count, mean, spectrum } of r.blocks(bounds)) {
       const t0 = tb[blk], t1 = tb[blk + 1];
@@ -539,11 +478,7 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       });
       w.addData(data as never);
     }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  });
 }
 
 /** The run summary of each region (NaN frames left out). */

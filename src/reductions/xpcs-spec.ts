@@ -24,6 +24,24 @@ export interface TwoTimeSums {
   p: Float64Array;
 }
 
+/** A, L, R, P of n entries, all 0. */
+export function zeroSums(n: number): Pick<TrainSums, "a" | "l" | "r" | "p"> {
+  return { a: new Float64Array(n), l: new Float64Array(n), r: new Float64Array(n), p: new Float64Array(n) };
+}
+
+/** Add the sums of s into `into` (the same train, or the same bins and delays). */
+export function addSums(
+  into: Pick<TrainSums, "a" | "l" | "r" | "p">,
+  s: Pick<TrainSums, "a" | "l" | "r" | "p">,
+): void {
+  for (let j = 0; j < s.a.length; j++) {
+    into.a[j] += s.a[j];
+    into.l[j] += s.l[j];
+    into.r[j] += s.r[j];
+    into.p[j] += s.p[j];
+  }
+}
+
 export interface XpcsGpu {
   name: string;
   batch(b: FrameBatch): Promise<TrainSums[]>;

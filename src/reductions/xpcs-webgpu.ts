@@ -9,7 +9,7 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { Unshared } from "./common.ts";
 import { BufferUsage, createBuffer, Kernel, readBuffers, withErrorScope } from "../gpu/kernel.ts";
 import { csr } from "./azint-webgpu.ts";
-import type { TrainSums, TwoTimeSums } from "./xpcs-spec.ts";
+import { type TrainSums, type TwoTimeSums, zeroSums } from "./xpcs-spec.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
 
 /** The uniform struct Params of shaders/xpcs.wgsl. */
@@ -165,13 +165,7 @@ export async function createXpcsGpu(
       const f = new Float32Array(back), u = new Uint32Array(back);
       const n = nBins * delays;
       return segs.map(([, , trainId], g) => {
-        const s: TrainSums = {
-          trainId,
-          a: new Float64Array(n),
-          l: new Float64Array(n),
-          r: new Float64Array(n),
-          p: new Float64Array(n),
-        };
+        const s: TrainSums = { trainId, ...zeroSums(n) };
         for (let j = 0; j < n; j++) {
           const o = (g * n + j) * 4;
           s.a[j] = f[o];
@@ -236,14 +230,7 @@ export async function twoTimeSumsGpu(
         await device.queue.onSubmittedWorkDone();
       }
     });
-    const s: TwoTimeSums = {
-      trainId,
-      pulseIds,
-      a: new Float64Array(n),
-      l: new Float64Array(n),
-      r: new Float64Array(n),
-      p: new Float64Array(n),
-    };
+    const s: TwoTimeSums = { trainId, pulseIds, ...zeroSums(n) };
     if (!frames.length) return s;
     const [back] = await readBuffers(device, "xpcs two-time readback", [{ buffer: out, size: n * 16 }]);
     const f = new Float32Array(back), u = new Uint32Array(back);

@@ -24,8 +24,6 @@
  * "edges", "delays", "g2" (bins x delays, the run's)}`, bytes in / out and their ratio.
  * Memory: the last D frames of each module, whatever the train length.
  */
-import * as path from "node:path";
-import type { OptionSpec } from "../framework/options.ts";
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -34,17 +32,19 @@ import { NO_BIN } from "./azint-spec.ts";
 import {
   type BackendChoice,
   checkBackend,
+  partsSummary,
   pickDevice,
-  type RunInput,
-  runInput,
+  ReductionAlgorithm,
+  type ReductionResult,
   workersFor,
   writeReductionDir,
+  writeReduFile,
 } from "./common.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
-import { type Detector, Run, runNaming } from "../exdf/run.ts";
+import { type Detector, Run } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
-import { openWriter, type WriterSchema } from "../exdf/writer/writer.ts";
-import type { TrainSums } from "./xpcs-spec.ts";
+import type { WriterSchema } from "../exdf/writer/writer.ts";
+import { addSums, type TrainSums, zeroSums } from "./xpcs-spec.ts";
 import type { TwoTimeSums } from "./xpcs-spec.ts";
 
 export interface XpcsOptions {
@@ -122,13 +122,7 @@ export class XpcsAccumulator {
     if (this.cur && this.cur.trainId !== trainId) done = this.flush();
     if (!this.cur) {
       const n = this.bins * this.delays;
-      this.cur = {
-        trainId,
-        a: new Float64Array(n),
-        l: new Float64Array(n),
-        r: new Float64Array(n),
-        p: new Float64Array(n),
-      };
+      this.cur = { trainId, ...zeroSums(n) };
       this.histLen = 0;
     }
     const D = this.delays, H = this.histLen, W = H + i1 - i0, stride = D + W;
@@ -282,14 +276,7 @@ export function twoTimeSums(
 ): TwoTimeSums {
   const T = pulseIds.length;
   const n = nBins * T * T;
-  const s: TwoTimeSums = {
-    trainId,
-    pulseIds,
-    a: new Float64Array(n),
-    l: new Float64Array(n),
-    r: new Float64Array(n),
-    p: new Float64Array(n),
-  };
+  const s: TwoTimeSums = { trainId, pulseIds, ...zeroSums(n) };
   frames.forEach((mod, m) => {
     const bin = bins[m];
     for (let t1 = 0; t1 < T; t1++) {
@@ -332,9 +319,7 @@ export interface XpcsPart {
   twoTime?: TwoTimeSums;
 }
 
-export interface XpcsResult {
-  run: string;
-  detector: string;
+export interface XpcsResult extends ReductionResult {
   options: XpcsOptions;
   geometry: string;
   energy: number;
@@ -347,16 +332,11 @@ export interface XpcsResult {
   pairs: Float64Array[];
   /** The run's g2 (mean over trains). */
   runG2: Float64Array;
-  modulesRead: number[];
-  backend: string;
-  notes: string[];
   /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
   twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
-  /** The run's file names and module files (for the output directory, without reopening the run). */
-  input?: RunInput;
 }
 
-export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
+export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   readonly id = "xpcs";
   readonly source = { module: import.meta.url, name: "XpcsAlgorithm" };
 
@@ -364,12 +344,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     await writeXpcsDir(result, dir);
   }
   readonly help = "g2(q, tau) within trains";
-  readonly options: OptionSpec[] = [];
   private o: XpcsOptions = { ...DEFAULT_XPCS };
-  private runPath = "";
-  /** The run and detector initialize was given (the run closed by finalize: its metadata only). */
-  private run?: Run;
-  private det?: Detector;
   private delays = 1;
   private acc = new Map<number, XpcsAccumulator>();
   private trains = new Map<number, TrainSums>();
@@ -377,7 +352,6 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   private pixels = 0;
   private gpu?: XpcsGpu;
   private device?: GPUDevice;
-  private notes: string[] = [];
   /** Two-time: the train's frames per module (invalid pixels NaN) and their pulse IDs. */
   private ttFrames = new Map<number, Float32Array[]>();
   private ttPulses: number[] = [];
@@ -388,9 +362,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
   }
 
   async initialize(info: RunInfo) {
-    this.runPath = info.runPath;
-    this.run = info.run;
-    this.det = info.detector;
+    this.takeRun(info);
     if (this.o.maxDelay === undefined) {
       this.o.maxDelay = defaultMaxDelay(info.detector);
       this.delays = this.o.maxDelay;
@@ -425,14 +397,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     if (!s) return;
     const t = this.trains.get(s.trainId);
     if (!t) this.trains.set(s.trainId, s);
-    else {
-      for (let j = 0; j < s.a.length; j++) {
-        t.a[j] += s.a[j];
-        t.l[j] += s.l[j];
-        t.r[j] += s.r[j];
-        t.p[j] += s.p[j];
-      }
-    }
+    else addSums(t, s);
   }
 
   private captureTwoTime(b: FrameBatch): void {
@@ -505,11 +470,8 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
     this.gpu?.dispose();
   }
 
-  async finalize(parts: XpcsPart[]): Promise<XpcsResult> {
-    // The run's metadata as initialize saw it: no reopening (where finalize comes without initialize, opened).
-    const run = this.run ?? await Run.open(this.runPath);
-    try {
-      const det = this.det ?? run.detector();
+  finalize(parts: XpcsPart[]): Promise<XpcsResult> {
+    return this.withRun((run, det) => {
       const setup = azintSetup(det, azintOptions(this.o));
       const all = new Map<number, TrainSums>();
       for (const p of parts) {
@@ -517,14 +479,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
           const t = all.get(s.trainId);
           if (!t) {
             all.set(s.trainId, { ...s, a: s.a.slice(), l: s.l.slice(), r: s.r.slice(), p: s.p.slice() });
-          } else {
-            for (let j = 0; j < s.a.length; j++) {
-              t.a[j] += s.a[j];
-              t.l[j] += s.l[j];
-              t.r[j] += s.r[j];
-              t.p[j] += s.p[j];
-            }
-          }
+          } else addSums(t, s);
         }
       }
       const trains = [...all.values()].sort((a, b) => a.trainId - b.trainId);
@@ -546,12 +501,7 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         // Frames by pulse ID: the union over parts (a part may lack frames of a module).
         const pulses = [...new Set(tts.flatMap((t) => t.pulseIds))].sort((x, y) => x - y);
         const T = pulses.length, B = this.o.qBins;
-        const acc = {
-          a: new Float64Array(B * T * T),
-          l: new Float64Array(B * T * T),
-          r: new Float64Array(B * T * T),
-          p: new Float64Array(B * T * T),
-        };
+        const acc = zeroSums(B * T * T);
         for (const t of tts) {
           const ix = t.pulseIds.map((q) => pulses.indexOf(q));
           const n = t.pulseIds.length;
@@ -584,14 +534,10 @@ export class XpcsAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
         g2,
         pairs: trains.map((t) => t.p),
         runG2: Float64Array.from(sum, (s, j) => (cnt[j] ? s / cnt[j] : NaN)),
-        modulesRead: parts.flatMap((p) => p.modules),
-        backend: [...new Set(parts.map((p) => p.backend))].join(", "),
         notes: [...new Set(parts.flatMap((p) => p.notes))],
-        input: runInput(run, det.name),
+        ...partsSummary(parts, run, det.name),
       };
-    } finally {
-      if (run !== this.run) run.close();
-    }
+    });
   }
 }
 
@@ -639,7 +585,6 @@ export async function xpcs(
 }
 
 export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]): Promise<string[]> {
-  const { prefix, run } = runNaming(runFiles);
   const packed = { chunks: 64, compression: "gzip", compressionOpts: 1 } as const;
   const schema = {
     parameters: ["det", "bins", "edges", "delays", "nt"],
@@ -665,13 +610,13 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
     },
   } as unknown as WriterSchema;
   const bins = r.options.qBins, D = r.delays.length;
-  const w = await openWriter(path.join(dir, "{prefix}-R{run:04d}-{aggregator}-S{seq:05d}.h5"), schema, {
-    params: { det: r.detector, bins, edges: bins + 1, delays: D, nt: r.twoTime?.pulseIds.length ?? 1 },
-    prefix,
-    run,
-    aggregator: "REDU05",
-  });
-  try {
+  return await writeReduFile(dir, runFiles, "REDU05", schema, {
+    det: r.detector,
+    bins,
+    edges: bins + 1,
+    delays: D,
+    nt: r.twoTime?.pulseIds.length ?? 1,
+  }, (w) => {
     w.setConstant("qAxis", Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2));
     w.setConstant("qEdges", r.edges);
     w.setConstant("delays", Uint32Array.from(r.delays));
@@ -700,11 +645,7 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
         pairs: { data: pairs, shape: [t1 - t0, bins, D] },
       } as never);
     }
-    return w.close();
-  } catch (e) {
-    w.abort(String(e));
-    throw e;
-  }
+  });
 }
 
 export function writeXpcsDir(r: XpcsResult, dir: string): Promise<Record<string, unknown>> {
