@@ -3,8 +3,8 @@
  *
  * Generates (or reuses) a synthetic AGIPD CORR run of about `--size-gb` GB of image data (bench/data/),
  * then measures, each configuration in a child process of its own (so that peak memory is its own):
- * - the raw read ceiling: every frame's data and mask decoded in place on the wasm heap, no compute (1
- *   reader; and one module group per core through localise's own driver and threads, bench/read-only.ts);
+ * - the raw read ceiling: every frame's data and mask read into buffers, no compute (1 reader; and one
+ *   module group per core through localise's own driver and threads, bench/read-only.ts);
  * - localise end to end with each backend and worker count: frames/s and GB/s, time per stage (hot-pixel
  *   pre-pass, waiting for reads, compute, classify/ROIs, write), peak RSS.
  * Writes bench/RESULTS.md with the machine (CPU model, cores, adapter) and the table.
@@ -123,11 +123,9 @@ async function one(config: string, dir: string): Promise<Row> {
   const withMask = lay.maskBytes > 0;
   if (config === "read1") {
     const run = await Run.open(dir);
-    // The fastest read in one thread: HDF5 decoding in place on the wasm heap, as localise's groups read.
     const reader = new FrameReader(run.detector(), { mask: withMask, batchBytes: 32 * 2 ** 20 });
     let frames = 0, mf = 0;
-    for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
-      const b = reader.readInPlace(s, reader.framesPerBatch);
+    for (const b of reader.batches()) {
       frames += b.nFrames;
       mf += b.nFrames * b.modules.length;
     }

@@ -15,17 +15,7 @@
  *   consumer may hold one batch while the next is read).
  */
 import { InputError } from "../errors.ts";
-import {
-  arrayFor,
-  type DsInfo,
-  dsInfo,
-  type H5Dataset,
-  heapBlock,
-  heapView,
-  type NumericArray,
-  readAll,
-  readSlab,
-} from "./h5.ts";
+import { arrayFor, type DsInfo, dsInfo, type H5Dataset, type NumericArray, readAll, readSlab } from "./h5.ts";
 import type { Detector, DetectorModule, ModuleFile } from "./run.ts";
 
 export interface FrameOptions {
@@ -199,8 +189,6 @@ export class FrameReader {
   private buffers: ModuleFrames[][] = [];
   private scratch?: NumericArray;
   private nextBuffer = 0;
-  /** readInPlace's two batch buffers on the wasm heap (addresses), allocated on first use. */
-  private heap: number[] = [];
   /** Per module file: mask / gain dataset info, null where the file has none. */
   private auxInfo = new Map<ModuleFile, Map<string, DsInfo | null>>();
 
@@ -258,43 +246,6 @@ export class FrameReader {
   }
 
   /**
-   * Read frames [start, start + count) into two batch buffers on the wasm heap, HDF5 decoding in place
-   * (no copy; for a reader in the consumer's own thread). The batch's arrays are views of the heap: valid
-   * until this thread's next h5wasm call, which may grow the heap (the next read does: use a batch before
-   * reading the next one).
-   */
-  readInPlace(start: number, count: number): FrameBatch {
-    const k = this.nextBuffer;
-    this.nextBuffer ^= 1;
-    const n = this.framesPerBatch, px = this.pixels;
-    const data = n * px * 4, mask = this.options.mask ? n * px * 4 : 0, gain = this.options.gain ? n * px : 0;
-    const perModule = data + mask + gain + Math.ceil(n / 8) * 8;
-    this.heap[k] ??= heapBlock(perModule * this.modules.length);
-    const base = this.heap[k];
-    const opt = this.options;
-    // Each access takes a fresh view: a read may grow the heap and detach the views taken before it.
-    const bufs: ModuleFrames[] = this.modules.map((m, mi) => {
-      const o = base + mi * perModule;
-      return {
-        module: m.module,
-        get data() {
-          return heapView(Float32Array, o, n * px);
-        },
-        get mask() {
-          return opt.mask ? heapView(Uint32Array, o + data, n * px) : undefined;
-        },
-        get gain() {
-          return opt.gain ? heapView(Uint8Array, o + data + mask, n * px) : undefined;
-        },
-        get present() {
-          return heapView(Uint8Array, o + data + mask + gain, n);
-        },
-      };
-    });
-    return this.readInto(start, count, bufs);
-  }
-
-  /**
    * Read frames [start, start + count) into the caller's buffers (one ModuleFrames per selected module,
    * each at least framesPerBatch frames long; SharedArrayBuffer-backed arrays are fine).
    */
@@ -308,17 +259,17 @@ export class FrameReader {
       cellId: this.table.cellId.subarray(start, start + count),
       modules: [],
     };
-    this.modules.forEach((_m, mi) => this.readModule(mi, start, count, bufs[mi]));
-    // The batch's views, taken after every read (buffers on the wasm heap: fresh views here).
     this.modules.forEach((m, mi) => {
       const b = bufs[mi];
-      out.modules.push({
+      const mf: ModuleFrames = {
         module: m.module,
         present: b.present.subarray(0, count),
         data: b.data.subarray(0, count * this.pixels),
         mask: b.mask?.subarray(0, count * this.pixels),
         gain: b.gain?.subarray(0, count * this.pixels),
-      });
+      };
+      this.readModule(mi, start, count, mf);
+      out.modules.push(mf);
     });
     return out;
   }
@@ -388,8 +339,8 @@ export class FrameReader {
       const base = at * px;
       for (let k = 0; k < need; k++) dst[base + k] = Number(src[k]);
     }
-    if (this.options.mask) this.readAux(mf, "mask", "uint32", offset, countArr, () => out.mask!, at * px);
-    if (this.options.gain) this.readAux(mf, "gain", "uint8", offset, countArr, () => out.gain!, at * px);
+    if (out.mask) this.readAux(mf, "mask", "uint32", offset, countArr, out.mask, at * px);
+    if (out.gain) this.readAux(mf, "gain", "uint8", offset, countArr, out.gain, at * px);
   }
 
   private readAux(
@@ -398,8 +349,7 @@ export class FrameReader {
     want: string,
     offset: number[],
     count: number[],
-    /** The output array, taken when written (a view of the wasm heap detaches when the heap grows). */
-    out: () => Uint32Array | Uint8Array,
+    out: Uint32Array | Uint8Array,
     at: number,
   ): void {
     const p = `${mf.groupPath}/${key}`;
@@ -411,19 +361,18 @@ export class FrameReader {
       known.set(key, info = has(mf, key) ? dsInfo(mf.file.h5.get(p) as H5Dataset) : null);
     }
     if (!info) {
-      out().fill(0, at, at + count.reduce((a, b) => a * b, 1));
+      out.fill(0, at, at + count.reduce((a, b) => a * b, 1));
       return;
     }
     // The mask/gain of CORR data is (N, ss, fs); RAW gain sits on axis 1 of data and is not read here.
     const off = info.shape.length === offset.length ? offset : [offset[0], ...offset.slice(-2)];
     const cnt = info.shape.length === count.length ? count : [count[0], ...count.slice(-2)];
     if (info.dtype === want) {
-      readSlab(mf.file.h5, p, off, cnt, out(), at);
+      readSlab(mf.file.h5, p, off, cnt, out, at);
     } else {
       const tmp = arrayFor(info.dtype, cnt.reduce((a, b) => a * b, 1));
       readSlab(mf.file.h5, p, off, cnt, tmp, 0);
-      const o = out();
-      for (let k = 0; k < tmp.length; k++) o[at + k] = Number(tmp[k]);
+      for (let k = 0; k < tmp.length; k++) out[at + k] = Number(tmp[k]);
     }
   }
 }

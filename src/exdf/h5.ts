@@ -4,8 +4,7 @@
  * - `h5()` loads h5wasm's Node build once (it reads and writes files on disk directly, under Node and Deno).
  * - `readInto()` is the fast read path: HDF5 decodes a hyperslab straight into a buffer malloc'ed on the
  *   wasm heap (reused between calls, grown only when a larger batch is asked for), then copies it into the
- *   caller's typed array. This runs at 2-3 GB/s against ~0.5-1 GB/s for `Dataset.slice`. A caller's array
- *   that lies on the wasm heap itself (heapBlock, heapView) is decoded into in place, without the copy.
+ *   caller's typed array. This runs at 2-3 GB/s against ~0.5-1 GB/s for `Dataset.slice`.
  * - `openH5()` turns h5wasm's failures (missing, not HDF5, truncated) into one-line InputErrors.
  */
 import h5wasm from "h5wasm/node";
@@ -101,30 +100,6 @@ export function rowRuns(rows: ArrayLike<number>): [number, number][] {
     i = j;
   }
   return out;
-}
-
-/**
- * A block of `bytes` on the wasm heap (malloc'ed, never freed: reused for the life of the thread), for
- * readSlab to decode into in place. Returns its address: take views with heapView when needed, since a view
- * detaches whenever the heap grows (any later h5wasm call may grow it).
- */
-export function heapBlock(bytes: number): number {
-  const mod = wasm;
-  if (!mod) throw new Error("h5wasm not initialised: await h5() first");
-  const ptr = mod._malloc(Math.max(8, bytes));
-  if (!ptr) {
-    throw new InputError(undefined, `wasm heap: could not allocate ${bytes} bytes (batch too large?)`);
-  }
-  return ptr;
-}
-
-/** A view of `n` elements at address `ptr` of the wasm heap, valid until the heap next grows. */
-export function heapView<T extends Float32Array | Uint32Array | Uint8Array>(
-  Type: { new (buffer: ArrayBufferLike, byteOffset: number, length: number): T },
-  ptr: number,
-  n: number,
-): T {
-  return new Type(wasm!.HEAPU8.buffer, ptr, n);
 }
 
 /** Size of h5wasm's WebAssembly heap (it grows, never shrinks, and is capped at 2 GiB). */
@@ -243,27 +218,22 @@ export function readSlab(
   if (!mod) throw new Error("h5wasm not initialised: await h5() first");
   const nbytes = elems * out.BYTES_PER_ELEMENT;
   if (outOffset + elems > out.length) throw new Error(`readSlab: output too small for ${path}`);
-  if (nbytes > scratchBytes && out.buffer !== mod.HEAPU8.buffer) {
+  if (nbytes > scratchBytes) {
     if (scratchPtr) mod._free(scratchPtr);
     scratchBytes = Math.max(nbytes, 1 << 20);
     scratchPtr = mod._malloc(scratchBytes);
     if (!scratchPtr) throw new Error(`wasm heap: could not allocate ${scratchBytes} bytes`);
   }
-  // `out` on the wasm heap (heapArray): HDF5 decodes in place, no copy. Its address is taken now: the view
-  // detaches if the heap grows during the read.
-  const inPlace = out.buffer === mod.HEAPU8.buffer;
-  const dest = inPlace ? out.byteOffset + outOffset * out.BYTES_PER_ELEMENT : scratchPtr;
   const countArr = count.map(BigInt);
   const offsetArr = offset.map(BigInt);
   const strides = countArr.map(() => 1n);
   let status: number;
   try {
-    status = mod.get_dataset_data(file.file_id, path, countArr, offsetArr, strides, BigInt(dest));
+    status = mod.get_dataset_data(file.file_id, path, countArr, offsetArr, strides, BigInt(scratchPtr));
   } catch (e) {
     throw new InputError(file.filename, `cannot read ${path} at ${offset.join(",")}: ${firstLine(e)}`);
   }
   if (status < 0) throw new InputError(file.filename, `cannot read ${path} at ${offset.join(",")}`);
-  if (inPlace) return;
   // Views on the heap die when it grows: take the view now, copy at once.
   const heap = new Uint8Array(mod.HEAPU8.buffer, scratchPtr, nbytes);
   new Uint8Array(out.buffer, out.byteOffset + outOffset * out.BYTES_PER_ELEMENT, nbytes).set(heap);
