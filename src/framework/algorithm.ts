@@ -7,11 +7,12 @@
  *   side data), gets batches of aligned frames with side data aligned on the frames' trains
  *   (`processBatch`), returns the partial result of the modules it saw (`finalizeChunk`), and merges the
  *   partial results of all parts into the result (`finalize`, given the parts in module order).
- * - Reading is double-buffered (PrefetchReader): a reader worker fills one shared buffer while the
- *   algorithm works on the other. Batch size in bytes, memory bounded whatever the run size.
- * - Parallelism: the selected modules are split into `workers` contiguous groups, one worker thread each
- *   (each with its own reader). A module is always processed whole by one worker, frames in run order, so
- *   results are the same for any number of workers.
+ * - Reading: one module group is double-buffered (PrefetchReader: a reader worker fills one shared buffer
+ *   while the algorithm works on the other); each of several groups reads in its own thread (LocalReader).
+ *   Batch size in bytes, memory bounded whatever the run size.
+ * - Parallelism: the selected modules are split into `workers` contiguous groups, one thread each (group 0
+ *   in the calling thread, the others in part workers; see runAlgorithm). A module is always processed whole
+ *   by one group, frames in run order, so results are the same for any number of workers.
  * - Fan-in (`readers` > 1, one worker): one algorithm instance in this thread (one GPU device) over all
  *   the modules, fed by `readers` reader workers that fill each batch together (FanInReader: a ring of
  *   three shared buffers, batches in run order), so results are the same as with one reader.
@@ -22,7 +23,7 @@ import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
 import { type Detector, Run } from "../exdf/run.ts";
-import { FanInReader, PrefetchReader } from "./prefetch.ts";
+import { consecutiveRanges, FanInReader, PrefetchReader } from "./prefetch.ts";
 import { LocalReader } from "./local-reader.ts";
 import type { Worker } from "node:worker_threads";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
@@ -272,10 +273,7 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
     const pre = algo.prepassRanges && algo.prepassBatch
       ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch)
       : [];
-    const ranges: [number, number][] = [...pre];
-    for (let s = 0; s < reader.nFrames; s += reader.framesPerBatch) {
-      ranges.push([s, Math.min(reader.framesPerBatch, reader.nFrames - s)]);
-    }
+    const ranges = [...pre, ...consecutiveRanges(reader.nFrames, reader.framesPerBatch)];
     let k = 0;
     for await (const b of reader.batches(ranges)) {
       if (o.abort?.aborted) throw new Error("stopped: another part failed");

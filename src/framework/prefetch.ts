@@ -73,6 +73,41 @@ export function moduleViews(
   });
 }
 
+/** Consecutive frame ranges [start, count] of at most framesPerBatch frames over nFrames frames. */
+export function consecutiveRanges(nFrames: number, framesPerBatch: number): [number, number][] {
+  const ranges: [number, number][] = [];
+  for (let s = 0; s < nFrames; s += framesPerBatch) ranges.push([s, Math.min(framesPerBatch, nFrames - s)]);
+  return ranges;
+}
+
+/** The batch of frames [start, start + count) held in one shared buffer's views. */
+function viewBatch(info: ReaderInfo, views: ModuleFrames[], start: number, count: number): FrameBatch {
+  const px = info.pixels;
+  return {
+    start,
+    nFrames: count,
+    trainId: info.trainId.subarray(start, start + count),
+    pulseId: info.pulseId.subarray(start, start + count),
+    cellId: info.cellId.subarray(start, start + count),
+    modules: views.map((v) => ({
+      module: v.module,
+      present: v.present.subarray(0, count),
+      data: v.data.subarray(0, count * px),
+      mask: v.mask?.subarray(0, count * px),
+    })),
+  };
+}
+
+/** A reader worker's reply of the expected type; its error, or another type, thrown. */
+function expectReply<T extends ReaderReply["type"]>(
+  reply: ReaderReply,
+  type: T,
+): Extract<ReaderReply, { type: T }> {
+  if (reply.type === "error") throw fromWire(reply);
+  if (reply.type !== type) throw new Error(`reader worker: unexpected ${reply.type}`);
+  return reply as Extract<ReaderReply, { type: T }>;
+}
+
 export class PrefetchReader {
   private views: ModuleFrames[][];
 
@@ -91,13 +126,14 @@ export class PrefetchReader {
     const w = booted ?? PrefetchReader.boot();
     const replied = nextMessage<ReaderReply>(w);
     w.postMessage(init);
-    const reply = await replied;
-    if (reply.type === "error") {
+    let info;
+    try {
+      info = expectReply(await replied, "open");
+    } catch (e) {
       await w.terminate();
-      throw fromWire(reply);
+      throw e;
     }
-    if (reply.type !== "open") throw new Error(`reader worker: unexpected ${reply.type}`);
-    return new PrefetchReader(w, reply, !!init.options.mask);
+    return new PrefetchReader(w, info, !!init.options.mask);
   }
 
   get nFrames(): number {
@@ -128,24 +164,8 @@ export class PrefetchReader {
     if (ranges.length > 0) ask(0);
     if (ranges.length > 1) ask(1);
     for (let k = 0; k < ranges.length; k++) {
-      const reply = await pending[k % 2]!;
-      if (reply.type === "error") throw fromWire(reply);
-      if (reply.type !== "read") throw new Error(`reader worker: unexpected ${reply.type}`);
-      const { start, count } = reply;
-      const px = this.info.pixels;
-      yield {
-        start,
-        nFrames: count,
-        trainId: this.info.trainId.subarray(start, start + count),
-        pulseId: this.info.pulseId.subarray(start, start + count),
-        cellId: this.info.cellId.subarray(start, start + count),
-        modules: this.views[k % 2].map((v) => ({
-          module: v.module,
-          present: v.present.subarray(0, count),
-          data: v.data.subarray(0, count * px),
-          mask: v.mask?.subarray(0, count * px),
-        })),
-      };
+      const { start, count } = expectReply(await pending[k % 2]!, "read");
+      yield viewBatch(this.info, this.views[k % 2], start, count);
       // The consumer is done with batch k: its buffer takes batch k + 2.
       if (k + 2 < ranges.length) ask(k + 2);
     }
@@ -153,11 +173,7 @@ export class PrefetchReader {
 
   /** Consecutive batches over all frames. */
   all(): AsyncGenerator<FrameBatch> {
-    const ranges: [number, number][] = [];
-    for (let s = 0; s < this.nFrames; s += this.framesPerBatch) {
-      ranges.push([s, Math.min(this.framesPerBatch, this.nFrames - s)]);
-    }
-    return this.batches(ranges);
+    return this.batches(consecutiveRanges(this.nFrames, this.framesPerBatch));
   }
 
   async close(): Promise<void> {
@@ -189,10 +205,7 @@ export class FanInReader {
     const openOne = async (w: Worker, i: PrefetchInit): Promise<ReaderInfo> => {
       const replied = nextMessage<ReaderReply>(w);
       w.postMessage(i);
-      const reply = await replied;
-      if (reply.type === "error") throw fromWire(reply);
-      if (reply.type !== "open") throw new Error(`reader worker: unexpected ${reply.type}`);
-      return reply;
+      return expectReply(await replied, "open");
     };
     try {
       const first = await openOne(workers[0], { ...init, depth });
@@ -225,9 +238,7 @@ export class FanInReader {
       const p = this.chains[r].then(async () => {
         const replied = nextMessage<ReaderReply>(w);
         w.postMessage({ type: "read", buffer, start: start + a, count: b - a, at: a });
-        const reply = await replied;
-        if (reply.type === "error") throw fromWire(reply);
-        if (reply.type !== "read") throw new Error(`reader worker: unexpected ${reply.type}`);
+        expectReply(await replied, "read");
       });
       this.chains[r] = p.catch(() => undefined);
       return p;
@@ -245,21 +256,7 @@ export class FanInReader {
     for (let k = 0; k < Math.min(depth, ranges.length); k++) ask(k);
     for (let k = 0; k < ranges.length; k++) {
       await pending[k % depth];
-      const [start, count] = ranges[k];
-      const px = this.info.pixels;
-      yield {
-        start,
-        nFrames: count,
-        trainId: this.info.trainId.subarray(start, start + count),
-        pulseId: this.info.pulseId.subarray(start, start + count),
-        cellId: this.info.cellId.subarray(start, start + count),
-        modules: this.views[k % depth].map((v) => ({
-          module: v.module,
-          present: v.present.subarray(0, count),
-          data: v.data.subarray(0, count * px),
-          mask: v.mask?.subarray(0, count * px),
-        })),
-      };
+      yield viewBatch(this.info, this.views[k % depth], ranges[k][0], ranges[k][1]);
       // The consumer is done with batch k: its buffer takes batch k + depth.
       if (k + depth < ranges.length) ask(k + depth);
     }
@@ -267,11 +264,7 @@ export class FanInReader {
 
   /** Consecutive batches over all frames. */
   all(): AsyncGenerator<FrameBatch> {
-    const ranges: [number, number][] = [];
-    for (let s = 0; s < this.nFrames; s += this.framesPerBatch) {
-      ranges.push([s, Math.min(this.framesPerBatch, this.nFrames - s)]);
-    }
-    return this.batches(ranges);
+    return this.batches(consecutiveRanges(this.nFrames, this.framesPerBatch));
   }
 
   async close(): Promise<void> {

@@ -181,9 +181,10 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     const g = this.g!;
     this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
     const keep = backend.name === "cpu";
+    // Absent frames are NaN: never lit, not counted.
+    b.modules.forEach((mf, m) => (this.recorded[m] += mf.present.reduce((a, x) => a + x, 0)));
     if (backend.accumulateModules) {
       // All modules at once (whole-batch dispatches).
-      b.modules.forEach((mf, m) => (this.recorded[m] += mf.present.reduce((a, x) => a + x, 0)));
       const batches = b.modules.map((mf, m) => ({
         geometry: g,
         nFrames: b.nFrames,
@@ -196,7 +197,6 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     }
     for (let m = 0; m < b.modules.length; m++) {
       const mf = b.modules[m];
-      this.recorded[m] += mf.present.reduce((a, x) => a + x, 0); // absent frames are NaN: never lit
       const backgrounds: (Background | undefined)[] | undefined = keep ? new Array(b.nFrames) : undefined;
       await backend.accumulateLitCounts(
         {

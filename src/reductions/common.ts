@@ -327,11 +327,6 @@ export function inputBytesOf(input: RunInput, modules: number[]): number {
   return n;
 }
 
-/** Bytes of the input files that hold the given modules of the detector (what the command had to read). */
-export function inputBytes(run: Run, detector: string, modules: number[]): number {
-  return inputBytesOf(runInput(run, detector), modules);
-}
-
 /** Bytes of the files in a directory (the output). */
 export function dirBytes(dir: string): number {
   let n = 0;
