@@ -78,6 +78,14 @@ export function cellList(cells: Cells): Uint32Array {
 }
 const cellListCache = new WeakMap<Cells, Uint32Array>();
 
+/** cells.cell as an Int32Array (V8 indexes with an int32 faster than with a uint32 that might not fit one). */
+export function cellIndex(cells: Cells): Int32Array {
+  let c = cellIndexCache.get(cells);
+  if (!c) cellIndexCache.set(cells, c = Int32Array.from(cells.cell));
+  return c;
+}
+const cellIndexCache = new WeakMap<Cells, Int32Array>();
+
 /**
  * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
  * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
@@ -278,48 +286,39 @@ const clipped = new Float64Array(2);
  * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
  * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
  * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
- * [mu, sigma] into out (0, 0 without values). Resumed at iteration `it` after an iteration that gave mu,
- * sigma, limit from prevN values when those are given.
- * The pass is branch-free (whether a value is below the limit is noise-driven): a value at or above the
- * limit adds +-0 to the sums (v * 0, v finite), which leaves them unchanged (they start at +0, never -0).
+ * [mu, sigma] into out (0, 0 without values).
  */
-function clipStats(
-  vals: Float32Array,
-  k0: number,
-  k1: number,
-  params: LocaliseParams,
-  out: Float64Array,
-  it = 0,
-  mu = 0,
-  sigma = 0,
-  limit = Infinity,
-  prevN = -1,
-): void {
-  const iterations = params.bgIterations, clip = params.bgClip;
-  for (; it < iterations; it++) {
-    let n = 0, S = 0, Q = 0;
-    for (let k = k0; k < k1; k++) {
-      const v = vals[k];
-      const w = +(v < limit);
-      const x = v * w;
-      n += w;
-      S += x;
-      Q += x * x;
-    }
-    if (n === 0 || n === prevN) break;
-    prevN = n;
-    mu = S / n;
-    sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
-    limit = mu + clip * sigma;
+function clipStats(vals: Float32Array, k0: number, k1: number, params: LocaliseParams, out: Float64Array): void {
+  let S = 0, Q = 0, mx = -Infinity;
+  for (let k = k0; k < k1; k++) {
+    const v = vals[k];
+    S += v;
+    Q += v * v;
+    if (v > mx) mx = v;
   }
-  out[0] = mu;
-  out[1] = sigma;
+  clipStatsAfterFirst(vals, k0, k1, S, Q, mx, params, out);
 }
 
 /**
+ * Tail bound of the clip's later iterations, in sigmas above mu (of the iteration before the pass): about
+ * 2 % of a bin's values lie above it, and the limits of the following iterations (mu + bgClip * sigma of
+ * values mostly below it) rarely fall under it.
+ */
+const TAIL_SIGMAS = 2;
+let tailScratch = new Float32Array(0);
+
+/**
  * clipStats over vals[k0, k1) given its first iteration (S, Q: the float64 sums of v and v^2 over all the
- * values in order; mx: the largest value): the same result. When mx < the first limit the second
- * iteration would keep every value (n = the previous n: stop), so it is skipped.
+ * values in order; mx: the largest value). When mx < the first limit the second iteration would keep every
+ * value (n = the previous n: stop), so it is skipped.
+ * The later iterations do not pass over every value each: a pass splits the values at a bound <= the
+ * current limit (bound = min(limit, mu + TAIL_SIGMAS * sigma)) into base sums (count, sum, sum of squares
+ * of the values < bound, in order) and a tail list (the values >= bound, in order); while limit >= bound,
+ * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (in
+ * order after them: the same values, the float64 sums only reassociated). A limit below the bound makes a
+ * new pass. The passes are branch-free (whether a value is below the limit is noise-driven): a value left
+ * out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums start at +0, never -0), and the
+ * tail list is written at every value and advanced only past the tail's.
  */
 function clipStatsAfterFirst(
   vals: Float32Array,
@@ -332,20 +331,59 @@ function clipStatsAfterFirst(
   out: Float64Array,
 ): void {
   const n = k1 - k0;
-  if (!(params.bgIterations >= 1) || n === 0) {
+  const iterations = params.bgIterations, clip = params.bgClip;
+  if (!(iterations >= 1) || n === 0) {
     out[0] = 0;
     out[1] = 0;
     return;
   }
-  const mu = S / n;
-  const sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
-  const limit = mu + params.bgClip * sigma;
-  if (params.bgIterations < 2 || mx < limit) {
+  let mu = S / n;
+  let sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+  let limit = mu + clip * sigma;
+  if (iterations < 2 || mx < limit) {
     out[0] = mu;
     out[1] = sigma;
     return;
   }
-  clipStats(vals, k0, k1, params, out, 1, mu, sigma, limit, n);
+  if (tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
+  const tail = tailScratch;
+  let prevN = n, based = false, bound = 0, nB = 0, SB = 0, QB = 0, nT = 0;
+  for (let it = 1; it < iterations; it++) {
+    if (!based || !(limit >= bound)) {
+      based = true;
+      bound = Math.min(limit, mu + TAIL_SIGMAS * sigma);
+      nB = 0;
+      SB = 0;
+      QB = 0;
+      nT = 0;
+      for (let k = k0; k < k1; k++) {
+        const v = vals[k];
+        const b = +(v < bound);
+        const x = v * b;
+        nB += b;
+        SB += x;
+        QB += x * x;
+        tail[nT] = v;
+        nT += 1 - b;
+      }
+    }
+    let m = nB, s = SB, q = QB;
+    for (let j = 0; j < nT; j++) {
+      const v = tail[j];
+      const w = +(v < limit);
+      const x = v * w;
+      m += w;
+      s += x;
+      q += x * x;
+    }
+    if (m === 0 || m === prevN) break;
+    prevN = m;
+    mu = s / m;
+    sigma = Math.sqrt(Math.max(0, q / m - mu * mu));
+    limit = mu + clip * sigma;
+  }
+  out[0] = mu;
+  out[1] = sigma;
 }
 
 /**

@@ -12,7 +12,7 @@ import { backgroundFrameCpu } from "./background.ts";
 import { cellsOf } from "./background.ts";
 import { newBackground } from "./background.ts";
 import { radialBackgroundFrameCpu } from "./background.ts";
-import { runsOf } from "./background.ts";
+import { cellIndex } from "./background.ts";
 import { zeroMask } from "./background.ts";
 import { checkBatch } from "./spec.ts";
 
@@ -66,6 +66,8 @@ interface Scratch {
   sumFs: Float64Array;
   max: Float64Array;
   var2: Float64Array;
+  /** Each cell's candidate cut (cutsOf). */
+  cut: Float64Array;
   /** Stage 0 of the current frame, and the clip's value list. */
   bg: Background;
   vals: Float32Array;
@@ -90,6 +92,7 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     asic: newAsicSums(nAsics),
     aFilt: new Uint32Array(nAsics),
     bg: newBackground(g, 1),
+    cut: new Float64Array(0),
     vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
@@ -132,6 +135,14 @@ type KeptBackground = Background & { asic?: AsicSums };
 export function candidateCut(mu: number, thr: number): number {
   const cut = mu + thr - ((Math.abs(mu) + Math.abs(thr)) * 1e-5 + 1e-30);
   return cut - cut === 0 ? cut : -Infinity;
+}
+
+/** candidateCut of cells o .. o + n - 1 of bg (mu, thr), at 0 .. n - 1 of the scratch's `cut`. */
+function cutsOf(s: Scratch, mu: Float32Array, thr: Float32Array, o: number, n: number): Float64Array {
+  if (s.cut.length < n) s.cut = new Float64Array(n);
+  const cut = s.cut;
+  for (let c = 0; c < n; c++) cut[c] = candidateCut(mu[o + c], thr[o + c]);
+  return cut;
 }
 
 function find(parent: Int32Array, x: number): number {
@@ -188,7 +199,7 @@ function cpuFrame(
   const l = s.l;
   let bg: KeptBackground | undefined = out.bg, bo = out.bgOffset ?? 0;
   const cells = cellsOf(batch, params);
-  const cell = cells.cell;
+  const cell = cellIndex(cells);
   // Stage 1's per-ASIC sums: made by the stage-0 pass (radius bins), kept from the pre-pass's, or below.
   const A = s.asic;
   A.valid.fill(0);
@@ -217,48 +228,41 @@ function cpuFrame(
   // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
   const m = mask ?? s.zeros32, mb = mask ? base : 0;
   const h = hot ?? s.zeros8;
-  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
-  const segCols = nfs / asicFs;
+  // Each pixel's cell, and each cell's candidate cut (candidateCut): most pixels fail the first compare
+  // (v > cut; NaN fails it too), so most skip the rest. One lookup per pixel: no runs of one cell, whose
+  // ends (~4 pixels apart with radius bins) the branch predictor misses.
+  const ci = cell;
+  const cut = cutsOf(s, bgMu, bgThr, bo, cells.n);
   if (counted) {
-    // Only L: most pixels fail the first test (v - mu > thr; NaN fails it too), so most skip the rest.
-    let p = 0;
-    for (let r = 0; r < runEnd.length; r++) {
-      const pe = runEnd[r], t = bo + runCell[r];
-      const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
-      for (; p < pe; p++) {
-        const v = data[base + p];
-        if (v > cut && Math.fround(v - mu) > thr && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
-          l[p] = 1;
-          litList[nLit++] = p;
-        }
+    // Only L.
+    for (let p = 0; p < pixels; p++) {
+      const v = data[base + p], t = ci[p];
+      if (v > cut[t] && Math.fround(v - bgMu[bo + t]) > bgThr[bo + t] && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
+        l[p] = 1;
+        litList[nLit++] = p;
       }
     }
   } else {
     for (let ss = 0; ss < nss; ss++) {
       const rowAsic = Math.floor(ss / asicSs) * asicCols;
-      // One ASIC's segment of the row at a time: the counters stay in locals; within it, one run of
-      // pixels of the same cell at a time: its mu and thr too.
+      // One ASIC's segment of the row at a time: the counters stay in locals.
       for (let col = 0; col < asicCols; col++) {
         const a = rowAsic + col;
         let valid = 0, lit = 0, sumA = 0;
-        let p = ss * nfs + col * asicFs;
-        const si = ss * segCols + col;
-        for (let r = seg[si]; r < seg[si + 1]; r++) {
-          const pe = runEnd[r], t = bo + runCell[r];
-          const mu = bgMu[t], thr = bgThr[t], cut = candidateCut(mu, thr);
-          for (; p < pe; p++) {
-            const v = data[base + p];
-            // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
-            if (v - v === 0 && m[mb + p] === 0) {
-              valid++;
-              // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
-              const isLit = v > threshold;
-              lit += isLit ? 1 : 0;
-              sumA += isLit ? v : 0;
-              if (v > cut && Math.fround(v - mu) > thr && h[p] === 0) {
-                l[p] = 1;
-                litList[nLit++] = p;
-              }
+        const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
+        for (let p = p0; p < p1; p++) {
+          const v = data[base + p];
+          // v === v && |v| < Infinity: finite (NaN fails the first, ±Infinity the second).
+          if (v - v === 0 && m[mb + p] === 0) {
+            valid++;
+            // Branch-free (lit or not is noise-driven): adding +0 leaves the float64 sum unchanged.
+            const isLit = v > threshold;
+            lit += isLit ? 1 : 0;
+            sumA += isLit ? v : 0;
+            const t = ci[p];
+            if (v > cut[t] && Math.fround(v - bgMu[bo + t]) > bgThr[bo + t] && h[p] === 0) {
+              l[p] = 1;
+              litList[nLit++] = p;
             }
           }
         }
@@ -480,7 +484,7 @@ export function accumulateLitCountsCpu(
   const sc = (sharedScratch = scratchFor(g, sharedScratch));
   if (!background && sc.bg.mu.length < nT) sc.bg = newBackground(g, 1, nT);
   const m = mask ?? zeroMask(P);
-  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, nRuns = runEnd.length;
+  const ci = cellIndex(cells);
   for (let f = 0; f < batch.nFrames; f++) {
     const base = f * P, mb = mask ? base : 0;
     let bg: Background, o: number;
@@ -507,17 +511,28 @@ export function accumulateLitCountsCpu(
       }
     }
     const mu = bg.mu, thr = bg.thr;
-    // One run of pixels of one cell at a time (its mu and thr in locals). A NaN v fails the first
-    // compare; an infinite one is not finite (v - v is NaN).
-    let p = 0;
-    for (let r = 0; r < nRuns; r++) {
-      const pe = runEnd[r], t = o + runCell[r];
-      const muT = mu[t], thrT = thr[t], cut = candidateCut(muT, thrT);
-      for (; p < pe; p++) {
-        const v = data[base + p];
-        if (v > cut && Math.fround(v - muT) > thrT && v - v === 0 && m[mb + p] === 0) counts[p]++;
-      }
-    }
+    // Each pixel's cell by lookup (as cpuFrame). A NaN v fails the first compare; an infinite one is not
+    // finite (v - v is NaN).
+    countCandidates(data, base, m, mb, ci, cutsOf(sc, mu, thr, o, nT), mu, thr, o, counts);
+  }
+}
+
+/** counts[p]++ for each candidate p of the frame at `base` (its own function: V8 compiles it better). */
+function countCandidates(
+  data: Float32Array,
+  base: number,
+  m: Uint32Array,
+  mb: number,
+  ci: Int32Array,
+  cut: Float64Array,
+  mu: Float32Array,
+  thr: Float32Array,
+  o: number,
+  counts: Uint32Array,
+): void {
+  for (let p = 0; p < ci.length; p++) {
+    const v = data[base + p], t = ci[p];
+    if (v > cut[t] && Math.fround(v - mu[o + t]) > thr[o + t] && v - v === 0 && m[mb + p] === 0) counts[p]++;
   }
 }
 
