@@ -87,6 +87,22 @@ export function cellIndex(cells: Cells): Int32Array {
 const cellIndexCache = new WeakMap<Cells, Int32Array>();
 
 /**
+ * The cellList order as int32 arrays: start[c] .. start[c + 1] are the places of cell c's pixels, place[p]
+ * the place of pixel p (cell c's pixels in raster order).
+ */
+export function cellPlaces(cells: Cells): { start: Int32Array; place: Int32Array } {
+  let r = cellPlacesCache.get(cells);
+  if (!r) {
+    const list = cellList(cells), N = cells.n, P = cells.cell.length;
+    const place = new Int32Array(P);
+    for (let k = 0; k < P; k++) place[list[N + 1 + k]] = k;
+    cellPlacesCache.set(cells, r = { start: Int32Array.from(list.subarray(0, N + 1)), place });
+  }
+  return r;
+}
+const cellPlacesCache = new WeakMap<Cells, { start: Int32Array; place: Int32Array }>();
+
+/**
  * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
  * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
  * starts where run r - 1 ends, or at 0) and has cell cell[r]; the runs of ASIC row segment i
@@ -196,59 +212,37 @@ export function radialBackgroundFrameCpu(
   const { data, mask } = batch;
   const P = g.pixels;
   const base = f * P;
-  // The valid values of each bin, contiguous and in raster order within the bin: one raster pass that
-  // appends each value to its bin's segment (bins start at the cellList offsets), then the clip per bin.
-  // The values are float32 (exactly: they are the data's), the sums float64.
-  const list = cellList(cells);
+  // The values of each bin, contiguous and in raster order within the bin (bins start at the cellList
+  // offsets): one raster pass writes each pixel's value to its place there (cellPlaces; an invalid pixel's
+  // as NaN), then one pass per bin over its values makes the clip's first iteration (every valid value, in
+  // that order) and the bin's largest value, then the clip's further iterations. The values are float32
+  // (exactly: they are the data's), the sums float64. (A raster pass straight into each bin's sums would
+  // keep a bin's sums in locals only over a run of pixels of one bin, ~4 pixels with 4-px rings: the
+  // branch predictor misses each run's end.)
+  const { start, place } = cellPlaces(cells);
   if (radialScratch.length < P) radialScratch = new Float32Array(P);
-  if (radialFill.length < N) radialFill = new Int32Array(N);
-  const vals = radialScratch, fill = radialFill;
-  for (let c = 0; c < N; c++) fill[c] = list[c];
-  // The same pass makes the clip's first iteration (limit +Infinity: every value, in the same order) and
-  // each bin's largest value. Neighbouring pixels mostly share a bin: the current bin's write position,
-  // sums and maximum stay in locals and go to the bin's slots when the pass enters another bin.
-  if (radialSum.length < N) {
-    radialSum = new Float64Array(N);
-    radialSq = new Float64Array(N);
-    radialMax = new Float64Array(N);
-  }
-  const S1 = radialSum, Q1 = radialSq, M1 = radialMax;
-  S1.fill(0, 0, N);
-  Q1.fill(0, 0, N);
-  M1.fill(-Infinity, 0, N);
+  const vals = radialScratch;
   const m = mask ?? zeroMask(P), mb = mask ? base : 0;
-  const runs = runsOf(cells, g), runEnd = runs.end, runCell = runs.cell, seg = runs.seg;
   // Stage 1 as in stages.ts: per ASIC row segment, local counters added to the ASIC's at its end.
   const threshold = Math.fround(params.threshold);
-  const { moduleSs: nss, asicSs, asicFs } = g, cols = g.moduleFs / asicFs;
+  const { moduleSs: nss, moduleFs: nfs, asicSs, asicFs } = g, cols = nfs / asicFs;
   const aValid = asic?.valid, aLit = asic?.lit, aSum = asic?.sum;
-  let p = 0, r = 0;
   for (let ss = 0; ss < nss; ss++) {
     const rowAsic = Math.floor(ss / asicSs) * cols;
     for (let col = 0; col < cols; col++) {
       let valid = 0, lit = 0, sumA = 0;
-      for (const rEnd = seg[ss * cols + col + 1]; r < rEnd; r++) {
-        const c = runCell[r], pe = runEnd[r], k0 = fill[c];
-        let k = k0, S = S1[c], Q = Q1[c], mx = M1[c];
-        for (; p < pe; p++) {
-          const v = data[base + p];
-          if (v - v === 0 && m[mb + p] === 0) {
-            vals[k++] = v;
-            S += v;
-            Q += v * v;
-            if (v > mx) mx = v;
-            // Branch-free (lit or not is noise-driven; a select compiles to a branch): v * 0 is +-0 (v is
-            // finite), and adding +-0 leaves the float64 sum unchanged (it starts at +0, never -0).
-            const isLit = +(v > threshold);
-            lit += isLit;
-            sumA += v * isLit;
-          }
-        }
-        valid += k - k0;
-        fill[c] = k;
-        S1[c] = S;
-        Q1[c] = Q;
-        M1[c] = mx;
+      const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
+      for (let p = p0; p < p1; p++) {
+        const v = data[base + p];
+        if (v - v === 0 && m[mb + p] === 0) {
+          vals[place[p]] = v;
+          valid++;
+          // Branch-free (lit or not is noise-driven): v * 0 is +-0 (v is finite), and adding +-0 leaves
+          // the float64 sum unchanged (it starts at +0, never -0).
+          const isLit = +(v > threshold);
+          lit += isLit;
+          sumA += v * isLit;
+        } else vals[place[p]] = NaN;
       }
       if (aValid) {
         aValid[rowAsic + col] += valid;
@@ -259,7 +253,19 @@ export function radialBackgroundFrameCpu(
   }
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
-    clipStatsAfterFirst(vals, list[c], fill[c], S1[c], Q1[c], M1[c], params, clipped);
+    // The bin's valid values moved to the front of its segment (in order), with their sums and maximum.
+    const k0 = start[c], k1 = start[c + 1];
+    let n = k0, S = 0, Q = 0, mx = -Infinity;
+    for (let k = k0; k < k1; k++) {
+      const v = vals[k];
+      if (v - v === 0) {
+        vals[n++] = v;
+        S += v;
+        Q += v * v;
+        if (v > mx) mx = v;
+      }
+    }
+    clipStatsAfterFirst(vals, k0, n, S, Q, mx, params, clipped);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
   }
@@ -358,13 +364,11 @@ function clipStatsAfterFirst(
       nT = 0;
       for (let k = k0; k < k1; k++) {
         const v = vals[k];
-        const b = +(v < bound);
-        const x = v * b;
-        nB += b;
-        SB += x;
-        QB += x * x;
-        tail[nT] = v;
-        nT += 1 - b;
+        if (v < bound) {
+          nB++;
+          SB += v;
+          QB += v * v;
+        } else tail[nT++] = v;
       }
     }
     let m = nB, s = SB, q = QB;
