@@ -88,19 +88,25 @@ const cellIndexCache = new WeakMap<Cells, Int32Array>();
 
 /**
  * The cellList order as int32 arrays: start[c] .. start[c + 1] are the places of cell c's pixels, place[p]
- * the place of pixel p (cell c's pixels in raster order).
+ * the place of pixel p, pix[k] the pixel at place k (cell c's pixels in raster order).
  */
-export function cellPlaces(cells: Cells): { start: Int32Array; place: Int32Array } {
+export function cellPlaces(cells: Cells): Places {
   let r = cellPlacesCache.get(cells);
   if (!r) {
     const list = cellList(cells), N = cells.n, P = cells.cell.length;
     const place = new Int32Array(P);
     for (let k = 0; k < P; k++) place[list[N + 1 + k]] = k;
-    cellPlacesCache.set(cells, r = { start: Int32Array.from(list.subarray(0, N + 1)), place });
+    const pix = Int32Array.from(list.subarray(N + 1));
+    cellPlacesCache.set(cells, r = { start: Int32Array.from(list.subarray(0, N + 1)), place, pix });
   }
   return r;
 }
-const cellPlacesCache = new WeakMap<Cells, { start: Int32Array; place: Int32Array }>();
+const cellPlacesCache = new WeakMap<Cells, Places>();
+interface Places {
+  start: Int32Array;
+  place: Int32Array;
+  pix: Int32Array;
+}
 
 /**
  * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
@@ -190,7 +196,8 @@ function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
  * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
  * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
  * The same pass over the frame adds stage 1's per-ASIC sums of the frame to `asic` when given (it tests
- * every pixel's validity anyway); returns whether it did (not with minSnr <= 0: no pass).
+ * every pixel's validity anyway), and with `cand` lists stage 1's candidates of the frame (cand.list:
+ * pixels, bin by bin; cand.n); returns whether it did (false with minSnr <= 0: no pass).
  */
 export function radialBackgroundFrameCpu(
   batch: ModuleBatch,
@@ -200,6 +207,7 @@ export function radialBackgroundFrameCpu(
   out: Background,
   o: number,
   asic?: AsicSums,
+  cand?: Candidates,
 ): boolean {
   const g = batch.geometry;
   const N = cells.n;
@@ -253,19 +261,19 @@ export function radialBackgroundFrameCpu(
   }
   const mu = out.mu, sigma = out.sigma;
   for (let c = 0; c < N; c++) {
-    // The bin's valid values moved to the front of its segment (in order), with their sums and maximum.
+    // The bin's valid values (the NaN of an invalid pixel fails v - v === 0), their sums and maximum.
     const k0 = start[c], k1 = start[c + 1];
-    let n = k0, S = 0, Q = 0, mx = -Infinity;
+    let n = 0, S = 0, Q = 0, mx = -Infinity;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
       if (v - v === 0) {
-        vals[n++] = v;
+        n++;
         S += v;
         Q += v * v;
         if (v > mx) mx = v;
       }
     }
-    clipStatsAfterFirst(vals, k0, n, S, Q, mx, params, clipped);
+    clipStatsAfterFirst(vals, k0, k1, n, S, Q, mx, params, clipped);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
   }
@@ -281,7 +289,39 @@ export function radialBackgroundFrameCpu(
     }
     out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
   }
-  return !!asic;
+  if (cand) {
+    // Stage 1's candidates (valid, fround(v - mu) > thr), bin by bin from the values in place: first the
+    // bin's cut (stages.ts candidateCut; NaN fails it), then the exact rule.
+    const pix = cellPlaces(cells).pix, list = cand.list;
+    let nc = 0;
+    for (let c = 0; c < N; c++) {
+      const muC = mu[o + c], thrC = out.thr[o + c];
+      const cut = candidateCut(muC, thrC);
+      for (let k = start[c], k1 = start[c + 1]; k < k1; k++) {
+        const v = vals[k];
+        if (v > cut && Math.fround(v - muC) > thrC && v - v === 0) list[nc++] = pix[k];
+      }
+    }
+    cand.n = nc;
+  }
+  return true;
+}
+
+/**
+ * A value at or below candidateCut(mu, thr) is no candidate: fround(v - mu) > thr implies v > the cut (for
+ * finite mu, thr: cut <= mu + thr - slack, the slack far above the rounding of v - mu, of the cut and of
+ * fround; otherwise -Infinity, no cut). The loops test v > cut first (one compare for most pixels), then
+ * the exact rule.
+ */
+export function candidateCut(mu: number, thr: number): number {
+  const cut = mu + thr - ((Math.abs(mu) + Math.abs(thr)) * 1e-5 + 1e-30);
+  return cut - cut === 0 ? cut : -Infinity;
+}
+
+/** Stage 1's candidates of a frame as radialBackgroundFrameCpu lists them: list[0 .. n), pixels in bin order. */
+export interface Candidates {
+  list: Int32Array;
+  n: number;
 }
 
 /** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
@@ -302,7 +342,7 @@ function clipStats(vals: Float32Array, k0: number, k1: number, params: LocaliseP
     Q += v * v;
     if (v > mx) mx = v;
   }
-  clipStatsAfterFirst(vals, k0, k1, S, Q, mx, params, out);
+  clipStatsAfterFirst(vals, k0, k1, k1 - k0, S, Q, mx, params, out);
 }
 
 /**
@@ -314,8 +354,8 @@ const TAIL_SIGMAS = 2;
 let tailScratch = new Float32Array(0);
 
 /**
- * clipStats over vals[k0, k1) given its first iteration (S, Q: the float64 sums of v and v^2 over all the
- * values in order; mx: the largest value). When mx < the first limit the second iteration would keep every
+ * clipStats over the n valid values of vals[k0, k1) (the others NaN) given its first iteration (S, Q: the
+ * float64 sums of v and v^2 over all the valid values in order; mx: the largest value). When mx < the first limit the second iteration would keep every
  * value (n = the previous n: stop), so it is skipped.
  * The later iterations do not pass over every value each: a pass splits the values at a bound <= the
  * current limit (bound = min(limit, mu + TAIL_SIGMAS * sigma)) into base sums (count, sum, sum of squares
@@ -330,13 +370,13 @@ function clipStatsAfterFirst(
   vals: Float32Array,
   k0: number,
   k1: number,
+  n: number,
   S: number,
   Q: number,
   mx: number,
   params: LocaliseParams,
   out: Float64Array,
 ): void {
-  const n = k1 - k0;
   const iterations = params.bgIterations, clip = params.bgClip;
   if (!(iterations >= 1) || n === 0) {
     out[0] = 0;
@@ -368,7 +408,8 @@ function clipStatsAfterFirst(
           nB++;
           SB += v;
           QB += v * v;
-        } else tail[nT++] = v;
+        } else if (v >= bound) tail[nT++] = v; // not NaN
+
       }
     }
     let m = nB, s = SB, q = QB;

@@ -12,9 +12,13 @@ import { backgroundFrameCpu } from "./background.ts";
 import { cellsOf } from "./background.ts";
 import { newBackground } from "./background.ts";
 import { radialBackgroundFrameCpu } from "./background.ts";
+import { candidateCut } from "./background.ts";
+import type { Candidates } from "./background.ts";
 import { cellIndex } from "./background.ts";
 import { zeroMask } from "./background.ts";
 import { checkBatch } from "./spec.ts";
+
+export { candidateCut };
 
 /** Label of a pixel that does not survive stage 3. */
 export const NO_LABEL = 0xffffffff;
@@ -68,6 +72,10 @@ interface Scratch {
   var2: Float64Array;
   /** Each cell's candidate cut (cutsOf). */
   cut: Float64Array;
+  /** Stage 1's candidates as the stage-0 pass of radius bins lists them. */
+  cand: Candidates;
+  /** `l` as 32-bit words (its scan for the pixels with L). */
+  l32: Uint32Array;
   /** Stage 0 of the current frame, and the clip's value list. */
   bg: Background;
   vals: Float32Array;
@@ -86,6 +94,7 @@ interface Scratch {
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
   const pixels = g.pixels, nAsics = g.nAsics;
   if (old && old.pixels === pixels && old.nAsics === nAsics) return old;
+  const l = new Uint8Array((pixels + 3) & ~3);
   return {
     pixels,
     nAsics,
@@ -93,9 +102,11 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     aFilt: new Uint32Array(nAsics),
     bg: newBackground(g, 1),
     cut: new Float64Array(0),
+    cand: { list: new Int32Array(pixels), n: 0 },
     vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
-    l: new Uint8Array(pixels),
+    l,
+    l32: new Uint32Array(l.buffer, 0, pixels >> 2),
     litList: new Int32Array(pixels),
     zeros32: new Uint32Array(pixels),
     zeros8: new Uint8Array(pixels),
@@ -125,17 +136,6 @@ function newAsicSums(nAsics: number): AsicSums {
  * only looks for candidates).
  */
 type KeptBackground = Background & { asic?: AsicSums };
-
-/**
- * A value at or below candidateCut(mu, thr) is no candidate: fround(v - mu) > thr implies v > the cut (for
- * finite mu, thr: cut <= mu + thr - slack, the slack far above the rounding of v - mu, of the cut and of
- * fround; otherwise -Infinity, no cut). The loops test v > cut first (one compare for most pixels), then
- * the exact rule.
- */
-export function candidateCut(mu: number, thr: number): number {
-  const cut = mu + thr - ((Math.abs(mu) + Math.abs(thr)) * 1e-5 + 1e-30);
-  return cut - cut === 0 ? cut : -Infinity;
-}
 
 /** candidateCut of cells o .. o + n - 1 of bg (mu, thr), at 0 .. n - 1 of the scratch's `cut`. */
 function cutsOf(s: Scratch, mu: Float32Array, thr: Float32Array, o: number, n: number): Float64Array {
@@ -205,12 +205,12 @@ function cpuFrame(
   A.valid.fill(0);
   A.lit.fill(0);
   A.sum.fill(0);
-  let counted = false;
+  let counted = false, listed = false;
   if (!bg) {
     bo = 0;
     if (s.bg.mu.length < cells.n) s.bg = newBackground(g, 1, cells.n);
     bg = s.bg;
-    if (cells.radial) counted = radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, A);
+    if (cells.radial) listed = counted = radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, A, s.cand);
     else backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
   } else if (bg.asic) {
     A.valid.set(bg.asic.valid);
@@ -233,7 +233,20 @@ function cpuFrame(
   // ends (~4 pixels apart with radius bins) the branch predictor misses.
   const ci = cell;
   const cut = cutsOf(s, bgMu, bgThr, bo, cells.n);
-  if (counted) {
+  if (listed) {
+    // The candidates listed by stage 0's pass: L = not hot, marked in l, then listed in raster order by a
+    // scan of l's words (most are 0).
+    const cl = s.cand.list, l32 = s.l32;
+    for (let k = 0; k < s.cand.n; k++) {
+      const p = cl[k];
+      if (h[p] === 0) l[p] = 1;
+    }
+    for (let w = 0; w < l32.length; w++) {
+      if (l32[w] !== 0) {
+        for (let p = w << 2; p < (w << 2) + 4; p++) if (l[p] !== 0) litList[nLit++] = p;
+      }
+    }
+  } else if (counted) {
     // Only L.
     for (let p = 0; p < pixels; p++) {
       const v = data[base + p], t = ci[p];
@@ -503,11 +516,17 @@ export function accumulateLitCountsCpu(
       o = 0;
       const asic = kept ? newAsicSums(g.nAsics) : undefined;
       const counted = cells.radial
-        ? radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, asic)
+        ? radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, asic, sc.cand)
         : (backgroundFrameCpu(batch, f, params, bg, 0, sc.vals), false);
       if (kept) {
         if (counted) kept.asic = asic;
         keep![f] = kept;
+      }
+      if (counted) {
+        // The stage-0 pass listed the frame's candidates.
+        const cl = sc.cand.list;
+        for (let k = 0; k < sc.cand.n; k++) counts[cl[k]]++;
+        continue;
       }
     }
     const mu = bg.mu, thr = bg.thr;
