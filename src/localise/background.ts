@@ -260,22 +260,37 @@ export function radialBackgroundFrameCpu(
     }
   }
   const mu = out.mu, sigma = out.sigma;
+  if (tailScratch.length < P) tailScratch = new Float32Array(P);
+  const tail = tailScratch;
+  // The bound of the clip's split (clipStatsAfterFirst) made in the bin's first pass: the previous bin's
+  // mu + TAIL_SIGMAS * sigma (neighbouring rings have nearly the same background; a bound above the
+  // bin's limit costs the clip one more pass, nothing else). None for the first bin (+Infinity: no tail).
+  let bound = Infinity;
   for (let c = 0; c < N; c++) {
-    // The bin's valid values (the NaN of an invalid pixel fails v - v === 0), their sums and maximum.
+    // The bin's valid values (the NaN of an invalid pixel fails both compares): their sums in order and
+    // maximum, and the split at the bound.
     const k0 = start[c], k1 = start[c + 1];
-    let n = 0, S = 0, Q = 0, mx = -Infinity;
+    let S = 0, Q = 0, mx = -Infinity, nB = 0, SB = 0, QB = 0, nT = 0;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
-      if (v - v === 0) {
-        n++;
+      if (v < bound) {
+        nB++;
+        SB += v;
+        QB += v * v;
+        S += v;
+        Q += v * v;
+        if (v > mx) mx = v;
+      } else if (v >= bound) {
+        tail[nT++] = v;
         S += v;
         Q += v * v;
         if (v > mx) mx = v;
       }
     }
-    clipStatsAfterFirst(vals, k0, k1, n, S, Q, mx, params, clipped);
+    clipStatsAfterFirst(vals, k0, k1, nB + nT, S, Q, mx, params, clipped, true, bound, nB, SB, QB, nT);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
+    bound = clipped[0] + TAIL_SIGMAS * clipped[1];
   }
   const minSnr = Math.fround(params.minSnr);
   for (let c = 0; c < N; c++) {
@@ -362,9 +377,10 @@ let tailScratch = new Float32Array(0);
  * of the values < bound, in order) and a tail list (the values >= bound, in order); while limit >= bound,
  * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (in
  * order after them: the same values, the float64 sums only reassociated). A limit below the bound makes a
- * new pass. The passes are branch-free (whether a value is below the limit is noise-driven): a value left
- * out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums start at +0, never -0), and the
- * tail list is written at every value and advanced only past the tail's.
+ * new pass. A caller may give such a split already made (split true: bound, the base sums nB, SB, QB, and
+ * the tail tailScratch[0, nT)). The tail passes are branch-free (whether a value is below the limit is
+ * noise-driven): a value left out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums
+ * start at +0, never -0).
  */
 function clipStatsAfterFirst(
   vals: Float32Array,
@@ -376,6 +392,12 @@ function clipStatsAfterFirst(
   mx: number,
   params: LocaliseParams,
   out: Float64Array,
+  split = false,
+  bound = 0,
+  nB = 0,
+  SB = 0,
+  QB = 0,
+  nT = 0,
 ): void {
   const iterations = params.bgIterations, clip = params.bgClip;
   if (!(iterations >= 1) || n === 0) {
@@ -391,12 +413,12 @@ function clipStatsAfterFirst(
     out[1] = sigma;
     return;
   }
-  if (tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
+  if (!split && tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
   const tail = tailScratch;
-  let prevN = n, based = false, bound = 0, nB = 0, SB = 0, QB = 0, nT = 0;
+  let prevN = n;
   for (let it = 1; it < iterations; it++) {
-    if (!based || !(limit >= bound)) {
-      based = true;
+    if (!split || !(limit >= bound)) {
+      split = true;
       bound = Math.min(limit, mu + TAIL_SIGMAS * sigma);
       nB = 0;
       SB = 0;
@@ -409,7 +431,6 @@ function clipStatsAfterFirst(
           SB += v;
           QB += v * v;
         } else if (v >= bound) tail[nT++] = v; // not NaN
-
       }
     }
     let m = nB, s = SB, q = QB;
