@@ -74,8 +74,8 @@ interface Scratch {
   cut: Float64Array;
   /** Stage 1's candidates as the stage-0 pass of radius bins lists them. */
   cand: Candidates;
-  /** `l` as 32-bit words (its scan for the pixels with L). */
-  l32: Uint32Array;
+  /** `l` as 64-bit words (its scan for the pixels with L; a word is 0 only when its 8 bytes are). */
+  l64: Float64Array;
   /** Stage 0 of the current frame, and the clip's value list. */
   bg: Background;
   vals: Float32Array;
@@ -94,7 +94,7 @@ interface Scratch {
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
   const pixels = g.pixels, nAsics = g.nAsics;
   if (old && old.pixels === pixels && old.nAsics === nAsics) return old;
-  const l = new Uint8Array((pixels + 3) & ~3);
+  const l = new Uint8Array((pixels + 7) & ~7);
   return {
     pixels,
     nAsics,
@@ -106,7 +106,7 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
     l,
-    l32: new Uint32Array(l.buffer, 0, pixels >> 2),
+    l64: new Float64Array(l.buffer),
     litList: new Int32Array(pixels),
     zeros32: new Uint32Array(pixels),
     zeros8: new Uint8Array(pixels),
@@ -235,15 +235,15 @@ function cpuFrame(
   const cut = cutsOf(s, bgMu, bgThr, bo, cells.n);
   if (listed) {
     // The candidates listed by stage 0's pass: L = not hot, marked in l, then listed in raster order by a
-    // scan of l's words (most are 0).
-    const cl = s.cand.list, l32 = s.l32;
+    // scan of l's 64-bit words (most are 0; bytes of 0 and 1 make no -0).
+    const cl = s.cand.list, l64 = s.l64;
     for (let k = 0; k < s.cand.n; k++) {
       const p = cl[k];
       if (h[p] === 0) l[p] = 1;
     }
-    for (let w = 0; w < l32.length; w++) {
-      if (l32[w] !== 0) {
-        for (let p = w << 2; p < (w << 2) + 4; p++) if (l[p] !== 0) litList[nLit++] = p;
+    for (let w = 0; w < l64.length; w++) {
+      if (l64[w] !== 0) {
+        for (let p = w << 3; p < (w << 3) + 8; p++) if (l[p] !== 0) litList[nLit++] = p;
       }
     }
   } else if (counted) {
