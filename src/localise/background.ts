@@ -278,8 +278,6 @@ export function radialBackgroundFrameCpu(
         nB++;
         SB += v;
         QB += v * v;
-        S += v;
-        Q += v * v;
         if (v > mx) mx = v;
       } else if (v >= bound) {
         tail[nT++] = v;
@@ -288,6 +286,8 @@ export function radialBackgroundFrameCpu(
         if (v > mx) mx = v;
       }
     }
+    S += SB;
+    Q += QB;
     clipStatsAfterFirst(vals, k0, k1, nB + nT, S, Q, mx, params, clipped, true, bound, nB, SB, QB, nT);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
