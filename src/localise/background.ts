@@ -261,17 +261,26 @@ export function radialBackgroundFrameCpu(
     }
   }
   const mu = out.mu, sigma = out.sigma;
-  if (tailScratch.length < P) tailScratch = new Float32Array(P);
-  const tail = tailScratch;
+  if (frameTailV.length < P) {
+    frameTailV = new Float32Array(P);
+    frameTailK = new Int32Array(P);
+  }
+  if (binTail.length < N + 1) {
+    binTail = new Int32Array(N + 1);
+    binBound = new Float64Array(N);
+  }
+  const tailV = frameTailV, tailK = frameTailK;
   // The bound of the clip's split (clipStatsAfterFirst) made in the bin's first pass: the previous bin's
   // mu + TAIL_SIGMAS * sigma (neighbouring rings have nearly the same background; a bound above the
   // bin's limit costs the clip one more pass, nothing else). None for the first bin (+Infinity: no tail).
-  let bound = Infinity;
+  // The tails (values and places) of all bins stay for the candidates below: bin c's are binTail[c] ..
+  // binTail[c + 1], its bound binBound[c].
+  let bound = Infinity, t = 0;
   for (let c = 0; c < N; c++) {
-    // The bin's valid values (the NaN of an invalid pixel fails both compares): their sums in order and
-    // maximum, and the split at the bound.
-    const k0 = start[c], k1 = start[c + 1];
-    let S = 0, Q = 0, mx = -Infinity, nB = 0, SB = 0, QB = 0, nT = 0;
+    // The bin's valid values (the NaN of an invalid pixel fails both compares): the split at the bound,
+    // the sums of all and their maximum.
+    const k0 = start[c], k1 = start[c + 1], t0 = t;
+    let S = 0, Q = 0, mx = -Infinity, nB = 0, SB = 0, QB = 0;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
       if (v < bound) {
@@ -280,7 +289,8 @@ export function radialBackgroundFrameCpu(
         QB += v * v;
         if (v > mx) mx = v;
       } else if (v >= bound) {
-        tail[nT++] = v;
+        tailV[t] = v;
+        tailK[t++] = k;
         S += v;
         Q += v * v;
         if (v > mx) mx = v;
@@ -288,11 +298,14 @@ export function radialBackgroundFrameCpu(
     }
     S += SB;
     Q += QB;
-    clipStatsAfterFirst(vals, k0, k1, nB + nT, S, Q, mx, params, clipped, true, bound, nB, SB, QB, nT);
+    binTail[c] = t0;
+    binBound[c] = bound;
+    clipStatsAfterFirst(vals, k0, k1, nB + t - t0, S, Q, mx, params, clipped, true, bound, nB, SB, QB, tailV, t0, t);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
     bound = clipped[0] + TAIL_SIGMAS * clipped[1];
   }
+  binTail[N] = t;
   const minSnr = Math.fround(params.minSnr);
   for (let c = 0; c < N; c++) {
     const a = out.sigma[o + c];
@@ -308,14 +321,23 @@ export function radialBackgroundFrameCpu(
   if (cand) {
     // Stage 1's candidates (valid, fround(v - mu) > thr), bin by bin from the values in place: first the
     // bin's cut (stages.ts candidateCut; NaN fails it), then the exact rule.
+    // With cut >= the bin's split bound every candidate is in its tail (the values >= the bound): only the
+    // tail is scanned.
     const pix = cellPlaces(cells).pix, list = cand.list;
     let nc = 0;
     for (let c = 0; c < N; c++) {
       const muC = mu[o + c], thrC = out.thr[o + c];
       const cut = candidateCut(muC, thrC);
-      for (let k = start[c], k1 = start[c + 1]; k < k1; k++) {
-        const v = vals[k];
-        if (v > cut && Math.fround(v - muC) > thrC && v - v === 0) list[nc++] = pix[k];
+      if (cut >= binBound[c]) {
+        for (let j = binTail[c], j1 = binTail[c + 1]; j < j1; j++) {
+          const v = tailV[j];
+          if (v > cut && Math.fround(v - muC) > thrC) list[nc++] = pix[tailK[j]];
+        }
+      } else {
+        for (let k = start[c], k1 = start[c + 1]; k < k1; k++) {
+          const v = vals[k];
+          if (v > cut && Math.fround(v - muC) > thrC && v - v === 0) list[nc++] = pix[k];
+        }
       }
     }
     cand.n = nc;
@@ -368,6 +390,8 @@ function clipStats(vals: Float32Array, k0: number, k1: number, params: LocaliseP
  */
 const TAIL_SIGMAS = 2;
 let tailScratch = new Float32Array(0);
+let frameTailV = new Float32Array(0), frameTailK = new Int32Array(0);
+let binTail = new Int32Array(0), binBound = new Float64Array(0);
 
 /**
  * clipStats over the n valid values of vals[k0, k1) (the others NaN) given its first iteration (S, Q: the
@@ -379,7 +403,7 @@ let tailScratch = new Float32Array(0);
  * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (in
  * order after them: the same values, the float64 sums only reassociated). A limit below the bound makes a
  * new pass. A caller may give such a split already made (split true: bound, the base sums nB, SB, QB, and
- * the tail tailScratch[0, nT)). The tail passes are branch-free (whether a value is below the limit is
+ * the tail tail[t0, t1)). The tail passes are branch-free (whether a value is below the limit is
  * noise-driven): a value left out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums
  * start at +0, never -0).
  */
@@ -398,7 +422,9 @@ function clipStatsAfterFirst(
   nB = 0,
   SB = 0,
   QB = 0,
-  nT = 0,
+  tail: Float32Array = tailScratch,
+  t0 = 0,
+  t1 = 0,
 ): void {
   const iterations = params.bgIterations, clip = params.bgClip;
   if (!(iterations >= 1) || n === 0) {
@@ -414,17 +440,17 @@ function clipStatsAfterFirst(
     out[1] = sigma;
     return;
   }
-  if (!split && tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
-  const tail = tailScratch;
   let prevN = n;
   for (let it = 1; it < iterations; it++) {
     if (!split || !(limit >= bound)) {
       split = true;
       bound = Math.min(limit, mu + TAIL_SIGMAS * sigma);
+      if (tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
+      tail = tailScratch;
       nB = 0;
       SB = 0;
       QB = 0;
-      nT = 0;
+      let nT = 0;
       for (let k = k0; k < k1; k++) {
         const v = vals[k];
         if (v < bound) {
@@ -433,9 +459,11 @@ function clipStatsAfterFirst(
           QB += v * v;
         } else if (v >= bound) tail[nT++] = v; // not NaN
       }
+      t0 = 0;
+      t1 = nT;
     }
     let m = nB, s = SB, q = QB;
-    for (let j = 0; j < nT; j++) {
+    for (let j = t0; j < t1; j++) {
       const v = tail[j];
       const w = +(v < limit);
       const x = v * w;
