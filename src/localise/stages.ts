@@ -74,8 +74,8 @@ interface Scratch {
   cut: Float64Array;
   /** Stage 1's candidates as the stage-0 pass of radius bins lists them. */
   cand: Candidates;
-  /** `l` as 64-bit words (its scan for the pixels with L; a word is 0 only when its 8 bytes are). */
-  l64: Float64Array;
+  /** Per module row + 1: the counting sort of the candidates by row. */
+  row: Int32Array;
   /** Stage 0 of the current frame, and the clip's value list. */
   bg: Background;
   vals: Float32Array;
@@ -94,7 +94,6 @@ interface Scratch {
 function scratchFor(g: Geometry, old?: Scratch): Scratch {
   const pixels = g.pixels, nAsics = g.nAsics;
   if (old && old.pixels === pixels && old.nAsics === nAsics) return old;
-  const l = new Uint8Array((pixels + 7) & ~7);
   return {
     pixels,
     nAsics,
@@ -105,8 +104,8 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     cand: { list: new Int32Array(pixels), n: 0 },
     vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
-    l,
-    l64: new Float64Array(l.buffer),
+    l: new Uint8Array(pixels),
+    row: new Int32Array(g.moduleSs + 1),
     litList: new Int32Array(pixels),
     zeros32: new Uint32Array(pixels),
     zeros8: new Uint8Array(pixels),
@@ -234,16 +233,31 @@ function cpuFrame(
   const ci = cell;
   const cut = cutsOf(s, bgMu, bgThr, bo, cells.n);
   if (listed) {
-    // The candidates listed by stage 0's pass: L = not hot, marked in l, then listed in raster order by a
-    // scan of l's 64-bit words (most are 0; bytes of 0 and 1 make no -0).
-    const cl = s.cand.list, l64 = s.l64;
+    // The candidates listed by stage 0's pass (bin by bin): L = not hot, marked in l, and listed in raster
+    // order (a counting sort by row, then each row's few by insertion).
+    if (s.row.length < nss + 1) s.row = new Int32Array(nss + 1);
+    const cl = s.cand.list, row = s.row;
+    row.fill(0);
     for (let k = 0; k < s.cand.n; k++) {
       const p = cl[k];
-      if (h[p] === 0) l[p] = 1;
+      if (h[p] === 0) {
+        l[p] = 1;
+        row[((p / nfs) | 0) + 1]++;
+      }
     }
-    for (let w = 0; w < l64.length; w++) {
-      if (l64[w] !== 0) {
-        for (let p = w << 3; p < (w << 3) + 8; p++) if (l[p] !== 0) litList[nLit++] = p;
+    for (let r = 0; r < nss; r++) row[r + 1] += row[r];
+    nLit = row[nss];
+    for (let k = 0; k < s.cand.n; k++) {
+      const p = cl[k];
+      if (h[p] === 0) litList[row[(p / nfs) | 0]++] = p;
+    }
+    // row[r] is now the end of row r: sort each row (a few pixels) by insertion.
+    for (let r = 0, k0 = 0; r < nss; k0 = row[r++]) {
+      for (let k = k0 + 1; k < row[r]; k++) {
+        const p = litList[k];
+        let j = k;
+        for (; j > k0 && litList[j - 1] > p; j--) litList[j] = litList[j - 1];
+        litList[j] = p;
       }
     }
   } else if (counted) {
