@@ -280,20 +280,22 @@ export function radialBackgroundFrameCpu(
     // The bin's valid values (the NaN of an invalid pixel fails both compares): the split at the bound,
     // the sums of all and their maximum.
     const k0 = start[c], k1 = start[c + 1], t0 = t;
-    let S = 0, Q = 0, mx = -Infinity, nB = 0, SB = 0, QB = 0;
+    // mx: the largest tail value, else the bound (above every value; clipStatsAfterFirst only compares it
+    // with the first limit to skip an iteration that would keep every value).
+    let S = 0, Q = 0, mx = bound, nB = 0, SB = 0, QB = 0;
     for (let k = k0; k < k1; k++) {
       const v = vals[k];
       if (v < bound) {
         nB++;
         SB += v;
         QB += v * v;
-        if (v > mx) mx = v;
       } else if (v >= bound) {
         tailV[t] = v;
-        tailK[t++] = k;
+        tailK[t] = k;
         S += v;
         Q += v * v;
-        if (v > mx) mx = v;
+        if (v > mx || t === t0) mx = v;
+        t++;
       }
     }
     S += SB;
@@ -395,7 +397,7 @@ let binTail = new Int32Array(0), binBound = new Float64Array(0);
 
 /**
  * clipStats over the n valid values of vals[k0, k1) (the others NaN) given its first iteration (S, Q: the
- * float64 sums of v and v^2 over all the valid values in order; mx: the largest value). When mx < the first limit the second iteration would keep every
+ * float64 sums of v and v^2 over all the valid values; mx: the largest value, or any bound above it). When mx < the first limit the second iteration would keep every
  * value (n = the previous n: stop), so it is skipped.
  * The later iterations do not pass over every value each: a pass splits the values at a bound <= the
  * current limit (bound = min(limit, mu + TAIL_SIGMAS * sigma)) into base sums (count, sum, sum of squares
