@@ -95,6 +95,66 @@ describe("radius bins", () => {
     expect(q(errSigma, 0.5)).toBeLessThan(0.06);
   });
 
+  it("stage 0 is the spec's clip (in-order float64 sums, done here directly) and the candidates its own", () => {
+    // Harder than the run: strong spots and hot pixels (limits falling far: the clip's tail split made
+    // again), negative values, NaN, infinite and masked pixels; bin widths of 1 (few values a bin) and 4.
+    const b = { ...batch(1, 0, 4) };
+    b.data = b.data.slice();
+    b.mask = b.mask!.slice();
+    const P = g.pixels;
+    let seed = 7;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+    for (let k = 0; k < 3000; k++) {
+      const i = Math.floor(rnd() * b.data.length), x = rnd();
+      if (x < 0.5) b.data[i] = 5 + 2000 * rnd() ** 4;
+      else if (x < 0.7) b.data[i] = -3 * rnd();
+      else if (x < 0.8) b.data[i] = [NaN, Infinity, -Infinity][k % 3];
+      else b.mask[i] = 1 + (k % 5);
+    }
+    for (const width of [1, 4]) {
+      const params = { ...RADIAL, bgBinWidth: width };
+      const cells = cellsOf(b, params);
+      const bg = backgroundCpu(b, params);
+      const counts = new Uint32Array(P);
+      accumulateLitCountsCpu(b, counts, params);
+      const expectCounts = new Uint32Array(P);
+      let clipped = 0;
+      for (let f = 0; f < b.nFrames; f++) {
+        const values: number[][] = Array.from({ length: cells.n }, () => []);
+        for (let p = 0; p < P; p++) {
+          const v = b.data[f * P + p];
+          if (Number.isFinite(v) && b.mask[f * P + p] === 0) values[cells.cell[p]].push(v);
+        }
+        for (let c = 0; c < cells.n; c++) {
+          let limit = Infinity, prev = -1, mu = 0, sigma = 0;
+          for (let it = 0; it < params.bgIterations; it++) {
+            let n = 0, S = 0, Q = 0;
+            for (const v of values[c]) if (v < limit) (n++, S += v, Q += v * v);
+            if (n === 0 || n === prev) break;
+            if (it > 1) clipped++;
+            prev = n;
+            mu = S / n;
+            sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
+            limit = mu + params.bgClip * sigma;
+          }
+          const t = f * cells.n + c;
+          // Equal but for the float64 sums' association: within a float32 rounding.
+          expect(Math.abs(bg.mu[t] - mu)).toBeLessThanOrEqual(1e-6 * (Math.abs(mu) + 1e-3));
+          expect(Math.abs(bg.sigma[t] - sigma)).toBeLessThanOrEqual(1e-6 * (sigma + 1e-3));
+        }
+        for (let p = 0; p < P; p++) {
+          const v = b.data[f * P + p], t = f * cells.n + cells.cell[p];
+          if (Number.isFinite(v) && b.mask[f * P + p] === 0 && Math.fround(v - bg.mu[t]) > bg.thr[t]) {
+            expectCounts[p]++;
+          }
+        }
+      }
+      expect(clipped).toBeGreaterThan(10); // bins clipped over 3 or more iterations
+      expect(counts).toEqual(expectCounts);
+      expect(expectCounts.reduce((a, x) => a + x, 0)).toBeGreaterThan(1000);
+    }
+  });
+
   it("without a background (minSnr 0): mu = sigma = 0, thr = threshold", () => {
     const bg = backgroundCpu(batch(0, 0, 2), { ...RADIAL, minSnr: 0, threshold: 0.7 });
     expect(bg.mu.every((x) => x === 0) && bg.sigma.every((x) => x === 0)).toBe(true);
