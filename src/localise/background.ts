@@ -109,52 +109,11 @@ interface Places {
   pix: Int32Array;
 }
 
-/**
- * The raster order of a module cut into runs of pixels of one cell within one ASIC row segment (the
- * loops of the CPU reference keep a run's mu and thr in locals): run r ends before pixel end[r] (it
- * starts where run r - 1 ends, or at 0) and has cell cell[r]; the runs of ASIC row segment i
- * (ss * asicCols + col) are seg[i] .. seg[i + 1].
- */
-interface Runs {
-  end: Int32Array;
-  cell: Int32Array;
-  seg: Int32Array;
-}
-
-export function runsOf(cells: Cells, g: Geometry): Runs {
-  const cached = runsCache.get(cells);
-  if (cached) return cached;
-  const { moduleSs: nss, moduleFs: nfs, asicFs } = g;
-  const cols = nfs / asicFs;
-  const end: number[] = [], cell: number[] = [];
-  const seg = new Int32Array(nss * cols + 1);
-  for (let ss = 0; ss < nss; ss++) {
-    for (let col = 0; col < cols; col++) {
-      seg[ss * cols + col] = end.length;
-      const p0 = ss * nfs + col * asicFs, p1 = p0 + asicFs;
-      for (let p = p0; p < p1; p++) {
-        if (p === p0 || cells.cell[p] !== cell[cell.length - 1]) {
-          if (p !== p0) end.push(p);
-          cell.push(cells.cell[p]);
-        }
-      }
-      end.push(p1);
-    }
-  }
-  seg[nss * cols] = end.length;
-  const r = { end: Int32Array.from(end), cell: Int32Array.from(cell), seg };
-  runsCache.set(cells, r);
-  return r;
-}
-const runsCache = new WeakMap<Cells, Runs>();
-
 let radialScratch = new Float32Array(0);
-let radialFill = new Int32Array(0);
 let zeros = new Uint32Array(0);
-let radialSum = new Float64Array(0), radialSq = new Float64Array(0), radialMax = new Float64Array(0);
 
 /**
- * Stage 1's per-ASIC sums of one module frame (the loop of radialBackgroundFrameCpu adds them): valid and
+ * Stage 1's per-ASIC sums of one module frame (the loop of backgroundFrameCpu adds them): valid and
  * lit pixel counts, and the float64 sum of the lit values (each ASIC row segment summed in raster order,
  * then added to the ASIC's total: the order of stages.ts).
  */
@@ -191,16 +150,24 @@ function radialCells(radius: Float32Array, w: number, pixels: number): Cells {
 }
 
 /**
- * Stage 0 per radius bin on frame f (peakfinder8's background; cells from cellsOf, radial): the same
- * one-sided iterative clip as a tile's (backgroundFrameCpu), over the valid pixels of each bin of the
- * module, every bin iterating independently (a bin stops when it has no value left or the same count as
- * its previous iteration). Then thr = max(fround(threshold), fround(minSnr * s)), s the lower median of
- * the sigmas of the bin and its neighbours c - 1, c + 1 (those that exist; k = 2 or 3).
+ * Stage 0 on frame f of a batch: each cell's mu, sigma, thr (written at `o` + cell; cells from cellsOf:
+ * radius bins, peakfinder8's background, or 16 x 16 tiles). The valid pixels of the cell (finite, mask 0;
+ * hot pixels included: the clipping drops them like spots) enter a one-sided iterative clip: limit =
+ * +Infinity; bgIterations times, over the valid values v < limit: n = their count; if n = 0 stop; mu =
+ * sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (float64 here, float32 on the GPU), limit = mu + bgClip *
+ * sigma. (An iteration over the same values as the previous one changes nothing: both stop there.) A cell
+ * without valid pixels has mu = sigma = 0. Every cell iterates on its own.
+ * Then (float32) mu = fround(mu), sigma = fround(sigma), and thr = max(fround(threshold), fround(minSnr *
+ * s)) with s the lower median (element floor((k - 1) / 2) in ascending order) of the k sigmas of the cell
+ * and its neighbours: radius bins c - 1, c + 1 (those that exist; k = 2 or 3); a tile's neighbours within
+ * the module (k = 4, 6 or 9): a spot spread over many pixels raises the sigma of its own tile, not the
+ * median of its neighbourhood, while the noise of the background varies smoothly.
+ * With minSnr <= 0 there is no background: mu = sigma = 0, thr = fround(threshold).
  * The same pass over the frame adds stage 1's per-ASIC sums of the frame to `asic` when given (it tests
  * every pixel's validity anyway), and with `cand` lists stage 1's candidates of the frame (cand.list:
- * pixels, bin by bin; cand.n); returns whether it did (false with minSnr <= 0: no pass).
+ * pixels, cell by cell; cand.n); returns whether it did (false with minSnr <= 0: no pass).
  */
-export function radialBackgroundFrameCpu(
+export function backgroundFrameCpu(
   batch: ModuleBatch,
   f: number,
   params: LocaliseParams,
@@ -308,18 +275,8 @@ export function radialBackgroundFrameCpu(
     bound = clipped[0] + TAIL_SIGMAS * clipped[1];
   }
   binTail[N] = t;
-  const minSnr = Math.fround(params.minSnr);
-  for (let c = 0; c < N; c++) {
-    const a = out.sigma[o + c];
-    let s = a;
-    if (c > 0 && c + 1 < N) {
-      const x = out.sigma[o + c - 1], y = out.sigma[o + c + 1];
-      s = Math.max(Math.min(a, x), Math.min(Math.max(a, x), y)); // the median of three
-    } else if (N > 1) {
-      s = Math.min(a, out.sigma[o + (c > 0 ? c - 1 : c + 1)]); // the lower of two
-    }
-    out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
-  }
+  if (cells.radial) radialThr(out, o, N, params);
+  else tileThr(out, o, g, params);
   if (cand) {
     // Stage 1's candidates (valid, fround(v - mu) > thr), bin by bin from the values in place: first the
     // bin's cut (stages.ts candidateCut; NaN fails it), then the exact rule.
@@ -347,6 +304,47 @@ export function radialBackgroundFrameCpu(
   return true;
 }
 
+/** thr of radius bins: from the lower median of the sigmas of the bin and its neighbours c - 1, c + 1. */
+function radialThr(out: Background, o: number, N: number, params: LocaliseParams): void {
+  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  for (let c = 0; c < N; c++) {
+    const a = out.sigma[o + c];
+    let s = a;
+    if (c > 0 && c + 1 < N) {
+      const x = out.sigma[o + c - 1], y = out.sigma[o + c + 1];
+      s = Math.max(Math.min(a, x), Math.min(Math.max(a, x), y)); // the median of three
+    } else if (N > 1) {
+      s = Math.min(a, out.sigma[o + (c > 0 ? c - 1 : c + 1)]); // the lower of two
+    }
+    out.thr[o + c] = Math.max(threshold, Math.fround(minSnr * s));
+  }
+}
+
+const nb = new Float32Array(9);
+
+/** thr of tiles: from the lower median of the sigmas of the tile and its (up to 8) neighbours in the module. */
+function tileThr(out: Background, o: number, g: Geometry, params: LocaliseParams): void {
+  const threshold = Math.fround(params.threshold), minSnr = Math.fround(params.minSnr);
+  const nT = tilesOf(g), tFs = g.moduleFs / TILE, tSs = g.moduleSs / TILE;
+  for (let t = 0; t < nT; t++) {
+    const ts = Math.floor(t / tFs), tf = t % tFs;
+    let k = 0;
+    for (let y = Math.max(0, ts - 1); y <= Math.min(tSs - 1, ts + 1); y++) {
+      for (let x = Math.max(0, tf - 1); x <= Math.min(tFs - 1, tf + 1); x++) {
+        // Insertion into the sorted prefix.
+        const v = out.sigma[o + y * tFs + x];
+        let j = k++;
+        while (j > 0 && nb[j - 1] > v) {
+          nb[j] = nb[j - 1];
+          j--;
+        }
+        nb[j] = v;
+      }
+    }
+    out.thr[o + t] = Math.max(threshold, Math.fround(minSnr * nb[(k - 1) >> 1]));
+  }
+}
+
 /**
  * A value at or below candidateCut(mu, thr) is no candidate: fround(v - mu) > thr implies v > the cut (for
  * finite mu, thr: cut <= mu + thr - slack, the slack far above the rounding of v - mu, of the cut and of
@@ -358,32 +356,14 @@ export function candidateCut(mu: number, thr: number): number {
   return cut - cut === 0 ? cut : -Infinity;
 }
 
-/** Stage 1's candidates of a frame as radialBackgroundFrameCpu lists them: list[0 .. n), pixels in bin order. */
+/** Stage 1's candidates of a frame as backgroundFrameCpu lists them: list[0 .. n), pixels cell by cell. */
 export interface Candidates {
   list: Int32Array;
   n: number;
 }
 
-/** mu and sigma of clipStats, reused (stage 0 runs on one thread per worker). */
+/** mu and sigma of clipStatsAfterFirst, reused (stage 0 runs on one thread per worker). */
 const clipped = new Float64Array(2);
-
-/**
- * The one-sided iterative clip of stage 0, the same for a tile and a radius bin, over vals[k0, k1): limit =
- * +Infinity; bgIterations times, over the values v < limit: n = their count; stop when n = 0 or n is the
- * previous iteration's (the same values: nothing would change); mu = sum(v) / n, sigma = sqrt(sum(v^2) / n
- * - mu^2) (one pass in float64: exact enough at these magnitudes), limit = mu + bgClip * sigma. Writes
- * [mu, sigma] into out (0, 0 without values).
- */
-function clipStats(vals: Float32Array, k0: number, k1: number, params: LocaliseParams, out: Float64Array): void {
-  let S = 0, Q = 0, mx = -Infinity;
-  for (let k = k0; k < k1; k++) {
-    const v = vals[k];
-    S += v;
-    Q += v * v;
-    if (v > mx) mx = v;
-  }
-  clipStatsAfterFirst(vals, k0, k1, k1 - k0, S, Q, mx, params, out);
-}
 
 /**
  * Tail bound of the clip's later iterations, in sigmas above mu (of the iteration before the pass): about
@@ -396,18 +376,18 @@ let frameTailV = new Float32Array(0), frameTailK = new Int32Array(0);
 let binTail = new Int32Array(0), binBound = new Float64Array(0);
 
 /**
- * clipStats over the n valid values of vals[k0, k1) (the others NaN) given its first iteration (S, Q: the
- * float64 sums of v and v^2 over all the valid values; mx: the largest value, or any bound above it). When mx < the first limit the second iteration would keep every
- * value (n = the previous n: stop), so it is skipped.
+ * The clip of stage 0 (backgroundFrameCpu) over the n valid values of vals[k0, k1) (the others NaN), given
+ * its first iteration (S, Q: the float64 sums of v and v^2 over all the valid values; mx: the largest
+ * value, or any bound above it). When mx < the first limit the second iteration would keep every value (n
+ * = the previous n: stop), so it is skipped. Writes [mu, sigma] into out (0, 0 without values).
  * The later iterations do not pass over every value each: a pass splits the values at a bound <= the
  * current limit (bound = min(limit, mu + TAIL_SIGMAS * sigma)) into base sums (count, sum, sum of squares
  * of the values < bound, in order) and a tail list (the values >= bound, in order); while limit >= bound,
- * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (in
- * order after them: the same values, the float64 sums only reassociated). A limit below the bound makes a
- * new pass. A caller may give such a split already made (split true: bound, the base sums nB, SB, QB, and
- * the tail tail[t0, t1)). The tail passes are branch-free (whether a value is below the limit is
- * noise-driven): a value left out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums
- * start at +0, never -0).
+ * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (the
+ * same values: the float64 sums only reassociated). A limit below the bound makes a new pass. A caller
+ * may give such a split already made (split true: bound, the base sums nB, SB, QB, and the tail tail[t0,
+ * t1)). The tail passes are branch-free (whether a value is below the limit is noise-driven): a value
+ * left out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums start at +0, never -0).
  */
 function clipStatsAfterFirst(
   vals: Float32Array,
@@ -483,87 +463,12 @@ function clipStatsAfterFirst(
   out[1] = sigma;
 }
 
-/**
- * Stage 0 on frame f of a batch: each tile's mu, sigma, thr (written at `o` + tile). The valid pixels of
- * the tile (finite, mask 0; hot pixels included: the clipping drops them like spots) enter a one-sided
- * iterative clip: limit = +Infinity; bgIterations times, over the valid values v < limit: n = their
- * count; if n = 0 stop; mu = sum(v) / n, sigma = sqrt(sum((v - mu)^2) / n) (float64 here, float32 in two
- * passes on the GPU), limit = mu + bgClip * sigma. (An iteration over the same values as the previous
- * one changes nothing: both stop there.) A tile without valid pixels has mu = sigma = 0.
- * Then (float32) mu = fround(mu), sigma = fround(sigma), and thr = max(fround(threshold),
- * fround(minSnr * s)) with s the lower median (element floor((k - 1) / 2) in ascending order) of the k
- * sigmas of the tile and its neighbours within the module (k = 4, 6 or 9): a spot spread over many
- * pixels raises the sigma of its own tile, not the median of its neighbourhood, while the noise of the
- * background varies smoothly.
- * With minSnr <= 0 there is no background: mu = sigma = 0, thr = fround(threshold).
- */
-export function backgroundFrameCpu(
-  batch: ModuleBatch,
-  f: number,
-  params: LocaliseParams,
-  out: Background,
-  o: number,
-  scratch: Float32Array = new Float32Array(TILE * TILE),
-): void {
-  const g = batch.geometry;
-  const nT = tilesOf(g), tFs = g.moduleFs / TILE, nfs = g.moduleFs;
-  const threshold = Math.fround(params.threshold);
-  if (!(params.minSnr > 0)) {
-    out.mu.fill(0, o, o + nT);
-    out.sigma.fill(0, o, o + nT);
-    out.thr.fill(threshold, o, o + nT);
-    return;
-  }
-  const { data, mask } = batch;
-  const base = f * g.pixels;
-  const vals = scratch;
-  for (let t = 0; t < nT; t++) {
-    const ss0 = Math.floor(t / tFs) * TILE, fs0 = (t % tFs) * TILE;
-    let n0 = 0;
-    for (let ss = ss0; ss < ss0 + TILE; ss++) {
-      const row = base + ss * nfs;
-      for (let fs = fs0; fs < fs0 + TILE; fs++) {
-        const v = data[row + fs];
-        if (v - v === 0 && (!mask || mask[row + fs] === 0)) vals[n0++] = v;
-      }
-    }
-    clipStats(vals, 0, n0, params, clipped);
-    out.mu[o + t] = clipped[0];
-    out.sigma[o + t] = clipped[1];
-  }
-  // thr from the lower median of the sigmas of the tile and its (up to 8) neighbours in the module.
-  const tSs = g.moduleSs / TILE;
-  const nb = new Float32Array(9);
-  const minSnr = Math.fround(params.minSnr);
-  for (let t = 0; t < nT; t++) {
-    const ts = Math.floor(t / tFs), tf = t % tFs;
-    let k = 0;
-    for (let y = Math.max(0, ts - 1); y <= Math.min(tSs - 1, ts + 1); y++) {
-      for (let x = Math.max(0, tf - 1); x <= Math.min(tFs - 1, tf + 1); x++) {
-        // Insertion into the sorted prefix.
-        const v = out.sigma[o + y * tFs + x];
-        let j = k++;
-        while (j > 0 && nb[j - 1] > v) {
-          nb[j] = nb[j - 1];
-          j--;
-        }
-        nb[j] = v;
-      }
-    }
-    out.thr[o + t] = Math.max(threshold, Math.fround(minSnr * nb[(k - 1) >> 1]));
-  }
-}
-
 /** Stage 0 on every frame of a batch: frames x cells (cellsOf: tiles, or radius bins). */
 export function backgroundCpu(batch: ModuleBatch, params: LocaliseParams): Background {
   checkBatch(batch);
   const cells = cellsOf(batch, params);
   const nT = cells.n;
   const out = newBackground(batch.geometry, batch.nFrames, nT);
-  const scratch = new Float32Array(TILE * TILE);
-  for (let f = 0; f < batch.nFrames; f++) {
-    if (cells.radial) radialBackgroundFrameCpu(batch, f, params, cells, out, f * nT);
-    else backgroundFrameCpu(batch, f, params, out, f * nT, scratch);
-  }
+  for (let f = 0; f < batch.nFrames; f++) backgroundFrameCpu(batch, f, params, cells, out, f * nT);
   return out;
 }

@@ -32,8 +32,8 @@
  *   component; pixels that do not survive have NO_LABEL.
  *
  * Stage 0 (background mu, noise sigma, candidate threshold thr per frame x cell): cells are radius bins of
- * params.bgBinWidth pixels when the batch has `radius` (radialBackgroundFrameCpu), else 16 x 16 tiles
- * (backgroundFrameCpu); cellsOf gives each pixel's cell. Stages 1-4 read mu and thr of the pixel's cell.
+ * params.bgBinWidth pixels when the batch has `radius`, else 16 x 16 tiles (background.ts
+ * backgroundFrameCpu); cellsOf gives each pixel's cell. Stages 1-4 read mu and thr of the pixel's cell.
  *
  * Comparisons are made in float32, as on the GPU: value > fround(threshold), value >= fround(strong).
  *

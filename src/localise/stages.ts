@@ -7,11 +7,9 @@ import type { LocaliseParams } from "./spec.ts";
 import type { ModuleBatch } from "./spec.ts";
 import type { Peak } from "./spec.ts";
 import type { AsicSums } from "./background.ts";
-import { TILE } from "./background.ts";
 import { backgroundFrameCpu } from "./background.ts";
 import { cellsOf } from "./background.ts";
 import { newBackground } from "./background.ts";
-import { radialBackgroundFrameCpu } from "./background.ts";
 import { candidateCut } from "./background.ts";
 import type { Candidates } from "./background.ts";
 import { cellIndex } from "./background.ts";
@@ -76,9 +74,8 @@ interface Scratch {
   cand: Candidates;
   /** Per module row + 1: the counting sort of the candidates by row. */
   row: Int32Array;
-  /** Stage 0 of the current frame, and the clip's value list. */
+  /** Stage 0 of the current frame. */
   bg: Background;
-  vals: Float32Array;
   /** Pixels with L (stage-3 input) and the survivors, in raster order. */
   litList: Int32Array;
   survivors: Int32Array;
@@ -102,7 +99,6 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     bg: newBackground(g, 1),
     cut: new Float64Array(0),
     cand: { list: new Int32Array(pixels), n: 0 },
-    vals: new Float32Array(TILE * TILE),
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     row: new Int32Array(g.moduleSs + 1),
@@ -209,8 +205,7 @@ function cpuFrame(
     bo = 0;
     if (s.bg.mu.length < cells.n) s.bg = newBackground(g, 1, cells.n);
     bg = s.bg;
-    if (cells.radial) listed = counted = radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, A, s.cand);
-    else backgroundFrameCpu(batch, f, params, bg, 0, s.vals);
+    listed = counted = backgroundFrameCpu(batch, f, params, cells, bg, 0, A, s.cand);
   } else if (bg.asic) {
     A.valid.set(bg.asic.valid);
     A.lit.set(bg.asic.lit);
@@ -529,9 +524,7 @@ export function accumulateLitCountsCpu(
       bg = kept ?? sc.bg;
       o = 0;
       const asic = kept ? newAsicSums(g.nAsics) : undefined;
-      const counted = cells.radial
-        ? radialBackgroundFrameCpu(batch, f, params, cells, bg, 0, asic, sc.cand)
-        : (backgroundFrameCpu(batch, f, params, bg, 0, sc.vals), false);
+      const counted = backgroundFrameCpu(batch, f, params, cells, bg, 0, asic, sc.cand);
       if (kept) {
         if (counted) kept.asic = asic;
         keep![f] = kept;
