@@ -269,7 +269,25 @@ export function backgroundFrameCpu(
     Q += QB;
     binTail[c] = t0;
     binBound[c] = bound;
-    clipStatsAfterFirst(vals, k0, k1, nB + t - t0, S, Q, mx, params, clipped, true, bound, nB, SB, QB, tailV, t0, t);
+    clipStatsAfterFirst(
+      vals,
+      k0,
+      k1,
+      nB + t - t0,
+      S,
+      Q,
+      mx,
+      params,
+      clipped,
+      true,
+      bound,
+      nB,
+      SB,
+      QB,
+      tailV,
+      t0,
+      t,
+    );
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
     bound = clipped[0] + TAIL_SIGMAS * clipped[1];

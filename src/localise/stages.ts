@@ -259,7 +259,10 @@ function cpuFrame(
     // Only L.
     for (let p = 0; p < pixels; p++) {
       const v = data[base + p], t = ci[p];
-      if (v > cut[t] && Math.fround(v - bgMu[bo + t]) > bgThr[bo + t] && v - v === 0 && m[mb + p] === 0 && h[p] === 0) {
+      if (
+        v > cut[t] && Math.fround(v - bgMu[bo + t]) > bgThr[bo + t] && v - v === 0 && m[mb + p] === 0 &&
+        h[p] === 0
+      ) {
         l[p] = 1;
         litList[nLit++] = p;
       }
