@@ -70,7 +70,7 @@ interface Scratch {
   var2: Float64Array;
   /** Each cell's candidate cut (cutsOf). */
   cut: Float64Array;
-  /** Stage 1's candidates as the stage-0 pass of radius bins lists them. */
+  /** Stage 1's candidates as the stage-0 pass lists them. */
   cand: Candidates;
   /** Per module row + 1: the counting sort of the candidates by row. */
   row: Int32Array;
@@ -127,7 +127,7 @@ function newAsicSums(nAsics: number): AsicSums {
 
 /**
  * An entry of ModuleBatch.backgrounds as the cpu backend's pre-pass keeps it: stage 0 of the frame and,
- * when its stage-0 pass made them (radius bins), stage 1's per-ASIC sums of the frame (the main pass then
+ * when its stage-0 pass made them (minSnr > 0), stage 1's per-ASIC sums of the frame (the main pass then
  * only looks for candidates).
  */
 type KeptBackground = Background & { asic?: AsicSums };
@@ -226,7 +226,7 @@ function cpuFrame(
   // (v > cut; NaN fails it too), so most skip the rest. One lookup per pixel: no runs of one cell, whose
   // ends (~4 pixels apart with radius bins) the branch predictor misses.
   const ci = cell;
-  const cut = cutsOf(s, bgMu, bgThr, bo, cells.n);
+  const cut = listed ? s.cut : cutsOf(s, bgMu, bgThr, bo, cells.n);
   if (listed) {
     // The candidates listed by stage 0's pass (bin by bin): L = not hot, marked in l, and listed in raster
     // order (a counting sort by row, then each row's few by insertion).
@@ -522,7 +522,7 @@ export function accumulateLitCountsCpu(
       o = 0;
     } else {
       // Keep this frame's stage 0 for the main pass (batch.backgrounds): written there directly; the
-      // stage-0 pass of radius bins makes stage 1's per-ASIC sums too, kept with it.
+      // stage-0 pass makes stage 1's per-ASIC sums too, kept with it.
       const kept: KeptBackground | undefined = keep ? newBackground(g, 1, nT) : undefined;
       bg = kept ?? sc.bg;
       o = 0;
