@@ -300,7 +300,7 @@ export function backgroundFrameCpu(
     // bin's cut (stages.ts candidateCut; NaN fails it), then the exact rule.
     // With cut >= the bin's split bound every candidate is in its tail (the values >= the bound): only the
     // tail is scanned.
-    const pix = cellPlaces(cells).pix, list = cand.list;
+    const pix = cellPlaces(cells).pix, list = cand.list, cCell = cand.cell, cVal = cand.val;
     let nc = 0;
     for (let c = 0; c < N; c++) {
       const muC = mu[o + c], thrC = out.thr[o + c];
@@ -308,12 +308,20 @@ export function backgroundFrameCpu(
       if (cut >= binBound[c]) {
         for (let j = binTail[c], j1 = binTail[c + 1]; j < j1; j++) {
           const v = tailV[j];
-          if (v > cut && Math.fround(v - muC) > thrC) list[nc++] = pix[tailK[j]];
+          if (v > cut && Math.fround(v - muC) > thrC) {
+            list[nc] = pix[tailK[j]];
+            cCell[nc] = c;
+            cVal[nc++] = v;
+          }
         }
       } else {
         for (let k = start[c], k1 = start[c + 1]; k < k1; k++) {
           const v = vals[k];
-          if (v > cut && Math.fround(v - muC) > thrC && v - v === 0) list[nc++] = pix[k];
+          if (v > cut && Math.fround(v - muC) > thrC && v - v === 0) {
+            list[nc] = pix[k];
+            cCell[nc] = c;
+            cVal[nc++] = v;
+          }
         }
       }
     }
@@ -374,9 +382,14 @@ export function candidateCut(mu: number, thr: number): number {
   return cut - cut === 0 ? cut : -Infinity;
 }
 
-/** Stage 1's candidates of a frame as backgroundFrameCpu lists them: list[0 .. n), pixels cell by cell. */
+/**
+ * Stage 1's candidates of a frame as backgroundFrameCpu lists them, cell by cell: list[0 .. n) the pixels,
+ * cell[k] and val[k] the cell and value of pixel list[k].
+ */
 export interface Candidates {
   list: Int32Array;
+  cell: Int32Array;
+  val: Float32Array;
   n: number;
 }
 

@@ -76,8 +76,12 @@ interface Scratch {
   row: Int32Array;
   /** Stage 0 of the current frame. */
   bg: Background;
-  /** Pixels with L (stage-3 input) and the survivors, in raster order. */
+  /** Pixels with L (stage-3 input) and the survivors, in raster order; the cell and value of litList[k]. */
   litList: Int32Array;
+  litCell: Int32Array;
+  litVal: Float32Array;
+  /** Index in litList of survivors[k]. */
+  survK: Int32Array;
   survivors: Int32Array;
   /** All zero: the mask and hot map of a batch without them. */
   zeros32: Uint32Array;
@@ -98,7 +102,10 @@ function scratchFor(g: Geometry, old?: Scratch): Scratch {
     aFilt: new Uint32Array(nAsics),
     bg: newBackground(g, 1),
     cut: new Float64Array(0),
-    cand: { list: new Int32Array(pixels), n: 0 },
+    cand: { list: new Int32Array(pixels), cell: new Int32Array(pixels), val: new Float32Array(pixels), n: 0 },
+    litCell: new Int32Array(pixels),
+    litVal: new Float32Array(pixels),
+    survK: new Int32Array(pixels),
     var2: new Float64Array(pixels),
     l: new Uint8Array(pixels),
     row: new Int32Array(g.moduleSs + 1),
@@ -217,7 +224,7 @@ function cpuFrame(
 
   // Stage 1, and the stage-3 input L (listed in raster order).
   const aLit = A.lit, aValid = A.valid, aSum = A.sum;
-  const litList = s.litList;
+  const litList = s.litList, litCell = s.litCell, litVal = s.litVal;
   let nLit = 0;
   // Absent mask / hot: all-zero stand-ins, so the loop has no per-pixel presence test.
   const m = mask ?? s.zeros32, mb = mask ? base : 0;
@@ -231,7 +238,7 @@ function cpuFrame(
     // The candidates listed by stage 0's pass (bin by bin): L = not hot, marked in l, and listed in raster
     // order (a counting sort by row, then each row's few by insertion).
     if (s.row.length < nss + 1) s.row = new Int32Array(nss + 1);
-    const cl = s.cand.list, row = s.row;
+    const cl = s.cand.list, cc = s.cand.cell, cv = s.cand.val, row = s.row;
     row.fill(0);
     for (let k = 0; k < s.cand.n; k++) {
       const p = cl[k];
@@ -244,15 +251,26 @@ function cpuFrame(
     nLit = row[nss];
     for (let k = 0; k < s.cand.n; k++) {
       const p = cl[k];
-      if (h[p] === 0) litList[row[(p / nfs) | 0]++] = p;
+      if (h[p] === 0) {
+        const j = row[(p / nfs) | 0]++;
+        litList[j] = p;
+        litCell[j] = cc[k];
+        litVal[j] = cv[k];
+      }
     }
     // row[r] is now the end of row r: sort each row (a few pixels) by insertion.
     for (let r = 0, k0 = 0; r < nss; k0 = row[r++]) {
       for (let k = k0 + 1; k < row[r]; k++) {
-        const p = litList[k];
+        const p = litList[k], c = litCell[k], v = litVal[k];
         let j = k;
-        for (; j > k0 && litList[j - 1] > p; j--) litList[j] = litList[j - 1];
+        for (; j > k0 && litList[j - 1] > p; j--) {
+          litList[j] = litList[j - 1];
+          litCell[j] = litCell[j - 1];
+          litVal[j] = litVal[j - 1];
+        }
         litList[j] = p;
+        litCell[j] = c;
+        litVal[j] = v;
       }
     }
   } else if (counted) {
@@ -264,7 +282,9 @@ function cpuFrame(
         h[p] === 0
       ) {
         l[p] = 1;
-        litList[nLit++] = p;
+        litList[nLit] = p;
+        litCell[nLit] = t;
+        litVal[nLit++] = v;
       }
     }
   } else {
@@ -287,7 +307,9 @@ function cpuFrame(
             const t = ci[p];
             if (v > cut[t] && Math.fround(v - bgMu[bo + t]) > bgThr[bo + t] && h[p] === 0) {
               l[p] = 1;
-              litList[nLit++] = p;
+              litList[nLit] = p;
+              litCell[nLit] = t;
+              litVal[nLit++] = v;
             }
           }
         }
@@ -308,7 +330,7 @@ function cpuFrame(
 
   // Stage 3: survivors get parent = self (the others stay -1).
   const parent = s.parent;
-  const survivors = s.survivors;
+  const survivors = s.survivors, survK = s.survK;
   let nSurv = 0;
   const need = params.neighbours;
   const everyL = need <= 0; // n >= need for every pixel: no neighbours to count
@@ -321,6 +343,7 @@ function cpuFrame(
     const fs = p - ss * nfs;
     if (everyL) {
       parent[p] = p;
+      survK[nSurv] = k;
       survivors[nSurv++] = p;
       aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
       continue;
@@ -335,9 +358,9 @@ function cpuFrame(
         n += l[y * nfs + x];
       }
     }
-    const t = bo + cell[p];
-    if (n >= need || Math.fround(data[base + p] - bgMu[t]) >= strong) {
+    if (n >= need || Math.fround(litVal[k] - bgMu[bo + litCell[k]]) >= strong) {
       parent[p] = p;
+      survK[nSurv] = k;
       survivors[nSurv++] = p;
       aFilt[Math.floor(ss / asicSs) * asicCols + Math.floor(fs / asicFs)]++;
     }
@@ -370,8 +393,8 @@ function cpuFrame(
     const fs = p - ss * nfs;
     const r = find(parent, p);
     if (labels) labels[p] = r;
-    const v = data[base + p];
-    const t = bo + cell[p];
+    const v = litVal[survK[k]];
+    const t = bo + litCell[survK[k]];
     const d = Math.fround(v - bgMu[t]);
     let c: number;
     if (r === p) {
