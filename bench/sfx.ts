@@ -19,13 +19,15 @@
  * 0.72 -> 0.71, fixed threshold 0.53 -> 0.52.
  * Branch h10st (gather by a per-pixel place in the cell-major order, no runs; the clip's later iterations
  * and the candidates from each cell's tail above the previous cell's mu + 2 sigma; no stage-1 raster pass;
- * tiles through the same code; stage 0's float32 outputs and everything after identical on the test and
- * realistic runs), load 5.7, main interleaved, best of 3: defaults 0.60 -> 0.36, stage 0 alone 0.39 ->
- * 0.26, tiles 0.71 -> 0.42 (stage 0 0.43 -> 0.31), fixed threshold 0.51 -> 0.48.
+ * candidates carry their cell and value to the peak statistics; tiles through the same code; stage 0's
+ * float32 outputs and everything after identical on the test and realistic runs), load 5.8, main
+ * interleaved, best of 3: defaults 0.56 -> 0.32, stage 0 alone 0.37 -> 0.25, tiles 0.64 -> 0.38 (stage 0
+ * 0.38 -> 0.28), fixed threshold 0.48 -> 0.48.
  * A bare raster pass over a module frame's data and mask (validity test and count) costs ~0.085 ms here;
  * stage 0's raster pass (that, the scattered store, stage 1's sums) ~0.15, its per-cell pass ~0.06, the
- * clip's tails, thr and the candidates ~0.05, stages 1-4 on the ~1,000 candidates of a frame ~0.06.
- * 0.36 ms x 2816 module frames = 1.0 s of one core for a 0.7 GB run (plus the hot-pixel sample's stage 0);
+ * clip's tails, thr and the candidates ~0.04, stages 1-4 on the ~1,000 candidates of a frame ~0.05. With
+ * a batch small enough to stay in cache (1-2 frames) the defaults take 0.29-0.30: memory is ~0.05 of it.
+ * 0.32 ms x 2816 module frames = 0.9 s of one core for a 0.7 GB run (plus the hot-pixel sample's stage 0);
  * see bench/RESULTS.md end to end.
  */
 import process from "node:process";
