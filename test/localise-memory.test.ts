@@ -137,6 +137,49 @@ describe("the reader's open files", () => {
   });
 });
 
+describe("the reader's frame table", () => {
+  // The alignment of (trainId, pulseId) over modules is built per window of trains as reading moves on, not
+  // for the whole run at open: the largest table held is the same for 2 and 8 trains.
+  test("the largest frame table held does not grow with the run; batches equal one whole-run table", async () => {
+    const read = async (trains: number, windowFrames: number) => {
+      const run = await Run.open(path.join(tmp, `t${trains}`));
+      try {
+        // 5 frames a batch: batches cross trains (32 frames) and windows (one train each).
+        const r = new FrameReader(run.detector(), { mask: true, batchBytes: 5 * 512 * 128 * 8, windowFrames });
+        const ids: number[] = [];
+        let sum = 0;
+        // The pre-pass's jumps first (as localise reads), then every frame in order.
+        const ranges: [number, number][] = [[r.nFrames - 5, 5], [0, 5], [40, 5]];
+        for (let s = 0; s < r.nFrames; s += 5) ranges.push([s, Math.min(5, r.nFrames - s)]);
+        for (const [s, n] of ranges) {
+          const b = r.read(s, n);
+          ids.push(...b.trainId, ...b.pulseId, ...b.cellId);
+          for (const m of b.modules) {
+            for (let i = 0; i < m.data.length; i += 97) sum += m.mask![i] + (m.data[i] || 0) + m.present[i % n];
+          }
+        }
+        return { ids, sum, frames: r.nFrames, bytes: r.tableBytes };
+      } finally {
+        run.close();
+      }
+    };
+    for (const trains of [2, 8]) {
+      const windowed = await read(trains, 32), whole = await read(trains, Infinity);
+      expect(windowed.frames).toBe(trains * 32);
+      expect(whole.bytes.windows).toBe(1);
+      expect(windowed.bytes.windows).toBe(trains);
+      expect(windowed.ids).toEqual(whole.ids);
+      expect(windowed.sum).toBe(whole.sum);
+    }
+    const a = (await read(2, 32)).bytes, b = (await read(8, 32)).bytes;
+    // At most two windows (a batch across a train boundary) of 32 frames: ids 20 bytes, per module 12.
+    expect(a.maxTable).toBe(2 * 32 * (20 + 2 * 12));
+    expect(b.maxTable).toBe(a.maxTable);
+    // The whole-run table (the reader before windows) grows with the run.
+    expect((await read(8, Infinity)).bytes.maxTable).toBe(4 * (await read(2, Infinity)).bytes.maxTable);
+  });
+});
+
 describe("blockBounds", () => {
   /** Frames sorted by train: `frames` per train. */
   const trainIds = (trains: number, frames: number) =>
