@@ -145,7 +145,11 @@ describe("the reader's frame table", () => {
       const run = await Run.open(path.join(tmp, `t${trains}`));
       try {
         // 5 frames a batch: batches cross trains (32 frames) and windows (one train each).
-        const r = new FrameReader(run.detector(), { mask: true, batchBytes: 5 * 512 * 128 * 8, windowFrames });
+        const r = new FrameReader(run.detector(), {
+          mask: true,
+          batchBytes: 5 * 512 * 128 * 8,
+          windowFrames,
+        });
         const ids: number[] = [];
         let sum = 0;
         // The pre-pass's jumps first (as localise reads), then every frame in order.
@@ -155,7 +159,9 @@ describe("the reader's frame table", () => {
           const b = r.read(s, n);
           ids.push(...b.trainId, ...b.pulseId, ...b.cellId);
           for (const m of b.modules) {
-            for (let i = 0; i < m.data.length; i += 97) sum += m.mask![i] + (m.data[i] || 0) + m.present[i % n];
+            for (let i = 0; i < m.data.length; i += 97) {
+              sum += m.mask![i] + (m.data[i] || 0) + m.present[i % n];
+            }
           }
         }
         return { ids, sum, frames: r.nFrames, bytes: r.tableBytes };

@@ -367,7 +367,7 @@ function beamSetup(run: Run, opts: BeamOptions): BeamSetup {
       for (const ps of pulses.values()) {
         if (ps.length) anyPulses = true;
         if (runAnchor && ps.length && (anchor === null || ps[0] < anchor)) anchor = ps[0];
-        if (inferRate) for (let i = 1; i < ps.length; i++) g = gcd(g, ps[i] - ps[i - 1]);
+        if (inferRate) { for (let i = 1; i < ps.length; i++) g = gcd(g, ps[i] - ps[i - 1]); }
       }
     }
   }
@@ -569,7 +569,9 @@ function beamSetup(run: Run, opts: BeamOptions): BeamSetup {
 function countWarnings(setup: BeamSetup, c: BeamCounts): void {
   const w = setup.head.warnings;
   if (setup.head.sources.timeServer && c.noBp) {
-    w.push(`${c.noBp} of ${setup.trainIds.length} trains have no bunch pattern: all their frames are data frames`);
+    w.push(
+      `${c.noBp} of ${setup.trainIds.length} trains have no bunch pattern: all their frames are data frames`,
+    );
   }
   if (c.noXgm) w.push(`${c.noXgm} trains with pulses have no XGM data: their energies are NaN`);
   if (c.capped) {

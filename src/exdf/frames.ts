@@ -20,7 +20,15 @@
  *   whole-run arrays for the callers that want them (not the processing framework).
  */
 import { InputError } from "../errors.ts";
-import { arrayFor, type DsInfo, dsInfo, type H5Dataset, type NumericArray, readRows, readSlab } from "./h5.ts";
+import {
+  arrayFor,
+  type DsInfo,
+  dsInfo,
+  type H5Dataset,
+  type NumericArray,
+  readRows,
+  readSlab,
+} from "./h5.ts";
 import type { Detector, DetectorModule, ModuleFile } from "./run.ts";
 
 export interface FrameOptions {

@@ -292,7 +292,11 @@ export class FanInReader {
 /** Module frames read from one file before it is closed and reopened (its metadata cache emptied). */
 export const REOPEN_FRAMES = 1024;
 
-/** Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it. */
+/**
+ * Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it, or
+ * once a batch read nothing from it after earlier ones did (reading moved on): what the files' caches hold
+ * does not add up over the run's sequence files.
+ */
 export class FileRecycler {
   /** Frames read since the last (re)open, per file. */
   readonly sinceOpen = new Map<RunFile, number>();
@@ -301,6 +305,7 @@ export class FileRecycler {
 
   /** After a batch: count its frames per file (by train ID), reopen the files past the limit. */
   afterBatch(trainId: Float64Array, present: Uint8Array[]): void {
+    const touched = new Set<RunFile>();
     this.modules.forEach((m, mi) => {
       for (const mf of m.files) {
         const ids = mf.file.trainIds;
@@ -311,11 +316,17 @@ export class FileRecycler {
         for (let i = 0; i < trainId.length; i++) {
           if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
         }
-        if (n) this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+        if (n) {
+          this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+          touched.add(mf.file);
+        }
       }
     });
     for (const [f, n] of this.sinceOpen) {
-      if (n < this.limit) continue;
+      // A file read from since its open but not in this batch (reading moved on to the next sequence file,
+      // or the pre-pass jumped): reopened too, so that the caches of the files behind do not add up over a
+      // long run.
+      if (n < this.limit && (n === 0 || touched.has(f))) continue;
       f.h5.close();
       f.h5 = new this.lib.File(f.path, "r");
       this.sinceOpen.set(f, 0);
