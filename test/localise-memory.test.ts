@@ -15,6 +15,7 @@ import { type LocaliseResult } from "../src/localise/result.ts";
 import { geometry } from "../src/exdf/detectors.ts";
 import { FileRecycler } from "../src/framework/prefetch.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
+import { writeLocaliseDir } from "../src/localise/output.ts";
 import { h5 } from "../src/exdf/h5.ts";
 import { Run } from "../src/exdf/run.ts";
 import { openWriter } from "../src/exdf/writer/writer.ts";
@@ -135,6 +136,46 @@ describe("the reader's open files", () => {
       expect(x.reopened).toBeGreaterThanOrEqual(Math.floor((x.frames * 2) / (40 + x.perBatch)));
       if (trains === 8) expect(x.sum).toBe(plain.sum);
     }
+  });
+});
+
+describe("the beam annotation", () => {
+  // Streamed: the merge and the REDU writer ask for the trains of each block; one window of trains is held.
+  test("one window of trains held (2 here); the REDU file's data the same as with one window for the run", async () => {
+    const write = async (window: string) => {
+      process.env.XFEL_REDU_BEAM_WINDOW = window;
+      try {
+        const r = await localise(path.join(tmp, "t8"), { backend: "cpu", workers: 2 });
+        const out = path.join(tmp, `beam-${window}`);
+        // Written after finalize: the blocks (and their trains' annotation) are read now.
+        await writeLocaliseDir(r, out);
+        const held = r.beam!.held();
+        r.dispose();
+        const lib = await h5();
+        const f = new lib.File(path.join(out, fs.readdirSync(out).find((n) => n.includes("REDU"))!), "r");
+        const data: Record<string, unknown> = {};
+        const walk = (g: string) => {
+          for (const k of (f.get(g) as unknown as { keys(): string[] }).keys()) {
+            const p = `${g}/${k}`;
+            const e = f.get(p) as unknown as { type: string; value: unknown };
+            if (e.type === "Group") walk(p);
+            else if (!/timestamp|Date/.test(p)) data[p] = e.value;
+          }
+        };
+        walk("INSTRUMENT");
+        walk("INDEX");
+        f.close();
+        return { held, data, trains: r.trains };
+      } finally {
+        delete process.env.XFEL_REDU_BEAM_WINDOW;
+      }
+    };
+    const two = await write("2"), whole = await write("1000");
+    expect(two.trains).toBe(8);
+    expect(two.held).toBe(2);
+    expect(whole.held).toBe(8);
+    expect(Object.keys(two.data).some((k) => k.includes("LITFRM"))).toBe(true);
+    expect(two.data).toEqual(whole.data);
   });
 });
 

@@ -68,7 +68,7 @@ export interface BeamOptions {
   /** Detector control source with `bunchStructure.*` keys (default: found in the run). */
   control?: string | null;
   detector?: string;
-  /** Trains annotated together (default BEAM_WINDOW_TRAINS; tests make it small). */
+  /** Trains annotated together (default `$XFEL_REDU_BEAM_WINDOW`, else BEAM_WINDOW_TRAINS; tests make it small). */
   windowTrains?: number;
 }
 
@@ -289,7 +289,10 @@ function* trainWindows(trainIds: readonly number[], n: number): Generator<readon
 /** Sources, stride and anchor of the run (passes over its bunch patterns, nothing kept per train). */
 function beamSetup(run: Run, opts: BeamOptions): BeamSetup {
   const warnings: string[] = [];
-  const perWindow = Math.max(1, opts.windowTrains ?? BEAM_WINDOW_TRAINS);
+  const perWindow = Math.max(
+    1,
+    opts.windowTrains ?? (Number(process.env.XFEL_REDU_BEAM_WINDOW) || BEAM_WINDOW_TRAINS),
+  );
   const det = opts.detector ? run.detector(opts.detector) : (run.detectors.length ? run.detectors[0] : null);
   const ts0 = opts.timeServer === undefined
     ? findTimeServer(run, opts.instrument?.toUpperCase())
