@@ -18,7 +18,14 @@ import {
   litframesSchema,
   writeLitframes,
 } from "../src/beam/litfrm.ts";
-import { annotateBeam, type BeamAnnotation, type BeamOptions, combineLit } from "../src/beam/annotate.ts";
+import {
+  annotateBeam,
+  type BeamAnnotation,
+  type BeamLookup,
+  type BeamOptions,
+  combineLit,
+  streamBeam,
+} from "../src/beam/annotate.ts";
 import { decodeBunchPattern, saseForInstrument, strideForRate } from "../src/beam/bunch.ts";
 import { litframesCommand } from "../src/cli/litframes.ts";
 import { Run } from "../src/exdf/run.ts";
@@ -49,10 +56,66 @@ async function gen(opts: Partial<SynthOptions>): Promise<{ dir: string; truth: T
 async function annotate(dir: string, opts: BeamOptions = {}): Promise<BeamAnnotation> {
   const run = await Run.open(dir);
   try {
-    return annotateBeam(run, opts);
+    const ann = annotateBeam(run, opts);
+    // Every annotation here is also made in windows of 3 trains, eagerly and streamed (as localise uses it):
+    // the same figures, warnings and trains (and so the same truth).
+    expectSameAnnotation(annotateBeam(run, { ...opts, windowTrains: 3 }), ann, false);
+    expectSameAnnotation(streamBeam(run, { ...opts, windowTrains: 3 }), ann, true);
+    return ann;
   } finally {
     run.close();
   }
+}
+
+/** A windowed annotation (eager or streamed) equals the whole-run one; a streamed one holds one window. */
+function expectSameAnnotation(got: BeamLookup, want: BeamAnnotation, streamed: boolean): void {
+  const head = (a: BeamLookup) => {
+    const {
+      instrument,
+      sase,
+      repRate,
+      stride,
+      repRateFrom,
+      referenceFrame,
+      align,
+      anchor,
+      sources,
+      warnings,
+    } = a;
+    return {
+      instrument,
+      sase,
+      repRate,
+      stride,
+      repRateFrom,
+      referenceFrame,
+      align,
+      anchor,
+      sources,
+      warnings,
+    };
+  };
+  expect(head(got)).toEqual(head(want));
+  expect(got.trainsWithBunchPattern).toBe(want.trains.filter((t) => t.hasBunchPattern).length);
+  expect(got.dataFrames).toBe(want.trains.reduce((a, t) => a + t.dataFrames.length, 0));
+  const ids = want.trains.map((t) => t.trainId);
+  for (const t of want.trains) {
+    expect(got.train(t.trainId)).toEqual(t);
+    for (let f = -1; f <= t.nFrameTotal; f++) {
+      expect(got.dataFrame(t.trainId, f)).toBe(want.dataFrame(t.trainId, f));
+      expect(got.energy(t.trainId, f)).toEqual(want.energy(t.trainId, f));
+    }
+    for (const p of [...t.detectorPulseId, -5]) {
+      expect(got.frameOfPulse(t.trainId, p)).toBe(want.frameOfPulse(t.trainId, p));
+    }
+    // Streamed: at most one window of trains in memory, whatever the run length.
+    if (streamed) expect(got.held()).toBeLessThanOrEqual(3);
+    else expect(got.held()).toBe(ids.length);
+  }
+  expect(got.train(-1)).toBeUndefined();
+  expect(litframesData(got, ids)).toEqual(litframesData(want, ids));
+  expect(litframesCounts(got, [...ids, 1])).toEqual(litframesCounts(want, [...ids, 1]));
+  expect(want.held()).toBe(ids.length);
 }
 
 /** The annotation reproduces the truth exactly, frame by frame. */

@@ -15,6 +15,7 @@ import { type LocaliseResult } from "../src/localise/result.ts";
 import { geometry } from "../src/exdf/detectors.ts";
 import { FileRecycler } from "../src/framework/prefetch.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
+import { writeLocaliseDir } from "../src/localise/output.ts";
 import { h5 } from "../src/exdf/h5.ts";
 import { Run } from "../src/exdf/run.ts";
 import { openWriter } from "../src/exdf/writer/writer.ts";
@@ -126,7 +127,8 @@ describe("the reader's open files", () => {
       }
     };
     const plain = await read(8, Infinity);
-    expect(plain.reopened).toBe(0);
+    // No frame limit: only the files the reading left behind are reopened (2 modules x 2 files of 4 trains).
+    expect(plain.reopened).toBe(2);
     for (const trains of [2, 8]) {
       const x = await read(trains, 40);
       // 2 modules x 32 frames x trains, reopened every 40 frames of a file: the bound does not grow.
@@ -134,6 +136,95 @@ describe("the reader's open files", () => {
       expect(x.reopened).toBeGreaterThanOrEqual(Math.floor((x.frames * 2) / (40 + x.perBatch)));
       if (trains === 8) expect(x.sum).toBe(plain.sum);
     }
+  });
+});
+
+describe("the beam annotation", () => {
+  // Streamed: the merge and the REDU writer ask for the trains of each block; one window of trains is held.
+  test("one window of trains held (2 here); the REDU file's data the same as with one window for the run", async () => {
+    const write = async (window: string) => {
+      process.env.XFEL_REDU_BEAM_WINDOW = window;
+      try {
+        const r = await localise(path.join(tmp, "t8"), { backend: "cpu", workers: 2 });
+        const out = path.join(tmp, `beam-${window}`);
+        // Written after finalize: the blocks (and their trains' annotation) are read now.
+        await writeLocaliseDir(r, out);
+        const held = r.beam!.held();
+        r.dispose();
+        const lib = await h5();
+        const f = new lib.File(path.join(out, fs.readdirSync(out).find((n) => n.includes("REDU"))!), "r");
+        const data: Record<string, unknown> = {};
+        const walk = (g: string) => {
+          for (const k of (f.get(g) as unknown as { keys(): string[] }).keys()) {
+            const p = `${g}/${k}`;
+            const e = f.get(p) as unknown as { type: string; value: unknown };
+            if (e.type === "Group") walk(p);
+            else if (!/timestamp|Date/.test(p)) data[p] = e.value;
+          }
+        };
+        walk("INSTRUMENT");
+        walk("INDEX");
+        f.close();
+        return { held, data, trains: r.trains };
+      } finally {
+        delete process.env.XFEL_REDU_BEAM_WINDOW;
+      }
+    };
+    const two = await write("2"), whole = await write("1000");
+    expect(two.trains).toBe(8);
+    expect(two.held).toBe(2);
+    expect(whole.held).toBe(8);
+    expect(Object.keys(two.data).some((k) => k.includes("LITFRM"))).toBe(true);
+    expect(two.data).toEqual(whole.data);
+  });
+});
+
+describe("the reader's frame table", () => {
+  // The alignment of (trainId, pulseId) over modules is built per window of trains as reading moves on, not
+  // for the whole run at open: the largest table held is the same for 2 and 8 trains.
+  test("the largest frame table held does not grow with the run; batches equal one whole-run table", async () => {
+    const read = async (trains: number, windowFrames: number) => {
+      const run = await Run.open(path.join(tmp, `t${trains}`));
+      try {
+        // 5 frames a batch: batches cross trains (32 frames) and windows (one train each).
+        const r = new FrameReader(run.detector(), {
+          mask: true,
+          batchBytes: 5 * 512 * 128 * 8,
+          windowFrames,
+        });
+        const ids: number[] = [];
+        let sum = 0;
+        // The pre-pass's jumps first (as localise reads), then every frame in order.
+        const ranges: [number, number][] = [[r.nFrames - 5, 5], [0, 5], [40, 5]];
+        for (let s = 0; s < r.nFrames; s += 5) ranges.push([s, Math.min(5, r.nFrames - s)]);
+        for (const [s, n] of ranges) {
+          const b = r.read(s, n);
+          ids.push(...b.trainId, ...b.pulseId, ...b.cellId);
+          for (const m of b.modules) {
+            for (let i = 0; i < m.data.length; i += 97) {
+              sum += m.mask![i] + (m.data[i] || 0) + m.present[i % n];
+            }
+          }
+        }
+        return { ids, sum, frames: r.nFrames, bytes: r.tableBytes };
+      } finally {
+        run.close();
+      }
+    };
+    for (const trains of [2, 8]) {
+      const windowed = await read(trains, 32), whole = await read(trains, Infinity);
+      expect(windowed.frames).toBe(trains * 32);
+      expect(whole.bytes.windows).toBe(1);
+      expect(windowed.bytes.windows).toBe(trains);
+      expect(windowed.ids).toEqual(whole.ids);
+      expect(windowed.sum).toBe(whole.sum);
+    }
+    const a = (await read(2, 32)).bytes, b = (await read(8, 32)).bytes;
+    // At most two windows (a batch across a train boundary) of 32 frames: ids 20 bytes, per module 12.
+    expect(a.maxTable).toBe(2 * 32 * (20 + 2 * 12));
+    expect(b.maxTable).toBe(a.maxTable);
+    // The whole-run table (the reader before windows) grows with the run.
+    expect((await read(8, Infinity)).bytes.maxTable).toBe(4 * (await read(2, Infinity)).bytes.maxTable);
   });
 });
 

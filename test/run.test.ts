@@ -67,9 +67,9 @@ function sliceFrame(run: Run, moduleNo: number, trainId: number, pulseId: number
   return undefined;
 }
 
-function checkAllFrames(run: Run, batchBytes?: number): number {
+function checkAllFrames(run: Run, batchBytes?: number, windowFrames?: number): number {
   const det = run.detector();
-  const reader = new FrameReader(det, { batchBytes, mask: !det.raw });
+  const reader = new FrameReader(det, { batchBytes, mask: !det.raw, windowFrames });
   const px = reader.pixels;
   let checked = 0;
   for (const b of reader.batches()) {
@@ -145,6 +145,12 @@ describe("layout variants", () => {
           truth.frames.map((f) => (jf ? f.frame : f.pulseId)),
         );
         expect(checkAllFrames(run)).toBe(truth.frames.length * truth.options.modules.length);
+        // The frame table streamed one train at a time (a window per train): the same frames.
+        const one = new FrameReader(det, { windowFrames: 1 });
+        expect(one.tableBytes.windows).toBe(truth.trains.length);
+        expect(Array.from(one.frameIds.trainId)).toEqual(truth.frames.map((f) => f.trainId));
+        expect(Array.from(one.frameIds.pulseId)).toEqual(Array.from(reader.frameIds.pulseId));
+        expect(Array.from(one.frameIds.cellId)).toEqual(Array.from(reader.frameIds.cellId));
       } finally {
         run.close();
       }
@@ -175,6 +181,10 @@ describe("alignment", () => {
       expect(presence[2].reduce((a, b) => a + b, 0)).toBe(17);
       // Small batches (3 frames) cross train boundaries and absent runs; data must match frame by frame.
       expect(checkAllFrames(run, 3 * 512 * 128 * 8)).toBe(truth.frames.length * 3);
+      // Windows of one train (batches of 3 frames cross them): the same frames, the same presence.
+      expect(checkAllFrames(run, 3 * 512 * 128 * 8, 1)).toBe(truth.frames.length * 3);
+      const one = new FrameReader(det, { windowFrames: 1 }).presence();
+      expect(one.map((p) => Array.from(p))).toEqual(presence.map((p) => Array.from(p)));
     } finally {
       run.close();
     }

@@ -30,9 +30,9 @@
  *   of every pulse a frame saw, in order, zero-padded.
  */
 import { InputError } from "../errors.ts";
-import { readSlab } from "../exdf/h5.ts";
-import { type Detector, readNumbers, type Run } from "../exdf/run.ts";
-import { indexRows, KeyData, type KeyFile } from "../exdf/keydata.ts";
+import { type H5Dataset, readSlab } from "../exdf/h5.ts";
+import { type Detector, type Run } from "../exdf/run.ts";
+import { indexRows, KeyData, type KeyFile, readRowsInto } from "../exdf/keydata.ts";
 
 /** Frames the LITFRM arrays hold (AGIPD memory cells). */
 import {
@@ -68,6 +68,8 @@ export interface BeamOptions {
   /** Detector control source with `bunchStructure.*` keys (default: found in the run). */
   control?: string | null;
   detector?: string;
+  /** Trains annotated together (default `$XFEL_REDU_BEAM_WINDOW`, else BEAM_WINDOW_TRAINS; tests make it small). */
+  windowTrains?: number;
 }
 
 /** The annotation of one train, LITFRM fields plus what the lookups need. */
@@ -104,7 +106,11 @@ export interface TrainAnnotation {
   pulsesOutside: number;
 }
 
-export interface BeamAnnotation {
+/**
+ * The annotation's run-wide figures and its lookups by train (BeamAnnotation holds every train; streamBeam
+ * annotates a window of trains at a time).
+ */
+export interface BeamLookup {
   instrument: string;
   sase: Sase;
   repRate: number;
@@ -116,8 +122,11 @@ export interface BeamAnnotation {
   /** The run-wide anchor slot ("slot" and "run" alignment). */
   anchor: number | null;
   sources: { timeServer: string | null; xgm: string | null; detector: string | null; control: string | null };
-  trains: TrainAnnotation[];
   warnings: string[];
+  /** Trains of the run with a bunch pattern. */
+  trainsWithBunchPattern: number;
+  /** Data frames over the run (the sum of the trains' nDataFrame). */
+  dataFrames: number;
   /** The annotation of a train, if the run has it. */
   train(trainId: number): TrainAnnotation | undefined;
   /**
@@ -129,6 +138,12 @@ export interface BeamAnnotation {
   energy(trainId: number, frame: number): number;
   /** Frame index in the train of a detector pulse ID (-1 when unknown). */
   frameOfPulse(trainId: number, pulseId: number): number;
+  /** Trains whose annotation is held in memory (all of them in a BeamAnnotation, a window streamed). */
+  held(): number;
+}
+
+export interface BeamAnnotation extends BeamLookup {
+  trains: TrainAnnotation[];
 }
 
 /** The first row per train of a fast source's key. */
@@ -188,30 +203,46 @@ function findControl(run: Run, det: string | null): string | null {
   return cands.find((c) => det && c.startsWith(det + "/")) ?? cands[0];
 }
 
-/** Frames per train and detector pulse IDs per train, from the detector's module files. */
-function detectorFrames(det: Detector): Map<number, { frames: number; pulseIds: number[] }> {
+/** Frames per train and detector pulse IDs per train of the trains in [first, last], from the module files. */
+function detectorFrames(
+  det: Detector,
+  first = -Infinity,
+  last = Infinity,
+): Map<number, { frames: number; pulseIds: number[] }> {
   const out = new Map<number, { frames: number; pulseIds: number[] }>();
   const jf = det.type === "JUNGFRAU";
   for (const m of det.modules) {
     for (const mf of m.files) {
+      const rows = [...indexRows(mf.file, mf.index, mf.rows)].filter((r) =>
+        r.count > 0 && r.trainId >= first && r.trainId <= last
+      );
+      if (!rows.length) continue;
+      // The pulse IDs of these trains' rows only: rows [lo, hi) (numbers past the dataset's end missing).
       let pids: number[] | undefined;
+      let lo = Infinity;
       if (!jf) {
+        lo = Math.min(...rows.map((r) => r.first));
+        const hi = Math.max(...rows.map((r) => r.first + r.count));
         try {
-          if (mf.file.h5.get(`${mf.groupPath}/pulseId`)) {
-            pids = readNumbers(mf.file, `${mf.groupPath}/pulseId`);
+          const p = `${mf.groupPath}/pulseId`;
+          const ds = mf.file.h5.get(p) as H5Dataset | null;
+          if (ds) {
+            const end = Math.min(hi, ds.shape?.[0] ?? 0);
+            const buf = new Float64Array(Math.max(0, end - lo));
+            if (end > lo) readRowsInto({ file: mf.file }, p, lo, end - lo, buf);
+            pids = Array.from(buf);
           }
         } catch {
           pids = undefined;
         }
       }
-      for (const { trainId: t, first, count: cnt } of indexRows(mf.file, mf.index, mf.rows)) {
-        if (!cnt) continue;
+      for (const { trainId: t, first: f0, count: cnt } of rows) {
         const frames = cnt * det.cellsPerEntry;
         const cur = out.get(t);
         if (cur && cur.frames >= frames) continue;
         let ids: number[];
         if (jf) ids = Array.from({ length: frames }, (_, c) => c);
-        else if (pids) ids = pids.slice(first, first + cnt).sort((a, b) => a - b);
+        else if (pids) ids = pids.slice(f0 - lo, f0 - lo + cnt).sort((a, b) => a - b);
         else ids = [];
         out.set(t, { frames, pulseIds: ids });
       }
@@ -225,9 +256,43 @@ function gcd(a: number, b: number): number {
   return a;
 }
 
-/** Annotate the frames of a run from its bunch pattern and XGM. */
-export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
+/** Trains annotated together: the bunch patterns and detector pulse IDs are read for this many at a time. */
+const BEAM_WINDOW_TRAINS = 64;
+
+/** The run-wide part of an annotation, and how to annotate any window of trains. */
+interface BeamSetup {
+  head: Omit<
+    BeamLookup,
+    "train" | "dataFrame" | "energy" | "frameOfPulse" | "trainsWithBunchPattern" | "dataFrames" | "held"
+  >;
+  trainIds: readonly number[];
+  /** Trains per window. */
+  window: number;
+  /** Annotate trains (consecutive in the run), counting what the run's warnings count. */
+  annotate(trainIds: readonly number[], counts: BeamCounts): TrainAnnotation[];
+}
+
+interface BeamCounts {
+  capped: number;
+  noBp: number;
+  noXgm: number;
+  outside: number;
+  withBp: number;
+  dataFrames: number;
+}
+
+/** The windows of BEAM_WINDOW_TRAINS trains of the run, in order. */
+function* trainWindows(trainIds: readonly number[], n: number): Generator<readonly number[]> {
+  for (let i = 0; i < trainIds.length; i += n) yield trainIds.slice(i, i + n);
+}
+
+/** Sources, stride and anchor of the run (passes over its bunch patterns, nothing kept per train). */
+function beamSetup(run: Run, opts: BeamOptions): BeamSetup {
   const warnings: string[] = [];
+  const perWindow = Math.max(
+    1,
+    opts.windowTrains ?? (Number(process.env.XFEL_REDU_BEAM_WINDOW) || BEAM_WINDOW_TRAINS),
+  );
   const det = opts.detector ? run.detector(opts.detector) : (run.detectors.length ? run.detectors[0] : null);
   const ts0 = opts.timeServer === undefined
     ? findTimeServer(run, opts.instrument?.toUpperCase())
@@ -253,13 +318,17 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     throw new InputError(run.path, `no source ${opts.control}`);
   }
 
-  // Bunch patterns: SASE pulses per train.
-  const pulses = new Map<number, number[]>();
-  if (timeServer) {
-    const rows = fastRows(run, timeServer, "data.bunchPatternTable");
-    const table = new Uint32Array(PULSE_SLOTS);
-    for (const [t, r] of rows) {
-      const p = `INSTRUMENT/${timeServer}/data/bunchPatternTable`;
+  // Bunch patterns: SASE pulses per train, read for a window of trains at a time.
+  const bpRows = timeServer
+    ? fastRows(run, timeServer, "data.bunchPatternTable")
+    : new Map<number, { part: KeyFile; row: number }>();
+  const table = new Uint32Array(PULSE_SLOTS);
+  const pulsesOf = (trainIds: readonly number[]): Map<number, number[]> => {
+    const pulses = new Map<number, number[]>();
+    const p = `INSTRUMENT/${timeServer}/data/bunchPatternTable`;
+    for (const t of trainIds) {
+      const r = bpRows.get(t);
+      if (!r) continue;
       const width = Math.min(
         PULSE_SLOTS,
         (r.part.file.h5.get(p) as { shape: number[] }).shape[1] ?? PULSE_SLOTS,
@@ -268,25 +337,51 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
       readSlab(r.part.file.h5, p, [r.row, 0], [1, width], table);
       pulses.set(t, decodeBunchPattern(table, sase));
     }
-  }
+    return pulses;
+  };
 
   // Frames per train.
-  const detFrames = det ? detectorFrames(det) : new Map<number, { frames: number; pulseIds: number[] }>();
   const ctlFrames = control ? controlValues(run, control, "bunchStructure.nPulses") : new Map();
   const trainIds = run.trainIds;
-  const framesOf = (t: number): number =>
-    opts.framesPerTrain ? opts.framesPerTrain(t) : detFrames.get(t)?.frames ?? ctlFrames.get(t) ?? 0;
   if (!det && !control && !opts.framesPerTrain) {
     throw new InputError(
       run.path,
       "no detector data and no bunchStructure.nPulses: cannot tell frames per train",
     );
   }
+  const framesOf = (t: number, detFrames: Map<number, { frames: number }>): number =>
+    opts.framesPerTrain ? opts.framesPerTrain(t) : detFrames.get(t)?.frames ?? ctlFrames.get(t) ?? 0;
+  const detFramesOf = (ids: readonly number[]) =>
+    det && ids.length
+      ? detectorFrames(det, ids[0], ids[ids.length - 1])
+      : new Map<number, { frames: number; pulseIds: number[] }>();
 
-  // Stride.
+  // Stride, and the run's anchor: one pass over the bunch patterns (and detector pulse IDs) when needed.
   let stride: number;
   let repRateFrom: BeamAnnotation["repRateFrom"];
   const ctlRate = control ? controlValues(run, control, "bunchStructure.repetitionRate") : new Map();
+  const runAnchor = opts.firstPulseSlot === undefined && (opts.align ?? "run") === "run";
+  const inferRate = opts.repRate === undefined && !ctlRate.size;
+  let g = 0, step = 0, anyPulses = false;
+  let anchor: number | null = null;
+  if (timeServer && (runAnchor || inferRate)) {
+    for (const ids of trainWindows(trainIds, perWindow)) {
+      const pulses = pulsesOf(ids);
+      for (const ps of pulses.values()) {
+        if (ps.length) anyPulses = true;
+        if (runAnchor && ps.length && (anchor === null || ps[0] < anchor)) anchor = ps[0];
+        if (inferRate) { for (let i = 1; i < ps.length; i++) g = gcd(g, ps[i] - ps[i - 1]); }
+      }
+    }
+  }
+  if (inferRate) {
+    // The pulse spacing of the detector's pulse IDs (the fallback when the bunch pattern has no gaps).
+    for (const ids of trainWindows(trainIds, perWindow)) {
+      for (const d of detFramesOf(ids).values()) {
+        for (let i = 1; i < d.pulseIds.length; i++) step = gcd(step, d.pulseIds[i] - d.pulseIds[i - 1]);
+      }
+    }
+  }
   if (opts.repRate !== undefined) {
     stride = strideForRate(opts.repRate);
     repRateFrom = "option";
@@ -297,12 +392,6 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
       warnings.push("the detector's repetition rate changes during the run: using the first value");
     }
   } else {
-    let g = 0;
-    for (const ps of pulses.values()) for (let i = 1; i < ps.length; i++) g = gcd(g, ps[i] - ps[i - 1]);
-    let step = 0;
-    for (const d of detFrames.values()) {
-      for (let i = 1; i < d.pulseIds.length; i++) step = gcd(step, d.pulseIds[i] - d.pulseIds[i - 1]);
-    }
     const largest = (x: number) => [8, 4, 2, 1].find((s) => x % s === 0)!;
     if (g > 0) {
       stride = largest(g);
@@ -313,7 +402,7 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     } else {
       stride = 1;
       repRateFrom = "default";
-      if ([...pulses.values()].some((p) => p.length > 0)) {
+      if (anyPulses) {
         warnings.push("cannot tell the repetition rate (give --rep-rate): assumed 4.5 MHz");
       }
     }
@@ -324,7 +413,6 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
 
   // Anchor.
   let align: BeamAnnotation["align"];
-  let anchor: number | null = null;
   if (opts.firstPulseSlot !== undefined) {
     if (
       !Number.isInteger(opts.firstPulseSlot) || opts.firstPulseSlot < 0 || opts.firstPulseSlot >= PULSE_SLOTS
@@ -335,9 +423,9 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     anchor = opts.firstPulseSlot;
   } else if ((opts.align ?? "run") === "run") {
     align = "run";
-    for (const ps of pulses.values()) if (ps.length && (anchor === null || ps[0] < anchor)) anchor = ps[0];
   } else {
     align = "train";
+    anchor = null;
   }
 
   // XGM rows.
@@ -365,145 +453,228 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     return true;
   };
 
-  let capped = 0;
-  let noBp = 0;
-  let noXgm = 0;
-  const trains: TrainAnnotation[] = [];
-  for (const t of trainIds) {
-    const total = Math.max(0, Math.floor(framesOf(t)));
-    if (total > LITFRM_FRAMES) capped++;
-    const F = Math.min(total, LITFRM_FRAMES);
-    const ps = pulses.get(t);
-    const hasBp = ps !== undefined;
-    const npf = new Uint16Array(F);
-    const energy = new Float32Array(F);
-    const sigma = new Float32Array(F);
-    const pattern = new Uint8Array(F);
-    const master: number[] = [];
-    const xgmIds: number[] = [];
-    let outside = 0;
-    let a: number | null = null;
-    let hasX = false;
-    if (!hasBp) {
-      noBp++;
-      pattern.fill(1);
-      energy.fill(NaN);
-      sigma.fill(NaN);
-    } else {
-      a = align === "train" ? (ps.length ? ps[0] : null) : anchor;
-      hasX = ps.length > 0 && readXgm(t);
-      if (ps.length && xgm && !hasX) noXgm++;
-      const sig2 = new Float64Array(F);
-      const en = new Float64Array(F);
-      for (let k = 0; k < ps.length; k++) {
-        const rel = a === null ? -1 : ps[k] - a;
-        const f = rel < 0 ? -1 : ref + Math.floor(rel / stride);
-        if (f < ref || f >= F) {
-          outside++;
-          continue;
+  const annotate = (ids: readonly number[], counts: BeamCounts): TrainAnnotation[] => {
+    const pulses = timeServer ? pulsesOf(ids) : new Map<number, number[]>();
+    const detFrames = detFramesOf(ids);
+    const trains: TrainAnnotation[] = [];
+    for (const t of ids) {
+      const total = Math.max(0, Math.floor(framesOf(t, detFrames)));
+      if (total > LITFRM_FRAMES) counts.capped++;
+      const F = Math.min(total, LITFRM_FRAMES);
+      const ps = pulses.get(t);
+      const hasBp = ps !== undefined;
+      const npf = new Uint16Array(F);
+      const energy = new Float32Array(F);
+      const sigma = new Float32Array(F);
+      const pattern = new Uint8Array(F);
+      const master: number[] = [];
+      const xgmIds: number[] = [];
+      let outside = 0;
+      let a: number | null = null;
+      let hasX = false;
+      if (!hasBp) {
+        counts.noBp++;
+        pattern.fill(1);
+        energy.fill(NaN);
+        sigma.fill(NaN);
+      } else {
+        counts.withBp++;
+        a = align === "train" ? (ps.length ? ps[0] : null) : anchor;
+        hasX = ps.length > 0 && readXgm(t);
+        if (ps.length && xgm && !hasX) counts.noXgm++;
+        const sig2 = new Float64Array(F);
+        const en = new Float64Array(F);
+        for (let k = 0; k < ps.length; k++) {
+          const rel = a === null ? -1 : ps[k] - a;
+          const f = rel < 0 ? -1 : ref + Math.floor(rel / stride);
+          if (f < ref || f >= F) {
+            outside++;
+            continue;
+          }
+          npf[f]++;
+          master.push(ps[k]);
+          xgmIds.push(k);
+          if (hasX && k < xgmWidth) {
+            en[f] += xBuf[k];
+            sig2[f] += sBuf[k] * sBuf[k];
+          } else {
+            en[f] = NaN;
+            sig2[f] = NaN;
+          }
         }
-        npf[f]++;
-        master.push(ps[k]);
-        xgmIds.push(k);
-        if (hasX && k < xgmWidth) {
-          en[f] += xBuf[k];
-          sig2[f] += sBuf[k] * sBuf[k];
-        } else {
-          en[f] = NaN;
-          sig2[f] = NaN;
+        for (let f = 0; f < F; f++) {
+          pattern[f] = npf[f] > 0 ? 1 : 0;
+          energy[f] = en[f];
+          sigma[f] = Math.sqrt(sig2[f]);
         }
       }
+      const lit: number[] = [];
+      const data: number[] = [];
       for (let f = 0; f < F; f++) {
-        pattern[f] = npf[f] > 0 ? 1 : 0;
-        energy[f] = en[f];
-        sigma[f] = Math.sqrt(sig2[f]);
+        if (npf[f] > 0) lit.push(f);
+        if (pattern[f]) data.push(f);
       }
+      const d = detFrames.get(t);
+      let pids = d && d.pulseIds.length ? d.pulseIds : [];
+      if (pids.length < total) {
+        // Frames without detector pulse IDs: continue from the last known with the stride.
+        const first = pids.length ? pids[0] : 0;
+        pids = Array.from({ length: total }, (_, f) => f < pids.length ? pids[f] : first + f * stride);
+      }
+      counts.outside += outside;
+      counts.dataFrames += data.length;
+      trains.push({
+        trainId: t,
+        hasBunchPattern: hasBp,
+        hasXgm: hasX,
+        nPulse: ps?.length ?? 0,
+        nFrame: F,
+        nFrameTotal: total,
+        referenceFrame: ref,
+        anchor: a,
+        nLitFrame: lit.length,
+        nDataFrame: data.length,
+        litFrames: lit,
+        dataFrames: data,
+        nPulsePerFrame: npf,
+        energyPerFrame: energy,
+        energySigma: sigma,
+        dataFramePattern: pattern,
+        detectorPulseId: pids.slice(0, total),
+        masterPulseId: master,
+        xgmPulseId: xgmIds,
+        pulsesOutside: outside,
+      });
     }
-    const lit: number[] = [];
-    const data: number[] = [];
-    for (let f = 0; f < F; f++) {
-      if (npf[f] > 0) lit.push(f);
-      if (pattern[f]) data.push(f);
-    }
-    const d = detFrames.get(t);
-    let pids = d && d.pulseIds.length ? d.pulseIds : [];
-    if (pids.length < total) {
-      // Frames without detector pulse IDs: continue from the last known with the stride.
-      const first = pids.length ? pids[0] : 0;
-      pids = Array.from({ length: total }, (_, f) => f < pids.length ? pids[f] : first + f * stride);
-    }
-    trains.push({
-      trainId: t,
-      hasBunchPattern: hasBp,
-      hasXgm: hasX,
-      nPulse: ps?.length ?? 0,
-      nFrame: F,
-      nFrameTotal: total,
+    return trains;
+  };
+
+  return {
+    head: {
+      instrument,
+      sase,
+      repRate: rateForStride(stride),
+      stride,
+      repRateFrom,
       referenceFrame: ref,
-      anchor: a,
-      nLitFrame: lit.length,
-      nDataFrame: data.length,
-      litFrames: lit,
-      dataFrames: data,
-      nPulsePerFrame: npf,
-      energyPerFrame: energy,
-      energySigma: sigma,
-      dataFramePattern: pattern,
-      detectorPulseId: pids.slice(0, total),
-      masterPulseId: master,
-      xgmPulseId: xgmIds,
-      pulsesOutside: outside,
-    });
-  }
-  if (timeServer && noBp) {
-    warnings.push(
-      `${noBp} of ${trainIds.length} trains have no bunch pattern: all their frames are data frames`,
+      align,
+      anchor: align === "train" ? null : anchor,
+      sources: { timeServer, xgm, detector: det?.name ?? null, control },
+      warnings,
+    },
+    trainIds,
+    window: perWindow,
+    annotate,
+  };
+}
+
+/** The warnings of a run's counts (after the setup's), in the order they always came. */
+function countWarnings(setup: BeamSetup, c: BeamCounts): void {
+  const w = setup.head.warnings;
+  if (setup.head.sources.timeServer && c.noBp) {
+    w.push(
+      `${c.noBp} of ${setup.trainIds.length} trains have no bunch pattern: all their frames are data frames`,
     );
   }
-  if (noXgm) warnings.push(`${noXgm} trains with pulses have no XGM data: their energies are NaN`);
-  if (capped) {
-    warnings.push(`${capped} trains have more than ${LITFRM_FRAMES} frames: only ${LITFRM_FRAMES} annotated`);
+  if (c.noXgm) w.push(`${c.noXgm} trains with pulses have no XGM data: their energies are NaN`);
+  if (c.capped) {
+    w.push(`${c.capped} trains have more than ${LITFRM_FRAMES} frames: only ${LITFRM_FRAMES} annotated`);
   }
-  const outside = trains.reduce((s, t) => s + t.pulsesOutside, 0);
-  if (outside) warnings.push(`${outside} pulses fell outside the detector's frames`);
+  if (c.outside) w.push(`${c.outside} pulses fell outside the detector's frames`);
+}
 
-  const byId = new Map(trains.map((t) => [t.trainId, t]));
-  const pulseIndex = new Map<number, Map<number, number>>();
+const noCounts = (): BeamCounts => ({ capped: 0, noBp: 0, noXgm: 0, outside: 0, withBp: 0, dataFrames: 0 });
+
+/** The lookups over a train getter (the last train's pulse-ID map cached: combineLit asks frame by frame). */
+function lookups(get: (t: number) => TrainAnnotation | undefined) {
+  let pulseTrain: TrainAnnotation | undefined;
+  let pulseIndex = new Map<number, number>();
   return {
-    instrument,
-    sase,
-    repRate: rateForStride(stride),
-    stride,
-    repRateFrom,
-    referenceFrame: ref,
-    align,
-    anchor: align === "train" ? null : anchor,
-    sources: { timeServer, xgm, detector: det?.name ?? null, control },
-    trains,
-    warnings,
-    train: (t) => byId.get(t),
-    dataFrame(t, f) {
-      const a = byId.get(t);
+    train: get,
+    dataFrame(t: number, f: number): 0 | 1 {
+      const a = get(t);
       if (!a || !a.hasBunchPattern) return 1;
       if (f < 0 || f >= a.nFrameTotal) return 0;
       if (f >= a.nFrame) return 1;
       return a.dataFramePattern[f] ? 1 : 0;
     },
-    energy(t, f) {
-      const a = byId.get(t);
+    energy(t: number, f: number): number {
+      const a = get(t);
       if (!a || f < 0 || f >= a.nFrame) return NaN;
       return a.energyPerFrame[f];
     },
-    frameOfPulse(t, p) {
-      const a = byId.get(t);
+    frameOfPulse(t: number, p: number): number {
+      const a = get(t);
       if (!a) return -1;
-      let m = pulseIndex.get(t);
-      if (!m) {
-        m = new Map(a.detectorPulseId.map((id, f) => [id, f]));
-        pulseIndex.set(t, m);
+      if (a !== pulseTrain) {
+        pulseTrain = a;
+        pulseIndex = new Map();
+        // A pulse ID listed twice: its last frame (as before).
+        a.detectorPulseId.forEach((id, f) => pulseIndex.set(id, f));
       }
-      return m.get(p) ?? -1;
+      return pulseIndex.get(p) ?? -1;
     },
+  };
+}
+
+/** Annotate the frames of a run from its bunch pattern and XGM: every train, held in `trains`. */
+export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
+  const setup = beamSetup(run, opts);
+  const counts = noCounts();
+  const trains: TrainAnnotation[] = [];
+  for (const ids of trainWindows(setup.trainIds, setup.window)) {
+    for (const a of setup.annotate(ids, counts)) trains.push(a);
+  }
+  countWarnings(setup, counts);
+  const byId = new Map(trains.map((t) => [t.trainId, t]));
+  return {
+    ...setup.head,
+    trains,
+    trainsWithBunchPattern: counts.withBp,
+    dataFrames: counts.dataFrames,
+    ...lookups((t) => byId.get(t)),
+    held: () => trains.length,
+  };
+}
+
+/**
+ * The same annotation, streamed: the run-wide figures (stride, anchor, counts, warnings) from passes over the
+ * run, the trains annotated a window of BEAM_WINDOW_TRAINS at a time when asked for (the window of the last
+ * train asked kept): memory independent of the run length. Lookups in train order read each window once.
+ */
+export function streamBeam(run: Run, opts: BeamOptions = {}): BeamLookup {
+  const setup = beamSetup(run, opts);
+  const counts = noCounts();
+  for (const ids of trainWindows(setup.trainIds, setup.window)) setup.annotate(ids, counts);
+  countWarnings(setup, counts);
+  const ids = setup.trainIds;
+  let cached = -1;
+  let held = new Map<number, TrainAnnotation>();
+  const get = (t: number): TrainAnnotation | undefined => {
+    if (held.has(t)) return held.get(t);
+    // The train's position in the run (its trains sorted), then its window.
+    let lo = 0, hi = ids.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (ids[mid] < t) lo = mid + 1;
+      else hi = mid;
+    }
+    if (ids[lo] !== t) return undefined;
+    const n = setup.window;
+    const w = Math.floor(lo / n);
+    if (w !== cached) {
+      const these = ids.slice(w * n, (w + 1) * n);
+      held = new Map(setup.annotate(these, noCounts()).map((a) => [a.trainId, a]));
+      cached = w;
+    }
+    return held.get(t);
+  };
+  return {
+    ...setup.head,
+    trainsWithBunchPattern: counts.withBp,
+    dataFrames: counts.dataFrames,
+    ...lookups(get),
+    held: () => held.size,
   };
 }
 
@@ -525,7 +696,7 @@ export interface LitAnomaly {
  * and the images say signal. A frame with signal but no pulse is an anomaly: reported and kept (lit).
  */
 export function combineLit(
-  ann: BeamAnnotation,
+  ann: BeamLookup,
   frames: { trainId: ArrayLike<number>; pulseId: ArrayLike<number>; frameLit: ArrayLike<number> },
   mode: LitFrom,
 ): { frameLit: Uint8Array; beam: Uint8Array; anomalies: LitAnomaly[] } {

@@ -10,7 +10,7 @@ import { type DataInput, type FileWriter, openWriter, type WriterSchema } from "
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { LITFRM_FRAMES, PULSE_SLOTS, type Sase } from "./bunch.ts";
-import type { BeamAnnotation, TrainAnnotation } from "./annotate.ts";
+import type { BeamAnnotation, BeamLookup, TrainAnnotation } from "./annotate.ts";
 // -----------------------------------------------------------------------------------------------------
 // Writing
 
@@ -106,14 +106,14 @@ export function litframesSchema(device: string) {
 export type LitframesDatasetName = keyof ReturnType<typeof litframesSchema>["datasets"];
 
 /** Entries per train of the LITFRM sources for `trainIds` (1 where annotated), for `addTrains`. */
-export function litframesCounts(ann: BeamAnnotation, trainIds: ArrayLike<number>): Record<string, number[]> {
+export function litframesCounts(ann: BeamLookup, trainIds: ArrayLike<number>): Record<string, number[]> {
   const c = Array.from(trainIds, (t) => (ann.train(Number(t)) ? 1 : 0));
   return { "@litfrm": c, "@litfrmOut": [...c] };
 }
 
 /** The LITFRM data of the annotated trains among `trainIds`, for `addData`. */
 export function litframesData(
-  ann: BeamAnnotation,
+  ann: BeamLookup,
   trainIds: ArrayLike<number>,
 ): Record<LitframesDatasetName, DataInput> {
   const ts = Array.from(trainIds, Number).map((t) => ann.train(t)).filter((a) => a !== undefined);

@@ -13,9 +13,22 @@
  * - Memory is bounded: each batch holds at most `batchBytes` per module (frames x pixels x bytes of the
  *   requested keys), read by hyperslab into buffers reused between batches (two sets, alternating, so the
  *   consumer may hold one batch while the next is read).
+ * - The alignment is streamed, independent of the run length: the run's trains are split into windows of
+ *   whole trains (about WINDOW_FRAMES frames each); opening counts each window's aligned frames (its table
+ *   built from the rows of its trains and dropped), and a read builds the table of the window(s) it falls
+ *   in (kept until a read falls outside). Kept: a few numbers per window. `frameIds` and `presence` build
+ *   whole-run arrays for the callers that want them (not the processing framework).
  */
 import { InputError } from "../errors.ts";
-import { arrayFor, type DsInfo, dsInfo, type H5Dataset, type NumericArray, readAll, readSlab } from "./h5.ts";
+import {
+  arrayFor,
+  type DsInfo,
+  dsInfo,
+  type H5Dataset,
+  type NumericArray,
+  readRows,
+  readSlab,
+} from "./h5.ts";
 import type { Detector, DetectorModule, ModuleFile } from "./run.ts";
 
 export interface FrameOptions {
@@ -28,6 +41,8 @@ export interface FrameOptions {
   batchBytes?: number;
   mask?: boolean;
   gain?: boolean;
+  /** Frames per window of the frame table (default WINDOW_FRAMES; tests make it small). */
+  windowFrames?: number;
 }
 
 export interface ModuleFrames {
@@ -37,6 +52,13 @@ export interface ModuleFrames {
   data: Float32Array;
   mask?: Uint32Array;
   gain?: Uint8Array;
+}
+
+/** trainId / pulseId / cellId of frames. */
+export interface FrameIds {
+  trainId: Float64Array;
+  pulseId: Float64Array;
+  cellId: Int32Array;
 }
 
 export interface FrameBatch {
@@ -60,17 +82,30 @@ interface FrameTable {
   cell: Int32Array[];
 }
 
-function ids(arr: NumericArray | undefined, n: number): number[] {
-  if (!arr) return new Array(n).fill(0);
-  return Array.from(arr, Number);
-}
-
 function has(mf: ModuleFile, key: string): boolean {
   try {
     return mf.file.h5.get(`${mf.groupPath}/${key}`) !== null;
   } catch {
     return false;
   }
+}
+
+/**
+ * Rows [lo, hi) of a per-frame key of one module file as numbers (undefined past the dataset's end, as
+ * reading the whole dataset left them); undefined when the file has no such key.
+ */
+function readIds(mf: ModuleFile, key: string, lo: number, hi: number): Float64Array | undefined {
+  const p = `${mf.groupPath}/${key}`;
+  const info = dsInfo(mf.file.h5.get(p) as H5Dataset);
+  const per = info.shape.slice(1).reduce((a, b) => a * b, 1);
+  const end = Math.min(hi, info.shape[0] ?? 0);
+  const out = new Float64Array(Math.max(0, hi - lo) * per).fill(NaN);
+  if (end > lo) {
+    const raw = arrayFor(info.dtype, (end - lo) * per);
+    readRows(mf.file.h5, p, info.shape, lo, end - lo, raw);
+    for (let k = 0; k < raw.length; k++) out[k] = Number(raw[k]);
+  }
+  return out;
 }
 
 /** A growable column of numbers (typed: no object per frame). */
@@ -87,9 +122,17 @@ class Column<T extends Float64Array | Int32Array> {
   }
 }
 
+/** Bytes of a frame table (its typed columns). */
+function tableBytes(t: FrameTable): number {
+  const cols = [t.trainId, t.pulseId, t.cellId, ...t.file, ...t.row, ...t.cell];
+  return cols.reduce((a, c) => a + c.byteLength, 0);
+}
+
 /**
- * All frames of the selection, aligned across modules. Typed columns throughout (memory ~50 bytes per
- * module frame while building, not a JS object and a string key each: 64,000 frames took +54 MB of RSS).
+ * The frames of the trains in [first, last], aligned across modules: the rows of the full run's table for
+ * those trains (its order is trainId first, so a train range is a contiguous piece of it). Only the rows of
+ * those trains are read from each file (trainId, pulseId, cellId). Typed columns throughout (~50 bytes per
+ * module frame while building, not a JS object and a string key each).
  */
 function buildTable(det: Detector, modules: DetectorModule[], first: number, last: number): FrameTable {
   const cells = det.cellsPerEntry;
@@ -113,29 +156,39 @@ function buildTable(det: Detector, modules: DetectorModule[], first: number, las
   for (const m of modules) {
     m.files.forEach((mf, fi) => {
       const n = mf.rows;
-      const tIds = jf ? undefined : ids(readAll(mf.file.h5, `${mf.groupPath}/trainId`), n);
-      const pIds = jf
-        ? undefined
-        : ids(has(mf, "pulseId") ? readAll(mf.file.h5, `${mf.groupPath}/pulseId`) : undefined, n);
-      const cIds = ids(
-        jf
-          ? (has(mf, "memoryCell") ? readAll(mf.file.h5, `${mf.groupPath}/memoryCell`) : undefined)
-          : (has(mf, "cellId") ? readAll(mf.file.h5, `${mf.groupPath}/cellId`) : undefined),
-        n * cells,
-      );
       const trains = mf.file.trainIds;
+      // The rows of this file's trains in the range.
+      let lo = Infinity, hi = -Infinity;
+      for (let i = 0; i < trains.length; i++) {
+        const tid = trains[i];
+        if (tid < first || tid > last) continue;
+        const f0 = mf.index.first[i], end = Math.min(f0 + mf.index.count[i], n);
+        if (end <= f0) continue;
+        lo = Math.min(lo, f0);
+        hi = Math.max(hi, end);
+      }
+      if (hi <= lo) return;
+      const tIds = jf ? undefined : readIds(mf, "trainId", lo, hi);
+      const pIds = jf ? undefined : has(mf, "pulseId") ? readIds(mf, "pulseId", lo, hi) : undefined;
+      const cKey = jf ? "memoryCell" : "cellId";
+      const cIds = has(mf, cKey) ? readIds(mf, cKey, lo, hi) : undefined;
       for (let i = 0; i < trains.length; i++) {
         const tid = trains[i];
         if (tid < first || tid > last) continue;
         const f0 = mf.index.first[i];
         const cnt = mf.index.count[i];
         for (let r = f0; r < f0 + cnt && r < n; r++) {
+          const k = r - lo;
           if (jf) {
-            for (let c = 0; c < cells; c++) push(tid, c, cIds[r * cells + c] ?? c, fi, r, c);
+            for (let c = 0; c < cells; c++) {
+              // Past the end of memoryCell: the cell's index; no memoryCell at all: 0 (as before).
+              const v = cIds ? cIds[k * cells + c] : 0;
+              push(tid, c, v !== v ? c : v, fi, r, c);
+            }
           } else {
             // The per-frame trainId must agree with the index; a frame that disagrees is not this train's.
-            if (tIds && tIds[r] !== 0 && tIds[r] !== tid) continue;
-            push(tid, pIds![r], cIds[r], fi, r, 0);
+            if (tIds && tIds[k] !== 0 && tIds[k] !== tid) continue;
+            push(tid, pIds ? pIds[k] : 0, cIds ? cIds[k] : 0, fi, r, 0);
           }
         }
       }
@@ -179,13 +232,69 @@ function buildTable(det: Detector, modules: DetectorModule[], first: number, las
   return table;
 }
 
+/** Frames per window of the frame table by default (whole trains; at least one train). */
+export const WINDOW_FRAMES = 4096;
+
+/**
+ * The run's trains in [first, last] split into windows of whole trains of about `windowFrames` aligned
+ * frames (module frames of the index / modules, an estimate; at least one train a window): per window its
+ * first and last train ID. Transient: a map of the trains' index counts (one entry per train).
+ */
+function trainWindows(
+  det: Detector,
+  modules: DetectorModule[],
+  first: number,
+  last: number,
+  windowFrames: number,
+): { first: number; last: number }[] {
+  const located = new Map<number, number>();
+  for (const m of modules) {
+    for (const mf of m.files) {
+      const trains = mf.file.trainIds;
+      for (let i = 0; i < trains.length; i++) {
+        const tid = trains[i];
+        if (tid < first || tid > last) continue;
+        const cnt = Math.max(0, Math.min(mf.index.count[i], mf.rows - mf.index.first[i]));
+        located.set(tid, (located.get(tid) ?? 0) + cnt * det.cellsPerEntry);
+      }
+    }
+  }
+  const ids = Float64Array.from(located.keys()).sort();
+  const out: { first: number; last: number }[] = [];
+  const per = Math.max(1, windowFrames) * Math.max(1, modules.length);
+  let acc = 0;
+  for (let i = 0; i < ids.length; i++) {
+    if (acc === 0) out.push({ first: ids[i], last: ids[i] });
+    out[out.length - 1].last = ids[i];
+    acc += located.get(ids[i])!;
+    if (acc >= per) acc = 0;
+  }
+  return out;
+}
+
+/** One window of the frame table: its trains, its first frame among all frames, its frame count. */
+interface Window {
+  first: number;
+  last: number;
+  start: number;
+  frames: number;
+}
+
 /** Aligned frames of a detector, read in batches. */
 export class FrameReader {
   readonly modules: DetectorModule[];
   readonly nFrames: number;
   readonly framesPerBatch: number;
   readonly pixels: number;
+  /** The windows of trains over the selection (a few per 4,096 frames: independent of the frames). */
+  private windows: Window[];
+  /** The frame table of windows [w0, w1] (the last built), and its first frame. */
   private table: FrameTable;
+  private w0 = 0;
+  private w1 = -1;
+  private tableStart = 0;
+  /** The largest frame table built (bytes of its columns); see `tableBytes`. */
+  private maxTableBytes = 0;
   private buffers: ModuleFrames[][] = [];
   private scratch?: NumericArray;
   private nextBuffer = 0;
@@ -203,25 +312,100 @@ export class FrameReader {
     }
     const [ss, fs] = detector.imageShape;
     this.pixels = ss * fs;
-    this.table = buildTable(
+    const bytesPerFrame = this.pixels * (4 + (options.mask ? 4 : 0) + (options.gain ? 1 : 0));
+    this.framesPerBatch = Math.max(1, Math.floor((options.batchBytes ?? 64 * 2 ** 20) / bytesPerFrame));
+    // The frames of each window of trains, counted window by window (each window's table built and dropped):
+    // the run is never aligned all at once.
+    const trains = trainWindows(
       detector,
       this.modules,
       options.firstTrain ?? -Infinity,
       options.lastTrain ?? Infinity,
+      options.windowFrames ?? WINDOW_FRAMES,
     );
-    this.nFrames = this.table.trainId.length;
-    const bytesPerFrame = this.pixels * (4 + (options.mask ? 4 : 0) + (options.gain ? 1 : 0));
-    this.framesPerBatch = Math.max(1, Math.floor((options.batchBytes ?? 64 * 2 ** 20) / bytesPerFrame));
+    let start = 0;
+    this.windows = trains.map(({ first, last }) => {
+      const t = this.build(first, last);
+      const w = { first, last, start, frames: t.trainId.length };
+      start += w.frames;
+      return w;
+    });
+    this.nFrames = start;
+    this.table = this.build(1, 0);
   }
 
-  /** trainId / pulseId / cellId of every aligned frame. */
+  private build(first: number, last: number): FrameTable {
+    const t = buildTable(this.detector, this.modules, first, last);
+    this.maxTableBytes = Math.max(this.maxTableBytes, tableBytes(t));
+    return t;
+  }
+
+  /**
+   * Memory of the frame alignment: the largest frame table held at once (bytes; a window of trains, or the
+   * windows one batch spans) and the number of windows (a few dozen bytes each). Neither grows with the run
+   * beyond the window count; `frameIds` and `presence` build whole-run arrays for the callers that ask.
+   */
+  get tableBytes(): { maxTable: number; windows: number } {
+    return { maxTable: this.maxTableBytes, windows: this.windows.length };
+  }
+
+  /** The window holding frame f (the last window with start <= f and frames > 0). */
+  private windowOf(f: number): number {
+    let lo = 0, hi = this.windows.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.windows[mid].start <= f) lo = mid;
+      else hi = mid - 1;
+    }
+    while (lo > 0 && this.windows[lo].frames === 0) lo--;
+    return lo;
+  }
+
+  /** The frame table covering frames [start, start + count) (count >= 1), and its first frame. */
+  private tableFor(start: number, count: number): { table: FrameTable; at: number } {
+    const a = this.windowOf(start), b = this.windowOf(start + count - 1);
+    if (a < this.w0 || b > this.w1) {
+      const t = this.build(this.windows[a].first, this.windows[b].last);
+      const want = this.windows[b].start + this.windows[b].frames - this.windows[a].start;
+      if (t.trainId.length !== want) {
+        throw new Error(`frame table: ${t.trainId.length} frames in trains where ${want} were counted`);
+      }
+      this.table = t;
+      this.w0 = a;
+      this.w1 = b;
+      this.tableStart = this.windows[a].start;
+    }
+    return { table: this.table, at: start - this.tableStart };
+  }
+
+  /** trainId / pulseId / cellId of every aligned frame (whole-run arrays, built window by window). */
   get frameIds(): { trainId: Float64Array; pulseId: Float64Array; cellId: Int32Array } {
-    return { trainId: this.table.trainId, pulseId: this.table.pulseId, cellId: this.table.cellId };
+    const out = {
+      trainId: new Float64Array(this.nFrames),
+      pulseId: new Float64Array(this.nFrames),
+      cellId: new Int32Array(this.nFrames),
+    };
+    for (const w of this.windows) {
+      if (!w.frames) continue;
+      const { table, at } = this.tableFor(w.start, w.frames);
+      out.trainId.set(table.trainId.subarray(at, at + w.frames), w.start);
+      out.pulseId.set(table.pulseId.subarray(at, at + w.frames), w.start);
+      out.cellId.set(table.cellId.subarray(at, at + w.frames), w.start);
+    }
+    return out;
   }
 
-  /** Which modules recorded each frame: present[moduleIndex][frame]. */
+  /** Which modules recorded each frame: present[moduleIndex][frame] (whole-run arrays). */
   presence(): Uint8Array[] {
-    return this.table.file.map((f) => Uint8Array.from(f, (x) => (x >= 0 ? 1 : 0)));
+    const out = this.modules.map(() => new Uint8Array(this.nFrames));
+    for (const w of this.windows) {
+      if (!w.frames) continue;
+      const { table, at } = this.tableFor(w.start, w.frames);
+      table.file.forEach((f, mi) => {
+        for (let i = 0; i < w.frames; i++) out[mi][w.start + i] = f[at + i] >= 0 ? 1 : 0;
+      });
+    }
+    return out;
   }
 
   private buffersFor(k: number): ModuleFrames[] {
@@ -249,16 +433,22 @@ export class FrameReader {
    * Read frames [start, start + count) into the caller's buffers (one ModuleFrames per selected module,
    * each at least framesPerBatch frames long; SharedArrayBuffer-backed arrays are fine).
    */
-  readInto(start: number, count: number, bufs: ModuleFrames[]): FrameBatch {
-    count = Math.min(count, this.framesPerBatch, this.nFrames - start);
-    const out: FrameBatch = {
-      start,
-      nFrames: count,
-      trainId: this.table.trainId.subarray(start, start + count),
-      pulseId: this.table.pulseId.subarray(start, start + count),
-      cellId: this.table.cellId.subarray(start, start + count),
-      modules: [],
-    };
+  readInto(start: number, count: number, bufs: ModuleFrames[], ids?: FrameIds): FrameBatch {
+    count = Math.max(0, Math.min(count, this.framesPerBatch, this.nFrames - start));
+    const { table, at } = count > 0 ? this.tableFor(start, count) : { table: this.table, at: 0 };
+    let trainId = table.trainId.subarray(at, at + count),
+      pulseId = table.pulseId.subarray(at, at + count),
+      cellId = table.cellId.subarray(at, at + count);
+    if (ids) {
+      // Into the caller's arrays (a shared batch buffer): the table is rebuilt as reading moves on.
+      ids.trainId.set(trainId);
+      ids.pulseId.set(pulseId);
+      ids.cellId.set(cellId);
+      trainId = ids.trainId.subarray(0, count);
+      pulseId = ids.pulseId.subarray(0, count);
+      cellId = ids.cellId.subarray(0, count);
+    }
+    const out: FrameBatch = { start, nFrames: count, trainId, pulseId, cellId, modules: [] };
     this.modules.forEach((m, mi) => {
       const b = bufs[mi];
       const mf: ModuleFrames = {
@@ -268,7 +458,7 @@ export class FrameReader {
         mask: b.mask?.subarray(0, count * this.pixels),
         gain: b.gain?.subarray(0, count * this.pixels),
       };
-      this.readModule(mi, start, count, mf);
+      this.readModule(table, mi, at, count, mf);
       out.modules.push(mf);
     });
     return out;
@@ -279,11 +469,12 @@ export class FrameReader {
     for (let s = 0; s < this.nFrames; s += this.framesPerBatch) yield this.read(s, this.framesPerBatch);
   }
 
-  private readModule(mi: number, start: number, count: number, out: ModuleFrames): void {
+  /** Frames [start, start + count) of the table `table` (not of the run) of module mi. */
+  private readModule(table: FrameTable, mi: number, start: number, count: number, out: ModuleFrames): void {
     const m = this.modules[mi];
-    const file = this.table.file[mi];
-    const row = this.table.row[mi];
-    const cell = this.table.cell[mi];
+    const file = table.file[mi];
+    const row = table.row[mi];
+    const cell = table.cell[mi];
     const px = this.pixels;
     let i = 0;
     while (i < count) {

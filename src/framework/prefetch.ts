@@ -4,13 +4,14 @@
  *
  * Spec:
  * - The reader worker owns the run (its own h5wasm instance) and a FrameReader over the selected modules.
- * - Two shared buffers, each holding one batch (every selected module: data f32, mask u32 when asked,
- *   presence u8). Memory is bounded by 2 x the batch size whatever the run size.
+ * - Two shared buffers, each holding one batch (the frames' trainId f64, pulseId f64, cellId i32; every
+ *   selected module: data f32, mask u32 when asked, presence u8). Memory is bounded by 2 x the batch size
+ *   whatever the run size: the frame IDs come with each batch, not as whole-run arrays.
  * - `batches(ranges)` yields the frame ranges in order; batch k+2 is read into the buffer of batch k only
  *   when the consumer asks for batch k+1 (the consumer is done with batch k then): backpressure.
  */
 import type { Worker } from "node:worker_threads";
-import type { FrameBatch, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
+import type { FrameBatch, FrameIds, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
 import type { H5 } from "../exdf/h5.ts";
 import type { DetectorModule, RunFile } from "../exdf/run.ts";
@@ -32,10 +33,6 @@ export interface ReaderInfo {
   framesPerBatch: number;
   pixels: number;
   modules: number[];
-  trainId: Float64Array;
-  pulseId: Float64Array;
-  cellId: Int32Array;
-  presence: Uint8Array[];
   buffers: SharedArrayBuffer[];
 }
 
@@ -44,13 +41,26 @@ export type ReaderReply =
   | { type: "read"; buffer: number; start: number; count: number }
   | ({ type: "error" } & WireError);
 
-/** Byte layout of one shared batch buffer: per module, data then mask then presence (8-byte aligned). */
+/**
+ * Byte layout of one shared batch buffer: the frames' IDs (trainId, pulseId f64, cellId i32), then per
+ * module data, mask, presence (8-byte aligned).
+ */
 export function bufferLayout(modules: number, frames: number, pixels: number, mask: boolean) {
+  const ids = frames * 16 + Math.ceil(frames / 2) * 8;
   const data = frames * pixels * 4;
   const maskBytes = mask ? frames * pixels * 4 : 0;
   const present = Math.ceil(frames / 8) * 8;
   const perModule = data + maskBytes + present;
-  return { perModule, total: perModule * modules, data, mask: maskBytes };
+  return { ids, perModule, total: ids + perModule * modules, data, mask: maskBytes };
+}
+
+/** Views of one shared buffer's frame IDs (full capacity). */
+export function idViews(buf: SharedArrayBuffer, frames: number): FrameIds {
+  return {
+    trainId: new Float64Array(buf, 0, frames),
+    pulseId: new Float64Array(buf, frames * 8, frames),
+    cellId: new Int32Array(buf, frames * 16, frames),
+  };
 }
 
 /** Views of one shared buffer as ModuleFrames (full capacity). */
@@ -63,7 +73,7 @@ export function moduleViews(
 ): ModuleFrames[] {
   const l = bufferLayout(modules.length, frames, pixels, mask);
   return modules.map((module, i) => {
-    const o = i * l.perModule;
+    const o = l.ids + i * l.perModule;
     return {
       module,
       data: new Float32Array(buf, o, frames * pixels),
@@ -81,14 +91,19 @@ export function consecutiveRanges(nFrames: number, framesPerBatch: number): [num
 }
 
 /** The batch of frames [start, start + count) held in one shared buffer's views. */
-function viewBatch(info: ReaderInfo, views: ModuleFrames[], start: number, count: number): FrameBatch {
+function viewBatch(
+  info: ReaderInfo,
+  [ids, views]: [FrameIds, ModuleFrames[]],
+  start: number,
+  count: number,
+): FrameBatch {
   const px = info.pixels;
   return {
     start,
     nFrames: count,
-    trainId: info.trainId.subarray(start, start + count),
-    pulseId: info.pulseId.subarray(start, start + count),
-    cellId: info.cellId.subarray(start, start + count),
+    trainId: ids.trainId.subarray(0, count),
+    pulseId: ids.pulseId.subarray(0, count),
+    cellId: ids.cellId.subarray(0, count),
     modules: views.map((v) => ({
       module: v.module,
       present: v.present.subarray(0, count),
@@ -109,12 +124,13 @@ function expectReply<T extends ReaderReply["type"]>(
 }
 
 export class PrefetchReader {
-  private views: ModuleFrames[][];
+  private views: [FrameIds, ModuleFrames[]][];
 
   private constructor(private worker: Worker, readonly info: ReaderInfo, readonly mask: boolean) {
-    this.views = info.buffers.map((b) =>
-      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask)
-    );
+    this.views = info.buffers.map((b) => [
+      idViews(b, info.framesPerBatch),
+      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask),
+    ]);
   }
 
   /** Start a reader worker now (it loads h5wasm meanwhile); `open` it on a run later. */
@@ -189,14 +205,15 @@ export class PrefetchReader {
  * whatever N. Batch k + depth is read into the buffer of batch k once the consumer asks for batch k + 1.
  */
 export class FanInReader {
-  private views: ModuleFrames[][];
+  private views: [FrameIds, ModuleFrames[]][];
   /** Per worker: the last request (one at a time per worker; its replies come in order). */
   private chains: Promise<unknown>[];
 
   private constructor(private workers: Worker[], readonly info: ReaderInfo, readonly mask: boolean) {
-    this.views = info.buffers.map((b) =>
-      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask)
-    );
+    this.views = info.buffers.map((b) => [
+      idViews(b, info.framesPerBatch),
+      moduleViews(b, info.modules, info.framesPerBatch, info.pixels, mask),
+    ]);
     this.chains = workers.map(() => Promise.resolve());
   }
 
@@ -275,7 +292,11 @@ export class FanInReader {
 /** Module frames read from one file before it is closed and reopened (its metadata cache emptied). */
 export const REOPEN_FRAMES = 1024;
 
-/** Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it. */
+/**
+ * Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it, or
+ * once a batch read nothing from it after earlier ones did (reading moved on): what the files' caches hold
+ * does not add up over the run's sequence files.
+ */
 export class FileRecycler {
   /** Frames read since the last (re)open, per file. */
   readonly sinceOpen = new Map<RunFile, number>();
@@ -284,6 +305,7 @@ export class FileRecycler {
 
   /** After a batch: count its frames per file (by train ID), reopen the files past the limit. */
   afterBatch(trainId: Float64Array, present: Uint8Array[]): void {
+    const touched = new Set<RunFile>();
     this.modules.forEach((m, mi) => {
       for (const mf of m.files) {
         const ids = mf.file.trainIds;
@@ -294,11 +316,17 @@ export class FileRecycler {
         for (let i = 0; i < trainId.length; i++) {
           if (present[mi][i] && trainId[i] >= lo && trainId[i] <= hi) n++;
         }
-        if (n) this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+        if (n) {
+          this.sinceOpen.set(mf.file, (this.sinceOpen.get(mf.file) ?? 0) + n);
+          touched.add(mf.file);
+        }
       }
     });
     for (const [f, n] of this.sinceOpen) {
-      if (n < this.limit) continue;
+      // A file read from since its open but not in this batch (reading moved on to the next sequence file,
+      // or the pre-pass jumped): reopened too, so that the caches of the files behind do not add up over a
+      // long run.
+      if (n < this.limit && (n === 0 || touched.has(f))) continue;
       f.h5.close();
       f.h5 = new this.lib.File(f.path, "r");
       this.sinceOpen.set(f, 0);

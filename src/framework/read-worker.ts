@@ -1,6 +1,7 @@
 /**
- * The reader worker of PrefetchReader: opens the run, aligns the frames of the selected modules, and reads
- * the requested frame ranges into the two shared batch buffers.
+ * The reader worker of PrefetchReader: opens the run, aligns the frames of the selected modules (window by
+ * window of trains: FrameReader), and reads the requested frame ranges, their IDs included, into the shared
+ * batch buffers.
  *
  * Memory: HDF5 keeps the chunk-index nodes it has visited in each open file's metadata cache (on the wasm
  * heap, which never shrinks): ~600 bytes per 1-frame chunk read, so a run read through grows the heap by
@@ -13,7 +14,14 @@ import { toWire } from "../errors.ts";
 import { h5 } from "../exdf/h5.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { Run } from "../exdf/run.ts";
-import { bufferLayout, FileRecycler, moduleViews, type PrefetchInit, type ReaderReply } from "./prefetch.ts";
+import {
+  bufferLayout,
+  FileRecycler,
+  idViews,
+  moduleViews,
+  type PrefetchInit,
+  type ReaderReply,
+} from "./prefetch.ts";
 
 const port = parentPort!;
 // Load h5wasm while the parent prepares; the run to read comes with the first message.
@@ -38,7 +46,7 @@ try {
     throw new Error("reader worker: shared buffer too small");
   }
   const views = buffers.map((b) => moduleViews(b, modules, reader.framesPerBatch, reader.pixels, mask));
-  const ids = reader.frameIds;
+  const ids = buffers.map((b) => idViews(b, reader.framesPerBatch));
   const recycler = new FileRecycler(lib, reader.modules);
   const open: ReaderReply = {
     type: "open",
@@ -46,10 +54,6 @@ try {
     framesPerBatch: reader.framesPerBatch,
     pixels: reader.pixels,
     modules,
-    trainId: ids.trainId,
-    pulseId: ids.pulseId,
-    cellId: ids.cellId,
-    presence: reader.presence(),
     buffers,
   };
   port.postMessage(open);
@@ -64,7 +68,12 @@ try {
         data: v.data.subarray(at * px),
         mask: v.mask?.subarray(at * px),
       }));
-      const b = reader.readInto(m.start, m.count, into);
+      const id = ids[m.buffer];
+      const b = reader.readInto(m.start, m.count, into, {
+        trainId: id.trainId.subarray(at),
+        pulseId: id.pulseId.subarray(at),
+        cellId: id.cellId.subarray(at),
+      });
       recycler.afterBatch(b.trainId, b.modules.map((mf) => mf.present));
       port.postMessage(
         { type: "read", buffer: m.buffer, start: m.start, count: b.nFrames } satisfies ReaderReply,

@@ -302,11 +302,21 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
 
   async finalize(parts: LocalisePart[]): Promise<LocaliseResult> {
     const run = await Run.open(this.runPath);
+    let r: LocaliseResult;
     try {
-      return combine(run, parts, this.opt, this.t0);
-    } finally {
+      r = combine(run, parts, this.opt, this.t0);
+    } catch (e) {
       run.close();
+      throw e;
     }
+    // The beam annotation is streamed: it reads the run's bunch patterns as the blocks are read (the REDU
+    // writer's included), so the run stays open until the result is disposed.
+    const dispose = r.dispose;
+    r.dispose = () => {
+      dispose();
+      run.close();
+    };
+    return r;
   }
 
   dispose(): void {

@@ -12,7 +12,7 @@ import { positioner } from "./position.ts";
 import { RoiSet } from "./rois.ts";
 import { Grow } from "../reductions/common.ts";
 import { ownSpill, removeSpill } from "../framework/spill.ts";
-import { annotateBeam, type BeamAnnotation, combineLit } from "../beam/annotate.ts";
+import { type BeamLookup, combineLit, streamBeam } from "../beam/annotate.ts";
 import type { FramePeak } from "./result.ts";
 import type { LocaliseOptions } from "./result.ts";
 import type { LocalisePart } from "./result.ts";
@@ -97,7 +97,7 @@ interface FrameBlock {
 class FrameStream {
   readonly nMod: number;
   threshold = NaN;
-  beam?: BeamAnnotation;
+  beam?: BeamLookup;
   constructor(
     readonly parts: LocalisePart[],
     readonly merged: { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] },
@@ -244,15 +244,16 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   }
 
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
-  let beam: BeamAnnotation | undefined;
+  let beam: BeamLookup | undefined;
   if (opt.litFrom !== "images") {
-    const ann = annotateBeam(run, {
+    // Streamed: the trains of a block annotated as the block is read (memory independent of the run).
+    const ann = streamBeam(run, {
       detector: det.name,
       sase: opt.sase,
       repRate: opt.repRate,
       referenceFrame: opt.referenceFrame,
     });
-    if (ann.trains.some((t) => t.hasBunchPattern)) {
+    if (ann.trainsWithBunchPattern > 0) {
       beam = ann;
       stream.beam = ann;
     } else if (opt.litFrom === "beam") {

@@ -65,7 +65,7 @@ export function summaryJson(r: LocaliseResult) {
         repRate: r.beam.repRate,
         referenceFrame: r.beam.referenceFrame,
         sources: r.beam.sources,
-        dataFrames: r.beam.trains.reduce((a, t) => a + t.nDataFrame, 0),
+        dataFrames: r.beam.dataFrames,
       }
       : null,
     anomalies: r.anomalies,

@@ -2,7 +2,7 @@
 import type { Geometry } from "../exdf/detectors.ts";
 import { type ClassifierMode } from "./classify.ts";
 import { type Box } from "./rois.ts";
-import { type BeamAnnotation, type LitFrom } from "../beam/annotate.ts";
+import { type BeamLookup, type LitFrom } from "../beam/annotate.ts";
 import { type Sase } from "../beam/bunch.ts";
 import { DEFAULT_PARAMS, type LocaliseParams, type Peak } from "./spec.ts";
 
@@ -137,7 +137,7 @@ export interface LocaliseResult {
   /** The detector layout of the peak positions: a .geom path, or `default AGIPD-1M` etc. */
   layout: string;
   /** The beam annotation (LITFRM) when the run has a bunch pattern and --lit-from is not images. */
-  beam?: BeamAnnotation;
+  beam?: BeamLookup;
   /** Frames with signal in the images but no X-ray pulse (kept, never dropped). */
   anomalies: { trainId: number; pulseId: number }[];
 }
