@@ -51,8 +51,12 @@ export async function pickDevice(choice: BackendChoice, notes: string[]): Promis
   return gpu.device;
 }
 
-/** Worker threads for a backend: one drives a GPU; the cpu backend uses the cores. */
-export async function workersFor(choice: BackendChoice, asked?: number): Promise<number> {
+/**
+ * Worker threads for a backend: one drives a GPU; the cpu backend uses the cores. `pipelined`: one worker on
+ * two cores, where its reader thread reads while it computes (both cores busy); for azint that measured
+ * faster than two module groups that each read and compute (bench/RESULTS-reductions.md).
+ */
+export async function workersFor(choice: BackendChoice, asked?: number, pipelined = false): Promise<number> {
   if (asked) return asked;
   if (choice === "webgpu" || (choice === "auto" && gpuHardwarePresent())) {
     const { getGpuDevice } = await import("../gpu/device.ts");
@@ -60,7 +64,8 @@ export async function workersFor(choice: BackendChoice, asked?: number): Promise
     if (gpu && (choice === "webgpu" || !gpu.software)) return 1;
   }
   const { defaultWorkers } = await import("../framework/threads.ts");
-  return await defaultWorkers();
+  const n = await defaultWorkers();
+  return pipelined && n === 2 ? 1 : n;
 }
 
 /** A typed array that grows in chunks (per-frame results of a part). */
