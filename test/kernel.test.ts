@@ -88,7 +88,9 @@ describe("WGSL declarations", () => {
     const fs = await import("node:fs");
     const { shaderSource, shaderWith } = await import("../src/gpu/shaders.ts");
     for (
-      const f of fs.readdirSync("shaders").filter((n: string) => n.endsWith(".wgsl") && !n.endsWith("common.wgsl"))
+      const f of fs.readdirSync("shaders").filter((n: string) =>
+        n.endsWith(".wgsl") && !n.endsWith("common.wgsl")
+      )
     ) {
       // The xpcs shaders with what they share in front (xpcs-webgpu.ts); the others as they are.
       const info = parseWgsl(f.startsWith("xpcs") ? shaderWith(["xpcs-common.wgsl"], f) : shaderSource(f), f);

@@ -35,7 +35,9 @@ export const azintCommand: Command = {
     ...BEAM_OPTIONS,
     ...LIT_OPTIONS,
     ...BACKEND_OPTIONS.map((b) =>
-      b.name === "workers" ? { ...b, help: "worker threads (default: the cores; 1 on two cores or a GPU)" } : b
+      b.name === "workers"
+        ? { ...b, help: "worker threads (default: the cores; 1 on two cores or a GPU)" }
+        : b
     ),
   ],
   async run(args, o) {
