@@ -9,7 +9,9 @@
  * - azint (500 bins, q, solid angle), roi (two regions), xpcs (20 q bins, 8 delays) on the cpu backend with
  *   1 and all workers, and on webgpu with `--gpu` (a hardware adapter);
  * - pyFAI 0.21 (/usr/bin/python3): h5py reads of the same files and `integrate1d` with method
- *   ("no", "csr", "cython"), the same corners (the reference of the azint tests).
+ *   ("no", "csr", "cython"), the same corners (the reference of the azint tests);
+ * - whole processes, alternating, wall clock of each (start-up, imports, set-up and writing included):
+ *   `xfel-redu azint` (bin/xfel-redu.js, default workers and backend) and the pyFAI script above.
  * Each figure is the best of `--repeat` runs (default 3; the machine is shared). `--only xpcs`: the read
  * ceiling and xpcs, printed only. Writes bench/RESULTS-reductions.md. GB/s: image data + mask bytes (f32 + u32) of every module frame per second.
  */
@@ -199,9 +201,8 @@ async function main(): Promise<void> {
       }),
     );
   }
-  fs.rmSync(out, { recursive: true, force: true });
-
   if (only) {
+    fs.rmSync(out, { recursive: true, force: true });
     for (const r of rows) {
       console.log(
         `${r.config}: ${r.seconds.toFixed(2)} s, ${r.framesPerSecond.toFixed(0)} frames/s, ${
@@ -239,7 +240,6 @@ async function main(): Promise<void> {
     const p = JSON.parse(py.stdout.trim().split("\n").pop()!);
     if (!pyBest || p.seconds < pyBest.seconds) pyBest = p;
   }
-  fs.rmSync(cf, { force: true });
   if (py.status === 0 && pyBest) {
     rows.push(
       row("pyFAI 0.21 csr over h5py (1 process)", pyBest.seconds, pyBest.frames, { note: "reference" }),
@@ -247,7 +247,38 @@ async function main(): Promise<void> {
   } else {
     console.error(`bench: pyFAI not run: ${py.stderr.split("\n").slice(-2).join(" ")}`);
   }
+  // Whole processes, alternating: the CLI as a user runs it, and the pyFAI script as its own process.
+  const pyArgs = JSON.stringify({
+    dir,
+    modules: MODULES,
+    corners: cf,
+    distance: truth.clen,
+    energy: truth.photonEnergy,
+  });
+  const whole = { azint: Infinity, pyfai: Infinity };
+  const cliOut = path.join(out, "azint-cli");
+  for (let k = 0; k < repeat; k++) {
+    let t0 = performance.now();
+    const c = spawnSync(
+      process.execPath,
+      [path.join(root, "bin/xfel-redu.js"), "azint", dir, "--geometry", geom, "--out", cliOut, "--force"],
+      { encoding: "utf8" },
+    );
+    if (c.status !== 0) throw new Error(`bench: xfel-redu azint failed: ${c.stderr}`);
+    whole.azint = Math.min(whole.azint, (performance.now() - t0) / 1000);
+    if (py.status !== 0) continue;
+    t0 = performance.now();
+    const p = spawnSync("/usr/bin/python3", ["-c", PYFAI, pyArgs], { encoding: "utf8", maxBuffer: 1 << 26 });
+    if (p.status === 0) whole.pyfai = Math.min(whole.pyfai, (performance.now() - t0) / 1000);
+  }
+  fs.rmSync(cf, { force: true });
+  const nFrames = rows[0].frames;
+  rows.push(row("azint CLI, whole process (default workers)", whole.azint, nFrames, { note: "cpu" }));
+  if (whole.pyfai < Infinity) {
+    rows.push(row("pyFAI 0.21 csr over h5py, whole process", whole.pyfai, nFrames, { note: "reference" }));
+  }
 
+  fs.rmSync(out, { recursive: true, force: true });
   const ceiling = rows[0].gbPerSecond;
   const lines = [
     "# Benchmarks: roi, azint, xpcs",

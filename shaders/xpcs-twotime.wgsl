@@ -5,6 +5,7 @@
 // module's pixels of bin k are entries [offsets[k], offsets[k + 1]). One workgroup per (t1, t2, bin); the
 // sums are added to out (4 words per (bin * T + t1) * T + t2: A, L, R as f32 bits, P), so the modules'
 // dispatches accumulate. The lower triangle (t2 < t1) is left to the host (it mirrors the upper one).
+// WG, isFiniteF32 and reduceSums: shaders/xpcs-common.wgsl, put in front of this file.
 
 struct Params {
   pixels: u32,
@@ -18,16 +19,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> offsets: array<u32>;
 @group(0) @binding(3) var<storage, read> entries: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
-
-const WG: u32 = 64u;
-var<workgroup> sA: array<f32, WG>;
-var<workgroup> sL: array<f32, WG>;
-var<workgroup> sR: array<f32, WG>;
-var<workgroup> sP: array<u32, WG>;
-
-fn isFiniteF32(v: f32) -> bool {
-  return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
-}
 
 @compute @workgroup_size(WG)
 fn twoTime(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -54,20 +45,7 @@ fn twoTime(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
       n += 1u;
     }
   }
-  sA[lid] = a;
-  sL[lid] = l;
-  sR[lid] = r;
-  sP[lid] = n;
-  workgroupBarrier();
-  for (var w = WG / 2u; w > 0u; w = w / 2u) {
-    if (lid < w) {
-      sA[lid] += sA[lid + w];
-      sL[lid] += sL[lid + w];
-      sR[lid] += sR[lid + w];
-      sP[lid] += sP[lid + w];
-    }
-    workgroupBarrier();
-  }
+  reduceSums(lid, a, l, r, n);
   if (lid == 0u) {
     let o = ((k * params.frames + t1) * params.frames + t2) * 4u;
     if (params.first != 0u) {

@@ -9,6 +9,7 @@
 // The pixel table is a CSR matrix as in azint: bin k owns entries [offsets[k], offsets[k + 1]), each a pixel
 // g = slot * pixels + p. segs: per train segment its timeline range [s, e).
 // out: 4 words per ((seg * bins + bin) * delays + tau - 1): A, L, R (f32 bits), P.
+// WG, isFiniteF32 and reduceSums: shaders/xpcs-common.wgsl, put in front of this file.
 
 struct Params {
   pixels: u32,
@@ -28,16 +29,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read> entries: array<u32>;
 @group(0) @binding(5) var<storage, read> segs: array<vec2u>;
 @group(0) @binding(6) var<storage, read_write> out: array<u32>;
-
-const WG: u32 = 64u;
-var<workgroup> sA: array<f32, WG>;
-var<workgroup> sL: array<f32, WG>;
-var<workgroup> sR: array<f32, WG>;
-var<workgroup> sP: array<u32, WG>;
-
-fn isFiniteF32(v: f32) -> bool {
-  return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
-}
 
 // NaN where the value is not finite or its mask is set, over the batch's frames (mask: slot, frame, pixel).
 @compute @workgroup_size(256)
@@ -85,20 +76,7 @@ fn pairs(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid
       }
     }
   }
-  sA[lid] = a;
-  sL[lid] = l;
-  sR[lid] = r;
-  sP[lid] = n;
-  workgroupBarrier();
-  for (var w = WG / 2u; w > 0u; w = w / 2u) {
-    if (lid < w) {
-      sA[lid] += sA[lid + w];
-      sL[lid] += sL[lid + w];
-      sR[lid] += sR[lid + w];
-      sP[lid] += sP[lid + w];
-    }
-    workgroupBarrier();
-  }
+  reduceSums(lid, a, l, r, n);
   if (lid == 0u) {
     let o = ((wid.z * params.bins + k) * params.delays + wid.y) * 4u;
     out[o] = bitcast<u32>(sA[0]);

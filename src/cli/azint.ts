@@ -34,7 +34,11 @@ export const azintCommand: Command = {
     { name: "polarization", value: "number", help: "polarisation factor P (-1..1; pyFAI's definition)" },
     ...BEAM_OPTIONS,
     ...LIT_OPTIONS,
-    ...BACKEND_OPTIONS,
+    ...BACKEND_OPTIONS.map((b) =>
+      b.name === "workers"
+        ? { ...b, help: "worker threads (default: the cores; 1 on two cores or a GPU)" }
+        : b
+    ),
   ],
   async run(args, o) {
     const runPath = runArgument(args);

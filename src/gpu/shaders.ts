@@ -30,3 +30,11 @@ export function shaderSource(name: string): string {
   }
   return s;
 }
+
+/**
+ * The text of shaders/<name> with shared shader files put in front (their declarations first), for
+ * Kernel.create's `source`: e.g. xpcs-common.wgsl in front of xpcs.wgsl and xpcs-twotime.wgsl.
+ */
+export function shaderWith(shared: string[], name: string): string {
+  return [...shared, name].map(shaderSource).join("\n");
+}

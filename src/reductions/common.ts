@@ -4,9 +4,10 @@
  * bytes in / bytes out, and summary.json.
  *
  * Backend (as localise): `cpu`; `webgpu` (an error without an adapter); `auto`: webgpu on a hardware
- * adapter, else cpu (a software adapter runs the shaders slower than the cpu reference runs the spec).
+ * adapter, else cpu (a software adapter runs the shaders slower than the cpu reference runs the spec); on a
+ * machine that shows no GPU (gpuHardwarePresent) auto takes cpu without loading WebGPU (Dawn) at all.
  */
-import type { BackendChoice } from "../gpu/device.ts";
+import { type BackendChoice, gpuHardwarePresent } from "../gpu/device.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
@@ -32,6 +33,10 @@ export function checkBackend(v: unknown): BackendChoice {
 /** The WebGPU device a backend choice uses, or undefined for the cpu reference. */
 export async function pickDevice(choice: BackendChoice, notes: string[]): Promise<GPUDevice | undefined> {
   if (choice === "cpu") return undefined;
+  if (choice === "auto" && !gpuHardwarePresent()) {
+    notes.push("no GPU on this machine: using the cpu backend");
+    return undefined;
+  }
   const { getGpuDevice } = await import("../gpu/device.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   if (!gpu) {
@@ -46,16 +51,21 @@ export async function pickDevice(choice: BackendChoice, notes: string[]): Promis
   return gpu.device;
 }
 
-/** Worker threads for a backend: one drives a GPU; the cpu backend uses the cores. */
-export async function workersFor(choice: BackendChoice, asked?: number): Promise<number> {
+/**
+ * Worker threads for a backend: one drives a GPU; the cpu backend uses the cores. `pipelined`: one worker on
+ * two cores, where its reader thread reads while it computes (both cores busy); for azint that measured
+ * faster than two module groups that each read and compute (bench/RESULTS-reductions.md).
+ */
+export async function workersFor(choice: BackendChoice, asked?: number, pipelined = false): Promise<number> {
   if (asked) return asked;
-  if (choice !== "cpu") {
+  if (choice === "webgpu" || (choice === "auto" && gpuHardwarePresent())) {
     const { getGpuDevice } = await import("../gpu/device.ts");
     const gpu = await getGpuDevice().catch(() => undefined);
     if (gpu && (choice === "webgpu" || !gpu.software)) return 1;
   }
   const { defaultWorkers } = await import("../framework/threads.ts");
-  return await defaultWorkers();
+  const n = await defaultWorkers();
+  return pipelined && n === 2 ? 1 : n;
 }
 
 /** A typed array that grows in chunks (per-frame results of a part). */

@@ -1,5 +1,6 @@
 /**
- * The WebGPU backend of `xpcs` (shaders/xpcs.wgsl): the q-bin table as a CSR matrix (as azint's), the
+ * The WebGPU backend of `xpcs` (shaders/xpcs.wgsl and xpcs-twotime.wgsl, each with shaders/xpcs-common.wgsl
+ * in front: their workgroup sums and reduction): the q-bin table as a CSR matrix (as azint's), the
  * frames on a timeline of the previous batch's last D frames (the history) followed by the batch's; two
  * timeline buffers alternate, the history copied on the GPU. Per batch: `prep` turns masked and non-finite
  * pixels into NaN, `pairs` reduces one workgroup per (bin, delay, train segment). Returns the sums per train
@@ -8,6 +9,7 @@
 import type { FrameBatch } from "../exdf/frames.ts";
 import { Unshared } from "./common.ts";
 import { BufferUsage, createBuffer, Kernel, readBuffers, withErrorScope } from "../gpu/kernel.ts";
+import { shaderWith } from "../gpu/shaders.ts";
 import { csr } from "./azint-webgpu.ts";
 import { type TrainSums, type TwoTimeSums, zeroSums } from "./xpcs-spec.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
@@ -38,6 +40,7 @@ export async function createXpcsGpu(
   const table = csr({ modules, pixels, bin: bins, corr: bins.map((b) => new Float32Array(b.length)) }, nBins);
   const kernel = await Kernel.create(device, {
     shader: "xpcs.wgsl",
+    source: shaderWith(["xpcs-common.wgsl"], "xpcs.wgsl"),
     entries: ["prep", "pairs"],
     uniforms: XPCS_PARAMS,
   });
@@ -201,6 +204,7 @@ export async function twoTimeSumsGpu(
   const T = pulseIds.length;
   const kernel = await Kernel.create(device, {
     shader: "xpcs-twotime.wgsl",
+    source: shaderWith(["xpcs-common.wgsl"], "xpcs-twotime.wgsl"),
     entries: ["twoTime"],
     uniforms: TWO_TIME_PARAMS,
   });
