@@ -69,32 +69,19 @@ async function annotate(dir: string, opts: BeamOptions = {}): Promise<BeamAnnota
 
 /** A windowed annotation (eager or streamed) equals the whole-run one; a streamed one holds one window. */
 function expectSameAnnotation(got: BeamLookup, want: BeamAnnotation, streamed: boolean): void {
-  const head = (a: BeamLookup) => {
-    const {
-      instrument,
-      sase,
-      repRate,
-      stride,
-      repRateFrom,
-      referenceFrame,
-      align,
-      anchor,
-      sources,
-      warnings,
-    } = a;
-    return {
-      instrument,
-      sase,
-      repRate,
-      stride,
-      repRateFrom,
-      referenceFrame,
-      align,
-      anchor,
-      sources,
-      warnings,
-    };
-  };
+  const keys = [
+    "instrument",
+    "sase",
+    "repRate",
+    "stride",
+    "repRateFrom",
+    "referenceFrame",
+    "align",
+    "anchor",
+    "sources",
+    "warnings",
+  ] as const;
+  const head = (a: BeamLookup) => Object.fromEntries(keys.map((k) => [k, a[k]]));
   expect(head(got)).toEqual(head(want));
   expect(got.trainsWithBunchPattern).toBe(want.trains.filter((t) => t.hasBunchPattern).length);
   expect(got.dataFrames).toBe(want.trains.reduce((a, t) => a + t.dataFrames.length, 0));
