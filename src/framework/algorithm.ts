@@ -22,7 +22,7 @@
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
-import { type Detector, Run } from "../exdf/run.ts";
+import { type Detector, Run, type RunIndex } from "../exdf/run.ts";
 import { consecutiveRanges, FanInReader, PrefetchReader } from "./prefetch.ts";
 import { LocalReader } from "./local-reader.ts";
 import type { Worker } from "node:worker_threads";
@@ -251,6 +251,8 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
     );
     const init = {
       runPath,
+      // A reader worker reopens the files of this index instead of reading the run's INDEX again.
+      index: o.local ? undefined : run.index(),
       detector: det.name,
       options: {
         modules: mine,
@@ -306,6 +308,8 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
 export interface PartTask {
   modules: number[];
   sharedBy: number;
+  /** The run as this thread opened it: the worker reopens its files only (Run.fromIndex). */
+  index?: RunIndex;
 }
 
 /**
@@ -377,8 +381,9 @@ export async function runAlgorithm<P, R>(
         const fraction = sum > 0 ? done.reduce((a, b) => a + b, 0) / sum : 0;
         driver.progress?.(Math.round(fraction * frames), frames);
       };
+      const index = workers.length ? run.index() : undefined;
       workers.forEach((w, j) =>
-        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length } satisfies PartTask)
+        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length, index } satisfies PartTask)
       );
       const abort = { aborted: false };
       const here = runPart(algo, runPath, {

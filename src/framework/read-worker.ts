@@ -34,7 +34,7 @@ function fail(e: unknown): void {
 
 try {
   const lib = await ready;
-  const run = await Run.open(init.runPath);
+  const run = init.index ? await Run.fromIndex(init.index) : await Run.open(init.runPath);
   const reader = new FrameReader(run.detector(init.detector), init.options);
   const mask = !!init.options.mask;
   const modules = reader.modules.map((m) => m.module);
