@@ -319,8 +319,8 @@ export interface PartTask {
  * or `readers` of them (FanInReader). Several groups: group 0 runs in this thread, groups 1.. in part
  * workers, each group reading in its own thread (LocalReader): the groups' threads keep the cores busy, and
  * a reader worker per group would cost a thread, an h5wasm instance and an open of the run each. The part
- * workers start first (loading the algorithm and h5wasm and opening the run while this thread prepares);
- * the instance of this thread is initialised once, for group 0, and merges.
+ * workers start first (loading the algorithm and h5wasm while this thread opens the run and prepares; the
+ * run's index comes with their task); the instance of this thread is initialised once, for group 0, and merges.
  */
 export async function runAlgorithm<P, R>(
   algo: Algorithm<P, R>,
