@@ -214,6 +214,33 @@ describe("alignment", () => {
     }
   });
 
+  test("a run reopened from its index (sent to another thread) reads the same frames", async () => {
+    const { dir, truth } = await synth({
+      trains: 4,
+      framesPerTrain: 5,
+      modules: [0, 1, 3],
+      missingTrains: [{ module: 1, trains: [1, 2] }],
+    });
+    const opened = await Run.open(dir);
+    // As a worker thread receives it: a structured clone, without HDF5 handles.
+    const ix = structuredClone(opened.index());
+    opened.close();
+    const run = await Run.fromIndex(ix);
+    try {
+      expect(run.trainIds).toEqual(truth.trains);
+      const det = run.detector();
+      expect(det.modules.map((m) => m.module)).toEqual([0, 1, 3]);
+      // The detector's module files are the run's files (one object each), with open handles.
+      for (const m of det.modules) for (const mf of m.files) expect(run.files).toContain(mf.file);
+      const reader = new FrameReader(det);
+      expect(reader.nFrames).toBe(truth.frames.length);
+      // Every frame equals what the file holds (h5wasm's own slice), missing trains marked absent.
+      expect(checkAllFrames(run, 3 * 512 * 128 * 8)).toBe(truth.frames.length * 3);
+    } finally {
+      run.close();
+    }
+  });
+
   test("a single file opens as a run", async () => {
     const { dir, truth } = await synth({});
     const file = path.join(dir, truth.files.find((f) => /AGIPD01/.test(f))!);

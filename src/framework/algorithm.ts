@@ -22,7 +22,7 @@
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { fromWire, InputError, type WireError } from "../errors.ts";
-import { type Detector, Run } from "../exdf/run.ts";
+import { type Detector, Run, type RunIndex } from "../exdf/run.ts";
 import { consecutiveRanges, FanInReader, PrefetchReader } from "./prefetch.ts";
 import { LocalReader } from "./local-reader.ts";
 import type { Worker } from "node:worker_threads";
@@ -251,6 +251,8 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
     );
     const init = {
       runPath,
+      // A reader worker reopens the files of this index instead of reading the run's INDEX again.
+      index: o.local ? undefined : run.index(),
       detector: det.name,
       options: {
         modules: mine,
@@ -306,6 +308,8 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
 export interface PartTask {
   modules: number[];
   sharedBy: number;
+  /** The run as this thread opened it: the worker reopens its files only (Run.fromIndex). */
+  index?: RunIndex;
 }
 
 /**
@@ -315,8 +319,8 @@ export interface PartTask {
  * or `readers` of them (FanInReader). Several groups: group 0 runs in this thread, groups 1.. in part
  * workers, each group reading in its own thread (LocalReader): the groups' threads keep the cores busy, and
  * a reader worker per group would cost a thread, an h5wasm instance and an open of the run each. The part
- * workers start first (loading the algorithm and h5wasm and opening the run while this thread prepares);
- * the instance of this thread is initialised once, for group 0, and merges.
+ * workers start first (loading the algorithm and h5wasm while this thread opens the run and prepares; the
+ * run's index comes with their task); the instance of this thread is initialised once, for group 0, and merges.
  */
 export async function runAlgorithm<P, R>(
   algo: Algorithm<P, R>,
@@ -377,8 +381,9 @@ export async function runAlgorithm<P, R>(
         const fraction = sum > 0 ? done.reduce((a, b) => a + b, 0) / sum : 0;
         driver.progress?.(Math.round(fraction * frames), frames);
       };
+      const index = workers.length ? run.index() : undefined;
       workers.forEach((w, j) =>
-        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length } satisfies PartTask)
+        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length, index } satisfies PartTask)
       );
       const abort = { aborted: false };
       const here = runPart(algo, runPath, {

@@ -1,6 +1,6 @@
 /**
  * A worker thread running one part (a module group) of an algorithm; posts the partial result. It loads
- * the algorithm and h5wasm and opens the run as soon as it starts, then waits for its modules (PartTask).
+ * the algorithm and h5wasm as soon as it starts, then waits for its modules and the run's index (PartTask).
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { toWire } from "../errors.ts";
@@ -22,7 +22,8 @@ const { source, runPath, options } = workerData as {
 };
 
 const task = new Promise<PartTask>((resolve) => port.once("message", resolve));
-const opened = Run.open(runPath);
+// The run comes with the task, as the parent opened it: only its files are reopened here.
+const opened = task.then((t) => t.index ? Run.fromIndex(t.index) : Run.open(runPath));
 opened.catch(() => undefined); // reported through runPart
 let algo;
 try {

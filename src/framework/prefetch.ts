@@ -14,11 +14,13 @@ import type { Worker } from "node:worker_threads";
 import type { FrameBatch, FrameIds, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
 import type { H5 } from "../exdf/h5.ts";
-import type { DetectorModule, RunFile } from "../exdf/run.ts";
+import type { DetectorModule, RunFile, RunIndex } from "../exdf/run.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 
 export interface PrefetchInit {
   runPath: string;
+  /** The run as the parent opened it (Run.index): the worker reopens its files only. Default: opens runPath. */
+  index?: RunIndex;
   detector?: string;
   options: FrameOptions;
   /** Shared buffers to read into (a fan-in reader's ring, allocated by its first reader); default: own. */

@@ -1,7 +1,7 @@
 /**
- * The reader worker of PrefetchReader: opens the run, aligns the frames of the selected modules (window by
- * window of trains: FrameReader), and reads the requested frame ranges, their IDs included, into the shared
- * batch buffers.
+ * The reader worker of PrefetchReader: opens the run (its files, from the parent's index), aligns the frames
+ * of the selected modules (window by window of trains: FrameReader), and reads the requested frame ranges,
+ * their IDs included, into the shared batch buffers.
  *
  * Memory: HDF5 keeps the chunk-index nodes it has visited in each open file's metadata cache (on the wasm
  * heap, which never shrinks): ~600 bytes per 1-frame chunk read, so a run read through grows the heap by
@@ -34,7 +34,7 @@ function fail(e: unknown): void {
 
 try {
   const lib = await ready;
-  const run = await Run.open(init.runPath);
+  const run = init.index ? await Run.fromIndex(init.index) : await Run.open(init.runPath);
   const reader = new FrameReader(run.detector(init.detector), init.options);
   const mask = !!init.options.mask;
   const modules = reader.modules.map((m) => m.module);
