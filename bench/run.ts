@@ -324,7 +324,10 @@ async function main(): Promise<void> {
     "",
   ];
   const outFile = arg("out", path.join(root, "bench/RESULTS.md"));
-  fs.writeFileSync(outFile, lines.join("\n"));
+  // The sections after the generated table (from the first "## " heading) are hand-written: kept.
+  const before = fs.existsSync(outFile) ? fs.readFileSync(outFile, "utf8") : "";
+  const kept = before.indexOf("\n## ");
+  fs.writeFileSync(outFile, lines.join("\n") + (kept >= 0 ? "\n" + before.slice(kept + 1) : ""));
   console.error(`bench: wrote ${outFile}`);
 }
 
