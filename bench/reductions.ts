@@ -27,6 +27,7 @@ import { defaultLayout, pixelCorners, writeGeom } from "../src/exdf/geometry.ts"
 import { roi, writeRoiDir } from "../src/reductions/roi.ts";
 import { Run } from "../src/exdf/run.ts";
 import { writeXpcsDir, xpcs } from "../src/reductions/xpcs.ts";
+import { writeResults } from "./results.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = fs.existsSync(path.join(here, "../package.json"))
@@ -308,7 +309,7 @@ async function main(): Promise<void> {
     ),
     "",
   ];
-  fs.writeFileSync(path.join(root, "bench/RESULTS-reductions.md"), lines.join("\n"));
+  writeResults(path.join(root, "bench/RESULTS-reductions.md"), lines.join("\n"));
   console.log(lines.join("\n"));
 }
 

@@ -39,6 +39,7 @@ import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { writeRedu } from "../src/localise/redu.ts";
 import { Run } from "../src/exdf/run.ts";
+import { writeResults } from "./results.ts";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = fs.existsSync(path.join(here, "../package.json"))
@@ -324,10 +325,7 @@ async function main(): Promise<void> {
     "",
   ];
   const outFile = arg("out", path.join(root, "bench/RESULTS.md"));
-  // The sections after the generated table (from the first "## " heading) are hand-written: kept.
-  const before = fs.existsSync(outFile) ? fs.readFileSync(outFile, "utf8") : "";
-  const kept = before.indexOf("\n## ");
-  fs.writeFileSync(outFile, lines.join("\n") + (kept >= 0 ? "\n" + before.slice(kept + 1) : ""));
+  writeResults(outFile, lines.join("\n"));
   console.error(`bench: wrote ${outFile}`);
 }
 
