@@ -66,6 +66,12 @@ export interface Algorithm<Part = unknown, Result = unknown> {
   /** Frame ranges [start, count] for a pre-pass, given the frame count and the batch size. */
   prepassRanges?(nFrames: number, framesPerBatch: number): [number, number][];
   prepassBatch?(batch: FrameBatch): void | Promise<void>;
+  /**
+   * Frame ranges [start, count] of the main pass (count <= framesPerBatch, in order), given the pre-pass's;
+   * all frames in consecutive batches when absent. An algorithm that keeps what it needs of the pre-pass's
+   * frames leaves them out (localise's cpu backend) and handles them itself in processBatch/finalizeChunk.
+   */
+  mainRanges?(nFrames: number, framesPerBatch: number, prepass: [number, number][]): [number, number][];
   processBatch(batch: FrameBatch, side: SideData): void | Promise<void>;
   finalizeChunk(): Part | Promise<Part>;
   finalize(parts: Part[]): Result | Promise<Result>;
@@ -100,11 +106,13 @@ export interface PartStats {
   /** processBatch: the algorithm's compute (GPU upload, dispatch and readback included). */
   process: number;
   frames: number;
+  /** Frames the pre-pass read (per part; summed). */
+  prepassFrames?: number;
   parts: number;
 }
 
 export function emptyStats(): PartStats {
-  return { readWait: 0, prepass: 0, process: 0, frames: 0, parts: 0 };
+  return { readWait: 0, prepass: 0, process: 0, frames: 0, prepassFrames: 0, parts: 0 };
 }
 
 export function addStats(into: PartStats, s: PartStats): void {
@@ -112,6 +120,7 @@ export function addStats(into: PartStats, s: PartStats): void {
   into.prepass += s.prepass;
   into.process += s.process;
   into.frames += s.frames;
+  into.prepassFrames = (into.prepassFrames ?? 0) + (s.prepassFrames ?? 0);
   into.parts += s.parts;
 }
 
@@ -275,12 +284,15 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
     const pre = algo.prepassRanges && algo.prepassBatch
       ? algo.prepassRanges(reader.nFrames, reader.framesPerBatch)
       : [];
-    const ranges = [...pre, ...consecutiveRanges(reader.nFrames, reader.framesPerBatch)];
+    const main = algo.mainRanges?.(reader.nFrames, reader.framesPerBatch, pre) ??
+      consecutiveRanges(reader.nFrames, reader.framesPerBatch);
+    const ranges = [...pre, ...main];
     let k = 0;
     for await (const b of reader.batches(ranges)) {
       if (o.abort?.aborted) throw new Error("stopped: another part failed");
       if (k++ < pre.length) {
         await algo.prepassBatch!(b);
+        st.prepassFrames! += b.nFrames;
         if (k === pre.length) {
           st.prepass = (now() - t) / 1000;
           t = now();

@@ -92,6 +92,29 @@ export function consecutiveRanges(nFrames: number, framesPerBatch: number): [num
   return ranges;
 }
 
+/**
+ * Batches of at most framesPerBatch consecutive frames, in order, over the frames of [0, nFrames) outside
+ * the `skip` ranges ([start, count]); no batch spans a skipped range.
+ */
+export function rangesExcept(
+  nFrames: number,
+  framesPerBatch: number,
+  skip: [number, number][],
+): [number, number][] {
+  const out: [number, number][] = [];
+  const holes = [...skip].sort((a, b) => a[0] - b[0]);
+  let s = 0;
+  const fill = (end: number) => {
+    for (; s < end; s += Math.min(framesPerBatch, end - s)) out.push([s, Math.min(framesPerBatch, end - s)]);
+  };
+  for (const [start, count] of holes) {
+    fill(Math.min(start, nFrames));
+    s = Math.max(s, start + count);
+  }
+  fill(nFrames);
+  return out;
+}
+
 /** The batch of frames [start, start + count) held in one shared buffer's views. */
 function viewBatch(
   info: ReaderInfo,

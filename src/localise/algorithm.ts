@@ -28,7 +28,8 @@ import { Grow } from "../reductions/common.ts";
 import { SpillWriter } from "../framework/spill.ts";
 import { type BatchResult, type LocaliseBackend, type LocaliseParams } from "./spec.ts";
 import type { Background } from "./spec.ts";
-import { createCpuBackend, hotPixels } from "./stages.ts";
+import { createCpuBackend, hotPixels, type KeptBackground, processKeptCpu } from "./stages.ts";
+import { rangesExcept } from "../framework/prefetch.ts";
 import { DEFAULT_OPTIONS } from "./result.ts";
 import type { LocaliseOptions } from "./result.ts";
 import type { LocalisePart } from "./result.ts";
@@ -36,6 +37,12 @@ import type { LocaliseResult } from "./result.ts";
 import type { Progress } from "./result.ts";
 import { combine } from "./merge.ts";
 import { frameRecords } from "./records.ts";
+
+/**
+ * Whether the cpu backend's main pass leaves out the frames of the hot-pixel sample (processing them from
+ * what the pre-pass kept of them); false: it reads them again (tests compare both).
+ */
+export const sampleReuse = { enabled: true };
 
 /** Consecutive frames per block of the hot-pixel sample. */
 const HOT_BLOCK = 16;
@@ -117,6 +124,13 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
    * main pass does not compute it again; each entry is dropped when the main pass has used it.
    */
   private sampleBg: Map<number, Background>[] = [];
+  /**
+   * Whether the main pass leaves out the sample's frames (mainRanges: the cpu backend, minSnr > 0: the
+   * pre-pass keeps each sampled frame's stage-1 sums and candidates); then the sample's frames (ids and
+   * presence by frame index), processed from what was kept in run order (emitKept) before the next batch.
+   */
+  private reuse = false;
+  private keptFrames = new Map<number, { trainId: number; pulseId: number; present: number[] }>();
   /** The last batch's results going to the spill file (a GPU batch finishes during the next one). */
   private appending: Promise<void> = Promise.resolve();
   private failed?: { error: unknown };
@@ -176,8 +190,22 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     return out;
   }
 
+  /** The main pass's frames: all, or (reuse) those outside the sample. */
+  mainRanges(nFrames: number, framesPerBatch: number, pre: [number, number][]): [number, number][] {
+    // The cpu backend, known before it is made (makeBackend takes it for "cpu", and for "auto" without a GPU).
+    const cpu = this.opt.backend === "cpu" || (this.opt.backend === "auto" && !gpuHardwarePresent());
+    this.reuse = sampleReuse.enabled && cpu && this.opt.minSnr > 0 && this.modules.length > 0;
+    return this.reuse ? rangesExcept(nFrames, framesPerBatch, pre) : rangesExcept(nFrames, framesPerBatch, []);
+  }
+
   async prepassBatch(b: FrameBatch): Promise<void> {
     const backend = await this.ensureBackend(b.nFrames);
+    if (this.reuse) {
+      for (let f = 0; f < b.nFrames; f++) {
+        const present = b.modules.map((mf) => mf.present[f]);
+        this.keptFrames.set(b.start + f, { trainId: b.trainId[f], pulseId: b.pulseId[f], present });
+      }
+    }
     const g = this.g!;
     this.bytesRead += b.nFrames * b.modules.length * this.frameBytes;
     const keep = backend.name === "cpu";
@@ -225,6 +253,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     this.bytesRead += b.nFrames * nMod * this.frameBytes;
     const n = b.nFrames;
     if (this.failed) throw this.failed.error;
+    this.emitKept(b.start);
     const batches = b.modules.map((mf, m) => ({
       backgrounds: this.takeSampleBackgrounds(m, b.start, n),
       geometry: g,
@@ -280,7 +309,37 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     return out;
   }
 
+  /** The kept sample frames before frame `end` (reuse): stages 1, 3, 4 from what the pre-pass kept. */
+  private emitKept(end: number): void {
+    if (!this.reuse || !this.keptFrames.size) return;
+    const idx = [...this.keptFrames.keys()].filter((f) => f < end).sort((a, b) => a - b);
+    if (!idx.length) return;
+    this.hot ??= this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction));
+    const g = this.g!, nMod = this.modules.length, n = idx.length;
+    const frames = idx.map((f) => this.keptFrames.get(f)!);
+    idx.forEach((f) => this.keptFrames.delete(f));
+    const r = this.modules.map((_, m) => {
+      const map = this.sampleBg[m];
+      const bgs = idx.map((f) => map?.get(f) as KeptBackground);
+      idx.forEach((f) => map?.delete(f));
+      return processKeptCpu(bgs, g, this.hot![m], this.radius[m], this.opt);
+    });
+    this.trainId.push(Float64Array.from(frames, (x) => x.trainId));
+    this.pulseId.push(Float64Array.from(frames, (x) => x.pulseId));
+    const present = this.modules.map((_, m) => Uint8Array.from(frames, (x) => x.present[m]));
+    present.forEach((p, m) => (this.framesRecorded[m] += p.reduce((a, x) => a + x, 0)));
+    const previous = this.appending;
+    this.appending = (async () => {
+      await previous;
+      this.spill ??= new SpillWriter(1, "localise");
+      this.spill.append(frameRecords(n, nMod, g.nAsics, r, present));
+    })().catch((error: unknown) => {
+      this.failed ??= { error };
+    });
+  }
+
   async finalizeChunk(): Promise<LocalisePart> {
+    this.emitKept(Infinity);
     await this.appending;
     if (this.failed) throw this.failed.error;
     this.spill ??= new SpillWriter(1, "localise");

@@ -134,10 +134,10 @@ function newAsicSums(nAsics: number): AsicSums {
 
 /**
  * An entry of ModuleBatch.backgrounds as the cpu backend's pre-pass keeps it: stage 0 of the frame and,
- * when its stage-0 pass made them (minSnr > 0), stage 1's per-ASIC sums of the frame (the main pass then
- * only looks for candidates).
+ * when its stage-0 pass made them (minSnr > 0), stage 1's per-ASIC sums and candidates of the frame: all
+ * that stages 1, 3 and 4 need (processKeptCpu: the main pass does not read the frame again).
  */
-type KeptBackground = Background & { asic?: AsicSums };
+export type KeptBackground = Background & { asic?: AsicSums; cand?: Candidates };
 
 /** candidateCut of cells o .. o + n - 1 of bg (mu, thr), at 0 .. n - 1 of the scratch's `cut`. */
 function cutsOf(s: Scratch, mu: Float32Array, thr: Float32Array, o: number, n: number): Float64Array {
@@ -218,7 +218,9 @@ function cpuFrame(
     A.lit.set(bg.asic.lit);
     A.sum.set(bg.asic.sum);
     counted = true;
+    listed = !!bg.cand;
   }
+  const C = listed && bg.cand ? bg.cand : s.cand;
   const bgMu = bg.mu, bgThr = bg.thr;
   const minSnr = params.minSnr > 0 ? params.minSnr : Infinity; // no background: var2 = 0, snr = 0
 
@@ -238,9 +240,9 @@ function cpuFrame(
     // The candidates listed by stage 0's pass (bin by bin): L = not hot, marked in l, and listed in raster
     // order (a counting sort by row, then each row's few by insertion).
     if (s.row.length < nss + 1) s.row = new Int32Array(nss + 1);
-    const cl = s.cand.list, cc = s.cand.cell, cv = s.cand.val, row = s.row;
+    const cl = C.list, cc = C.cell, cv = C.val, row = s.row;
     row.fill(0);
-    for (let k = 0; k < s.cand.n; k++) {
+    for (let k = 0; k < C.n; k++) {
       const p = cl[k];
       if (h[p] === 0) {
         l[p] = 1;
@@ -249,7 +251,7 @@ function cpuFrame(
     }
     for (let r = 0; r < nss; r++) row[r + 1] += row[r];
     nLit = row[nss];
-    for (let k = 0; k < s.cand.n; k++) {
+    for (let k = 0; k < C.n; k++) {
       const p = cl[k];
       if (h[p] === 0) {
         const j = row[(p / nfs) | 0]++;
@@ -493,6 +495,38 @@ export function processBatchCpu(
   return res;
 }
 
+/**
+ * Stages 1, 3, 4 of frames whose pre-pass kept stage 1's sums and candidates (KeptBackground with asic and
+ * cand): the BatchResult of processBatchCpu on those frames, without their data.
+ */
+export function processKeptCpu(
+  frames: KeptBackground[],
+  geometry: Geometry,
+  hot: Uint8Array | undefined,
+  radius: Float32Array | undefined,
+  params: LocaliseParams,
+): BatchResult {
+  const n = frames.length;
+  const batch: ModuleBatch = { geometry, nFrames: n, data: new Float32Array(0), hot, radius };
+  const res = emptyResult(geometry, n);
+  const s = (sharedScratch = scratchFor(geometry, sharedScratch));
+  for (let f = 0; f < n; f++) {
+    if (!frames[f]?.asic || !frames[f].cand) throw new Error("processKeptCpu: a frame without its candidates");
+    const r = cpuFrame(batch, f, params, s, {
+      litPixels: res.litPixels,
+      litIntensity: res.litIntensity,
+      unmaskedPixels: res.unmaskedPixels,
+      filteredLit: res.filteredLit,
+      asicOffset: f * geometry.nAsics,
+      bg: frames[f],
+      bgOffset: 0,
+    });
+    res.nPeaks[f] = r.nPeaks;
+    res.peaks[f] = r.peaks;
+  }
+  return res;
+}
+
 /** Stages 3-4 of one frame on the CPU (the GPU backend's fallback when a frame overflows its peak table). */
 export function framePeaksCpu(
   batch: ModuleBatch,
@@ -552,7 +586,11 @@ export function accumulateLitCountsCpu(
       const asic = kept ? newAsicSums(g.nAsics) : undefined;
       const counted = backgroundFrameCpu(batch, f, params, cells, bg, 0, asic, sc.cand);
       if (kept) {
-        if (counted) kept.asic = asic;
+        if (counted) {
+          kept.asic = asic;
+          const c = sc.cand, n = c.n;
+          kept.cand = { list: c.list.slice(0, n), cell: c.cell.slice(0, n), val: c.val.slice(0, n), n };
+        }
         keep![f] = kept;
       }
       if (counted) {
