@@ -103,29 +103,36 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 describe("hot-pixel sample read once (cpu backend)", () => {
   test("rangesExcept: the frames outside the skipped ranges, in batches that span none", () => {
     expect(rangesExcept(10, 4, [])).toEqual([[0, 4], [4, 4], [8, 2]]);
-    expect(rangesExcept(20, 4, [[2, 3], [12, 2], [3, 4]])).toEqual([[0, 2], [7, 4], [11, 1], [14, 4], [18, 2]]);
+    expect(rangesExcept(20, 4, [[2, 3], [12, 2], [3, 4]])).toEqual([[0, 2], [7, 4], [11, 1], [14, 4], [
+      18,
+      2,
+    ]]);
     expect(rangesExcept(8, 4, [[0, 8]])).toEqual([]);
   });
 
   for (const [name, opt] of [["tiles", { bgBinWidth: 0 }], ["radius bins", { bgBinWidth: 4 }]] as const) {
-    test(`${name}: every module frame read once; results equal the path reading the sample twice`, async () => {
-      const once = await localiseCounting(true, opt);
-      const twice = await localiseCounting(false, opt);
-      try {
-        const sampled = hotSampleSize(FRAMES, once.r.params.hotSample);
-        expect(sampled).toBe(64);
-        // Reusing: each of the 2 x 144 module frames read exactly once.
-        expect(once.reads.size).toBe(2 * FRAMES);
-        for (const [k, n] of once.reads) expect(n, k).toBe(1);
-        // Not reusing: the sample's frames read twice (so the count above can fail).
-        expect([...twice.reads.values()].filter((n) => n === 2).length).toBe(2 * sampled);
-        expect(once.r.modules.some((m) => m.hotPixels.length > 0)).toBe(true);
-        expect(once.r.litFrames).toBeGreaterThan(10);
-        expect(outcome(once.r)).toEqual(outcome(twice.r));
-      } finally {
-        once.r.dispose();
-        twice.r.dispose();
-      }
-    }, 300_000);
+    test(
+      `${name}: every module frame read once; results equal the path reading the sample twice`,
+      async () => {
+        const once = await localiseCounting(true, opt);
+        const twice = await localiseCounting(false, opt);
+        try {
+          const sampled = hotSampleSize(FRAMES, once.r.params.hotSample);
+          expect(sampled).toBe(64);
+          // Reusing: each of the 2 x 144 module frames read exactly once.
+          expect(once.reads.size).toBe(2 * FRAMES);
+          for (const [k, n] of once.reads) expect(n, k).toBe(1);
+          // Not reusing: the sample's frames read twice (so the count above can fail).
+          expect([...twice.reads.values()].filter((n) => n === 2).length).toBe(2 * sampled);
+          expect(once.r.modules.some((m) => m.hotPixels.length > 0)).toBe(true);
+          expect(once.r.litFrames).toBeGreaterThan(10);
+          expect(outcome(once.r)).toEqual(outcome(twice.r));
+        } finally {
+          once.r.dispose();
+          twice.r.dispose();
+        }
+      },
+      300_000,
+    );
   }
 });

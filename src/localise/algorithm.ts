@@ -195,7 +195,9 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     // The cpu backend, known before it is made (makeBackend takes it for "cpu", and for "auto" without a GPU).
     const cpu = this.opt.backend === "cpu" || (this.opt.backend === "auto" && !gpuHardwarePresent());
     this.reuse = sampleReuse.enabled && cpu && this.opt.minSnr > 0 && this.modules.length > 0;
-    return this.reuse ? rangesExcept(nFrames, framesPerBatch, pre) : rangesExcept(nFrames, framesPerBatch, []);
+    return this.reuse
+      ? rangesExcept(nFrames, framesPerBatch, pre)
+      : rangesExcept(nFrames, framesPerBatch, []);
   }
 
   async prepassBatch(b: FrameBatch): Promise<void> {

@@ -511,7 +511,9 @@ export function processKeptCpu(
   const res = emptyResult(geometry, n);
   const s = (sharedScratch = scratchFor(geometry, sharedScratch));
   for (let f = 0; f < n; f++) {
-    if (!frames[f]?.asic || !frames[f].cand) throw new Error("processKeptCpu: a frame without its candidates");
+    if (!frames[f]?.asic || !frames[f].cand) {
+      throw new Error("processKeptCpu: a frame without its candidates");
+    }
     const r = cpuFrame(batch, f, params, s, {
       litPixels: res.litPixels,
       litIntensity: res.litIntensity,
