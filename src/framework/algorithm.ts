@@ -18,6 +18,8 @@
  *   three shared buffers, batches in run order), so results are the same as with one reader.
  * - An optional pre-pass (`prepass`) sees sampled frame ranges before the main pass (localise: hot pixels);
  *   one stream of reads serves both, so the main pass's first batches are read during the last pre-pass ones.
+ *   `mainRanges` may leave the pre-pass's frames out of the main pass (localise's cpu backend keeps what it
+ *   needs of them, so they are read once).
  */
 import type { OptionSpec } from "./options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
