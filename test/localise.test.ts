@@ -106,6 +106,24 @@ describe("hot-pixel sample", () => {
     expect(ranges.map((r) => r[1])).toEqual([16, 16, 16, 16]);
     expect(ranges.map((r) => r[0])).toEqual([0, 88, 176, 264]);
   });
+
+  test("every sampled frame once: no block overlaps another, all inside the run", () => {
+    const a = new LocaliseAlgorithm();
+    a.configure({});
+    for (const [n, perBatch] of [[24, 32], [16, 32], [40, 32], [70, 32], [127, 8], [352, 32], [1000, 64]]) {
+      const ranges = a.prepassRanges(n, perBatch);
+      const seen = new Uint8Array(n);
+      for (const [start, count] of ranges) {
+        expect(start).toBeGreaterThanOrEqual(0);
+        expect(start + count).toBeLessThanOrEqual(n);
+        for (let f = start; f < start + count; f++) seen[f]++;
+      }
+      expect(seen.every((x) => x <= 1)).toBe(true);
+      expect(seen.reduce((x, y) => x + y, 0)).toBe(hotSampleSize(n, 128));
+    }
+    // A short run (24 frames: the sample is all of it) was sampled as [0, 16) and [8, 16) before.
+    expect(a.prepassRanges(24, 32)).toEqual([[0, 16], [16, 8]]);
+  });
 });
 
 describe("webgpu backend", () => {

@@ -183,8 +183,11 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     const block = Math.min(HOT_BLOCK, framesPerBatch);
     const nBlocks = Math.ceil(sampleN / block);
     const out: [number, number][] = [];
+    // Blocks spread evenly when they fit apart; else (the sample is within a block of the whole run) one
+    // after another from the start, so that no frame is sampled twice.
+    const spread = nBlocks * block <= nFrames;
     for (let k = 0; k < nBlocks; k++) {
-      const start = Math.max(0, Math.min(nFrames - block, Math.floor((k * nFrames) / nBlocks)));
+      const start = spread ? Math.min(nFrames - block, Math.floor((k * nFrames) / nBlocks)) : k * block;
       out.push([start, Math.min(block, sampleN - k * block, nFrames - start)]);
     }
     return out;
