@@ -108,7 +108,9 @@ export class XpcsAccumulator {
 
   /**
    * Add the frames [i0, i1) of a batch of this module (data, mask and present as in `ModuleFrames`), all of
-   * train `trainId`; returns the previous train when this one starts.
+   * train `trainId` and, where i1 is before the batch's end, all of the train's frames in this batch (the
+   * history is kept only for a run that reaches the batch's end); returns the previous train when this one
+   * starts.
    */
   add(
     trainId: number,
@@ -125,16 +127,19 @@ export class XpcsAccumulator {
       this.cur = { trainId, ...zeroSums(n) };
       this.histLen = 0;
     }
+    if (this.histLen < 0) throw new Error(`xpcs: train ${trainId} goes on within a batch after a run of its frames`);
     const D = this.delays, H = this.histLen, W = H + i1 - i0, stride = D + W;
     const BLOCK = XpcsAccumulator.BLOCK;
+    // The history is needed only when the train may go on in the next batch: frames up to the batch's end.
+    const keep = i1 * this.pixels >= data.length;
     if (this.x.length < BLOCK * stride) this.x = new Float64Array(BLOCK * stride);
     if (this.c.length < W + 1) this.c = new Float64Array(W + 1);
     for (let p0 = 0; p0 < this.pixels; p0 += BLOCK) {
       const p1 = Math.min(this.pixels, p0 + BLOCK);
       this.timeline(data, mask, present, i0, i1, p0, p1, H, stride);
-      this.sums(p0, p1, H, W, stride, this.cur);
+      this.sums(p0, p1, H, W, stride, this.cur, keep);
     }
-    this.histLen = Math.min(D, W);
+    this.histLen = keep ? Math.min(D, W) : -1;
     return done;
   }
 
@@ -175,10 +180,18 @@ export class XpcsAccumulator {
   }
 
   /** The block's pairs into the train's sums; the block's new history. */
-  private sums(p0: number, p1: number, H: number, W: number, stride: number, s: TrainSums): void {
+  private sums(
+    p0: number,
+    p1: number,
+    H: number,
+    W: number,
+    stride: number,
+    s: TrainSums,
+    keep: boolean,
+  ): void {
     const x = this.x, c = this.c, hist = this.hist, bin = this.bin, D = this.delays;
     const { a: A, l: L, r: R, p: P } = s;
-    const H2 = Math.min(D, W);
+    const H2 = keep ? Math.min(D, W) : 0;
     for (let p = p0; p < p1; p++) {
       const k = bin[p];
       if (k === NO_BIN) continue;
