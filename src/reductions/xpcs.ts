@@ -96,6 +96,13 @@ export class XpcsAccumulator {
   private cur?: TrainSums;
   private x = new Float64Array(0);
   private c = new Float64Array(0);
+  /** Per call of `add`: per bin, over its pixels valid in the whole timeline, the sums of x[u] of the first D
+   * (sb[k * S + u]) and the last D positions u (sb[k * S + D + j], u = W - D + j) and of the frames' values
+   * (u = H .. W - 1; sb[k * S + 2D]), S = 2D + 1; and their number (nb[k]). */
+  private sb = new Float64Array(0);
+  private nb = new Float64Array(0);
+  /** One pixel's A per delay. */
+  private t = new Float64Array(0);
   private static readonly BLOCK = 256;
   constructor(
     readonly bin: Uint32Array,
@@ -127,18 +134,27 @@ export class XpcsAccumulator {
       this.cur = { trainId, ...zeroSums(n) };
       this.histLen = 0;
     }
-    if (this.histLen < 0) throw new Error(`xpcs: train ${trainId} goes on within a batch after a run of its frames`);
+    if (this.histLen < 0) {
+      throw new Error(`xpcs: train ${trainId} goes on within a batch after a run of its frames`);
+    }
     const D = this.delays, H = this.histLen, W = H + i1 - i0, stride = D + W;
     const BLOCK = XpcsAccumulator.BLOCK;
     // The history is needed only when the train may go on in the next batch: frames up to the batch's end.
     const keep = i1 * this.pixels >= data.length;
     if (this.x.length < BLOCK * stride) this.x = new Float64Array(BLOCK * stride);
     if (this.c.length < W + 1) this.c = new Float64Array(W + 1);
+    const S = 2 * D + 1;
+    if (this.sb.length < this.bins * S) this.sb = new Float64Array(this.bins * S);
+    if (this.nb.length < this.bins) this.nb = new Float64Array(this.bins);
+    if (this.t.length < D) this.t = new Float64Array(D);
+    this.sb.fill(0, 0, this.bins * S);
+    this.nb.fill(0);
     for (let p0 = 0; p0 < this.pixels; p0 += BLOCK) {
       const p1 = Math.min(this.pixels, p0 + BLOCK);
       this.timeline(data, mask, present, i0, i1, p0, p1, H, stride);
       this.sums(p0, p1, H, W, stride, this.cur, keep);
     }
+    this.binSums(H, W, this.cur);
     this.histLen = keep ? Math.min(D, W) : -1;
     return done;
   }
@@ -208,32 +224,35 @@ export class XpcsAccumulator {
     s: TrainSums,
     keep: boolean,
   ): void {
-    const x = this.x, c = this.c, hist = this.hist, bin = this.bin, D = this.delays;
+    const x = this.x,
+      t = this.t,
+      sb = this.sb,
+      nb = this.nb,
+      hist = this.hist,
+      bin = this.bin,
+      D = this.delays;
+    const S = 2 * D + 1;
     const { a: A, l: L, r: R, p: P } = s;
     const H2 = keep ? Math.min(D, W) : 0;
     for (let p = p0; p < p1; p++) {
       const k = bin[p];
       if (k === NO_BIN) continue;
       const b = (p - p0) * stride + D, e = b + W, jk = k * D - 1;
-      // Prefix sums; NaN anywhere makes c[W] NaN.
-      // Two values a step (half the dependent adds).
-      let run = 0, u = 0;
-      for (; u + 1 < W; u += 2) {
-        const x0 = x[b + u], x01 = x0 + x[b + u + 1];
-        c[u + 1] = run + x0;
-        c[u + 2] = run += x01;
-      }
-      if (u < W) c[u + 1] = run + x[b + u];
-      if (c[W] === c[W]) {
+      // A per delay into t first: every value of the timeline x[b .. e) meets a product (the lagged values of
+      // q = b + H cover the history), so a NaN anywhere makes their sum NaN and the pixel takes the loop
+      // that tests each pair.
+      let chk = 0, sum = 0;
+      {
         let tau = 1;
         // Four delays a pass, the values x[q - tau - j] kept in locals that shift by one each step (two
         // loads a step); each delay's products summed in q order.
         for (; tau + 3 <= D; tau += 4) {
-          let s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+          let s1 = 0, s2 = 0, s3 = 0, s4 = 0, s0 = 0;
           let q = b + H;
           let w2 = x[q - tau - 1], w3 = x[q - tau - 2], w4 = x[q - tau - 3];
           for (; q < e; q++) {
             const y = x[q], w1 = x[q - tau];
+            s0 += y;
             s1 += w1 * y;
             s2 += w2 * y;
             s3 += w3 * y;
@@ -242,23 +261,33 @@ export class XpcsAccumulator {
             w3 = w2;
             w2 = w1;
           }
-          A[jk + tau] += s1;
-          A[jk + tau + 1] += s2;
-          A[jk + tau + 2] += s3;
-          A[jk + tau + 3] += s4;
+          t[tau - 1] = s1;
+          t[tau] = s2;
+          t[tau + 1] = s3;
+          t[tau + 2] = s4;
+          chk += s1 + s2 + s3 + s4;
+          sum = s0;
         }
         for (; tau <= D; tau++) {
-          let s1 = 0;
-          for (let q = b + H; q < e; q++) s1 += x[q - tau] * x[q];
-          A[jk + tau] += s1;
+          let s1 = 0, s0 = 0;
+          for (let q = b + H; q < e; q++) {
+            s0 += x[q];
+            s1 += x[q - tau] * x[q];
+          }
+          t[tau - 1] = s1;
+          chk += s1;
+          sum = s0;
         }
-        for (tau = 1; tau <= D; tau++) {
-          const u0 = H > tau ? H : tau;
-          if (u0 >= W) break;
-          L[jk + tau] += c[W - tau] - c[u0 - tau];
-          R[jk + tau] += c[W] - c[u0];
-          P[jk + tau] += W - u0;
-        }
+      }
+      if (chk === chk) {
+        // L, R and P of the pixel's bin come from sb and nb (binSums).
+        for (let tau = 1; tau <= D; tau++) A[jk + tau] += t[tau - 1];
+        // The last D positions from e - D: before b they are the timeline's zeros.
+        const o = k * S, hn = D < W ? D : W;
+        for (let u = 0; u < hn; u++) sb[o + u] += x[b + u];
+        for (let j = 0; j < D; j++) sb[o + D + j] += x[e - D + j];
+        sb[o + 2 * D] += sum;
+        nb[k]++;
       } else {
         for (let tau = 1; tau <= D; tau++) {
           const u0 = H > tau ? H : tau;
@@ -280,6 +309,36 @@ export class XpcsAccumulator {
       }
       const h = p * D;
       for (let u = 0; u < H2; u++) hist[h + u] = x[e - H2 + u];
+    }
+  }
+
+  /**
+   * L, R and P of the pixels valid in the whole timeline, per bin, from sb: with T the sum over u = 0 .. W-1
+   * and u0 = max(H, tau), L = T - (the first u0 - tau) - (the last tau), R = T - (the first u0); u0 <= D.
+   */
+  private binSums(H: number, W: number, s: TrainSums): void {
+    const sb = this.sb, nb = this.nb, D = this.delays, S = 2 * D + 1;
+    const { l: L, r: R, p: P } = s;
+    for (let k = 0; k < this.bins; k++) {
+      const n = nb[k];
+      if (n === 0) continue;
+      const o = k * S, jk = k * D - 1;
+      let total = sb[o + 2 * D];
+      for (let u = 0; u < H; u++) total += sb[o + u];
+      const first = (m: number) => {
+        let v = 0;
+        for (let u = 0; u < m; u++) v += sb[o + u];
+        return v;
+      };
+      for (let tau = 1; tau <= D; tau++) {
+        const u0 = H > tau ? H : tau;
+        if (u0 >= W) break;
+        let last = 0;
+        for (let j = D - tau; j < D; j++) last += sb[o + D + j];
+        L[jk + tau] += total - first(u0 - tau) - last;
+        R[jk + tau] += total - first(u0);
+        P[jk + tau] += n * (W - u0);
+      }
     }
   }
 
