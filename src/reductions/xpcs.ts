@@ -83,11 +83,12 @@ function azintOptions(o: XpcsOptions): AzintOptions {
  * The CPU reference: feeds the frames of one module batch by batch in run order, keeps the current train's
  * last D frames, accumulates the train's sums; a train ends when a frame of another train arrives or at
  * `flush()`. Works on blocks of pixels: the block's timeline (the history, then the batch's frames of the
- * train) is transposed to pixel-major once; per pixel, L and R come from prefix sums and A from products
- * over t, four delays a pass with the lagged values in locals shifting by one each step (the timeline
- * behind D zeros, so pairs before the train's start add 0), in float64 (products of float32 values are
- * exact); pixels invalid in some frame of the timeline take a loop that tests each pair. The pixel's sums are
- * then added to its bin.
+ * train) is transposed to pixel-major once (four frames a pass); per pixel, A from products over t, four
+ * delays a pass with the lagged values in locals shifting by one each step (the timeline behind D zeros, so
+ * pairs before the train's start add 0), in float64 (products of float32 values are exact), added to its
+ * bin; a NaN among them marks a pixel invalid in some frame of the timeline, which takes a loop that tests
+ * each pair. L, R and P of the valid pixels come per bin from the bin's sums of the first and last D
+ * positions and of all values (`binSums`): the same sums in another order (float64 round-off).
  */
 export class XpcsAccumulator {
   /** The history, pixel-major: hist[p * D + h], h = 0 .. histLen - 1 oldest first. */
