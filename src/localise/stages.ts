@@ -467,6 +467,12 @@ export function emptyResult(g: Geometry, nFrames: number): BatchResult {
 
 let sharedScratch: Scratch | undefined;
 
+/** Where cpuFrame adds frame f's counters: the batch result's arrays at the frame's ASICs. */
+function counters(res: BatchResult, f: number, g: Geometry) {
+  const { litPixels, litIntensity, unmaskedPixels, filteredLit } = res;
+  return { litPixels, litIntensity, unmaskedPixels, filteredLit, asicOffset: f * g.nAsics };
+}
+
 /** The CPU reference, synchronous: stages 1, 3, 4 on a batch; `labels` (nFrames * pixels) if asked for. */
 export function processBatchCpu(
   batch: ModuleBatch,
@@ -479,11 +485,7 @@ export function processBatchCpu(
   const s = (sharedScratch = scratchFor(g, sharedScratch));
   for (let f = 0; f < batch.nFrames; f++) {
     const r = cpuFrame(batch, f, params, s, {
-      litPixels: res.litPixels,
-      litIntensity: res.litIntensity,
-      unmaskedPixels: res.unmaskedPixels,
-      filteredLit: res.filteredLit,
-      asicOffset: f * g.nAsics,
+      ...counters(res, f, g),
       labels: opts.labels?.subarray(f * g.pixels, (f + 1) * g.pixels),
       ...(opts.background
         ? { bg: opts.background, bgOffset: f * cellsOf(batch, params).n }
@@ -515,11 +517,7 @@ export function processKeptCpu(
       throw new Error("processKeptCpu: a frame without its candidates");
     }
     const r = cpuFrame(batch, f, params, s, {
-      litPixels: res.litPixels,
-      litIntensity: res.litIntensity,
-      unmaskedPixels: res.unmaskedPixels,
-      filteredLit: res.filteredLit,
-      asicOffset: f * geometry.nAsics,
+      ...counters(res, f, geometry),
       bg: frames[f],
       bgOffset: 0,
     });
