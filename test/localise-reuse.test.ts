@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
-import { hotSampleSize, LocaliseAlgorithm, sampleReuse } from "../src/localise/algorithm.ts";
+import { hotSampleSize, localise, LocaliseAlgorithm, sampleReuse } from "../src/localise/algorithm.ts";
 import type { LocaliseOptions, LocaliseResult } from "../src/localise/result.ts";
 import { runAlgorithm } from "../src/framework/algorithm.ts";
 import type { FrameBatch } from "../src/exdf/frames.ts";
@@ -135,4 +135,17 @@ describe("hot-pixel sample read once (cpu backend)", () => {
       300_000,
     );
   }
+});
+
+describe("progress with the sample kept", () => {
+  test("reaches every frame when the sample is the whole run (no main-pass batch)", async () => {
+    // fixtures/sample: 24 frames a module, all of them the hot-pixel sample.
+    const calls: [number, number][] = [];
+    const r = await localise("fixtures/sample", { backend: "cpu", workers: 1 }, (d, t) => calls.push([d, t]));
+    expect(r.frames).toBeGreaterThan(0);
+    expect(calls.length).toBeGreaterThan(0);
+    const [done, total] = calls[calls.length - 1];
+    expect(total).toBeGreaterThan(0);
+    expect(done).toBe(total);
+  });
 });

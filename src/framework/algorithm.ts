@@ -310,7 +310,10 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
       o.progress?.(b.start + b.nFrames, reader.nFrames);
     }
     if (o.stats) addStats(o.stats, st);
-    return await algo.finalizeChunk();
+    const result = await algo.finalizeChunk();
+    // Every frame is done (the last batches may have been the pre-pass's frames, kept by the algorithm).
+    o.progress?.(reader.nFrames, reader.nFrames);
+    return result;
   } finally {
     if (reader) await reader.close();
     else await boot?.terminate().catch(() => undefined);
