@@ -289,7 +289,7 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
     const main = algo.mainRanges?.(reader.nFrames, reader.framesPerBatch, pre) ??
       consecutiveRanges(reader.nFrames, reader.framesPerBatch);
     const ranges = [...pre, ...main];
-    let k = 0;
+    let k = 0, reported = 0;
     for await (const b of reader.batches(ranges)) {
       if (o.abort?.aborted) throw new Error("stopped: another part failed");
       if (k++ < pre.length) {
@@ -307,12 +307,13 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
       t = now();
       st.process += (t - t1) / 1000;
       st.frames += b.nFrames;
-      o.progress?.(b.start + b.nFrames, reader.nFrames);
+      o.progress?.(reported = b.start + b.nFrames, reader.nFrames);
     }
     if (o.stats) addStats(o.stats, st);
     const result = await algo.finalizeChunk();
-    // Every frame is done (the last batches may have been the pre-pass's frames, kept by the algorithm).
-    o.progress?.(reader.nFrames, reader.nFrames);
+    // Every frame is done: said once more when the last batches were the pre-pass's frames (kept by the
+    // algorithm) and the main pass's last report fell short.
+    if (reported < reader.nFrames) o.progress?.(reader.nFrames, reader.nFrames);
     return result;
   } finally {
     if (reader) await reader.close();
