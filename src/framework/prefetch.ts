@@ -87,9 +87,7 @@ export function moduleViews(
 
 /** Consecutive frame ranges [start, count] of at most framesPerBatch frames over nFrames frames. */
 export function consecutiveRanges(nFrames: number, framesPerBatch: number): [number, number][] {
-  const ranges: [number, number][] = [];
-  for (let s = 0; s < nFrames; s += framesPerBatch) ranges.push([s, Math.min(framesPerBatch, nFrames - s)]);
-  return ranges;
+  return rangesExcept(nFrames, framesPerBatch, []);
 }
 
 /**

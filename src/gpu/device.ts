@@ -52,6 +52,14 @@ export function gpuHardwarePresent(): boolean {
   }
 }
 
+/**
+ * Whether a backend choice runs the cpu backend without WebGPU ever being asked: `cpu`, or `auto` on a
+ * machine that shows no GPU (gpuHardwarePresent). Otherwise a device is probed (auto may still fall back).
+ */
+export function cpuWithoutGpu(choice: BackendChoice): boolean {
+  return choice === "cpu" || (choice === "auto" && !gpuHardwarePresent());
+}
+
 // Strong references to what Dawn's create() returns, for the life of the process: Dawn crashes when
 // these are garbage-collected while a device lives.
 const keep: unknown[] = [];

@@ -18,7 +18,7 @@ import { InputError } from "../errors.ts";
 import { type Geometry, geometry } from "../exdf/detectors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { bytesPerElement } from "../exdf/h5.ts";
-import { gpuHardwarePresent } from "../gpu/device.ts";
+import { cpuWithoutGpu, gpuHardwarePresent } from "../gpu/device.ts";
 import { Run } from "../exdf/run.ts";
 import type { OptionSpec } from "../framework/options.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
@@ -196,11 +196,9 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   /** The main pass's frames: all, or (reuse) those outside the sample. */
   mainRanges(nFrames: number, framesPerBatch: number, pre: [number, number][]): [number, number][] {
     // The cpu backend, known before it is made (makeBackend takes it for "cpu", and for "auto" without a GPU).
-    const cpu = this.opt.backend === "cpu" || (this.opt.backend === "auto" && !gpuHardwarePresent());
+    const cpu = cpuWithoutGpu(this.opt.backend);
     this.reuse = sampleReuse.enabled && cpu && this.opt.minSnr > 0 && this.modules.length > 0;
-    return this.reuse
-      ? rangesExcept(nFrames, framesPerBatch, pre)
-      : rangesExcept(nFrames, framesPerBatch, []);
+    return rangesExcept(nFrames, framesPerBatch, this.reuse ? pre : []);
   }
 
   async prepassBatch(b: FrameBatch): Promise<void> {
@@ -412,9 +410,8 @@ export async function localise(
 
 /** Whether a backend choice will run on a GPU: webgpu, or auto with a hardware adapter. */
 async function usesGpu(choice: BackendChoice): Promise<boolean> {
-  if (choice === "cpu") return false;
+  if (cpuWithoutGpu(choice)) return false;
   if (choice === "webgpu") return true;
-  if (!gpuHardwarePresent()) return false;
   const { getGpuDevice } = await import("../gpu/device.ts");
   const gpu = await getGpuDevice().catch(() => undefined);
   return !!gpu && !gpu.software;

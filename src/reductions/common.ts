@@ -7,7 +7,7 @@
  * adapter, else cpu (a software adapter runs the shaders slower than the cpu reference runs the spec); on a
  * machine that shows no GPU (gpuHardwarePresent) auto takes cpu without loading WebGPU (Dawn) at all.
  */
-import { type BackendChoice, gpuHardwarePresent } from "../gpu/device.ts";
+import { type BackendChoice, cpuWithoutGpu, gpuHardwarePresent } from "../gpu/device.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
@@ -58,7 +58,7 @@ export async function pickDevice(choice: BackendChoice, notes: string[]): Promis
  */
 export async function workersFor(choice: BackendChoice, asked?: number, pipelined = false): Promise<number> {
   if (asked) return asked;
-  if (choice === "webgpu" || (choice === "auto" && gpuHardwarePresent())) {
+  if (!cpuWithoutGpu(choice)) {
     const { getGpuDevice } = await import("../gpu/device.ts");
     const gpu = await getGpuDevice().catch(() => undefined);
     if (gpu && (choice === "webgpu" || !gpu.software)) return 1;
