@@ -21,8 +21,11 @@
  * - start-up: localise on the first train only (process start, workers, h5wasm, backend): the fixed cost;
  * - peak RSS of each configuration's own process.
  *
+ * A config name ending in `-h5wasm` runs with the direct chunk reads off (XFEL_REDU_DIRECT=0, src/exdf/chunks.ts):
+ * every byte through h5wasm, the read ceiling as it was before them.
+ *
  * Options: --run DIR, --size-gb G (2), --out FILE (bench/RESULTS.md), --configs
- * read1,readN,startup,cpu1,cpuN,webgpu1
+ * read1,readN,readN-h5wasm,startup,cpu1,cpuN,webgpu1
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -116,8 +119,10 @@ async function ensureRun(dir: string, sizeGb: number): Promise<void> {
   fs.writeFileSync(stamp, tag);
 }
 
-async function one(config: string, dir: string): Promise<Row> {
+async function one(name: string, dir: string): Promise<Row> {
   const t0 = performance.now();
+  const config = name.replace(/-h5wasm$/, "");
+  const via = config === name ? "" : ", h5wasm only";
   const rss = () => Math.round(process.resourceUsage().maxRSS / 1024);
   const lay = await layoutOf(dir);
   const FRAME_BYTES = lay.dataBytes + lay.maskBytes;
@@ -132,7 +137,7 @@ async function one(config: string, dir: string): Promise<Row> {
     }
     run.close();
     const s = (performance.now() - t0) / 1000;
-    return row(config, s, frames, mf, mf * FRAME_BYTES, rss(), mf * lay.dataBytes);
+    return row(config + via, s, frames, mf, mf * FRAME_BYTES, rss(), mf * lay.dataBytes);
   }
   if (config === "startup") {
     // The fixed cost: localise (default backend and workers) on the first train only.
@@ -165,7 +170,7 @@ async function one(config: string, dir: string): Promise<Row> {
     const s = (performance.now() - t0) / 1000;
     const mf = r.moduleFrames;
     return row(
-      `read, ${groups.length} readers`,
+      `read, ${groups.length} readers${via}`,
       s,
       Math.round(mf / lay.modules.length),
       mf,
@@ -195,7 +200,7 @@ async function one(config: string, dir: string): Promise<Row> {
   const per = (x: number) => x / Math.max(1, stats.parts); // per part: parts run side by side
   return {
     ...row(
-      `localise ${backend}, ${workers} worker${workers > 1 ? "s" : ""}`,
+      `localise ${backend}, ${workers} worker${workers > 1 ? "s" : ""}${via}`,
       s,
       r.frames,
       moduleFrames,
@@ -255,7 +260,8 @@ async function main(): Promise<void> {
   if (!given) await ensureRun(dir, sizeGb);
   const lay = await layoutOf(dir);
   const gpu = gpuHardwarePresent() ? await getGpuDevice().catch(() => undefined) : undefined;
-  const configs = arg("configs", `read1,readN,startup,cpu1,cpuN${gpu ? ",webgpu1" : ""}`).split(",");
+  const configs = arg("configs", `read1,readN,readN-h5wasm,startup,cpu1,cpuN${gpu ? ",webgpu1" : ""}`)
+    .split(",");
   const rows: Row[] = [];
   for (const c of configs) {
     const self = fileURLToPath(import.meta.url);
@@ -263,6 +269,7 @@ async function main(): Promise<void> {
     const cmd = deno ? [deno.execPath(), "run", "-A", self] : [process.execPath, self];
     const r = spawnSync(cmd[0], [...cmd.slice(1), "--one", c, ...(given ? ["--run", dir] : [])], {
       encoding: "utf8",
+      env: c.endsWith("-h5wasm") ? { ...process.env, XFEL_REDU_DIRECT: "0" } : process.env,
       maxBuffer: 1 << 26,
     });
     if (r.status !== 0) {

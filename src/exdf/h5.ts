@@ -11,6 +11,7 @@ import h5wasm from "h5wasm/node";
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import type { Wasm } from "./wasm.ts";
+import { readRowsDirect, releaseDirect } from "./chunks.ts";
 
 export type H5 = typeof h5wasm;
 export type H5File = InstanceType<H5["File"]>;
@@ -63,6 +64,12 @@ export async function openH5(path: string): Promise<H5File> {
   if (!file.file_id || file.file_id < 0n) {
     throw new InputError(path, "cannot open HDF5 file (truncated or damaged)");
   }
+  // The direct chunk reads (chunks.ts) keep a file descriptor per file: closed with the file.
+  const close = file.close.bind(file);
+  file.close = () => {
+    releaseDirect(file);
+    return close();
+  };
   return file;
 }
 
@@ -218,6 +225,13 @@ export function readSlab(
   if (!mod) throw new Error("h5wasm not initialised: await h5() first");
   const nbytes = elems * out.BYTES_PER_ELEMENT;
   if (outOffset + elems > out.length) throw new Error(`readSlab: output too small for ${path}`);
+  const dst = new Uint8Array(out.buffer, out.byteOffset + outOffset * out.BYTES_PER_ELEMENT, nbytes);
+  // Whole rows of a plainly chunked or deflated dataset: straight from the file (chunks.ts), else h5wasm.
+  if (
+    offset.every((o, i) => i === 0 || o === 0) && readRowsDirect(mod, file, path, offset[0], count[0], dst)
+  ) {
+    return;
+  }
   if (nbytes > scratchBytes) {
     if (scratchPtr) mod._free(scratchPtr);
     scratchBytes = Math.max(nbytes, 1 << 20);
@@ -235,8 +249,7 @@ export function readSlab(
   }
   if (status < 0) throw new InputError(file.filename, `cannot read ${path} at ${offset.join(",")}`);
   // Views on the heap die when it grows: take the view now, copy at once.
-  const heap = new Uint8Array(mod.HEAPU8.buffer, scratchPtr, nbytes);
-  new Uint8Array(out.buffer, out.byteOffset + outOffset * out.BYTES_PER_ELEMENT, nbytes).set(heap);
+  dst.set(new Uint8Array(mod.HEAPU8.buffer, scratchPtr, nbytes));
 }
 
 /** Read a whole (small) dataset. */

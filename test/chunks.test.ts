@@ -1,0 +1,143 @@
+/**
+ * exdf/chunks.ts, the direct chunk reads behind readSlab: files written by h5py with values given by a formula
+ * (the ground truth), read row range by row range. The datasets the spec covers (1-frame chunks, deflate per
+ * chunk, chunks of several rows with a short last one, multi-level B-trees, contiguous, a user block, a chunk
+ * stored raw through its filter mask) must be read the direct way and give the formula's values; the others
+ * (shuffle, big-endian, unallocated chunks, libver "latest") must give the same values through h5wasm.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { h5, type NumericArray, openH5, readSlab } from "../src/exdf/h5.ts";
+import { directStats, setDirectReads } from "../src/exdf/chunks.ts";
+import { InputError } from "../src/errors.ts";
+import { have, PYTHON } from "./helpers/tools.ts";
+
+const N = 300, A = 8, B = 6;
+const PY = `
+import sys, numpy as np, h5py
+d = sys.argv[1]
+i, j, k = np.meshgrid(np.arange(${N}), np.arange(${A}), np.arange(${B}), indexing="ij")
+val = (i * 1000 + j * 10 + k + 0.5).astype("f4")
+msk = np.where((i * 7 + j * 3 + k) % 5 == 0, i + 1, 0).astype("u4")
+def fill(f):
+    f.create_dataset("data", data=val, chunks=(1, ${A}, ${B}), maxshape=(None, ${A}, ${B}))
+    f.create_dataset("mask", data=msk, chunks=(1, ${A}, ${B}), compression="gzip", maxshape=(None, ${A}, ${B}))
+    f.create_dataset("g/i16x4", data=(val % 30000).astype("i2"), chunks=(4, ${A}, ${B}), compression="gzip")
+    f.create_dataset("contig", data=(val % 60000).astype("u2"))
+    f.create_dataset("shuffled", data=val, chunks=(1, ${A}, ${B}), compression="gzip", shuffle=True)
+    f.create_dataset("bigendian", data=val.astype(">f4"), chunks=(1, ${A}, ${B}))
+    part = f.create_dataset("partial", shape=(${N}, ${A}, ${B}), dtype="f4", chunks=(1, ${A}, ${B}), fillvalue=0)
+    part[:20] = val[:20]
+    raw = f.create_dataset("rawchunk", data=val, chunks=(1, ${A}, ${B}), compression="gzip")
+    raw.id.write_direct_chunk((5, 0, 0), val[5:6].tobytes(), filter_mask=1)
+with h5py.File(d + "/plain.h5", "w") as f: fill(f)
+with h5py.File(d + "/userblock.h5", "w", userblock_size=512) as f: fill(f)
+with h5py.File(d + "/latest.h5", "w", libver="latest") as f: fill(f)
+with h5py.File(d + "/plain.h5", "r") as f:
+    print(f["mask"].id.get_chunk_info(7).byte_offset)
+`;
+
+const value = (name: string, i: number, j: number, k: number): number => {
+  const v = Math.fround(i * 1000 + j * 10 + k + 0.5);
+  if (name === "mask") return (i * 7 + j * 3 + k) % 5 === 0 ? i + 1 : 0;
+  if (name === "g/i16x4") return Math.trunc(v % 30000);
+  if (name === "contig") return Math.trunc(v % 60000);
+  if (name === "partial" && i >= 20) return 0;
+  return v;
+};
+const TYPES: Record<string, (n: number) => NumericArray> = {
+  data: (n) => new Float32Array(n),
+  mask: (n) => new Uint32Array(n),
+  "g/i16x4": (n) => new Int16Array(n),
+  contig: (n) => new Uint16Array(n),
+  shuffled: (n) => new Float32Array(n),
+  bigendian: (n) => new Float32Array(n),
+  partial: (n) => new Float32Array(n),
+  rawchunk: (n) => new Float32Array(n),
+};
+/** Read the direct way (partial: its allocated rows only, checked apart). */
+const DIRECT = ["data", "mask", "g/i16x4", "contig", "rawchunk", "partial"];
+
+let dir = "";
+let maskChunk7 = 0;
+beforeAll(() => {
+  if (!have("h5py")) return;
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "chunks-"));
+  const r = spawnSync(PYTHON, ["-c", PY, dir], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(r.stderr);
+  maskChunk7 = Number(r.stdout.trim());
+});
+afterAll(() => {
+  setDirectReads(true);
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Every row of a dataset, read in ranges of `step` rows starting at `first`, against the formula. */
+function check(file: Awaited<ReturnType<typeof openH5>>, name: string, first: number, step: number): number {
+  const per = A * B;
+  const out = TYPES[name](N * per);
+  let bad = 0;
+  for (let r = first; r < N; r += step) {
+    const n = Math.min(step, N - r);
+    readSlab(file, "/" + name, [r, 0, 0], [n, A, B], out, r * per);
+  }
+  for (let i = first; i < N; i++) {
+    for (let j = 0; j < A; j++) {
+      for (let k = 0; k < B; k++) if (out[(i * A + j) * B + k] !== value(name, i, j, k)) bad++;
+    }
+  }
+  return bad;
+}
+
+describe.skipIf(!have("h5py"))("direct chunk reads (chunks.ts) give the values h5py wrote", () => {
+  for (const file of ["plain.h5", "userblock.h5", "latest.h5"]) {
+    test(`${file}: every dataset, row ranges of 1, 3 and 64 rows, direct where the spec allows`, async () => {
+      await h5();
+      for (const on of [true, false]) {
+        setDirectReads(on);
+        const f = await openH5(path.join(dir, file));
+        try {
+          for (const name of Object.keys(TYPES)) {
+            const before = directStats.reads;
+            expect([name, check(f, name, 0, 1)]).toEqual([name, 0]);
+            expect([name, check(f, name, 5, 3)]).toEqual([name, 0]);
+            expect([name, check(f, name, 1, 64)]).toEqual([name, 0]);
+            // Direct for the datasets the spec covers (layout version 3: not libver "latest"), never when off.
+            const direct = on && file !== "latest.h5" && DIRECT.includes(name);
+            expect([name, directStats.reads > before]).toEqual([name, direct]);
+          }
+          // Rows in unallocated chunks come from h5wasm (the fill value).
+          const before = directStats.reads;
+          const out = new Float32Array(A * B).fill(7);
+          readSlab(f, "/partial", [25, 0, 0], [1, A, B], out);
+          expect(directStats.reads).toBe(before);
+          expect(out.every((v) => v === 0)).toBe(true);
+        } finally {
+          f.close();
+        }
+      }
+    });
+  }
+
+  test("a damaged deflated chunk is an InputError naming the file", async () => {
+    await h5();
+    setDirectReads(true);
+    const p = path.join(dir, "damaged.h5");
+    fs.copyFileSync(path.join(dir, "plain.h5"), p);
+    const fd = fs.openSync(p, "r+");
+    fs.writeSync(fd, Buffer.alloc(16, 0xa5), 0, 16, maskChunk7);
+    fs.closeSync(fd);
+    const f = await openH5(p);
+    try {
+      const out = new Uint32Array(A * B);
+      readSlab(f, "/mask", [6, 0, 0], [1, A, B], out);
+      expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(InputError);
+      expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(/damaged\.h5/);
+    } finally {
+      f.close();
+    }
+  });
+});
