@@ -96,8 +96,8 @@ describe.skipIf(!have("h5py"))("direct chunk reads (chunks.ts) give the values h
   for (const file of ["plain.h5", "userblock.h5", "latest.h5"]) {
     test(`${file}: every dataset, row ranges of 1, 3 and 64 rows, direct where the spec allows`, async () => {
       await h5();
-      for (const on of [true, false]) {
-        setDirectReads(on);
+      for (const [on, zlibHandle] of [[true, true], [true, false], [false, true]]) {
+        setDirectReads(on, { zlibHandle });
         const f = await openH5(path.join(dir, file));
         try {
           for (const name of Object.keys(TYPES)) {
@@ -122,22 +122,47 @@ describe.skipIf(!have("h5py"))("direct chunk reads (chunks.ts) give the values h
     });
   }
 
-  test("a damaged deflated chunk is an InputError naming the file", async () => {
+  test("a file reopened keeps its plans (readers reopen sequence files as they go)", async () => {
     await h5();
     setDirectReads(true);
-    const p = path.join(dir, "damaged.h5");
-    fs.copyFileSync(path.join(dir, "plain.h5"), p);
-    const fd = fs.openSync(p, "r+");
-    fs.writeSync(fd, Buffer.alloc(16, 0xa5), 0, 16, maskChunk7);
-    fs.closeSync(fd);
-    const f = await openH5(p);
-    try {
-      const out = new Uint32Array(A * B);
-      readSlab(f, "/mask", [6, 0, 0], [1, A, B], out);
-      expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(InputError);
-      expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(/damaged\.h5/);
-    } finally {
-      f.close();
+    const out = new Float32Array(A * B);
+    const plans = () => directStats.plans;
+    let before = 0;
+    for (let round = 0; round < 3; round++) {
+      const f = await openH5(path.join(dir, "userblock.h5"));
+      try {
+        if (round === 1) before = plans();
+        readSlab(f, "/data", [3, 0, 0], [1, A, B], out);
+        expect(out[0]).toBe(value("data", 3, 0, 0));
+      } finally {
+        f.close();
+      }
     }
+    expect(plans()).toBe(before);
   });
+
+  test.each([true, false])(
+    "a damaged deflated chunk is an InputError naming the file (zlib handle: %s)",
+    async (zlibHandle) => {
+      await h5();
+      setDirectReads(true, { zlibHandle });
+      const p = path.join(dir, `damaged-${zlibHandle}.h5`);
+      fs.copyFileSync(path.join(dir, "plain.h5"), p);
+      const fd = fs.openSync(p, "r+");
+      fs.writeSync(fd, Buffer.alloc(16, 0xa5), 0, 16, maskChunk7);
+      fs.closeSync(fd);
+      const f = await openH5(p);
+      try {
+        const out = new Uint32Array(A * B);
+        readSlab(f, "/mask", [6, 0, 0], [1, A, B], out);
+        expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(InputError);
+        expect(() => readSlab(f, "/mask", [7, 0, 0], [1, A, B], out)).toThrow(/damaged-(true|false)\.h5/);
+        // The next chunk reads (a fresh zlib handle after the error).
+        readSlab(f, "/mask", [8, 0, 0], [1, A, B], out);
+        expect(out[0]).toBe(value("mask", 8, 0, 0));
+      } finally {
+        f.close();
+      }
+    },
+  );
 });

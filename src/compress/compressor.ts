@@ -27,6 +27,7 @@ import {
   type H5Dataset,
   type H5File,
   readSlab,
+  reopenH5,
   rowRuns,
   shapeSize,
 } from "../exdf/h5.ts";
@@ -430,7 +431,7 @@ export class Compressor {
     this.pending = [];
     if (!entries.length) return;
     const lib = await h5();
-    const out = new lib.File(outPath, "r");
+    const out = reopenH5(lib, outPath);
     try {
       for (const e of entries) {
         this.measureEntry(e, src, out);

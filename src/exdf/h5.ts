@@ -64,7 +64,19 @@ export async function openH5(path: string): Promise<H5File> {
   if (!file.file_id || file.file_id < 0n) {
     throw new InputError(path, "cannot open HDF5 file (truncated or damaged)");
   }
-  // The direct chunk reads (chunks.ts) keep a file descriptor per file: closed with the file.
+  return closingDirect(file);
+}
+
+/**
+ * Open a file read-only that openH5 has opened before (a reader reopening it to drop HDF5's caches): no
+ * checks, the same close hook.
+ */
+export function reopenH5(lib: H5, path: string): H5File {
+  return closingDirect(new lib.File(path, "r"));
+}
+
+/** The direct chunk reads (chunks.ts) keep a file descriptor per file: closed with the file. */
+function closingDirect(file: H5File): H5File {
   const close = file.close.bind(file);
   file.close = () => {
     releaseDirect(file);

@@ -13,7 +13,7 @@
 import type { Worker } from "node:worker_threads";
 import type { FrameBatch, FrameIds, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
-import type { H5 } from "../exdf/h5.ts";
+import { type H5, reopenH5 } from "../exdf/h5.ts";
 import type { DetectorModule, RunFile, RunIndex } from "../exdf/run.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 
@@ -351,7 +351,7 @@ export class FileRecycler {
       // long run.
       if (n < this.limit && (n === 0 || touched.has(f))) continue;
       f.h5.close();
-      f.h5 = new this.lib.File(f.path, "r");
+      f.h5 = reopenH5(this.lib, f.path);
       this.sinceOpen.set(f, 0);
       this.reopened++;
     }
