@@ -41,9 +41,8 @@ export interface ChunkPlan {
 
 interface FileState {
   fd: number;
+  /** The superblock's base address: every address in the file is relative to it. */
   base: number;
-  offsetSize: number;
-  lengthSize: number;
   /** The file's identity (device, inode, size, modification time): plans are cached under it. */
   key: string;
 }
@@ -266,30 +265,36 @@ function fileState(file: DirectFile): FileState | null {
 }
 
 const SIGNATURE = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a];
+/** The last place looked at for the superblock (openH5 accepts no file whose signature lies further). */
+const SIGNATURE_LIMIT = 1 << 20;
 
-function superblock(fd: number): FileState | null {
-  const b = Buffer.alloc(64);
-  const stat = fs.fstatSync(fd);
-  const size = stat.size;
-  const key = `${stat.dev}:${stat.ino}:${size}:${stat.mtimeMs}`;
-  for (let at = 0; at + 64 <= size && at <= 1 << 24; at = at ? at * 2 : 512) {
-    fs.readSync(fd, b, 0, 64, at);
-    if (!SIGNATURE.every((s, i) => b[i] === s)) continue;
-    const version = b[8];
-    if (version <= 1) {
-      const offsetSize = b[13], lengthSize = b[14];
-      if (offsetSize !== 8 || lengthSize !== 8) return null;
-      const base = Number(b.readBigUInt64LE(version === 0 ? 24 : 28));
-      return { fd, base, offsetSize, lengthSize, key };
-    }
-    if (version <= 3) {
-      const offsetSize = b[9], lengthSize = b[10];
-      if (offsetSize !== 8 || lengthSize !== 8) return null;
-      return { fd, base: Number(b.readBigUInt64LE(12)), offsetSize, lengthSize, key };
-    }
-    return null;
+/**
+ * Where the HDF5 signature (the superblock) lies in a file of `size` bytes: at 0, or after a user block at
+ * 512, 1024, ... bytes up to 1 MiB; -1 when nowhere (not an HDF5 file). openH5's check and the superblock
+ * parse below.
+ */
+export function signatureAt(fd: number, size: number): number {
+  const b = Buffer.alloc(8);
+  for (let at = 0; at + 8 <= size && at <= SIGNATURE_LIMIT; at = at ? at * 2 : 512) {
+    fs.readSync(fd, b, 0, 8, at);
+    if (SIGNATURE.every((s, i) => b[i] === s)) return at;
   }
-  return null;
+  return -1;
+}
+
+/** The superblock's base address (versions 0-3, 8-byte offsets and lengths), else null: h5wasm reads. */
+function superblock(fd: number): FileState | null {
+  const stat = fs.fstatSync(fd);
+  const key = `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}`;
+  const at = signatureAt(fd, stat.size);
+  if (at < 0) return null;
+  const b = Buffer.alloc(64);
+  fs.readSync(fd, b, 0, 64, at);
+  const version = b[8];
+  // Sizes of offsets and lengths: bytes 13, 14 (versions 0, 1) or 9, 10 (2, 3); then the base address.
+  const [sizes, base] = version <= 1 ? [13, version === 0 ? 24 : 28] : version <= 3 ? [9, 12] : [-1, -1];
+  if (sizes < 0 || b[sizes] !== 8 || b[sizes + 1] !== 8) return null;
+  return { fd, base: u64(b, base), key };
 }
 
 /** Bytes [pos, pos + n) of the file (pos absolute). */
@@ -385,7 +390,6 @@ function walkTree(
 /** The body of the first message of `type` in the object header at `addr` (absolute), or null. */
 function findMessage(st: FileState, addr: number, type: number): Buffer | null {
   const pre = bytes(st, addr, 16);
-  const blocks: [number, number, boolean][] = []; // [absolute start, length, version 2]
   if (pre.toString("latin1", 0, 4) === "OHDR") {
     if (pre[4] !== 2) return null;
     const flags = pre[5];
@@ -398,10 +402,10 @@ function findMessage(st: FileState, addr: number, type: number): Buffer | null {
     return scan(st, [[addr + at, size, true]], type, flags & 0x04 ? 2 : 0);
   }
   if (pre[0] !== 1) return null;
-  blocks.push([addr + 16, pre.readUInt32LE(8), false]);
-  return scan(st, blocks, type, 0);
+  return scan(st, [[addr + 16, pre.readUInt32LE(8), false]], type, 0);
 }
 
+/** The message blocks [absolute start, length, version 2], continuation blocks appended as they come. */
 function scan(
   st: FileState,
   blocks: [number, number, boolean][],
