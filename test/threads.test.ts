@@ -4,6 +4,11 @@
  * message could miss one, and the caller waited for ever: a hang under load).
  */
 import { describe, expect, test } from "vitest";
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { keepMessages, nextMessage } from "../src/framework/threads.ts";
 
@@ -28,4 +33,40 @@ describe("nextMessage", () => {
     const w = keepMessages(new Worker("throw new Error('boom')", { eval: true }));
     await expect(nextMessage(w)).rejects.toThrow(/boom/);
   });
+});
+
+describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
+  // A process that starts a worker through startWorker, then allocates in its main thread with survivors
+  // (as a batch loop does); prints its new space's size. Node sets V8's flags again when a worker starts.
+  const root = path.resolve(import.meta.dirname, "..");
+  const url = (f: string) => JSON.stringify(pathToFileURL(path.join(root, "dist/src/framework", f)).href);
+  const script = `import v8 from "node:v8";
+    const { holdYoungGeneration, startWorker } = await import(${url("threads.js")});
+    if (process.argv[2] === "hold") holdYoungGeneration();
+    const w = startWorker("read-worker", ${url("prefetch.js")}, undefined);
+    await new Promise((r) => w.once("online", r));
+    const keep = [];
+    for (let i = 0; i < 1e7; i++) {
+      keep.push({ i, a: [i] });
+      if (keep.length > 100000) keep.length = 0;
+    }
+    console.log(v8.getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size);
+    await w.terminate();`;
+  const newSpace = (mode: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-young-"));
+    try {
+      const file = path.join(dir, "young.mjs");
+      fs.writeFileSync(file, script);
+      const r = spawnSync(process.execPath, [file, mode], { encoding: "utf8" });
+      expect(r.status, r.stderr).toBe(0);
+      return Number(r.stdout.trim());
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  test("holds the main thread's new space at its initial size after a worker started (V8 grows it)", () => {
+    expect(newSpace("hold")).toBeLessThanOrEqual(4 * 2 ** 20);
+    expect(newSpace("plain")).toBeGreaterThanOrEqual(16 * 2 ** 20);
+  }, 60_000);
 });

@@ -6,9 +6,28 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { setFlagsFromString } from "node:v8";
 import { Worker } from "node:worker_threads";
 
 const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
+
+/**
+ * The young generation of every thread held at its initial size (a 1-2 MB semi-space) instead of growing:
+ * V8 doubles a thread's new space, up to 16 MB a semi-space, each time the bytes that survived its scavenges
+ * add up to its size, so the longer the run, the larger the new spaces at its end (localise on 1,000 trains
+ * held ~50 MB more over its threads than on 125; docs/localise.md, Memory). The CLI asks for it
+ * (bin/xfel-redu.js); a library user's process is left as it is. The V8 flag is process-wide and read when
+ * a space would grow, but a starting worker sets the flags again (in its own thread, before it runs any
+ * code): so it is set again when a worker started here is online (a thread may grow once or twice in
+ * between: 2-8 MB). Deno's tasks do not set it: under Deno 2.9 (V8 15) the flag changed nothing steadily.
+ */
+const YOUNG_FLAG = "--semi-space-growth-factor=1";
+let holdYoung = false;
+
+export function holdYoungGeneration(): void {
+  holdYoung = true;
+  setFlagsFromString(YOUNG_FLAG);
+}
 
 /** The URL of a worker module `name` (without extension) beside the module at `base` (import.meta.url). */
 export function workerUrl(name: string, base: string): URL {
@@ -36,7 +55,9 @@ export function loadableUrl(module: string): URL {
 
 /** Start a worker thread on a module of ours. */
 export function startWorker(name: string, base: string, workerData: unknown): Worker {
-  return keepMessages(new Worker(workerUrl(name, base), { workerData }));
+  const w = new Worker(workerUrl(name, base), { workerData });
+  if (holdYoung) w.once("online", () => setFlagsFromString(YOUNG_FLAG));
+  return keepMessages(w);
 }
 
 /**
