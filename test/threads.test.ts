@@ -46,7 +46,7 @@ describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
     const w = startWorker("read-worker", ${url("prefetch.js")}, undefined);
     await new Promise((r) => w.once("online", r));
     const keep = [];
-    for (let i = 0; i < 1e7; i++) {
+    for (let i = 0; i < 3e6; i++) {
       keep.push({ i, a: [i] });
       if (keep.length > 100000) keep.length = 0;
     }

@@ -8,7 +8,7 @@
  *   caller's typed array (2-3 GB/s against ~0.5-1 GB/s for `Dataset.slice`).
  * - `openH5()` turns h5wasm's failures (missing, not HDF5, truncated) into one-line InputErrors.
  */
-import h5wasm from "h5wasm/node";
+import type h5wasm from "h5wasm/node";
 import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import type { Wasm } from "./wasm.ts";
@@ -22,14 +22,21 @@ export type H5Dataset = InstanceType<H5["Dataset"]>;
 let ready: Promise<H5> | undefined;
 let wasm: Wasm | undefined;
 
-/** h5wasm, initialised once per process (or worker). */
+/**
+ * h5wasm, initialised once per process (or worker). Loaded on first use, not when this module is imported:
+ * importing h5wasm instantiates HDF5 (~0.3 s of a 2-core machine's CPU: its 4 MB module parsed, the wasm
+ * decoded and compiled, HDF5 initialised), which a command that stops before reading a file (--help, an
+ * output refused, a bad option) does not need.
+ */
 export function h5(): Promise<H5> {
-  ready ??= h5wasm.ready.then((mod) => {
-    wasm = mod;
-    // HDF5 errors become JS exceptions carrying HDF5's error stack, instead of a print on stderr.
-    mod.activate_throwing_error_handler();
-    return h5wasm;
-  });
+  ready ??= import("h5wasm/node").then(({ default: lib }) =>
+    lib.ready.then((mod) => {
+      wasm = mod;
+      // HDF5 errors become JS exceptions carrying HDF5's error stack, instead of a print on stderr.
+      mod.activate_throwing_error_handler();
+      return lib;
+    })
+  );
   return ready;
 }
 
