@@ -37,6 +37,7 @@ import { bytesPerTrain, makeRun } from "../fixtures/synth.ts";
 import { evaluate } from "../fixtures/evaluate.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
 import { emptyStats, moduleGroups, runAlgorithm } from "../src/framework/algorithm.ts";
+import { holdYoungGeneration } from "../src/framework/threads.ts";
 import { ReadOnlyAlgorithm } from "./read-only.ts";
 import { getGpuDevice, gpuHardwarePresent } from "../src/gpu/device.ts";
 import { localise } from "../src/localise/algorithm.ts";
@@ -253,6 +254,7 @@ async function main(): Promise<void> {
   const dir = given ? path.resolve(given) : path.join(root, "bench/data/agipd-corr");
   const only = arg("one", "");
   if (only) {
+    holdYoungGeneration(); // each configuration's process as the CLI's (bin/xfel-redu.js)
     console.log(JSON.stringify(await one(only, dir)));
     return;
   }
