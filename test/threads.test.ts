@@ -8,9 +8,8 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { keepMessages, nextMessage } from "../src/framework/threads.ts";
+import { keepMessages, loadableUrl, nextMessage } from "../src/framework/threads.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -38,12 +37,13 @@ describe("nextMessage", () => {
 describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
   // A process that starts a worker through startWorker, then allocates in its main thread with survivors
   // (as a batch loop does); prints its new space's size. Node sets V8's flags again when a worker starts.
-  const root = path.resolve(import.meta.dirname, "..");
-  const url = (f: string) => JSON.stringify(pathToFileURL(path.join(root, "dist/src/framework", f)).href);
+  // The compiled modules a process outside vitest can import (loadableUrl: the dist/ twin of a source).
+  const url = (f: string) =>
+    JSON.stringify(loadableUrl(new URL(`../src/framework/${f}`, import.meta.url).href).href);
   const script = `import v8 from "node:v8";
-    const { holdYoungGeneration, startWorker } = await import(${url("threads.js")});
+    const { holdYoungGeneration, startWorker } = await import(${url("threads.ts")});
     if (process.argv[2] === "hold") holdYoungGeneration();
-    const w = startWorker("read-worker", ${url("prefetch.js")}, undefined);
+    const w = startWorker("read-worker", ${url("prefetch.ts")}, undefined);
     await new Promise((r) => w.once("online", r));
     const keep = [];
     for (let i = 0; i < 3e6; i++) {
