@@ -10,6 +10,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
 import { blockBounds } from "../src/localise/merge.ts";
+import { PEAK_BYTES, SpillStream } from "../src/localise/records.ts";
+import { SpillWriter } from "../src/framework/spill.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { type LocaliseResult } from "../src/localise/result.ts";
 import { geometry } from "../src/exdf/detectors.ts";
@@ -99,6 +101,46 @@ describe("localise memory, 2 vs 8 trains", () => {
     r.dispose();
     expect(files.some((f) => fs.existsSync(f))).toBe(false);
     expect(() => [...r.frameBlocks([0, 1])]).toThrow(/dispose/);
+  });
+});
+
+describe("the merge's spill stream", () => {
+  test("records across the 1 MB reads come back whole; every read reuses one buffer", () => {
+    // Records of 8-byte multiples (a header, then 0-40 peaks of 80 bytes), 3.5 MB in all: several refills,
+    // records across them. Each record's float64 words count up from its first word's index.
+    const sizes: number[] = [];
+    let rnd = 7, total = 0;
+    while (total < 3.5 * 2 ** 20) {
+      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
+      const n = sizes.length % 2 === 0 ? 136 : (rnd % 41) * PEAK_BYTES;
+      sizes.push(n);
+      total += n;
+    }
+    const words = new Float64Array(total / 8).map((_, i) => i);
+    const w = new SpillWriter(1, "stream-test");
+    w.append(new Uint8Array(words.buffer));
+    const file = w.close();
+    try {
+      const s = new SpillStream(file);
+      const readBuffers = new Set<ArrayBufferLike>();
+      let at = 0;
+      for (const n of sizes) {
+        const v = s.take(n);
+        expect(v.length).toBe(n);
+        expect(v.byteOffset % 8).toBe(0);
+        const d = new Float64Array(v.buffer, v.byteOffset, n / 8);
+        for (let k = 0; k < d.length; k++) if (d[k] !== at + k) expect(d[k]).toBe(at + k);
+        at += n / 8;
+        // A view of the read buffer (not a record's copy across two reads).
+        if (v.buffer.byteLength > n) readBuffers.add(v.buffer);
+      }
+      expect(at).toBe(words.length);
+      expect(() => s.take(8)).toThrow(/ends early/);
+      s.close();
+      expect(readBuffers.size).toBe(1);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
   });
 });
 

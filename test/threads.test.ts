@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
-import { keepMessages, loadableUrl, nextMessage } from "../src/framework/threads.ts";
+import { HEAP_SLACK, keepMessages, loadableUrl, nextMessage } from "../src/framework/threads.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -69,4 +69,59 @@ describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
     expect(newSpace("hold")).toBeLessThanOrEqual(4 * 2 ** 20);
     expect(newSpace("plain")).toBeGreaterThanOrEqual(16 * 2 ** 20);
   }, 60_000);
+});
+
+describe("boundHeap (the CLI's threads, at batch and block boundaries)", () => {
+  // Batches of objects that live for 8 batches (so the held young generation promotes them), boundHeap after
+  // each; prints how far the main thread's heap (objects + ArrayBuffers) rose above its size at batch 50, and
+  // whether a worker started afterwards has the collector boundHeap uses.
+  const url = (f: string) =>
+    JSON.stringify(loadableUrl(new URL(`../src/framework/${f}`, import.meta.url).href).href);
+  const script = `import v8 from "node:v8";
+    import { Worker } from "node:worker_threads";
+    const { holdYoungGeneration, boundHeap } = await import(${url("threads.ts")});
+    holdYoungGeneration();
+    const bound = process.argv[2] === "bound" ? boundHeap : () => {};
+    const used = () => { const s = v8.getHeapStatistics(); return s.used_heap_size + s.external_memory; };
+    const ring = [];
+    let base = 0, rise = 0;
+    for (let b = 0; b < 1000; b++) {
+      const batch = [];
+      for (let i = 0; i < 2000; i++) batch.push({ i, box: [i, i + 1, i + 2, i + 3], v: new Float64Array(4) });
+      ring.push(batch);
+      if (ring.length > 8) ring.shift();
+      bound();
+      if (b === 50) base = used();
+      if (b > 50) rise = Math.max(rise, used() - base);
+    }
+    const w = new Worker(
+      "require('node:worker_threads').parentPort.postMessage(require('node:vm').runInNewContext('typeof gc'))",
+      { eval: true },
+    );
+    const inWorker = await new Promise((r) => w.once("message", r));
+    console.log(JSON.stringify({ rise, inWorker }));`;
+  const run = (mode: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-bound-"));
+    try {
+      const file = path.join(dir, "bound.mjs");
+      fs.writeFileSync(file, script);
+      const r = spawnSync(process.execPath, [file, mode], { encoding: "utf8" });
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.trim()) as { rise: number; inWorker: string };
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  test(
+    "the heap stays within HEAP_SLACK (+ one batch) of its size after a collection; V8 alone lets it grow",
+    () => {
+      const bound = run("bound"), plain = run("plain");
+      expect(bound.rise).toBeLessThanOrEqual(HEAP_SLACK + 2 * 2 ** 20);
+      expect(plain.rise).toBeGreaterThanOrEqual(3 * HEAP_SLACK);
+      // Workers started after holdYoungGeneration have the collector too.
+      expect(bound.inWorker).toBe("function");
+    },
+    120_000,
+  );
 });

@@ -29,7 +29,7 @@ import { consecutiveRanges, FanInReader, PrefetchReader } from "./prefetch.ts";
 import { LocalReader } from "./local-reader.ts";
 import type { Worker } from "node:worker_threads";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
-import { loadableUrl, nextMessage, startWorker } from "./threads.ts";
+import { boundHeap, loadableUrl, nextMessage, startWorker } from "./threads.ts";
 
 export interface RunInfo {
   runPath: string;
@@ -294,6 +294,7 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
       if (o.abort?.aborted) throw new Error("stopped: another part failed");
       if (k++ < pre.length) {
         await algo.prepassBatch!(b);
+        boundHeap();
         st.prepassFrames! += b.nFrames;
         if (k === pre.length) {
           st.prepass = (now() - t) / 1000;
@@ -304,6 +305,7 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
       const t1 = now();
       st.readWait += (t1 - t) / 1000;
       await algo.processBatch(b, side ? alignSide(side, b.trainId) : {});
+      boundHeap();
       t = now();
       st.process += (t - t1) / 1000;
       st.frames += b.nFrames;

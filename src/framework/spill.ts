@@ -58,9 +58,12 @@ export class SpillReader {
   constructor(readonly path: string, readonly recordBytes: number) {
     this.fd = fs.openSync(path, "r");
   }
-  /** The next n records. */
+  /** The next n records, in a new buffer. */
   read(n: number): Uint8Array {
-    const out = new Uint8Array(n * this.recordBytes);
+    return this.readInto(new Uint8Array(n * this.recordBytes));
+  }
+  /** The next out.length bytes (whole records), into out. */
+  readInto(out: Uint8Array): Uint8Array {
     let got = 0;
     while (got < out.length) {
       const k = fs.readSync(this.fd, out, got, out.length - got, this.pos + got);

@@ -12,6 +12,7 @@ import { positioner } from "./position.ts";
 import { RoiSet } from "./rois.ts";
 import { Grow } from "../reductions/common.ts";
 import { ownSpill, removeSpill } from "../framework/spill.ts";
+import { boundHeap } from "../framework/threads.ts";
 import { type BeamLookup, combineLit, streamBeam } from "../beam/annotate.ts";
 import type { FramePeak } from "./result.ts";
 import type { LocaliseOptions } from "./result.ts";
@@ -133,6 +134,7 @@ class FrameStream {
     };
     try {
       for (let b = 0; b + 1 < bounds.length; b++) {
+        boundHeap();
         const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
         const per: FrameTables = {
           trainId: merged.trainId.subarray(f0, f1),
@@ -162,10 +164,12 @@ class FrameStream {
               per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
               per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
               per.nPeaks[f] += u[0];
-              if (u[1] === 0) continue;
-              const pk = streams[pi].take(u[1] * PEAK_BYTES);
-              const d = new Float64Array(pk.buffer, pk.byteOffset, (u[1] * PEAK_BYTES) / 8);
-              for (let k = 0; k < u[1]; k++) {
+              // The header's view is valid until the next take.
+              const stored = u[1];
+              if (stored === 0) continue;
+              const pk = streams[pi].take(stored * PEAK_BYTES);
+              const d = new Float64Array(pk.buffer, pk.byteOffset, (stored * PEAK_BYTES) / 8);
+              for (let k = 0; k < stored; k++) {
                 const o = k * (PEAK_BYTES / 8);
                 allPeaks[f].push({
                   box: [d[o], d[o + 1], d[o + 2], d[o + 3]],

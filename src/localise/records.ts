@@ -62,11 +62,17 @@ export function frameRecords(
   return new Uint8Array(buf);
 }
 
-/** A spill file read as a byte stream (the records have variable length), through a bounded buffer. */
+/**
+ * A spill file read as a byte stream (the records have variable length), through one read buffer that is
+ * reused: a merge reads its spill files two or three times, and a fresh 1 MB buffer per read piled up for
+ * tens of MB before V8 freed it (their objects outlive the young generation). A view that `take` returns is
+ * valid until the next `take`.
+ */
 export class SpillStream {
   private reader: SpillReader;
   private left: number;
-  private buf: Uint8Array = new Uint8Array(0);
+  private store = new Uint8Array(0);
+  private buf: Uint8Array = this.store;
   private pos = 0;
   constructor(file: string) {
     this.reader = new SpillReader(file, 1);
@@ -74,8 +80,8 @@ export class SpillStream {
   }
   /**
    * The next n bytes, 8-byte aligned (byteOffset a multiple of 8): a view of the read buffer when they lie
-   * in it (buffers are never written after the read, so a view stays valid), else a fresh copy. No
-   * allocation per record: a block of the merge takes thousands of them.
+   * in it, else (a record across two reads) a fresh copy. No allocation per record: a block of the merge
+   * takes thousands of them. Valid until the next call.
    */
   take(n: number): Uint8Array {
     if (this.buf.length - this.pos >= n && (this.buf.byteOffset + this.pos) % 8 === 0) {
@@ -87,9 +93,11 @@ export class SpillStream {
     let got = 0;
     while (got < n) {
       if (this.pos === this.buf.length) {
+        // The buffer's bytes are all taken (copied into out, or views the caller is done with): refill it.
         const k = Math.min(this.left, Math.max(n - got, 1 << 20));
         if (k === 0) throw new Error(`${this.reader.path}: spill file ends early`);
-        this.buf = this.reader.read(k);
+        if (this.store.length < k) this.store = new Uint8Array(k);
+        this.buf = this.reader.readInto(this.store.subarray(0, k));
         this.left -= k;
         this.pos = 0;
       }
