@@ -34,12 +34,27 @@ describe("nextMessage", () => {
   });
 });
 
+/** A compiled module of src/framework a process outside vitest can import (loadableUrl: the dist/ twin). */
+const url = (f: string) =>
+  JSON.stringify(loadableUrl(new URL(`../src/framework/${f}`, import.meta.url).href).href);
+
+/** `script` run as an ES module by a fresh Node process with argv[2] = mode: its stdout. */
+function runScript(script: string, mode: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-threads-"));
+  try {
+    const file = path.join(dir, "script.mjs");
+    fs.writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file, mode], { encoding: "utf8" });
+    expect(r.status, r.stderr).toBe(0);
+    return r.stdout.trim();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
   // A process that starts a worker through startWorker, then allocates in its main thread with survivors
   // (as a batch loop does); prints its new space's size. Node sets V8's flags again when a worker starts.
-  // The compiled modules a process outside vitest can import (loadableUrl: the dist/ twin of a source).
-  const url = (f: string) =>
-    JSON.stringify(loadableUrl(new URL(`../src/framework/${f}`, import.meta.url).href).href);
   const script = `import v8 from "node:v8";
     const { holdYoungGeneration, startWorker } = await import(${url("threads.ts")});
     if (process.argv[2] === "hold") holdYoungGeneration();
@@ -52,18 +67,7 @@ describe("holdYoungGeneration (what bin/xfel-redu.js asks for)", () => {
     }
     console.log(v8.getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size);
     await w.terminate();`;
-  const newSpace = (mode: string) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-young-"));
-    try {
-      const file = path.join(dir, "young.mjs");
-      fs.writeFileSync(file, script);
-      const r = spawnSync(process.execPath, [file, mode], { encoding: "utf8" });
-      expect(r.status, r.stderr).toBe(0);
-      return Number(r.stdout.trim());
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
+  const newSpace = (mode: string) => Number(runScript(script, mode));
 
   test("holds the main thread's new space at its initial size after a worker started (V8 grows it)", () => {
     expect(newSpace("hold")).toBeLessThanOrEqual(4 * 2 ** 20);
@@ -75,8 +79,6 @@ describe("boundHeap (the CLI's threads, at batch and block boundaries)", () => {
   // Batches of objects that live for 8 batches (so the held young generation promotes them), boundHeap after
   // each; prints how far the main thread's heap (objects + ArrayBuffers) rose above its size at batch 50, and
   // whether a worker started afterwards has the collector boundHeap uses.
-  const url = (f: string) =>
-    JSON.stringify(loadableUrl(new URL(`../src/framework/${f}`, import.meta.url).href).href);
   const script = `import v8 from "node:v8";
     import { Worker } from "node:worker_threads";
     const { holdYoungGeneration, boundHeap } = await import(${url("threads.ts")});
@@ -100,18 +102,7 @@ describe("boundHeap (the CLI's threads, at batch and block boundaries)", () => {
     );
     const inWorker = await new Promise((r) => w.once("message", r));
     console.log(JSON.stringify({ rise, inWorker }));`;
-  const run = (mode: string) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-bound-"));
-    try {
-      const file = path.join(dir, "bound.mjs");
-      fs.writeFileSync(file, script);
-      const r = spawnSync(process.execPath, [file, mode], { encoding: "utf8" });
-      expect(r.status, r.stderr).toBe(0);
-      return JSON.parse(r.stdout.trim()) as { rise: number; inWorker: string };
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  };
+  const run = (mode: string) => JSON.parse(runScript(script, mode)) as { rise: number; inWorker: string };
 
   test(
     "the heap stays within HEAP_SLACK (+ one batch) of its size after a collection; V8 alone lets it grow",

@@ -50,12 +50,12 @@ const collected = () => {
 };
 
 /**
- * Called at batch and block boundaries: a full collection when this thread's heap has grown HEAP_SLACK above
- * its size after the last one. The objects of a batch outlive the held young generation, so V8 promotes
- * them; it collects the old generation only when that reaches a limit of its own, tens of MB higher, which a
- * short run never reaches and a long one does: without this, peak RSS grew with the run length (1,000 trains
- * ~30 MB above 125; docs/localise.md, Memory). Only where the CLI held the young generation (the collector
- * is then exposed, in every thread); elsewhere nothing.
+ * Called at batch and block boundaries: a full collection when this thread's heap has grown by its slack
+ * (above) since the last one. The objects of a batch outlive the held young generation, so V8 promotes them;
+ * it collects the old generation only when that reaches a limit of its own, tens of MB higher, which a short
+ * run never reaches and a long one does: without this, V8's pages ended a 125-train pass at 56 MB and
+ * plateaued at 62 on 1,000 trains (docs/localise.md, Memory). Only where the CLI held the young generation
+ * (the collector is then exposed, in every thread); elsewhere nothing.
  */
 export function boundHeap(): void {
   if (collector === undefined) {
