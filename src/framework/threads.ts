@@ -45,8 +45,9 @@ const heapNow = () => {
   return s.used_heap_size + s.external_memory;
 };
 const collected = () => {
-  heapAfter = heapNow();
-  slack = Math.max(HEAP_SLACK, getHeapStatistics().used_heap_size / 4);
+  const s = getHeapStatistics();
+  heapAfter = s.used_heap_size + s.external_memory;
+  slack = Math.max(HEAP_SLACK, s.used_heap_size / 4);
 };
 
 /**
