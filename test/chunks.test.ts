@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { h5, type NumericArray, openH5, readSlab } from "../src/exdf/h5.ts";
-import { directStats, setDirectReads } from "../src/exdf/chunks.ts";
+import { directStats, planCacheSize, setDirectReads } from "../src/exdf/chunks.ts";
 import { InputError } from "../src/errors.ts";
 import { have, PYTHON } from "./helpers/tools.ts";
 
@@ -139,6 +139,45 @@ describe.skipIf(!have("h5py"))("direct chunk reads (chunks.ts) give the values h
       }
     }
     expect(plans()).toBe(before);
+  });
+
+  test("the plans kept stay bounded however many files are read (a long run's sequence files)", async () => {
+    await h5();
+    setDirectReads(true);
+    // One plan larger than the cache's chunk budget (2^16), then the data and mask plans of four more files.
+    const big = path.join(dir, "many-chunks.h5");
+    const py = `import sys, numpy as np, h5py
+with h5py.File(sys.argv[1], "w") as f:
+    f.create_dataset("rows", data=(np.arange(70000) % 251).astype("u1"), chunks=(1,))`;
+    const r = spawnSync(PYTHON, ["-c", py, big], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(r.stderr);
+    const one = new Uint8Array(1);
+    let f = await openH5(big);
+    try {
+      readSlab(f, "/rows", [69999], [1], one);
+    } finally {
+      f.close();
+    }
+    expect(one[0]).toBe(69999 % 251);
+    expect(planCacheSize().chunks).toBeGreaterThanOrEqual(70000);
+    const out = new Float32Array(A * B), mask = new Uint32Array(A * B);
+    for (let k = 0; k < 2; k++) {
+      const copy = path.join(dir, `copy-${k}.h5`);
+      fs.copyFileSync(path.join(dir, "plain.h5"), copy);
+      f = await openH5(copy);
+      try {
+        readSlab(f, "/data", [7, 0, 0], [1, A, B], out);
+        readSlab(f, "/mask", [7, 0, 0], [1, A, B], mask);
+      } finally {
+        f.close();
+      }
+      expect(out[0]).toBe(value("data", 7, 0, 0));
+      expect(mask[0]).toBe(value("mask", 7, 0, 0));
+    }
+    // The large plan made way: what is kept is within the budget (the old budget, 2^19, kept it all).
+    const kept = planCacheSize();
+    expect(kept.chunks).toBeLessThan(1 << 16);
+    expect(kept.plans).toBeGreaterThanOrEqual(4);
   });
 
   test.each([true, false])(
