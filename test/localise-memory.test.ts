@@ -54,18 +54,33 @@ describe("localise memory, 2 vs 8 trains", () => {
     // ROI persistence counts (u32 per pixel) and hot pixels (u8 per pixel), 2 modules.
     expect(a.accumulatorBytes).toBe(2 * g.pixels * 5);
     expect(b.accumulatorBytes).toBe(a.accumulatorBytes);
-    // Per frame in memory: trainId, pulseId (f64), score (f32), frameLit (u8), each part's merge index (u32).
-    expect(a.frameBytes / results[2].frames).toBe(21 + 2 * 4);
-    expect(b.frameBytes / results[8].frames).toBe(21 + 2 * 4);
+    // Per frame in memory: trainId, pulseId (f64), score (f32), frameLit (u8); nothing per part (the parts'
+    // frame ids are streamed from their id spill files).
+    expect(a.frameBytes / results[2].frames).toBe(21);
+    expect(b.frameBytes / results[8].frames).toBe(21);
   });
 
-  test("per-frame results are in spill files (one per part), growing with the run, removed by dispose", () => {
+  test("per-frame results and frame ids are in spill files (two per part), growing with the run", () => {
     for (const trains of [2, 8]) {
       const files = results[trains].memory.spillFiles;
-      expect(files.length).toBe(2);
+      expect(files.length).toBe(4);
       for (const f of files) expect(path.dirname(f)).toBe(spillDir);
+      // The id files: each part's frames (every frame of the run here: both parts see every train), 16 bytes
+      // each, sorted by (trainId, pulseId), the merged frames' ids.
+      const ids = files.filter((f) => f.includes("-ids-"));
+      expect(ids.length).toBe(2);
+      for (const f of ids) {
+        const d = new Float64Array(new Uint8Array(fs.readFileSync(f)).buffer);
+        expect(d.length).toBe(2 * results[trains].frames);
+        expect(Array.from(d.filter((_, i) => i % 2 === 0))).toEqual(Array.from(results[trains].trainId));
+        expect(Array.from(d.filter((_, i) => i % 2 === 1))).toEqual(Array.from(results[trains].pulseId));
+      }
     }
-    const bytes = (t: number) => results[t].memory.spillFiles.reduce((a, f) => a + fs.statSync(f).size, 0);
+    const bytes = (t: number) =>
+      results[t].memory.spillFiles.filter((f) => !f.includes("-ids-")).reduce(
+        (a, f) => a + fs.statSync(f).size,
+        0,
+      );
     // Records hold at least the four ASIC counters of every module frame (16 ASICs x 4 x 4 bytes).
     expect(bytes(2)).toBeGreaterThanOrEqual(results[2].frames * 2 * 16 * 16);
     expect(bytes(8)).toBeGreaterThan(3 * bytes(2));

@@ -24,7 +24,6 @@ import type { OptionSpec } from "../framework/options.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import { moduleRadii } from "./position.ts";
-import { Grow } from "../reductions/common.ts";
 import { SpillWriter } from "../framework/spill.ts";
 import { type BatchResult, type LocaliseBackend, type LocaliseParams } from "./spec.ts";
 import type { Background } from "./spec.ts";
@@ -37,6 +36,7 @@ import type { LocaliseResult } from "./result.ts";
 import type { Progress } from "./result.ts";
 import { combine } from "./merge.ts";
 import { frameRecords } from "./records.ts";
+import { frameIds, ID_BYTES } from "./records.ts";
 
 /**
  * Whether the cpu backend's main pass leaves out the frames of the hot-pixel sample (processing them from
@@ -114,9 +114,12 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
   /** Per module: each pixel's radius from the layout (stage 0 per radius bin), when bgBinWidth > 0. */
   private radius: (Float32Array | undefined)[] = [];
   private bytesRead = 0;
-  /** The part's frames; the per-frame results go to the spill file as batches finish. */
-  private trainId = new Grow((n) => new Float64Array(n));
-  private pulseId = new Grow((n) => new Float64Array(n));
+  /**
+   * The part's frames: their ids (trainId, pulseId) go to the id spill file, their per-frame results to the
+   * record spill file, as batches finish; nothing per frame stays in memory.
+   */
+  private ids?: SpillWriter;
+  private nFrames = 0;
   private framesRecorded: number[] = [];
   private spill?: SpillWriter;
   /**
@@ -284,8 +287,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       }
       results = Promise.resolve(out);
     }
-    this.trainId.push(b.trainId);
-    this.pulseId.push(b.pulseId);
+    this.appendIds(b.trainId, b.pulseId);
     b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
     const present = b.modules.map((mf) => mf.present.slice());
     // Records appended in batch order; a failure is thrown by the next batch or finalizeChunk.
@@ -327,8 +329,10 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       idx.forEach((f) => map?.delete(f));
       return processKeptCpu(bgs, g, this.hot![m], this.radius[m], this.opt);
     });
-    this.trainId.push(Float64Array.from(frames, (x) => x.trainId));
-    this.pulseId.push(Float64Array.from(frames, (x) => x.pulseId));
+    this.appendIds(
+      frames.map((x) => x.trainId),
+      frames.map((x) => x.pulseId),
+    );
     const present = this.modules.map((_, m) => Uint8Array.from(frames, (x) => x.present[m]));
     present.forEach((p, m) => (this.framesRecorded[m] += p.reduce((a, x) => a + x, 0)));
     const previous = this.appending;
@@ -341,16 +345,24 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     });
   }
 
+  /** The ids of the part's next frames, in the order of their records. */
+  private appendIds(trainId: ArrayLike<number>, pulseId: ArrayLike<number>): void {
+    this.ids ??= new SpillWriter(ID_BYTES, "localise-ids");
+    this.ids.append(frameIds(trainId, pulseId));
+    this.nFrames += trainId.length;
+  }
+
   async finalizeChunk(): Promise<LocalisePart> {
     this.emitKept(Infinity);
     await this.appending;
     if (this.failed) throw this.failed.error;
     this.spill ??= new SpillWriter(1, "localise");
+    this.ids ??= new SpillWriter(ID_BYTES, "localise-ids");
     return {
       modules: this.modules,
       files: this.files,
-      trainId: this.trainId.toArray(),
-      pulseId: this.pulseId.toArray(),
+      frames: this.nFrames,
+      ids: this.ids.close(),
       recorded: this.framesRecorded,
       spill: this.spill.close(),
       hot: this.hot ?? this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction)),

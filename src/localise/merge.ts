@@ -19,7 +19,7 @@ import type { LocaliseOptions } from "./result.ts";
 import type { LocalisePart } from "./result.ts";
 import type { LocaliseResult } from "./result.ts";
 import type { ModuleResult } from "./result.ts";
-import { SpillStream } from "./records.ts";
+import { IdCursor, SpillStream } from "./records.ts";
 import { headerBytes } from "./records.ts";
 import { PEAK_BYTES } from "./records.ts";
 import type { FrameTables } from "./result.ts";
@@ -56,33 +56,35 @@ export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] 
   return bounds;
 }
 
-/** The union of the parts' frames (each sorted by trainId, pulseId), and each part row's merged index. */
-function mergeParts(
-  parts: LocalisePart[],
-): { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] } {
-  const index = parts.map((p) => new Uint32Array(p.trainId.length));
-  const at = parts.map(() => 0);
+/**
+ * The union of the parts' frames (each part's id spill file sorted by trainId, pulseId), streamed: one
+ * IdCursor per part, nothing per part frame in memory.
+ */
+function mergeParts(parts: LocalisePart[]): { trainId: Float64Array; pulseId: Float64Array } {
+  const cur = parts.map((p) => new IdCursor(p.ids, p.frames));
   const t = new Grow((n) => new Float64Array(n));
   const pu = new Grow((n) => new Float64Array(n));
-  for (let n = 0;; n++) {
-    let bt = Infinity, bp = Infinity;
-    parts.forEach((p, i) => {
-      const k = at[i];
-      if (k < p.trainId.length && (p.trainId[k] < bt || (p.trainId[k] === bt && p.pulseId[k] < bp))) {
-        bt = p.trainId[k];
-        bp = p.pulseId[k];
+  const one = [0];
+  try {
+    for (;;) {
+      let bt = Infinity, bp = Infinity;
+      for (const c of cur) {
+        if (c.more && (c.trainId < bt || (c.trainId === bt && c.pulseId < bp))) {
+          bt = c.trainId;
+          bp = c.pulseId;
+        }
       }
-    });
-    if (bt === Infinity) break;
-    t.push([bt]);
-    pu.push([bp]);
-    parts.forEach((p, i) => {
-      while (at[i] < p.trainId.length && p.trainId[at[i]] === bt && p.pulseId[at[i]] === bp) {
-        index[i][at[i]++] = n;
-      }
-    });
+      if (bt === Infinity) break;
+      one[0] = bt;
+      t.push(one);
+      one[0] = bp;
+      pu.push(one);
+      for (const c of cur) while (c.more && c.trainId === bt && c.pulseId === bp) c.next();
+    }
+  } finally {
+    for (const c of cur) c.close();
   }
-  return { trainId: t.toArray(), pulseId: pu.toArray(), index };
+  return { trainId: t.toArray(), pulseId: pu.toArray() };
 }
 
 /** Per-frame tables of frames [f0, f1) and every peak of each frame (all modules). */
@@ -101,7 +103,7 @@ class FrameStream {
   beam?: BeamLookup;
   constructor(
     readonly parts: LocalisePart[],
-    readonly merged: { trainId: Float64Array; pulseId: Float64Array; index: Uint32Array[] },
+    readonly merged: { trainId: Float64Array; pulseId: Float64Array },
     readonly moduleList: number[],
     readonly g: Geometry,
     readonly opt: LocaliseOptions,
@@ -116,7 +118,9 @@ class FrameStream {
     const nA = this.g.nAsics;
     const hb = headerBytes(nA);
     const streams = parts.map((p) => new SpillStream(p.spill));
-    const cursor = parts.map(() => 0);
+    // Each part's frames in order from its id spill file: a part's next record belongs to the merged frame
+    // with its (trainId, pulseId).
+    const cursor = parts.map((p) => new IdCursor(p.ids, p.frames));
     // The typed tables are allocated once for the largest block and reused (zeroed) for every block: a
     // block's tables are valid until the next block is taken. Fresh ones per block (~0.5 kB per frame)
     // were garbage the GC let pile up for tens of MB over a long run.
@@ -152,35 +156,37 @@ class FrameStream {
         const allPeaks: FramePeak[][] = Array.from({ length: n }, () => []);
         let m0 = 0;
         parts.forEach((p, pi) => {
-          const ix = merged.index[pi], pm = p.modules.length;
-          for (; cursor[pi] < ix.length && ix[cursor[pi]] < f1; cursor[pi]++) {
-            const f = ix[cursor[pi]] - f0;
-            for (let j = 0; j < pm; j++) {
-              const h = streams[pi].take(hb);
-              const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
-              const dst = (f * nMod + m0 + j) * nA;
-              per.litPixels.set(u.subarray(2, 2 + nA), dst);
-              per.litIntensity.set(new Float32Array(h.buffer, h.byteOffset + (2 + nA) * 4, nA), dst);
-              per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
-              per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
-              per.nPeaks[f] += u[0];
-              // The header's view is valid until the next take.
-              const stored = u[1];
-              if (stored === 0) continue;
-              const pk = streams[pi].take(stored * PEAK_BYTES);
-              const d = new Float64Array(pk.buffer, pk.byteOffset, (stored * PEAK_BYTES) / 8);
-              for (let k = 0; k < stored; k++) {
-                const o = k * (PEAK_BYTES / 8);
-                allPeaks[f].push({
-                  box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
-                  area: d[o + 4],
-                  intensity: d[o + 5],
-                  ss: d[o + 6],
-                  fs: d[o + 7],
-                  max: d[o + 8],
-                  snr: d[o + 9],
-                  module: moduleList[m0 + j],
-                });
+          const c = cursor[pi], pm = p.modules.length;
+          for (let f = 0; f < n; f++) {
+            const tf = merged.trainId[f0 + f], pf = merged.pulseId[f0 + f];
+            for (; c.more && c.trainId === tf && c.pulseId === pf; c.next()) {
+              for (let j = 0; j < pm; j++) {
+                const h = streams[pi].take(hb);
+                const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
+                const dst = (f * nMod + m0 + j) * nA;
+                per.litPixels.set(u.subarray(2, 2 + nA), dst);
+                per.litIntensity.set(new Float32Array(h.buffer, h.byteOffset + (2 + nA) * 4, nA), dst);
+                per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
+                per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
+                per.nPeaks[f] += u[0];
+                // The header's view is valid until the next take.
+                const stored = u[1];
+                if (stored === 0) continue;
+                const pk = streams[pi].take(stored * PEAK_BYTES);
+                const d = new Float64Array(pk.buffer, pk.byteOffset, (stored * PEAK_BYTES) / 8);
+                for (let k = 0; k < stored; k++) {
+                  const o = k * (PEAK_BYTES / 8);
+                  allPeaks[f].push({
+                    box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
+                    area: d[o + 4],
+                    intensity: d[o + 5],
+                    ss: d[o + 6],
+                    fs: d[o + 7],
+                    max: d[o + 8],
+                    snr: d[o + 9],
+                    module: moduleList[m0 + j],
+                  });
+                }
               }
             }
           }
@@ -190,6 +196,7 @@ class FrameStream {
       }
     } finally {
       for (const s of streams) s.close();
+      for (const c of cursor) c.close();
     }
   }
 
@@ -225,7 +232,7 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const moduleList = parts.flatMap((p) => p.modules);
   const nMod = moduleList.length;
   const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
-  for (const p of parts) ownSpill(p.spill);
+  for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
   const merged = mergeParts(parts);
   const nF = merged.trainId.length;
   const recorded = parts.flatMap((p) => p.recorded);
@@ -388,14 +395,14 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
     },
     dispose() {
       disposed = true;
-      for (const p of parts) removeSpill(p.spill);
+      for (const p of parts) for (const f of [p.spill, p.ids]) removeSpill(f);
     },
     memory: {
-      frameBytes: nF * (8 + 8 + 4 + 1) + merged.index.reduce((a, ix) => a + ix.byteLength, 0),
+      frameBytes: nF * (8 + 8 + 4 + 1),
       accumulatorBytes: (persist?.reduce((a, c) => a + c.byteLength, 0) ?? 0) +
         hot.reduce((a, h) => a + h.byteLength, 0),
       blockModuleFrames: Math.max(...bounds.slice(1).map((b, i) => (b - bounds[i]) * nMod), 0),
-      spillFiles: parts.map((p) => p.spill),
+      spillFiles: parts.flatMap((p) => [p.spill, p.ids]),
     },
     nAsics: nA,
     geometry: g,

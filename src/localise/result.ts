@@ -150,9 +150,13 @@ export interface Progress {
 export interface LocalisePart {
   modules: number[];
   files: string[][];
-  /** The part's frames (aligned over its modules), sorted by trainId then pulseId. */
-  trainId: Float64Array;
-  pulseId: Float64Array;
+  /** The part's frames (aligned over its modules): how many. */
+  frames: number;
+  /**
+   * Spill file of the frames' ids (`frameIds`, records.ts: trainId, pulseId as float64), sorted by trainId
+   * then pulseId, in the order of the records in `spill`.
+   */
+  ids: string;
   /** Per module of the part: frames it recorded. */
   recorded: number[];
   /**
