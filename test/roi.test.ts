@@ -210,10 +210,13 @@ describe("roi", () => {
         if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
         else process.env.XFEL_REDU_SPILL_DIR = before;
       }
-      expect(fs.readdirSync(work).filter((f) => f.endsWith(".spill"))).toHaveLength(2);
+      // Per part: its records and its frames' ids.
+      const spills = () => fs.readdirSync(work).filter((f) => f.endsWith(".spill"));
+      expect(spills()).toHaveLength(4);
+      expect(spills().filter((f) => f.includes("-ids-"))).toHaveLength(2);
       await mergeJob(work);
       // The parts' spill files stay with the parts: the merge can be rerun, with the same output.
-      expect(fs.readdirSync(work).filter((f) => f.endsWith(".spill"))).toHaveLength(2);
+      expect(spills()).toHaveLength(4);
       const single = roiSummary(await roi(run, { rois: ROIS, backend: "cpu", workers: 1 }));
       const js = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
       ROIS.forEach((_, k) => {

@@ -115,3 +115,121 @@ export function removeSpill(p: string): void {
     owned.delete(p);
   }
 }
+
+/** Bytes of a frame's ids in an id spill file: trainId, pulseId as float64. */
+export const ID_BYTES = 16;
+
+/** A part's frames as the merge reads them: their ids in an id spill file, sorted by trainId then pulseId. */
+export interface IdSpill {
+  /** The id spill file. */
+  ids: string;
+  /** How many frames it holds. */
+  frames: number;
+}
+
+/**
+ * The ids of a part's frames appended to an id spill file as they come (in the order of the part's records),
+ * instead of 16 bytes a frame in memory: every part of a run holds every frame (frames are aligned across
+ * modules), ~2 million for a 10-minute AGIPD run.
+ */
+export class IdWriter {
+  private spill?: SpillWriter;
+  frames = 0;
+  constructor(private label: string) {}
+  append(trainId: ArrayLike<number>, pulseId: ArrayLike<number>): void {
+    const n = trainId.length;
+    if (!n) return;
+    const d = new Float64Array(2 * n);
+    for (let i = 0; i < n; i++) {
+      d[2 * i] = trainId[i];
+      d[2 * i + 1] = pulseId[i];
+    }
+    this.spill ??= new SpillWriter(ID_BYTES, this.label);
+    this.spill.append(new Uint8Array(d.buffer));
+    this.frames += n;
+  }
+  /** Close (an empty file where no frame came); the file now belongs to the merge. */
+  close(): IdSpill {
+    this.spill ??= new SpillWriter(ID_BYTES, this.label);
+    return { ids: this.spill.close(), frames: this.frames };
+  }
+}
+
+/** Frames of an id spill file read at a time (64 kB): a merge holds one such buffer per part. */
+const ID_BLOCK = 4096;
+
+/**
+ * An id spill file read in order, one frame at a time through a reused buffer: `trainId`, `pulseId` of the
+ * current frame while `more`; `next()` moves on.
+ */
+export class IdCursor {
+  private reader: SpillReader;
+  private left: number;
+  private buf = new Float64Array(0);
+  private n = 0;
+  private at = 0;
+  trainId = NaN;
+  pulseId = NaN;
+  more = true;
+  constructor(part: IdSpill) {
+    this.reader = new SpillReader(part.ids, ID_BYTES);
+    this.left = part.frames;
+    this.next();
+  }
+  next(): void {
+    if (++this.at >= this.n) {
+      const k = Math.min(this.left, ID_BLOCK);
+      if (k === 0) {
+        this.more = false;
+        this.trainId = this.pulseId = NaN;
+        return;
+      }
+      if (this.buf.length < 2 * k) this.buf = new Float64Array(2 * k);
+      this.reader.readInto(new Uint8Array(this.buf.buffer, 0, k * ID_BYTES));
+      this.left -= k;
+      this.n = k;
+      this.at = 0;
+    }
+    this.trainId = this.buf[2 * this.at];
+    this.pulseId = this.buf[2 * this.at + 1];
+  }
+  close(): void {
+    this.reader.close();
+  }
+}
+
+/**
+ * The union of the parts' frames, sorted by trainId then pulseId (each part's ids are), streamed from their id
+ * spill files: one pass counts the merged frames, a second fills their ids. Memory: the result, 16 bytes a
+ * merged frame, and one IdCursor buffer per part.
+ */
+export function mergeIds(parts: IdSpill[]): { trainId: Float64Array; pulseId: Float64Array } {
+  const pass = (put?: (n: number, t: number, p: number) => void): number => {
+    const cur = parts.map((p) => new IdCursor(p));
+    let n = 0;
+    try {
+      for (;; n++) {
+        let bt = Infinity, bp = Infinity;
+        for (const c of cur) {
+          if (c.more && (c.trainId < bt || (c.trainId === bt && c.pulseId < bp))) {
+            bt = c.trainId;
+            bp = c.pulseId;
+          }
+        }
+        if (bt === Infinity) break;
+        put?.(n, bt, bp);
+        for (const c of cur) while (c.more && c.trainId === bt && c.pulseId === bp) c.next();
+      }
+    } finally {
+      for (const c of cur) c.close();
+    }
+    return n;
+  };
+  const n = pass();
+  const trainId = new Float64Array(n), pulseId = new Float64Array(n);
+  pass((k, t, p) => {
+    trainId[k] = t;
+    pulseId[k] = p;
+  });
+  return { trainId, pulseId };
+}

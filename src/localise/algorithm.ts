@@ -24,7 +24,7 @@ import type { OptionSpec } from "../framework/options.ts";
 import { type Algorithm, type PartStats, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import { moduleRadii } from "./position.ts";
-import { SpillWriter } from "../framework/spill.ts";
+import { IdWriter, SpillWriter } from "../framework/spill.ts";
 import { type BatchResult, type LocaliseBackend, type LocaliseParams } from "./spec.ts";
 import type { Background } from "./spec.ts";
 import { createCpuBackend, hotPixels, type KeptBackground, processKeptCpu } from "./stages.ts";
@@ -36,7 +36,6 @@ import type { LocaliseResult } from "./result.ts";
 import type { Progress } from "./result.ts";
 import { combine } from "./merge.ts";
 import { frameRecords } from "./records.ts";
-import { frameIds, ID_BYTES } from "./records.ts";
 
 /**
  * Whether the cpu backend's main pass leaves out the frames of the hot-pixel sample (processing them from
@@ -118,8 +117,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
    * The part's frames: their ids (trainId, pulseId) go to the id spill file, their per-frame results to the
    * record spill file, as batches finish; nothing per frame stays in memory.
    */
-  private ids?: SpillWriter;
-  private nFrames = 0;
+  private ids = new IdWriter("localise-ids");
   private framesRecorded: number[] = [];
   private spill?: SpillWriter;
   /**
@@ -287,7 +285,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       }
       results = Promise.resolve(out);
     }
-    this.appendIds(b.trainId, b.pulseId);
+    this.ids.append(b.trainId, b.pulseId);
     b.modules.forEach((mf, m) => (this.framesRecorded[m] += mf.present.reduce((a, x) => a + x, 0)));
     const present = b.modules.map((mf) => mf.present.slice());
     // Records appended in batch order; a failure is thrown by the next batch or finalizeChunk.
@@ -329,7 +327,7 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
       idx.forEach((f) => map?.delete(f));
       return processKeptCpu(bgs, g, this.hot![m], this.radius[m], this.opt);
     });
-    this.appendIds(
+    this.ids.append(
       frames.map((x) => x.trainId),
       frames.map((x) => x.pulseId),
     );
@@ -345,24 +343,15 @@ export class LocaliseAlgorithm implements Algorithm<LocalisePart, LocaliseResult
     });
   }
 
-  /** The ids of the part's next frames, in the order of their records. */
-  private appendIds(trainId: ArrayLike<number>, pulseId: ArrayLike<number>): void {
-    this.ids ??= new SpillWriter(ID_BYTES, "localise-ids");
-    this.ids.append(frameIds(trainId, pulseId));
-    this.nFrames += trainId.length;
-  }
-
   async finalizeChunk(): Promise<LocalisePart> {
     this.emitKept(Infinity);
     await this.appending;
     if (this.failed) throw this.failed.error;
     this.spill ??= new SpillWriter(1, "localise");
-    this.ids ??= new SpillWriter(ID_BYTES, "localise-ids");
     return {
       modules: this.modules,
       files: this.files,
-      frames: this.nFrames,
-      ids: this.ids.close(),
+      ...this.ids.close(),
       recorded: this.framesRecorded,
       spill: this.spill.close(),
       hot: this.hot ?? this.counts.map((c, m) => hotPixels(c, this.recorded[m], this.opt.hotFraction)),

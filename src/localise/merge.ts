@@ -10,8 +10,7 @@ import { adaptiveThreshold, asicOfPeak } from "./classify.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import { positioner } from "./position.ts";
 import { RoiSet } from "./rois.ts";
-import { Grow } from "../reductions/common.ts";
-import { ownSpill, removeSpill } from "../framework/spill.ts";
+import { IdCursor, mergeIds, ownSpill, removeSpill } from "../framework/spill.ts";
 import { boundHeap } from "../framework/threads.ts";
 import { type BeamLookup, combineLit, streamBeam } from "../beam/annotate.ts";
 import type { FramePeak } from "./result.ts";
@@ -19,7 +18,7 @@ import type { LocaliseOptions } from "./result.ts";
 import type { LocalisePart } from "./result.ts";
 import type { LocaliseResult } from "./result.ts";
 import type { ModuleResult } from "./result.ts";
-import { IdCursor, SpillStream } from "./records.ts";
+import { SpillStream } from "./records.ts";
 import { headerBytes } from "./records.ts";
 import { PEAK_BYTES } from "./records.ts";
 import type { FrameTables } from "./result.ts";
@@ -56,37 +55,6 @@ export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] 
   return bounds;
 }
 
-/**
- * The union of the parts' frames (each part's id spill file sorted by trainId, pulseId), streamed: one
- * IdCursor per part, nothing per part frame in memory.
- */
-function mergeParts(parts: LocalisePart[]): { trainId: Float64Array; pulseId: Float64Array } {
-  const cur = parts.map((p) => new IdCursor(p.ids, p.frames));
-  const t = new Grow((n) => new Float64Array(n));
-  const pu = new Grow((n) => new Float64Array(n));
-  const one = [0];
-  try {
-    for (;;) {
-      let bt = Infinity, bp = Infinity;
-      for (const c of cur) {
-        if (c.more && (c.trainId < bt || (c.trainId === bt && c.pulseId < bp))) {
-          bt = c.trainId;
-          bp = c.pulseId;
-        }
-      }
-      if (bt === Infinity) break;
-      one[0] = bt;
-      t.push(one);
-      one[0] = bp;
-      pu.push(one);
-      for (const c of cur) while (c.more && c.trainId === bt && c.pulseId === bp) c.next();
-    }
-  } finally {
-    for (const c of cur) c.close();
-  }
-  return { trainId: t.toArray(), pulseId: pu.toArray() };
-}
-
 /** Per-frame tables of frames [f0, f1) and every peak of each frame (all modules). */
 interface FrameBlock {
   f0: number;
@@ -120,7 +88,7 @@ class FrameStream {
     const streams = parts.map((p) => new SpillStream(p.spill));
     // Each part's frames in order from its id spill file: a part's next record belongs to the merged frame
     // with its (trainId, pulseId).
-    const cursor = parts.map((p) => new IdCursor(p.ids, p.frames));
+    const cursor = parts.map((p) => new IdCursor(p));
     // The typed tables are allocated once for the largest block and reused (zeroed) for every block: a
     // block's tables are valid until the next block is taken. Fresh ones per block (~0.5 kB per frame)
     // were garbage the GC let pile up for tens of MB over a long run.
@@ -233,7 +201,7 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const nMod = moduleList.length;
   const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
   for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
-  const merged = mergeParts(parts);
+  const merged = mergeIds(parts);
   const nF = merged.trainId.length;
   const recorded = parts.flatMap((p) => p.recorded);
   const hot = parts.flatMap((p) => p.hot);

@@ -153,8 +153,8 @@ export interface LocalisePart {
   /** The part's frames (aligned over its modules): how many. */
   frames: number;
   /**
-   * Spill file of the frames' ids (`frameIds`, records.ts: trainId, pulseId as float64), sorted by trainId
-   * then pulseId, in the order of the records in `spill`.
+   * Id spill file of the frames (src/framework/spill.ts `IdWriter`: trainId, pulseId as float64), sorted by
+   * trainId then pulseId, in the order of the records in `spill`.
    */
   ids: string;
   /** Per module of the part: frames it recorded. */

@@ -345,8 +345,9 @@ export function azintFrames(b: FrameBatch, t: PixelTable, bins: number): AzintSu
 
 export interface AzintPart {
   modules: number[];
-  trainId: Float64Array;
-  pulseId: Float64Array;
+  /** The part's frames: how many, and their id spill file (src/framework/spill.ts `IdWriter`). */
+  frames: number;
+  ids: string;
   /** Spill file (src/framework/spill.ts) of per-frame records: S (f64 x bins), C (f64 x bins), n (u32 x bins). */
   spill: string;
   backend: string;

@@ -18,7 +18,16 @@ import { type FileWriter, openWriter, type WriterSchema } from "../exdf/writer/w
 import type { RunInfo } from "../framework/algorithm.ts";
 import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
-import { ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import {
+  IdCursor,
+  type IdSpill,
+  IdWriter,
+  mergeIds,
+  ownSpill,
+  removeSpill,
+  SpillReader,
+  SpillWriter,
+} from "../framework/spill.ts";
 
 export type { BackendChoice };
 
@@ -68,56 +77,16 @@ export async function workersFor(choice: BackendChoice, asked?: number, pipeline
   return pipelined && n === 2 ? 1 : n;
 }
 
-/** A typed array that grows in chunks (per-frame results of a part). */
-export class Grow<T extends Float64Array | Float32Array | Uint32Array> {
-  private chunks: T[] = [];
-  private cur: T;
-  private used = 0;
-  length = 0;
-  constructor(private make: (n: number) => T, private chunk = 1 << 16) {
-    this.cur = make(chunk);
-  }
-  push(values: ArrayLike<number>): void {
-    for (let i = 0; i < values.length; i++) {
-      if (this.used === this.cur.length) {
-        this.chunks.push(this.cur);
-        this.cur = this.make(this.chunk);
-        this.used = 0;
-      }
-      this.cur[this.used++] = values[i];
-    }
-    this.length += values.length;
-  }
-  pushOne(v: number): void {
-    if (this.used === this.cur.length) {
-      this.chunks.push(this.cur);
-      this.cur = this.make(this.chunk);
-      this.used = 0;
-    }
-    this.cur[this.used++] = v;
-    this.length++;
-  }
-  toArray(): T {
-    const out = this.make(this.length);
-    let o = 0;
-    for (const c of this.chunks) {
-      out.set(c as never, o);
-      o += c.length;
-    }
-    out.set(this.cur.subarray(0, this.used) as never, o);
-    return out;
-  }
-}
-
 /**
- * A part's per-frame records (roi, azint): the kept frames' train and pulse IDs in memory, one record per
- * frame appended to a spill file (src/framework/spill.ts) named after `label`.
+ * A part's per-frame records (roi, azint): the kept frames' train and pulse IDs appended to an id spill file,
+ * one record per frame to a spill file (src/framework/spill.ts) named after `label`; nothing per frame in memory.
  */
 export class FrameRecords {
-  private trainId = new Grow((n) => new Float64Array(n));
-  private pulseId = new Grow((n) => new Float64Array(n));
+  private ids: IdWriter;
   private spill?: SpillWriter;
-  constructor(private label: string) {}
+  constructor(private label: string) {
+    this.ids = new IdWriter(`${label}-ids`);
+  }
 
   /** The frames of a batch kept (all, or those `lit` says are lit), their IDs recorded. */
   keep(b: FrameBatch, lit?: (t: number, p: number) => boolean): number[] {
@@ -125,9 +94,8 @@ export class FrameRecords {
     for (let i = 0; i < b.nFrames; i++) {
       if (lit && !lit(b.trainId[i], b.pulseId[i])) continue;
       kept.push(i);
-      this.trainId.pushOne(b.trainId[i]);
-      this.pulseId.pushOne(b.pulseId[i]);
     }
+    this.ids.append(kept.map((i) => b.trainId[i]), kept.map((i) => b.pulseId[i]));
     return kept;
   }
 
@@ -137,26 +105,25 @@ export class FrameRecords {
     this.spill.append(bytes);
   }
 
-  /** The part's frames and its closed spill file (an empty one where no frame came). */
-  close(recordBytes: number): { trainId: Float64Array; pulseId: Float64Array; spill: string } {
+  /** The part's frames (their id spill file) and its closed spill file (empty ones where no frame came). */
+  close(recordBytes: number): SpillPart {
     this.spill ??= new SpillWriter(recordBytes, this.label);
-    return { trainId: this.trainId.toArray(), pulseId: this.pulseId.toArray(), spill: this.spill.close() };
+    return { ...this.ids.close(), spill: this.spill.close() };
   }
 }
 
-/** A part with per-frame records in a spill file. */
-export interface SpillPart {
-  trainId: Float64Array;
-  pulseId: Float64Array;
+/** A part with per-frame records in a spill file, its frames' ids in an id spill file (IdSpill). */
+export interface SpillPart extends IdSpill {
   spill: string;
 }
 
 /**
- * The parts' spill files merged: the frames of all parts (`mergeFrames`), blocks of merged frames
- * [f0, f1) for consecutive ranges `bounds` (starting at 0 each time), read from the files in order (each
- * part's frames in a range are the next records of its file: memory bounded by the range), and `dispose`
- * to remove the files (after writing). Per block, `open(f0, f1)` gives what takes the records: `add(pi,
- * buffer, at, f)`, the record of part pi at byte `at` of `buffer` is merged frame f0 + f; then `done()`.
+ * The parts' spill files merged: the frames of all parts (`mergeIds`, streamed from their id spill files),
+ * blocks of merged frames [f0, f1) for consecutive ranges `bounds` (starting at 0 each time), read from the
+ * files in order (each part's frames in a range are the next records of its file, the next ids of its id
+ * file: memory bounded by the range), and `dispose` to remove the files (after writing). Per block, `open(f0,
+ * f1)` gives what takes the records: `add(pi, buffer, at, f)`, the record of part pi at byte `at` of `buffer`
+ * is merged frame f0 + f; then `done()`.
  */
 export function mergeSpills<P extends SpillPart, B>(
   parts: P[],
@@ -166,32 +133,39 @@ export function mergeSpills<P extends SpillPart, B>(
     done(): B;
   },
 ): { trainId: Float64Array; pulseId: Float64Array; blocks(bounds: number[]): Generator<B>; dispose(): void } {
-  const merged = mergeFrames(parts);
-  for (const p of parts) ownSpill(p.spill);
+  const merged = mergeIds(parts);
+  for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
   const rbs = parts.map(recordBytes);
   const blocks = function* (bounds: number[]): Generator<B> {
     const readers = parts.map((p, pi) => new SpillReader(p.spill, rbs[pi]));
-    const cursor = parts.map(() => 0);
+    const cursors = parts.map((p) => new IdCursor(p));
+    // The merged frame of each of a part's records in the block (reused).
+    let at = new Int32Array(0);
     try {
       for (let b = 0; b + 1 < bounds.length; b++) {
         const f0 = bounds[b], f1 = bounds[b + 1];
+        if (at.length < f1 - f0) at = new Int32Array(f1 - f0);
         const blk = open(f0, f1);
         parts.forEach((_p, pi) => {
-          const ix = merged.index[pi];
-          let c = cursor[pi];
-          const start = c;
-          while (c < ix.length && ix[c] < f1) c++;
-          if (c === start) return;
-          const bytes = readers[pi].read(c - start);
-          for (let r = 0; r < c - start; r++) {
-            blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], ix[start + r] - f0);
+          const c = cursors[pi];
+          let n = 0;
+          for (let f = f0; f < f1 && c.more; f++) {
+            // A part's frames are a sorted subset of the merged ones: its next frame is f or a later one.
+            while (c.more && c.trainId === merged.trainId[f] && c.pulseId === merged.pulseId[f]) {
+              if (n === at.length) at = Int32Array.from({ length: 2 * n }, (_, i) => (i < n ? at[i] : 0));
+              at[n++] = f - f0;
+              c.next();
+            }
           }
-          cursor[pi] = c;
+          if (n === 0) return;
+          const bytes = readers[pi].read(n);
+          for (let r = 0; r < n; r++) blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], at[r]);
         });
         yield blk.done();
       }
     } finally {
       for (const r of readers) r.close();
+      for (const c of cursors) c.close();
     }
   };
   return {
@@ -199,7 +173,7 @@ export function mergeSpills<P extends SpillPart, B>(
     pulseId: merged.pulseId,
     blocks,
     dispose: () => {
-      for (const p of parts) removeSpill(p.spill);
+      for (const p of parts) for (const f of [p.spill, p.ids]) removeSpill(f);
     },
   };
 }
@@ -262,31 +236,6 @@ export function partsSummary(
     backend: [...new Set(parts.map((p) => p.backend))].join(", "),
     modulesRead: parts.flatMap((p) => p.modules),
     input: runInput(run, detector),
-  };
-}
-
-/**
- * The union of the frames of several parts, sorted by trainId then pulseId, and where each part's frames go:
- * `index[p][i]` is the merged position of part p's frame i.
- */
-export function mergeFrames(parts: { trainId: Float64Array; pulseId: Float64Array }[]): {
-  trainId: Float64Array;
-  pulseId: Float64Array;
-  index: Int32Array[];
-} {
-  const keys = new Map<string, [number, number]>();
-  for (const p of parts) {
-    for (let i = 0; i < p.trainId.length; i++) {
-      keys.set(`${p.trainId[i]}:${p.pulseId[i]}`, [p.trainId[i], p.pulseId[i]]);
-    }
-  }
-  const all = [...keys.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const pos = new Map<string, number>();
-  all.forEach(([t, q], i) => pos.set(`${t}:${q}`, i));
-  return {
-    trainId: Float64Array.from(all, (x) => x[0]),
-    pulseId: Float64Array.from(all, (x) => x[1]),
-    index: parts.map((p) => Int32Array.from(p.trainId, (t, i) => pos.get(`${t}:${p.pulseId[i]}`)!)),
   };
 }
 

@@ -176,8 +176,9 @@ export interface RoiPart {
   modules: number[];
   /** Regions of this part's modules (indices into the configured regions). */
   regions: number[];
-  trainId: Float64Array;
-  pulseId: Float64Array;
+  /** The part's frames: how many, and their id spill file (src/framework/spill.ts `IdWriter`). */
+  frames: number;
+  ids: string;
   /** Spill file (src/framework/spill.ts) of per-frame records (`recordLayout` of the part's regions). */
   spill: string;
   backend: string;
