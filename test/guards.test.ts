@@ -18,6 +18,10 @@ import { have } from "./helpers/tools.ts";
 const SAMPLE = path.join(ROOT, "fixtures/sample");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-guards-"));
 const big = path.join(tmp, "big");
+/** The spill directory of the commands started here (`start`). */
+const spillDir = path.join(tmp, "spill");
+fs.mkdirSync(spillDir);
+const spillFiles = () => fs.readdirSync(spillDir).filter((n) => n.endsWith(".spill"));
 const bigLoc = path.join(tmp, "big-loc");
 const bigZstd = path.join(tmp, "big-zstd");
 const loc = path.join(tmp, "loc");
@@ -45,6 +49,7 @@ function start(args: string[]) {
   const child = spawn(process.execPath, [path.join(ROOT, "bin/xfel-redu.js"), ...args], {
     cwd: ROOT,
     stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, XFEL_REDU_SPILL_DIR: spillDir },
   });
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += d));
@@ -250,7 +255,7 @@ describe("output directories", () => {
   const signalCases: [string, string[], "tmp" | "lock"][] = [
     ["reduce", ["reduce", big, "--from", bigLoc], "tmp"],
     ["decompress", ["decompress", bigZstd], "tmp"],
-    ["localise", ["localise", big, "--backend", "cpu"], "lock"],
+    ["localise", ["localise", big, "--backend", "cpu", "--workers", "2"], "lock"],
     ["average", ["average", big], "lock"],
   ];
   for (const [what, args, waitFor] of signalCases) {
@@ -264,6 +269,8 @@ describe("output directories", () => {
           : path.join(tmp, `.${name}.lock`);
         expect(await until(() => fs.existsSync(mark), 60_000), job.stderr()).toBe(true);
         await new Promise((r) => setTimeout(r, waitFor === "tmp" ? 200 : 700));
+        // localise: both parts (the main thread's and a worker's) have spill files by now.
+        if (what === "localise") expect(await until(() => spillFiles().length >= 4, 60_000)).toBe(true);
         expect(job.child.exitCode, `${what} finished before the signal: make the run bigger`).toBe(null);
         const t0 = Date.now();
         job.child.kill(sig);
@@ -276,6 +283,8 @@ describe("output directories", () => {
         expect(s).toBeLessThan(3);
         expect(job.stderr()).toContain(`xfel-redu: ${sig}: stopped; ${out} not written`);
         expect(traces(tmp, name)).toEqual([]);
+        // No spill file left in the spill directory, a worker thread's included.
+        expect(spillFiles()).toEqual([]);
       }
     });
   }

@@ -30,6 +30,7 @@ import { LocalReader } from "./local-reader.ts";
 import type { Worker } from "node:worker_threads";
 import { alignSide, loadSide, type SideData, type SideKey } from "./side.ts";
 import { boundHeap, loadableUrl, nextMessage, startWorker } from "./threads.ts";
+import { removeSpillsIfStopped } from "./spill.ts";
 
 export interface RunInfo {
   runPath: string;
@@ -351,6 +352,9 @@ export async function runAlgorithm<P, R>(
   algo.configure(options);
   const readers = driver.readers ?? 1;
   const nGroups = readers > 1 ? 1 : Math.max(1, driver.workers ?? 1);
+  // Stopped by a signal meanwhile, or failed: the parts' spill files (worker threads' included) are removed
+  // when the process ends; once the parts are complete, the merge owns them.
+  const unwatch = removeSpillsIfStopped();
   const workers = Array.from(
     { length: nGroups - 1 },
     () => startWorker("part-worker", import.meta.url, { source: algo.source, runPath, options }),
@@ -440,6 +444,7 @@ export async function runAlgorithm<P, R>(
       }
       await stopAll();
     }
+    unwatch();
     return await algo.finalize(parts);
   } finally {
     algo.dispose?.();

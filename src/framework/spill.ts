@@ -5,7 +5,8 @@
  *
  * Where: `$XFEL_REDU_SPILL_DIR` (the SLURM task scripts set it to the job's work directory, which the merge
  * job sees too), else the system's temporary directory. A file being written is removed by the process
- * cleanup on error or signal (src/exdf/writer/files.ts); once closed it belongs to whoever merges it, which
+ * cleanup on error or signal (src/app/cleanup.ts; those of worker threads by the main thread's
+ * `removeSpillsIfStopped`); once closed it belongs to whoever merges it, which
  * removes it after writing (`removeSpill`) and tracks it meanwhile. The SLURM merge (`merge-parts`) runs
  * inside `keepSpills(WORK)`: the spill files in the job's work directory (where the task scripts put them)
  * are outputs of the part tasks, kept with the part files, neither removed after writing nor on error, so
@@ -18,6 +19,45 @@ import { track } from "../app/cleanup.ts";
 
 let counter = 0;
 
+/** Where spill files go: `$XFEL_REDU_SPILL_DIR`, else the system's temporary directory. */
+function spillDir(): string {
+  return process.env.XFEL_REDU_SPILL_DIR || os.tmpdir();
+}
+
+/** A spill file's name: `.xfel-redu-<label>-<pid>-<counter>-<uuid>.spill`; group 1 is the pid. */
+const SPILL_NAME =
+  /^\.xfel-redu-.+-(\d+)-\d+-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.spill$/;
+
+/**
+ * From the start of a run's parts (src/framework/algorithm.ts `runAlgorithm`, main thread) until they are all
+ * complete: when the process ends meanwhile (SIGINT, SIGTERM, SIGHUP, or its exit after a part failed),
+ * remove every spill file this process named in the spill directory. A worker thread's own cleanup does not
+ * run then (the main thread's handler ends the process, or terminates the workers after a failure), and a
+ * part's closed files belong to no one until the merge takes them, so they were left in the temporary
+ * directory. Returns the function that ends the watch (the parts are complete: the merge owns their files).
+ * A failed run's watch stays until the process ends: spill files are per process, never kept past it but by
+ * SLURM part tasks, which end after one run.
+ */
+export function removeSpillsIfStopped(): () => void {
+  const dir = spillDir();
+  const c = {
+    abort: () => {
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(dir);
+      } catch {
+        return;
+      }
+      for (const n of names) {
+        const m = SPILL_NAME.exec(n);
+        if (m && Number(m[1]) === process.pid) fs.rmSync(path.join(dir, n), { force: true });
+      }
+    },
+  };
+  track(c, true);
+  return () => track(c, false);
+}
+
 export class SpillWriter {
   readonly path: string;
   private fd: number;
@@ -25,7 +65,7 @@ export class SpillWriter {
   records = 0;
 
   constructor(readonly recordBytes: number, label: string) {
-    const dir = process.env.XFEL_REDU_SPILL_DIR || os.tmpdir();
+    const dir = spillDir();
     // Unique across processes and the worker threads of one process (each has its own counter).
     this.path = path.join(
       dir,
