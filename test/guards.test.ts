@@ -289,6 +289,36 @@ describe("output directories", () => {
     });
   }
 
+  test.skipIf(!have("h5py"))(
+    "a part that fails (a damaged chunk in a worker's module) exits with one line and leaves no spill file",
+    async () => {
+      const run = path.join(tmp, "damaged-run");
+      await makeRun(run, { modules: [0, 1], trains: 8, framesPerTrain: 32, trainsPerFile: 4 });
+      // Module 1 (the worker's part with --workers 2), its last file, a mask chunk near the end: read in the
+      // main pass, after both parts have written spill files (the hot-pixel sample is 4 blocks of 16 frames).
+      const file = path.join(run, fs.readdirSync(run).filter((n) => n.includes("AGIPD01")).sort().pop()!);
+      const py = `import sys, h5py
+f = h5py.File(sys.argv[1], "r")
+names = []
+f.visititems(lambda n, o: names.append(n) if n.endswith("image/mask") else None)
+d = f[names[0]]
+print(d.id.get_chunk_info_by_coord((d.shape[0] - 6, 0, 0)).byte_offset)`;
+      const r0 = spawnSync(PYTHON, ["-c", py, file], { encoding: "utf8" });
+      expect(r0.status, r0.stderr).toBe(0);
+      const fd = fs.openSync(file, "r+");
+      fs.writeSync(fd, Buffer.alloc(16, 0xa5), 0, 16, Number(r0.stdout.trim()));
+      fs.closeSync(fd);
+      const out = path.join(tmp, "damaged-out");
+      const r = runNode(["localise", run, "--out", out, "--backend", "cpu", "--workers", "2"], {
+        env: { XFEL_REDU_SPILL_DIR: spillDir },
+      });
+      expect(r.code, r.stderr).toBe(2);
+      expect(oneLine(r.stderr)).toContain(path.basename(file));
+      expect(traces(tmp, "damaged-out")).toEqual([]);
+      expect(spillFiles()).toEqual([]);
+    },
+  );
+
   test.skipIf(!PY_EXTRA)("litframes --out into a localise output never makes a second LITFRM source", () => {
     const opens = (dir: string) =>
       spawnSync(PYTHON, ["-c", "import sys, extra_data; extra_data.RunDirectory(sys.argv[1])", dir], {
