@@ -373,6 +373,14 @@ export async function runAlgorithm<P, R>(
     const groups = moduleGroups(mine, nGroups);
     // Workers beyond the groups (fewer modules than workers) are not needed.
     for (const w of workers.splice(Math.max(0, groups.length - 1))) await w.terminate();
+    // The workers' tasks before this thread's initialize: they open their files meanwhile (their part
+    // started ~0.5 s after this thread's when they waited for it).
+    if (groups.length > 1) {
+      const index = workers.length ? run.index() : undefined;
+      workers.forEach((w, j) =>
+        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length, index } satisfies PartTask)
+      );
+    }
     let prepared: Prepared;
     try {
       const needs = await algo.initialize({ runPath, run, detector: det, modules: groups[0] ?? [] });
@@ -405,10 +413,6 @@ export async function runAlgorithm<P, R>(
         const fraction = sum > 0 ? done.reduce((a, b) => a + b, 0) / sum : 0;
         driver.progress?.(Math.round(fraction * frames), frames);
       };
-      const index = workers.length ? run.index() : undefined;
-      workers.forEach((w, j) =>
-        w.postMessage({ modules: groups[j + 1], sharedBy: mine.length, index } satisfies PartTask)
-      );
       const abort = { aborted: false };
       const here = runPart(algo, runPath, {
         progress: (d, t) => report(0, d, t),
