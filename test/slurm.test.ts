@@ -105,7 +105,16 @@ describe("SLURM job parts", () => {
   test("a merge with unfinished parts is refused with one line", async () => {
     const out = path.join(tmp, "unfinished");
     const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
-    await runJobPart(work, 0);
+    // The part's spill files in the work directory, as task.sh puts them (in the temporary directory they
+    // stayed there: no merge takes them).
+    const before = process.env.XFEL_REDU_SPILL_DIR;
+    process.env.XFEL_REDU_SPILL_DIR = work;
+    try {
+      await runJobPart(work, 0);
+    } finally {
+      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+      else process.env.XFEL_REDU_SPILL_DIR = before;
+    }
     await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
   });
 
