@@ -375,8 +375,8 @@ export async function runAlgorithm<P, R>(
     for (const w of workers.splice(Math.max(0, groups.length - 1))) await w.terminate();
     // The workers' tasks before this thread's initialize: they open their files meanwhile (their part
     // started ~0.5 s after this thread's when they waited for it).
-    if (groups.length > 1) {
-      const index = workers.length ? run.index() : undefined;
+    if (workers.length) {
+      const index = run.index();
       workers.forEach((w, j) =>
         w.postMessage({ modules: groups[j + 1], sharedBy: mine.length, index } satisfies PartTask)
       );

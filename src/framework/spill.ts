@@ -233,6 +233,29 @@ export class IdCursor {
     this.trainId = this.buf[2 * this.at];
     this.pulseId = this.buf[2 * this.at + 1];
   }
+  private places = new Int32Array(0);
+  /**
+   * This part's frames among merged frames [f0, f1), the cursor moved past them: their places f - f0, in
+   * order (a view valid until the next call). `merged` is the union of the parts' frames, sorted (mergeIds),
+   * and the cursor at its first frame not before f0: blocks taken in order.
+   */
+  within(merged: { trainId: Float64Array; pulseId: Float64Array }, f0: number, f1: number): Int32Array {
+    if (this.places.length < f1 - f0) this.places = new Int32Array(f1 - f0);
+    let n = 0;
+    for (let f = f0; f < f1 && this.more; f++) {
+      // The part's frames are a sorted subset of the merged ones: its next frame is f or a later one.
+      while (this.more && this.trainId === merged.trainId[f] && this.pulseId === merged.pulseId[f]) {
+        if (n === this.places.length) {
+          const grown = new Int32Array(2 * n);
+          grown.set(this.places);
+          this.places = grown;
+        }
+        this.places[n++] = f - f0;
+        this.next();
+      }
+    }
+    return this.places.subarray(0, n);
+  }
   close(): void {
     this.reader.close();
   }

@@ -124,37 +124,34 @@ class FrameStream {
         const allPeaks: FramePeak[][] = Array.from({ length: n }, () => []);
         let m0 = 0;
         parts.forEach((p, pi) => {
-          const c = cursor[pi], pm = p.modules.length;
-          for (let f = 0; f < n; f++) {
-            const tf = merged.trainId[f0 + f], pf = merged.pulseId[f0 + f];
-            for (; c.more && c.trainId === tf && c.pulseId === pf; c.next()) {
-              for (let j = 0; j < pm; j++) {
-                const h = streams[pi].take(hb);
-                const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
-                const dst = (f * nMod + m0 + j) * nA;
-                per.litPixels.set(u.subarray(2, 2 + nA), dst);
-                per.litIntensity.set(new Float32Array(h.buffer, h.byteOffset + (2 + nA) * 4, nA), dst);
-                per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
-                per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
-                per.nPeaks[f] += u[0];
-                // The header's view is valid until the next take.
-                const stored = u[1];
-                if (stored === 0) continue;
-                const pk = streams[pi].take(stored * PEAK_BYTES);
-                const d = new Float64Array(pk.buffer, pk.byteOffset, (stored * PEAK_BYTES) / 8);
-                for (let k = 0; k < stored; k++) {
-                  const o = k * (PEAK_BYTES / 8);
-                  allPeaks[f].push({
-                    box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
-                    area: d[o + 4],
-                    intensity: d[o + 5],
-                    ss: d[o + 6],
-                    fs: d[o + 7],
-                    max: d[o + 8],
-                    snr: d[o + 9],
-                    module: moduleList[m0 + j],
-                  });
-                }
+          const pm = p.modules.length;
+          for (const f of cursor[pi].within(merged, f0, f1)) {
+            for (let j = 0; j < pm; j++) {
+              const h = streams[pi].take(hb);
+              const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
+              const dst = (f * nMod + m0 + j) * nA;
+              per.litPixels.set(u.subarray(2, 2 + nA), dst);
+              per.litIntensity.set(new Float32Array(h.buffer, h.byteOffset + (2 + nA) * 4, nA), dst);
+              per.unmaskedPixels.set(u.subarray(2 + 2 * nA, 2 + 3 * nA), dst);
+              per.filteredLit.set(u.subarray(2 + 3 * nA, 2 + 4 * nA), dst);
+              per.nPeaks[f] += u[0];
+              // The header's view is valid until the next take.
+              const stored = u[1];
+              if (stored === 0) continue;
+              const pk = streams[pi].take(stored * PEAK_BYTES);
+              const d = new Float64Array(pk.buffer, pk.byteOffset, (stored * PEAK_BYTES) / 8);
+              for (let k = 0; k < stored; k++) {
+                const o = k * (PEAK_BYTES / 8);
+                allPeaks[f].push({
+                  box: [d[o], d[o + 1], d[o + 2], d[o + 3]],
+                  area: d[o + 4],
+                  intensity: d[o + 5],
+                  ss: d[o + 6],
+                  fs: d[o + 7],
+                  max: d[o + 8],
+                  snr: d[o + 9],
+                  module: moduleList[m0 + j],
+                });
               }
             }
           }

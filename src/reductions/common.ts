@@ -139,27 +139,18 @@ export function mergeSpills<P extends SpillPart, B>(
   const blocks = function* (bounds: number[]): Generator<B> {
     const readers = parts.map((p, pi) => new SpillReader(p.spill, rbs[pi]));
     const cursors = parts.map((p) => new IdCursor(p));
-    // The merged frame of each of a part's records in the block (reused).
-    let at = new Int32Array(0);
     try {
       for (let b = 0; b + 1 < bounds.length; b++) {
         const f0 = bounds[b], f1 = bounds[b + 1];
-        if (at.length < f1 - f0) at = new Int32Array(f1 - f0);
         const blk = open(f0, f1);
         parts.forEach((_p, pi) => {
-          const c = cursors[pi];
-          let n = 0;
-          for (let f = f0; f < f1 && c.more; f++) {
-            // A part's frames are a sorted subset of the merged ones: its next frame is f or a later one.
-            while (c.more && c.trainId === merged.trainId[f] && c.pulseId === merged.pulseId[f]) {
-              if (n === at.length) at = Int32Array.from({ length: 2 * n }, (_, i) => (i < n ? at[i] : 0));
-              at[n++] = f - f0;
-              c.next();
-            }
+          // The merged frame (f - f0) of each of the part's records in the block.
+          const at = cursors[pi].within(merged, f0, f1);
+          if (at.length === 0) return;
+          const bytes = readers[pi].read(at.length);
+          for (let r = 0; r < at.length; r++) {
+            blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], at[r]);
           }
-          if (n === 0) return;
-          const bytes = readers[pi].read(n);
-          for (let r = 0; r < n; r++) blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], at[r]);
         });
         yield blk.done();
       }
