@@ -161,15 +161,15 @@ describe("the merge's spill stream", () => {
 
 describe("the reader's open files", () => {
   // HDF5 keeps the chunk-index nodes it visited in each open file's metadata cache (wasm heap, which never
-  // shrinks): the reader worker reopens a file every `limit` module frames read from it, so what a file
-  // holds is bounded by `limit`, not by the run. Reopened files must read the same frames.
+  // shrinks): the reader worker closes a file every `limit` module frames read from it (it opens again when
+  // read), so what a file holds is bounded by `limit`, not by the run. Reopened files must read the same
+  // frames.
   test("frames read since a file was opened stay below limit + one batch; the data are unchanged", async () => {
-    const lib = await h5();
     const read = async (trains: number, limit: number) => {
       const run = await Run.open(path.join(tmp, `t${trains}`));
       try {
         const r = new FrameReader(run.detector(), { mask: true, batchBytes: 4 * 2 ** 20 });
-        const rec = new FileRecycler(lib, r.modules, limit);
+        const rec = new FileRecycler(r.modules, limit);
         let sum = 0, most = 0;
         for (const b of r.batches()) {
           for (const m of b.modules) {
@@ -178,19 +178,19 @@ describe("the reader's open files", () => {
           rec.afterBatch(b.trainId, b.modules.map((m) => m.present));
           most = Math.max(most, ...rec.sinceOpen.values());
         }
-        return { sum, most, reopened: rec.reopened, perBatch: r.framesPerBatch, frames: r.nFrames };
+        return { sum, most, closed: rec.closed, perBatch: r.framesPerBatch, frames: r.nFrames };
       } finally {
         run.close();
       }
     };
     const plain = await read(8, Infinity);
-    // No frame limit: only the files the reading left behind are reopened (2 modules x 2 files of 4 trains).
-    expect(plain.reopened).toBe(2);
+    // No frame limit: only the files the reading left behind are closed (2 modules x 2 files of 4 trains).
+    expect(plain.closed).toBe(2);
     for (const trains of [2, 8]) {
       const x = await read(trains, 40);
-      // 2 modules x 32 frames x trains, reopened every 40 frames of a file: the bound does not grow.
+      // 2 modules x 32 frames x trains, closed every 40 frames of a file: the bound does not grow.
       expect(x.most).toBeLessThan(40 + x.perBatch);
-      expect(x.reopened).toBeGreaterThanOrEqual(Math.floor((x.frames * 2) / (40 + x.perBatch)));
+      expect(x.closed).toBeGreaterThanOrEqual(Math.floor((x.frames * 2) / (40 + x.perBatch)));
       if (trains === 8) expect(x.sum).toBe(plain.sum);
     }
   });

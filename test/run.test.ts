@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun, type SynthOptions, type Truth } from "../fixtures/synth.ts";
 import { FrameReader } from "../src/exdf/frames.ts";
-import type { H5Dataset } from "../src/exdf/h5.ts";
+import { type H5Dataset, OPEN_FILES } from "../src/exdf/h5.ts";
 import { Run } from "../src/exdf/run.ts";
 import { geometry } from "../src/exdf/detectors.ts";
 
@@ -209,6 +209,39 @@ describe("alignment", () => {
     try {
       expect(run.trainIds).toEqual(truth.trains);
       for (const f of run.files) expect(f.trainIds.every((t) => t > 0)).toBe(true);
+    } finally {
+      run.close();
+    }
+  });
+
+  test("a run of 72 sequence files: at most OPEN_FILES of them open at once; every frame read right", async () => {
+    // HDF5 takes ~0.3 MB of the wasm heap (which never shrinks) per open file: a long run's thousands of
+    // sequence files were all open in every thread. Counted here by the descriptors open on the run's files
+    // (HDF5's own, and the direct reads' one per open file).
+    const { dir, truth } = await synth({ trains: 24, framesPerTrain: 2, trainsPerFile: 1 });
+    const inRun = () =>
+      fs.readdirSync("/proc/self/fd").filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir + path.sep);
+        } catch {
+          return false; // closed meanwhile (readdir's own descriptor)
+        }
+      }).length;
+    const run = await Run.open(dir);
+    try {
+      expect(run.files.length).toBe(72); // 2 modules x 24 files, 24 DA files
+      expect(inRun()).toBeLessThanOrEqual(OPEN_FILES);
+      expect(checkAllFrames(run, 2 * 512 * 128 * 4)).toBe(truth.frames.length * 2);
+      expect(inRun()).toBeLessThanOrEqual(2 * OPEN_FILES);
+      // A worker's run (from the index) opens a file when it reads it, none before.
+      run.close();
+      expect(inRun()).toBe(0);
+      const again = await Run.fromIndex(structuredClone(run.index()));
+      expect(inRun()).toBe(0);
+      expect(checkAllFrames(again, 2 * 512 * 128 * 4)).toBe(truth.frames.length * 2);
+      expect(inRun()).toBeLessThanOrEqual(2 * OPEN_FILES);
+      again.close();
+      expect(inRun()).toBe(0);
     } finally {
       run.close();
     }

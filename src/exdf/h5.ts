@@ -21,6 +21,7 @@ export type H5Dataset = InstanceType<H5["Dataset"]>;
 
 let ready: Promise<H5> | undefined;
 let wasm: Wasm | undefined;
+let loaded: H5 | undefined;
 
 /**
  * h5wasm, initialised once per process (or worker). Loaded on first use, not when this module is imported:
@@ -34,6 +35,7 @@ export function h5(): Promise<H5> {
       wasm = mod;
       // HDF5 errors become JS exceptions carrying HDF5's error stack, instead of a print on stderr.
       mod.activate_throwing_error_handler();
+      loaded = lib;
       return lib;
     })
   );
@@ -76,6 +78,65 @@ export async function openH5(path: string): Promise<H5File> {
  */
 export function reopenH5(lib: H5, path: string): H5File {
   return closingDirect(new lib.File(path, "r"));
+}
+
+/**
+ * The files a thread's runs read are opened when read and kept open up to OPEN_FILES of them (least recently
+ * read closed first), not all at once: HDF5 allocates ~0.3 MB of wasm heap per open file (its metadata
+ * cache's hash table, ~256 kB with 32-bit pointers, and buffers), and that heap never shrinks. A run of 120
+ * files opened at once took the heap from 18 to 55 MB in each thread that opened it; a long AGIPD-1M run
+ * has thousands. Reopening a file costs 0.2-0.5 ms (measured), and the direct reads' chunk plans survive it
+ * (chunks.ts caches them by file).
+ */
+export const OPEN_FILES = 16;
+const openFiles = new Map<string, H5File>();
+
+/**
+ * The open handle of run file `path` (read-only), opened again if it was closed. Valid until this thread
+ * asks for OPEN_FILES other files or closes it (closeRunFile): use it at once, never keep it. h5() must have
+ * loaded h5wasm.
+ */
+export function runFileHandle(path: string): H5File {
+  let file = openFiles.get(path);
+  if (file) {
+    openFiles.delete(path); // most recent last
+    openFiles.set(path, file);
+    return file;
+  }
+  if (!loaded) throw new Error("h5wasm is not loaded (await h5() first)");
+  try {
+    file = reopenH5(loaded, path);
+  } catch (e) {
+    throw new InputError(path, `cannot open HDF5 file: ${firstLine(e)}`);
+  }
+  keepOpen(path, file);
+  return file;
+}
+
+/** Keep `file` (run file `path`, opened by openH5) as its open handle, closing the least recently used. */
+export function keepOpen(path: string, file: H5File): void {
+  const old = openFiles.get(path);
+  if (old && old !== file) old.close();
+  openFiles.delete(path);
+  openFiles.set(path, file);
+  for (const [p, f] of openFiles) {
+    if (openFiles.size <= OPEN_FILES) break;
+    openFiles.delete(p);
+    f.close();
+  }
+}
+
+/** Close run file `path`'s handle if open (its HDF5 caches freed); it opens again when next read. */
+export function closeRunFile(path: string): void {
+  const f = openFiles.get(path);
+  if (!f) return;
+  openFiles.delete(path);
+  f.close();
+}
+
+/** How many run files this thread holds open (tests). */
+export function openRunFiles(): number {
+  return openFiles.size;
 }
 
 /** The direct chunk reads (chunks.ts) keep a file descriptor per file: closed with the file. */

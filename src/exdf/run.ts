@@ -17,14 +17,18 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import {
+  closeRunFile,
   dsInfo,
   firstLine,
+  h5 as loadH5,
   type H5Dataset,
   type H5File,
   type H5Group,
+  keepOpen,
   type NumericArray,
   openH5,
   readAll,
+  runFileHandle,
 } from "./h5.ts";
 import { type DetectorType, typeFromName, typeFromShape } from "./detectors.ts";
 
@@ -53,7 +57,11 @@ export interface RunFile {
   path: string;
   name: string;
   format: string;
-  h5: H5File;
+  /**
+   * The file's HDF5 handle, opened when asked for (h5.ts `runFileHandle`: a thread keeps at most OPEN_FILES
+   * run files open). Use it at once; never keep it or a dataset of it past asking for another file's.
+   */
+  readonly h5: H5File;
   /** Train IDs of this file (padding dropped). */
   trainIds: number[];
   sources: Map<string, SourceInFile>;
@@ -137,8 +145,8 @@ export class Run {
   index(): RunIndex {
     const files = new Map<RunFile, Omit<RunFile, "h5">>(
       this.files.map((f) => {
-        const { h5: _, ...rest } = f;
-        return [f, rest];
+        // h5 is a getter that is not enumerable: the spread leaves it out (and does not open the file).
+        return [f, { ...f }];
       }),
     );
     const detectors = this.detectors.map((d) => ({
@@ -152,22 +160,12 @@ export class Run {
   }
 
   /**
-   * The run of an index made by `index()` (in another thread): its files opened again, nothing else read.
+   * The run of an index made by `index()` (in another thread): nothing read, each file opened when first read.
    * The objects of the index become the run's (the files get their HDF5 handles).
    */
   static async fromIndex(ix: RunIndex): Promise<Run> {
-    const files: RunFile[] = [];
-    try {
-      for (const f of ix.files) {
-        const file = f as RunFile;
-        file.h5 = await openH5(f.path);
-        files.push(file);
-      }
-    } catch (e) {
-      for (const f of files) f.h5.close();
-      throw e;
-    }
-    return new Run(ix.path, files, ix.detectors);
+    await loadH5();
+    return new Run(ix.path, ix.files.map(withHandle), ix.detectors);
   }
 
   /** Open a run directory or a single file. Throws InputError (one line, naming the file) on bad input. */
@@ -191,7 +189,7 @@ export class Run {
     try {
       for (const p of paths) files.push(await openRunFile(p));
     } catch (e) {
-      for (const f of files) f.h5.close();
+      for (const f of files) closeRunFile(f.path);
       throw e;
     }
     return new Run(runPath, files);
@@ -263,12 +261,9 @@ export class Run {
     return this.detectors[0];
   }
 
+  /** Close the run's open files (a file read after this opens again). */
   close(): void {
-    for (const f of this.files) {
-      try {
-        f.h5.close();
-      } catch { /* already closed */ }
-    }
+    for (const f of this.files) closeRunFile(f.path);
   }
 }
 
@@ -288,16 +283,25 @@ function has(g: H5Group, name: string): boolean {
 
 async function openRunFile(p: string): Promise<RunFile> {
   const h5 = await openH5(p);
+  let file: Omit<RunFile, "h5">;
   try {
-    return describeFile(p, h5);
+    file = describeFile(p, h5);
   } catch (e) {
     h5.close();
     if (e instanceof InputError) throw e;
     throw new InputError(p, `cannot read EuXFEL layout: ${firstLine(e)}`);
   }
+  keepOpen(p, h5);
+  return withHandle(file);
 }
 
-function describeFile(p: string, h5: H5File): RunFile {
+/** The run file with its `h5` getter (not enumerable: a spread or a structured clone leaves it out). */
+function withHandle(f: Omit<RunFile, "h5">): RunFile {
+  const path = f.path;
+  return Object.defineProperty(f, "h5", { get: () => runFileHandle(path), enumerable: false }) as RunFile;
+}
+
+function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
   if (!has(h5, "INDEX/trainId") || !has(h5, "METADATA")) {
     throw new InputError(p, "not an EuXFEL data file (no METADATA or INDEX/trainId)");
   }
@@ -347,7 +351,6 @@ function describeFile(p: string, h5: H5File): RunFile {
     path: p,
     name: path.basename(p),
     format,
-    h5,
     trainIds,
     sources,
     problems: indexProblems(h5, trainIds, sources),

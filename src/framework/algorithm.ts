@@ -274,7 +274,7 @@ export async function runPart<P>(algo: Algorithm<P>, runPath: string, o: PartOpt
         batchBytes: Math.min(perModule, 96 * 2 ** 20),
       },
     };
-    if (o.local) reader = await LocalReader.open(det, init.options);
+    if (o.local) reader = LocalReader.open(det, init.options);
     else if (readers > 1) reader = await FanInReader.open(init, readers);
     else reader = await PrefetchReader.open(init, boot);
     const side = needs.side?.length ? loadSide(run, needs.side) : undefined;

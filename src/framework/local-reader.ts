@@ -4,22 +4,21 @@
  * their threads already keep the cores busy, one reading while another computes, and a reader worker per
  * group would cost a thread, a second h5wasm instance and a second open of the run each, for no gain when
  * reading is CPU-bound (files in the page cache). Same batches and the same memory bound (FrameReader's two
- * batch buffers) as PrefetchReader; files are reopened as the reader worker does (FileRecycler), so the wasm
+ * batch buffers) as PrefetchReader; files are closed as the reader worker does (FileRecycler), so the wasm
  * heap stays bounded. (Decoding straight into buffers on the wasm heap, without FrameReader's copy, was tried:
  * no gain on the SFX run, 10 % more CPU on an uncompressed one.)
  */
 import type { FrameBatch, FrameOptions } from "../exdf/frames.ts";
 import { FrameReader } from "../exdf/frames.ts";
-import { h5 } from "../exdf/h5.ts";
 import type { Detector } from "../exdf/run.ts";
 import { FileRecycler } from "./prefetch.ts";
 
 export class LocalReader {
   private constructor(private reader: FrameReader, private recycler: FileRecycler) {}
 
-  static async open(det: Detector, options: FrameOptions): Promise<LocalReader> {
+  static open(det: Detector, options: FrameOptions): LocalReader {
     const reader = new FrameReader(det, options);
-    return new LocalReader(reader, new FileRecycler(await h5(), reader.modules));
+    return new LocalReader(reader, new FileRecycler(reader.modules));
   }
 
   get nFrames(): number {

@@ -13,7 +13,7 @@
 import type { Worker } from "node:worker_threads";
 import type { FrameBatch, FrameIds, FrameOptions, ModuleFrames } from "../exdf/frames.ts";
 import { fromWire, type WireError } from "../errors.ts";
-import { type H5, reopenH5 } from "../exdf/h5.ts";
+import { closeRunFile } from "../exdf/h5.ts";
 import type { DetectorModule, RunFile, RunIndex } from "../exdf/run.ts";
 import { nextMessage, startWorker } from "./threads.ts";
 
@@ -312,21 +312,21 @@ export class FanInReader {
   }
 }
 
-/** Module frames read from one file before it is closed and reopened (its metadata cache emptied). */
+/** Module frames read from one file before it is closed (its metadata cache emptied; reopened when read). */
 export const REOPEN_FRAMES = 1024;
 
 /**
- * Counts the module frames read from each file and reopens a file once REOPEN_FRAMES were read from it, or
- * once a batch read nothing from it after earlier ones did (reading moved on): what the files' caches hold
- * does not add up over the run's sequence files.
+ * Counts the module frames read from each file and closes a file once REOPEN_FRAMES were read from it, or
+ * once a batch read nothing from it after earlier ones did (reading moved on; h5.ts opens it again if it
+ * is read again): what the files' caches hold does not add up over the run's sequence files.
  */
 export class FileRecycler {
-  /** Frames read since the last (re)open, per file. */
+  /** Frames read since the file was last opened, per file. */
   readonly sinceOpen = new Map<RunFile, number>();
-  reopened = 0;
-  constructor(private lib: H5, private modules: DetectorModule[], private limit = REOPEN_FRAMES) {}
+  closed = 0;
+  constructor(private modules: DetectorModule[], private limit = REOPEN_FRAMES) {}
 
-  /** After a batch: count its frames per file (by train ID), reopen the files past the limit. */
+  /** After a batch: count its frames per file (by train ID), close the files past the limit. */
   afterBatch(trainId: Float64Array, present: Uint8Array[]): void {
     const touched = new Set<RunFile>();
     this.modules.forEach((m, mi) => {
@@ -347,13 +347,12 @@ export class FileRecycler {
     });
     for (const [f, n] of this.sinceOpen) {
       // A file read from since its open but not in this batch (reading moved on to the next sequence file,
-      // or the pre-pass jumped): reopened too, so that the caches of the files behind do not add up over a
+      // or the pre-pass jumped): closed too, so that the caches of the files behind do not add up over a
       // long run.
       if (n < this.limit && (n === 0 || touched.has(f))) continue;
-      f.h5.close();
-      f.h5 = reopenH5(this.lib, f.path);
+      closeRunFile(f.path);
       this.sinceOpen.set(f, 0);
-      this.reopened++;
+      this.closed++;
     }
   }
 }

@@ -5,9 +5,10 @@
  *
  * Memory: HDF5 keeps the chunk-index nodes it has visited in each open file's metadata cache (on the wasm
  * heap, which never shrinks): ~600 bytes per 1-frame chunk read, so a run read through grows the heap by
- * ~40 MB per 250-train AGIPD sequence file of 64 frames/train (data + mask). `FileRecycler` closes and
- * reopens a file after every REOPEN_FRAMES module frames read from it (src/framework/prefetch.ts), which
- * empties its cache: the heap stays bounded whatever the run length (measured: bench/RESULTS.md).
+ * ~40 MB per 250-train AGIPD sequence file of 64 frames/train (data + mask). `FileRecycler` closes a file
+ * after every REOPEN_FRAMES module frames read from it, and once reading moved past it
+ * (src/framework/prefetch.ts), which empties its cache; a thread holds at most OPEN_FILES files open
+ * (src/exdf/h5.ts): the heap stays bounded whatever the run length (measured: bench/RESULTS.md).
  */
 import { parentPort } from "node:worker_threads";
 import { toWire } from "../errors.ts";
@@ -33,7 +34,7 @@ function fail(e: unknown): void {
 }
 
 try {
-  const lib = await ready;
+  await ready;
   const run = init.index ? await Run.fromIndex(init.index) : await Run.open(init.runPath);
   const reader = new FrameReader(run.detector(init.detector), init.options);
   const mask = !!init.options.mask;
@@ -47,7 +48,7 @@ try {
   }
   const views = buffers.map((b) => moduleViews(b, modules, reader.framesPerBatch, reader.pixels, mask));
   const ids = buffers.map((b) => idViews(b, reader.framesPerBatch));
-  const recycler = new FileRecycler(lib, reader.modules);
+  const recycler = new FileRecycler(reader.modules);
   const open: ReaderReply = {
     type: "open",
     nFrames: reader.nFrames,
