@@ -180,6 +180,31 @@ with h5py.File(sys.argv[1], "w") as f:
     expect(kept.plans).toBeGreaterThanOrEqual(4);
   });
 
+  test("the plans kept stay at most 256 however many small datasets are read (a long run's ID datasets)", async () => {
+    await h5();
+    setDirectReads(true);
+    const many = path.join(dir, "many-datasets.h5");
+    const py = `import sys, numpy as np, h5py
+with h5py.File(sys.argv[1], "w") as f:
+    for i in range(300):
+        f.create_dataset(f"d{i}", data=np.arange(4, dtype="u8") + i, chunks=(4,))`;
+    const r = spawnSync(PYTHON, ["-c", py, many], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(r.stderr);
+    const out = new BigUint64Array(4);
+    const f = await openH5(many);
+    const made = directStats.plans;
+    try {
+      for (let i = 0; i < 300; i++) {
+        readSlab(f, `/d${i}`, [0], [4], out);
+        expect(out[3]).toBe(BigInt(3 + i));
+      }
+    } finally {
+      f.close();
+    }
+    expect(directStats.plans - made).toBe(300); // each read the direct way, through a plan of its own
+    expect(planCacheSize().plans).toBeLessThanOrEqual(256); // the old cache kept all 300 (1 chunk each)
+  });
+
   test.each([true, false])(
     "a damaged deflated chunk is an InputError naming the file (zlib handle: %s)",
     async (zlibHandle) => {

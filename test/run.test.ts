@@ -12,6 +12,7 @@ import { FrameReader } from "../src/exdf/frames.ts";
 import { type H5Dataset, OPEN_FILES } from "../src/exdf/h5.ts";
 import { Run } from "../src/exdf/run.ts";
 import { geometry } from "../src/exdf/detectors.ts";
+import { directStats } from "../src/exdf/chunks.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -227,10 +228,13 @@ describe("alignment", () => {
           return false; // closed meanwhile (readdir's own descriptor)
         }
       }).length;
+    const plans = directStats.plans;
     const run = await Run.open(dir);
     try {
       expect(run.files.length).toBe(72); // 2 modules x 24 files, 24 DA files
       expect(inRun()).toBeLessThanOrEqual(OPEN_FILES);
+      // INDEX and METADATA are read through HDF5: no chunk plan (and descriptor) per small dataset.
+      expect(directStats.plans).toBe(plans);
       expect(checkAllFrames(run, 2 * 512 * 128 * 4)).toBe(truth.frames.length * 2);
       expect(inRun()).toBeLessThanOrEqual(2 * OPEN_FILES);
       // A worker's run (from the index) opens a file when it reads it, none before.

@@ -53,11 +53,14 @@ interface FileState {
  * PLAN_CACHE_MIN plans whatever their size (a sequence file's data and mask, and the next file's when a
  * batch straddles two). A plan's size follows its file's row count, not the run's: a thread's plans stay
  * within max(PLAN_CACHE_CHUNKS, PLAN_CACHE_MIN plans) however many sequence files it reads (with 2^19 chunks
- * they grew to 2.2 MB a thread over 1,000 trains of 4 files a module, 0.3 MB over 125 trains).
+ * they grew to 2.2 MB a thread over 1,000 trains of 4 files a module, 0.3 MB over 125 trains). At most
+ * PLAN_CACHE_PLANS plans: the small datasets of each file (train and pulse IDs, cells) have a plan each, ~2 kB
+ * with its key, and a long run has thousands of files.
  */
 const plans = new Map<string, ChunkPlan | null>();
 const PLAN_CACHE_CHUNKS = 1 << 16;
 const PLAN_CACHE_MIN = 4;
+const PLAN_CACHE_PLANS = 256;
 let cachedChunks = 0;
 
 function cachedPlan(key: string): ChunkPlan | null | undefined {
@@ -73,7 +76,11 @@ function cachePlan(key: string, p: ChunkPlan | null): void {
   plans.set(key, p);
   cachedChunks += p ? p.address.length : 0;
   for (const [k, old] of plans) {
-    if (cachedChunks <= PLAN_CACHE_CHUNKS || plans.size <= PLAN_CACHE_MIN) break;
+    if (
+      (cachedChunks <= PLAN_CACHE_CHUNKS && plans.size <= PLAN_CACHE_PLANS) || plans.size <= PLAN_CACHE_MIN
+    ) {
+      break;
+    }
     plans.delete(k);
     cachedChunks -= old ? old.address.length : 0;
   }

@@ -294,6 +294,19 @@ export function readSlab(
   ) {
     return;
   }
+  readHdf5(mod, file, path, offset, count, dst);
+}
+
+/** readSlab through HDF5: into the reused scratch buffer on the wasm heap, then copied into dst. */
+function readHdf5(
+  mod: Wasm,
+  file: H5File,
+  path: string,
+  offset: number[],
+  count: number[],
+  dst: Uint8Array,
+): void {
+  const nbytes = dst.length;
   if (nbytes > scratchBytes) {
     if (scratchPtr) mod._free(scratchPtr);
     scratchBytes = Math.max(nbytes, 1 << 20);
@@ -314,9 +327,16 @@ export function readSlab(
   dst.set(new Uint8Array(mod.HEAPU8.buffer, scratchPtr, nbytes));
 }
 
-/** Read a whole (small) dataset. */
-export function readAll(file: H5File, path: string): NumericArray {
-  const ds = file.get(path) as H5Dataset;
+/**
+ * Datasets smaller than this are read whole through HDF5, not the direct path (INDEX first/count, METADATA):
+ * a direct read opens a descriptor and makes a chunk plan per dataset, which cost more than the read when
+ * `Run.open` reads a few hundred bytes from each of a run's datasets, and the plans of thousands of small
+ * datasets filled the plan cache's map.
+ */
+const SMALL_BYTES = 1 << 20;
+
+/** Read a whole (small) dataset (`ds`: the dataset at `path` when the caller has it already). */
+export function readAll(file: H5File, path: string, ds = file.get(path) as H5Dataset): NumericArray {
   const info = dsInfo(ds);
   const n = info.shape.reduce((a, b) => a * b, 1);
   const out = arrayFor(info.dtype, n);
@@ -325,6 +345,9 @@ export function readAll(file: H5File, path: string): NumericArray {
     (out as any)[0] = v;
     return out;
   }
-  readRows(file, path, info.shape, 0, info.shape[0], out);
+  const bytes = n * out.BYTES_PER_ELEMENT;
+  if (n > 0 && bytes < SMALL_BYTES && wasm) {
+    readHdf5(wasm, file, path, info.shape.map(() => 0), info.shape, new Uint8Array(out.buffer, 0, bytes));
+  } else readRows(file, path, info.shape, 0, info.shape[0], out);
   return out;
 }

@@ -273,6 +273,17 @@ function strings(v: unknown): string[] {
   return [];
 }
 
+/** The whole dataset at `p`, or null where there is none (one lookup, where has + readAll make two). */
+function readIfAny(h5: H5File, p: string): NumericArray | null {
+  let e: unknown;
+  try {
+    e = h5.get(p);
+  } catch {
+    return null;
+  }
+  return (e as { type?: string } | null)?.type === "Dataset" ? readAll(h5, p, e as H5Dataset) : null;
+}
+
 function has(g: H5Group, name: string): boolean {
   try {
     return g.get(name) !== null;
@@ -410,13 +421,15 @@ function firstDatasetRows(h5: H5File, g: string): number | null {
 
 function readIndex(h5: H5File, key: string, nTrains: number): SourceIndex {
   const base = `INDEX/${key}`;
-  if (!has(h5, `${base}/first`)) {
+  const firstAll = readIfAny(h5, `${base}/first`);
+  if (!firstAll) {
     return { first: new Array(nTrains).fill(0), count: new Array(nTrains).fill(0) };
   }
-  const first = Array.from(readAll(h5, `${base}/first`), Number).slice(0, nTrains);
+  const first = Array.from(firstAll, Number).slice(0, nTrains);
+  const countAll = readIfAny(h5, `${base}/count`);
   let count: number[];
-  if (has(h5, `${base}/count`)) {
-    count = Array.from(readAll(h5, `${base}/count`), Number).slice(0, nTrains);
+  if (countAll) {
+    count = Array.from(countAll, Number).slice(0, nTrains);
   } else {
     // Legacy index (format 0.1-0.5): count = (last - first + 1) * status.
     const last = Array.from(readAll(h5, `${base}/last`), Number);
