@@ -63,12 +63,16 @@ const DIRECT = ["data", "mask", "g/i16x4", "contig", "rawchunk", "partial"];
 
 let dir = "";
 let maskChunk7 = 0;
+/** Run a Python script (h5py) with one argument; its stdout. */
+function python(script: string, arg: string): string {
+  const r = spawnSync(PYTHON, ["-c", script, arg], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(r.stderr);
+  return r.stdout;
+}
 beforeAll(() => {
   if (!have("h5py")) return;
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "chunks-"));
-  const r = spawnSync(PYTHON, ["-c", PY, dir], { encoding: "utf8" });
-  if (r.status !== 0) throw new Error(r.stderr);
-  maskChunk7 = Number(r.stdout.trim());
+  maskChunk7 = Number(python(PY, dir).trim());
 });
 afterAll(() => {
   setDirectReads(true);
@@ -149,8 +153,7 @@ describe.skipIf(!have("h5py"))("direct chunk reads (chunks.ts) give the values h
     const py = `import sys, numpy as np, h5py
 with h5py.File(sys.argv[1], "w") as f:
     f.create_dataset("rows", data=(np.arange(70000) % 251).astype("u1"), chunks=(1,))`;
-    const r = spawnSync(PYTHON, ["-c", py, big], { encoding: "utf8" });
-    if (r.status !== 0) throw new Error(r.stderr);
+    python(py, big);
     const one = new Uint8Array(1);
     let f = await openH5(big);
     try {
@@ -188,8 +191,7 @@ with h5py.File(sys.argv[1], "w") as f:
 with h5py.File(sys.argv[1], "w") as f:
     for i in range(300):
         f.create_dataset(f"d{i}", data=np.arange(4, dtype="u8") + i, chunks=(4,))`;
-    const r = spawnSync(PYTHON, ["-c", py, many], { encoding: "utf8" });
-    if (r.status !== 0) throw new Error(r.stderr);
+    python(py, many);
     const out = new BigUint64Array(4);
     const f = await openH5(many);
     const made = directStats.plans;

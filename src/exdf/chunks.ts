@@ -315,10 +315,23 @@ function superblock(fd: number): FileState | null {
 }
 
 /** Bytes [pos, pos + n) of the file (pos absolute). */
-function bytes(st: FileState, pos: number, n: number): Buffer {
-  const b = Buffer.alloc(n);
+function bytes(st: FileState, pos: number, n: number, into?: Buffer): Buffer {
+  const b = into && into.length >= n ? into.subarray(0, n) : Buffer.alloc(n);
   const got = fs.readSync(st.fd, b, 0, n, pos);
   return got === n ? b : b.subarray(0, got);
+}
+
+/**
+ * The B-tree walk's read buffers, one per depth (a node's entries are read while its children are walked),
+ * reused: a plan of 16,000 chunks reads ~250 nodes, and a fresh buffer each left ~0.8 MB of garbage outside
+ * V8's heap per plan (48 plans: +33-38 MB of RSS before a collection).
+ */
+const nodeScratch: Buffer[] = [];
+
+function nodeBuffer(depth: number, n: number): Buffer {
+  let b = nodeScratch[depth];
+  if (!b || b.length < n) nodeScratch[depth] = b = Buffer.allocUnsafe(Math.max(n, 4096));
+  return b;
 }
 
 /** A little-endian 64-bit number (exact below 2^53; the undefined address 2^64 - 1 rounds to 2^64). */
@@ -385,10 +398,11 @@ function walkTree(
 ): void {
   if (depth > 32) throw new Error("B-tree too deep");
   const keyBytes = 8 + 8 * ndims;
-  const head = bytes(st, node, 24);
+  const head = bytes(st, node, 24, nodeBuffer(depth, 24));
   if (head.toString("latin1", 0, 4) !== "TREE" || head[4] !== 1) throw new Error("not a chunk B-tree node");
   const level = head[5], used = head.readUInt16LE(6);
-  const b = bytes(st, node + 24, used * (keyBytes + 8) + keyBytes);
+  const n = used * (keyBytes + 8) + keyBytes;
+  const b = bytes(st, node + 24, n, nodeBuffer(depth, n));
   for (let i = 0; i < used; i++) {
     const at = i * (keyBytes + 8);
     const child = u64(b, at + keyBytes);

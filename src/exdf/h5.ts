@@ -134,11 +134,6 @@ export function closeRunFile(path: string): void {
   f.close();
 }
 
-/** How many run files this thread holds open (tests). */
-export function openRunFiles(): number {
-  return openFiles.size;
-}
-
 /** The direct chunk reads (chunks.ts) keep a file descriptor per file: closed with the file. */
 function closingDirect(file: H5File): H5File {
   const close = file.close.bind(file);

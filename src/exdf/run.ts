@@ -275,21 +275,21 @@ function strings(v: unknown): string[] {
 
 /** The whole dataset at `p`, or null where there is none (one lookup, where has + readAll make two). */
 function readIfAny(h5: H5File, p: string): NumericArray | null {
-  let e: unknown;
-  try {
-    e = h5.get(p);
-  } catch {
-    return null;
-  }
+  const e = lookup(h5, p);
   return (e as { type?: string } | null)?.type === "Dataset" ? readAll(h5, p, e as H5Dataset) : null;
 }
 
-function has(g: H5Group, name: string): boolean {
+/** The object at `p` (h5wasm's get), or null where there is none or it cannot be looked up. */
+function lookup(g: H5Group, p: string): unknown {
   try {
-    return g.get(name) !== null;
+    return g.get(p);
   } catch {
-    return false;
+    return null;
   }
+}
+
+function has(g: H5Group, name: string): boolean {
+  return lookup(g, name) !== null;
 }
 
 async function openRunFile(p: string): Promise<RunFile> {
@@ -403,12 +403,7 @@ function listSome(xs: string[]): string {
 
 /** Rows (first axis) of the first dataset found under a group, or null. */
 function firstDatasetRows(h5: H5File, g: string): number | null {
-  let e: unknown;
-  try {
-    e = h5.get(g);
-  } catch {
-    return null;
-  }
+  const e = lookup(h5, g);
   const kind = (e as { type?: string } | null)?.type;
   if (kind === "Dataset") return dsInfo(e as H5Dataset).shape[0] ?? null;
   if (kind !== "Group") return null;
