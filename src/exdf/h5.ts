@@ -113,7 +113,7 @@ export function runFileHandle(path: string): H5File {
   return file;
 }
 
-/** Keep `file` (run file `path`, opened by openH5) as its open handle, closing the least recently used. */
+/** Keep `file` as run file `path`'s open handle (most recent), closing the least recently used past OPEN_FILES. */
 export function keepOpen(path: string, file: H5File): void {
   const old = openFiles.get(path);
   if (old && old !== file) old.close();
