@@ -54,10 +54,15 @@ describe("localise memory, 2 vs 8 trains", () => {
     // ROI persistence counts (u32 per pixel) and hot pixels (u8 per pixel), 2 modules.
     expect(a.accumulatorBytes).toBe(2 * g.pixels * 5);
     expect(b.accumulatorBytes).toBe(a.accumulatorBytes);
-    // Per frame in memory: trainId, pulseId (f64), score (f32), frameLit (u8); nothing per part (the parts'
-    // frame ids are streamed from their id spill files).
-    expect(a.frameBytes / results[2].frames).toBe(21);
-    expect(b.frameBytes / results[8].frames).toBe(21);
+    // Nothing per frame in memory (until a test asks for the whole-run columns): the merged frames' ids are
+    // streamed from the parts' id spill files in every pass; per train its counts, per block its bound.
+    expect(a.frameBytes).toBe(0);
+    expect(b.frameBytes).toBe(0);
+    for (const t of [2, 8]) {
+      const m = results[t].memory;
+      expect(m.trainBytes).toBe(24 * t + 8 * results[t].blockBounds().length);
+      expect(results[t].perTrain.frames).toEqual(Array(t).fill(32));
+    }
   });
 
   test("per-frame results and frame ids are in spill files (two per part), growing with the run", () => {

@@ -72,6 +72,7 @@ describe("reduce on a realistic SFX run on disk", () => {
 
       const r = await localise(run, { backend: "cpu" });
       const loc = path.join(tmp, "loc");
+      const lit = r.frameLit; // made from the spill files, which dispose removes
       try {
         await writeLocaliseDir(r, loc);
       } finally {
@@ -84,7 +85,6 @@ describe("reduce on a realistic SFX run on disk", () => {
       const kept = new Uint8Array(sfx.frames);
       const summary = JSON.parse(fs.readFileSync(path.join(loc, "summary.json"), "utf8"));
       expect(summary.frames).toBe(sfx.frames);
-      const lit = r.frameLit;
       for (let f = 0; f < sfx.frames; f++) kept[f] = lit[f];
       const hits = sfx.hit.reduce((a, x) => a + x, 0);
       let tp = 0, fp = 0;

@@ -1,7 +1,7 @@
 /** Stage 6 (ROIs) and the classifier helpers, on hand-made boxes and scores. */
 import { describe, expect, test } from "vitest";
 import { type Box, overlaps, RoiSet } from "../src/localise/rois.ts";
-import { adaptiveThreshold, quantile } from "../src/localise/classify.ts";
+import { adaptiveThreshold, adaptiveThresholdStreamed, quantile } from "../src/localise/classify.ts";
 
 const covers = (rois: Box[], b: Box) =>
   rois.some((r) => r[0] <= b[0] && r[1] <= b[1] && r[2] >= b[2] && r[3] >= b[3]);
@@ -64,5 +64,38 @@ describe("adaptive threshold", () => {
     const s = [1, 2, 3, 4, 5, 6, 7, 8, 9, 100, NaN];
     // finite values: median 5.5, q25 3.25, q75 7.75 -> 5.5 + 4 * 4.5 / 1.349
     expect(adaptiveThreshold(s, 4)).toBeCloseTo(5.5 + (4 * 4.5) / 1.349, 10);
+  });
+
+  test("streamed in blocks (bounded memory) it is exactly the threshold of the sorted scores", () => {
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+    const cases: number[][] = [
+      [],
+      [NaN, Infinity, -Infinity],
+      [0.5],
+      [0.25, 0.75],
+      [3, 1, 2],
+      [0, -0, 0, -0, 1e-30, -1e-30],
+      Array.from({ length: 1000 }, () => 0), // one value: every statistic in one bucket
+      Array.from({ length: 5000 }, () => Math.floor(rand() * 7) / 7), // ties
+      // Scores whose keys share their high 16 bits: the statistics differ only in the low bits.
+      Array.from({ length: 3001 }, (_, i) => 0.5 + i * 2 ** -23),
+      Array.from({ length: 20_000 }, () => (rand() < 0.01 ? NaN : rand() ** 4)),
+      Array.from({ length: 4099 }, () => (rand() - 0.3) * 1e3),
+    ];
+    for (const values of cases) {
+      const scores = Float32Array.from(values);
+      for (const block of [1, 3, 1000, 1 << 20]) {
+        const passes = () =>
+          Array.from(
+            { length: Math.ceil(scores.length / block) },
+            (_, i) => scores.subarray(i * block, (i + 1) * block),
+          );
+        for (const snr of [0, 4]) {
+          expect(adaptiveThresholdStreamed(passes, snr), `${values.length} values, blocks of ${block}`)
+            .toBe(adaptiveThreshold(scores, snr));
+        }
+      }
+    }
   });
 });

@@ -263,36 +263,72 @@ export class IdCursor {
 
 /**
  * The union of the parts' frames, sorted by trainId then pulseId (each part's ids are), streamed from their id
- * spill files: one pass counts the merged frames, a second fills their ids. Memory: the result, 16 bytes a
- * merged frame, and one IdCursor buffer per part.
+ * spill files: `trainId`, `pulseId` of the current merged frame while `more`; `next()` moves on. Memory: one
+ * IdCursor buffer per part, nothing per frame; every pass over the merged frames makes a new one.
+ */
+export class MergedIds {
+  private cur: IdCursor[];
+  trainId = NaN;
+  pulseId = NaN;
+  more = true;
+  constructor(parts: IdSpill[]) {
+    this.cur = parts.map((p) => new IdCursor(p));
+    this.pick();
+  }
+  /** The smallest (trainId, pulseId) the parts' cursors are at: the current merged frame. */
+  private pick(): void {
+    let bt = Infinity, bp = Infinity;
+    for (const c of this.cur) {
+      if (c.more && (c.trainId < bt || (c.trainId === bt && c.pulseId < bp))) {
+        bt = c.trainId;
+        bp = c.pulseId;
+      }
+    }
+    this.more = bt !== Infinity;
+    this.trainId = this.more ? bt : NaN;
+    this.pulseId = this.more ? bp : NaN;
+  }
+  next(): void {
+    const bt = this.trainId, bp = this.pulseId;
+    for (const c of this.cur) while (c.more && c.trainId === bt && c.pulseId === bp) c.next();
+    this.pick();
+  }
+  /** The next (up to) n merged frames' ids into trainId[0, k), pulseId[0, k): k. */
+  take(n: number, trainId: Float64Array, pulseId: Float64Array): number {
+    let k = 0;
+    for (; k < n && this.more; k++, this.next()) {
+      trainId[k] = this.trainId;
+      pulseId[k] = this.pulseId;
+    }
+    return k;
+  }
+  close(): void {
+    for (const c of this.cur) c.close();
+  }
+}
+
+/**
+ * The union of the parts' frames as whole-run arrays (the reductions' merge; localise's streams `MergedIds`):
+ * one pass counts the merged frames, a second fills their ids. Memory: the result, 16 bytes a merged frame.
  */
 export function mergeIds(parts: IdSpill[]): { trainId: Float64Array; pulseId: Float64Array } {
-  const pass = (put?: (n: number, t: number, p: number) => void): number => {
-    const cur = parts.map((p) => new IdCursor(p));
+  const pass = (trainId?: Float64Array, pulseId?: Float64Array): number => {
+    const m = new MergedIds(parts);
     let n = 0;
     try {
-      for (;; n++) {
-        let bt = Infinity, bp = Infinity;
-        for (const c of cur) {
-          if (c.more && (c.trainId < bt || (c.trainId === bt && c.pulseId < bp))) {
-            bt = c.trainId;
-            bp = c.pulseId;
-          }
+      for (; m.more; m.next(), n++) {
+        if (trainId && pulseId) {
+          trainId[n] = m.trainId;
+          pulseId[n] = m.pulseId;
         }
-        if (bt === Infinity) break;
-        put?.(n, bt, bp);
-        for (const c of cur) while (c.more && c.trainId === bt && c.pulseId === bp) c.next();
       }
     } finally {
-      for (const c of cur) c.close();
+      m.close();
     }
     return n;
   };
   const n = pass();
   const trainId = new Float64Array(n), pulseId = new Float64Array(n);
-  pass((k, t, p) => {
-    trainId[k] = t;
-    pulseId[k] = p;
-  });
+  pass(trainId, pulseId);
   return { trainId, pulseId };
 }

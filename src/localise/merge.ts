@@ -3,14 +3,15 @@
  * their spill records streamed back block by block (bounded memory), the classifier (stage 5, spec in
  * classify.ts), ROIs (stage 6) and the module selection (stage 7).
  */
+import * as fs from "node:fs";
 import { InputError } from "../errors.ts";
 import { type Geometry, geometry } from "../exdf/detectors.ts";
 import { Run } from "../exdf/run.ts";
-import { adaptiveThreshold, asicOfPeak } from "./classify.ts";
+import { adaptiveThreshold, adaptiveThresholdStreamed, asicOfPeak } from "./classify.ts";
 import { loadLayout } from "../exdf/geometry.ts";
 import { positioner } from "./position.ts";
 import { RoiSet } from "./rois.ts";
-import { IdCursor, mergeIds, ownSpill, removeSpill } from "../framework/spill.ts";
+import { IdCursor, MergedIds, ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
 import { boundHeap } from "../framework/threads.ts";
 import { type BeamLookup, combineLit, streamBeam } from "../beam/annotate.ts";
 import type { FramePeak } from "./result.ts";
@@ -33,26 +34,47 @@ const BLOCK_MODULE_FRAMES = 1024;
 const BLOCK_TRAINS = 512;
 
 /**
- * Block bounds [f0, f1) over frames sorted by train: whole trains, up to BLOCK_TRAINS trains and about
- * BLOCK_MODULE_FRAMES module frames (at least one train).
+ * Block bounds [f0, f1) over frames sorted by train, given one trainId at a time (`push`): whole trains, up to
+ * BLOCK_TRAINS trains and about BLOCK_MODULE_FRAMES module frames (at least one train). Holds the bounds
+ * only: a number per block.
  */
-export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] {
-  const maxFrames = Math.max(1, Math.floor(BLOCK_MODULE_FRAMES / Math.max(1, nMod)));
-  const bounds = [0];
-  let f0 = 0, trains = 0;
-  for (let f = 0; f < trainId.length; f++) {
-    if (f > f0 && trainId[f] !== trainId[f - 1]) {
-      // A new train starts at f: close the block before it when it is full.
-      if (trains >= BLOCK_TRAINS || f - f0 >= maxFrames) {
-        bounds.push(f);
-        f0 = f;
-        trains = 0;
-      }
-      trains++;
-    } else if (f === f0) trains = 1;
+export class BlockBounder {
+  readonly bounds = [0];
+  private maxFrames: number;
+  private f = 0;
+  private f0 = 0;
+  private trains = 0;
+  private last = NaN;
+  constructor(nMod: number) {
+    this.maxFrames = Math.max(1, Math.floor(BLOCK_MODULE_FRAMES / Math.max(1, nMod)));
   }
-  if (trainId.length > f0) bounds.push(trainId.length);
-  return bounds;
+  /** The next frame's trainId. */
+  push(trainId: number): void {
+    const f = this.f++;
+    if (f > this.f0 && trainId !== this.last) {
+      // A new train starts at f: close the block before it when it is full.
+      if (this.trains >= BLOCK_TRAINS || f - this.f0 >= this.maxFrames) {
+        this.bounds.push(f);
+        this.f0 = f;
+        this.trains = 0;
+      }
+      this.trains++;
+    } else if (f === this.f0) this.trains = 1;
+    this.last = trainId;
+  }
+  /** The bounds, the last frame's end included: [0, ..., frames]. */
+  end(): number[] {
+    if (this.f > this.f0) this.bounds.push(this.f);
+    this.f0 = this.f;
+    return this.bounds;
+  }
+}
+
+/** blockBounds of frames sorted by train, all at once. */
+export function blockBounds(trainId: ArrayLike<number>, nMod: number): number[] {
+  const b = new BlockBounder(nMod);
+  for (let f = 0; f < trainId.length; f++) b.push(trainId[f]);
+  return b.end();
 }
 
 /** Per-frame tables of frames [f0, f1) and every peak of each frame (all modules). */
@@ -71,7 +93,6 @@ class FrameStream {
   beam?: BeamLookup;
   constructor(
     readonly parts: LocalisePart[],
-    readonly merged: { trainId: Float64Array; pulseId: Float64Array },
     readonly moduleList: number[],
     readonly g: Geometry,
     readonly opt: LocaliseOptions,
@@ -80,21 +101,28 @@ class FrameStream {
     this.nMod = moduleList.length;
   }
 
-  /** The records of frames in the bounds' blocks, as stages 1-4 left them. */
+  /**
+   * The records of frames in the bounds' blocks, as stages 1-4 left them: bounds from frame 0, increasing.
+   * The merged frames' ids come from the parts' id spill files (`MergedIds`), a block at a time.
+   */
   *raw(bounds: number[]): Generator<FrameBlock> {
-    const { parts, merged, nMod, moduleList } = this;
+    const { parts, nMod, moduleList } = this;
+    if (bounds[0] !== 0) throw new Error(`localise result: frame blocks start at frame 0, not ${bounds[0]}`);
     const nA = this.g.nAsics;
     const hb = headerBytes(nA);
     const streams = parts.map((p) => new SpillStream(p.spill));
     // Each part's frames in order from its id spill file: a part's next record belongs to the merged frame
     // with its (trainId, pulseId).
     const cursor = parts.map((p) => new IdCursor(p));
+    const merged = new MergedIds(parts);
     // The typed tables are allocated once for the largest block and reused (zeroed) for every block: a
     // block's tables are valid until the next block is taken. Fresh ones per block (~0.5 kB per frame)
     // were garbage the GC let pile up for tens of MB over a long run.
     const cap = Math.max(0, ...bounds.slice(1).map((x, i) => x - bounds[i]));
     const k = nMod * nA;
     const tables = {
+      trainId: new Float64Array(cap),
+      pulseId: new Float64Array(cap),
       frameLit: new Uint8Array(cap),
       litPixels: new Uint32Array(cap * k),
       litIntensity: new Float32Array(cap * k),
@@ -108,9 +136,12 @@ class FrameStream {
       for (let b = 0; b + 1 < bounds.length; b++) {
         boundHeap();
         const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
+        const ids = { trainId: tables.trainId.subarray(0, n), pulseId: tables.pulseId.subarray(0, n) };
+        if (merged.take(n, ids.trainId, ids.pulseId) < n) {
+          throw new Error(`localise result: frame block ${f0}-${f1} past the last frame`);
+        }
         const per: FrameTables = {
-          trainId: merged.trainId.subarray(f0, f1),
-          pulseId: merged.pulseId.subarray(f0, f1),
+          ...ids,
           frameLit: tables.frameLit.subarray(0, n).fill(0),
           litPixels: tables.litPixels.subarray(0, n * k).fill(0),
           litIntensity: tables.litIntensity.subarray(0, n * k).fill(0),
@@ -125,7 +156,7 @@ class FrameStream {
         let m0 = 0;
         parts.forEach((p, pi) => {
           const pm = p.modules.length;
-          for (const f of cursor[pi].within(merged, f0, f1)) {
+          for (const f of cursor[pi].within(ids, 0, n)) {
             for (let j = 0; j < pm; j++) {
               const h = streams[pi].take(hb);
               const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
@@ -162,6 +193,7 @@ class FrameStream {
     } finally {
       for (const s of streams) s.close();
       for (const c of cursor) c.close();
+      merged.close();
     }
   }
 
@@ -187,8 +219,10 @@ class FrameStream {
 /**
  * Stages 5-7 over the merged parts, streaming: the parts' spill files are read block by block (bounded by
  * BLOCK_MODULE_FRAMES), once for the adaptive classifier's scores (adaptive mode only), once for stages 6-7;
- * the REDU writer reads them once more (`frameBlocks`). In memory per frame: trainId, pulseId, score,
- * frameLit (21 bytes); per module: the ROI persistence counts (4 bytes per pixel) and hot pixels.
+ * the REDU writer reads them once more (`frameBlocks`). In memory: nothing per frame (the merged frames'
+ * ids are streamed from the parts' id files in every pass, `MergedIds`); per train its frame and lit-frame
+ * counts (summary.json), per block its bound; per module the ROI persistence counts (4 bytes per pixel) and
+ * hot pixels.
  */
 export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t0: number): LocaliseResult {
   const det = run.detector(opt.detector);
@@ -198,26 +232,27 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const nMod = moduleList.length;
   const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
   for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
-  const merged = mergeIds(parts);
-  const nF = merged.trainId.length;
+  // The merged frames counted and cut into blocks in one pass over the parts' id files: nothing per frame.
+  const bounder = new BlockBounder(nMod);
+  const ids = new MergedIds(parts);
+  try {
+    for (; ids.more; ids.next()) bounder.push(ids.trainId);
+  } finally {
+    ids.close();
+  }
+  const bounds = bounder.end();
+  const nF = bounds[bounds.length - 1];
   const recorded = parts.flatMap((p) => p.recorded);
   const hot = parts.flatMap((p) => p.hot);
   const files = parts.flatMap((p) => p.files);
   const bytesRead = parts.reduce((a, p) => a + p.bytesRead, 0);
   const backend = parts.find((p) => p.backend.name !== "none")?.backend ?? parts[0].backend;
   const layout = loadLayout(opt.geometry, det.type);
-  const stream = new FrameStream(parts, merged, moduleList, g, opt, positioner(layout, det.type));
-  const bounds = blockBounds(merged.trainId, nMod);
+  const stream = new FrameStream(parts, moduleList, g, opt, positioner(layout, det.type));
 
-  // Stage 5, adaptive mode: the threshold from every frame's score (a first pass over the records).
-  const score = new Float32Array(nF);
-  if (opt.mode === "adaptive") {
-    for (const blk of stream.raw(bounds)) {
-      frameScores(blk.per, nMod, nA);
-      score.set(blk.per.score, blk.f0);
-    }
-    stream.threshold = adaptiveThreshold(score, opt.snr);
-  }
+  // Stage 5, adaptive mode: the threshold from every frame's score (a first pass over the records), exact
+  // and in bounded memory: the scores go to a spill file of their own (4 bytes a frame), read twice.
+  if (opt.mode === "adaptive") stream.threshold = streamedThreshold(stream, bounds, opt.snr);
 
   // The beam: frames that saw an X-ray pulse (the lit-frame finder); combined with the images.
   let beam: BeamLookup | undefined;
@@ -246,15 +281,22 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
   const moduleLit = new Uint32Array(nMod);
   const valid = new Uint8Array(nMod);
-  const frameLit = new Uint8Array(nF);
   const anomalies: { trainId: number; pulseId: number }[] = [];
+  // Per train (summary.json): its frames and lit frames.
+  const perTrain = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
   let litCount = 0;
   for (const blk of stream.classified(bounds)) {
     const per = blk.per;
-    frameLit.set(per.frameLit, blk.f0);
-    score.set(per.score, blk.f0);
     for (const a of blk.anomalies) anomalies.push(a);
     for (let f = 0; f < blk.f1 - blk.f0; f++) {
+      const k = perTrain.trainId.length - 1;
+      if (k < 0 || perTrain.trainId[k] !== per.trainId[f]) {
+        perTrain.trainId.push(per.trainId[f]);
+        perTrain.frames.push(0);
+        perTrain.litFrames.push(0);
+      }
+      perTrain.frames[perTrain.trainId.length - 1]++;
+      perTrain.litFrames[perTrain.trainId.length - 1] += per.frameLit[f];
       for (let m = 0; m < nMod; m++) {
         const base = (f * nMod + m) * nA;
         for (let a = 0; a < nA && !valid[m]; a++) if (per.unmaskedPixels[base + a]) valid[m] = 1;
@@ -318,17 +360,31 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
     }
   });
   const seconds = (performance.now() - t0) / 1000;
-  const litFrames = frameLit.reduce((a, x) => a + x, 0);
   // Trains as inspect counts them: every train of the run's index in the range, empty ones included.
   const trains = run.trainIds.filter((t) =>
     (opt.firstTrain === undefined || t >= opt.firstTrain) &&
     (opt.lastTrain === undefined || t <= opt.lastTrain)
   ).length;
   let all: FrameTables | undefined;
+  let columns: Pick<FrameTables, "trainId" | "pulseId" | "frameLit" | "score"> | undefined;
   let disposed = false;
   const frameBlocks = function* (b: number[]): Generator<FrameBlock> {
     if (disposed) throw new Error("localise result: per-frame records already removed (dispose)");
     yield* stream.classified(b);
+  };
+  /** trainId, pulseId, frameLit and score of every frame, made on first access (21 bytes a frame). */
+  const frameColumns = () => {
+    if (columns) return columns;
+    const c = {
+      trainId: new Float64Array(nF),
+      pulseId: new Float64Array(nF),
+      frameLit: new Uint8Array(nF),
+      score: new Float32Array(nF),
+    };
+    for (const { f0, per } of frameBlocks(bounds)) {
+      for (const key of ["trainId", "pulseId", "frameLit", "score"] as const) c[key].set(per[key], f0);
+    }
+    return (columns = c);
   };
   return {
     run: run.path,
@@ -339,7 +395,7 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
     params: opt,
     trains,
     frames: nF,
-    litFrames,
+    litFrames: litCount,
     modules,
     selectedFiles: modules.filter((m) => m.selected).flatMap((m) => m.files),
     timing: {
@@ -348,10 +404,19 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
       gbPerSecond: bytesRead / seconds / 1e9,
       framesPerSecond: nF / seconds,
     },
-    trainId: merged.trainId,
-    pulseId: merged.pulseId,
-    frameLit,
-    score,
+    get trainId() {
+      return frameColumns().trainId;
+    },
+    get pulseId() {
+      return frameColumns().pulseId;
+    },
+    get frameLit() {
+      return frameColumns().frameLit;
+    },
+    get score() {
+      return frameColumns().score;
+    },
+    perTrain,
     blockBounds: () => bounds,
     frameBlocks,
     get perFrame() {
@@ -363,7 +428,10 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
       for (const p of parts) for (const f of [p.spill, p.ids]) removeSpill(f);
     },
     memory: {
-      frameBytes: nF * (8 + 8 + 4 + 1),
+      get frameBytes() {
+        return columns ? nF * (8 + 8 + 1 + 4) : 0;
+      },
+      trainBytes: 3 * 8 * perTrain.trainId.length + 8 * bounds.length,
       accumulatorBytes: (persist?.reduce((a, c) => a + c.byteLength, 0) ?? 0) +
         hot.reduce((a, h) => a + h.byteLength, 0),
       blockModuleFrames: Math.max(...bounds.slice(1).map((b, i) => (b - bounds[i]) * nMod), 0),
@@ -378,9 +446,41 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
 }
 
 /**
- * Stage 5 (classify.ts has the spec): per-frame score, ASIC and frame lit flags, and each frame's peak table
- * (`per.peaks`, brightest first over all modules, at most maxPeaks) from `allPeaks` (sorted in place).
+ * The adaptive classifier's threshold over every frame's score (adaptiveThresholdStreamed): one pass over the
+ * records writes the scores to a spill file, read back twice in blocks; the file is removed after.
  */
+function streamedThreshold(stream: FrameStream, bounds: number[], snr: number): number {
+  const out = new SpillWriter(4, "scores");
+  let file: string | undefined;
+  try {
+    for (const blk of stream.raw(bounds)) {
+      frameScores(blk.per, stream.nMod, stream.g.nAsics);
+      out.append(new Uint8Array(blk.per.score.buffer, blk.per.score.byteOffset, blk.per.score.byteLength));
+    }
+    file = out.close();
+    const frames = bounds[bounds.length - 1];
+    const buf = new Float32Array(SCORE_BLOCK);
+    return adaptiveThresholdStreamed(function* () {
+      const r = new SpillReader(file!, 4);
+      try {
+        for (let f = 0; f < frames; f += SCORE_BLOCK) {
+          const n = Math.min(SCORE_BLOCK, frames - f);
+          r.readInto(new Uint8Array(buf.buffer, 0, 4 * n));
+          yield buf.subarray(0, n);
+        }
+      } finally {
+        r.close();
+      }
+    }, snr);
+  } finally {
+    if (file === undefined) file = out.close();
+    fs.rmSync(file, { force: true });
+  }
+}
+
+/** Scores read at a time from their spill file (64 kB). */
+const SCORE_BLOCK = 16384;
+
 /** Stage 5 score of each frame: its lit fraction (stage-1 lit pixels over valid pixels, all modules). */
 export function frameScores(per: FrameTables, nMod: number, nA: number): void {
   const nF = per.frameLit.length;

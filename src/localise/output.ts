@@ -22,22 +22,6 @@ export function backgroundEstimate(
     : { method: "16x16 tiles, no geometry", binWidth: 0, layout: null };
 }
 
-/** Per train: frames and lit frames (hits), in train order. */
-function perTrain(r: LocaliseResult): { trainId: number[]; frames: number[]; litFrames: number[] } {
-  const out = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
-  for (let f = 0; f < r.frames; f++) {
-    const k = out.trainId.length - 1;
-    if (k < 0 || out.trainId[k] !== r.trainId[f]) {
-      out.trainId.push(r.trainId[f]);
-      out.frames.push(0);
-      out.litFrames.push(0);
-    }
-    out.frames[out.frames.length - 1]++;
-    out.litFrames[out.litFrames.length - 1] += r.frameLit[f];
-  }
-  return out;
-}
-
 export function summaryJson(r: LocaliseResult) {
   const { backend: _b, workers: _w, ...params } = r.params;
   return {
@@ -51,7 +35,7 @@ export function summaryJson(r: LocaliseResult) {
     litFrames: r.litFrames,
     /** Lit frames / frames: the hit rate of an SFX run. */
     hitRate: r.frames ? r.litFrames / r.frames : 0,
-    perTrain: perTrain(r),
+    perTrain: r.perTrain,
     /** Stage 0's background estimate (docs/localise.md gives its measured accuracy). */
     background: backgroundEstimate(r),
     /** Photon energy (eV) and clen (m) of the peak resolution (REDU peakResolution), and where they came from. */

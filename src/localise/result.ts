@@ -98,11 +98,17 @@ export interface LocaliseResult {
   modules: ModuleResult[];
   selectedFiles: string[];
   timing: { seconds: number; bytesRead: number; gbPerSecond: number; framesPerSecond: number };
-  /** The frames (sorted by trainId, pulseId), their lit decision and score: in memory, 21 bytes a frame. */
-  trainId: Float64Array;
-  pulseId: Float64Array;
-  frameLit: Uint8Array;
-  score: Float32Array;
+  /**
+   * The frames (sorted by trainId, pulseId), their lit decision and score: made on first access from the
+   * spill files (21 bytes a frame; tests, the HTML report). The command's summary and REDU file do not use
+   * them: nothing per frame stays in memory.
+   */
+  readonly trainId: Float64Array;
+  readonly pulseId: Float64Array;
+  readonly frameLit: Uint8Array;
+  readonly score: Float32Array;
+  /** Per train, in train order: its frames and lit frames (hits). */
+  perTrain: { trainId: number[]; frames: number[]; litFrames: number[] };
   /** Frame bounds of blocks of whole trains, bounded in size, for `frameBlocks`. */
   blockBounds(): number[];
   /**
@@ -113,8 +119,17 @@ export interface LocaliseResult {
   frameBlocks(bounds: number[]): Generator<{ f0: number; f1: number; per: FrameTables }>;
   /** Remove the spill files (after writing); frameBlocks and a first perFrame fail after this. */
   dispose(): void;
-  /** What stays in memory (bytes): per-frame scalars, fixed-size accumulators, the largest block. */
-  memory: { frameBytes: number; accumulatorBytes: number; blockModuleFrames: number; spillFiles: string[] };
+  /**
+   * What stays in memory (bytes): per frame (none until trainId, pulseId, frameLit or score are asked for),
+   * per train and block (perTrain, the block bounds), fixed-size accumulators, the largest block.
+   */
+  memory: {
+    frameBytes: number;
+    trainBytes: number;
+    accumulatorBytes: number;
+    blockModuleFrames: number;
+    spillFiles: string[];
+  };
   /** Per frame (sorted by trainId, pulseId): all frames at once, materialised on first access (tests, small runs). */
   readonly perFrame: {
     trainId: Float64Array;
