@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
-import { blockBounds } from "../src/localise/merge.ts";
+import { blockBounds, largestBlock } from "../src/localise/merge.ts";
 import { PEAK_BYTES, SpillStream } from "../src/localise/records.ts";
 import { SpillWriter } from "../src/framework/spill.ts";
 import { localise } from "../src/localise/algorithm.ts";
@@ -309,6 +309,14 @@ describe("blockBounds", () => {
     // A train larger than the bound is one block (AGIPD-1M: 16 modules x 352 frames).
     expect(largest(trainIds(20, 352), 16)).toBe(352);
     expect(blockBounds(new Float64Array(0), 2)).toEqual([0]);
+  });
+
+  test("the largest block of a run with more blocks than a call takes arguments (an hour of AGIPD-1M)", () => {
+    // 1,000,000 module frames a block of 4 frames here; Math.max(...) of 250,000 sizes overflows the stack.
+    const b = blockBounds(trainIds(250_000, 4), 256);
+    expect(b.length).toBe(250_001);
+    expect(largestBlock(b)).toBe(4);
+    expect(largestBlock([0])).toBe(0);
   });
 });
 

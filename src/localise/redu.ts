@@ -26,6 +26,7 @@ import type { DetectorType } from "../exdf/detectors.ts";
 import { litframesCounts, litframesData, litframesDevice, litframesSchema } from "../beam/litfrm.ts";
 import type { LocaliseOptions, LocaliseResult } from "./result.ts";
 import { resolutionAngstrom } from "./position.ts";
+import { largestBlock } from "./merge.ts";
 
 /**
  * Options of the outputs only (command.ts `--photon-energy`, `--clen`): they pass through localise in
@@ -160,7 +161,7 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
     // The peak columns are allocated once for the largest block and reused (the writer copies what it is
     // given): memory per block, not per run, and no garbage of a block's size per block.
     const bounds = r.blockBounds();
-    const cap = Math.max(0, ...bounds.slice(1).map((b, i) => b - bounds[i]));
+    const cap = largestBlock(bounds);
     const cols = {
       trainId: new BigUint64Array(cap),
       pulseId: new BigUint64Array(cap),
