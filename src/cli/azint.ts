@@ -70,7 +70,7 @@ export const azintCommand: Command = {
         return r;
       },
       writeAzintDir,
-      (r) => `${r.trainId.length} frames`,
+      (r) => `${r.frames} frames`,
       (r, summary, dir) => [
         `${r.options.bins} bins in ${r.options.unit} over [${r.edges[0].toPrecision(5)}, ` +
         `${r.edges[r.options.bins].toPrecision(5)}]; ratio ${(summary.ratio as number).toFixed(1)} ` +

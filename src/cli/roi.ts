@@ -46,7 +46,7 @@ export const roiCommand: Command = {
       o,
       (progress) => roi(runPath, options, progress),
       writeRoiDir,
-      (r) => `${r.trainId.length} frames`,
+      (r) => `${r.frames} frames`,
       (_r, summary, dir) => [
         ...(summary.roi as ReturnType<typeof roiSummary>).map((s) =>
           `${s.name} (module ${s.module}): mean sum ${s.meanSum.toPrecision(6)}, ${s.count} valid pixels`

@@ -32,6 +32,7 @@ import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorit
 import { type DetectorLayout, loadLayout, pixelCentres } from "../exdf/geometry.ts";
 import {
   type BackendChoice,
+  type BlockIds,
   checkBackend,
   FrameRecords,
   mergeSpills,
@@ -40,7 +41,6 @@ import {
   ReductionAlgorithm,
   type ReductionResult,
   trainBlocks,
-  trainsOf,
   workersFor,
   writeReductionDir,
   writeReduFile,
@@ -362,21 +362,25 @@ export interface AzintResult extends ReductionResult {
   energy: number;
   distance: number;
   edges: Float64Array;
-  trainId: Float64Array;
-  pulseId: Float64Array;
+  frames: number;
+  /** Per train, in order: its trainId and frames. */
+  trains: { trainId: number[]; frames: number[] };
+  /** Every frame's ids, made on first access (16 bytes a frame: tests); blocks carry their own. */
+  readonly trainId: Float64Array;
+  readonly pulseId: Float64Array;
   /**
    * Per frame and bin, frames [f0, f1) for consecutive ranges (starting at 0 each time the iteration
    * starts): read from the parts' spill files, memory bounded by the range.
    */
   blocks(
     bounds: number[],
-  ): Generator<{ f0: number; f1: number; intensity: Float32Array; count: Uint32Array }>;
+  ): Generator<{ f0: number; f1: number; intensity: Float32Array; count: Uint32Array } & BlockIds>;
   /** All frames at once (materialised from the spill files on first access: tests, small runs). */
   readonly intensity: Float32Array;
   readonly count: Uint32Array;
   /** Remove the spill files (after writing). */
   dispose(): void;
-  /** Per train (trainsOf(trainId) order) and bin. */
+  /** Per train (`trains` order) and bin. */
   trainMean: Float32Array;
   runMean: Float64Array;
   runCount: Float64Array;
@@ -484,8 +488,8 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
           }),
         };
       });
-      const n = merged.trainId.length;
-      const { counts } = trainsOf(merged.trainId);
+      const n = merged.frames;
+      const counts = merged.trains.frames;
       const trainMean = new Float32Array(counts.length * bins);
       const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
       let t = 0;
@@ -528,8 +532,14 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
         energy: setup.energy,
         distance: setup.distance,
         edges: Float64Array.from({ length: bins + 1 }, (_, k) => a + ((b - a) * k) / bins),
-        trainId: merged.trainId,
-        pulseId: merged.pulseId,
+        frames: n,
+        trains: merged.trains,
+        get trainId() {
+          return merged.trainId;
+        },
+        get pulseId() {
+          return merged.pulseId;
+        },
         blocks: (b: number[]) => merged.blocks(b),
         get intensity() {
           return materialise().intensity;
@@ -625,19 +635,19 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
       );
       w.setConstant("radialEdges", r.edges);
       w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
-      const { trains, counts } = trainsOf(r.trainId);
+      const { trainId: trains, frames: counts } = r.trains;
       // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
       const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
       let blk = 0;
-      for (const { f0, f1, intensity, count } of r.blocks(bounds)) {
+      for (const { f0, f1, intensity, count, trainId, pulseId } of r.blocks(bounds)) {
         const t0 = tb[blk], t1 = tb[blk + 1];
         blk++;
         const c = counts.slice(t0, t1);
         const n = f1 - f0;
         w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
         w.addData({
-          trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
-          pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+          trainId: BigUint64Array.from(trainId, BigInt),
+          pulseId: BigUint64Array.from(pulseId, BigInt),
           intensity: { data: intensity, shape: [n, bins] },
           count: { data: count, shape: [n, bins] },
           trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
@@ -656,7 +666,7 @@ export function writeAzintDir(r: AzintResult, dir: string): Promise<Record<strin
     polarization: r.options.polarization ?? null,
     litOnly: r.options.litOnly,
     litFrom: r.litFrom ?? null,
-    frames: r.trainId.length,
-    trains: trainsOf(r.trainId).trains.length,
+    frames: r.frames,
+    trains: r.trains.trainId.length,
   }, { azint: { unit: r.options.unit, edges: r.edges, mean: r.runMean, count: r.runCount } });
 }

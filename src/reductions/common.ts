@@ -22,6 +22,7 @@ import {
   IdCursor,
   type IdSpill,
   IdWriter,
+  MergedIds,
   mergeIds,
   ownSpill,
   removeSpill,
@@ -117,51 +118,96 @@ export interface SpillPart extends IdSpill {
   spill: string;
 }
 
+/** The merged frames' ids of a block (`mergeSpills`). */
+export interface BlockIds {
+  trainId: Float64Array;
+  pulseId: Float64Array;
+}
+
 /**
- * The parts' spill files merged: the frames of all parts (`mergeIds`, streamed from their id spill files),
- * blocks of merged frames [f0, f1) for consecutive ranges `bounds` (starting at 0 each time), read from the
- * files in order (each part's frames in a range are the next records of its file, the next ids of its id
- * file: memory bounded by the range), and `dispose` to remove the files (after writing). Per block, `open(f0,
- * f1)` gives what takes the records: `add(pi, buffer, at, f)`, the record of part pi at byte `at` of `buffer`
- * is merged frame f0 + f; then `done()`.
+ * The parts' spill files merged: the frames of all parts (`MergedIds`, streamed from their id spill files in
+ * every pass: nothing per frame in memory), blocks of merged frames [f0, f1) for consecutive ranges `bounds`
+ * (starting at 0 each time), read from the files in order (each part's frames in a range are the next
+ * records of its file, the next ids of its id file: memory bounded by the range), each block with its
+ * frames' ids; `dispose` removes the files (after writing). Per block, `open(f0, f1)` gives what takes the
+ * records: `add(pi, buffer, at, f)`, the record of part pi at byte `at` of `buffer` is merged frame f0 + f;
+ * then `done()`. `trains`: per train (in order) its trainId and merged frames. `trainId`, `pulseId`: every
+ * frame's, made on first access (16 bytes a frame: tests).
  */
-export function mergeSpills<P extends SpillPart, B>(
+export function mergeSpills<P extends SpillPart, B extends object>(
   parts: P[],
   recordBytes: (part: P, pi: number) => number,
   open: (f0: number, f1: number) => {
     add(pi: number, buffer: ArrayBufferLike, at: number, f: number): void;
     done(): B;
   },
-): { trainId: Float64Array; pulseId: Float64Array; blocks(bounds: number[]): Generator<B>; dispose(): void } {
-  const merged = mergeIds(parts);
+): {
+  frames: number;
+  trains: { trainId: number[]; frames: number[] };
+  readonly trainId: Float64Array;
+  readonly pulseId: Float64Array;
+  blocks(bounds: number[]): Generator<B & BlockIds>;
+  dispose(): void;
+} {
+  // One pass over the merged frames: their number and the frames of each train.
+  const trains = { trainId: [] as number[], frames: [] as number[] };
+  let frames = 0;
+  const count = new MergedIds(parts);
+  try {
+    for (; count.more; count.next(), frames++) {
+      const k = trains.trainId.length - 1;
+      if (k >= 0 && trains.trainId[k] === count.trainId) trains.frames[k]++;
+      else {
+        trains.trainId.push(count.trainId);
+        trains.frames.push(1);
+      }
+    }
+  } finally {
+    count.close();
+  }
   for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
   const rbs = parts.map(recordBytes);
-  const blocks = function* (bounds: number[]): Generator<B> {
+  const blocks = function* (bounds: number[]): Generator<B & BlockIds> {
+    if (bounds[0] !== 0) throw new Error(`merged frames: blocks start at frame 0, not ${bounds[0]}`);
     const readers = parts.map((p, pi) => new SpillReader(p.spill, rbs[pi]));
     const cursors = parts.map((p) => new IdCursor(p));
+    const merged = new MergedIds(parts);
     try {
       for (let b = 0; b + 1 < bounds.length; b++) {
-        const f0 = bounds[b], f1 = bounds[b + 1];
+        const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
+        const ids = { trainId: new Float64Array(n), pulseId: new Float64Array(n) };
+        if (merged.take(n, ids.trainId, ids.pulseId) < n) {
+          throw new Error(`merged frames: block ${f0}-${f1} past the last frame (${frames})`);
+        }
         const blk = open(f0, f1);
         parts.forEach((_p, pi) => {
           // The merged frame (f - f0) of each of the part's records in the block.
-          const at = cursors[pi].within(merged, f0, f1);
+          const at = cursors[pi].within(ids, 0, n);
           if (at.length === 0) return;
           const bytes = readers[pi].read(at.length);
           for (let r = 0; r < at.length; r++) {
             blk.add(pi, bytes.buffer, bytes.byteOffset + r * rbs[pi], at[r]);
           }
         });
-        yield blk.done();
+        yield Object.assign(blk.done(), ids);
       }
     } finally {
       for (const r of readers) r.close();
       for (const c of cursors) c.close();
+      merged.close();
     }
   };
+  let all: BlockIds | undefined;
+  const ids = () => (all ??= mergeIds(parts));
   return {
-    trainId: merged.trainId,
-    pulseId: merged.pulseId,
+    frames,
+    trains,
+    get trainId() {
+      return ids().trainId;
+    },
+    get pulseId() {
+      return ids().pulseId;
+    },
     blocks,
     dispose: () => {
       for (const p of parts) for (const f of [p.spill, p.ids]) removeSpill(f);
@@ -170,7 +216,7 @@ export function mergeSpills<P extends SpillPart, B>(
 }
 
 /**
- * Frame bounds of blocks of `perBlock` trains (counts: frames per train, `trainsOf`), and the train index
+ * Frame bounds of blocks of `perBlock` trains (counts: frames per train, `mergeSpills`'s `trains`), and the train index
  * each block starts at (`trainBounds`, one more entry: the end).
  */
 export function trainBlocks(counts: number[], perBlock: number): { bounds: number[]; trainBounds: number[] } {
@@ -228,20 +274,6 @@ export function partsSummary(
     modulesRead: parts.flatMap((p) => p.modules),
     input: runInput(run, detector),
   };
-}
-
-/** Trains of sorted per-frame train IDs and their frame counts. */
-export function trainsOf(trainId: ArrayLike<number>): { trains: number[]; counts: number[] } {
-  const trains: number[] = [];
-  const counts: number[] = [];
-  for (let f = 0; f < trainId.length; f++) {
-    if (trains.length && trains[trains.length - 1] === trainId[f]) counts[counts.length - 1]++;
-    else {
-      trains.push(trainId[f]);
-      counts.push(1);
-    }
-  }
-  return { trains, counts };
 }
 
 /**

@@ -26,6 +26,7 @@ import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import {
   type BackendChoice,
+  type BlockIds,
   checkBackend,
   FrameRecords,
   mergeSpills,
@@ -34,7 +35,6 @@ import {
   ReductionAlgorithm,
   type ReductionResult,
   trainBlocks,
-  trainsOf,
   workersFor,
   writeReductionDir,
   writeReduFile,
@@ -211,10 +211,14 @@ export interface RoiBlock {
 
 export interface RoiResult extends ReductionResult {
   rois: RoiSpec[];
-  trainId: Float64Array;
-  pulseId: Float64Array;
+  frames: number;
+  /** Per train, in order: its trainId and frames. */
+  trains: { trainId: number[]; frames: number[] };
+  /** Every frame's ids, made on first access (16 bytes a frame: tests); blocks carry their own. */
+  readonly trainId: Float64Array;
+  readonly pulseId: Float64Array;
   /** Frames [f0, f1) for consecutive ranges, read from the parts' spill files (memory bounded by the range). */
-  blocks(bounds: number[]): Generator<RoiBlock>;
+  blocks(bounds: number[]): Generator<RoiBlock & BlockIds>;
   /** All frames at once (materialised from the spill files on first access: tests, small runs). */
   readonly sum: Float64Array[];
   readonly count: Uint32Array[];
@@ -361,7 +365,7 @@ export class RoiAlgorithm extends ReductionAlgorithm implements Algorithm<RoiPar
           },
         };
       });
-      const n = merged.trainId.length;
+      const n = merged.frames;
       let all: RoiBlock | undefined;
       const materialise = () => {
         if (!all) { for (const blk of merged.blocks([0, n])) all = blk; }
@@ -371,8 +375,14 @@ export class RoiAlgorithm extends ReductionAlgorithm implements Algorithm<RoiPar
         run: run.path,
         detector: det.name,
         rois: this.rois,
-        trainId: merged.trainId,
-        pulseId: merged.pulseId,
+        frames: n,
+        trains: merged.trains,
+        get trainId() {
+          return merged.trainId;
+        },
+        get pulseId() {
+          return merged.pulseId;
+        },
         blocks: (b: number[]) => merged.blocks(b),
         get sum() {
           return materialise().sum;
@@ -459,17 +469,17 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       w.setConstant(`${g.name}.module`, Uint16Array.of(g.module));
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
     }
-    const { trains, counts } = trainsOf(r.trainId);
+    const { trainId: trains, frames: counts } = r.trains;
     const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
     let blk = 0;
-    for (const { f0, f1, sum, count, mean, spectrum } of r.blocks(bounds)) {
+    for (const { f0, f1, sum, count, mean, spectrum, trainId, pulseId } of r.blocks(bounds)) {
       const t0 = tb[blk], t1 = tb[blk + 1];
       blk++;
       const n = f1 - f0;
       w.addTrains(trains.slice(t0, t1), { "@out": counts.slice(t0, t1) });
       const data: Record<string, unknown> = {
-        trainId: BigUint64Array.from(r.trainId.subarray(f0, f1), BigInt),
-        pulseId: BigUint64Array.from(r.pulseId.subarray(f0, f1), BigInt),
+        trainId: BigUint64Array.from(trainId, BigInt),
+        pulseId: BigUint64Array.from(pulseId, BigInt),
       };
       r.rois.forEach((g, k) => {
         data[`${g.name}.sum`] = sum[k];
@@ -492,7 +502,7 @@ export function roiSummary(r: RoiResult) {
     total: 0,
     spec: new Float64Array(g.fs1 - g.fs0),
   }));
-  const n = r.trainId.length;
+  const n = r.frames;
   const bounds = [0];
   while (bounds[bounds.length - 1] < n) bounds.push(Math.min(n, bounds[bounds.length - 1] + 4096));
   if (bounds.length > 1) {
@@ -529,7 +539,7 @@ export function roiSummary(r: RoiResult) {
 /** The output directory: REDU file and summary.json, built under a temporary name. */
 export function writeRoiDir(r: RoiResult, dir: string): Promise<Record<string, unknown>> {
   return writeReductionDir("roi", r, dir, (tmp, names) => writeRoi(r, tmp, names), {
-    frames: r.trainId.length,
+    frames: r.frames,
   }, { roi: roiSummary(r) });
 }
 
