@@ -356,6 +356,53 @@ export interface AzintPart {
 /** Bytes of one frame's record in a spill file. */
 const recordBytes = (bins: number) => 20 * bins;
 
+/** Frames [f0, f1) of the merged parts: per frame and bin, the sums of the parts and the intensity. */
+export interface AzintBlock extends BlockIds {
+  f0: number;
+  f1: number;
+  /** Weighted sums and their weights (intensity = sum / norm where count > 0, else NaN), counts. */
+  sum: Float64Array;
+  norm: Float64Array;
+  count: Uint32Array;
+  intensity: Float32Array;
+}
+
+/**
+ * The sums of each train of a block of whole trains (`frames`: the frames of its trains, in order), per bin,
+ * float64 in frame order, given to `each(train, sum, norm, count)` (the buffers are reused).
+ */
+function trainSums(
+  blk: AzintBlock,
+  frames: number[],
+  bins: number,
+  each: (t: number, s: Float64Array, w: Float64Array, m: Float64Array) => void,
+): void {
+  const s = new Float64Array(bins), w = new Float64Array(bins), m = new Float64Array(bins);
+  let i = 0;
+  frames.forEach((n, t) => {
+    s.fill(0);
+    w.fill(0);
+    m.fill(0);
+    for (const i1 = i + n; i < i1; i++) {
+      for (let k = 0; k < bins; k++) {
+        s[k] += blk.sum[i * bins + k];
+        w[k] += blk.norm[i * bins + k];
+        m[k] += blk.count[i * bins + k];
+      }
+    }
+    each(t, s, w, m);
+  });
+}
+
+/** The mean profile of each train of a block of whole trains (trainSums), per bin: NaN where no pixel. */
+function trainMeans(blk: AzintBlock, frames: number[], bins: number): Float32Array {
+  const out = new Float32Array(frames.length * bins);
+  trainSums(blk, frames, bins, (t, s, w, m) => {
+    for (let k = 0; k < bins; k++) out[t * bins + k] = m[k] ? s[k] / w[k] : NaN;
+  });
+  return out;
+}
+
 export interface AzintResult extends ReductionResult {
   options: AzintOptions;
   geometry: string;
@@ -372,16 +419,14 @@ export interface AzintResult extends ReductionResult {
    * Per frame and bin, frames [f0, f1) for consecutive ranges (starting at 0 each time the iteration
    * starts): read from the parts' spill files, memory bounded by the range.
    */
-  blocks(
-    bounds: number[],
-  ): Generator<{ f0: number; f1: number; intensity: Float32Array; count: Uint32Array } & BlockIds>;
+  blocks(bounds: number[]): Generator<AzintBlock>;
   /** All frames at once (materialised from the spill files on first access: tests, small runs). */
   readonly intensity: Float32Array;
   readonly count: Uint32Array;
   /** Remove the spill files (after writing). */
   dispose(): void;
-  /** Per train (`trains` order) and bin. */
-  trainMean: Float32Array;
+  /** Per train (`trains` order) and bin: made on first access (tests); the writer makes it block by block. */
+  readonly trainMean: Float32Array;
   runMean: Float64Array;
   runCount: Float64Array;
   litFrom?: string;
@@ -490,27 +535,20 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
       });
       const n = merged.frames;
       const counts = merged.trains.frames;
-      const trainMean = new Float32Array(counts.length * bins);
       const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
-      let t = 0;
-      // One train per block: the train means and the run's sums.
-      for (const blk of merged.blocks(trainBlocks(counts, 1).bounds)) {
-        const s = new Float64Array(bins), w = new Float64Array(bins), m = new Float64Array(bins);
-        for (let i = 0; i < blk.f1 - blk.f0; i++) {
+      // The run's sums: of the trains' sums, in train order (blocks of whole trains).
+      const { bounds: tBounds, trainBounds } = trainBlocks(counts, TRAINS_PER_CALL);
+      let block = 0;
+      for (const blk of merged.blocks(tBounds)) {
+        trainSums(blk, counts.slice(trainBounds[block], trainBounds[++block]), bins, (_t, s, w, m) => {
           for (let k = 0; k < bins; k++) {
-            s[k] += blk.sum[i * bins + k];
-            w[k] += blk.norm[i * bins + k];
-            m[k] += blk.count[i * bins + k];
+            runS[k] += s[k];
+            runC[k] += w[k];
+            runN[k] += m[k];
           }
-        }
-        for (let k = 0; k < bins; k++) {
-          trainMean[t * bins + k] = m[k] ? s[k] / w[k] : NaN;
-          runS[k] += s[k];
-          runC[k] += w[k];
-          runN[k] += m[k];
-        }
-        t++;
+        });
       }
+      let means: Float32Array | undefined;
       let all: { intensity: Float32Array; count: Uint32Array } | undefined;
       const materialise = () => {
         if (!all) {
@@ -548,7 +586,17 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
           return materialise().count;
         },
         dispose: merged.dispose,
-        trainMean,
+        get trainMean() {
+          if (!means) {
+            means = new Float32Array(counts.length * bins);
+            let block = 0;
+            for (const blk of merged.blocks(tBounds)) {
+              const t0 = trainBounds[block], t1 = trainBounds[++block];
+              means.set(trainMeans(blk, counts.slice(t0, t1), bins), t0 * bins);
+            }
+          }
+          return means;
+        },
         runMean: Float64Array.from(runS, (s, k) => (runN[k] ? s / runC[k] : NaN)),
         runCount: runN,
         litFrom: this.litFrom ?? (this.o.litOnly ? await litSource(this.runPath, this.o.from) : undefined),
@@ -638,10 +686,11 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
       const { trainId: trains, frames: counts } = r.trains;
       // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
       const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
-      let blk = 0;
-      for (const { f0, f1, intensity, count, trainId, pulseId } of r.blocks(bounds)) {
-        const t0 = tb[blk], t1 = tb[blk + 1];
-        blk++;
+      let b = 0;
+      for (const blk of r.blocks(bounds)) {
+        const { f0, f1, intensity, count, trainId, pulseId } = blk;
+        const t0 = tb[b], t1 = tb[b + 1];
+        b++;
         const c = counts.slice(t0, t1);
         const n = f1 - f0;
         w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
@@ -650,7 +699,7 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
           pulseId: BigUint64Array.from(pulseId, BigInt),
           intensity: { data: intensity, shape: [n, bins] },
           count: { data: count, shape: [n, bins] },
-          trainMean: { data: r.trainMean.subarray(t0 * bins, t1 * bins), shape: [t1 - t0, bins] },
+          trainMean: { data: trainMeans(blk, c, bins), shape: [t1 - t0, bins] },
         } as never);
       }
     },
