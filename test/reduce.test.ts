@@ -16,7 +16,7 @@ import { InputError } from "../src/errors.ts";
 import { dsInfo, h5, type H5Dataset, readAll } from "../src/exdf/h5.ts";
 import { localise } from "../src/localise/algorithm.ts";
 import { summaryJson } from "../src/localise/output.ts";
-import { writeRedu } from "../src/localise/redu.ts";
+import { Selection, writeRedu } from "../src/localise/redu.ts";
 import { reduce, type ReductionRecord } from "../src/reduce/reduce.ts";
 import { copyDatasetRows } from "../src/exdf/copy.ts";
 import { reduceCommand } from "../src/cli/reduce.ts";
@@ -573,5 +573,39 @@ await reduce(run, from, out, {
     } finally {
       log.mockRestore();
     }
+  });
+});
+
+describe("Selection (the frame decisions reduce, cxi and average look up)", () => {
+  test("agrees with a plain map in any order of adding, duplicates and large pulse IDs included", () => {
+    let seed = 11;
+    const rand = (k: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % k;
+    const sel = new Selection();
+    const ref = new Map<string, number>();
+    const key = (t: number, p: number) => `${t}:${p}`;
+    const add = (t: number, p: number, lit: number) => {
+      sel.add(t, p, lit);
+      ref.set(key(t, p), lit ? 1 : 0);
+    };
+    // Sorted trains of 352 pulses, as a REDU file lists them; then a train revisited, out-of-order pulses,
+    // repeated frames with a new decision, and a pulse ID beyond 32 bits.
+    for (let t = 0; t < 40; t++) for (let p = 0; p < 352; p++) add(1e9 + t, p, rand(10) === 0 ? 1 : 0);
+    for (let i = 0; i < 500; i++) add(1e9 + rand(45), rand(400), rand(2));
+    add(1e9 + 3, 2 ** 40 + 7, 1);
+    add(1e9 + 3, 5, 1);
+    expect(sel.frames).toBe(ref.size);
+    expect(sel.lit).toBe([...ref.values()].filter((v) => v === 1).length);
+    for (let t = -1; t < 46; t++) {
+      for (const p of [0, 1, 5, 200, 351, 352, 399, 2 ** 40 + 7, 2 ** 40]) {
+        expect(sel.lookup(1e9 + t, p), key(t, p)).toBe(ref.get(key(1e9 + t, p)) ?? -1);
+      }
+    }
+    // match: the same answers, each frame matched once however often it is asked for.
+    expect(sel.match(1e9 + 3, 2 ** 40 + 7)).toBe(1);
+    expect(sel.match(1e9 + 3, 2 ** 40 + 7)).toBe(1);
+    expect(sel.match(1e9 + 3, 5)).toBe(1);
+    expect(sel.match(1e9 + 99, 5)).toBe(-1);
+    expect(sel.matched).toBe(2);
+    expect(sel.lookup(1e9 + 3, 5)).toBe(1);
   });
 });

@@ -385,16 +385,46 @@ export class ReduReader {
   frames(): { trainId: Float64Array; pulseId: Float64Array; frameLit: Uint8Array } {
     const trainId = new Float64Array(this.nFrames), pulseId = new Float64Array(this.nFrames);
     const frameLit = new Uint8Array(this.nFrames);
-    this.read("trainId", 0, this.nFrames, trainId);
-    this.read("pulseId", 0, this.nFrames, pulseId);
-    this.read("frameLit", 0, this.nFrames, frameLit);
-    let f = 0;
-    for (const kd of this.keys) {
-      for (const t of kd.trains()) {
-        for (let i = 0; i < t.count; i++, f++) if (trainId[f] === 0) trainId[f] = t.trainId;
-      }
+    for (const b of this.frameWindows(this.nFrames)) {
+      trainId.set(b.trainId, b.start);
+      pulseId.set(b.pulseId, b.start);
+      frameLit.set(b.frameLit, b.start);
     }
     return { trainId, pulseId, frameLit };
+  }
+
+  /**
+   * trainId, pulseId and frameLit of consecutive frames [start, start + n), n <= maxFrames, in order (a stored
+   * trainId 0 is the INDEX's train), in buffers reused from one window to the next.
+   */
+  *frameWindows(
+    maxFrames: number,
+  ): Generator<
+    { start: number; n: number; trainId: Float64Array; pulseId: Float64Array; frameLit: Uint8Array }
+  > {
+    const size = Math.max(1, Math.min(maxFrames, this.nFrames));
+    const tBuf = new Float64Array(size), pBuf = new Float64Array(size), lBuf = new Uint8Array(size);
+    // The INDEX's train of each frame, in frame order: the keys' trains, each `count` frames.
+    const trains = (function* (keys: KeyData[]) {
+      for (const kd of keys) for (const t of kd.trains()) yield t;
+    })(this.keys);
+    let train = trains.next(), left = train.done ? 0 : train.value.count;
+    for (let start = 0; start < this.nFrames; start += size) {
+      const n = Math.min(size, this.nFrames - start);
+      const trainId = tBuf.subarray(0, n), pulseId = pBuf.subarray(0, n), frameLit = lBuf.subarray(0, n);
+      this.read("trainId", start, n, trainId);
+      this.read("pulseId", start, n, pulseId);
+      this.read("frameLit", start, n, frameLit);
+      for (let i = 0; i < n; i++) {
+        while (left === 0 && !train.done) {
+          train = trains.next();
+          left = train.done ? 0 : train.value.count;
+        }
+        if (trainId[i] === 0 && !train.done) trainId[i] = train.value.trainId;
+        left--;
+      }
+      yield { start, n, trainId, pulseId, frameLit };
+    }
   }
 
   /** Frames [frame, frame + n) of the per-frame table `data.<key>` into `out` (at element `at`). */
@@ -435,26 +465,110 @@ export class ReduReader {
 // -----------------------------------------------------------------------------------------------------
 // The selection: frameLit per frame
 
-/** frameLit per (trainId, pulseId), from the localise REDU file(s). */
+/** One train's frames in a Selection: pulse IDs (ascending when `sorted`), lit and matched flags. */
+interface TrainFrames {
+  pulse: Uint32Array | Float64Array;
+  /** Bit 0: lit; bit 1: matched (`match`). */
+  flags: Uint8Array;
+  n: number;
+  sorted: boolean;
+}
+
+/**
+ * frameLit per (trainId, pulseId), from the localise REDU file(s): per train its pulse IDs (u32, or f64 for a
+ * train with a pulse ID beyond) and a flag byte per frame, about 5 bytes a frame plus ~0.2 kB a train (a
+ * Map of Maps took 41 bytes a frame: 82 MB for a 10-minute AGIPD-1M run). A frame added twice counts once, its
+ * last decision kept.
+ */
 export class Selection {
-  private readonly byTrain = new Map<number, Map<number, number>>();
+  private readonly byTrain = new Map<number, TrainFrames>();
   frames = 0;
   lit = 0;
+  /** Frames `match` has found (each counted once). */
+  matched = 0;
+
+  /** The train added to last: its arrays are trimmed to its frames when another train's come. */
+  private last?: TrainFrames;
 
   add(trainId: number, pulseId: number, lit: number): void {
-    let m = this.byTrain.get(trainId);
-    if (!m) this.byTrain.set(trainId, m = new Map());
-    if (!m.has(pulseId)) {
-      this.frames++;
-      if (lit) this.lit++;
+    let t = this.byTrain.get(trainId);
+    if (!t) {
+      this.byTrain.set(
+        trainId,
+        t = { pulse: new Uint32Array(4), flags: new Uint8Array(4), n: 0, sorted: true },
+      );
     }
-    m.set(pulseId, lit ? 1 : 0);
+    if (t !== this.last) {
+      if (this.last) resize(this.last, this.last.n);
+      this.last = t;
+    }
+    const at = t.n > 0 && t.pulse[t.n - 1] === pulseId
+      ? t.n - 1
+      : t.sorted && (t.n === 0 || t.pulse[t.n - 1] < pulseId)
+      ? -1
+      : find(t, pulseId);
+    if (at >= 0) {
+      if (t.flags[at] & 1) this.lit--;
+      t.flags[at] = (t.flags[at] & ~1) | (lit ? 1 : 0);
+      if (lit) this.lit++;
+      return;
+    }
+    if (t.n === t.pulse.length) resize(t, 2 * Math.max(2, t.n));
+    if (t.pulse instanceof Uint32Array && !(pulseId >= 0 && pulseId < 2 ** 32 && Number.isInteger(pulseId))) {
+      t.pulse = Float64Array.from(t.pulse);
+    }
+    if (t.n > 0 && !(t.pulse[t.n - 1] < pulseId)) t.sorted = false;
+    t.pulse[t.n] = pulseId;
+    t.flags[t.n++] = lit ? 1 : 0;
+    this.frames++;
+    if (lit) this.lit++;
   }
 
   /** 1 lit, 0 dark, -1 not listed. */
   lookup(trainId: number, pulseId: number): number {
-    return this.byTrain.get(trainId)?.get(pulseId) ?? -1;
+    const t = this.byTrain.get(trainId);
+    const at = t ? find(t, pulseId) : -1;
+    return at < 0 ? -1 : t!.flags[at] & 1;
   }
+
+  /** lookup, and the frame (when listed) marked as matched: `matched` counts the frames marked. */
+  match(trainId: number, pulseId: number): number {
+    const t = this.byTrain.get(trainId);
+    const at = t ? find(t, pulseId) : -1;
+    if (at < 0) return -1;
+    if (!(t!.flags[at] & 2)) {
+      t!.flags[at] |= 2;
+      this.matched++;
+    }
+    return t!.flags[at] & 1;
+  }
+}
+
+/** A train's arrays resized to hold `size` frames (at least its n). */
+function resize(t: TrainFrames, size: number): void {
+  if (size === t.pulse.length) return;
+  const pulse = new (t.pulse.constructor as Uint32ArrayConstructor | Float64ArrayConstructor)(size);
+  pulse.set(t.pulse.subarray(0, t.n));
+  const flags = new Uint8Array(size);
+  flags.set(t.flags.subarray(0, t.n));
+  t.pulse = pulse;
+  t.flags = flags;
+}
+
+/** The index of pulseId among the train's frames, -1 when not there (binary search when sorted). */
+function find(t: TrainFrames, pulseId: number): number {
+  if (!t.sorted) {
+    for (let i = 0; i < t.n; i++) if (t.pulse[i] === pulseId) return i;
+    return -1;
+  }
+  let lo = 0, hi = t.n - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1, v = t.pulse[mid];
+    if (v === pulseId) return mid;
+    if (v < pulseId) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
 }
 
 /** The frame selection of a localise output directory: frameLit of every frame of its REDU file(s). */
@@ -465,8 +579,10 @@ export async function readSelection(dir: string): Promise<{ selection: Selection
   const redu = await ReduReader.open(dir);
   try {
     const selection = new Selection();
-    const { trainId, pulseId, frameLit } = redu.frames();
-    for (let f = 0; f < redu.nFrames; f++) selection.add(trainId[f], pulseId[f], frameLit[f]);
+    // Read a window at a time (64k frames): nothing per frame but the selection's own ~6 bytes.
+    for (const w of redu.frameWindows(1 << 16)) {
+      for (let f = 0; f < w.n; f++) selection.add(w.trainId[f], w.pulseId[f], w.frameLit[f]);
+    }
     return { selection, detector: redu.detector };
   } finally {
     redu.close();

@@ -161,7 +161,6 @@ function planModule(
   keepDark: number,
   keepUnlisted: boolean,
   st: ModuleState,
-  matched: Set<string>,
 ): { kept: Int32Array; counts: number[] } {
   const f = mf.file;
   const N = mf.rows;
@@ -182,9 +181,8 @@ function planModule(
       if (jf) {
         lit = -1;
         for (let k = 0; k < cells; k++) {
-          const v = sel.lookup(t, k);
-          if (v >= 0) matched.add(`${t}:${k}`);
-          else unlistedCells++;
+          const v = sel.match(t, k);
+          if (v < 0) unlistedCells++;
           if (v === 1) {
             lit = 1;
             litCells++;
@@ -198,8 +196,7 @@ function planModule(
           continue;
         }
         st.rec.framesIn++;
-        lit = sel.lookup(t, pids![r]);
-        if (lit >= 0) matched.add(`${t}:${pids![r]}`);
+        lit = sel.match(t, pids![r]);
         unlistedCells = lit === -1 ? 1 : 0;
         litCells = lit === 1 ? 1 : 0;
       }
@@ -518,7 +515,6 @@ export async function reduce(
 
     // Plan every module file first (frame IDs only): the guards below see the whole run before anything is
     // written.
-    const matched = new Set<string>();
     const plansOf = new Map<RunFile, ModulePlanInFile[]>();
     for (const [f, mods] of byFile) {
       if (mods.every((m) => states.get(m.module)!.rec.dropped)) continue;
@@ -533,7 +529,6 @@ export async function reduce(
             keepDark,
             opts.unlisted === "keep",
             st,
-            matched,
           );
           return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
         }),
@@ -549,7 +544,7 @@ export async function reduce(
           "rerun localise on the whole run, or say --unlisted keep|delete",
       );
     }
-    const absent = selection.frames - matched.size;
+    const absent = selection.frames - selection.matched;
     if (absent > 0) {
       throw new InputError(
         fromAbs,
