@@ -378,6 +378,25 @@ export class FrameReader {
     return { table: this.table, at: start - this.tableStart };
   }
 
+  /**
+   * trainId / pulseId / cellId of the aligned frames [start, start + n) of each window in turn: views into
+   * the window's table, valid until the next window is taken.
+   */
+  *frameIdWindows(): Generator<
+    { start: number; trainId: Float64Array; pulseId: Float64Array; cellId: Int32Array }
+  > {
+    for (const w of this.windows) {
+      if (!w.frames) continue;
+      const { table, at } = this.tableFor(w.start, w.frames);
+      yield {
+        start: w.start,
+        trainId: table.trainId.subarray(at, at + w.frames),
+        pulseId: table.pulseId.subarray(at, at + w.frames),
+        cellId: table.cellId.subarray(at, at + w.frames),
+      };
+    }
+  }
+
   /** trainId / pulseId / cellId of every aligned frame (whole-run arrays, built window by window). */
   get frameIds(): { trainId: Float64Array; pulseId: Float64Array; cellId: Int32Array } {
     const out = {
@@ -385,12 +404,10 @@ export class FrameReader {
       pulseId: new Float64Array(this.nFrames),
       cellId: new Int32Array(this.nFrames),
     };
-    for (const w of this.windows) {
-      if (!w.frames) continue;
-      const { table, at } = this.tableFor(w.start, w.frames);
-      out.trainId.set(table.trainId.subarray(at, at + w.frames), w.start);
-      out.pulseId.set(table.pulseId.subarray(at, at + w.frames), w.start);
-      out.cellId.set(table.cellId.subarray(at, at + w.frames), w.start);
+    for (const w of this.frameIdWindows()) {
+      out.trainId.set(w.trainId, w.start);
+      out.pulseId.set(w.pulseId, w.start);
+      out.cellId.set(w.cellId, w.start);
     }
     return out;
   }

@@ -107,6 +107,9 @@ interface Summary {
   layout?: string;
 }
 
+/** Frames of the REDU file read at a time for the hits (64k). */
+const HIT_WINDOW = 1 << 16;
+
 /** The hits of a localise output directory (its REDU files), in (trainId, pulseId) order. */
 function readHits(redu: ReduReader, dir: string, summary: Summary): Hits {
   for (
@@ -139,20 +142,26 @@ function readHits(redu: ReduReader, dir: string, summary: Summary): Hits {
   }
   const modules = summary.detector?.modules ?? redu.modules();
   if (!modules) throw new InputError(dir, "no module list (summary.json detector.modules, or REDU modules)");
-  const { trainId, pulseId, frameLit } = redu.frames();
-  const nPeaks = new Uint32Array(redu.nFrames);
-  redu.read("nPeaks", 0, redu.nFrames, nPeaks);
-  const rows: number[] = [];
-  for (let f = 0; f < redu.nFrames; f++) if (frameLit[f]) rows.push(f);
-  rows.sort((a, b) => trainId[a] - trainId[b] || pulseId[a] - pulseId[b]);
+  // The hits' rows, ids and peak counts, read a window of frames at a time: memory per hit, not per frame.
+  const hit: { frame: number; trainId: number; pulseId: number; nPeaks: number }[] = [];
+  const nPeaks = new Uint32Array(HIT_WINDOW);
+  for (const w of redu.frameWindows(HIT_WINDOW)) {
+    redu.read("nPeaks", w.start, w.n, nPeaks);
+    for (let i = 0; i < w.n; i++) {
+      if (w.frameLit[i]) {
+        hit.push({ frame: w.start + i, trainId: w.trainId[i], pulseId: w.pulseId[i], nPeaks: nPeaks[i] });
+      }
+    }
+  }
+  hit.sort((a, b) => a.trainId - b.trainId || a.pulseId - b.pulseId);
   return {
     detector: summary.detector?.name ?? redu.detector,
     modules,
     maxPeaks,
-    trainId: rows.map((f) => trainId[f]),
-    pulseId: rows.map((f) => pulseId[f]),
-    nPeaks: rows.map((f) => nPeaks[f]),
-    frame: rows,
+    trainId: hit.map((h) => h.trainId),
+    pulseId: hit.map((h) => h.pulseId),
+    nPeaks: hit.map((h) => h.nPeaks),
+    frame: hit.map((h) => h.frame),
     redu,
     layout: summary.layout,
   };
@@ -209,19 +218,31 @@ export async function writeCxi(
         });
         // The reader's module order is the detector's; the stack follows the localise output's.
         const order = hits.modules.map((m) => reader.modules.findIndex((x) => x.module === m));
-        const ids = reader.frameIds;
-        const pos = new Map<string, number>();
-        for (let i = 0; i < ids.trainId.length; i++) pos.set(`${ids.trainId[i]}:${ids.pulseId[i]}`, i);
-        const frameOf = hits.trainId.map((t, i) => {
-          const k = pos.get(`${t}:${hits.pulseId[i]}`);
-          if (k === undefined) {
-            throw new InputError(
-              runPath,
-              `has no frame train ${t} pulse ${hits.pulseId[i]}, a hit of ${from} (another run?)`,
-            );
-          }
-          return k;
+        // Each hit's frame in the run: the run's frame ids walked a window at a time, looked up among the hits
+        // (memory per hit, not per frame of the run).
+        const hitOf = new Map<number, Map<number, number>>();
+        hits.trainId.forEach((t, i) => {
+          if (!hitOf.has(t)) hitOf.set(t, new Map());
+          if (!hitOf.get(t)!.has(hits.pulseId[i])) hitOf.get(t)!.set(hits.pulseId[i], i);
         });
+        const frameOf = hits.trainId.map(() => -1);
+        for (const w of reader.frameIdWindows()) {
+          for (let i = 0; i < w.trainId.length; i++) {
+            const h = hitOf.get(w.trainId[i])?.get(w.pulseId[i]);
+            if (h !== undefined) frameOf[h] = w.start + i; // the last frame of these ids, as a map of them gave
+          }
+        }
+        // A hit listed twice: the frame of its first listing.
+        hits.trainId.forEach((t, i) => (frameOf[i] = frameOf[hitOf.get(t)!.get(hits.pulseId[i])!]));
+        const lost = frameOf.indexOf(-1);
+        if (lost >= 0) {
+          throw new InputError(
+            runPath,
+            `has no frame train ${hits.trainId[lost]} pulse ${
+              hits.pulseId[lost]
+            }, a hit of ${from} (another run?)`,
+          );
+        }
         const dir = path.resolve(out);
         return await buildDir(dir, async (tmp) => {
           const written = await writeFile(
