@@ -308,8 +308,9 @@ export class MergedIds {
 }
 
 /**
- * The union of the parts' frames as whole-run arrays (the reductions' merge; localise's streams `MergedIds`):
- * one pass counts the merged frames, a second fills their ids. Memory: the result, 16 bytes a merged frame.
+ * The union of the parts' frames as whole-run arrays (the roi and azint results' `trainId`, `pulseId` on first
+ * access: tests; the merges stream `MergedIds`): one pass counts the merged frames, a second fills their ids.
+ * Memory: the result, 16 bytes a merged frame.
  */
 export function mergeIds(parts: IdSpill[]): { trainId: Float64Array; pulseId: Float64Array } {
   const pass = (trainId?: Float64Array, pulseId?: Float64Array): number => {

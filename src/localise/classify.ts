@@ -75,7 +75,7 @@ export function adaptiveThresholdStreamed(
   scores: () => Iterable<ArrayLike<number>>,
   snr: number,
 ): number {
-  const high = new Float64Array(1 << 16);
+  const high = new Uint32Array(1 << 16);
   let n = 0;
   for (const block of scores()) {
     for (let i = 0; i < block.length; i++) {
@@ -95,8 +95,8 @@ export function adaptiveThresholdStreamed(
     while (before + high[b] <= r) before += high[b++];
     want.set(r, { bucket: b, within: r - before });
   }
-  const low = new Map<number, Float64Array>();
-  for (const { bucket } of want.values()) low.set(bucket, new Float64Array(1 << 16));
+  const low = new Map<number, Uint32Array>();
+  for (const { bucket } of want.values()) low.set(bucket, new Uint32Array(1 << 16));
   for (const block of scores()) {
     for (let i = 0; i < block.length; i++) {
       const v = block[i];
