@@ -16,7 +16,7 @@ import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorithm.ts";
 import { defaultWorkers } from "../framework/threads.ts";
-import { annotateBeam } from "../beam/annotate.ts";
+import { streamBeam } from "../beam/annotate.ts";
 import { Run, runNaming } from "../exdf/run.ts";
 import { readSelection } from "../localise/redu.ts";
 import { openWriter } from "../exdf/writer/writer.ts";
@@ -59,8 +59,10 @@ export async function litLookup(
     const { selection } = await readSelection(path.resolve(from));
     return { lit: (t, p) => selection.lookup(t, p) === 1, source: "localise" };
   }
-  const ann = annotateBeam(run, {});
-  if (ann.trains.some((t) => t.hasBunchPattern)) {
+  // Streamed (a window of trains held, annotated as the lookups reach it, in train order as batches come):
+  // the whole run's annotation held ~50 bytes a frame.
+  const ann = streamBeam(run, {});
+  if (ann.trainsWithBunchPattern > 0) {
     return {
       lit: (t, p) => {
         const f = ann.frameOfPulse(t, p);
