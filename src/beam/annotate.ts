@@ -140,6 +140,8 @@ export interface BeamLookup {
   frameOfPulse(trainId: number, pulseId: number): number;
   /** Trains whose annotation is held in memory (all of them in a BeamAnnotation, a window streamed). */
   held(): number;
+  /** Every annotated train, in train order (streamed: annotated a window at a time, none kept). */
+  annotated(): Iterable<TrainAnnotation>;
 }
 
 export interface BeamAnnotation extends BeamLookup {
@@ -263,7 +265,14 @@ const BEAM_WINDOW_TRAINS = 64;
 interface BeamSetup {
   head: Omit<
     BeamLookup,
-    "train" | "dataFrame" | "energy" | "frameOfPulse" | "trainsWithBunchPattern" | "dataFrames" | "held"
+    | "train"
+    | "dataFrame"
+    | "energy"
+    | "frameOfPulse"
+    | "trainsWithBunchPattern"
+    | "dataFrames"
+    | "held"
+    | "annotated"
   >;
   trainIds: readonly number[];
   /** Trains per window. */
@@ -634,6 +643,7 @@ export function annotateBeam(run: Run, opts: BeamOptions = {}): BeamAnnotation {
     dataFrames: counts.dataFrames,
     ...lookups((t) => byId.get(t)),
     held: () => trains.length,
+    annotated: () => trains,
   };
 }
 
@@ -675,6 +685,9 @@ export function streamBeam(run: Run, opts: BeamOptions = {}): BeamLookup {
     dataFrames: counts.dataFrames,
     ...lookups(get),
     held: () => held.size,
+    *annotated() {
+      for (const w of trainWindows(ids, setup.window)) yield* setup.annotate(w, noCounts());
+    },
   };
 }
 

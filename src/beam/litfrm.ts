@@ -116,7 +116,11 @@ export function litframesData(
   ann: BeamLookup,
   trainIds: ArrayLike<number>,
 ): Record<LitframesDatasetName, DataInput> {
-  const ts = Array.from(trainIds, Number).map((t) => ann.train(t)).filter((a) => a !== undefined);
+  return litframesRows(Array.from(trainIds, Number).map((t) => ann.train(t)).filter((a) => a !== undefined));
+}
+
+/** The LITFRM data of these trains' annotations, for `addData`. */
+function litframesRows(ts: TrainAnnotation[]): Record<LitframesDatasetName, DataInput> {
   const n = ts.length;
   const u16 = (v: number) => Math.min(0xffff, Math.max(0, Math.round(v)));
   const nPulse = new Uint16Array(n), nFrame = new Uint16Array(n), nLit = new Uint16Array(n);
@@ -173,13 +177,31 @@ const TRAINS_PER_CALL = 256;
  * Add trains and the LITFRM data to an open writer whose schema holds (only) `litframesSchema`; the other
  * sources of the writer get no entries for these trains.
  */
-export function addLitframes(w: FileWriter<string>, ann: BeamAnnotation, trainIds?: ArrayLike<number>): void {
-  const ids = trainIds ? Array.from(trainIds, Number) : ann.trains.map((t) => t.trainId);
-  for (let i = 0; i < ids.length; i += TRAINS_PER_CALL) {
-    const chunk = ids.slice(i, i + TRAINS_PER_CALL);
-    w.addTrains(chunk, litframesCounts(ann, chunk));
-    w.addData(litframesData(ann, chunk) as Record<string, DataInput>);
+export function addLitframes(w: FileWriter<string>, ann: BeamLookup, trainIds?: ArrayLike<number>): void {
+  if (trainIds) {
+    const ids = Array.from(trainIds, Number);
+    for (let i = 0; i < ids.length; i += TRAINS_PER_CALL) {
+      const chunk = ids.slice(i, i + TRAINS_PER_CALL);
+      w.addTrains(chunk, litframesCounts(ann, chunk));
+      w.addData(litframesData(ann, chunk) as Record<string, DataInput>);
+    }
+    return;
   }
+  // Every annotated train, TRAINS_PER_CALL at a time as the annotation streams them (a streamed lookup holds
+  // one window of trains, not the run's).
+  let chunk: TrainAnnotation[] = [];
+  const flush = () => {
+    if (!chunk.length) return;
+    const ones = chunk.map(() => 1);
+    w.addTrains(chunk.map((t) => t.trainId), { "@litfrm": ones, "@litfrmOut": [...ones] });
+    w.addData(litframesRows(chunk) as Record<string, DataInput>);
+    chunk = [];
+  };
+  for (const t of ann.annotated()) {
+    chunk.push(t);
+    if (chunk.length === TRAINS_PER_CALL) flush();
+  }
+  flush();
 }
 
 export interface WriteLitframesOptions {
@@ -195,7 +217,7 @@ export interface WriteLitframesOptions {
 
 /** Write the annotation alone: `<PREFIX>-R<run>-REDU01-S00000.h5` in `dir`; returns the paths written. */
 export async function writeLitframes(
-  ann: BeamAnnotation,
+  ann: BeamLookup,
   dir: string,
   opts: WriteLitframesOptions = {},
 ): Promise<string[]> {
@@ -244,8 +266,17 @@ export interface LitframesSummary {
   files: string[];
 }
 
-export function summariseLitframes(runPath: string, ann: BeamAnnotation, files: string[]): LitframesSummary {
-  const sum = (f: (t: TrainAnnotation) => number) => ann.trains.reduce((s, t) => s + f(t), 0);
+export function summariseLitframes(runPath: string, ann: BeamLookup, files: string[]): LitframesSummary {
+  // One pass over the annotated trains (streamed for a streamed lookup).
+  const c = { trains: 0, trainsWithoutBunchPattern: 0, pulses: 0, frames: 0, litFrames: 0, dataFrames: 0 };
+  for (const t of ann.annotated()) {
+    c.trains++;
+    c.trainsWithoutBunchPattern += t.hasBunchPattern ? 0 : 1;
+    c.pulses += t.nPulse;
+    c.frames += t.nFrame;
+    c.litFrames += t.nLitFrame;
+    c.dataFrames += t.nDataFrame;
+  }
   return {
     run: runPath,
     instrument: ann.instrument,
@@ -257,12 +288,7 @@ export function summariseLitframes(runPath: string, ann: BeamAnnotation, files: 
     align: ann.align,
     anchor: ann.anchor,
     sources: ann.sources,
-    trains: ann.trains.length,
-    trainsWithoutBunchPattern: sum((t) => (t.hasBunchPattern ? 0 : 1)),
-    pulses: sum((t) => t.nPulse),
-    frames: sum((t) => t.nFrame),
-    litFrames: sum((t) => t.nLitFrame),
-    dataFrames: sum((t) => t.nDataFrame),
+    ...c,
     warnings: ann.warnings,
     files,
   };

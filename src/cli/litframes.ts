@@ -5,7 +5,7 @@ import { addToDir, buildDir, checkOut } from "../app/outdir.ts";
 import { Run, runNaming } from "../exdf/run.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { annotateBeam } from "../beam/annotate.ts";
+import { streamBeam } from "../beam/annotate.ts";
 import {
   checkLitframesTarget,
   formatLitframes,
@@ -69,7 +69,9 @@ export const litframesCommand: Command = {
     checkOut(dir, { force: !!o.force, inputs: [{ path: runPath, what: "input run" }], existing: "add" });
     const run = await Run.open(runPath);
     try {
-      const ann = annotateBeam(run, {
+      // Streamed: a window of trains annotated at a time as the writer and the summary go (the whole run's
+      // annotation held ~50 bytes a frame).
+      const ann = streamBeam(run, {
         sase: o.sase,
         repRate: o.repRate,
         referenceFrame: o.referenceFrame,
