@@ -173,11 +173,41 @@ function litframesRows(ts: TrainAnnotation[]): Record<LitframesDatasetName, Data
 /** Trains per writer call. */
 const TRAINS_PER_CALL = 256;
 
+/** Totals over the annotated trains (the litframes summary's). */
+export interface LitframesTotals {
+  trains: number;
+  trainsWithoutBunchPattern: number;
+  pulses: number;
+  frames: number;
+  litFrames: number;
+  dataFrames: number;
+}
+
+/** Zero totals. */
+export function noTotals(): LitframesTotals {
+  return { trains: 0, trainsWithoutBunchPattern: 0, pulses: 0, frames: 0, litFrames: 0, dataFrames: 0 };
+}
+/** A train added to the totals. */
+function addTotals(c: LitframesTotals, t: TrainAnnotation): void {
+  c.trains++;
+  c.trainsWithoutBunchPattern += t.hasBunchPattern ? 0 : 1;
+  c.pulses += t.nPulse;
+  c.frames += t.nFrame;
+  c.litFrames += t.nLitFrame;
+  c.dataFrames += t.nDataFrame;
+}
+
 /**
  * Add trains and the LITFRM data to an open writer whose schema holds (only) `litframesSchema`; the other
- * sources of the writer get no entries for these trains.
+ * sources of the writer get no entries for these trains. Without `trainIds`, every annotated train, added to
+ * `totals` when given.
  */
-export function addLitframes(w: FileWriter<string>, ann: BeamLookup, trainIds?: ArrayLike<number>): void {
+export function addLitframes(
+  w: FileWriter<string>,
+  ann: BeamLookup,
+  trainIds?: ArrayLike<number>,
+  totals?: LitframesTotals,
+): void {
   if (trainIds) {
     const ids = Array.from(trainIds, Number);
     for (let i = 0; i < ids.length; i += TRAINS_PER_CALL) {
@@ -199,6 +229,7 @@ export function addLitframes(w: FileWriter<string>, ann: BeamLookup, trainIds?: 
   };
   for (const t of ann.annotated()) {
     chunk.push(t);
+    if (totals) addTotals(totals, t);
     if (chunk.length === TRAINS_PER_CALL) flush();
   }
   flush();
@@ -213,6 +244,8 @@ export interface WriteLitframesOptions {
   overwrite?: boolean;
   /** LITFRM device (default `<INST>/REDU/LITFRM`). */
   device?: string;
+  /** Filled with the totals of the trains written (the summary's, without a pass of its own). */
+  totals?: LitframesTotals;
 }
 
 /** Write the annotation alone: `<PREFIX>-R<run>-REDU01-S00000.h5` in `dir`; returns the paths written. */
@@ -234,7 +267,7 @@ export async function writeLitframes(
     },
   );
   try {
-    addLitframes(w as unknown as FileWriter<string>, ann);
+    addLitframes(w as unknown as FileWriter<string>, ann, undefined, opts.totals);
     return w.close();
   } catch (e) {
     w.abort(String(e));
@@ -266,16 +299,17 @@ export interface LitframesSummary {
   files: string[];
 }
 
-export function summariseLitframes(runPath: string, ann: BeamLookup, files: string[]): LitframesSummary {
-  // One pass over the annotated trains (streamed for a streamed lookup).
-  const c = { trains: 0, trainsWithoutBunchPattern: 0, pulses: 0, frames: 0, litFrames: 0, dataFrames: 0 };
-  for (const t of ann.annotated()) {
-    c.trains++;
-    c.trainsWithoutBunchPattern += t.hasBunchPattern ? 0 : 1;
-    c.pulses += t.nPulse;
-    c.frames += t.nFrame;
-    c.litFrames += t.nLitFrame;
-    c.dataFrames += t.nDataFrame;
+/** The litframes summary; the totals from writeLitframes's `totals`, else a pass over the annotated trains. */
+export function summariseLitframes(
+  runPath: string,
+  ann: BeamLookup,
+  files: string[],
+  totals?: LitframesTotals,
+): LitframesSummary {
+  let c = totals;
+  if (!c) {
+    c = noTotals();
+    for (const t of ann.annotated()) addTotals(c, t);
   }
   return {
     run: runPath,

@@ -10,6 +10,7 @@ import {
   checkLitframesTarget,
   formatLitframes,
   litframesDevice,
+  noTotals,
   summariseLitframes,
   writeLitframes,
 } from "../beam/litfrm.ts";
@@ -82,10 +83,11 @@ export const litframesCommand: Command = {
       });
       const naming = runNaming(run.files.map((f) => f.name), "REDU");
       await checkLitframesTarget(dir, litframesDevice(ann.instrument), naming, !!o.force);
-      const write = (d: string) => writeLitframes(ann, d, { ...naming, overwrite: !!o.force });
+      const totals = noTotals();
+      const write = (d: string) => writeLitframes(ann, d, { ...naming, overwrite: !!o.force, totals });
       const written = into ? await addToDir(dir, write) : await buildDir(dir, write);
       const files = written.map((f) => path.join(dir, path.basename(f)));
-      const s = summariseLitframes(run.path, ann, files);
+      const s = summariseLitframes(run.path, ann, files, totals);
       if (!o.json) { for (const w of ann.warnings) console.error(`xfel-redu: warning: ${w}`); }
       console.log(o.json ? JSON.stringify(s, null, 2) : formatLitframes({ ...s, warnings: [] }));
       return EXIT.ok;
