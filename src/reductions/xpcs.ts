@@ -635,10 +635,17 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
 
 /** The default largest delay: min(frames per train - 1, 32), frames per train from the run's index. */
 export function defaultMaxDelay(det: Detector): number {
+  // The largest train's frames, a window of the run's frame ids at a time (frames of a train are consecutive).
   const reader = new FrameReader(det, {});
-  const per = new Map<number, number>();
-  for (const t of reader.frameIds.trainId) per.set(t, (per.get(t) ?? 0) + 1);
-  return Math.max(1, Math.min(32, Math.max(1, ...per.values()) - 1));
+  let most = 1, train = NaN, n = 0;
+  for (const w of reader.frameIdWindows()) {
+    for (const t of w.trainId) {
+      n = t === train ? n + 1 : 1;
+      train = t;
+      most = Math.max(most, n);
+    }
+  }
+  return Math.max(1, Math.min(32, most - 1));
 }
 
 export async function xpcs(
