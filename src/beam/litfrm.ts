@@ -278,7 +278,7 @@ export async function writeLitframes(
 // -----------------------------------------------------------------------------------------------------
 // Command
 
-export interface LitframesSummary {
+export interface LitframesSummary extends LitframesTotals {
   run: string;
   instrument: string;
   sase: Sase;
@@ -289,12 +289,6 @@ export interface LitframesSummary {
   align: string;
   anchor: number | null;
   sources: BeamAnnotation["sources"];
-  trains: number;
-  trainsWithoutBunchPattern: number;
-  pulses: number;
-  frames: number;
-  litFrames: number;
-  dataFrames: number;
   warnings: string[];
   files: string[];
 }
