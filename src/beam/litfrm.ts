@@ -199,24 +199,13 @@ function addTotals(c: LitframesTotals, t: TrainAnnotation): void {
 
 /**
  * Add trains and the LITFRM data to an open writer whose schema holds (only) `litframesSchema`; the other
- * sources of the writer get no entries for these trains. Without `trainIds`, every annotated train, added to
- * `totals` when given.
+ * sources of the writer get no entries for them: every annotated train, added to `totals` when given.
  */
 export function addLitframes(
   w: FileWriter<string>,
   ann: BeamLookup,
-  trainIds?: ArrayLike<number>,
   totals?: LitframesTotals,
 ): void {
-  if (trainIds) {
-    const ids = Array.from(trainIds, Number);
-    for (let i = 0; i < ids.length; i += TRAINS_PER_CALL) {
-      const chunk = ids.slice(i, i + TRAINS_PER_CALL);
-      w.addTrains(chunk, litframesCounts(ann, chunk));
-      w.addData(litframesData(ann, chunk) as Record<string, DataInput>);
-    }
-    return;
-  }
   // Every annotated train, TRAINS_PER_CALL at a time as the annotation streams them (a streamed lookup holds
   // one window of trains, not the run's).
   let chunk: TrainAnnotation[] = [];
@@ -267,7 +256,7 @@ export async function writeLitframes(
     },
   );
   try {
-    addLitframes(w as unknown as FileWriter<string>, ann, undefined, opts.totals);
+    addLitframes(w as unknown as FileWriter<string>, ann, opts.totals);
     return w.close();
   } catch (e) {
     w.abort(String(e));

@@ -308,6 +308,75 @@ export class MergedIds {
 }
 
 /**
+ * The parts' merged frames in the blocks [f0, f1) of `bounds` (from frame 0, increasing), in order: each
+ * block's ids (in `into`'s buffers, reused from block to block, when given; else fresh arrays) and, per
+ * part, the block's frames it holds (`within(pi)`: their places f - f0 in order, IdCursor.within; asked
+ * once per part and block, the part's records being the next ones of its files).
+ */
+export function* mergedBlocks(
+  parts: IdSpill[],
+  bounds: number[],
+  into?: { trainId: Float64Array; pulseId: Float64Array },
+): Generator<{
+  f0: number;
+  f1: number;
+  ids: { trainId: Float64Array; pulseId: Float64Array };
+  within(pi: number): Int32Array;
+}> {
+  if (bounds[0] !== 0) throw new Error(`merged frames: blocks start at frame 0, not ${bounds[0]}`);
+  const cursors = parts.map((p) => new IdCursor(p));
+  const merged = new MergedIds(parts);
+  try {
+    for (let b = 0; b + 1 < bounds.length; b++) {
+      const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
+      const ids = into
+        ? { trainId: into.trainId.subarray(0, n), pulseId: into.pulseId.subarray(0, n) }
+        : { trainId: new Float64Array(n), pulseId: new Float64Array(n) };
+      if (merged.take(n, ids.trainId, ids.pulseId) < n) {
+        throw new Error(`merged frames: block ${f0}-${f1} past the last frame`);
+      }
+      yield { f0, f1, ids, within: (pi) => cursors[pi].within(ids, 0, n) };
+    }
+  } finally {
+    for (const c of cursors) c.close();
+    merged.close();
+  }
+}
+
+/** Per train, in train order: its trainId and frames. */
+export interface TrainFrames {
+  trainId: number[];
+  frames: number[];
+}
+
+/**
+ * One pass over the merged frames (`MergedIds`): how many, and the frames of each train; `each` sees every
+ * merged frame's trainId in order. Memory: per train, nothing per frame.
+ */
+export function countMerged(
+  parts: IdSpill[],
+  each?: (trainId: number) => void,
+): { frames: number; trains: TrainFrames } {
+  const trains: TrainFrames = { trainId: [], frames: [] };
+  let frames = 0;
+  const m = new MergedIds(parts);
+  try {
+    for (; m.more; m.next(), frames++) {
+      const k = trains.trainId.length - 1;
+      if (k >= 0 && trains.trainId[k] === m.trainId) trains.frames[k]++;
+      else {
+        trains.trainId.push(m.trainId);
+        trains.frames.push(1);
+      }
+      each?.(m.trainId);
+    }
+  } finally {
+    m.close();
+  }
+  return { frames, trains };
+}
+
+/**
  * The union of the parts' frames as whole-run arrays (the roi and azint results' `trainId`, `pulseId` on first
  * access: tests; the merges stream `MergedIds`): one pass counts the merged frames, a second fills their ids.
  * Memory: the result, 16 bytes a merged frame.

@@ -11,7 +11,14 @@ import { adaptiveThreshold, adaptiveThresholdStreamed, asicOfPeak } from "./clas
 import { loadLayout } from "../exdf/geometry.ts";
 import { positioner } from "./position.ts";
 import { RoiSet } from "./rois.ts";
-import { IdCursor, MergedIds, ownSpill, removeSpill, SpillReader, SpillWriter } from "../framework/spill.ts";
+import {
+  countMerged,
+  mergedBlocks,
+  ownSpill,
+  removeSpill,
+  SpillReader,
+  SpillWriter,
+} from "../framework/spill.ts";
 import { boundHeap } from "../framework/threads.ts";
 import { type BeamLookup, combineLit, streamBeam } from "../beam/annotate.ts";
 import type { FramePeak } from "./result.ts";
@@ -113,18 +120,13 @@ class FrameStream {
 
   /**
    * The records of frames in the bounds' blocks, as stages 1-4 left them: bounds from frame 0, increasing.
-   * The merged frames' ids come from the parts' id spill files (`MergedIds`), a block at a time.
+   * The merged frames' ids come from the parts' id spill files (`mergedBlocks`), a block at a time.
    */
   *raw(bounds: number[]): Generator<FrameBlock> {
     const { parts, nMod, moduleList } = this;
-    if (bounds[0] !== 0) throw new Error(`localise result: frame blocks start at frame 0, not ${bounds[0]}`);
     const nA = this.g.nAsics;
     const hb = headerBytes(nA);
     const streams = parts.map((p) => new SpillStream(p.spill));
-    // Each part's frames in order from its id spill file: a part's next record belongs to the merged frame
-    // with its (trainId, pulseId).
-    const cursor = parts.map((p) => new IdCursor(p));
-    const merged = new MergedIds(parts);
     // The typed tables are allocated once for the largest block and reused (zeroed) for every block: a
     // block's tables are valid until the next block is taken. Fresh ones per block (~0.5 kB per frame)
     // were garbage the GC let pile up for tens of MB over a long run.
@@ -143,13 +145,10 @@ class FrameStream {
       nPeaks: new Uint32Array(cap),
     };
     try {
-      for (let b = 0; b + 1 < bounds.length; b++) {
+      // A part's next record belongs to the next merged frame of the block it holds (`within`).
+      for (const { f0, f1, ids, within } of mergedBlocks(parts, bounds, tables)) {
         boundHeap();
-        const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
-        const ids = { trainId: tables.trainId.subarray(0, n), pulseId: tables.pulseId.subarray(0, n) };
-        if (merged.take(n, ids.trainId, ids.pulseId) < n) {
-          throw new Error(`localise result: frame block ${f0}-${f1} past the last frame`);
-        }
+        const n = f1 - f0;
         const per: FrameTables = {
           ...ids,
           frameLit: tables.frameLit.subarray(0, n).fill(0),
@@ -166,7 +165,7 @@ class FrameStream {
         let m0 = 0;
         parts.forEach((p, pi) => {
           const pm = p.modules.length;
-          for (const f of cursor[pi].within(ids, 0, n)) {
+          for (const f of within(pi)) {
             for (let j = 0; j < pm; j++) {
               const h = streams[pi].take(hb);
               const u = new Uint32Array(h.buffer, h.byteOffset, 2 + 4 * nA);
@@ -202,8 +201,6 @@ class FrameStream {
       }
     } finally {
       for (const s of streams) s.close();
-      for (const c of cursor) c.close();
-      merged.close();
     }
   }
 
@@ -242,16 +239,11 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const nMod = moduleList.length;
   const notes = [...run.warnings().map((w) => `warning: ${w}`), ...new Set(parts.flatMap((p) => p.notes))];
   for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
-  // The merged frames counted and cut into blocks in one pass over the parts' id files: nothing per frame.
+  // The merged frames counted per train and cut into blocks in one pass over the parts' id files: nothing
+  // per frame.
   const bounder = new BlockBounder(nMod);
-  const ids = new MergedIds(parts);
-  try {
-    for (; ids.more; ids.next()) bounder.push(ids.trainId);
-  } finally {
-    ids.close();
-  }
+  const { frames: nF, trains: trainFrames } = countMerged(parts, (t) => bounder.push(t));
   const bounds = bounder.end();
-  const nF = bounds[bounds.length - 1];
   const recorded = parts.flatMap((p) => p.recorded);
   const hot = parts.flatMap((p) => p.hot);
   const files = parts.flatMap((p) => p.files);
@@ -292,21 +284,15 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const moduleLit = new Uint32Array(nMod);
   const valid = new Uint8Array(nMod);
   const anomalies: { trainId: number; pulseId: number }[] = [];
-  // Per train (summary.json): its frames and lit frames.
-  const perTrain = { trainId: [] as number[], frames: [] as number[], litFrames: [] as number[] };
-  let litCount = 0;
+  // Per train (summary.json): its frames (the counting pass's) and lit frames; t: the train of frame f.
+  const perTrain = { ...trainFrames, litFrames: trainFrames.frames.map(() => 0) };
+  let litCount = 0, t = 0;
   for (const blk of stream.classified(bounds)) {
     const per = blk.per;
     for (const a of blk.anomalies) anomalies.push(a);
     for (let f = 0; f < blk.f1 - blk.f0; f++) {
-      const k = perTrain.trainId.length - 1;
-      if (k < 0 || perTrain.trainId[k] !== per.trainId[f]) {
-        perTrain.trainId.push(per.trainId[f]);
-        perTrain.frames.push(0);
-        perTrain.litFrames.push(0);
-      }
-      perTrain.frames[perTrain.trainId.length - 1]++;
-      perTrain.litFrames[perTrain.trainId.length - 1] += per.frameLit[f];
+      while (t + 1 < perTrain.trainId.length && perTrain.trainId[t] !== per.trainId[f]) t++;
+      perTrain.litFrames[t] += per.frameLit[f];
       for (let m = 0; m < nMod; m++) {
         const base = (f * nMod + m) * nA;
         for (let a = 0; a < nA && !valid[m]; a++) if (per.unmaskedPixels[base + a]) valid[m] = 1;

@@ -466,7 +466,7 @@ export class ReduReader {
 // The selection: frameLit per frame
 
 /** One train's frames in a Selection: pulse IDs (ascending when `sorted`), lit and matched flags. */
-interface TrainFrames {
+interface TrainSelection {
   pulse: Uint32Array | Float64Array;
   /** Bit 0: lit; bit 1: matched (`match`). */
   flags: Uint8Array;
@@ -481,14 +481,14 @@ interface TrainFrames {
  * last decision kept.
  */
 export class Selection {
-  private readonly byTrain = new Map<number, TrainFrames>();
+  private readonly byTrain = new Map<number, TrainSelection>();
   frames = 0;
   lit = 0;
   /** Frames `match` has found (each counted once). */
   matched = 0;
 
   /** The train added to last: its arrays are trimmed to its frames when another train's come. */
-  private last?: TrainFrames;
+  private last?: TrainSelection;
 
   add(trainId: number, pulseId: number, lit: number): void {
     let t = this.byTrain.get(trainId);
@@ -545,7 +545,7 @@ export class Selection {
 }
 
 /** A train's arrays resized to hold `size` frames (at least its n). */
-function resize(t: TrainFrames, size: number): void {
+function resize(t: TrainSelection, size: number): void {
   if (size === t.pulse.length) return;
   const pulse = new (t.pulse.constructor as Uint32ArrayConstructor | Float64ArrayConstructor)(size);
   pulse.set(t.pulse.subarray(0, t.n));
@@ -556,7 +556,7 @@ function resize(t: TrainFrames, size: number): void {
 }
 
 /** The index of pulseId among the train's frames, -1 when not there (binary search when sorted). */
-function find(t: TrainFrames, pulseId: number): number {
+function find(t: TrainSelection, pulseId: number): number {
   if (!t.sorted) {
     for (let i = 0; i < t.n; i++) if (t.pulse[i] === pulseId) return i;
     return -1;

@@ -33,6 +33,7 @@ import { type DetectorLayout, loadLayout, pixelCentres } from "../exdf/geometry.
 import {
   type BackendChoice,
   type BlockIds,
+  blocksOfTrains,
   checkBackend,
   FrameRecords,
   mergeSpills,
@@ -40,13 +41,13 @@ import {
   pickDevice,
   ReductionAlgorithm,
   type ReductionResult,
-  trainBlocks,
   workersFor,
   writeReductionDir,
   writeReduFile,
 } from "./common.ts";
 import { type Detector, Run } from "../exdf/run.ts";
 import type { WriterSchema } from "../exdf/writer/writer.ts";
+import type { TrainFrames } from "../framework/spill.ts";
 import { litLookup } from "../average/average.ts";
 import type { AzintBackend } from "./azint-spec.ts";
 import type { AzintSums } from "./azint-spec.ts";
@@ -411,7 +412,7 @@ export interface AzintResult extends ReductionResult {
   edges: Float64Array;
   frames: number;
   /** Per train, in order: its trainId and frames. */
-  trains: { trainId: number[]; frames: number[] };
+  trains: TrainFrames;
   /** Every frame's ids, made on first access (16 bytes a frame: tests); blocks carry their own. */
   readonly trainId: Float64Array;
   readonly pulseId: Float64Array;
@@ -534,13 +535,11 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
         };
       });
       const n = merged.frames;
-      const counts = merged.trains.frames;
+      const byTrains = () => blocksOfTrains(merged.blocks, merged.trains, TRAINS_PER_CALL);
       const runS = new Float64Array(bins), runC = new Float64Array(bins), runN = new Float64Array(bins);
       // The run's sums: of the trains' sums, in train order (blocks of whole trains).
-      const { bounds: tBounds, trainBounds } = trainBlocks(counts, TRAINS_PER_CALL);
-      let block = 0;
-      for (const blk of merged.blocks(tBounds)) {
-        trainSums(blk, counts.slice(trainBounds[block], trainBounds[++block]), bins, (_t, s, w, m) => {
+      for (const { blk, frames } of byTrains()) {
+        trainSums(blk, frames, bins, (_t, s, w, m) => {
           for (let k = 0; k < bins; k++) {
             runS[k] += s[k];
             runC[k] += w[k];
@@ -588,12 +587,8 @@ export class AzintAlgorithm extends ReductionAlgorithm implements Algorithm<Azin
         dispose: merged.dispose,
         get trainMean() {
           if (!means) {
-            means = new Float32Array(counts.length * bins);
-            let block = 0;
-            for (const blk of merged.blocks(tBounds)) {
-              const t0 = trainBounds[block], t1 = trainBounds[++block];
-              means.set(trainMeans(blk, counts.slice(t0, t1), bins), t0 * bins);
-            }
+            means = new Float32Array(merged.trains.frames.length * bins);
+            for (const { blk, t0, frames } of byTrains()) means.set(trainMeans(blk, frames, bins), t0 * bins);
           }
           return means;
         },
@@ -683,17 +678,17 @@ export async function writeAzint(r: AzintResult, dir: string, runFiles: string[]
       );
       w.setConstant("radialEdges", r.edges);
       w.setConstant("unitCode", Uint8Array.of(UNITS.indexOf(r.options.unit)));
-      const { trainId: trains, frames: counts } = r.trains;
       // Blocks of TRAINS_PER_CALL trains, read from the spill files one after the other.
-      const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
-      let b = 0;
-      for (const blk of r.blocks(bounds)) {
+      for (
+        const { blk, t0, t1, trainIds, frames: c } of blocksOfTrains(
+          (b) => r.blocks(b),
+          r.trains,
+          TRAINS_PER_CALL,
+        )
+      ) {
         const { f0, f1, intensity, count, trainId, pulseId } = blk;
-        const t0 = tb[b], t1 = tb[b + 1];
-        b++;
-        const c = counts.slice(t0, t1);
         const n = f1 - f0;
-        w.addTrains(trains.slice(t0, t1), { "@out": c, "@ctl": c.map(() => 1) });
+        w.addTrains(trainIds, { "@out": c, "@ctl": c.map(() => 1) });
         w.addData({
           trainId: BigUint64Array.from(trainId, BigInt),
           pulseId: BigUint64Array.from(pulseId, BigInt),

@@ -19,15 +19,16 @@ import type { RunInfo } from "../framework/algorithm.ts";
 import type { OptionSpec } from "../framework/options.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
 import {
-  IdCursor,
+  countMerged,
   type IdSpill,
   IdWriter,
-  MergedIds,
+  mergedBlocks,
   mergeIds,
   ownSpill,
   removeSpill,
   SpillReader,
   SpillWriter,
+  type TrainFrames,
 } from "../framework/spill.ts";
 
 export type { BackendChoice };
@@ -143,46 +144,23 @@ export function mergeSpills<P extends SpillPart, B extends object>(
   },
 ): {
   frames: number;
-  trains: { trainId: number[]; frames: number[] };
+  trains: TrainFrames;
   readonly trainId: Float64Array;
   readonly pulseId: Float64Array;
   blocks(bounds: number[]): Generator<B & BlockIds>;
   dispose(): void;
 } {
-  // One pass over the merged frames: their number and the frames of each train.
-  const trains = { trainId: [] as number[], frames: [] as number[] };
-  let frames = 0;
-  const count = new MergedIds(parts);
-  try {
-    for (; count.more; count.next(), frames++) {
-      const k = trains.trainId.length - 1;
-      if (k >= 0 && trains.trainId[k] === count.trainId) trains.frames[k]++;
-      else {
-        trains.trainId.push(count.trainId);
-        trains.frames.push(1);
-      }
-    }
-  } finally {
-    count.close();
-  }
+  const { frames, trains } = countMerged(parts);
   for (const p of parts) for (const f of [p.spill, p.ids]) ownSpill(f);
   const rbs = parts.map(recordBytes);
   const blocks = function* (bounds: number[]): Generator<B & BlockIds> {
-    if (bounds[0] !== 0) throw new Error(`merged frames: blocks start at frame 0, not ${bounds[0]}`);
     const readers = parts.map((p, pi) => new SpillReader(p.spill, rbs[pi]));
-    const cursors = parts.map((p) => new IdCursor(p));
-    const merged = new MergedIds(parts);
     try {
-      for (let b = 0; b + 1 < bounds.length; b++) {
-        const f0 = bounds[b], f1 = bounds[b + 1], n = f1 - f0;
-        const ids = { trainId: new Float64Array(n), pulseId: new Float64Array(n) };
-        if (merged.take(n, ids.trainId, ids.pulseId) < n) {
-          throw new Error(`merged frames: block ${f0}-${f1} past the last frame (${frames})`);
-        }
+      for (const { f0, f1, ids, within } of mergedBlocks(parts, bounds)) {
         const blk = open(f0, f1);
         parts.forEach((_p, pi) => {
           // The merged frame (f - f0) of each of the part's records in the block.
-          const at = cursors[pi].within(ids, 0, n);
+          const at = within(pi);
           if (at.length === 0) return;
           const bytes = readers[pi].read(at.length);
           for (let r = 0; r < at.length; r++) {
@@ -193,8 +171,6 @@ export function mergeSpills<P extends SpillPart, B extends object>(
       }
     } finally {
       for (const r of readers) r.close();
-      for (const c of cursors) c.close();
-      merged.close();
     }
   };
   let all: BlockIds | undefined;
@@ -216,17 +192,26 @@ export function mergeSpills<P extends SpillPart, B extends object>(
 }
 
 /**
- * Frame bounds of blocks of `perBlock` trains (counts: frames per train, `mergeSpills`'s `trains`), and the train index
- * each block starts at (`trainBounds`, one more entry: the end).
+ * The merged frames in blocks of `perBlock` whole trains (`trains`: mergeSpills's), read through
+ * `blocks(bounds)`, each with its trains [t0, t1): their trainIds and frames.
  */
-export function trainBlocks(counts: number[], perBlock: number): { bounds: number[]; trainBounds: number[] } {
-  const bounds = [0], trainBounds = [0];
+export function* blocksOfTrains<B>(
+  blocks: (bounds: number[]) => Iterable<B>,
+  trains: TrainFrames,
+  perBlock: number,
+): Generator<{ blk: B; t0: number; t1: number; trainIds: number[]; frames: number[] }> {
+  const counts = trains.frames;
+  const bounds = [0], starts = [0];
   for (let t0 = 0; t0 < counts.length; t0 += perBlock) {
     const t1 = Math.min(counts.length, t0 + perBlock);
     bounds.push(bounds[bounds.length - 1] + counts.slice(t0, t1).reduce((a, b) => a + b, 0));
-    trainBounds.push(t1);
+    starts.push(t1);
   }
-  return { bounds, trainBounds };
+  let b = 0;
+  for (const blk of blocks(bounds)) {
+    const t0 = starts[b], t1 = starts[++b];
+    yield { blk, t0, t1, trainIds: trains.trainId.slice(t0, t1), frames: counts.slice(t0, t1) };
+  }
 }
 
 /**

@@ -27,6 +27,7 @@ import { type Algorithm, runAlgorithm, type RunInfo } from "../framework/algorit
 import {
   type BackendChoice,
   type BlockIds,
+  blocksOfTrains,
   checkBackend,
   FrameRecords,
   mergeSpills,
@@ -34,7 +35,6 @@ import {
   pickDevice,
   ReductionAlgorithm,
   type ReductionResult,
-  trainBlocks,
   workersFor,
   writeReductionDir,
   writeReduFile,
@@ -42,6 +42,7 @@ import {
 import { Run } from "../exdf/run.ts";
 import { litLookup } from "../average/average.ts";
 import type { WriterSchema } from "../exdf/writer/writer.ts";
+import type { TrainFrames } from "../framework/spill.ts";
 import type { RoiBackend } from "./roi-spec.ts";
 import type { RoiColumns } from "./roi-spec.ts";
 import type { RoiSpec } from "./roi-spec.ts";
@@ -213,7 +214,7 @@ export interface RoiResult extends ReductionResult {
   rois: RoiSpec[];
   frames: number;
   /** Per train, in order: its trainId and frames. */
-  trains: { trainId: number[]; frames: number[] };
+  trains: TrainFrames;
   /** Every frame's ids, made on first access (16 bytes a frame: tests); blocks carry their own. */
   readonly trainId: Float64Array;
   readonly pulseId: Float64Array;
@@ -469,14 +470,10 @@ export async function writeRoi(r: RoiResult, dir: string, runFiles: string[]): P
       w.setConstant(`${g.name}.module`, Uint16Array.of(g.module));
       w.setConstant(`${g.name}.box`, Uint32Array.of(g.ss0, g.ss1, g.fs0, g.fs1));
     }
-    const { trainId: trains, frames: counts } = r.trains;
-    const { bounds, trainBounds: tb } = trainBlocks(counts, TRAINS_PER_CALL);
-    let blk = 0;
-    for (const { f0, f1, sum, count, mean, spectrum, trainId, pulseId } of r.blocks(bounds)) {
-      const t0 = tb[blk], t1 = tb[blk + 1];
-      blk++;
+    for (const { blk, trainIds, frames } of blocksOfTrains((b) => r.blocks(b), r.trains, TRAINS_PER_CALL)) {
+      const { f0, f1, sum, count, mean, spectrum, trainId, pulseId } = blk;
       const n = f1 - f0;
-      w.addTrains(trains.slice(t0, t1), { "@out": counts.slice(t0, t1) });
+      w.addTrains(trainIds, { "@out": frames });
       const data: Record<string, unknown> = {
         trainId: BigUint64Array.from(trainId, BigInt),
         pulseId: BigUint64Array.from(pulseId, BigInt),
