@@ -22,7 +22,10 @@
  * train: `data.g2` (f32, qbins x delays), `data.pairs` (f64, qbins x delays); control source
  * `<DET>/REDU/XPCS` keys `qAxis`, `qEdges` (nm^-1), `delays` (pulses). `DIR/summary.json`: `"xpcs": {"unit",
  * "edges", "delays", "g2" (bins x delays, the run's)}`, bytes in / out and their ratio.
- * Memory: the last D frames of each module, whatever the train length.
+ * Memory: the last D frames of each module, whatever the train length. Each part appends its trains' sums to a
+ * spill file as the trains end (src/framework/spill.ts; `TrainSumsSpill`); the merge reads them back a train at
+ * a time (`mergedTrainSums`), once for the run's g2 and once for the writer: per train, only its ID (8 bytes)
+ * stays in memory.
  */
 import { InputError } from "../errors.ts";
 import type { FrameBatch } from "../exdf/frames.ts";
@@ -41,10 +44,12 @@ import {
   writeReduFile,
 } from "./common.ts";
 import type { XpcsGpu } from "./xpcs-spec.ts";
+import { ownSpill, removeSpill } from "../framework/spill.ts";
+import { g2Of, mergedTrainSums, mergedTwoTime, TrainSumsSpill } from "./xpcs-sums.ts";
 import { type Detector, Run } from "../exdf/run.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import type { WriterSchema } from "../exdf/writer/writer.ts";
-import { addSums, type TrainSums, zeroSums } from "./xpcs-spec.ts";
+import { type TrainSums, zeroSums } from "./xpcs-spec.ts";
 import type { TwoTimeSums } from "./xpcs-spec.ts";
 
 export interface XpcsOptions {
@@ -351,14 +356,6 @@ export class XpcsAccumulator {
   }
 }
 
-/** g2 = A P / (L R) per (bin, delay). */
-export function g2Of(s: Pick<TrainSums, "a" | "l" | "r" | "p">): Float64Array {
-  return Float64Array.from(s.a, (a, j) => {
-    const lr = s.l[j] * s.r[j];
-    return s.p[j] > 0 && lr > 0 ? (a * s.p[j]) / lr : NaN;
-  });
-}
-
 export function twoTimeSums(
   trainId: number,
   pulseIds: number[],
@@ -405,10 +402,20 @@ export function twoTimeSums(
 
 export interface XpcsPart {
   modules: number[];
-  trains: TrainSums[];
+  /** The spill file of the part's trains' sums (`TrainSumsSpill`) and how many trains it holds. */
+  sums: string;
+  trains: number;
   backend: string;
   notes: string[];
   twoTime?: TwoTimeSums;
+}
+
+/** g2 and pairs of trains [t0, t1) (`XpcsResult.blocks`): (t1 - t0) x bins x delays each. */
+export interface XpcsBlock {
+  t0: number;
+  t1: number;
+  g2: Float64Array;
+  pairs: Float64Array;
 }
 
 export interface XpcsResult extends ReductionResult {
@@ -419,13 +426,17 @@ export interface XpcsResult extends ReductionResult {
   edges: Float64Array;
   delays: number[];
   trainIds: number[];
-  /** Per train: g2 and pairs (bins x delays). */
-  g2: Float64Array[];
-  pairs: Float64Array[];
+  /** Per train g2 and pairs in blocks of `perBlock` trains, read from the parts' spill files (the writer). */
+  blocks(perBlock: number): Generator<XpcsBlock>;
+  /** Per train: g2 and pairs (bins x delays), made on first access (tests; 16 bytes x bins x delays a train). */
+  readonly g2: Float64Array[];
+  readonly pairs: Float64Array[];
   /** The run's g2 (mean over trains). */
   runG2: Float64Array;
   /** With `twoTime`: C(q, t1, t2) of that train, (bins, T, T), and the frames' pulse IDs. */
   twoTime?: { trainId: number; pulseIds: number[]; c: Float64Array };
+  /** Remove the spill files (after writing). */
+  dispose(): void;
 }
 
 export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsPart, XpcsResult> {
@@ -439,7 +450,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
   private o: XpcsOptions = { ...DEFAULT_XPCS };
   private delays = 1;
   private acc = new Map<number, XpcsAccumulator>();
-  private trains = new Map<number, TrainSums>();
+  private trains?: TrainSumsSpill;
   private modules: number[] = [];
   private pixels = 0;
   private gpu?: XpcsGpu;
@@ -462,6 +473,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
     if (info.modules.length) {
       const setup = azintSetup(info.detector, azintOptions(this.o));
       this.modules = info.modules;
+      this.trains = new TrainSumsSpill(this.o.qBins * this.delays);
       for (const m of info.modules) {
         const { value } = modulePixels(
           setup.layout,
@@ -483,13 +495,6 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
       }
     }
     return { mask: true, batchBytes: this.o.batchBytes ?? 128 * 2 ** 20 };
-  }
-
-  private keep(s: TrainSums | undefined): void {
-    if (!s) return;
-    const t = this.trains.get(s.trainId);
-    if (!t) this.trains.set(s.trainId, s);
-    else addSums(t, s);
   }
 
   private captureTwoTime(b: FrameBatch): void {
@@ -515,24 +520,29 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
 
   async processBatch(b: FrameBatch): Promise<void> {
     this.captureTwoTime(b);
+    const trains = this.trains!;
     if (this.gpu) {
-      for (const s of await this.gpu.batch(b)) this.keep(s);
-      return;
-    }
+      for (const s of await this.gpu.batch(b)) trains.add(s);
+    } else this.cpuBatch(b, trains);
+    if (b.nFrames) trains.endBefore(b.trainId[b.nFrames - 1]);
+  }
+
+  private cpuBatch(b: FrameBatch, trains: TrainSumsSpill): void {
     for (const mf of b.modules) {
       const acc = this.acc.get(mf.module)!;
       // Runs of frames of one train.
       for (let i0 = 0; i0 < b.nFrames;) {
         let i1 = i0 + 1;
         while (i1 < b.nFrames && b.trainId[i1] === b.trainId[i0]) i1++;
-        this.keep(acc.add(b.trainId[i0], mf.data, mf.mask, mf.present, i0, i1));
+        trains.add(acc.add(b.trainId[i0], mf.data, mf.mask, mf.present, i0, i1));
         i0 = i1;
       }
     }
   }
 
   async finalizeChunk(): Promise<XpcsPart> {
-    if (!this.gpu) { for (const acc of this.acc.values()) this.keep(acc.flush()); }
+    this.trains ??= new TrainSumsSpill(this.o.qBins * this.delays);
+    if (!this.gpu) { for (const acc of this.acc.values()) this.trains.add(acc.flush()); }
     let twoTime: TwoTimeSums | undefined;
     if (this.o.twoTime !== undefined && this.ttPulses.length) {
       const mods = this.modules.filter((m) => this.ttFrames.has(m));
@@ -551,7 +561,7 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
     }
     return {
       modules: this.modules,
-      trains: [...this.trains.values()].sort((a, b) => a.trainId - b.trainId),
+      ...this.trains.close(),
       backend: this.gpu?.name ?? "cpu",
       notes: this.notes,
       twoTime,
@@ -565,20 +575,14 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
   finalize(parts: XpcsPart[]): Promise<XpcsResult> {
     return this.withRun((run, det) => {
       const setup = azintSetup(det, azintOptions(this.o));
-      const all = new Map<number, TrainSums>();
-      for (const p of parts) {
-        for (const s of p.trains) {
-          const t = all.get(s.trainId);
-          if (!t) {
-            all.set(s.trainId, { ...s, a: s.a.slice(), l: s.l.slice(), r: s.r.slice(), p: s.p.slice() });
-          } else addSums(t, s);
-        }
-      }
-      const trains = [...all.values()].sort((a, b) => a.trainId - b.trainId);
-      const g2 = trains.map(g2Of);
       const n = this.o.qBins * this.delays;
+      for (const p of parts) ownSpill(p.sums);
+      // One pass: the trains and the run's g2 (the mean of the trains' finite g2).
+      const trainIds: number[] = [];
       const sum = new Float64Array(n), cnt = new Float64Array(n);
-      for (const g of g2) {
+      for (const s of mergedTrainSums(parts, n)) {
+        trainIds.push(s.trainId);
+        const g = g2Of(s);
         for (let j = 0; j < n; j++) {
           if (Number.isFinite(g[j])) {
             sum[j] += g[j];
@@ -586,30 +590,42 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
           }
         }
       }
+      const blocks = function* (perBlock: number): Generator<XpcsBlock> {
+        let t0 = 0, k = 0;
+        let g2 = new Float64Array(0), pairs = new Float64Array(0);
+        for (const s of mergedTrainSums(parts, n)) {
+          if (k === 0) {
+            const m = Math.min(perBlock, trainIds.length - t0);
+            g2 = new Float64Array(m * n);
+            pairs = new Float64Array(m * n);
+          }
+          g2.set(g2Of(s), k * n);
+          pairs.set(s.p, k * n);
+          if (++k === g2.length / n) {
+            yield { t0, t1: t0 + k, g2, pairs };
+            t0 += k;
+            k = 0;
+          }
+        }
+      };
+      let all: { g2: Float64Array[]; pairs: Float64Array[] } | undefined;
+      const materialise = () => {
+        if (!all) {
+          all = { g2: [], pairs: [] };
+          for (const b of blocks(trainIds.length)) {
+            for (let t = 0; t < b.t1 - b.t0; t++) {
+              all.g2.push(b.g2.slice(t * n, (t + 1) * n));
+              all.pairs.push(b.pairs.slice(t * n, (t + 1) * n));
+            }
+          }
+        }
+        return all;
+      };
       let twoTime: XpcsResult["twoTime"];
       const tts = parts.map((p) => p.twoTime).filter((t): t is TwoTimeSums => !!t);
       if (this.o.twoTime !== undefined) {
         if (!tts.length) throw new InputError(run.path, `--two-time: no train ${this.o.twoTime} in the run`);
-        // Frames by pulse ID: the union over parts (a part may lack frames of a module).
-        const pulses = [...new Set(tts.flatMap((t) => t.pulseIds))].sort((x, y) => x - y);
-        const T = pulses.length, B = this.o.qBins;
-        const acc = zeroSums(B * T * T);
-        for (const t of tts) {
-          const ix = t.pulseIds.map((q) => pulses.indexOf(q));
-          const n = t.pulseIds.length;
-          for (let k = 0; k < B; k++) {
-            for (let i = 0; i < n; i++) {
-              for (let j = 0; j < n; j++) {
-                const src = (k * n + i) * n + j, dst = (k * T + ix[i]) * T + ix[j];
-                acc.a[dst] += t.a[src];
-                acc.l[dst] += t.l[src];
-                acc.r[dst] += t.r[src];
-                acc.p[dst] += t.p[src];
-              }
-            }
-          }
-        }
-        twoTime = { trainId: this.o.twoTime, pulseIds: pulses, c: g2Of(acc) };
+        twoTime = { trainId: this.o.twoTime, ...mergedTwoTime(tts, this.o.qBins) };
       }
       const [a, b] = setup.range;
       return {
@@ -622,10 +638,18 @@ export class XpcsAlgorithm extends ReductionAlgorithm implements Algorithm<XpcsP
         distance: setup.distance,
         edges: Float64Array.from({ length: this.o.qBins + 1 }, (_, k) => a + ((b - a) * k) / this.o.qBins),
         delays: Array.from({ length: this.delays }, (_, d) => d + 1),
-        trainIds: trains.map((t) => t.trainId),
-        g2,
-        pairs: trains.map((t) => t.p),
+        trainIds,
+        blocks,
+        get g2() {
+          return materialise().g2;
+        },
+        get pairs() {
+          return materialise().pairs;
+        },
         runG2: Float64Array.from(sum, (s, j) => (cnt[j] ? s / cnt[j] : NaN)),
+        dispose: () => {
+          for (const p of parts) removeSpill(p.sums);
+        },
         notes: [...new Set(parts.flatMap((p) => p.notes))],
         ...partsSummary(parts, run, det.name),
       };
@@ -719,9 +743,7 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
     w.setConstant("qAxis", Float64Array.from({ length: bins }, (_, k) => (r.edges[k] + r.edges[k + 1]) / 2));
     w.setConstant("qEdges", r.edges);
     w.setConstant("delays", Uint32Array.from(r.delays));
-    const T = r.trainIds.length;
-    for (let t0 = 0; t0 < T; t0 += 256) {
-      const t1 = Math.min(T, t0 + 256);
+    for (const { t0, t1, g2, pairs } of r.blocks(256)) {
       const ids = r.trainIds.slice(t0, t1);
       w.addTrains(ids, {
         "@out": ids.map(() => 1),
@@ -734,13 +756,8 @@ export async function writeXpcs(r: XpcsResult, dir: string, runFiles: string[]):
           twoTimePulses: { data: BigUint64Array.from(r.twoTime.pulseIds, BigInt), shape: [1, nt] },
         } as never);
       }
-      const g2 = new Float32Array((t1 - t0) * bins * D), pairs = new Float64Array((t1 - t0) * bins * D);
-      for (let t = t0; t < t1; t++) {
-        g2.set(r.g2[t], (t - t0) * bins * D);
-        pairs.set(r.pairs[t], (t - t0) * bins * D);
-      }
       w.addData({
-        g2: { data: g2, shape: [t1 - t0, bins, D] },
+        g2: { data: Float32Array.from(g2), shape: [t1 - t0, bins, D] },
         pairs: { data: pairs, shape: [t1 - t0, bins, D] },
       } as never);
     }
