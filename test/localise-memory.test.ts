@@ -9,7 +9,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
-import { blockBounds, largestBlock } from "../src/localise/merge.ts";
+import { blockBounds, largestBlock, MAX_LISTED_ANOMALIES } from "../src/localise/merge.ts";
+import { have } from "./helpers/tools.ts";
+import { runPython } from "./helpers/python-refs.ts";
 import { PEAK_BYTES, SpillStream } from "../src/localise/records.ts";
 import { SpillWriter } from "../src/framework/spill.ts";
 import { localise } from "../src/localise/algorithm.ts";
@@ -239,6 +241,47 @@ describe("the beam annotation", () => {
     expect(Object.keys(two.data).some((k) => k.includes("LITFRM"))).toBe(true);
     expect(two.data).toEqual(whole.data);
   });
+});
+
+describe("anomalies in summary.json", () => {
+  // A bunch pattern that says no pulse in every train but the first, on a run whose images have hits in all:
+  // every hit after the first train is an anomaly (signal, no pulse), as when a run's bunch pattern is misread.
+  test.skipIf(!have("h5py"))(
+    "a bunch pattern that says no pulse where the images say signal: every anomaly counted, the first 1,000 listed",
+    async () => {
+      const run = path.join(tmp, "anomalies");
+      await makeRun(run, { seed: 3, modules: [0], trains: 48, framesPerTrain: 64, litFraction: 0.8 });
+      const da = fs.readdirSync(run).find((n) => n.includes("-DA01-"))!;
+      runPython(
+        `import sys, json, h5py
+a = json.loads(sys.argv[1])
+with h5py.File(a["file"], "r+") as h:
+    d = h["INSTRUMENT/SPB_RR_SYS/TSYS/TIMESERVER:outputBunchPattern/data/bunchPatternTable"]
+    t = d[()]
+    t[1:] = 0
+    d[...] = t
+print(json.dumps(int(t.shape[0])))`,
+        { file: path.join(run, da) },
+      );
+      const r = await localise(run, { backend: "cpu", workers: 1 });
+      const out = path.join(tmp, "anomalies-out");
+      await writeLocaliseDir(r, out);
+      const first = r.trainId[0], lit = r.frameLit, tid = r.trainId, pid = r.pulseId;
+      const expected: { trainId: number; pulseId: number }[] = [];
+      for (let f = 0; f < r.frames; f++) {
+        if (lit[f] && tid[f] !== first) expected.push({ trainId: tid[f], pulseId: pid[f] });
+      }
+      r.dispose();
+      const s = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8"));
+      expect(expected.length).toBeGreaterThan(MAX_LISTED_ANOMALIES);
+      expect(s.anomalyCount).toBe(expected.length);
+      expect(s.anomalies).toEqual(expected.slice(0, MAX_LISTED_ANOMALIES));
+      expect(s.notes.join("\n")).toContain(
+        `${expected.length} frames with signal in the images but no X-ray pulse`,
+      );
+    },
+    120_000,
+  );
 });
 
 describe("the reader's frame table", () => {

@@ -31,6 +31,8 @@ import { headerBytes } from "./records.ts";
 import { PEAK_BYTES } from "./records.ts";
 import type { FrameTables } from "./result.ts";
 
+/** summary.json lists the first this many anomalies (frames with signal but no X-ray pulse); counts all. */
+export const MAX_LISTED_ANOMALIES = 1000;
 /**
  * Module frames (frames x modules) per block of the streaming passes over the spill files. Small enough that a
  * block's peak objects mostly die young: with 4,096 the JS heap of the merge + REDU write grew by ~1 MB per block
@@ -283,13 +285,16 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
   const persist = opt.roiFraction > 0 ? moduleList.map(() => new Uint32Array(g.pixels)) : undefined;
   const moduleLit = new Uint32Array(nMod);
   const valid = new Uint8Array(nMod);
+  // Frames with signal but no pulse: the first MAX_LISTED_ANOMALIES listed, all counted (a misread bunch
+  // pattern makes every hit one).
   const anomalies: { trainId: number; pulseId: number }[] = [];
+  let anomalyCount = 0;
   // Per train (summary.json): its frames (the counting pass's) and lit frames; t: the train of frame f.
   const perTrain = { ...trainFrames, litFrames: trainFrames.frames.map(() => 0) };
   let litCount = 0, t = 0;
   for (const blk of stream.classified(bounds)) {
     const per = blk.per;
-    for (const a of blk.anomalies) anomalies.push(a);
+    for (const a of blk.anomalies) if (anomalyCount++ < MAX_LISTED_ANOMALIES) anomalies.push(a);
     for (let f = 0; f < blk.f1 - blk.f0; f++) {
       while (t + 1 < perTrain.trainId.length && perTrain.trainId[t] !== per.trainId[f]) t++;
       perTrain.litFrames[t] += per.frameLit[f];
@@ -316,8 +321,11 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
       }
     }
   }
-  if (anomalies.length) {
-    notes.push(`${anomalies.length} frames with signal in the images but no X-ray pulse: kept (anomalies)`);
+  if (anomalyCount) {
+    const listed = anomalyCount > anomalies.length ? ` (the first ${anomalies.length} listed)` : "";
+    notes.push(
+      `${anomalyCount} frames with signal in the images but no X-ray pulse: kept (anomalies)${listed}`,
+    );
   }
   for (const w of beam?.warnings ?? []) notes.push(`beam: ${w}`);
   if (persist) {
@@ -438,6 +446,7 @@ export function combine(run: Run, parts: LocalisePart[], opt: LocaliseOptions, t
     layout: layout.source,
     beam,
     anomalies,
+    anomalyCount,
   };
 }
 

@@ -53,6 +53,7 @@ export function summaryJson(r: LocaliseResult) {
       }
       : null,
     anomalies: r.anomalies,
+    anomalyCount: r.anomalyCount,
     notes: r.notes,
   };
 }

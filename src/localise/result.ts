@@ -153,8 +153,10 @@ export interface LocaliseResult {
   layout: string;
   /** The beam annotation (LITFRM) when the run has a bunch pattern and --lit-from is not images. */
   beam?: BeamLookup;
-  /** Frames with signal in the images but no X-ray pulse (kept, never dropped). */
+  /** Frames with signal in the images but no X-ray pulse (kept, never dropped): the first
+   * MAX_LISTED_ANOMALIES (merge.ts) in frame order, and how many there are. */
   anomalies: { trainId: number; pulseId: number }[];
+  anomalyCount: number;
 }
 
 export interface Progress {

@@ -121,7 +121,7 @@ function summarySection(m: ReportModel): string {
         kv("dataFrames", s.beam.dataFrames, int(s.beam.dataFrames))
       } frames with ` +
       `an X-ray pulse; ${
-        kv("anomalies", s.anomalies.length, int(s.anomalies.length))
+        kv("anomalies", s.anomalyCount ?? s.anomalies.length, int(s.anomalyCount ?? s.anomalies.length))
       } frames with signal but no pulse.</p>`
     : "";
   const notes = [...s.notes.map((n) => `localise: ${n}`), ...m.notes.map((n) => `report: ${n}`)];
