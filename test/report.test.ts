@@ -22,7 +22,14 @@ import { type LocaliseResult } from "../src/localise/result.ts";
 import { summaryJson } from "../src/localise/output.ts";
 import { writeRedu } from "../src/localise/redu.ts";
 import { crc32, encodePng, HOT, INVALID, moduleImage, palette } from "../src/report/png.ts";
-import { poolFor } from "../src/report/model.ts";
+import {
+  buildModel,
+  DEFAULTS,
+  type PerFrameSource,
+  poolFor,
+  type ReportSummary,
+} from "../src/report/model.ts";
+import { adaptiveThreshold } from "../src/localise/classify.ts";
 import { reportFromOutput, writeReport } from "../src/report/report.ts";
 import { reportCommand } from "../src/cli/report.ts";
 import { ROOT, runDenoTask, runNode } from "./helpers/cli.ts";
@@ -514,6 +521,9 @@ describe("other detectors and the adaptive classifier", () => {
         expect(r.litFrames).toBeGreaterThan(3);
         expect(html).toContain('id="score-plot"');
         expect(html).toMatch(/id="score-plot-threshold"[^>]*data-value="[0-9.e-]+"/);
+        // The threshold localise applied: over its float32 scores.
+        const shown = /id="score-plot-threshold"[^>]*data-value="([0-9.e-]+)"/.exec(html)![1];
+        expect(Number(shown)).toBe(adaptiveThreshold(r.score, r.params.snr));
       } else {
         expect(html).not.toContain('id="score-plot"');
       }
@@ -522,6 +532,68 @@ describe("other detectors and the adaptive classifier", () => {
 });
 
 describe("pieces", () => {
+  test(
+    "ten minutes of AGIPD, one module (2,000,000 frames), streamed in blocks: trains, samples and histogram counts",
+    async () => {
+      // A source that makes its blocks on the fly (as the REDU file and the spill files are read): the model
+      // holds nothing per frame. Frame f: train f / 64, lit when f % 10 == 3 (7 peaks), else dark (1 peak).
+      const nF = 2_000_000, fpt = 64, nA = geometry("AGIPD").nAsics, B = 4096;
+      const src: PerFrameSource = {
+        nFrames: nF,
+        *blocks() {
+          const trainId = new Float64Array(B), pulseId = new Float64Array(B), frameLit = new Uint8Array(B);
+          const nPeaks = new Uint32Array(B),
+            litPixels = new Uint32Array(B * nA),
+            unmasked = new Uint32Array(B * nA);
+          for (let start = 0; start < nF; start += B) {
+            const n = Math.min(B, nF - start);
+            for (let i = 0; i < n; i++) {
+              const f = start + i;
+              trainId[i] = 1e9 + Math.floor(f / fpt);
+              pulseId[i] = f % fpt;
+              frameLit[i] = f % 10 === 3 ? 1 : 0;
+              nPeaks[i] = frameLit[i] ? 7 : 1;
+              for (let a = 0; a < nA; a++) {
+                unmasked[i * nA + a] = 1000;
+                litPixels[i * nA + a] = frameLit[i] ? 40 : 0;
+              }
+            }
+            yield { start, n, trainId, pulseId, frameLit, nPeaks, litPixels, unmasked };
+          }
+        },
+        peaks: () => [],
+        asicLit: () => new Uint8Array(nA),
+        close() {},
+      };
+      const summary = {
+        detector: { name: "SPB_DET_AGIPD1M-1", type: "AGIPD", modules: [0] },
+        params: { mode: "peaks", minPeaks: 5, threshold: 0.7, snr: 4 },
+        modules: [{ module: 0, hotPixels: [] }],
+      } as unknown as ReportSummary;
+      const m = await buildModel(src, summary, undefined, DEFAULTS, []);
+      const trains = nF / fpt;
+      expect(m.trains.trains.reduce((a, b) => a + b, 0)).toBe(trains);
+      expect(m.trains.frames.reduce((a, b) => a + b, 0)).toBe(nF);
+      expect(m.trains.lit.reduce((a, b) => a + b, 0)).toBe(nF / 10);
+      expect(m.trains.firstTrain[0]).toBe(1e9);
+      expect(m.trainsPerPoint).toBe(Math.ceil(trains / 500));
+      // Samples spread evenly over the lit frames (rank floor((k + 0.5) * 200,000 / 4)) and over the dark ones.
+      const lit = m.samples.filter((s) => s.kind === "lit"),
+        dark = m.samples.filter((s) => s.kind === "dark");
+      expect(lit.map((s) => s.frame)).toEqual([25_000, 75_000, 125_000, 175_000].map((r) => 10 * r + 3));
+      for (const s of lit) {
+        expect(s.trainId).toBe(1e9 + Math.floor(s.frame / fpt));
+        expect(s.nPeaks).toBe(7);
+      }
+      // Dark rank r is frame r + floor((r + 7) / 9): the dark frames skip every f % 10 == 3.
+      const darkFrame = (r: number) => Math.floor(r / 9) * 10 + (r % 9 < 3 ? r % 9 : r % 9 + 1);
+      expect(dark.map((s) => s.frame)).toEqual([225_000, 675_000, 1_125_000, 1_575_000].map(darkFrame));
+      expect(m.hist.total).toEqual({ lit: nF / 10, dark: nF - nF / 10 });
+      expect(m.hist.above).toEqual({ lit: nF / 10, dark: 0 });
+    },
+    60_000,
+  );
+
   test("assembled view: a pixel lands where its peak circle is drawn; x to the left, y up", () => {
     for (const type of ["AGIPD", "LPD", "DSSC", "JUNGFRAU"] as const) {
       const layout = defaultLayout(type);

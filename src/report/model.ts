@@ -6,7 +6,9 @@ import { Buffer } from "node:buffer";
 import { type DetectorType, type Geometry, geometry } from "../exdf/detectors.ts";
 import { FrameReader } from "../exdf/frames.ts";
 import { firstLine } from "../exdf/h5.ts";
-import { adaptiveThreshold } from "../localise/classify.ts";
+import * as fs from "node:fs";
+import { adaptiveThresholdStreamed } from "../localise/classify.ts";
+import { SpillReader, SpillWriter } from "../framework/spill.ts";
 import type { FramePeak, LocaliseResult } from "../localise/result.ts";
 import { summaryJson } from "../localise/output.ts";
 import { Run } from "../exdf/run.ts";
@@ -120,17 +122,27 @@ export interface ReportModel {
   generated: string;
 }
 
-/** The per-frame tables the report needs, however stored. */
-export interface PerFrameSource {
-  nFrames: number;
+/** A block of consecutive frames [start, start + n) as the report reads them (arrays valid until the next). */
+export interface ReportBlock {
+  start: number;
+  n: number;
   trainId: Float64Array;
   pulseId: Float64Array;
   frameLit: Uint8Array;
   nPeaks: Uint32Array;
-  /** The per-ASIC tables in blocks of consecutive frames (frames x modules x ASICs). */
-  blocks(): Iterable<
-    { start: number; n: number; litPixels: Uint32Array; unmasked: Uint32Array; filtered: Uint32Array }
-  >;
+  /** Per frame x module x ASIC (with `tables`; else possibly empty). */
+  litPixels: Uint32Array;
+  unmasked: Uint32Array;
+}
+
+/**
+ * The per-frame tables the report needs, however stored, read in blocks of frames each time they are asked for:
+ * nothing per frame in memory.
+ */
+export interface PerFrameSource {
+  nFrames: number;
+  /** The frames in order, in blocks; `tables` false: the ids, frameLit and nPeaks are enough. */
+  blocks(tables: boolean): Iterable<ReportBlock>;
   /** Called with the frames whose peaks and ASIC flags will be asked for (one pass over a stream). */
   prepare?(frames: number[]): void;
   peaks(frame: number): FramePeak[];
@@ -140,14 +152,11 @@ export interface PerFrameSource {
 
 /**
  * A localise result as a source, streamed from its spill files in blocks of whole trains (blockBounds):
- * in memory per frame only what the result already holds plus nPeaks (4 bytes), and the sample frames'
- * peaks and ASIC flags (`prepare`), never the whole per-frame table.
+ * nothing per frame in memory but the sample frames' peaks and ASIC flags (`prepare`).
  */
 export function resultSource(r: LocaliseResult): PerFrameSource {
   const k = r.detector.modules.length * r.nAsics;
   const bounds = r.blockBounds();
-  const nPeaks = new Uint32Array(r.frames);
-  for (const { f0, per } of r.frameBlocks(bounds)) nPeaks.set(per.nPeaks, f0);
   const kept = new Map<number, { peaks: FramePeak[]; asicLit: Uint8Array }>();
   const kept1 = (f: number) => {
     const x = kept.get(f);
@@ -156,18 +165,17 @@ export function resultSource(r: LocaliseResult): PerFrameSource {
   };
   return {
     nFrames: r.frames,
-    trainId: r.trainId,
-    pulseId: r.pulseId,
-    frameLit: r.frameLit,
-    nPeaks,
     *blocks() {
       for (const { f0, f1, per } of r.frameBlocks(bounds)) {
         yield {
           start: f0,
           n: f1 - f0,
+          trainId: per.trainId,
+          pulseId: per.pulseId,
+          frameLit: per.frameLit,
+          nPeaks: per.nPeaks,
           litPixels: per.litPixels,
           unmasked: per.unmaskedPixels,
-          filtered: per.filteredLit,
         };
       }
     },
@@ -193,18 +201,11 @@ export function resultSource(r: LocaliseResult): PerFrameSource {
 // ---------------------------------------------------------------------------------------------------------
 // Statistics
 
-function trainPoints(src: PerFrameSource, maxPoints: number): { points: TrainPoints; perPoint: number } {
-  const ids: number[] = [], frames: number[] = [], lit: number[] = [];
-  for (let f = 0; f < src.nFrames; f++) {
-    const t = src.trainId[f];
-    if (ids.length === 0 || ids[ids.length - 1] !== t) {
-      ids.push(t);
-      frames.push(0);
-      lit.push(0);
-    }
-    frames[frames.length - 1]++;
-    lit[lit.length - 1] += src.frameLit[f] ? 1 : 0;
-  }
+/** Per train (in order) its ID, frames and lit frames, binned to at most maxPoints points. */
+function trainPoints(
+  { ids, frames, lit }: { ids: number[]; frames: number[]; lit: number[] },
+  maxPoints: number,
+): { points: TrainPoints; perPoint: number } {
   const perPoint = Math.max(1, Math.ceil(ids.length / Math.max(1, maxPoints)));
   const pts: TrainPoints = {
     firstTrain: [],
@@ -285,64 +286,144 @@ function addTo(h: Histogram, lit: "lit" | "dark", v: number): void {
   else h[lit][binOf(h.edges, v)]++;
 }
 
-/** The classifier's per-ASIC quantity for lit and dark frames; in adaptive mode also the frames' scores. */
-function histograms(
+/** The first pass (ids, frameLit, nPeaks): per train its frames and lit frames, the most peaks, lit and dark. */
+function scan(src: PerFrameSource): {
+  trains: { ids: number[]; frames: number[]; lit: number[] };
+  maxPeaks: number;
+  lit: number;
+  dark: number;
+} {
+  const ids: number[] = [], frames: number[] = [], lit: number[] = [];
+  let maxPeaks = 1, nLit = 0, nDark = 0;
+  for (const b of src.blocks(false)) {
+    for (let i = 0; i < b.n; i++) {
+      const t = b.trainId[i];
+      if (ids.length === 0 || ids[ids.length - 1] !== t) {
+        ids.push(t);
+        frames.push(0);
+        lit.push(0);
+      }
+      frames[frames.length - 1]++;
+      lit[lit.length - 1] += b.frameLit[i] ? 1 : 0;
+      maxPeaks = Math.max(maxPeaks, b.nPeaks[i]);
+      if (b.frameLit[i] === 1) nLit++;
+      else nDark++;
+    }
+  }
+  return { trains: { ids, frames, lit }, maxPeaks, lit: nLit, dark: nDark };
+}
+
+/** Ranks of up to n picks spread evenly over `count` items: all of them, or item floor((k + 0.5) count / n). */
+function spreadRanks(count: number, n: number): number[] {
+  if (count <= n) return Array.from({ length: count }, (_, k) => k);
+  return Array.from({ length: n }, (_, k) => Math.floor(((k + 0.5) * count) / n));
+}
+
+/** A sample frame as the second pass finds it. */
+interface Pick {
+  f: number;
+  trainId: number;
+  pulseId: number;
+  nPeaks: number;
+}
+
+/**
+ * The second pass (and, in adaptive mode, passes over the frames' scores in a spill file): the histogram of the
+ * classifier's per-ASIC quantity for lit and dark frames; in adaptive mode also the frames' scores (float32,
+ * as localise computes them) with their threshold (adaptiveThresholdStreamed: localise's exact value); the
+ * sample frames, spread evenly over the lit and over the dark frames.
+ */
+function histogramsAndSamples(
   src: PerFrameSource,
   summary: ReportSummary,
   g: Geometry,
   nMod: number,
-): { hist: Histogram; scoreHist?: Histogram } {
+  counts: { maxPeaks: number; lit: number; dark: number },
+  picks: { lit: number; dark: number },
+): { hist: Histogram; scoreHist?: Histogram; lit: Pick[]; dark: Pick[] } {
   const adaptive = summary.params.mode === "adaptive";
   const nA = g.nAsics;
   const asicPx = g.asicSs * g.asicFs;
-  let maxPeaks = 1;
-  for (let f = 0; f < src.nFrames; f++) maxPeaks = Math.max(maxPeaks, src.nPeaks[f]);
   const h = adaptive
     ? emptyHist("asicFraction", histEdges("fraction", asicPx), NaN)
-    : emptyHist("framePeaks", histEdges("count", Math.max(2, maxPeaks)), summary.params.minPeaks);
-  const scores = new Float64Array(src.nFrames);
-  for (const b of src.blocks()) {
-    for (let i = 0; i < b.n; i++) {
-      const f = b.start + i;
-      const lit = src.frameLit[f] ? "lit" : "dark";
-      let sumLit = 0, sumValid = 0;
-      for (let k = i * nMod * nA; k < (i + 1) * nMod * nA; k++) {
-        const valid = b.unmasked[k];
-        sumLit += b.litPixels[k];
-        sumValid += valid;
-        if (valid === 0 || !adaptive) continue;
-        addTo(h, lit, b.litPixels[k] / valid);
+    : emptyHist("framePeaks", histEdges("count", Math.max(2, counts.maxPeaks)), summary.params.minPeaks);
+  const want = { lit: spreadRanks(counts.lit, picks.lit), dark: spreadRanks(counts.dark, picks.dark) };
+  const out = { lit: [] as Pick[], dark: [] as Pick[] };
+  const seen = { lit: 0, dark: 0 };
+  // Adaptive: per frame its score and lit flag, (score, lit) as float32 pairs.
+  const spill = adaptive ? new SpillWriter(8, "report-scores") : undefined;
+  let spillPath: string | undefined;
+  try {
+    let pairs = new Float32Array(0);
+    for (const b of src.blocks(true)) {
+      if (spill && pairs.length < 2 * b.n) pairs = new Float32Array(2 * b.n);
+      for (let i = 0; i < b.n; i++) {
+        const f = b.start + i;
+        const lit = b.frameLit[i] ? "lit" : "dark";
+        const kind = b.frameLit[i] === 1 ? "lit" : "dark";
+        if (want[kind][out[kind].length] === seen[kind]++) {
+          out[kind].push({ f, trainId: b.trainId[i], pulseId: b.pulseId[i], nPeaks: b.nPeaks[i] });
+        }
+        let sumLit = 0, sumValid = 0;
+        for (let k = i * nMod * nA; k < (i + 1) * nMod * nA; k++) {
+          const valid = b.unmasked[k];
+          sumLit += b.litPixels[k];
+          sumValid += valid;
+          if (valid === 0 || !adaptive) continue;
+          addTo(h, lit, b.litPixels[k] / valid);
+        }
+        if (spill) {
+          pairs[2 * i] = sumValid > 0 ? sumLit / sumValid : NaN;
+          pairs[2 * i + 1] = b.frameLit[i] ? 1 : 0;
+        } else if (sumValid > 0) {
+          const v = b.nPeaks[i];
+          if (v >= h.threshold) h.above[lit]++;
+          addTo(h, lit, v);
+        }
       }
-      scores[f] = sumValid > 0 ? sumLit / sumValid : NaN;
-      if (!adaptive && sumValid > 0) {
-        const v = src.nPeaks[f];
-        if (v >= h.threshold) h.above[lit]++;
-        addTo(h, lit, v);
+      spill?.append(new Uint8Array(pairs.buffer, 0, 8 * b.n));
+    }
+    if (!spill) return { hist: h, ...out };
+    spillPath = spill.close();
+    const frames = spill.records;
+    // The frames' scores and lit flags from the spill file, a block at a time.
+    const read = function* (): Generator<Float32Array> {
+      const r = new SpillReader(spillPath!, 8);
+      try {
+        const buf = new Float32Array(2 * SCORE_BLOCK);
+        for (let at = 0; at < frames; at += SCORE_BLOCK) {
+          const n = Math.min(SCORE_BLOCK, frames - at);
+          r.readInto(new Uint8Array(buf.buffer, 0, 8 * n));
+          yield buf.subarray(0, 2 * n);
+        }
+      } finally {
+        r.close();
+      }
+    };
+    const threshold = adaptiveThresholdStreamed(function* () {
+      for (const p of read()) yield p.filter((_, j) => j % 2 === 0);
+    }, summary.params.snr);
+    h.threshold = threshold;
+    h.above = { lit: NaN, dark: NaN };
+    const sh = emptyHist("frameFraction", histEdges("fraction", 2 ** 20), threshold);
+    for (const p of read()) {
+      for (let j = 0; j < p.length; j += 2) {
+        const score = p[j];
+        if (!Number.isFinite(score)) continue;
+        const lit = p[j + 1] ? "lit" : "dark";
+        if (score > threshold) sh.above[lit]++;
+        addTo(sh, lit, score);
       }
     }
+    return { hist: h, scoreHist: sh, ...out };
+  } finally {
+    if (spill && !spillPath) spillPath = spill.close();
+    if (spillPath) fs.rmSync(spillPath, { force: true });
   }
-  if (!adaptive) return { hist: h };
-  // The score: lit pixels over valid pixels of the whole frame, as localise computes it.
-  const threshold = adaptiveThreshold(scores, summary.params.snr);
-  h.threshold = threshold;
-  h.above = { lit: NaN, dark: NaN };
-  const sh = emptyHist("frameFraction", histEdges("fraction", 2 ** 20), threshold);
-  for (let f = 0; f < src.nFrames; f++) {
-    if (!Number.isFinite(scores[f])) continue;
-    const lit = src.frameLit[f] ? "lit" : "dark";
-    if (scores[f] > threshold) sh.above[lit]++;
-    addTo(sh, lit, scores[f]);
-  }
-  return { hist: h, scoreHist: sh };
 }
 
-/** Up to n indices spread evenly over the frames where pick(f) holds. */
-function spread(nFrames: number, pick: (f: number) => boolean, n: number): number[] {
-  const all: number[] = [];
-  for (let f = 0; f < nFrames; f++) if (pick(f)) all.push(f);
-  if (all.length <= n) return all;
-  return Array.from({ length: n }, (_, k) => all[Math.floor(((k + 0.5) * all.length) / n)]);
-}
+/** Frames' scores read from the spill file at a time (512 kB). */
+const SCORE_BLOCK = 1 << 16;
 
 // ---------------------------------------------------------------------------------------------------------
 // Sample frames' images
@@ -486,23 +567,25 @@ export async function buildModel(
 ): Promise<ReportModel> {
   const g = geometry(summary.detector.type as DetectorType);
   const nMod = summary.detector.modules.length;
-  const { points, perPoint } = trainPoints(src, o.maxTrainPoints);
-  const { hist, scoreHist } = histograms(src, summary, g, nMod);
-  const lit = spread(src.nFrames, (f) => src.frameLit[f] === 1, o.litFrames);
-  const dark = spread(src.nFrames, (f) => src.frameLit[f] !== 1, o.darkFrames);
-  src.prepare?.([...lit, ...dark]);
+  const counts = scan(src);
+  const { points, perPoint } = trainPoints(counts.trains, o.maxTrainPoints);
+  const { hist, scoreHist, lit, dark } = histogramsAndSamples(src, summary, g, nMod, counts, {
+    lit: o.litFrames,
+    dark: o.darkFrames,
+  });
+  src.prepare?.([...lit, ...dark].map((p) => p.f));
   const samples: SampleFrame[] = [
-    ...lit.map((f, i) => ({ f, kind: "lit" as const, label: `L${i + 1}` })),
-    ...dark.map((f, i) => ({ f, kind: "dark" as const, label: `D${i + 1}` })),
-  ].map(({ f, kind, label }) => ({
+    ...lit.map((p, i) => ({ p, kind: "lit" as const, label: `L${i + 1}` })),
+    ...dark.map((p, i) => ({ p, kind: "dark" as const, label: `D${i + 1}` })),
+  ].map(({ p, kind, label }) => ({
     kind,
     label,
-    frame: f,
-    trainId: src.trainId[f],
-    pulseId: src.pulseId[f],
-    nPeaks: src.nPeaks[f],
-    peaks: src.peaks(f),
-    asicLit: src.asicLit(f),
+    frame: p.f,
+    trainId: p.trainId,
+    pulseId: p.pulseId,
+    nPeaks: p.nPeaks,
+    peaks: src.peaks(p.f),
+    asicLit: src.asicLit(p.f),
     images: summary.detector.modules.map(() => null),
     assembled: null,
   }));

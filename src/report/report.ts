@@ -93,7 +93,7 @@ export async function writeReport(
 /** Frames per block when reading the per-ASIC tables. */
 const BLOCK_FRAMES = 4096;
 
-/** The per-frame tables of a localise output directory (REDU files), read lazily in blocks. */
+/** The per-frame tables of a localise output directory (REDU files), read in blocks each time: nothing per frame. */
 async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFrameSource> {
   let redu: ReduReader;
   try {
@@ -107,28 +107,25 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
   try {
     const nFrames = redu.nFrames;
     if (nFrames === 0) throw new NoReduFile(dir);
-    const { trainId, pulseId, frameLit } = redu.frames();
-    const nPeaks = new Uint32Array(nFrames);
-    redu.read("nPeaks", 0, nFrames, nPeaks);
     const k = nMod * nA;
     return {
       nFrames,
-      trainId,
-      pulseId,
-      frameLit,
-      nPeaks,
-      *blocks() {
-        const litPixels = new Uint32Array(BLOCK_FRAMES * k);
-        const unmasked = new Uint32Array(BLOCK_FRAMES * k);
-        const filtered = new Uint32Array(BLOCK_FRAMES * k);
-        for (const { start, n } of redu.blocks(BLOCK_FRAMES)) {
-          redu.read("litPixels", start, n, litPixels);
-          redu.read("unmaskedPixels", start, n, unmasked);
-          redu.read("filteredLit", start, n, filtered);
-          yield { start, n, litPixels, unmasked, filtered };
+      *blocks(tables) {
+        const nPeaks = new Uint32Array(BLOCK_FRAMES);
+        const litPixels = new Uint32Array(tables ? BLOCK_FRAMES * k : 0);
+        const unmasked = new Uint32Array(tables ? BLOCK_FRAMES * k : 0);
+        for (const w of redu.frameWindows(BLOCK_FRAMES)) {
+          redu.read("nPeaks", w.start, w.n, nPeaks);
+          if (tables) {
+            redu.read("litPixels", w.start, w.n, litPixels);
+            redu.read("unmaskedPixels", w.start, w.n, unmasked);
+          }
+          yield { ...w, nPeaks, litPixels, unmasked };
         }
       },
       peaks(f) {
+        const all = new Uint32Array(1);
+        redu.read("nPeaks", f, 1, all);
         const nP = redu.entryShape("peakModule", f)[0] ?? 0;
         const mod = new Uint32Array(nP), box = new Uint32Array(nP * 4), area = new Uint32Array(nP);
         const inten = new Float64Array(nP), pss = new Float64Array(nP), pfs = new Float64Array(nP);
@@ -141,7 +138,7 @@ async function reduSource(dir: string, nMod: number, nA: number): Promise<PerFra
         redu.read("peakFs", f, 1, pfs);
         redu.read("peakMax", f, 1, pmax);
         const out: FramePeak[] = [];
-        for (let j = 0; j < Math.min(nP, nPeaks[f]); j++) {
+        for (let j = 0; j < Math.min(nP, all[0]); j++) {
           if (area[j] === 0) continue; // unused rows are zero
           out.push({
             module: mod[j],
