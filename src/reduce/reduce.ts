@@ -513,27 +513,26 @@ export async function reduce(
       }
     }
 
-    // Plan every module file first (frame IDs only): the guards below see the whole run before anything is
-    // written.
-    const plansOf = new Map<RunFile, ModulePlanInFile[]>();
-    for (const [f, mods] of byFile) {
+    // Plan every module file first (frame IDs only): the guards below see the whole run's counts before
+    // anything is written. The kept rows are not kept (4 bytes a kept module frame): each file is planned again
+    // when it is written, from the module's dark count where the file began (the same rows).
+    const keepUnlisted = opts.unlisted === "keep";
+    const darkStart = new Map<ModuleFile, number>();
+    for (const [, mods] of byFile) {
       if (mods.every((m) => states.get(m.module)!.rec.dropped)) continue;
-      plansOf.set(
-        f,
-        mods.map(({ module, mf }) => {
-          const st = states.get(module)!;
-          const { kept, counts } = planModule(
-            det,
-            mf,
-            selection,
-            keepDark,
-            opts.unlisted === "keep",
-            st,
-          );
-          return { module, mf, rows: mf.rows, kept, counts, boxes: st.rec.rois };
-        }),
-      );
+      for (const { module, mf } of mods) {
+        const st = states.get(module)!;
+        darkStart.set(mf, st.darkSeen);
+        planModule(det, mf, selection, keepDark, keepUnlisted, st);
+      }
     }
+    const plansOf = (f: RunFile): ModulePlanInFile[] =>
+      byFile.get(f)!.map(({ module, mf }) => {
+        // Counted by the first pass: this one's counts go to a scratch record.
+        const scratch = { rec: { ...states.get(module)!.rec }, darkSeen: darkStart.get(mf)! };
+        const { kept, counts } = planModule(det, mf, selection, keepDark, keepUnlisted, scratch);
+        return { module, mf, rows: mf.rows, kept, counts, boxes: states.get(module)!.rec.rois };
+      });
     const planned = [...states.values()].map((s) => s.rec).filter((m) => !m.dropped);
     const unlisted = planned.reduce((a, m) => a + m.unmatched, 0);
     const framesIn = planned.reduce((a, m) => a + m.framesIn, 0);
@@ -575,8 +574,7 @@ export async function reduce(
         } else if (mods.every((m) => states.get(m.module)!.rec.dropped)) {
           files.push({ name: f.name, action: "dropped", bytesIn, bytesOut: 0 });
         } else {
-          const plans = plansOf.get(f)!;
-          await reduceFile(cp, f, plans, det, !!opts.roi, tmp, opts.progress, compressor);
+          await reduceFile(cp, f, plansOf(f), det, !!opts.roi, tmp, opts.progress, compressor);
           fs.renameSync(tmp, final);
           await compressor?.measure(f.h5, final);
           files.push({ name: f.name, action: "reduced", bytesIn, bytesOut: fileSize(final) });
