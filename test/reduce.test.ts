@@ -608,4 +608,30 @@ describe("Selection (the frame decisions reduce, cxi and average look up)", () =
     expect(sel.matched).toBe(2);
     expect(sel.lookup(1e9 + 3, 5)).toBe(1);
   });
+
+  test("trains whose pulse IDs are a progression hold a flag byte a frame, and only those are found", () => {
+    const sel = new Selection();
+    // Stride 4 from 8 (64 frames), a one-frame train, stride 1 from a pulse ID beyond 32 bits, and a train
+    // whose progression breaks (then its pulse IDs are kept per frame).
+    for (let k = 0; k < 64; k++) sel.add(7, 8 + 4 * k, k % 3 === 0 ? 1 : 0);
+    sel.add(8, 99, 1);
+    for (let k = 0; k < 10; k++) sel.add(9, 2 ** 40 + k, 1);
+    // A train's arrays are trimmed to its frames when the next train comes (here train 11, 4 bytes to start).
+    sel.add(11, 0, 0);
+    expect(sel.arrayBytes()).toBe(64 + 1 + 10 + 4);
+    for (const p of [8, 12, 260]) expect(sel.lookup(7, p)).toBe(((p - 8) / 4) % 3 === 0 ? 1 : 0);
+    for (const p of [0, 4, 9, 10, 264, 268, 8.5, -4]) expect(sel.lookup(7, p)).toBe(-1);
+    expect([sel.lookup(8, 99), sel.lookup(8, 98), sel.lookup(8, 100)]).toEqual([1, -1, -1]);
+    expect([sel.lookup(9, 2 ** 40), sel.lookup(9, 2 ** 40 + 9), sel.lookup(9, 2 ** 40 + 10)]).toEqual([
+      1,
+      1,
+      -1,
+    ]);
+    for (const p of [0, 1, 2, 10, 5]) sel.add(10, p, p === 10 ? 1 : 0);
+    expect([0, 1, 2, 3, 5, 9, 10, 11].map((p) => sel.lookup(10, p))).toEqual([0, 0, 0, -1, 0, -1, 1, -1]);
+    // A frame of a progression added again keeps one entry, with the new decision.
+    sel.add(7, 12, 1);
+    expect(sel.lookup(7, 12)).toBe(1);
+    expect(sel.frames).toBe(64 + 1 + 10 + 1 + 5);
+  });
 });

@@ -465,20 +465,29 @@ export class ReduReader {
 // -----------------------------------------------------------------------------------------------------
 // The selection: frameLit per frame
 
-/** One train's frames in a Selection: pulse IDs (ascending when `sorted`), lit and matched flags. */
+/**
+ * One train's frames in a Selection: their pulse IDs, `first + k * step` (k = 0 .. n - 1, step > 0) while they
+ * come as such a progression (a REDU file's trains, as a rule: nothing per frame), else `pulse` (ascending
+ * when `sorted`); lit and matched flags per frame.
+ */
 interface TrainSelection {
-  pulse: Uint32Array | Float64Array;
+  pulse?: Uint32Array | Float64Array;
+  first: number;
+  step: number;
   /** Bit 0: lit; bit 1: matched (`match`). */
   flags: Uint8Array;
   n: number;
   sorted: boolean;
 }
 
+const pulseAt = (t: TrainSelection, k: number) => (t.pulse ? t.pulse[k] : t.first + k * t.step);
+const isU32 = (p: number) => p >= 0 && p < 2 ** 32 && Number.isInteger(p);
+
 /**
- * frameLit per (trainId, pulseId), from the localise REDU file(s): per train its pulse IDs (u32, or f64 for a
- * train with a pulse ID beyond) and a flag byte per frame, about 5 bytes a frame plus ~0.2 kB a train (a
- * Map of Maps took 41 bytes a frame: 82 MB for a 10-minute AGIPD-1M run). A frame added twice counts once, its
- * last decision kept.
+ * frameLit per (trainId, pulseId), from the localise REDU file(s): per train a flag byte per frame, and its
+ * pulse IDs as a first ID and a step when they are a progression (about 1 byte a frame plus ~0.1 kB a train;
+ * 7.3 bytes a frame with u32 pulse IDs per frame, 41 with a Map of Maps), else per frame (u32, or f64 for a
+ * train with a pulse ID beyond). A frame added twice counts once, its last decision kept.
  */
 export class Selection {
   private readonly byTrain = new Map<number, TrainSelection>();
@@ -493,32 +502,36 @@ export class Selection {
   add(trainId: number, pulseId: number, lit: number): void {
     let t = this.byTrain.get(trainId);
     if (!t) {
-      this.byTrain.set(
-        trainId,
-        t = { pulse: new Uint32Array(4), flags: new Uint8Array(4), n: 0, sorted: true },
-      );
+      this.byTrain.set(trainId, t = { first: 0, step: 0, flags: new Uint8Array(4), n: 0, sorted: true });
     }
     if (t !== this.last) {
       if (this.last) resize(this.last, this.last.n);
       this.last = t;
     }
-    const at = t.n > 0 && t.pulse[t.n - 1] === pulseId
-      ? t.n - 1
-      : t.sorted && (t.n === 0 || t.pulse[t.n - 1] < pulseId)
-      ? -1
-      : find(t, pulseId);
+    const end = t.n > 0 ? pulseAt(t, t.n - 1) : NaN;
+    const at = end === pulseId ? t.n - 1 : t.sorted && (t.n === 0 || end < pulseId) ? -1 : find(t, pulseId);
     if (at >= 0) {
       if (t.flags[at] & 1) this.lit--;
       t.flags[at] = (t.flags[at] & ~1) | (lit ? 1 : 0);
       if (lit) this.lit++;
       return;
     }
-    if (t.n === t.pulse.length) resize(t, 2 * Math.max(2, t.n));
-    if (t.pulse instanceof Uint32Array && !(pulseId >= 0 && pulseId < 2 ** 32 && Number.isInteger(pulseId))) {
-      t.pulse = Float64Array.from(t.pulse);
+    if (t.n === t.flags.length) resize(t, 2 * Math.max(2, t.n));
+    if (!t.pulse) {
+      if (t.n === 0) t.first = pulseId;
+      else if (t.n === 1 && pulseId > t.first) t.step = pulseId - t.first;
+      else if (pulseId !== t.first + t.n * t.step || !(pulseId > end)) {
+        // Not the progression: the train's pulse IDs per frame from now on.
+        const all = t.flags.length, u32 = isU32(t.first) && isU32(end);
+        t.pulse = u32 ? new Uint32Array(all) : new Float64Array(all);
+        for (let k = 0; k < t.n; k++) t.pulse[k] = t.first + k * t.step;
+      }
     }
-    if (t.n > 0 && !(t.pulse[t.n - 1] < pulseId)) t.sorted = false;
-    t.pulse[t.n] = pulseId;
+    if (t.pulse) {
+      if (t.pulse instanceof Uint32Array && !isU32(pulseId)) t.pulse = Float64Array.from(t.pulse);
+      t.pulse[t.n] = pulseId;
+    }
+    if (t.n > 0 && !(end < pulseId)) t.sorted = false;
     t.flags[t.n++] = lit ? 1 : 0;
     this.frames++;
     if (lit) this.lit++;
@@ -542,28 +555,44 @@ export class Selection {
     }
     return t!.flags[at] & 1;
   }
+
+  /** Bytes of the trains' arrays (not counting the Map and the objects): what the representation costs. */
+  arrayBytes(): number {
+    let n = 0;
+    for (const t of this.byTrain.values()) n += t.flags.byteLength + (t.pulse?.byteLength ?? 0);
+    return n;
+  }
 }
 
 /** A train's arrays resized to hold `size` frames (at least its n). */
 function resize(t: TrainSelection, size: number): void {
-  if (size === t.pulse.length) return;
-  const pulse = new (t.pulse.constructor as Uint32ArrayConstructor | Float64ArrayConstructor)(size);
-  pulse.set(t.pulse.subarray(0, t.n));
+  if (size === t.flags.length) return;
+  if (t.pulse) {
+    const pulse = new (t.pulse.constructor as Uint32ArrayConstructor | Float64ArrayConstructor)(size);
+    pulse.set(t.pulse.subarray(0, t.n));
+    t.pulse = pulse;
+  }
   const flags = new Uint8Array(size);
   flags.set(t.flags.subarray(0, t.n));
-  t.pulse = pulse;
   t.flags = flags;
 }
 
 /** The index of pulseId among the train's frames, -1 when not there (binary search when sorted). */
 function find(t: TrainSelection, pulseId: number): number {
+  if (!t.pulse) {
+    if (t.n === 0) return -1;
+    if (t.n === 1) return pulseId === t.first ? 0 : -1;
+    const k = (pulseId - t.first) / t.step;
+    return Number.isInteger(k) && k >= 0 && k < t.n && t.first + k * t.step === pulseId ? k : -1;
+  }
+  const pulse = t.pulse;
   if (!t.sorted) {
-    for (let i = 0; i < t.n; i++) if (t.pulse[i] === pulseId) return i;
+    for (let i = 0; i < t.n; i++) if (pulse[i] === pulseId) return i;
     return -1;
   }
   let lo = 0, hi = t.n - 1;
   while (lo <= hi) {
-    const mid = (lo + hi) >> 1, v = t.pulse[mid];
+    const mid = (lo + hi) >> 1, v = pulse[mid];
     if (v === pulseId) return mid;
     if (v < pulseId) lo = mid + 1;
     else hi = mid - 1;
