@@ -11,6 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { mergeJob, prepareJob, readJob, runJobPart } from "../src/framework/slurm.ts";
 import { InputError } from "../src/errors.ts";
+import { writeXpcsDir, xpcs } from "../src/reductions/xpcs.ts";
 import { openH5, readAll } from "../src/exdf/h5.ts";
 import { ROOT, runNode } from "./helpers/cli.ts";
 import { have } from "./helpers/tools.ts";
@@ -116,6 +117,56 @@ describe("SLURM job parts", () => {
       else process.env.XFEL_REDU_SPILL_DIR = before;
     }
     await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
+  });
+
+  test("xpcs: the parts' train sums in spill files in the work directory; merged twice, as one process", async () => {
+    const opts = { backend: "cpu", qBins: 8, maxDelay: 3, energy: 9300, distance: 4 };
+    const ref = path.join(tmp, "xpcs-single");
+    const one = await xpcs(SAMPLE, { ...opts, backend: "cpu", workers: 1 });
+    await writeXpcsDir(one, ref);
+    one.dispose();
+    const out = path.join(tmp, "xpcs-parts");
+    const { work, todo } = await prepareJob(algorithm("xpcs"), SAMPLE, out, opts, 3, false);
+    expect(todo).toEqual([0, 1, 2]);
+    const before = process.env.XFEL_REDU_SPILL_DIR;
+    process.env.XFEL_REDU_SPILL_DIR = work;
+    try {
+      for (const i of todo) await runJobPart(work, i);
+    } finally {
+      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+      else process.env.XFEL_REDU_SPILL_DIR = before;
+    }
+    const spills = () => fs.readdirSync(work).filter((f) => f.endsWith(".spill")).sort();
+    const written = spills();
+    // One sums file per part (a module each).
+    expect(written.filter((f) => f.includes("xpcs-sums")).length).toBe(3);
+    const xpcsData = async (dir: string) => {
+      const h5 = await openH5(path.join(dir, fs.readdirSync(dir).find((f) => f.endsWith(".h5"))!));
+      try {
+        const src = "INSTRUMENT/SPB_DET_AGIPD1M-1/REDU/XPCS:output/data";
+        return {
+          trainId: Array.from(readAll(h5, "INDEX/trainId"), Number),
+          g2: Array.from(readAll(h5, `${src}/g2`), Number),
+          pairs: Array.from(readAll(h5, `${src}/pairs`), Number),
+        };
+      } finally {
+        h5.close();
+      }
+    };
+    const want = await xpcsData(ref);
+    expect(want.trainId.length).toBeGreaterThan(0);
+    for (let k = 0; k < 2; k++) {
+      await mergeJob(work);
+      expect(spills()).toEqual(written);
+      const got = await xpcsData(out);
+      expect(got.trainId).toEqual(want.trainId);
+      expect(got.pairs).toEqual(want.pairs);
+      // Sums of the modules in another order (parts): float32 g2 equal to rounding.
+      got.g2.forEach((v, j) => {
+        if (Number.isNaN(want.g2[j])) expect(v).toBeNaN();
+        else expect(Math.abs(v - want.g2[j])).toBeLessThanOrEqual(1e-6 * Math.abs(want.g2[j]));
+      });
+    }
   });
 
   test("a job.json without the algorithm's module (an older version's) is one line, not a crash", async () => {
