@@ -30,6 +30,21 @@ function summary(dir: string) {
   return s;
 }
 
+/** Run job parts with their spill files in the work directory, as the task script (task.sh) puts them. */
+async function runPartsSpillingIn(work: string, parts: number[]): Promise<void> {
+  const before = process.env.XFEL_REDU_SPILL_DIR;
+  process.env.XFEL_REDU_SPILL_DIR = work;
+  try {
+    for (const i of parts) await runJobPart(work, i);
+  } finally {
+    if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
+    else process.env.XFEL_REDU_SPILL_DIR = before;
+  }
+}
+
+/** The spill files in a directory, sorted. */
+const spillsIn = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith(".spill")).sort();
+
 async function reduData(dir: string): Promise<Record<string, number[]>> {
   const file = fs.readdirSync(dir).find((f) => f.endsWith(".h5"))!;
   const h5 = await openH5(path.join(dir, file));
@@ -82,23 +97,14 @@ describe("SLURM job parts", () => {
   test("a finished merge can be rerun: the parts' spill files stay, the output is the same", async () => {
     const out = path.join(tmp, "rerun");
     const { work, todo } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
-    // Spill files into the work directory, as the task script does.
-    const before = process.env.XFEL_REDU_SPILL_DIR;
-    process.env.XFEL_REDU_SPILL_DIR = work;
-    try {
-      for (const i of todo) await runJobPart(work, i);
-    } finally {
-      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
-      else process.env.XFEL_REDU_SPILL_DIR = before;
-    }
-    const spills = () => fs.readdirSync(work).filter((f) => f.endsWith(".spill")).sort();
-    const written = spills();
+    await runPartsSpillingIn(work, todo);
+    const written = spillsIn(work);
     expect(written.length).toBeGreaterThan(0);
     await mergeJob(work);
     const first = { summary: summary(out), data: await reduData(out) };
-    expect(spills()).toEqual(written);
+    expect(spillsIn(work)).toEqual(written);
     await mergeJob(work);
-    expect(spills()).toEqual(written);
+    expect(spillsIn(work)).toEqual(written);
     expect(summary(out)).toEqual(first.summary);
     expect(await reduData(out)).toEqual(first.data);
   });
@@ -106,38 +112,22 @@ describe("SLURM job parts", () => {
   test("a merge with unfinished parts is refused with one line", async () => {
     const out = path.join(tmp, "unfinished");
     const { work } = await prepareJob(algorithm("localise"), SAMPLE, out, { backend: "cpu" }, 2, false);
-    // The part's spill files in the work directory, as task.sh puts them (in the temporary directory they
-    // stayed there: no merge takes them).
-    const before = process.env.XFEL_REDU_SPILL_DIR;
-    process.env.XFEL_REDU_SPILL_DIR = work;
-    try {
-      await runJobPart(work, 0);
-    } finally {
-      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
-      else process.env.XFEL_REDU_SPILL_DIR = before;
-    }
+    // (In the temporary directory the part's spill files stayed there: no merge takes them.)
+    await runPartsSpillingIn(work, [0]);
     await expect(mergeJob(work)).rejects.toThrow(/parts not finished: 1/);
   });
 
   test("xpcs: the parts' train sums in spill files in the work directory; merged twice, as one process", async () => {
-    const opts = { backend: "cpu", qBins: 8, maxDelay: 3, energy: 9300, distance: 4 };
+    const opts = { backend: "cpu" as const, qBins: 8, maxDelay: 3, energy: 9300, distance: 4 };
     const ref = path.join(tmp, "xpcs-single");
-    const one = await xpcs(SAMPLE, { ...opts, backend: "cpu", workers: 1 });
+    const one = await xpcs(SAMPLE, { ...opts, workers: 1 });
     await writeXpcsDir(one, ref);
     one.dispose();
     const out = path.join(tmp, "xpcs-parts");
     const { work, todo } = await prepareJob(algorithm("xpcs"), SAMPLE, out, opts, 3, false);
     expect(todo).toEqual([0, 1, 2]);
-    const before = process.env.XFEL_REDU_SPILL_DIR;
-    process.env.XFEL_REDU_SPILL_DIR = work;
-    try {
-      for (const i of todo) await runJobPart(work, i);
-    } finally {
-      if (before === undefined) delete process.env.XFEL_REDU_SPILL_DIR;
-      else process.env.XFEL_REDU_SPILL_DIR = before;
-    }
-    const spills = () => fs.readdirSync(work).filter((f) => f.endsWith(".spill")).sort();
-    const written = spills();
+    await runPartsSpillingIn(work, todo);
+    const written = spillsIn(work);
     // One sums file per part (a module each).
     expect(written.filter((f) => f.includes("xpcs-sums")).length).toBe(3);
     const xpcsData = async (dir: string) => {
@@ -157,7 +147,7 @@ describe("SLURM job parts", () => {
     expect(want.trainId.length).toBeGreaterThan(0);
     for (let k = 0; k < 2; k++) {
       await mergeJob(work);
-      expect(spills()).toEqual(written);
+      expect(spillsIn(work)).toEqual(written);
       const got = await xpcsData(out);
       expect(got.trainId).toEqual(want.trainId);
       expect(got.pairs).toEqual(want.pairs);
