@@ -97,11 +97,16 @@ export function* mergedTrainSums(parts: { sums: string; trains: number }[], n: n
       let s: TrainSums | undefined;
       for (const c of cur) {
         if (c.trainId !== t) continue;
-        const r = c.rec;
-        const x = { a: r.subarray(1, 1 + n), l: r.subarray(1 + n, 1 + 2 * n) };
-        const y = { r: r.subarray(1 + 2 * n, 1 + 3 * n), p: r.subarray(1 + 3 * n, 1 + 4 * n) };
-        if (!s) s = { trainId: t, a: x.a.slice(), l: x.l.slice(), r: y.r.slice(), p: y.p.slice() };
-        else addSums(s, { ...x, ...y });
+        const rec = c.rec;
+        const part = {
+          a: rec.subarray(1, 1 + n),
+          l: rec.subarray(1 + n, 1 + 2 * n),
+          r: rec.subarray(1 + 2 * n, 1 + 3 * n),
+          p: rec.subarray(1 + 3 * n, 1 + 4 * n),
+        };
+        if (!s) {
+          s = { trainId: t, a: part.a.slice(), l: part.l.slice(), r: part.r.slice(), p: part.p.slice() };
+        } else addSums(s, part);
         next(c);
       }
       yield s!;
