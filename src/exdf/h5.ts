@@ -126,6 +126,11 @@ export function keepOpen(path: string, file: H5File): void {
   }
 }
 
+/** Whether run file `path` is open in this thread (a pass that reads each file once closes what it opened). */
+export function isRunFileOpen(path: string): boolean {
+  return openFiles.has(path);
+}
+
 /** Close run file `path`'s handle if open (its HDF5 caches freed); it opens again when next read. */
 export function closeRunFile(path: string): void {
   const f = openFiles.get(path);
