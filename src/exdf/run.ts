@@ -18,13 +18,13 @@ import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import {
   closeRunFile,
+  type DsInfo,
   dsInfo,
   firstLine,
   h5 as loadH5,
   type H5Dataset,
   type H5File,
   type H5Group,
-  isRunFileOpen,
   type NumericArray,
   openH5,
   readAll,
@@ -51,6 +51,11 @@ export interface SourceInFile {
   kind: "CONTROL" | "INSTRUMENT";
   /** Instrument: index per data group ("image", "data", ...). Control: one group "". */
   index: Map<string, SourceIndex>;
+  /**
+   * A detector module's source (XTDF or JUNGFRAU names), read when the file was described: whether
+   * INSTRUMENT/<name> is a soft link, and its image data's shape and dtype (null without one).
+   */
+  module?: { softLink: boolean; data: DsInfo | null };
 }
 
 export interface RunFile {
@@ -361,6 +366,15 @@ function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
       s.index.set(group, readIndex(h5, `${name}/${group}`, nTrains));
     }
   }
+  for (const s of sources.values()) {
+    const m = s.kind === "INSTRUMENT" ? moduleSource(s.name) : null;
+    if (!m) continue;
+    const data = `INSTRUMENT/${s.name}/${m.group}/${m.dataKey}`;
+    s.module = {
+      softLink: m.det && isSoftLink(h5, `/INSTRUMENT/${s.name}`),
+      data: has(h5, data) ? dsInfo(h5.get(data) as H5Dataset) : null,
+    };
+  }
   return {
     path: p,
     name: path.basename(p),
@@ -369,6 +383,35 @@ function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
     sources,
     problems: indexProblems(h5, trainIds, sources),
   };
+}
+
+/** A detector module's source name: its detector, module number, CORR or DET, data group and key; else null. */
+function moduleSource(
+  name: string,
+): { detName: string; moduleNo: number; det: boolean; group: string; dataKey: string; jf: boolean } | null {
+  const x = XTDF_RE.exec(name);
+  if (x) {
+    return {
+      detName: x[1],
+      moduleNo: Number(x[3]),
+      det: x[2] === "DET",
+      group: "image",
+      dataKey: "data",
+      jf: false,
+    };
+  }
+  const j = JNGFR_RE.exec(name);
+  if (j) {
+    return {
+      detName: j[1],
+      moduleNo: Number(j[3]),
+      det: j[2] === "DET",
+      group: "data",
+      dataKey: "adc",
+      jf: true,
+    };
+  }
+  return null;
 }
 
 /** Train IDs repeated or decreasing; per source index group, trains whose rows lie past the data. */
@@ -483,42 +526,23 @@ function findDetectors(files: RunFile[]): Detector[] {
   }
   const dets = new Map<string, Acc>();
   for (const f of files) {
-    // A file this pass opens is closed after it (as Run.open closes each file it describes).
-    const wasOpen = isRunFileOpen(f.path);
     // Newer CORR files carry `<DET>/CORR/<m>CH0:output` plus a legacy `<DET>/DET/<m>CH0:xtdf` link to it.
     const corrModules = new Set<string>();
     for (const name of f.sources.keys()) {
-      const m = XTDF_RE.exec(name) ?? JNGFR_RE.exec(name);
-      if (m && m[2] === "CORR") corrModules.add(`${m[1]}/${m[3]}`);
+      const m = moduleSource(name);
+      if (m && !m.det) corrModules.add(`${m.detName}/${m.moduleNo}`);
     }
     for (const src of f.sources.values()) {
-      if (src.kind !== "INSTRUMENT") continue;
-      let detName: string, moduleNo: number, group: string, dataKey: string, type: DetectorType | undefined;
-      const x = XTDF_RE.exec(src.name);
-      const j = JNGFR_RE.exec(src.name);
-      if (x) {
-        if (x[2] === "DET" && corrModules.has(`${x[1]}/${x[3]}`)) continue; // legacy link of a CORR source
-        if (x[2] === "DET" && isSoftLink(f.h5, `/INSTRUMENT/${src.name}`)) continue;
-        detName = x[1];
-        moduleNo = Number(x[3]);
-        group = "image";
-        dataKey = "data";
-        type = typeFromName(detName);
-      } else if (j) {
-        if (j[2] === "DET" && corrModules.has(`${j[1]}/${j[3]}`)) continue; // legacy link of a CORR source
-        if (j[2] === "DET" && isSoftLink(f.h5, `/INSTRUMENT/${src.name}`)) continue;
-        detName = j[1];
-        moduleNo = Number(j[3]);
-        group = "data";
-        dataKey = "adc";
-        type = "JUNGFRAU";
-      } else {
-        continue;
-      }
+      const m = src.kind === "INSTRUMENT" ? moduleSource(src.name) : null;
+      if (!m || !src.module) continue;
+      // A DET source next to its CORR source, or a soft link: the legacy link of a CORR source.
+      if (m.det && (corrModules.has(`${m.detName}/${m.moduleNo}`) || src.module.softLink)) continue;
+      const { detName, moduleNo, group, dataKey } = m;
+      let type: DetectorType | undefined = m.jf ? "JUNGFRAU" : typeFromName(detName);
       const index = src.index.get(group);
       const dataPath = `INSTRUMENT/${src.name}/${group}/${dataKey}`;
-      if (!index || !has(f.h5, dataPath)) continue;
-      const info = dsInfo(f.h5.get(dataPath) as H5Dataset);
+      const info = src.module.data;
+      if (!index || !info) continue;
       const entryShape = info.shape.slice(1);
       const [ss, fs] = entryShape.slice(-2);
       type ??= typeFromShape(ss, fs);
@@ -559,7 +583,6 @@ function findDetectors(files: RunFile[]): Detector[] {
       const entries = index.count.reduce((a, b) => a + b, 0);
       mod.frames += entries * acc.det.cellsPerEntry;
     }
-    if (!wasOpen) closeRunFile(f.path);
   }
   const out: Detector[] = [];
   for (const { det, byModule } of dets.values()) {
