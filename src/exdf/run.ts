@@ -385,31 +385,19 @@ function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
   };
 }
 
+/** The module source names: XTDF (AGIPD, LPD, DSSC) with image.data, JUNGFRAU with data.adc. */
+const MODULE_SOURCES = [
+  { re: XTDF_RE, group: "image", dataKey: "data", jf: false },
+  { re: JNGFR_RE, group: "data", dataKey: "adc", jf: true },
+];
+
 /** A detector module's source name: its detector, module number, CORR or DET, data group and key; else null. */
 function moduleSource(
   name: string,
 ): { detName: string; moduleNo: number; det: boolean; group: string; dataKey: string; jf: boolean } | null {
-  const x = XTDF_RE.exec(name);
-  if (x) {
-    return {
-      detName: x[1],
-      moduleNo: Number(x[3]),
-      det: x[2] === "DET",
-      group: "image",
-      dataKey: "data",
-      jf: false,
-    };
-  }
-  const j = JNGFR_RE.exec(name);
-  if (j) {
-    return {
-      detName: j[1],
-      moduleNo: Number(j[3]),
-      det: j[2] === "DET",
-      group: "data",
-      dataKey: "adc",
-      jf: true,
-    };
+  for (const { re, group, dataKey, jf } of MODULE_SOURCES) {
+    const m = re.exec(name);
+    if (m) return { detName: m[1], moduleNo: Number(m[3]), det: m[2] === "DET", group, dataKey, jf };
   }
   return null;
 }
