@@ -114,7 +114,7 @@ export function runFileHandle(path: string): H5File {
 }
 
 /** Keep `file` as run file `path`'s open handle (most recent), closing the least recently used past OPEN_FILES. */
-export function keepOpen(path: string, file: H5File): void {
+function keepOpen(path: string, file: H5File): void {
   const old = openFiles.get(path);
   if (old && old !== file) old.close();
   openFiles.delete(path);
