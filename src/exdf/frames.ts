@@ -176,12 +176,12 @@ function buildTable(
         hi = Math.max(hi, end);
       }
       if (hi <= lo) return;
-      const wasOpen = isRunFileOpen(mf.file.path);
+      const closeAfterIds = closeAfter && !isRunFileOpen(mf.file.path);
       const tIds = jf ? undefined : readIds(mf, "trainId", lo, hi);
       const pIds = jf ? undefined : has(mf, "pulseId") ? readIds(mf, "pulseId", lo, hi) : undefined;
       const cKey = jf ? "memoryCell" : "cellId";
       const cIds = has(mf, cKey) ? readIds(mf, cKey, lo, hi) : undefined;
-      if (closeAfter && !wasOpen) closeRunFile(mf.file.path);
+      if (closeAfterIds) closeRunFile(mf.file.path);
       for (let i = 0; i < trains.length; i++) {
         const tid = trains[i];
         if (tid < first || tid > last) continue;

@@ -369,10 +369,11 @@ function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
   for (const s of sources.values()) {
     const m = s.kind === "INSTRUMENT" ? moduleSource(s.name) : null;
     if (!m) continue;
-    const data = `INSTRUMENT/${s.name}/${m.group}/${m.dataKey}`;
+    // One lookup of the image data (has + get made two).
+    const data = lookup(h5, `INSTRUMENT/${s.name}/${m.group}/${m.dataKey}`);
     s.module = {
       softLink: m.det && isSoftLink(h5, `/INSTRUMENT/${s.name}`),
-      data: has(h5, data) ? dsInfo(h5.get(data) as H5Dataset) : null,
+      data: data === null ? null : dsInfo(data as H5Dataset),
     };
   }
   return {
