@@ -269,25 +269,13 @@ export function backgroundFrameCpu(
     Q += QB;
     binTail[c] = t0;
     binBound[c] = bound;
-    clipStatsAfterFirst(
-      vals,
-      k0,
-      k1,
-      nB + t - t0,
-      S,
-      Q,
-      mx,
-      params,
-      clipped,
-      true,
-      bound,
-      nB,
-      SB,
-      QB,
-      tailV,
-      t0,
-      t,
-    );
+    clipped[0] = S;
+    clipped[1] = Q;
+    clipped[2] = mx;
+    clipped[3] = bound;
+    clipped[4] = SB;
+    clipped[5] = QB;
+    clipStatsAfterFirst(vals, k0, k1, nB + t - t0, nB, tailV, t0, t, params, clipped);
     mu[o + c] = clipped[0];
     sigma[o + c] = clipped[1];
     bound = clipped[0] + TAIL_SIGMAS * clipped[1];
@@ -393,8 +381,12 @@ export interface Candidates {
   n: number;
 }
 
-/** mu and sigma of clipStatsAfterFirst, reused (stage 0 runs on one thread per worker). */
-const clipped = new Float64Array(2);
+/**
+ * The float64 arguments and results of clipStatsAfterFirst, reused (stage 0 runs on one thread per worker):
+ * passed as arguments, each bin's six doubles were boxed (~14 kB of garbage a module frame, 137 MB over
+ * 8,000 frames, promoting short-lived objects of the batch to the old space).
+ */
+const clipped = new Float64Array(6);
 
 /**
  * Tail bound of the clip's later iterations, in sigmas above mu (of the iteration before the pass): about
@@ -408,16 +400,17 @@ let binTail = new Int32Array(0), binBound = new Float64Array(0);
 
 /**
  * The clip of stage 0 (backgroundFrameCpu) over the n valid values of vals[k0, k1) (the others NaN), given
- * its first iteration (S, Q: the float64 sums of v and v^2 over all the valid values; mx: the largest
- * value, or any bound above it). When mx < the first limit the second iteration would keep every value (n
- * = the previous n: stop), so it is skipped. Writes [mu, sigma] into out (0, 0 without values).
+ * its first iteration (io[0] = S, io[1] = Q: the float64 sums of v and v^2 over all the valid values; io[2]
+ * = mx: the largest value, or any bound above it) and a split of the values (below). When mx < the first
+ * limit the second iteration would keep every value (n = the previous n: stop), so it is skipped. Writes
+ * mu and sigma into io[0], io[1] (0, 0 without values).
  * The later iterations do not pass over every value each: a pass splits the values at a bound <= the
  * current limit (bound = min(limit, mu + TAIL_SIGMAS * sigma)) into base sums (count, sum, sum of squares
  * of the values < bound, in order) and a tail list (the values >= bound, in order); while limit >= bound,
  * an iteration's sums over the values v < limit are the base sums plus the tail's values < limit (the
- * same values: the float64 sums only reassociated). A limit below the bound makes a new pass. A caller
- * may give such a split already made (split true: bound, the base sums nB, SB, QB, and the tail tail[t0,
- * t1)). The tail passes are branch-free (whether a value is below the limit is noise-driven): a value
+ * same values: the float64 sums only reassociated). A limit below the bound makes a new pass. The caller
+ * gives the first split, made in its pass: io[3] = bound, the base sums nB, io[4] = SB, io[5] = QB, and the
+ * tail tail[t0, t1). The tail passes are branch-free (whether a value is below the limit is noise-driven): a value
  * left out adds +-0 to a sum (v * 0, v finite), which leaves it unchanged (sums start at +0, never -0).
  */
 function clipStatsAfterFirst(
@@ -425,38 +418,32 @@ function clipStatsAfterFirst(
   k0: number,
   k1: number,
   n: number,
-  S: number,
-  Q: number,
-  mx: number,
+  nB: number,
+  tail: Float32Array,
+  t0: number,
+  t1: number,
   params: LocaliseParams,
-  out: Float64Array,
-  split = false,
-  bound = 0,
-  nB = 0,
-  SB = 0,
-  QB = 0,
-  tail: Float32Array = tailScratch,
-  t0 = 0,
-  t1 = 0,
+  io: Float64Array,
 ): void {
   const iterations = params.bgIterations, clip = params.bgClip;
   if (!(iterations >= 1) || n === 0) {
-    out[0] = 0;
-    out[1] = 0;
+    io[0] = 0;
+    io[1] = 0;
     return;
   }
+  const S = io[0], Q = io[1], mx = io[2];
+  let bound = io[3], SB = io[4], QB = io[5];
   let mu = S / n;
   let sigma = Math.sqrt(Math.max(0, Q / n - mu * mu));
   let limit = mu + clip * sigma;
   if (iterations < 2 || mx < limit) {
-    out[0] = mu;
-    out[1] = sigma;
+    io[0] = mu;
+    io[1] = sigma;
     return;
   }
   let prevN = n;
   for (let it = 1; it < iterations; it++) {
-    if (!split || !(limit >= bound)) {
-      split = true;
+    if (!(limit >= bound)) {
       bound = Math.min(limit, mu + TAIL_SIGMAS * sigma);
       if (tailScratch.length < n) tailScratch = new Float32Array(Math.max(n, 2 * tailScratch.length));
       tail = tailScratch;
@@ -490,8 +477,8 @@ function clipStatsAfterFirst(
     sigma = Math.sqrt(Math.max(0, q / m - mu * mu));
     limit = mu + clip * sigma;
   }
-  out[0] = mu;
-  out[1] = sigma;
+  io[0] = mu;
+  io[1] = sigma;
 }
 
 /** Stage 0 on every frame of a batch: frames x cells (cellsOf: tiles, or radius bins). */
