@@ -18,7 +18,6 @@ import * as path from "node:path";
 import { InputError } from "../errors.ts";
 import {
   closeRunFile,
-  type DsInfo,
   dsInfo,
   firstLine,
   h5 as loadH5,
@@ -31,12 +30,9 @@ import {
   runFileHandle,
 } from "./h5.ts";
 import { type DetectorType, typeFromName, typeFromShape } from "./detectors.ts";
+import { type DescribedFile, RunCache, type SourceIndex, type SourceInFile } from "./run-cache.ts";
 
-/** The index of one data group of one source in one file: rows [first[i], first[i]+count[i]) per train. */
-export interface SourceIndex {
-  first: number[];
-  count: number[];
-}
+export type { DescribedFile, SourceIndex, SourceInFile } from "./run-cache.ts";
 
 export interface KeyInfo {
   /** Shape of one entry (dataset shape without the first axis). */
@@ -46,35 +42,13 @@ export interface KeyInfo {
   path: string;
 }
 
-export interface SourceInFile {
-  name: string;
-  kind: "CONTROL" | "INSTRUMENT";
-  /** Instrument: index per data group ("image", "data", ...). Control: one group "". */
-  index: Map<string, SourceIndex>;
-  /**
-   * A detector module's source (XTDF or JUNGFRAU names), read when the file was described: whether
-   * INSTRUMENT/<name> is a soft link, and its image data's shape and dtype (null without one).
-   */
-  module?: { softLink: boolean; data: DsInfo | null };
-}
-
-export interface RunFile {
-  path: string;
-  name: string;
-  format: string;
+/** A file of the run: what Run.open learnt of it (run-cache.ts's DescribedFile) and its HDF5 handle. */
+export interface RunFile extends DescribedFile {
   /**
    * The file's HDF5 handle, opened when asked for (h5.ts `runFileHandle`: a thread keeps at most OPEN_FILES
    * run files open). Use it at once; never keep it or a dataset of it past asking for another file's.
    */
   readonly h5: H5File;
-  /** Train IDs of this file (padding dropped). */
-  trainIds: number[];
-  sources: Map<string, SourceInFile>;
-  /**
-   * What is inconsistent in the file's INDEX, one line each (as EXtra-data's validator finds it): train IDs
-   * repeated or decreasing, index entries pointing past the data. Empty for a consistent file.
-   */
-  problems: string[];
 }
 
 export interface ModuleFile {
@@ -131,7 +105,7 @@ const JNGFR_RE = /^(.+)\/(DET|CORR)\/JNGFR(\d+):(daqOutput|output)$/;
  */
 export interface RunIndex {
   path: string;
-  files: Omit<RunFile, "h5">[];
+  files: DescribedFile[];
   detectors: Detector[];
 }
 
@@ -148,7 +122,7 @@ export class Run {
 
   /** This run's index, for Run.fromIndex in another thread (the files' HDF5 handles left out). */
   index(): RunIndex {
-    const files = new Map<RunFile, Omit<RunFile, "h5">>(
+    const files = new Map<RunFile, DescribedFile>(
       this.files.map((f) => {
         // h5 is a getter that is not enumerable: the spread leaves it out (and does not open the file).
         return [f, { ...f }];
@@ -190,13 +164,17 @@ export class Run {
     } else {
       paths = [runPath];
     }
+    // What an earlier process learnt of these files (run-cache.ts), where they are unchanged.
+    await loadH5();
+    const cache = RunCache.load(runPath);
     const files: RunFile[] = [];
     try {
-      for (const p of paths) files.push(await openRunFile(p));
+      for (const p of paths) files.push(await openRunFile(p, cache));
     } catch (e) {
       for (const f of files) closeRunFile(f.path);
       throw e;
     }
+    cache.save();
     return new Run(runPath, files);
   }
 
@@ -297,9 +275,17 @@ function has(g: H5Group, name: string): boolean {
   return lookup(g, name) !== null;
 }
 
-async function openRunFile(p: string): Promise<RunFile> {
+async function openRunFile(p: string, cache: RunCache): Promise<RunFile> {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    // openH5 says what is wrong
+  }
+  const cached = st?.isFile() ? cache.get(p, st) : undefined;
+  if (cached) return withHandle(cached);
   const h5 = await openH5(p);
-  let file: Omit<RunFile, "h5">;
+  let file: DescribedFile;
   try {
     file = describeFile(p, h5);
   } catch (e) {
@@ -311,16 +297,17 @@ async function openRunFile(p: string): Promise<RunFile> {
   // keeps its high-water mark. Opening a run of 12 files kept them all, +3.3 MB of it (bench/RESULTS.md);
   // closing each in turn reuses the same memory. The file opens again when read (runFileHandle).
   h5.close();
+  if (st) cache.put(p, st, file);
   return withHandle(file);
 }
 
 /** The run file with its `h5` getter (not enumerable: a spread or a structured clone leaves it out). */
-function withHandle(f: Omit<RunFile, "h5">): RunFile {
+function withHandle(f: DescribedFile): RunFile {
   const path = f.path;
   return Object.defineProperty(f, "h5", { get: () => runFileHandle(path), enumerable: false }) as RunFile;
 }
 
-function describeFile(p: string, h5: H5File): Omit<RunFile, "h5"> {
+function describeFile(p: string, h5: H5File): DescribedFile {
   if (!has(h5, "INDEX/trainId") || !has(h5, "METADATA")) {
     throw new InputError(p, "not an EuXFEL data file (no METADATA or INDEX/trainId)");
   }
