@@ -18,14 +18,17 @@
  *   is 14.8 GB/s), and data + mask GB/s (everything decoded);
  * - frames/s: aligned detector frames (all modules) per second;
  * - vs read ceiling: image-data GB/s over the fastest read configuration's;
- * - start-up: localise on the first train only (process start, workers, h5wasm, backend): the fixed cost;
+ * - start-up: localise on the first train only (workers, their h5wasm, the backend, opening the run): the fixed
+ *   cost, timed from after this process found the run's first train (h5wasm loaded); with the run index cache
+ *   as the command after another finds it (`startup`), and without it (`startup-cold`: every file read);
  * - peak RSS of each configuration's own process.
  *
  * A config name ending in `-h5wasm` runs with the direct chunk reads off (XFEL_REDU_DIRECT=0, src/exdf/chunks.ts):
- * every byte through h5wasm, the read ceiling as it was before them.
+ * every byte through h5wasm, the read ceiling as it was before them; one ending in `-cold` with the run index
+ * cache off (XFEL_REDU_CACHE_DIR=off, src/exdf/run-cache.ts).
  *
  * Options: --run DIR, --size-gb G (2), --out FILE (bench/RESULTS.md), --configs
- * read1,readN,readN-h5wasm,startup,cpu1,cpuN,webgpu1
+ * read1,readN,readN-h5wasm,startup,startup-cold,cpu1,cpuN,webgpu1
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -122,8 +125,8 @@ async function ensureRun(dir: string, sizeGb: number): Promise<void> {
 
 async function one(name: string, dir: string): Promise<Row> {
   const t0 = performance.now();
-  const config = name.replace(/-h5wasm$/, "");
-  const via = config === name ? "" : ", h5wasm only";
+  const config = name.replace(/-(h5wasm|cold)$/, "");
+  const via = config === name ? "" : name.endsWith("-cold") ? ", index cache off" : ", h5wasm only";
   const rss = () => Math.round(process.resourceUsage().maxRSS / 1024);
   const lay = await layoutOf(dir);
   const FRAME_BYTES = lay.dataBytes + lay.maskBytes;
@@ -141,17 +144,19 @@ async function one(name: string, dir: string): Promise<Row> {
     return row(config + via, s, frames, mf, mf * FRAME_BYTES, rss(), mf * lay.dataBytes);
   }
   if (config === "startup") {
-    // The fixed cost: localise (default backend and workers) on the first train only.
+    // The fixed cost: localise (default backend and workers) on the first train only, from when this thread
+    // has h5wasm loaded and knows the first train (layoutOf and this Run.open fill the run index cache).
     const run = await Run.open(dir);
     const first = run.trainIds[0];
     run.close();
+    const t1 = performance.now();
     const r = await localise(dir, { firstTrain: first, lastTrain: first });
     r.dispose();
-    const s = (performance.now() - t0) / 1000;
+    const s = (performance.now() - t1) / 1000;
     const mf = r.modules.reduce((a, m) => a + m.frames, 0);
     return {
       ...row(
-        "start-up (localise, first train only)",
+        `start-up (localise, first train only${via})`,
         s,
         r.frames,
         mf,
@@ -262,7 +267,10 @@ async function main(): Promise<void> {
   if (!given) await ensureRun(dir, sizeGb);
   const lay = await layoutOf(dir);
   const gpu = gpuHardwarePresent() ? await getGpuDevice().catch(() => undefined) : undefined;
-  const configs = arg("configs", `read1,readN,readN-h5wasm,startup,cpu1,cpuN${gpu ? ",webgpu1" : ""}`)
+  const configs = arg(
+    "configs",
+    `read1,readN,readN-h5wasm,startup,startup-cold,cpu1,cpuN${gpu ? ",webgpu1" : ""}`,
+  )
     .split(",");
   const rows: Row[] = [];
   for (const c of configs) {
@@ -271,7 +279,11 @@ async function main(): Promise<void> {
     const cmd = deno ? [deno.execPath(), "run", "-A", self] : [process.execPath, self];
     const r = spawnSync(cmd[0], [...cmd.slice(1), "--one", c, ...(given ? ["--run", dir] : [])], {
       encoding: "utf8",
-      env: c.endsWith("-h5wasm") ? { ...process.env, XFEL_REDU_DIRECT: "0" } : process.env,
+      env: c.endsWith("-h5wasm")
+        ? { ...process.env, XFEL_REDU_DIRECT: "0" }
+        : c.endsWith("-cold")
+        ? { ...process.env, XFEL_REDU_CACHE_DIR: "off" }
+        : process.env,
       maxBuffer: 1 << 26,
     });
     if (r.status !== 0) {
