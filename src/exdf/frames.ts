@@ -93,22 +93,38 @@ function has(mf: ModuleFile, key: string): boolean {
 }
 
 /**
- * Rows [lo, hi) of a per-frame key of one module file as numbers (undefined past the dataset's end, as
- * reading the whole dataset left them); undefined when the file has no such key.
+ * Rows [lo, hi) of a per-frame key of one module file as numbers (NaN past the dataset's end), in reused
+ * buffer `slot` of `scratch` (valid until the next readIds into that slot); undefined when the file has no such
+ * key.
  */
-function readIds(mf: ModuleFile, key: string, lo: number, hi: number): Float64Array | undefined {
+function readIds(
+  mf: ModuleFile,
+  key: string,
+  lo: number,
+  hi: number,
+  slot: number,
+): Float64Array | undefined {
   const p = `${mf.groupPath}/${key}`;
   const info = dsInfo(mf.file.h5.get(p) as H5Dataset);
   const per = info.shape.slice(1).reduce((a, b) => a * b, 1);
   const end = Math.min(hi, info.shape[0] ?? 0);
-  const out = new Float64Array(Math.max(0, hi - lo) * per).fill(NaN);
+  const n = Math.max(0, hi - lo) * per;
+  if (scratch.ids[slot].length < n) scratch.ids[slot] = new Float64Array(grow(scratch.ids[slot].length, n));
+  const out = scratch.ids[slot].subarray(0, n).fill(NaN);
   if (end > lo) {
-    const raw = arrayFor(info.dtype, (end - lo) * per);
+    const m = (end - lo) * per;
+    let raw = scratch.raw.get(info.dtype);
+    if (!raw || raw.length < m) {
+      scratch.raw.set(info.dtype, raw = arrayFor(info.dtype, grow(raw?.length ?? 0, m)));
+    }
     readRows(mf.file.h5, p, info.shape, lo, end - lo, raw);
-    for (let k = 0; k < raw.length; k++) out[k] = Number(raw[k]);
+    for (let k = 0; k < m; k++) out[k] = Number(raw[k]);
   }
   return out;
 }
+
+/** A reused buffer's next length: at least n, doubling (a buffer grows a few times, then stays). */
+const grow = (have: number, n: number) => Math.max(n, 2 * have, 16);
 
 /** A growable column of numbers (typed: no object per frame). */
 class Column<T extends Float64Array | Int32Array> {
@@ -123,6 +139,26 @@ class Column<T extends Float64Array | Int32Array> {
     this.a[this.n++] = x;
   }
 }
+
+/**
+ * The working memory of buildTable and readIds, reused from table to table (a thread builds one at a time).
+ * Allocated anew for each, the counting pass's ~1 MB a window of transient columns and IDs piled up between
+ * collections in the malloc heap, which keeps its high-water mark: +3.6 MB in a thread counting 4 files a
+ * module against 1 (bench/RESULTS.md).
+ */
+const scratch = {
+  T: new Column(new Float64Array(0)),
+  P: new Column(new Float64Array(0)),
+  C: new Column(new Float64Array(0)),
+  F: new Column(new Int32Array(0)),
+  R: new Column(new Int32Array(0)),
+  L: new Column(new Int32Array(0)),
+  order: new Uint32Array(0),
+  /** trainId, pulseId, cellId (or memoryCell) of the file being read, as numbers. */
+  ids: [new Float64Array(0), new Float64Array(0), new Float64Array(0)],
+  /** The IDs as stored, by dtype. */
+  raw: new Map<string, NumericArray>(),
+};
 
 /** Bytes of a frame table (its typed columns). */
 function tableBytes(t: FrameTable): number {
@@ -141,17 +177,64 @@ function buildTable(
   modules: DetectorModule[],
   first: number,
   last: number,
-  closeAfter = false,
 ): FrameTable {
+  const { n, order, moduleEnd } = locate(det, modules, first, last, false);
+  const { T, P, C, F, R, L } = scratch;
+  const t = T.a, p = P.a;
+  const table: FrameTable = {
+    trainId: new Float64Array(n),
+    pulseId: new Float64Array(n),
+    cellId: new Int32Array(n),
+    file: modules.map(() => new Int32Array(n).fill(-1)),
+    row: modules.map(() => new Int32Array(n)),
+    cell: modules.map(() => new Int32Array(n)),
+  };
+  let i = -1;
+  for (let k = 0; k < order.length; k++) {
+    const g = order[k];
+    if (k === 0 || !sameFrame(t, p, g, order[k - 1])) {
+      i++;
+      table.trainId[i] = t[g];
+      table.pulseId[i] = p[g];
+      table.cellId[i] = C.a[g];
+    }
+    let mi = 0;
+    while (g >= moduleEnd[mi]) mi++;
+    if (table.file[mi][i] !== -1) continue; // a duplicated (trainId, pulseId) in one module: keep the first
+    table.file[mi][i] = F.a[g];
+    table.row[mi][i] = R.a[g];
+    table.cell[mi][i] = L.a[g];
+  }
+  return table;
+}
+
+/** Bytes of the frame table of n frames of m modules (tableBytes without building it). */
+const tableBytesOf = (n: number, m: number) => n * (8 + 8 + 4 + m * 12);
+
+/** (trainId, pulseId) of locations x and y equal, as the keys `${t}:${p}` were (NaN equals NaN). */
+function sameFrame(t: Float64Array, p: Float64Array, x: number, y: number): boolean {
+  const eq = (a: number, b: number) => a === b || (a !== a && b !== b);
+  return eq(t[x], t[y]) && eq(p[x], p[y]);
+}
+
+/**
+ * Every module's locations of the frames of trains [first, last] in scratch's columns (module after module,
+ * moduleEnd[m] the end of module m's), and `order`: the locations sorted by (trainId, pulseId), ties in
+ * location order; n: the number of distinct frames (buildTable's table length). With closeAfter a file that
+ * was not open is closed once its IDs are read (the counting pass reads each file once).
+ */
+function locate(
+  det: Detector,
+  modules: DetectorModule[],
+  first: number,
+  last: number,
+  closeAfter: boolean,
+): { n: number; order: Uint32Array; moduleEnd: number[] } {
   const cells = det.cellsPerEntry;
   const jf = det.type === "JUNGFRAU";
   // All modules' locations in one set of columns, module after module (g: global location index).
-  const T = new Column(new Float64Array(0)),
-    P = new Column(new Float64Array(0)),
-    C = new Column(new Float64Array(0));
-  const F = new Column(new Int32Array(0)),
-    R = new Column(new Int32Array(0)),
-    L = new Column(new Int32Array(0));
+  const { T, P, C, F, R, L } = scratch;
+  for (const col of [T, P, C, F, R, L]) col.n = 0;
   const moduleEnd: number[] = [];
   const push = (t: number, p: number, c: number, file: number, row: number, cell: number) => {
     T.push(t);
@@ -177,10 +260,10 @@ function buildTable(
       }
       if (hi <= lo) return;
       const closeAfterIds = closeAfter && !isRunFileOpen(mf.file.path);
-      const tIds = jf ? undefined : readIds(mf, "trainId", lo, hi);
-      const pIds = jf ? undefined : has(mf, "pulseId") ? readIds(mf, "pulseId", lo, hi) : undefined;
+      const tIds = jf ? undefined : readIds(mf, "trainId", lo, hi, 0);
+      const pIds = jf ? undefined : has(mf, "pulseId") ? readIds(mf, "pulseId", lo, hi, 1) : undefined;
       const cKey = jf ? "memoryCell" : "cellId";
-      const cIds = has(mf, cKey) ? readIds(mf, cKey, lo, hi) : undefined;
+      const cIds = has(mf, cKey) ? readIds(mf, cKey, lo, hi, 2) : undefined;
       if (closeAfterIds) closeRunFile(mf.file.path);
       for (let i = 0; i < trains.length; i++) {
         const tid = trains[i];
@@ -207,39 +290,13 @@ function buildTable(
   }
   // Union of (trainId, pulseId), sorted; ties in location order (the first module's, first location wins).
   const t = T.a, p = P.a;
-  const order = new Uint32Array(T.n);
+  if (scratch.order.length < T.n) scratch.order = new Uint32Array(grow(scratch.order.length, T.n));
+  const order = scratch.order.subarray(0, T.n);
   for (let g = 0; g < order.length; g++) order[g] = g;
   order.sort((x, y) => t[x] - t[y] || p[x] - p[y] || x - y);
-  // Equal as the keys `${t}:${p}` were (NaN equals NaN).
-  const eq = (a: number, b: number) => a === b || (a !== a && b !== b);
-  const same = (x: number, y: number) => eq(t[x], t[y]) && eq(p[x], p[y]);
   let n = 0;
-  for (let k = 0; k < order.length; k++) if (k === 0 || !same(order[k], order[k - 1])) n++;
-  const table: FrameTable = {
-    trainId: new Float64Array(n),
-    pulseId: new Float64Array(n),
-    cellId: new Int32Array(n),
-    file: modules.map(() => new Int32Array(n).fill(-1)),
-    row: modules.map(() => new Int32Array(n)),
-    cell: modules.map(() => new Int32Array(n)),
-  };
-  let i = -1;
-  for (let k = 0; k < order.length; k++) {
-    const g = order[k];
-    if (k === 0 || !same(g, order[k - 1])) {
-      i++;
-      table.trainId[i] = t[g];
-      table.pulseId[i] = p[g];
-      table.cellId[i] = C.a[g];
-    }
-    let mi = 0;
-    while (g >= moduleEnd[mi]) mi++;
-    if (table.file[mi][i] !== -1) continue; // a duplicated (trainId, pulseId) in one module: keep the first
-    table.file[mi][i] = F.a[g];
-    table.row[mi][i] = R.a[g];
-    table.cell[mi][i] = L.a[g];
-  }
-  return table;
+  for (let k = 0; k < order.length; k++) if (k === 0 || !sameFrame(t, p, order[k], order[k - 1])) n++;
+  return { n, order, moduleEnd };
 }
 
 /** Frames per window of the frame table by default (whole trains; at least one train). */
@@ -337,8 +394,9 @@ export class FrameReader {
     // The counting pass reads every file's IDs once: a file it opened is closed after (HDF5 holds ~0.37 MB
     // of the wasm heap per open file, and the heap keeps its high-water mark); reading opens it again.
     this.windows = trains.map(({ first, last }) => {
-      const t = this.build(first, last, true);
-      const w = { first, last, start, frames: t.trainId.length };
+      const frames = locate(detector, this.modules, first, last, true).n;
+      this.maxTableBytes = Math.max(this.maxTableBytes, tableBytesOf(frames, this.modules.length));
+      const w = { first, last, start, frames };
       start += w.frames;
       return w;
     });
@@ -346,8 +404,8 @@ export class FrameReader {
     this.table = this.build(1, 0);
   }
 
-  private build(first: number, last: number, closeAfter = false): FrameTable {
-    const t = buildTable(this.detector, this.modules, first, last, closeAfter);
+  private build(first: number, last: number): FrameTable {
+    const t = buildTable(this.detector, this.modules, first, last);
     this.maxTableBytes = Math.max(this.maxTableBytes, tableBytes(t));
     return t;
   }
