@@ -83,7 +83,30 @@ function cachePlan(key: string, p: ChunkPlan | null): void {
     }
     plans.delete(k);
     cachedChunks -= old ? old.address.length : 0;
+    if (old) spare(old);
   }
+}
+
+/**
+ * The arrays of plans evicted from the cache, for the next plans (emptyPlan): a thread makes a plan per dataset
+ * of each file it reads (the data's and the mask's of a 250-train AGIPD file: 16,000 chunks, 272 kB each).
+ * Allocated anew, the evicted ones piled up in the malloc heap until collected, and the heap keeps its
+ * high-water mark: it grew with the number of files a thread read (bench/RESULTS.md).
+ */
+const spares: { address: Float64Array; stored: Float64Array; deflated: Uint8Array }[] = [];
+const SPARE_PLANS = 4;
+/** Plans of fewer chunks (contiguous IDs, small keys) are not kept: they would push the large ones out. */
+const SPARE_MIN_CHUNKS = 1024;
+
+function spare(p: ChunkPlan): void {
+  if (p.address.buffer.byteLength < SPARE_MIN_CHUNKS * 8) return;
+  const whole = {
+    address: new Float64Array(p.address.buffer),
+    stored: new Float64Array(p.stored.buffer),
+    deflated: new Uint8Array(p.deflated.buffer),
+  };
+  spares.push(whole);
+  if (spares.length > SPARE_PLANS) spares.shift();
 }
 
 /** The chunks of the cached plans, and how many plans (tests: the cache's bound). */
@@ -93,8 +116,11 @@ export function planCacheSize(): { chunks: number; plans: number } {
 
 const states = new WeakMap<object, FileState | null>();
 let enabled = process.env.XFEL_REDU_DIRECT !== "0";
-/** How many row reads went the direct way, how many plans were made (tests check the path and the cache). */
-export const directStats = { reads: 0, plans: 0 };
+/**
+ * How many row reads went the direct way, how many plans were made, how many of them in an evicted plan's
+ * arrays (tests check the path, the cache and the reuse).
+ */
+export const directStats = { reads: 0, plans: 0, reused: 0 };
 
 /**
  * Turn direct reads on or off (tests and the bench compare both; env XFEL_REDU_DIRECT=0 turns them off);
@@ -374,11 +400,27 @@ function makePlan(mod: Wasm, file: DirectFile, path: string, st: FileState): Chu
 }
 
 function emptyPlan(chunkRows: number, rowBytes: number, nChunks: number): ChunkPlan {
-  const address = new Float64Array(nChunks).fill(-1);
+  // The smallest spare that holds nChunks and is at most twice as long (not a large one for a small plan).
+  let best = -1;
+  for (let i = 0; i < spares.length; i++) {
+    const n = spares[i].address.length;
+    if (n >= nChunks && n <= 2 * nChunks && (best < 0 || n < spares[best].address.length)) best = i;
+  }
+  if (best >= 0) {
+    const [s] = spares.splice(best, 1);
+    directStats.reused++;
+    return {
+      rowBytes,
+      chunkRows,
+      address: s.address.subarray(0, nChunks).fill(-1),
+      stored: s.stored.subarray(0, nChunks).fill(0),
+      deflated: s.deflated.subarray(0, nChunks).fill(0),
+    };
+  }
   return {
     rowBytes,
     chunkRows,
-    address,
+    address: new Float64Array(nChunks).fill(-1),
     stored: new Float64Array(nChunks),
     deflated: new Uint8Array(nChunks),
   };
