@@ -10,7 +10,7 @@
 #
 # Every step has its own time limit and the script goes on after a failed one, so that one call returns
 # what could be measured. SIZE_GB (default 4) sets the generated run's image data + mask, CONFIGS the
-# bench configurations (default: with a hardware adapter readN,cpuN,webgpu1,webgpuN,startup).
+# bench configurations (default: with a hardware adapter readN,cpuN,webgpu1,webgpuN,startup,startup-cold).
 set -u
 OUT=${OUT:-/tmp/xfel-redu-device-out}
 mkdir -p "$OUT"
@@ -70,8 +70,8 @@ for mask in "" --mask; do
 done
 
 step "end to end (bench/run.ts; generating the run first)"
-configs=readN,cpuN,startup
-[ "$adapter" = 0 ] && configs=readN,cpuN,webgpu1,webgpuN,startup
+configs=readN,cpuN,startup,startup-cold
+[ "$adapter" = 0 ] && configs=readN,cpuN,webgpu1,webgpuN,startup,startup-cold
 configs=${CONFIGS:-$configs}
 timeout 420 node dist/bench/run.js --size-gb "${SIZE_GB:-4}" --configs "$configs" --out "$OUT/RESULTS-gpu.md"
 step "done (exit $?)"
