@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { makeRun } from "../fixtures/synth.ts";
 import { Run } from "../src/exdf/run.ts";
-import { cacheDir, fromRuns, MAX_RUNS, runsOf } from "../src/exdf/run-cache.ts";
+import { cacheDir, fromRuns, MAX_BYTES, MAX_RUNS, runsOf } from "../src/exdf/run-cache.ts";
 import { isRunFileOpen } from "../src/exdf/h5.ts";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "xfel-run-cache-"));
@@ -159,6 +159,26 @@ describe("run index cache", () => {
     expect(left).not.toContain(`${"0".padStart(32, "0")}.json`); // the oldest went
     expect(left).toContain(`${(MAX_RUNS - 1).toString(16).padStart(32, "0")}.json`);
     expect(left).toContain("not-a-cache-file.txt"); // only its own files are removed
+  });
+
+  test("at most MAX_BYTES are kept, the least recently written go first", async () => {
+    const runs = path.join(cache, "runs");
+    fs.mkdirSync(runs, { recursive: true });
+    const old = Date.now() / 1000 - 3600;
+    // Three sparse files of a third of the budget each: with the run's own file the budget is passed.
+    for (let k = 0; k < 3; k++) {
+      const p = path.join(runs, `${k.toString(16).padStart(32, "0")}.json`);
+      fs.writeFileSync(p, "");
+      fs.truncateSync(p, Math.ceil(MAX_BYTES / 3));
+      fs.utimesSync(p, old + k, old + k);
+    }
+    const dir = await synth();
+    (await Run.open(dir)).close();
+    const left = fs.readdirSync(runs).sort();
+    expect(left).toHaveLength(3);
+    expect(left).not.toContain(`${"0".padStart(32, "0")}.json`);
+    const total = left.reduce((a, f) => a + fs.statSync(path.join(runs, f)).size, 0);
+    expect(total).toBeLessThanOrEqual(MAX_BYTES);
   });
 });
 

@@ -14,8 +14,8 @@
  *   file described anew replaces its entry; files gone from the run leave the cache when it is next written.
  * - Written only when something was described anew, to a temporary name in the same directory and renamed
  *   (processes opening one run at once each write a whole file; the last rename wins). At most MAX_RUNS run
- *   files: the least recently written go first. A cache that cannot be read or written is ignored: the run is
- *   read from its files as without a cache.
+ *   files and MAX_BYTES: the least recently written go first. A cache that cannot be read or written is
+ *   ignored: the run is read from its files as without a cache.
  * - Integer arrays (train IDs, INDEX first and count) are stored as arithmetic runs: [value, step, length]
  *   triples (a file's train IDs and its INDEX are one run each, mostly).
  */
@@ -61,8 +61,9 @@ export interface DescribedFile {
 
 /** Raised whenever DescribedFile, or what describeFile puts in it, changes. */
 export const CACHE_VERSION = 1;
-/** Run files kept in the cache directory at most. */
+/** Run files kept in the cache directory at most, and their bytes at most (a home directory has a quota). */
 export const MAX_RUNS = 500;
+export const MAX_BYTES = 64 * 2 ** 20;
 
 interface Entry {
   size: number;
@@ -181,15 +182,21 @@ export class RunCache {
   }
 }
 
-/** Keep the MAX_RUNS most recently written run files of the cache's `runs` directory. */
+/**
+ * Keep the most recently written run files of the cache's `runs` directory, at most MAX_RUNS of them and
+ * MAX_BYTES in all (the one just written always stays).
+ */
 function prune(dir: string): void {
-  const names = fs.readdirSync(dir).filter((n) => /^[0-9a-f]{32}\.json$/.test(n));
-  if (names.length <= MAX_RUNS) return;
-  const byAge = names.map((n) => {
+  const files = fs.readdirSync(dir).filter((n) => /^[0-9a-f]{32}\.json$/.test(n)).map((n) => {
     const p = path.join(dir, n);
-    return { p, t: fs.statSync(p).mtimeMs };
+    const st = fs.statSync(p);
+    return { p, t: st.mtimeMs, size: st.size };
   }).sort((a, b) => a.t - b.t);
-  for (const { p } of byAge.slice(0, names.length - MAX_RUNS)) fs.rmSync(p, { force: true });
+  let bytes = files.reduce((a, f) => a + f.size, 0);
+  for (let i = 0, n = files.length; i < files.length - 1 && (n > MAX_RUNS || bytes > MAX_BYTES); i++, n--) {
+    fs.rmSync(files[i].p, { force: true });
+    bytes -= files[i].size;
+  }
 }
 
 function encodeEntry(st: fs.Stats, f: DescribedFile): Entry {
