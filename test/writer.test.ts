@@ -4,7 +4,7 @@
  * partial file under a final name after errors, aborts, signals and SIGKILL. Every file written is checked
  * with the EXDF validity rules (test/helpers/exdf-validate.ts) and read back with h5py and h5dump.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -21,6 +21,8 @@ import {
   type WriterOptions,
 } from "../src/exdf/writer/writer.ts";
 import { ensureGroup, h5 } from "../src/exdf/h5.ts";
+import { zeroWidth } from "../src/exdf/writer/files.ts";
+import { PYTHON } from "./helpers/tools.ts";
 import { validateExdf } from "./helpers/exdf-validate.ts";
 import { h5dump, h5pyExdfView, h5pyRead, readerAvailability } from "./helpers/h5py.ts";
 
@@ -993,5 +995,95 @@ describe("validateExdf", () => {
     const junk = path.join(tmpRoot, "junk.h5");
     fs.writeFileSync(junk, "not hdf5");
     expect((await validateExdf(junk))[0]).toMatch(/Could not open file/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Tables written only as wide as their non-zero entries (DatasetSpec.zeroTail).
+
+describe("zero tails", () => {
+  it("zeroWidth: the last non-zero byte, rounded up to the chunk; -0 and NaN count", () => {
+    const f32 = (vals: number[], n: number, full: number) => {
+      const a = new Float32Array(n * full);
+      vals.forEach((v, i) => (a[i] = v));
+      return new Uint8Array(a.buffer);
+    };
+    expect(zeroWidth(f32([], 3, 16), 3, 64, 16, 4)).toBe(0);
+    expect(zeroWidth(f32([0, 1], 1, 16), 1, 64, 16, 4)).toBe(4); // column 1 -> 4
+    expect(zeroWidth(f32(Object.assign(new Array(21).fill(0), { 20: 2 }), 2, 16), 2, 64, 16, 4)).toBe(8);
+    expect(zeroWidth(f32(Object.assign(new Array(16).fill(0), { 15: -0 }), 1, 16), 1, 64, 16, 4)).toBe(16);
+    expect(zeroWidth(f32(Object.assign(new Array(10).fill(0), { 9: NaN }), 1, 16), 1, 64, 16, 4)).toBe(12);
+    // Columns of 4 uint16 (8 bytes): a non-zero last byte of column 2 needs 3 columns.
+    const box = new Uint16Array(2 * 16 * 4);
+    box[16 * 4 + 2 * 4 + 3] = 256;
+    expect(zeroWidth(new Uint8Array(box.buffer), 2, 128, 16, 1)).toBe(3);
+    expect(zeroWidth(new Uint8Array(box.buffer), 2, 128, 16, 16)).toBe(16);
+  });
+
+  it("a table written as wide as its entries reads back bit for bit, with fewer chunks", async () => {
+    const dir = tmpDir();
+    const schema = defineSchema({
+      aliases: { out: "SPB_DET/REDU/TEST:output" },
+      datasets: {
+        tab: {
+          source: "@out",
+          key: "data.tab",
+          shape: [64],
+          dtype: "float32",
+          chunks: [16, 8],
+          compression: "gzip",
+          compressionOpts: 1,
+          zeroTail: true,
+        },
+        box: {
+          source: "@out",
+          key: "data.box",
+          shape: [64, 4],
+          dtype: "uint16",
+          chunks: [16, 8, 4],
+          zeroTail: true,
+        },
+      },
+    });
+    const n = 40;
+    const tab = new Float32Array(n * 64), box = new Uint16Array(n * 64 * 4);
+    for (let r = 0; r < n; r++) {
+      if (r >= 10 && r < 26) continue; // a block of empty rows
+      const w = (r % 5) * 3; // up to 12 columns: 2 of the 8 column chunks
+      for (let c = 0; c < w; c++) tab[r * 64 + c] = r + c / 64;
+      for (let c = 0; c < Math.min(w, 5); c++) box[(r * 64 + c) * 4 + (c % 4)] = r * 100 + c;
+    }
+    tab[5 * 64 + 63] = -0; // only the sign bit: a zero that is not the fill value (rows 0-15 written whole)
+    tab[9 * 64 + 40] = NaN;
+    const w = await openWriter(path.join(dir, "zt-{seq}.h5"), schema, { bufferBytes: 4096 });
+    const tids = Array.from({ length: n }, (_, i) => 7000 + i);
+    w.addTrains(tids, { "@out": new Array(n).fill(1) });
+    w.addData({ tab, box });
+    const [file] = w.close();
+    await expectValid([file]);
+    const lib = await h5();
+    const f = new lib.File(file, "r");
+    try {
+      const t = (f.get("INSTRUMENT/SPB_DET/REDU/TEST:output/data/tab") as { value: Float32Array }).value;
+      const b = (f.get("INSTRUMENT/SPB_DET/REDU/TEST:output/data/box") as { value: Uint16Array }).value;
+      expect(Array.from(new Uint32Array(t.buffer, t.byteOffset, t.length))).toEqual(
+        Array.from(new Uint32Array(tab.buffer)),
+      );
+      expect(Array.from(b)).toEqual(Array.from(box));
+    } finally {
+      f.close();
+    }
+    if (readers.h5py) {
+      const py = spawnSync(PYTHON, [
+        "-c",
+        `import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+    print(f["INSTRUMENT/SPB_DET/REDU/TEST:output/data/tab"].id.get_num_chunks())`,
+        file,
+      ], { encoding: "utf8" });
+      const chunks = Number(py.stdout.trim());
+      expect(chunks).toBeGreaterThan(0);
+      expect(chunks).toBeLessThan(3 * 8); // 40 rows x 64 columns in [16, 8] chunks: 24 when written whole
+    }
   });
 });

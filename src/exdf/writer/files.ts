@@ -270,10 +270,34 @@ export class SeqFiles {
     if (status < 0) throw new WriterError(`${what}: HDF5 status ${status}`, ds?.name);
   }
 
-  /** Rows [row, row + n) of the file's dataset from entries [off, off + n) of arr, through the wasm heap. */
+  /**
+   * Rows [row, row + n) of the file's dataset from entries [off, off + n) of arr, through the wasm heap. With
+   * zeroTail, block by block of the chunk's rows, each block only as wide as its entries need (zeroWidth): one
+   * wide entry widens its own block, not the slice.
+   */
   private writeSlice(seg: Seg, ds: Ds, row: number, arr: NumericArray, off: number, n: number): void {
+    const src = new Uint8Array(arr.buffer, arr.byteOffset + off * ds.entryBytes, n * ds.entryBytes);
+    if (!ds.zeroTail) {
+      this.writeBlock(seg, ds, row, src, n, ds.entryShape[0] ?? 1);
+      return;
+    }
+    const full = ds.entryShape[0], rows = ds.chunks[0];
+    for (let a = 0; a < n;) {
+      const b = Math.min(n, (Math.floor((row + a) / rows) + 1) * rows - row); // the next chunk boundary
+      const block = src.subarray(a * ds.entryBytes, b * ds.entryBytes);
+      const width = zeroWidth(block, b - a, ds.entryBytes, full, ds.chunks[1]);
+      // All zeros: nothing written, the fill value reads back.
+      if (width > 0) this.writeBlock(seg, ds, row + a, block, b - a, width);
+      a = b;
+    }
+  }
+
+  /** Rows [row, row + n) from the n entries in src, the first `width` along the entries' first axis. */
+  private writeBlock(seg: Seg, ds: Ds, row: number, src: Uint8Array, n: number, width: number): void {
     const w = this.wasm;
-    const nbytes = n * ds.entryBytes;
+    const full = ds.entryShape[0] ?? 1;
+    const rowBytes = ds.entryBytes / full * width;
+    const nbytes = n * rowBytes;
     if (nbytes > this.scratch.bytes) {
       this.freeScratch();
       const ptr = w._malloc(nbytes);
@@ -284,7 +308,15 @@ export class SeqFiles {
     }
     const { ptr } = this.scratch;
     // Views of the heap die when it grows: take HEAPU8 now.
-    w.HEAPU8.set(new Uint8Array(arr.buffer, arr.byteOffset + off * ds.entryBytes, nbytes), ptr);
+    const heap = w.HEAPU8;
+    if (width === full) heap.set(src, ptr);
+    else {
+      for (let r = 0; r < n; r++) {
+        heap.set(src.subarray(r * ds.entryBytes, r * ds.entryBytes + rowBytes), ptr + r * rowBytes);
+      }
+    }
+    const count = [n, ...ds.entryShape];
+    if (width !== full) count[1] = width;
     this.h5call(
       `cannot write ${ds.h5path} entries ${row}..${row + n} in ${seg.tmp}`,
       ds,
@@ -292,9 +324,9 @@ export class SeqFiles {
         w.set_dataset_data(
           seg.file!.file_id,
           ds.h5path,
-          [n, ...ds.entryShape].map(BigInt),
+          count.map(BigInt),
           [row, ...ds.entryShape.map(() => 0)].map(BigInt),
-          [n, ...ds.entryShape].map(() => 1n),
+          count.map(() => 1n),
           BigInt(ptr),
         ),
     );
@@ -482,3 +514,38 @@ export class SeqFiles {
     seg.per.clear();
   }
 }
+
+/**
+ * The extent along the first entry axis that n entries of `entryBytes` bytes each (`full` along that axis) need
+ * to hold every non-zero byte: the last non-zero position + 1, rounded up to a multiple of `chunk` (at most
+ * `full`); 0 when every byte is zero. Bytes, not values: -0 and NaN are non-zero. Each entry's bytes past what
+ * is needed so far are compared with zeros natively (Buffer.equals); only an entry that needs more is scanned.
+ */
+export function zeroWidth(
+  src: Uint8Array,
+  n: number,
+  entryBytes: number,
+  full: number,
+  chunk: number,
+): number {
+  const colBytes = entryBytes / full;
+  if (zeroBytes.length < entryBytes) zeroBytes = Buffer.alloc(entryBytes);
+  const buf = Buffer.from(src.buffer, src.byteOffset, n * entryBytes);
+  let used = 0; // bytes of an entry that hold a non-zero byte, at least
+  for (let r = 0; r < n && used < entryBytes; r++) {
+    const base = r * entryBytes;
+    const tail = buf.subarray(base + used, base + entryBytes);
+    if (tail.equals(zeroBytes.subarray(0, tail.length))) continue;
+    for (let k = entryBytes - 1; k >= used; k--) {
+      if (buf[base + k] !== 0) {
+        used = k + 1;
+        break;
+      }
+    }
+  }
+  if (used === 0) return 0;
+  const cols = Math.ceil(used / colBytes);
+  return Math.min(full, Math.ceil(cols / chunk) * chunk);
+}
+
+let zeroBytes = Buffer.alloc(0);

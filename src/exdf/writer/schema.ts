@@ -34,6 +34,14 @@ export interface DatasetSpec {
   compression?: "gzip" | number;
   /** Filter options, e.g. the gzip level (default 4). */
   compressionOpts?: number | readonly number[];
+  /**
+   * Entries are tables whose rows (first entry axis) hold values up to a count and zeros after (a frame's peaks):
+   * a write stores only the rows of the first axis up to its entries' last non-zero byte, rounded up to the
+   * chunk's extent along that axis; the chunks past it are not written and read as 0, the fill value (a table
+   * of 256 peaks a frame holding a few costs the deflate of those chunks only). Needs entries of at least one
+   * axis.
+   */
+  zeroTail?: boolean;
 }
 
 export interface WriterSchema {
@@ -219,6 +227,8 @@ export interface Ds {
   chunks: number[];
   compression?: "gzip" | number;
   compressionOpts?: number[];
+  /** DatasetSpec.zeroTail. */
+  zeroTail: boolean;
   /** Rows the staging buffer holds (0: no staging). */
   stageRows: number;
   /** Rows received so far (all files). */
@@ -376,6 +386,7 @@ export function resolveSchema(
     ) {
       throw bad(`chunks ${fmtShape(chunks)} do not fit entries of shape ${fmtShape(entryShape)}`);
     }
+    if (spec.zeroTail && entryShape.length === 0) throw bad("zeroTail needs entries of at least one axis");
     let src = byName.get(srcName);
     if (!src) {
       src = { name: srcName, aliases: [], kind, datasets: [], groups: [], cum: [0], rowBytes: 0 };
@@ -421,6 +432,7 @@ export function resolveSchema(
       chunks,
       compression: spec.compression,
       compressionOpts,
+      zeroTail: spec.zeroTail === true,
       stageRows,
       rows: 0,
       segCursor: 0,
