@@ -160,12 +160,6 @@ const scratch = {
   raw: new Map<string, NumericArray>(),
 };
 
-/** Bytes of a frame table (its typed columns). */
-function tableBytes(t: FrameTable): number {
-  const cols = [t.trainId, t.pulseId, t.cellId, ...t.file, ...t.row, ...t.cell];
-  return cols.reduce((a, c) => a + c.byteLength, 0);
-}
-
 /**
  * The frames of the trains in [first, last], aligned across modules: the rows of the full run's table for
  * those trains (its order is trainId first, so a train range is a contiguous piece of it). Only the rows of
@@ -208,7 +202,10 @@ function buildTable(
   return table;
 }
 
-/** Bytes of the frame table of n frames of m modules (tableBytes without building it). */
+/**
+ * Bytes of the frame table of n frames of m modules: its typed columns (trainId, pulseId, cellId; per module
+ * file, row, cell).
+ */
 const tableBytesOf = (n: number, m: number) => n * (8 + 8 + 4 + m * 12);
 
 /** (trainId, pulseId) of locations x and y equal, as the keys `${t}:${p}` were (NaN equals NaN). */
@@ -406,7 +403,7 @@ export class FrameReader {
 
   private build(first: number, last: number): FrameTable {
     const t = buildTable(this.detector, this.modules, first, last);
-    this.maxTableBytes = Math.max(this.maxTableBytes, tableBytes(t));
+    this.maxTableBytes = Math.max(this.maxTableBytes, tableBytesOf(t.trainId.length, this.modules.length));
     return t;
   }
 

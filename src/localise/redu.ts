@@ -70,11 +70,11 @@ export async function writeRedu(r: LocaliseResult, dir: string, runFiles: string
   const maxPeaks = r.params.maxPeaks;
   const { photonEnergy, clen } = resolutionSource(r);
   const perFrame = [nMod, nA];
-  // Per-frame tables are small and mostly zeros (peak tables): modest chunks, fast gzip.
+  // Per-frame counters and IDs are small: modest chunks, fast gzip.
   const packed = { chunks: 256, compression: "gzip", compressionOpts: 1 } as const;
   // Peak tables: a frame's peaks first, zeros after. Chunks 32 peaks wide, written only as far as a block of
-  // frames has peaks (zeroTail): the rest is never written and reads as 0. Writing all 256 columns, HDF5's
-  // deflate of the zeros was ~0.25 s of 0.42 for 8,000 frames (bench/RESULTS.md).
+  // frames has peaks (zeroTail): the rest is never written and reads as 0. Writing all 256 columns, the
+  // writer's HDF5 calls took 237-264 ms for 8,000 frames, 128-130 ms now (bench/RESULTS.md).
   const peakWidth = Math.min(32, maxPeaks);
   const peakTable = (entry: number[] = []) =>
     ({
